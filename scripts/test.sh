@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# test.sh: run pgshift's whole test suite against throwaway PostgreSQL 15
+# clusters. Usage: scripts/test.sh [--cargo-test] [ARGS...]   (see --help)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PGBED="$ROOT/scripts/pgbed.sh"
+
+usage() {
+  cat <<'EOF'
+Usage: scripts/test.sh [--cargo-test] [ARGS...]
+
+Runs the whole pgshift test suite: installs PostgreSQL 15 if missing, starts
+two throwaway clusters (scripts/pgbed.sh), runs `cargo nextest run
+--no-fail-fast ARGS...` (or `cargo test --no-fail-fast ARGS...` with
+--cargo-test or when cargo-nextest is missing), then tests/drivers/run.sh if it
+exists and is executable, and always tears the clusters down.
+
+  scripts/test.sh                      everything
+  scripts/test.sh -- routing           only tests whose name contains "routing"
+  scripts/test.sh --test proxy_auth    one integration test file
+  scripts/test.sh --cargo-test -- x    use cargo test instead of nextest
+
+Clusters ("bed"), exported to the tests:
+  PGSHIFT_TEST_PRIMARY_PORT    source primary (2 streaming replicas)
+  PGSHIFT_TEST_REPLICA_PORTS   the source replicas' ports, space separated
+  PGSHIFT_TEST_TARGET_PORT     target primary (no replica), for migrations
+  PGSHIFT_TEST_BED             the bed's temp dir
+Each has role app/app (superuser, scram-sha-256) and database app; postgres
+is trusted over 127.0.0.1.
+EOF
+}
+
+say() { printf '[test] %s\n' "$*"; }
+now_ms() { local t; t="$(date +%s%N)"; printf '%s' "$((t / 1000000))"; }
+PHASE_T0="$(now_ms)"
+TOTAL_T0="$PHASE_T0"
+# Print how long the phase that just ended took, and start the next one.
+phase_done() {
+  local t d
+  t="$(now_ms)"; d=$((t - PHASE_T0)); PHASE_T0="$t"
+  printf '[test] %-28s %d.%03ds\n' "$1" $((d / 1000)) $((d % 1000))
+}
+
+USE_NEXTEST=1
+ARGS=()
+while (($#)); do
+  case "$1" in
+    --cargo-test) USE_NEXTEST=0; shift ;;
+    -h | --help) usage; exit 0 ;;
+    --) ARGS+=("$@"); break ;;
+    *) ARGS+=("$1"); shift ;;
+  esac
+done
+
+BED=""
+SOURCE=""
+TARGET=""
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+cleanup() {
+  local rc=$? d
+  trap - EXIT INT TERM
+  if [[ -n "$BED" && -d "$BED" ]]; then
+    PHASE_T0="$(now_ms)"
+    # The two shared clusters, and any private cluster a test left behind.
+    for d in "$SOURCE" "$TARGET" "$BED"/private/*; do
+      if [[ -n "$d" && -f "$d/.pgbed" ]]; then "$PGBED" destroy "$d" >/dev/null || rc=1; fi
+    done
+    rm -rf "$BED" || rc=1
+    phase_done "teardown"
+  fi
+  d=$(($(now_ms) - TOTAL_T0))
+  say "total $((d / 1000)).$(printf '%03d' $((d % 1000)))s, exit $rc"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+cd "$ROOT"
+
+# 1. Tools a fresh machine may lack.
+"$PGBED" install
+command -v cargo >/dev/null || { say "error: cargo is not installed"; exit 1; }
+if ((USE_NEXTEST)) && ! cargo nextest --version >/dev/null 2>&1; then
+  say "cargo-nextest not found: falling back to cargo test"
+  USE_NEXTEST=0
+fi
+phase_done "tools"
+
+# 2. The bed: source cluster (primary + 2 replicas) and target cluster.
+BED="$(mktemp -d "${TMPDIR:-/tmp}/pgshift-test.XXXXXX")"
+chmod 0755 "$BED" # the postgres user must reach the clusters inside
+mkdir -p "$BED/private" # PrivateCluster dirs of the tests (tests/common)
+SOURCE="$BED/source"
+TARGET="$BED/target"
+"$PGBED" start "$SOURCE" --replicas 2 | sed 's/^\[pgbed\]/[pgbed source]/'
+"$PGBED" start "$TARGET" --replicas 0 | sed 's/^\[pgbed\]/[pgbed target]/'
+PRIMARY_PORT="" REPLICA_PORTS=""
+# shellcheck source=/dev/null
+source "$SOURCE/ports.env"
+export PGSHIFT_TEST_PRIMARY_PORT="$PRIMARY_PORT"
+export PGSHIFT_TEST_REPLICA_PORTS="$REPLICA_PORTS"
+# shellcheck source=/dev/null
+source "$TARGET/ports.env"
+export PGSHIFT_TEST_TARGET_PORT="$PRIMARY_PORT"
+export PGSHIFT_TEST_BED="$BED"
+say "bed: primary $PGSHIFT_TEST_PRIMARY_PORT, replicas $PGSHIFT_TEST_REPLICA_PORTS, target $PGSHIFT_TEST_TARGET_PORT"
+phase_done "start clusters"
+
+# 3. Rust tests.
+if ((USE_NEXTEST)); then
+  # --no-tests=warn: a crate (or a filter) with no test is not a failure.
+  CMD=(cargo nextest run --no-fail-fast --no-tests=warn "${ARGS[@]}")
+else
+  CMD=(cargo test --no-fail-fast "${ARGS[@]}")
+fi
+say "running: ${CMD[*]}"
+STATUS=0
+"${CMD[@]}" || STATUS=$?
+phase_done "cargo tests (exit $STATUS)"
+
+# 4. Driver tests (Python/Node/Java clients), when present.
+DRIVERS="$ROOT/tests/drivers/run.sh"
+if [[ -x "$DRIVERS" ]]; then
+  say "running: tests/drivers/run.sh"
+  DSTATUS=0
+  "$DRIVERS" || DSTATUS=$?
+  phase_done "driver tests (exit $DSTATUS)"
+  if ((STATUS == 0)); then STATUS="$DSTATUS"; fi
+fi
+
+exit "$STATUS"

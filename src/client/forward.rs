@@ -1,0 +1,267 @@
+//! Client -> server: forwards each client frame, renaming named prepared statements to proxy-wide
+//! names and preparing them lazily on the server in use, and noting what each reply will be.
+//!
+//! Only Parse, Bind, Describe and Close are looked into (and only their names); every other frame
+//! is copied as it came. Session-changing statements are noted here and applied when they commit.
+
+use bytes::{BufMut, BytesMut};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::expect::{Expect, Synth};
+use super::request::{classify, sql_of};
+use super::state::{Attached, ClientState};
+use crate::config::SessionFeatures;
+use crate::router::{Classification, SessionEffect, Target};
+use crate::session_state::close_statement_frame;
+use crate::shared::{Runtime, Shared};
+use crate::wire::messages::{put_cstr, put_frame};
+use crate::wire::{frame, tag};
+
+/// What forwarding needs to see besides the frame.
+pub struct Fwd<'a> {
+    /// Process-wide state (statement registry, classifier cache, stats).
+    pub shared: &'a Shared,
+    /// The runtime of this transaction.
+    pub rt: &'a Runtime,
+    /// The client's session state.
+    pub state: &'a mut ClientState,
+    /// The server it holds.
+    pub att: &'a mut Attached,
+    /// Transaction pooling (pins matter) rather than session pooling.
+    pub transaction_mode: bool,
+}
+
+impl Fwd<'_> {
+    /// Forwards or answers one whole client frame.
+    pub fn frame(&mut self, t: u8, f: &[u8]) {
+        if self.att.req_started.is_none() {
+            self.att.req_started = Some(Instant::now());
+        }
+        match t {
+            tag::QUERY => self.query(f),
+            tag::PARSE => self.parse(f),
+            tag::BIND => self.bind(f),
+            tag::DESCRIBE => self.describe_or_close(t, f, Expect::Describe),
+            tag::CLOSE => self.describe_or_close(t, f, Expect::Close),
+            tag::EXECUTE => {
+                if let Some(c) = self.state.unnamed_portal.clone() {
+                    self.note_statement(&c);
+                    self.att.batch_effects.extend(effects(&c));
+                }
+                self.send(f, Some(Expect::Execute));
+            }
+            tag::SYNC => {
+                let e = std::mem::take(&mut self.att.batch_effects);
+                self.att.effects.push_back(e);
+                self.send(f, Some(Expect::Sync));
+            }
+            tag::FUNCTION_CALL => {
+                self.att.effects.push_back(Vec::new());
+                self.att.wrote = true;
+                self.send(f, Some(Expect::Query));
+            }
+            _ => self.send(f, None), // Flush, CopyData/Done/Fail, and anything unknown: as is
+        }
+    }
+
+    fn send(&mut self, f: &[u8], expect: Option<Expect>) {
+        self.att.sout.extend_from_slice(f);
+        if let Some(e) = expect {
+            self.att.queue.push(e);
+        }
+    }
+
+    fn note_statement(&mut self, c: &Classification) {
+        if self.att.queue.is_empty() || self.att.kind == crate::router::StatementKind::Other {
+            self.att.kind = c.kind;
+        }
+        if c.target == Target::Primary {
+            self.att.wrote = true;
+        }
+        for s in &c.statements {
+            if let SessionEffect::Pin(reason) = s.session {
+                self.pin(reason);
+            }
+            if let SessionEffect::Listen { .. } = s.session {
+                self.pin("listen");
+            }
+        }
+    }
+
+    fn pin(&mut self, reason: &'static str) {
+        if self.transaction_mode && self.state.pinned.is_none() {
+            self.state.pinned = Some(reason);
+            self.shared.stats.record_pin(reason);
+            tracing::debug!(reason, "client pinned to its server connection");
+        }
+    }
+
+    fn query(&mut self, f: &[u8]) {
+        let Some(sql) = sql_of(tag::QUERY, f) else {
+            self.att.effects.push_back(Vec::new());
+            return self.send(f, Some(Expect::Query));
+        };
+        let class = classify(self.shared, self.rt, &sql);
+        if let Some(reason) = self.refused(&class) {
+            self.att
+                .queue
+                .push(Expect::Synthetic(Synth::Refused(reason)));
+            self.att.queue.push(Expect::Synthetic(Synth::Ready));
+            return;
+        }
+        if self.deallocate_locally(&class) {
+            return;
+        }
+        self.note_statement(&class);
+        self.att.effects.push_back(effects(&class));
+        self.send(f, Some(Expect::Query));
+    }
+
+    fn refused(&self, class: &Classification) -> Option<&'static str> {
+        if !self.transaction_mode
+            || self.rt.config.proxy.session_features != SessionFeatures::Reject
+        {
+            return None;
+        }
+        class.statements.iter().find_map(|s| match s.session {
+            SessionEffect::Pin(r) => Some(r),
+            SessionEffect::Listen { .. } => Some("LISTEN"),
+            _ => None,
+        })
+    }
+
+    /// `DEALLOCATE name` of a protocol-level statement: the server knows it by another name, so
+    /// answer here.
+    fn deallocate_locally(&mut self, class: &Classification) -> bool {
+        let [stmt] = class.statements.as_slice() else {
+            return false;
+        };
+        let SessionEffect::Deallocate { name: Some(name) } = &stmt.session else {
+            return false;
+        };
+        if self.state.statements.remove(name.as_bytes()).is_none() {
+            return false;
+        }
+        self.att
+            .queue
+            .push(Expect::Synthetic(Synth::CommandComplete("DEALLOCATE")));
+        self.att.queue.push(Expect::Synthetic(Synth::Ready));
+        true
+    }
+
+    fn parse(&mut self, f: &[u8]) {
+        let body = frame::body(f);
+        let Some((name, tail)) = frame::cstr(body) else {
+            return self.send(f, Some(Expect::Parse { stmt: None }));
+        };
+        let class = match sql_of(tag::PARSE, f) {
+            Some(sql) => classify(self.shared, self.rt, &sql),
+            None => return self.send(f, Some(Expect::Parse { stmt: None })),
+        };
+        if name.is_empty() || !self.state.track_prepared {
+            self.state.unnamed = name.is_empty().then_some(class);
+            return self.send(f, Some(Expect::Parse { stmt: None }));
+        }
+        let def = self.shared.prepared.intern(tail, || class);
+        self.state
+            .statements
+            .insert(bytes::Bytes::copy_from_slice(name), def.clone());
+        let server = &mut self.att.lease.conn().state;
+        if server.has_prepared(def.id) {
+            self.att.queue.push(Expect::Synthetic(Synth::ParseComplete));
+            return;
+        }
+        self.prepare_on_server(def.id, &def.parse_frame, false);
+    }
+
+    /// Sends a proxy-wide Parse, closing whatever the server's LRU evicts to make room.
+    fn prepare_on_server(&mut self, id: u64, parse_frame: &[u8], silent: bool) {
+        if let Some(evicted) = self.att.lease.conn().state.add_prepared(id) {
+            self.att
+                .sout
+                .extend_from_slice(&close_statement_frame(evicted));
+            self.att.queue.push(Expect::SilentClose);
+        }
+        self.att.sout.extend_from_slice(parse_frame);
+        self.att.queue.push(if silent {
+            Expect::SilentParse { stmt: id }
+        } else {
+            Expect::Parse { stmt: Some(id) }
+        });
+    }
+
+    fn bind(&mut self, f: &[u8]) {
+        let body = frame::body(f);
+        let parsed =
+            frame::cstr(body).and_then(|(portal, rest)| Some((portal, frame::cstr(rest)?)));
+        let Some((portal, (stmt, rest))) = parsed else {
+            return self.send(f, Some(Expect::Bind));
+        };
+        let def = if stmt.is_empty() || !self.state.track_prepared {
+            None
+        } else {
+            self.state.statements.get(stmt).cloned()
+        };
+        let class = match (&def, stmt.is_empty()) {
+            (Some(d), _) => Some(d.class.clone()),
+            (None, true) => self.state.unnamed.clone(),
+            (None, false) => None,
+        };
+        if portal.is_empty() {
+            self.state.unnamed_portal = class;
+        }
+        let Some(def) = def else {
+            return self.send(f, Some(Expect::Bind));
+        };
+        if !self.att.lease.conn().state.has_prepared(def.id) {
+            self.prepare_on_server(def.id, &def.parse_frame, true);
+        }
+        put_frame(&mut self.att.sout, tag::BIND, |b| {
+            put_cstr(b, portal);
+            b.put_slice(&def.name);
+            b.put_slice(rest);
+        });
+        self.att.queue.push(Expect::Bind);
+    }
+
+    fn describe_or_close(&mut self, t: u8, f: &[u8], expect: Expect) {
+        let body = frame::body(f);
+        let (kind, name) = match body.split_first() {
+            Some((&k, rest)) => (k, frame::cstr(rest).map_or(&b""[..], |(n, _)| n)),
+            None => return self.send(f, Some(expect)),
+        };
+        let def = if kind == b'S' && !name.is_empty() && self.state.track_prepared {
+            self.state.statements.get(name).cloned()
+        } else {
+            None
+        };
+        let Some(def) = def else {
+            return self.send(f, Some(expect));
+        };
+        if t == tag::CLOSE {
+            // The server copy stays for other clients; only this client's name goes.
+            self.state.statements.remove(name);
+            self.att.queue.push(Expect::Synthetic(Synth::CloseComplete));
+            return;
+        }
+        if !self.att.lease.conn().state.has_prepared(def.id) {
+            self.prepare_on_server(def.id, &def.parse_frame, true);
+        }
+        let mut out = BytesMut::with_capacity(def.name.len() + 6);
+        put_frame(&mut out, t, |b| {
+            b.put_u8(b'S');
+            b.put_slice(&def.name);
+        });
+        self.send(&out, Some(expect));
+    }
+}
+
+/// The session effects a classification carries (all statements, in order).
+pub fn effects(c: &Arc<Classification>) -> Vec<SessionEffect> {
+    c.statements
+        .iter()
+        .filter(|s| !matches!(s.session, SessionEffect::None | SessionEffect::Pin(_)))
+        .map(|s| s.session.clone())
+        .collect()
+}

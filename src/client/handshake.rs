@@ -1,0 +1,345 @@
+//! A client's opening: TLS negotiation (SSLRequest or direct), cancel requests, the startup packet,
+//! and authentication against the configured users.
+//!
+//! Written by hand on pgwire's model but not with its `negotiate_tls`, which carries bytes read
+//! before the TLS handshake into the TLS session (the CVE-2021-23214 class). Here any byte that
+//! arrives after an SSLRequest and before the handshake ends the connection.
+
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::scram::{ScramSecret, ScramServer};
+use crate::auth::{md5_response, AuthError, UserEntry};
+use crate::config::{AuthType, TlsMode};
+use crate::error::ClientError;
+use crate::shared::Shared;
+use crate::stream::Stream;
+use crate::wire::startup::{parse_startup, StartupPacket, MAX_STARTUP_LEN};
+use crate::wire::{frame, messages, tag};
+
+/// Databases that open the PgBouncer-style admin console instead of a pool.
+pub const CONSOLE_DATABASES: &[&str] = &["pgbouncer", "pgshift"];
+
+/// Frames before login are small; a bound keeps unauthenticated peers from making us buffer more.
+const MAX_LOGIN_FRAME: usize = 16 * 1024;
+
+/// A client that has passed authentication.
+pub struct Login {
+    /// Its connection (TLS already negotiated).
+    pub stream: Stream,
+    /// Bytes already read beyond the login dialogue.
+    pub rbuf: BytesMut,
+    /// The user it logged in as (`None` in trust mode for users not in the config).
+    pub user: Arc<UserEntry>,
+    /// Database asked for.
+    pub database: String,
+    /// All startup parameters.
+    pub params: Vec<(String, String)>,
+    /// Client address.
+    pub peer: SocketAddr,
+}
+
+/// How an opening ends when it does not produce a session.
+pub enum Opening {
+    /// A client ready for its session.
+    Session(Box<Login>),
+    /// A CancelRequest was handled; the connection closes.
+    Cancelled,
+}
+
+/// Runs the whole opening. Errors carry what to tell the client; `None` means just close.
+pub async fn open(
+    shared: &Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<Opening, Option<ClientError>> {
+    let rt = shared.runtime.load_full();
+    let tls = rt.client_tls.clone();
+    let mut stream = Stream::Plain(tcp);
+    let mut buf = BytesMut::with_capacity(1024);
+
+    // PostgreSQL 17 direct TLS: the first byte is a TLS handshake record (0x16).
+    let mut first = [0u8; 1];
+    let n = stream.tcp().peek(&mut first).await.map_err(|_| None)?;
+    if n == 0 {
+        return Err(None);
+    }
+    if first[0] == 0x16 {
+        stream = accept_tls(stream, tls.as_deref(), true).await?;
+    }
+
+    let (minor, params) = loop {
+        let packet = read_startup(&mut stream, &mut buf).await?;
+        match packet {
+            StartupPacket::SslRequest if !stream.is_tls() => {
+                if !buf.is_empty() {
+                    // Bytes pipelined after SSLRequest would be plaintext injected into TLS.
+                    return Err(Some(ClientError::protocol(
+                        "received unencrypted data after SSL request",
+                    )));
+                }
+                match &tls {
+                    Some(t) => {
+                        write(&mut stream, b"S").await?;
+                        stream = accept_tls(stream, Some(t), false).await?;
+                    }
+                    None => write(&mut stream, b"N").await?,
+                }
+            }
+            StartupPacket::GssEncRequest if !stream.is_tls() => write(&mut stream, b"N").await?,
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                return Err(Some(ClientError::protocol(
+                    "unexpected encryption request inside TLS",
+                )))
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                shared.sessions.cancel(pid, secret).await;
+                return Ok(Opening::Cancelled);
+            }
+            StartupPacket::Startup { minor, params } => break (minor, params),
+        }
+    };
+
+    if tls.as_ref().is_some_and(|t| t.mode == TlsMode::Require) && !stream.is_tls() {
+        return fail(
+            &mut stream,
+            ClientError::fatal("28000", "TLS is required: connect with sslmode=require"),
+        )
+        .await;
+    }
+    let unknown: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if minor > 0 || !unknown.is_empty() {
+        write(
+            &mut stream,
+            &messages::negotiate_protocol_version(0, &unknown),
+        )
+        .await?;
+    }
+    let Some(user) = StartupPacket::param(&params, "user").map(str::to_string) else {
+        return fail(
+            &mut stream,
+            ClientError::fatal(
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            ),
+        )
+        .await;
+    };
+    if StartupPacket::param(&params, "replication")
+        .is_some_and(|r| r != "false" && r != "0" && r != "off")
+    {
+        return fail(
+            &mut stream,
+            ClientError::fatal(
+                "08P01",
+                "replication connections are not supported by pgshift",
+            ),
+        )
+        .await;
+    }
+    let database = StartupPacket::param(&params, "database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_string();
+
+    let entry = match authenticate(shared, &mut stream, &mut buf, &user).await {
+        Ok(e) => e,
+        Err(e) => return fail(&mut stream, e).await,
+    };
+    write(&mut stream, &messages::auth_ok()).await?;
+    Ok(Opening::Session(Box::new(Login {
+        stream,
+        rbuf: buf,
+        user: entry,
+        database,
+        params,
+        peer,
+    })))
+}
+
+async fn fail<T>(stream: &mut Stream, e: ClientError) -> Result<T, Option<ClientError>> {
+    let _ = stream.write_all(&e.frame()).await;
+    let _ = stream.flush().await;
+    Err(None)
+}
+
+async fn write(stream: &mut Stream, bytes: &[u8]) -> Result<(), Option<ClientError>> {
+    stream.write_all(bytes).await.map_err(|_| None)?;
+    stream.flush().await.map_err(|_| None)
+}
+
+async fn accept_tls(
+    stream: Stream,
+    tls: Option<&crate::tls::ClientTls>,
+    direct: bool,
+) -> Result<Stream, Option<ClientError>> {
+    let (Stream::Plain(tcp), Some(tls)) = (stream, tls) else {
+        return Err(None); // direct TLS with TLS disabled: nothing sensible to answer
+    };
+    let s = tls.acceptor.accept(tcp).await.map_err(|e| {
+        tracing::debug!("TLS handshake failed: {e}");
+        None
+    })?;
+    if direct && s.get_ref().1.alpn_protocol() != Some(b"postgresql") {
+        return Err(None); // PostgreSQL requires ALPN for direct TLS
+    }
+    Ok(Stream::TlsAccepted(Box::new(s)))
+}
+
+async fn read_startup(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<StartupPacket, Option<ClientError>> {
+    loop {
+        match parse_startup(buf) {
+            Ok(Some((p, n))) => {
+                let _ = buf.split_to(n);
+                return Ok(p);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Some(ClientError::protocol(e.to_string()))),
+        }
+        if buf.len() > MAX_STARTUP_LEN {
+            return Err(Some(ClientError::protocol(
+                "invalid length of startup packet",
+            )));
+        }
+        if stream.read_buf(buf).await.map_err(|_| None)? == 0 {
+            return Err(None);
+        }
+    }
+}
+
+/// Reads one password-family frame ('p') during login.
+async fn read_password_frame(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<BytesMut, ClientError> {
+    loop {
+        match frame::complete_frame(buf) {
+            Ok(Some((tag::PASSWORD, n))) if n <= MAX_LOGIN_FRAME => return Ok(buf.split_to(n)),
+            Ok(Some(_)) => return Err(ClientError::protocol("expected a password response")),
+            Ok(None) if buf.len() > MAX_LOGIN_FRAME => {
+                return Err(ClientError::protocol("password packet too large"))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ClientError::protocol(e.to_string())),
+        }
+        let n = stream
+            .read_buf(buf)
+            .await
+            .map_err(|_| ClientError::protocol("connection lost during login"))?;
+        if n == 0 {
+            return Err(ClientError::protocol("connection closed during login"));
+        }
+    }
+}
+
+async fn authenticate(
+    shared: &Arc<Shared>,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    user: &str,
+) -> Result<Arc<UserEntry>, ClientError> {
+    let rt = shared.runtime.load_full();
+    let entry = rt.users.get(user);
+    let denied = || ClientError::bad_password(user);
+    match rt.users.kind {
+        AuthType::Trust => Ok(entry.unwrap_or_else(|| Arc::new(UserEntry::new(user, None, None)))),
+        AuthType::Md5 => {
+            let salt: [u8; 4] = rand::random();
+            write(stream, &messages::auth_md5(salt))
+                .await
+                .map_err(|_| denied())?;
+            let f = read_password_frame(stream, buf).await?;
+            let given = frame::cstr(frame::body(&f))
+                .map(|(s, _)| s)
+                .unwrap_or_default();
+            match entry {
+                Some(e)
+                    if e.md5
+                        .as_deref()
+                        .is_some_and(|m| md5_response(m, salt).as_bytes() == given) =>
+                {
+                    Ok(e)
+                }
+                _ => Err(denied()),
+            }
+        }
+        AuthType::ScramSha256 => {
+            let secret = entry.as_ref().and_then(|e| e.scram.clone());
+            let secret = secret.unwrap_or_else(|| ScramSecret::mock(user, &rt.users.mock_key));
+            let cbind = rt
+                .client_tls
+                .as_ref()
+                .filter(|_| stream.is_tls())
+                .map(|t| t.cert_hash.clone());
+            let key = scram_exchange(stream, buf, secret, cbind)
+                .await
+                .map_err(|e| match e {
+                    AuthError::BadPassword => denied(),
+                    other => ClientError::fatal("28000", other.to_string()),
+                })?;
+            let entry = entry.ok_or_else(denied)?;
+            entry.learn_client_key(key);
+            Ok(entry)
+        }
+    }
+}
+
+async fn scram_exchange(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    secret: ScramSecret,
+    cbind: Option<Vec<u8>>,
+) -> Result<[u8; 32], AuthError> {
+    let io = |_| AuthError::Protocol("connection lost during SCRAM");
+    let mechs: &[&str] = if cbind.is_some() {
+        &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
+    } else {
+        &["SCRAM-SHA-256"]
+    };
+    write(stream, &messages::auth_sasl(mechs))
+        .await
+        .map_err(io)?;
+    let mut server = ScramServer::new(secret, cbind);
+    let f = read_password_frame(stream, buf)
+        .await
+        .map_err(|_| AuthError::Protocol("bad SASL response"))?;
+    let (mech, rest) =
+        frame::cstr(frame::body(&f)).ok_or(AuthError::Protocol("malformed SASLInitialResponse"))?;
+    let data = rest
+        .get(4..)
+        .ok_or(AuthError::Protocol("malformed SASLInitialResponse"))?;
+    let mech = std::str::from_utf8(mech).map_err(|_| AuthError::Protocol("bad SASL mechanism"))?;
+    if !mechs.contains(&mech) {
+        return Err(AuthError::Protocol(
+            "client selected an invalid SASL authentication mechanism",
+        ));
+    }
+    let server_first = server.first(mech, data)?;
+    write(
+        stream,
+        &messages::auth_sasl_continue(server_first.as_bytes()),
+    )
+    .await
+    .map_err(io)?;
+    let f = read_password_frame(stream, buf)
+        .await
+        .map_err(|_| AuthError::Protocol("bad SASL response"))?;
+    let ok = server.finish(frame::body(&f))?;
+    write(
+        stream,
+        &messages::auth_sasl_final(ok.server_final.as_bytes()),
+    )
+    .await
+    .map_err(io)?;
+    Ok(ok.client_key)
+}

@@ -1,0 +1,108 @@
+//! One poll over every socket operation a session may be waiting on, so a single task can read
+//! and write both of its connections without splitting them or holding a buffer unflushed.
+
+use bytes::BytesMut;
+use std::future::Future;
+use std::io;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncReadExt, AsyncWrite};
+
+use crate::stream::Stream;
+
+/// Below this much free space a read buffer grows by `READ_CHUNK`.
+const MIN_FREE: usize = 1024;
+/// Growth step of read buffers.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Something that happened on a socket.
+#[derive(Debug)]
+pub enum Event {
+    /// Bytes read from the client (0 = it closed).
+    ClientRead(io::Result<usize>),
+    /// Bytes read from the server (0 = it closed).
+    ServerRead(io::Result<usize>),
+    /// Bytes written to the client.
+    ClientWrote(io::Result<usize>),
+    /// Bytes written to the server.
+    ServerWrote(io::Result<usize>),
+    /// A TLS flush finished (client side).
+    ClientFlushed(io::Result<()>),
+    /// A TLS flush finished (server side).
+    ServerFlushed(io::Result<()>),
+    /// One of the extra futures (kill, timeout, drain) fired; its index.
+    Other(usize),
+}
+
+/// One side's socket and buffers, with what the session wants from it right now.
+pub struct Side<'a> {
+    /// The socket.
+    pub stream: &'a mut Stream,
+    /// Where reads land.
+    pub rbuf: &'a mut BytesMut,
+    /// What to write.
+    pub wbuf: &'a mut BytesMut,
+    /// Whether to read now (false applies back-pressure).
+    pub read: bool,
+    /// A TLS flush is owed.
+    pub flush: bool,
+}
+
+fn poll_read(side: &mut Side<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    if side.rbuf.capacity() - side.rbuf.len() < MIN_FREE {
+        side.rbuf.reserve(READ_CHUNK);
+    }
+    // tokio's read_buf future holds only borrows, so polling a fresh one each time is cancel-safe.
+    pin!(side.stream.read_buf(side.rbuf)).poll(cx)
+}
+
+/// Waits for the first ready operation among the client side, the optional server side and the
+/// `extra` futures (polled in order; each must be cancel-safe to poll repeatedly).
+pub async fn next_event(
+    mut client: Side<'_>,
+    mut server: Option<Side<'_>>,
+    extra: &mut [Pin<&mut (dyn Future<Output = ()> + Send)>],
+) -> Event {
+    std::future::poll_fn(|cx| {
+        // Writes first: draining output is what unblocks the peers.
+        if let Some(s) = server.as_mut() {
+            if !s.wbuf.is_empty() {
+                if let Poll::Ready(r) = Pin::new(&mut *s.stream).poll_write(cx, s.wbuf) {
+                    return Poll::Ready(Event::ServerWrote(r));
+                }
+            } else if s.flush {
+                if let Poll::Ready(r) = Pin::new(&mut *s.stream).poll_flush(cx) {
+                    return Poll::Ready(Event::ServerFlushed(r));
+                }
+            }
+        }
+        if !client.wbuf.is_empty() {
+            if let Poll::Ready(r) = Pin::new(&mut *client.stream).poll_write(cx, client.wbuf) {
+                return Poll::Ready(Event::ClientWrote(r));
+            }
+        } else if client.flush {
+            if let Poll::Ready(r) = Pin::new(&mut *client.stream).poll_flush(cx) {
+                return Poll::Ready(Event::ClientFlushed(r));
+            }
+        }
+        if let Some(s) = server.as_mut() {
+            if s.read {
+                if let Poll::Ready(r) = poll_read(s, cx) {
+                    return Poll::Ready(Event::ServerRead(r));
+                }
+            }
+        }
+        if client.read {
+            if let Poll::Ready(r) = poll_read(&mut client, cx) {
+                return Poll::Ready(Event::ClientRead(r));
+            }
+        }
+        for (i, f) in extra.iter_mut().enumerate() {
+            if f.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Other(i));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}

@@ -1,0 +1,227 @@
+//! Connected clients by cancel key: routes CancelRequests, and lists/kills clients for the admin port.
+
+use rand::Rng;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+
+use crate::wire::messages;
+
+/// The server a client is using right now, as far as a cancel needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerRef {
+    /// Where the server is.
+    pub peer: SocketAddr,
+    /// Its cancel key.
+    pub key: (i32, i32),
+    /// Its connection id (admin port).
+    pub conn_id: u64,
+}
+
+/// Client activity, for the admin port.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientState {
+    /// Between transactions.
+    Idle = 0,
+    /// Waiting for a server connection.
+    Waiting = 1,
+    /// Holding a server connection.
+    Active = 2,
+}
+
+/// One connected client, shared between its session task, cancel requests and the admin port.
+#[derive(Debug)]
+pub struct SessionHandle {
+    /// Process-unique id (admin port, kill).
+    pub id: u64,
+    /// The key we gave the client in BackendKeyData.
+    pub key: (i32, i32),
+    /// Role name.
+    pub user: String,
+    /// Database name.
+    pub database: String,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// When it logged in.
+    pub connected_at: SystemTime,
+    /// Wakes the session out of a pool wait (its cancel) .
+    pub cancel: Notify,
+    /// Tells the session to close (admin kill, drain).
+    pub kill: Notify,
+    /// The server it holds now.
+    pub server: Mutex<Option<ServerRef>>,
+    state: AtomicU8,
+    /// Transactions completed.
+    pub xacts: AtomicU64,
+}
+
+impl SessionHandle {
+    /// Sets the activity shown on the admin port.
+    pub fn set_state(&self, s: ClientState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// Current activity.
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ClientState::Waiting,
+            2 => ClientState::Active,
+            _ => ClientState::Idle,
+        }
+    }
+
+    /// Records (or clears) the server in use, for cancels.
+    pub fn set_server(&self, s: Option<ServerRef>) {
+        if let Ok(mut g) = self.server.lock() {
+            *g = s;
+        }
+    }
+}
+
+/// What the admin port shows of a client.
+#[derive(Debug, Serialize)]
+pub struct ClientInfo {
+    /// Id for `/kill_client?id=`.
+    pub id: u64,
+    /// Role.
+    pub user: String,
+    /// Database.
+    pub database: String,
+    /// Client address.
+    pub addr: String,
+    /// idle | waiting | active.
+    pub state: ClientState,
+    /// Seconds since login.
+    pub connected_secs: f64,
+    /// Server connection id held, if any.
+    pub server: Option<u64>,
+    /// Transactions completed.
+    pub xacts: u64,
+}
+
+/// All connected clients.
+#[derive(Default)]
+pub struct Sessions {
+    by_pid: Mutex<HashMap<i32, Arc<SessionHandle>>>,
+    next_id: AtomicU64,
+}
+
+impl Sessions {
+    /// Registers a client and gives it a fresh cancel key.
+    pub fn register(&self, user: &str, database: &str, peer: SocketAddr) -> Arc<SessionHandle> {
+        let mut map = self.by_pid.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = rand::thread_rng();
+        let pid = loop {
+            let p = rng.gen_range(1..i32::MAX);
+            if !map.contains_key(&p) {
+                break p;
+            }
+        };
+        let h = Arc::new(SessionHandle {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            key: (pid, rng.gen()),
+            user: user.into(),
+            database: database.into(),
+            peer,
+            connected_at: SystemTime::now(),
+            cancel: Notify::new(),
+            kill: Notify::new(),
+            server: Mutex::new(None),
+            state: AtomicU8::new(0),
+            xacts: AtomicU64::new(0),
+        });
+        map.insert(pid, h.clone());
+        h
+    }
+
+    /// Forgets a client.
+    pub fn unregister(&self, h: &SessionHandle) {
+        self.by_pid
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&h.key.0);
+    }
+
+    /// Number of connected clients.
+    pub fn len(&self) -> usize {
+        self.by_pid.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// True when no client is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every client.
+    pub fn all(&self) -> Vec<Arc<SessionHandle>> {
+        self.by_pid
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The admin port's view.
+    pub fn infos(&self) -> Vec<ClientInfo> {
+        let mut v: Vec<_> = self
+            .all()
+            .iter()
+            .map(|h| ClientInfo {
+                id: h.id,
+                user: h.user.clone(),
+                database: h.database.clone(),
+                addr: h.peer.to_string(),
+                state: h.state(),
+                connected_secs: h.connected_at.elapsed().unwrap_or_default().as_secs_f64(),
+                server: h.server.lock().ok().and_then(|s| s.map(|s| s.conn_id)),
+                xacts: h.xacts.load(Ordering::Relaxed),
+            })
+            .collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// Asks a client's session to close; false if there is no such client.
+    pub fn kill(&self, id: u64) -> bool {
+        match self.all().into_iter().find(|h| h.id == id) {
+            Some(h) => {
+                h.kill.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Handles a CancelRequest: a matching key cancels the server query (or the pool wait).
+    /// Mismatches are ignored silently, as PostgreSQL does.
+    pub async fn cancel(&self, pid: i32, secret: i32) {
+        let Some(h) = self.by_pid.lock().ok().and_then(|m| m.get(&pid).cloned()) else {
+            return;
+        };
+        if h.key.1 != secret {
+            return;
+        }
+        h.cancel.notify_waiters();
+        let server = h.server.lock().ok().and_then(|s| *s);
+        if let Some(s) = server {
+            let send = async {
+                let mut tcp = tokio::net::TcpStream::connect(s.peer).await?;
+                tcp.write_all(&messages::cancel_request(s.key.0, s.key.1))
+                    .await?;
+                tcp.shutdown().await
+            };
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), send)
+                .await
+                .unwrap_or(Ok(()))
+            {
+                tracing::warn!(client = h.id, "forwarding a cancel request failed: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The attached phase: both directions at once between a client and the server it holds, until
+//! the transaction ends (give the server back) or either side goes away.
+//!
+//! Each turn processes whatever whole frames have arrived in both directions, then waits on one
+//! poll for the next socket event. Output is written as soon as the socket takes it, so nothing
+//! waits on a ReadyForQuery that a Flush will never bring.
+
+use bytes::Buf;
+use std::pin::{pin, Pin};
+use std::time::Duration;
+
+use super::forward::Fwd;
+use super::io::{next_event, Event, Side};
+use super::reply::Reply;
+use super::session::{End, Session};
+use crate::config::PoolMode;
+use crate::error::ClientError;
+use crate::wire::{frame, tag, WireError};
+
+/// Stop reading a side while this much output for the other side is pending (back-pressure).
+const HIGH_WATER: usize = 256 * 1024;
+/// Frames larger than this (rows, copy data) stream through without being buffered whole.
+const STREAM_OVER: usize = 64 * 1024;
+
+impl Session {
+    /// Relays until the transaction ends (`Ok`) or the session must end (`Err`).
+    pub(super) async fn relay(&mut self) -> Result<(), End> {
+        let tm = self.rt.pool_mode() == PoolMode::Transaction && self.state.pinned.is_none();
+        let handle = self.handle.clone();
+        let mut kill = pin!(handle.kill.notified());
+        let query_timeout = self.rt.config.proxy.query_timeout.enabled();
+        let mut timeout = pin!(tokio::time::sleep(
+            query_timeout.unwrap_or(Duration::from_secs(86_400 * 365))
+        ));
+        loop {
+            self.process_server_input(tm)
+                .map_err(|e| server_protocol_error(&e))?;
+            if self.attached.as_ref().is_some_and(|a| a.release) {
+                return Ok(());
+            }
+            if self
+                .process_client_input(tm)
+                .map_err(|e| End::Close(ClientError::protocol(e.to_string())))?
+            {
+                return Err(End::ClientGone);
+            }
+            let Some(att) = self.attached.as_mut() else {
+                return Ok(());
+            };
+            if att.release {
+                return Ok(());
+            }
+            let client_room = att.sout.len() < HIGH_WATER && room(&self.cin);
+            let conn = att.lease.conn();
+            let server_room = self.cout.len() < HIGH_WATER && room(&conn.rbuf);
+            let client = Side {
+                stream: &mut self.client,
+                rbuf: &mut self.cin,
+                wbuf: &mut self.cout,
+                read: client_room,
+                flush: self.cflush,
+            };
+            let server = Side {
+                stream: &mut conn.stream,
+                rbuf: &mut conn.rbuf,
+                wbuf: &mut att.sout,
+                read: server_room,
+                flush: att.sflush,
+            };
+            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 2] =
+                [kill.as_mut(), timeout.as_mut()];
+            let ev = next_event(client, Some(server), &mut extra).await;
+            match ev {
+                Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => {
+                    return Err(End::ClientGone)
+                }
+                Event::ClientRead(Ok(_)) => {}
+                Event::ServerRead(Ok(0)) | Event::ServerRead(Err(_)) => {
+                    return Err(self.server_lost())
+                }
+                Event::ServerRead(Ok(_)) => {}
+                Event::ClientWrote(r) => {
+                    let n = *r.as_ref().unwrap_or(&0);
+                    self.wrote_client(r)?;
+                    if let Some(a) = self.attached.as_mut() {
+                        a.bytes_out += n as u64;
+                    }
+                }
+                Event::ClientFlushed(r) => {
+                    r.map_err(|_| End::ClientGone)?;
+                    self.cflush = false;
+                }
+                Event::ServerWrote(r) => self.wrote_server(r)?,
+                Event::ServerFlushed(r) => {
+                    r.map_err(|_| self.server_lost())?;
+                    if let Some(a) = self.attached.as_mut() {
+                        a.sflush = false;
+                    }
+                }
+                Event::Other(0) => {
+                    return Err(End::Close(ClientError::fatal(
+                        "57P01",
+                        "terminating connection due to administrator command",
+                    )))
+                }
+                Event::Other(_) => {
+                    self.cancel_running_query().await;
+                    timeout.set(tokio::time::sleep(Duration::from_secs(86_400 * 365)));
+                }
+            }
+        }
+    }
+
+    fn wrote_server(&mut self, r: std::io::Result<usize>) -> Result<(), End> {
+        let n = match r {
+            Ok(n) if n > 0 => n,
+            _ => return Err(self.server_lost()),
+        };
+        if let Some(att) = self.attached.as_mut() {
+            att.sout.advance(n);
+            att.bytes_in += n as u64;
+            if att.lease.conn().stream.is_tls() {
+                att.sflush = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// The server went away mid-transaction: tell the client, and do not return the connection.
+    fn server_lost(&mut self) -> End {
+        if let Some(att) = self.attached.as_mut() {
+            att.lease.conn().broken = true;
+            att.backend
+                .ban(Duration::from_millis(500), "connection lost");
+        }
+        End::Close(ClientError::fatal(
+            "08006",
+            "server connection lost: PostgreSQL closed the connection (it may have restarted); reconnect and retry",
+        ))
+    }
+
+    /// `query_timeout`: ask the server to cancel what it is running.
+    async fn cancel_running_query(&mut self) {
+        let Some(att) = self.attached.as_mut() else {
+            return;
+        };
+        let conn = att.lease.conn();
+        let (peer, key) = (conn.peer, conn.cancel_key);
+        tracing::info!(
+            client = self.handle.id,
+            "query_timeout reached: cancelling the running query"
+        );
+        let send = async {
+            let mut tcp = tokio::net::TcpStream::connect(peer).await?;
+            tokio::io::AsyncWriteExt::write_all(
+                &mut tcp,
+                &crate::wire::messages::cancel_request(key.0, key.1),
+            )
+            .await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), send).await;
+    }
+
+    /// Moves whole server frames into the client's output, as far as back-pressure allows.
+    fn process_server_input(&mut self, tm: bool) -> Result<(), WireError> {
+        let Some(att) = self.attached.as_mut() else {
+            return Ok(());
+        };
+        let mut buf = std::mem::take(&mut att.lease.conn().rbuf);
+        let result = (|| loop {
+            if att.s2c_passthrough > 0 {
+                let n = att.s2c_passthrough.min(buf.len());
+                if n == 0 {
+                    return Ok(());
+                }
+                self.cout.extend_from_slice(&buf[..n]);
+                buf.advance(n);
+                att.s2c_passthrough -= n;
+                continue;
+            }
+            if self.cout.len() >= HIGH_WATER || att.release {
+                return Ok(());
+            }
+            let Some((t, total)) = frame::peek_header(&buf)? else {
+                return Ok(());
+            };
+            if buf.len() < total {
+                if total > STREAM_OVER && matches!(t, tag::DATA_ROW | tag::COPY_DATA) {
+                    att.s2c_passthrough = total;
+                    continue;
+                }
+                return Ok(());
+            }
+            let mut reply = Reply {
+                shared: &self.shared,
+                state: &mut self.state,
+                att: &mut *att,
+                out: &mut self.cout,
+                transaction_mode: tm,
+            };
+            reply.frame(t, &buf[..total]);
+            buf.advance(total);
+        })();
+        if let Some(att) = self.attached.as_mut() {
+            att.lease.conn().rbuf = buf;
+        }
+        result
+    }
+
+    /// Moves whole client frames to the server; returns true if the client sent Terminate.
+    fn process_client_input(&mut self, tm: bool) -> Result<bool, WireError> {
+        let Some(att) = self.attached.as_mut() else {
+            return Ok(false);
+        };
+        loop {
+            if att.c2s_passthrough > 0 {
+                let n = att.c2s_passthrough.min(self.cin.len());
+                if n == 0 {
+                    break;
+                }
+                att.sout.extend_from_slice(&self.cin[..n]);
+                self.cin.advance(n);
+                att.c2s_passthrough -= n;
+                continue;
+            }
+            if att.sout.len() >= HIGH_WATER || (att.hold && att.queue.boundary_outstanding()) {
+                break;
+            }
+            let Some((t, total)) = frame::peek_header(&self.cin)? else {
+                break;
+            };
+            if self.cin.len() < total {
+                if total > STREAM_OVER && t == tag::COPY_DATA {
+                    att.c2s_passthrough = total;
+                    continue;
+                }
+                break;
+            }
+            if t == tag::TERMINATE {
+                return Ok(true);
+            }
+            let mut fwd = Fwd {
+                shared: &self.shared,
+                rt: &self.rt,
+                state: &mut self.state,
+                att: &mut *att,
+                transaction_mode: tm,
+            };
+            fwd.frame(t, &self.cin[..total]);
+            self.cin.advance(total);
+        }
+        if att
+            .queue
+            .emit_synthetic(&mut self.cout, self.state.tx_status)
+            && att.queue.is_empty()
+            && att.server_status == b'I'
+            && self.state.tx_status == b'I'
+            && tm
+        {
+            att.release = true;
+        }
+        Ok(false)
+    }
+}
+
+/// More may be read into `buf`: below the high-water mark, or a frame at its head that is larger
+/// and must arrive whole.
+fn room(buf: &bytes::BytesMut) -> bool {
+    if buf.len() < HIGH_WATER {
+        return true;
+    }
+    matches!(frame::peek_header(buf), Ok(Some((_, total))) if total > buf.len())
+}
+
+fn server_protocol_error(e: &WireError) -> End {
+    tracing::warn!("server sent invalid data: {e}");
+    End::Close(ClientError::fatal(
+        "08P01",
+        "server sent data pgshift cannot parse; connection closed",
+    ))
+}

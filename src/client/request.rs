@@ -1,0 +1,153 @@
+//! Finding where a client's next request ends, and what it says about routing.
+//!
+//! Between transactions the session buffers client frames up to a request boundary (Query, Sync,
+//! Flush, FunctionCall, Terminate) before choosing a server: an extended-protocol batch is routed
+//! as a whole, so a write anywhere in it keeps it on the primary.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use super::state::ClientState;
+use crate::router::Classification;
+use crate::shared::{Runtime, Shared};
+use crate::wire::{frame, tag, WireError};
+
+/// Past this many buffered bytes without a boundary, route with what has arrived.
+const MAX_GATHER: usize = 64 * 1024;
+
+/// A request found at the front of the client's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Bytes of whole frames it spans.
+    pub len: usize,
+    /// True if it is only a Terminate.
+    pub terminate: bool,
+}
+
+/// Looks for a complete request at the front of `buf`; `Ok(None)` means read more.
+pub fn scan(buf: &[u8]) -> Result<Option<Request>, WireError> {
+    let mut at = 0;
+    loop {
+        let Some((t, total)) = frame::peek_header(&buf[at..])? else {
+            return Ok(None);
+        };
+        if buf.len() - at < total {
+            // A partial frame: a huge one is routed once its head is here; it streams after.
+            return Ok(
+                (at >= MAX_GATHER || (at > 0 && total > MAX_GATHER)).then_some(Request {
+                    len: at,
+                    terminate: false,
+                }),
+            );
+        }
+        if t == tag::TERMINATE && at == 0 {
+            return Ok(Some(Request {
+                len: total,
+                terminate: true,
+            }));
+        }
+        at += total;
+        let boundary = matches!(
+            t,
+            tag::QUERY | tag::SYNC | tag::FLUSH | tag::FUNCTION_CALL | tag::TERMINATE
+        );
+        if boundary || at >= MAX_GATHER {
+            return Ok(Some(Request {
+                len: at,
+                terminate: false,
+            }));
+        }
+    }
+}
+
+/// The text of a Query frame, or of the query in a Parse frame (lossy: routing only reads
+/// keywords, and the forwarded bytes are never the decoded text).
+pub fn sql_of(t: u8, f: &[u8]) -> Option<Cow<'_, str>> {
+    let body = frame::body(f);
+    let text = match t {
+        tag::QUERY => frame::cstr(body)?.0,
+        tag::PARSE => {
+            let (_, rest) = frame::cstr(body)?;
+            frame::cstr(rest)?.0
+        }
+        _ => return None,
+    };
+    Some(String::from_utf8_lossy(text))
+}
+
+/// Classifies SQL through the shared cache.
+pub fn classify(shared: &Shared, rt: &Runtime, sql: &str) -> Arc<Classification> {
+    shared.classify_cache.classify(sql, &rt.classifier)
+}
+
+/// The classifications of every statement the request runs, in order: Query and Parse texts,
+/// and the statements named by Bind.
+pub fn classifications(
+    shared: &Shared,
+    rt: &Runtime,
+    state: &ClientState,
+    req: &[u8],
+) -> Vec<Arc<Classification>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Ok(Some((t, total))) = frame::complete_frame(&req[at..]) {
+        let f = &req[at..at + total];
+        at += total;
+        match t {
+            tag::QUERY | tag::PARSE => {
+                if let Some(sql) = sql_of(t, f) {
+                    out.push(classify(shared, rt, &sql));
+                }
+            }
+            tag::BIND => {
+                let stmt = frame::cstr(frame::body(f))
+                    .and_then(|(_, rest)| frame::cstr(rest))
+                    .map(|(s, _)| s);
+                match stmt {
+                    Some(b"") | None => out.extend(state.unnamed.clone()),
+                    Some(name) => out.extend(state.statements.get(name).map(|d| d.class.clone())),
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    fn q(sql: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        crate::wire::messages::put_query(&mut b, sql);
+        b
+    }
+
+    #[test]
+    fn finds_boundaries() {
+        let mut buf = q("select 1");
+        let one = buf.len();
+        buf.extend_from_slice(&q("select 2"));
+        assert_eq!(
+            scan(&buf).unwrap(),
+            Some(Request {
+                len: one,
+                terminate: false
+            })
+        );
+        assert_eq!(scan(&buf[..one - 1]).unwrap(), None);
+        assert_eq!(
+            scan(b"X\0\0\0\x04").unwrap(),
+            Some(Request {
+                len: 5,
+                terminate: true
+            })
+        );
+        // Parse, Bind without Sync: not yet
+        let mut ext = BytesMut::new();
+        ext.extend_from_slice(b"P\0\0\0\x08\0x\0\0\0");
+        assert!(scan(&ext).is_err() || scan(&ext).unwrap().is_none());
+    }
+}

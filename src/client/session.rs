@@ -1,0 +1,443 @@
+//! One client's life after login: wait for a request, route it, take a server, relay until the
+//! transaction ends, give the server back; and on the way out, leave the server clean.
+
+use bytes::{Buf, BytesMut};
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+use super::handshake::Login;
+use super::io::{next_event, Event, Side};
+use super::registry::{ClientState as Activity, ServerRef, SessionHandle};
+use super::request::{self, Request};
+use super::route::SessionPools;
+use super::state::{Attached, ClientState, RouteOverride};
+use crate::auth::UserEntry;
+use crate::config::PoolMode;
+use crate::error::ClientError;
+use crate::session_state::{settings_diff, startup_settings};
+use crate::shared::{Runtime, Shared};
+use crate::wire::messages;
+
+/// How a session ends.
+#[derive(Debug)]
+pub enum End {
+    /// The client sent Terminate or closed its socket.
+    ClientGone,
+    /// We close the client, telling it why (FATAL).
+    Close(ClientError),
+}
+
+/// A logged-in client.
+pub struct Session {
+    pub(super) shared: Arc<Shared>,
+    pub(super) handle: Arc<SessionHandle>,
+    pub(super) client: crate::stream::Stream,
+    /// Bytes from the client not yet forwarded.
+    pub(super) cin: BytesMut,
+    /// Bytes for the client not yet written.
+    pub(super) cout: BytesMut,
+    /// The client owes a TLS flush.
+    pub(super) cflush: bool,
+    pub(super) user: Arc<UserEntry>,
+    pub(super) database: String,
+    pub(super) rt: Arc<Runtime>,
+    pub(super) pools: SessionPools,
+    pub(super) state: ClientState,
+    pub(super) attached: Option<Attached>,
+    /// Drop frames until the next Sync (after an error answered in place of an extended batch).
+    pub(super) skip_to_sync: bool,
+}
+
+/// Runs a client from login to disconnect.
+pub async fn run(shared: Arc<Shared>, login: Login) {
+    let peer = login.peer;
+    let mut session = match Session::start(shared.clone(), login).await {
+        Ok(s) => s,
+        Err((mut stream, e)) => {
+            shared
+                .stats
+                .login_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.stats.record_error(e.code.as_bytes());
+            let _ = stream.write_all(&e.frame()).await;
+            let _ = stream.flush().await;
+            tracing::info!(%peer, code = %e.code, "login refused: {}", e.message);
+            return;
+        }
+    };
+    tracing::info!(%peer, user = %session.user.name, db = %session.database, client = session.handle.id, "client connected");
+    let end = session.serve().await;
+    session.finish(end).await;
+}
+
+impl Session {
+    async fn start(
+        shared: Arc<Shared>,
+        login: Login,
+    ) -> Result<Session, (crate::stream::Stream, ClientError)> {
+        let Login {
+            mut stream,
+            rbuf,
+            user,
+            database,
+            params,
+            peer,
+        } = login;
+        let rt = shared.runtime.load_full();
+        let pools = SessionPools::resolve(&shared, &rt, &user, &database);
+        let server_params = match pools.server_params(&shared).await {
+            Ok(p) => p,
+            Err(e) => return Err((stream, e)),
+        };
+        let handle = shared.sessions.register(&user.name, &database, peer);
+        let mut state = ClientState {
+            tx_status: b'I',
+            track_prepared: rt.pool_mode() == PoolMode::Transaction
+                && rt.config.proxy.max_prepared_statements > 0,
+            ..ClientState::default()
+        };
+        state.route = crate::wire::startup::StartupPacket::param(&params, "pgshift.route")
+            .map_or(RouteOverride::Auto, RouteOverride::parse);
+        // Settings equal to the server's own defaults need no replay.
+        let mut settings = startup_settings(&params);
+        settings.retain(|k, v| {
+            !server_params.iter().any(|(pk, pv)| {
+                pk.eq_ignore_ascii_case(k) && crate::session_state::quote_literal(pv) == *v
+            })
+        });
+        state.startup_settings = settings.clone();
+        state.settings = settings;
+
+        let mut out = BytesMut::with_capacity(512);
+        for (k, v) in server_params.iter() {
+            let requested = crate::wire::startup::StartupPacket::param(&params, k).or_else(|| {
+                params
+                    .iter()
+                    .find(|(pk, _)| pk.eq_ignore_ascii_case(k))
+                    .map(|(_, v)| v.as_str())
+            });
+            messages::put_parameter_status(
+                &mut out,
+                k.as_bytes(),
+                requested.unwrap_or(v).as_bytes(),
+            );
+        }
+        messages::put_backend_key_data(&mut out, handle.key.0, handle.key.1);
+        messages::put_ready_for_query(&mut out, b'I');
+        if stream.write_all(&out).await.is_err() {
+            shared.sessions.unregister(&handle);
+            return Err((stream, ClientError::fatal("08006", "client went away")));
+        }
+        shared
+            .stats
+            .logins
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .stats
+            .clients
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Session {
+            shared,
+            handle,
+            client: stream,
+            cin: rbuf,
+            cout: BytesMut::new(),
+            cflush: false,
+            user,
+            database,
+            rt,
+            pools,
+            state,
+            attached: None,
+            skip_to_sync: false,
+        })
+    }
+
+    /// The request loop: one iteration per transaction (or per request outside one).
+    async fn serve(&mut self) -> End {
+        loop {
+            let req = match self.next_request().await {
+                Ok(r) => r,
+                Err(end) => return end,
+            };
+            if req.terminate {
+                return End::ClientGone;
+            }
+            if self.skip_to_sync {
+                self.skip_request(req);
+                continue;
+            }
+            if let Err(e) = self.attach(req).await {
+                if e.is_fatal() {
+                    return End::Close(e);
+                }
+                self.answer_in_place(req, &e);
+                continue;
+            }
+            match self.relay().await {
+                Ok(()) => self.release(),
+                Err(end) => return end,
+            }
+        }
+    }
+
+    /// Flushes output, then waits until a whole request is buffered.
+    async fn next_request(&mut self) -> Result<Request, End> {
+        self.handle.set_state(Activity::Idle);
+        let idle_timeout = self.rt.config.proxy.client_idle_timeout.enabled();
+        let (handle, shared) = (self.handle.clone(), self.shared.clone());
+        let mut kill = pin!(handle.kill.notified());
+        let mut drain = pin!(shared.drain_notify.notified());
+        let mut idle = pin!(tokio::time::sleep(
+            idle_timeout.unwrap_or(Duration::from_secs(86_400 * 365))
+        ));
+        loop {
+            if self.cout.is_empty() && !self.cflush {
+                if self.shared.is_draining() {
+                    return Err(End::Close(ClientError::fatal(
+                        "57P01",
+                        "terminating connection: pgshift is shutting down",
+                    )));
+                }
+                match request::scan(&self.cin) {
+                    Ok(Some(r)) => return Ok(r),
+                    Ok(None) => {}
+                    Err(e) => return Err(End::Close(ClientError::protocol(e.to_string()))),
+                }
+            }
+            let side = Side {
+                stream: &mut self.client,
+                rbuf: &mut self.cin,
+                wbuf: &mut self.cout,
+                read: true,
+                flush: self.cflush,
+            };
+            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 3] =
+                [kill.as_mut(), drain.as_mut(), idle.as_mut()];
+            let ev = next_event(side, None, &mut extra).await;
+            match ev {
+                Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => {
+                    return Err(End::ClientGone)
+                }
+                Event::ClientRead(Ok(_)) => {}
+                Event::ClientWrote(r) => self.wrote_client(r)?,
+                Event::ClientFlushed(r) => {
+                    r.map_err(|_| End::ClientGone)?;
+                    self.cflush = false;
+                }
+                Event::Other(0) => {
+                    return Err(End::Close(ClientError::fatal(
+                        "57P01",
+                        "terminating connection due to administrator command",
+                    )))
+                }
+                Event::Other(1) => drain.set(shared.drain_notify.notified()),
+                Event::Other(_) if idle_timeout.is_some() => {
+                    return Err(End::Close(ClientError::fatal(
+                        "57P05",
+                        "client_idle_timeout: connection closed after being idle",
+                    )))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) fn wrote_client(&mut self, r: std::io::Result<usize>) -> Result<(), End> {
+        let n = r.map_err(|_| End::ClientGone)?;
+        if n == 0 {
+            return Err(End::ClientGone);
+        }
+        self.cout.advance(n);
+        if self.client.is_tls() {
+            self.cflush = true;
+        }
+        Ok(())
+    }
+
+    /// Drops a request's frames up to and including Sync, answering the Sync (extended-protocol
+    /// error recovery when the batch could not be sent anywhere).
+    fn skip_request(&mut self, req: Request) {
+        let frames = self.cin.split_to(req.len);
+        if frames.last_frame_tag() == Some(crate::wire::tag::SYNC) {
+            self.skip_to_sync = false;
+            messages::put_ready_for_query(&mut self.cout, self.state.tx_status);
+        }
+    }
+
+    /// Answers a request that could not get a server with an ERROR (and ReadyForQuery where the
+    /// protocol wants one), so the client can retry on the same connection.
+    fn answer_in_place(&mut self, req: Request, e: &ClientError) {
+        self.shared.stats.record_error(e.code.as_bytes());
+        self.cout.extend_from_slice(&e.frame());
+        let frames = self.cin.split_to(req.len);
+        match frames.last_frame_tag() {
+            Some(
+                crate::wire::tag::QUERY | crate::wire::tag::FUNCTION_CALL | crate::wire::tag::SYNC,
+            ) => messages::put_ready_for_query(&mut self.cout, self.state.tx_status),
+            _ => self.skip_to_sync = true,
+        }
+    }
+
+    /// Takes a server for the request at the front of `cin`.
+    async fn attach(&mut self, req: Request) -> Result<(), ClientError> {
+        let rt = self.shared.runtime.load_full();
+        if rt.generation != self.rt.generation {
+            self.pools = SessionPools::resolve(&self.shared, &rt, &self.user, &self.database);
+            self.rt = rt;
+        }
+        if *self.shared.paused.borrow() {
+            self.wait_while_paused().await?;
+        }
+        let (backend, pool, target) = self.route(&self.cin[..req.len]);
+        self.handle.set_state(Activity::Waiting);
+        let lease = pool.checkout(&self.handle.cancel).await.map_err(|e| {
+            if matches!(e, crate::pool::PoolError::Server(_)) {
+                backend.ban(Duration::from_secs(1), "connect failed");
+            }
+            let mut ce = ClientError::from(&e);
+            if !matches!(e, crate::pool::PoolError::WaitTimeout(_)) {
+                ce.severity = "ERROR"; // the client may retry on this connection
+            }
+            ce
+        })?;
+        self.handle.set_state(Activity::Active);
+        backend
+            .health
+            .routed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut att = Attached::new(lease, backend, target);
+        let conn = att.lease.conn();
+        self.handle.set_server(Some(ServerRef {
+            peer: conn.peer,
+            key: conn.cancel_key,
+            conn_id: conn.id,
+        }));
+        if let Some(sql) = settings_diff(&conn.state.settings, &self.state.settings) {
+            conn.state.settings = self.state.settings.clone();
+            messages::put_query(&mut att.sout, &sql);
+            att.queue.push(super::expect::Expect::SilentQuery);
+        }
+        self.attached = Some(att);
+        Ok(())
+    }
+
+    async fn wait_while_paused(&mut self) -> Result<(), ClientError> {
+        let mut rx = self.shared.paused.subscribe();
+        let wait = self.rt.config.proxy.query_wait_timeout.0;
+        let resumed = tokio::time::timeout(wait, rx.wait_for(|p| !*p))
+            .await
+            .is_ok();
+        if resumed {
+            Ok(())
+        } else {
+            Err(ClientError::fatal(
+                "53300",
+                "query_wait_timeout: pgshift is paused",
+            ))
+        }
+    }
+
+    /// Gives the server back at a transaction boundary.
+    fn release(&mut self) {
+        let Some(att) = self.attached.take() else {
+            return;
+        };
+        let elapsed = att.since.elapsed();
+        self.shared.stats.record_xact(elapsed);
+        let traffic = att.lease.pool().stats.traffic.local();
+        traffic
+            .xacts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        traffic.xact_us.fetch_add(
+            elapsed.as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        traffic
+            .bytes_in
+            .fetch_add(att.bytes_in, std::sync::atomic::Ordering::Relaxed);
+        traffic
+            .bytes_out
+            .fetch_add(att.bytes_out, std::sync::atomic::Ordering::Relaxed);
+        self.handle
+            .xacts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.handle.set_server(None);
+        let pool = att.lease.pool().clone();
+        pool.checkin(att.lease);
+    }
+
+    /// Leaves the server clean (or closes it) and deregisters the client.
+    async fn finish(mut self, end: End) {
+        if let End::Close(e) = &end {
+            self.shared.stats.record_error(e.code.as_bytes());
+            self.cout.extend_from_slice(&e.frame());
+        }
+        if !self.cout.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.client.write_all(&self.cout))
+                .await;
+            let _ = self.client.flush().await;
+        }
+        if let Some(att) = self.attached.take() {
+            self.handle.set_server(None);
+            cleanup_server(att, &self.rt).await;
+        }
+        self.shared.sessions.unregister(&self.handle);
+        self.shared
+            .stats
+            .clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.client.shutdown().await;
+        tracing::info!(client = self.handle.id, user = %self.user.name, "client disconnected");
+    }
+}
+
+/// A server whose client left: back to the pool if it is idle and owes nothing, after ROLLBACK
+/// if it was in a transaction, after the reset query in session mode; otherwise closed.
+async fn cleanup_server(mut att: Attached, rt: &Runtime) {
+    let pool = att.lease.pool().clone();
+    let clean = att.queue.is_empty()
+        && att.sout.is_empty()
+        && att.s2c_passthrough == 0
+        && att.c2s_passthrough == 0;
+    if !clean || att.lease.conn().broken {
+        return; // dropping the lease closes the connection
+    }
+    let reset = match (rt.pool_mode(), att.server_status) {
+        (PoolMode::Session, _) => Some(rt.config.proxy.server_reset_query.clone()),
+        (_, b'T' | b'E') => Some("ROLLBACK".to_string()),
+        _ => None,
+    };
+    if let Some(sql) = reset.filter(|s| !s.is_empty()) {
+        let conn = att.lease.conn();
+        match tokio::time::timeout(Duration::from_secs(5), conn.run_internal(&sql)).await {
+            Ok(Ok(None)) if !conn.broken => {
+                if sql.eq_ignore_ascii_case("DISCARD ALL") {
+                    conn.state.clear_prepared();
+                    conn.state.settings.clear();
+                }
+            }
+            _ => return,
+        }
+    }
+    pool.checkin(att.lease);
+}
+
+/// The tag of the last whole frame in a buffer of whole frames.
+trait LastFrame {
+    fn last_frame_tag(&self) -> Option<u8>;
+}
+
+impl LastFrame for BytesMut {
+    fn last_frame_tag(&self) -> Option<u8> {
+        let mut at = 0;
+        let mut last = None;
+        while let Ok(Some((t, total))) = crate::wire::frame::complete_frame(&self[at..]) {
+            last = Some(t);
+            at += total;
+        }
+        last
+    }
+}

@@ -1,0 +1,191 @@
+//! Per-client session state that outlives any one server connection, and the server attachment.
+
+use bytes::{Bytes, BytesMut};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::expect::ExpectQueue;
+use crate::pool::{Backend, Lease};
+use crate::router::{Classification, SessionEffect, StatementKind, Target};
+use crate::session_state::{Settings, StmtDef};
+
+/// A client's override of routing (`SET pgshift.route`, startup parameter `pgshift.route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteOverride {
+    /// The classifier decides.
+    #[default]
+    Auto,
+    /// Everything to the primary.
+    Primary,
+    /// Reads to replicas even when the classifier is unsure (the client vouches).
+    Replica,
+}
+
+impl RouteOverride {
+    /// Parses a setting value (quotes allowed).
+    pub fn parse(v: &str) -> RouteOverride {
+        match v.trim().trim_matches('\'').to_ascii_lowercase().as_str() {
+            "primary" => RouteOverride::Primary,
+            "replica" => RouteOverride::Replica,
+            _ => RouteOverride::Auto,
+        }
+    }
+}
+
+/// What follows the client from server to server.
+#[derive(Debug, Default)]
+pub struct ClientState {
+    /// Settings from the startup packet (what RESET returns to).
+    pub startup_settings: Settings,
+    /// Settings the client holds now; replayed as a diff onto each server it lands on.
+    pub settings: Settings,
+    /// Named protocol-level statements: client name -> proxy-wide definition.
+    pub statements: HashMap<Bytes, Arc<StmtDef>>,
+    /// Classification of the last unnamed Parse (its Bind/Execute follow it).
+    pub unnamed: Option<Arc<Classification>>,
+    /// Classification of the statement bound to the unnamed portal (what Execute runs).
+    pub unnamed_portal: Option<Arc<Classification>>,
+    /// Transaction status last sent to the client.
+    pub tx_status: u8,
+    /// Why the client keeps its server for the session, if it does.
+    pub pinned: Option<&'static str>,
+    /// Routing override.
+    pub route: RouteOverride,
+    /// Effects of statements inside the open transaction, applied when it commits.
+    pub tx_effects: Vec<SessionEffect>,
+    /// True in transaction mode with statement tracking on: named statements are renamed.
+    pub track_prepared: bool,
+    /// Commit position of the client's last write (for read-your-writes); 0 = none.
+    pub last_write_lsn: u64,
+}
+
+impl ClientState {
+    /// Applies one committed effect to the client's settings.
+    pub fn apply(&mut self, e: &SessionEffect) {
+        match e {
+            SessionEffect::Set { name, value } if name == "pgshift.route" => {
+                self.route = RouteOverride::parse(value)
+            }
+            SessionEffect::Set { name, value } if value.eq_ignore_ascii_case("default") => {
+                self.reset(name)
+            }
+            SessionEffect::Set { name, value } => {
+                self.settings.insert(name.clone(), value.clone());
+            }
+            SessionEffect::Reset { name } => self.reset(name),
+            SessionEffect::ResetAll => self.settings = self.startup_settings.clone(),
+            SessionEffect::DiscardAll => {
+                self.settings = self.startup_settings.clone();
+                self.statements.clear();
+                self.route = RouteOverride::Auto;
+            }
+            SessionEffect::Deallocate { name: None } => self.statements.clear(),
+            _ => {}
+        }
+    }
+
+    fn reset(&mut self, name: &str) {
+        if name == "pgshift.route" {
+            self.route = RouteOverride::Auto;
+        } else if let Some(v) = self.startup_settings.get(name) {
+            self.settings.insert(name.to_string(), v.clone());
+        } else {
+            self.settings.remove(name);
+        }
+    }
+}
+
+/// Applies one committed effect to what a server connection holds.
+pub fn apply_to_server(settings: &mut Settings, e: &SessionEffect) {
+    match e {
+        SessionEffect::Set { name, .. } if name == "pgshift.route" => {}
+        SessionEffect::Set { name, value } if value.eq_ignore_ascii_case("default") => {
+            settings.remove(name);
+        }
+        SessionEffect::Set { name, value } => {
+            settings.insert(name.clone(), value.clone());
+        }
+        SessionEffect::Reset { name } => {
+            settings.remove(name);
+        }
+        SessionEffect::ResetAll | SessionEffect::DiscardAll => settings.clear(),
+        _ => {}
+    }
+}
+
+/// A server connection while a client holds it.
+pub struct Attached {
+    /// The leased connection.
+    pub lease: Lease,
+    /// Which backend it is on.
+    pub backend: Arc<Backend>,
+    /// Primary or replica.
+    pub target: Target,
+    /// Replies owed to the client.
+    pub queue: ExpectQueue,
+    /// Bytes waiting to be written to the server.
+    pub sout: BytesMut,
+    /// Hold further client requests until the current one is answered (replica attachments: the
+    /// next request may need another backend, decided only once this one ends the transaction).
+    pub hold: bool,
+    /// Transaction status in the server's last ReadyForQuery.
+    pub server_status: u8,
+    /// When the transaction started (attach time).
+    pub since: Instant,
+    /// When the oldest unanswered request was sent.
+    pub req_started: Option<Instant>,
+    /// Kind of the current request's first statement (latency label).
+    pub kind: StatementKind,
+    /// Effects of client requests in flight, one entry per client Query/Sync, oldest first.
+    pub effects: VecDeque<Vec<SessionEffect>>,
+    /// Effects of Executes since the last Sync.
+    pub batch_effects: Vec<SessionEffect>,
+    /// An ErrorResponse arrived for the request being answered.
+    pub req_errored: bool,
+    /// A CommandComplete "ROLLBACK" arrived for the request being answered.
+    pub saw_rollback: bool,
+    /// Bytes of a large server frame still to stream through unbuffered.
+    pub s2c_passthrough: usize,
+    /// Bytes of a large client frame still to stream through unbuffered.
+    pub c2s_passthrough: usize,
+    /// The client's requests are answered and the transaction is over: give the server back.
+    pub release: bool,
+    /// The transaction wrote (for read-your-writes: capture the commit LSN).
+    pub wrote: bool,
+    /// The server owes a TLS flush.
+    pub sflush: bool,
+    /// Bytes written to the server during this attachment.
+    pub bytes_in: u64,
+    /// Bytes written to the client during this attachment.
+    pub bytes_out: u64,
+}
+
+impl Attached {
+    /// A fresh attachment.
+    pub fn new(lease: Lease, backend: Arc<Backend>, target: Target) -> Attached {
+        Attached {
+            lease,
+            backend,
+            target,
+            queue: ExpectQueue::default(),
+            sout: BytesMut::new(),
+            hold: target == Target::Replica,
+            server_status: b'I',
+            since: Instant::now(),
+            req_started: None,
+            kind: StatementKind::Other,
+            effects: VecDeque::new(),
+            batch_effects: Vec::new(),
+            req_errored: false,
+            saw_rollback: false,
+            s2c_passthrough: 0,
+            c2s_passthrough: 0,
+            release: false,
+            wrote: false,
+            sflush: false,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! proxy.toml: typed settings with PgBouncer's defaults, environment overrides, and validation.
+//!
+//! Loading goes file -> TOML tree -> environment overrides applied to the tree -> typed structs ->
+//! `validate()`. Every problem found (unknown keys, bad types per section, inconsistent values) is
+//! collected and reported together, so an operator fixes a config in one pass.
+
+mod duration;
+mod env;
+mod validate;
+
+pub use duration::Dur;
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Every problem found in a configuration, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// The whole proxy.toml.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Config {
+    /// Client listener and pooling.
+    pub proxy: ProxyConfig,
+    /// Who may connect and how they prove it.
+    pub auth: AuthConfig,
+    /// TLS toward clients and toward PostgreSQL.
+    pub tls: TlsConfig,
+    /// The primary (read-write) PostgreSQL.
+    pub primary: BackendConfig,
+    /// Streaming replicas that serve reads.
+    pub replicas: Vec<BackendConfig>,
+    /// Read/write split and replica health.
+    pub routing: RoutingConfig,
+    /// The sidecar HTTP admin port.
+    pub admin: AdminConfig,
+    /// An online migration to a new database; absent means none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationConfig>,
+}
+
+/// How long a client keeps its server connection.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// Server given back at the end of each transaction (ReadyForQuery 'I').
+    #[default]
+    Transaction,
+    /// Server kept for the client's whole connection; reset with `server_reset_query` after.
+    Session,
+}
+
+/// `[proxy]`: the listener and the pools, with PgBouncer's meanings and defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxyConfig {
+    /// Address clients connect to.
+    pub listen: String,
+    /// transaction | session.
+    pub pool_mode: PoolMode,
+    /// Server connections per (user, database, backend).
+    pub default_pool_size: usize,
+    /// Connections kept open even when idle.
+    pub min_pool_size: usize,
+    /// Extra connections allowed once a client has waited `reserve_pool_timeout`.
+    pub reserve_pool_size: usize,
+    /// Wait before the reserve pool may be used.
+    pub reserve_pool_timeout: Dur,
+    /// Clients beyond this are refused with 53300.
+    pub max_client_conn: usize,
+    /// Longest wait for a server connection; the client then gets an error and is disconnected.
+    pub query_wait_timeout: Dur,
+    /// Idle server connections older than this are closed (down to `min_pool_size`).
+    pub server_idle_timeout: Dur,
+    /// Server connections older than this are closed at check-in.
+    pub server_lifetime: Dur,
+    /// Runtime worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Bound on TCP connect + login to PostgreSQL.
+    pub server_connect_timeout: Dur,
+    /// A connection idle longer than this gets a probe query before it is handed out.
+    pub server_check_delay: Dur,
+    /// Query run on a server before another client gets it in session mode.
+    pub server_reset_query: String,
+    /// Bound on the whole client login dialogue.
+    pub client_login_timeout: Dur,
+    /// Cancel a query that runs longer than this (0 = off).
+    pub query_timeout: Dur,
+    /// Disconnect a client idle in a transaction longer than this (0 = off).
+    pub idle_transaction_timeout: Dur,
+    /// Disconnect a client idle (outside a transaction) longer than this (0 = off).
+    pub client_idle_timeout: Dur,
+    /// SIGTERM drain bound: running transactions get this long to finish.
+    pub shutdown_timeout: Dur,
+    /// Protocol-level prepared statements kept per server connection (0 disables tracking).
+    pub max_prepared_statements: usize,
+    /// What to do with session-only features in transaction mode: "pin" or "reject".
+    pub session_features: SessionFeatures,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:6432".into(),
+            pool_mode: PoolMode::Transaction,
+            default_pool_size: 20,
+            min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: Dur::secs(5),
+            max_client_conn: 10_000,
+            query_wait_timeout: Dur::secs(120),
+            server_idle_timeout: Dur::secs(600),
+            server_lifetime: Dur::secs(3600),
+            workers: 0,
+            server_connect_timeout: Dur::secs(5),
+            server_check_delay: Dur::secs(30),
+            server_reset_query: "DISCARD ALL".into(),
+            client_login_timeout: Dur::secs(60),
+            query_timeout: Dur::secs(0),
+            idle_transaction_timeout: Dur::secs(0),
+            client_idle_timeout: Dur::secs(0),
+            shutdown_timeout: Dur::secs(30),
+            max_prepared_statements: 200,
+            session_features: SessionFeatures::Pin,
+        }
+    }
+}
+
+/// Session-only features (advisory locks, temp tables, WITH HOLD cursors, SQL PREPARE) in
+/// transaction mode.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionFeatures {
+    /// Keep the client on its server connection for the rest of its session.
+    #[default]
+    Pin,
+    /// Refuse the statement with a clear error (0A000).
+    Reject,
+}
+
+/// Client authentication method.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub enum AuthType {
+    /// SCRAM-SHA-256 (PostgreSQL's default).
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// MD5 challenge.
+    #[serde(rename = "md5")]
+    Md5,
+    /// No password asked.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// scram-sha-256 | md5 | trust.
+    #[serde(rename = "type")]
+    pub kind: AuthType,
+    /// Users allowed to connect.
+    pub users: Vec<UserConfig>,
+}
+
+/// One `[[auth.users]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct UserConfig {
+    /// Role name (the same in PostgreSQL).
+    pub name: String,
+    /// Plaintext, a PostgreSQL SCRAM verifier, or an md5 hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Read the password from this file instead (first line), so it need not sit in config or env.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// Overrides `default_pool_size` for this user's pools.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<usize>,
+}
+
+/// Client-side TLS policy.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Answer SSLRequest with 'N'.
+    #[default]
+    Disable,
+    /// Accept TLS when asked.
+    Allow,
+    /// Accept TLS when asked (same as allow on the server side, as in PgBouncer).
+    Prefer,
+    /// Refuse clients that do not use TLS.
+    Require,
+}
+
+/// Server-side TLS policy.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// TLS when the server offers it.
+    Prefer,
+    /// TLS, without verifying the certificate.
+    Require,
+    /// TLS with the certificate chained to `server_ca`.
+    VerifyCa,
+    /// As verify-ca, plus the host name must match.
+    VerifyFull,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// Client side: disable | allow | prefer | require.
+    pub mode: TlsMode,
+    /// Server certificate chain (PEM).
+    pub cert: String,
+    /// Server private key (PEM).
+    pub key: String,
+    /// Toward PostgreSQL: disable | prefer | require | verify-ca | verify-full.
+    pub server_mode: ServerTlsMode,
+    /// CA bundle for verify-ca / verify-full.
+    pub server_ca: String,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            mode: TlsMode::Disable,
+            cert: "certs/server.crt".into(),
+            key: "certs/server.key".into(),
+            server_mode: ServerTlsMode::Disable,
+            server_ca: String::new(),
+        }
+    }
+}
+
+/// A PostgreSQL server address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct BackendConfig {
+    /// Host name or IP.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            host: "127.0.0.1".into(),
+            port: 5432,
+        }
+    }
+}
+
+impl BackendConfig {
+    /// `host:port` for connecting and for logs.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// `[routing]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RoutingConfig {
+    /// false: everything goes to the primary.
+    pub read_write_split: bool,
+    /// A replica further behind than this serves no reads.
+    pub max_replica_lag: Dur,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            read_write_split: true,
+            max_replica_lag: Dur::secs(10),
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// HTTP listen address, or "unix:/path/to.sock"; empty disables the admin port.
+    pub listen: String,
+    /// Bearer token for mutating endpoints.
+    pub token: String,
+    /// Users allowed on the PgBouncer-style console (database "pgbouncer").
+    pub admin_users: Vec<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:6480".into(),
+            token: String::new(),
+            admin_users: Vec::new(),
+        }
+    }
+}
+
+/// `[migration]`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct MigrationConfig {
+    /// Where the current phase is persisted.
+    pub state_file: String,
+    /// The new database's primary.
+    pub target: BackendConfig,
+}
+
+impl Config {
+    /// Loads a file, applies `PGSHIFT_*` environment overrides, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("cannot read {}: {e}", path.display())]))?;
+        Self::from_toml_with_env(&text, std::env::vars())
+    }
+
+    /// Parses TOML text with the given environment, then validates.
+    pub fn from_toml_with_env(
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError(vec![format!("TOML syntax: {e}")]))?;
+        let mut problems = Vec::new();
+        env::apply_overrides(&mut tree, vars, &mut problems);
+        validate::unknown_keys(&tree, &mut problems);
+        let config = validate::typed(tree, &mut problems);
+        if let Some(c) = &config {
+            c.validate(&mut problems);
+        }
+        match config {
+            Some(c) if problems.is_empty() => Ok(c),
+            _ => Err(ConfigError(problems)),
+        }
+    }
+
+    /// Parses TOML text without looking at the environment (tests, reload of a given text).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_toml_with_env(text, std::iter::empty())
+    }
+
+    /// The effective configuration as TOML, with passwords and the admin token redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        for u in &mut c.auth.users {
+            if u.password.is_some() {
+                u.password = Some("<redacted>".into());
+            }
+        }
+        if !c.admin.token.is_empty() {
+            c.admin.token = "<redacted>".into();
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+//! Tests of loading, overriding and validating proxy.toml.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[auth]
+[[auth.users]]
+name = "app"
+password = "app"
+"#;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_match_pgbouncer() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(c.proxy.default_pool_size, 20);
+    assert_eq!(c.proxy.max_client_conn, 10_000);
+    assert_eq!(c.proxy.query_wait_timeout, Dur::secs(120));
+    assert_eq!(c.proxy.pool_mode, PoolMode::Transaction);
+    assert_eq!(c.auth.kind, AuthType::ScramSha256);
+}
+
+#[test]
+fn example_file_is_valid() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml")).unwrap();
+    Config::from_toml(&text).unwrap();
+}
+
+#[test]
+fn environment_overrides_file() {
+    let vars = env(&[
+        ("PGSHIFT_PROXY_DEFAULT_POOL_SIZE", "40"),
+        ("PGSHIFT_PRIMARY_URL", "postgres://db.internal:6543"),
+        ("PGSHIFT_ADMIN_TOKEN", "1234"),
+        ("PGSHIFT_ROUTING_READ_WRITE_SPLIT", "off"),
+        ("PGSHIFT_TEST_PRIMARY_PORT", "99"), // not a config section: ignored
+    ]);
+    let c = Config::from_toml_with_env(MINIMAL, vars).unwrap();
+    assert_eq!(c.proxy.default_pool_size, 40);
+    assert_eq!(
+        c.primary,
+        BackendConfig {
+            host: "db.internal".into(),
+            port: 6543
+        }
+    );
+    assert_eq!(c.admin.token, "1234");
+    assert!(!c.routing.read_write_split);
+}
+
+#[test]
+fn every_problem_is_listed() {
+    let text = r#"
+[proxy]
+listen = "nowhere"
+default_pool_size = "many"
+bogus = 1
+[auth]
+type = "scram-sha-256"
+[[auth.users]]
+name = "app"
+[primary]
+port = 0
+hots = "x"
+"#;
+    let err = Config::from_toml_with_env(text, env(&[("PGSHIFT_PROXY_NOPE", "1")])).unwrap_err();
+    let all = err.0.join("\n");
+    assert!(all.contains("unknown key `proxy.bogus`"), "{all}");
+    assert!(all.contains("unknown key `primary.hots`"), "{all}");
+    assert!(all.contains("[proxy]"), "{all}");
+    assert!(all.contains("PGSHIFT_PROXY_NOPE"), "{all}");
+    assert!(err.0.len() >= 4, "{all}");
+}
+
+#[test]
+fn semantic_problems_are_listed_together() {
+    let text = r#"
+[proxy]
+listen = "nowhere"
+min_pool_size = 50
+[auth]
+[[auth.users]]
+name = "app"
+[admin]
+listen = "0.0.0.0:6480"
+"#;
+    let err = Config::from_toml(text).unwrap_err();
+    let all = err.0.join("\n");
+    assert!(all.contains("listen"), "{all}");
+    assert!(all.contains("min_pool_size"), "{all}");
+    assert!(all.contains("no password"), "{all}");
+    assert!(all.contains("token is required"), "{all}");
+}
+
+#[test]
+fn redaction_hides_secrets() {
+    let mut c = Config::from_toml(MINIMAL).unwrap();
+    c.admin.token = "tok-secret".into();
+    let out = c.redacted_toml();
+    assert!(!out.contains("tok-secret"));
+    assert!(!out.contains("password = \"app\""));
+    assert!(out.contains("<redacted>"));
+}

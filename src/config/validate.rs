@@ -1,0 +1,180 @@
+//! Finds every problem in a configuration: unknown keys, wrong types (per section), bad values.
+
+use super::{AuthType, BackendConfig, Config, UserConfig};
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+/// A tree holding every key the config knows, including one element of each array of tables.
+fn schema() -> Table {
+    let mut c = Config::default();
+    c.auth.users = vec![UserConfig {
+        name: "u".into(),
+        password: Some("p".into()),
+        password_file: Some("f".into()),
+        pool_size: Some(1),
+    }];
+    c.replicas = vec![BackendConfig::default()];
+    c.migration = Some(Default::default());
+    Table::try_from(&c).unwrap_or_default()
+}
+
+/// Notes every key of `tree` that the schema does not have, with its full path.
+pub fn unknown_keys(tree: &Table, problems: &mut Vec<String>) {
+    walk(tree, &schema(), "", problems);
+}
+
+fn walk(tree: &Table, schema: &Table, path: &str, problems: &mut Vec<String>) {
+    for (k, v) in tree {
+        let here = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        let Some(known) = schema.get(k) else {
+            problems.push(format!("unknown key `{here}`"));
+            continue;
+        };
+        match (v, known) {
+            (Value::Table(t), Value::Table(s)) => walk(t, s, &here, problems),
+            (Value::Array(items), Value::Array(s)) => {
+                if let Some(Value::Table(s)) = s.first() {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Value::Table(t) = item {
+                            walk(t, s, &format!("{here}[{i}]"), problems);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Deserializes section by section so that one bad value does not hide the others.
+pub fn typed(tree: Table, problems: &mut Vec<String>) -> Option<Config> {
+    let before = problems.len();
+    let mut c = Config::default();
+    for (k, v) in tree {
+        match k.as_str() {
+            "proxy" => section(&k, v, problems, &mut c.proxy),
+            "auth" => section(&k, v, problems, &mut c.auth),
+            "tls" => section(&k, v, problems, &mut c.tls),
+            "primary" => section(&k, v, problems, &mut c.primary),
+            "replicas" => section(&k, v, problems, &mut c.replicas),
+            "routing" => section(&k, v, problems, &mut c.routing),
+            "admin" => section(&k, v, problems, &mut c.admin),
+            "migration" => {
+                let mut m = Default::default();
+                section(&k, v, problems, &mut m);
+                c.migration = Some(m);
+            }
+            _ => {} // reported by unknown_keys
+        }
+    }
+    (problems.len() == before).then_some(c)
+}
+
+fn section<T: DeserializeOwned>(name: &str, v: Value, problems: &mut Vec<String>, out: &mut T) {
+    match v.try_into::<T>() {
+        Ok(t) => *out = t,
+        Err(e) => problems.push(format!("[{name}]: {}", e.to_string().trim())),
+    }
+}
+
+impl Config {
+    /// Semantic checks; appends a readable line per problem.
+    pub fn validate(&self, problems: &mut Vec<String>) {
+        let p = &self.proxy;
+        if p.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "[proxy] listen = {:?} is not an address like 127.0.0.1:6432",
+                p.listen
+            ));
+        }
+        if p.default_pool_size == 0 {
+            problems.push("[proxy] default_pool_size must be at least 1".into());
+        }
+        if p.min_pool_size > p.default_pool_size {
+            problems.push("[proxy] min_pool_size must not exceed default_pool_size".into());
+        }
+        if p.max_client_conn == 0 {
+            problems.push("[proxy] max_client_conn must be at least 1".into());
+        }
+        if p.query_wait_timeout.0.is_zero() {
+            problems.push("[proxy] query_wait_timeout must be above 0".into());
+        }
+        if p.server_connect_timeout.0.is_zero() {
+            problems.push("[proxy] server_connect_timeout must be above 0".into());
+        }
+        self.validate_auth(problems);
+        validate_backend("primary", &self.primary, problems);
+        for (i, r) in self.replicas.iter().enumerate() {
+            validate_backend(&format!("replicas[{i}]"), r, problems);
+        }
+        if let Some(m) = &self.migration {
+            validate_backend("migration.target", &m.target, problems);
+        }
+        let a = &self.admin;
+        if !a.listen.is_empty() && !a.listen.starts_with("unix:") {
+            match a.listen.parse::<std::net::SocketAddr>() {
+                Err(_) => problems.push(format!(
+                    "[admin] listen = {:?} is not an address or unix:/path",
+                    a.listen
+                )),
+                Ok(addr) if !addr.ip().is_loopback() && a.token.is_empty() => problems
+                    .push("[admin] token is required when listen is not a loopback address".into()),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn validate_auth(&self, problems: &mut Vec<String>) {
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in self.auth.users.iter().enumerate() {
+            if u.name.is_empty() {
+                problems.push(format!("[[auth.users]] #{i}: name is empty"));
+            } else if !seen.insert(&u.name) {
+                problems.push(format!("[[auth.users]] {:?} is listed twice", u.name));
+            }
+            if u.password.is_some() && u.password_file.is_some() {
+                problems.push(format!(
+                    "[[auth.users]] {:?}: give password or password_file, not both",
+                    u.name
+                ));
+            }
+            let needs_secret = self.auth.kind != AuthType::Trust;
+            if needs_secret && u.password.is_none() && u.password_file.is_none() {
+                problems.push(format!(
+                    "[[auth.users]] {:?}: no password (auth type needs one)",
+                    u.name
+                ));
+            }
+            if let (AuthType::Md5, Some(pw)) = (self.auth.kind, &u.password) {
+                if pw.starts_with("SCRAM-SHA-256$") {
+                    problems.push(format!(
+                        "[[auth.users]] {:?}: a SCRAM verifier cannot serve md5 authentication",
+                        u.name
+                    ));
+                }
+            }
+            if u.pool_size == Some(0) {
+                problems.push(format!(
+                    "[[auth.users]] {:?}: pool_size must be at least 1",
+                    u.name
+                ));
+            }
+        }
+        if self.auth.users.is_empty() && self.auth.kind != AuthType::Trust {
+            problems.push("[auth] no users: add at least one [[auth.users]] entry".into());
+        }
+    }
+}
+
+fn validate_backend(name: &str, b: &BackendConfig, problems: &mut Vec<String>) {
+    if b.host.is_empty() {
+        problems.push(format!("[{name}] host is empty"));
+    }
+    if b.port == 0 {
+        problems.push(format!("[{name}] port must not be 0"));
+    }
+}

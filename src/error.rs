@@ -1,0 +1,99 @@
+//! What a client is told when something fails: SQLSTATE, severity and a message that names no host
+//! and no secret. Internal errors convert into this at the edge, once.
+
+use crate::pool::PoolError;
+use crate::server::ServerError;
+use crate::wire::messages;
+use bytes::BytesMut;
+
+/// An error as the client will see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    /// ERROR (session continues) or FATAL (connection closes).
+    pub severity: &'static str,
+    /// SQLSTATE.
+    pub code: String,
+    /// Human-readable message; must never contain host names or secrets.
+    pub message: String,
+}
+
+impl ClientError {
+    /// A FATAL error: the connection closes after it.
+    pub fn fatal(code: &str, message: impl Into<String>) -> Self {
+        ClientError {
+            severity: "FATAL",
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An ERROR: the session goes on.
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        ClientError {
+            severity: "ERROR",
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// True if the connection must close after sending it.
+    pub fn is_fatal(&self) -> bool {
+        self.severity == "FATAL"
+    }
+
+    /// The ErrorResponse frame.
+    pub fn frame(&self) -> BytesMut {
+        messages::error_response(self.severity, &self.code, &self.message)
+    }
+
+    /// 28P01, worded as PostgreSQL words it.
+    pub fn bad_password(user: &str) -> Self {
+        Self::fatal(
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        )
+    }
+
+    /// 08P01 protocol violation.
+    pub fn protocol(message: impl Into<String>) -> Self {
+        Self::fatal("08P01", message)
+    }
+}
+
+impl From<&ServerError> for ClientError {
+    fn from(e: &ServerError) -> Self {
+        match e {
+            // PostgreSQL's own login error (unknown database 3D000, role 28000, too many 53300...)
+            // is what the client would have seen talking to it directly.
+            ServerError::Refused { code, message, .. } => ClientError::fatal(code, message.clone()),
+            ServerError::Connect(_) | ServerError::ConnectTimeout => ClientError::fatal(
+                "08006",
+                "server unavailable: pgshift could not connect to PostgreSQL (it is restarting or unreachable)",
+            ),
+            ServerError::Auth(a) => ClientError::fatal("08006", format!("pgshift could not log into PostgreSQL: {a}")),
+            ServerError::Tls(_) => ClientError::fatal("08006", "pgshift could not open TLS toward PostgreSQL"),
+            ServerError::Wire(_) | ServerError::Io(_) | ServerError::Closed => {
+                ClientError::fatal("08006", "server connection lost")
+            }
+        }
+    }
+}
+
+impl From<&PoolError> for ClientError {
+    fn from(e: &PoolError) -> Self {
+        match e {
+            PoolError::WaitTimeout(d) => ClientError::fatal(
+                "53300",
+                format!(
+                    "query_wait_timeout: no server connection became free within {}s",
+                    d.as_secs()
+                ),
+            ),
+            PoolError::Canceled => {
+                ClientError::error("57014", "canceling statement due to user request")
+            }
+            PoolError::Server(s) => s.into(),
+            PoolError::Closed => ClientError::fatal("57P01", "terminating connection: pool closed"),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The `pgshift` binary: command line, logging, runtime, signals.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use pgshift::config::Config;
+use pgshift::proxy::Proxy;
+
+/// pgshift: a PostgreSQL connection proxy.
+///
+/// Put it in front of PostgreSQL by changing DATABASE_URL. It terminates TLS, pools server
+/// connections in transaction mode, sends reads to streaming replicas and writes to the primary,
+/// and serves pool stats, health and controls on an HTTP admin port.
+///
+/// SIGNALS: SIGHUP reloads the configuration without dropping clients. SIGTERM stops accepting,
+/// lets running transactions finish (bounded by shutdown_timeout) and exits 0. SIGINT exits at once.
+///
+/// ENVIRONMENT: every setting can be overridden as PGSHIFT_<SECTION>_<KEY> (for example
+/// PGSHIFT_PROXY_DEFAULT_POOL_SIZE=40); PGSHIFT_PRIMARY_URL=postgres://host:port stands in for the
+/// [primary] table. Log verbosity: PGSHIFT_LOG (or RUST_LOG), e.g. PGSHIFT_LOG=debug.
+#[derive(Parser, Debug)]
+#[command(name = "pgshift", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, short = 'c', default_value = "proxy.toml", value_name = "PATH")]
+    config: PathBuf,
+    /// Validate the configuration (file + environment) and exit: 0 if valid, 2 listing every problem.
+    #[arg(long)]
+    check_config: bool,
+    /// With --check-config: also print the effective configuration as TOML, secrets redacted.
+    #[arg(long, requires = "check_config")]
+    print: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgshift: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        if cli.print {
+            print!("{}", config.redacted_toml());
+        }
+        eprintln!("pgshift: configuration {} is valid", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let workers = match config.proxy.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgshift: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config, cli.config))
+}
+
+fn init_logging() {
+    let filter = std::env::var("PGSHIFT_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn serve(config: Config, path: PathBuf) -> ExitCode {
+    let shutdown_timeout = config.proxy.shutdown_timeout.0;
+    let proxy = match Proxy::start(config, Some(path)).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pgshift: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("pgshift: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                if let Err(problems) = proxy.reload() {
+                    tracing::error!("reload refused, the previous configuration stays in force:\n  - {}", problems.join("\n  - "));
+                }
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: draining (shutdown_timeout {:?})", shutdown_timeout);
+                let clean = proxy.drain(shutdown_timeout).await;
+                if !clean {
+                    tracing::warn!("shutdown_timeout reached with clients still connected; closing them");
+                }
+                proxy.stop().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return ExitCode::SUCCESS;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: exiting now");
+                proxy.stop().await;
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+}

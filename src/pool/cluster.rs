@@ -1,0 +1,121 @@
+//! Backends (the primary and its replicas) with their health, and round-robin replica choice.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What a backend is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Takes writes.
+    Primary,
+    /// Serves reads.
+    Replica,
+    /// Primary of a migration's target cluster.
+    TargetPrimary,
+    /// Replica of a migration's target cluster.
+    TargetReplica,
+}
+
+/// Health as last probed.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Unix ms until which the backend is banned (0 = not banned).
+    pub banned_until_ms: AtomicU64,
+    /// Replay lag in ms (replicas), from the last probe.
+    pub lag_ms: AtomicU64,
+    /// Last replayed (replica) or current (primary) WAL position.
+    pub lsn: AtomicU64,
+    /// True once a probe saw `pg_is_in_recovery()`.
+    pub in_recovery: AtomicBool,
+    /// True if the last probe succeeded.
+    pub up: AtomicBool,
+    /// True once any probe has run.
+    pub probed: AtomicBool,
+    /// Why the last probe failed, for the admin port (no host names: it is ours to show).
+    pub last_error: Mutex<Option<String>>,
+    /// Statements routed here.
+    pub routed: AtomicU64,
+}
+
+/// A PostgreSQL server the proxy can send to.
+#[derive(Debug)]
+pub struct Backend {
+    /// Primary, replica, or a migration target.
+    pub role: Role,
+    /// `host:port`.
+    pub address: String,
+    /// "primary", "replica0", ... for stats and errors.
+    pub name: String,
+    /// Health from the probe task.
+    pub health: Health,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Backend {
+    /// A backend not yet probed (assumed usable until a probe says otherwise).
+    pub fn new(role: Role, address: String, name: String) -> Backend {
+        Backend {
+            role,
+            address,
+            name,
+            health: Health::default(),
+        }
+    }
+
+    /// True while banned.
+    pub fn is_banned(&self) -> bool {
+        self.health.banned_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// Bans for `d` (a failed probe or connection).
+    pub fn ban(&self, d: Duration, why: &str) {
+        let until = now_ms() + d.as_millis() as u64;
+        self.health.banned_until_ms.store(until, Ordering::Relaxed);
+        if let Ok(mut e) = self.health.last_error.lock() {
+            *e = Some(why.to_string());
+        }
+    }
+
+    /// Lifts a ban (a probe succeeded again).
+    pub fn unban(&self) {
+        self.health.banned_until_ms.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Round-robin cursor over replicas.
+#[derive(Debug, Default)]
+pub struct RoundRobin(AtomicUsize);
+
+impl RoundRobin {
+    /// The next index among `n` for which `usable` holds, starting after the last one given.
+    pub fn pick(&self, n: usize, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        if n == 0 {
+            return None;
+        }
+        let start = self.0.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|i| (start + i) % n).find(|&i| usable(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_skips_unusable() {
+        let rr = RoundRobin::default();
+        let picks: Vec<_> = (0..4).map(|_| rr.pick(3, |i| i != 1).unwrap()).collect();
+        assert!(!picks.contains(&1));
+        assert!(picks.contains(&0) && picks.contains(&2));
+        assert_eq!(rr.pick(2, |_| false), None);
+    }
+}

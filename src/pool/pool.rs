@@ -1,0 +1,441 @@
+//! One pool of server connections for a (backend, user, database): LIFO idle stack, FIFO waiters,
+//! bounded size with a reserve, and an RAII lease so a connection can never leak out of the count.
+//!
+//! The lock is a std Mutex held only for a few pointer moves, never across an await. A check-in
+//! hands the connection straight to the oldest waiter, so a waiting client is woken with a
+//! connection in hand rather than racing others for it.
+
+use arc_swap::ArcSwap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
+
+use super::PoolError;
+use crate::server::{LoginSpec, ServerConn};
+use crate::stats::PoolStats;
+
+/// A connection idle longer than this gets a non-blocking liveness check before it is handed out.
+const LIVENESS_CHECK_AFTER: Duration = Duration::from_millis(500);
+
+/// Pool limits and timeouts, swapped as a whole on reload.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Server connections allowed.
+    pub size: usize,
+    /// Connections kept open when idle.
+    pub min: usize,
+    /// Extra connections once a waiter has waited `reserve_timeout`.
+    pub reserve: usize,
+    /// Wait before the reserve may be used.
+    pub reserve_timeout: Duration,
+    /// Longest wait for a connection.
+    pub wait_timeout: Duration,
+    /// Idle connections older than this are closed (down to `min`).
+    pub idle_timeout: Option<Duration>,
+    /// Connections older than this are closed at check-in.
+    pub lifetime: Option<Duration>,
+    /// A connection idle longer than this is probed with a query before use.
+    pub check_delay: Option<Duration>,
+    /// Prepared statements kept per connection.
+    pub max_prepared: usize,
+}
+
+/// What a waiter is given.
+enum Grant {
+    /// A ready connection.
+    Conn(ServerConn),
+    /// Permission to open one (the slot is already counted).
+    Slot,
+}
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<Grant>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Idle connections, most recently used last (LIFO keeps a hot working set).
+    idle: Vec<ServerConn>,
+    /// Connections counted against the size: idle + leased + being opened.
+    open: usize,
+    /// Of `open`, those being opened right now.
+    connecting: usize,
+    /// Clients waiting, oldest first, with when they started.
+    waiters: VecDeque<(Waiter, Instant)>,
+    /// Set when the backend left the configuration: check-ins close instead.
+    retired: bool,
+}
+
+/// A pool for one (backend, user, database).
+pub struct Pool {
+    /// How to open connections (swapped on reload when a password or TLS setting changes).
+    pub spec: ArcSwap<LoginSpec>,
+    /// Current limits.
+    pub settings: ArcSwap<PoolSettings>,
+    /// Counters for the admin port.
+    pub stats: PoolStats,
+    inner: Mutex<Inner>,
+    next_waiter: AtomicU64,
+    conn_ids: Arc<AtomicU64>,
+    /// Parameters PostgreSQL reported at login, cached from the first connection.
+    pub server_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+}
+
+/// A leased connection; dropping it without `Pool::checkin` closes the connection and frees its slot.
+pub struct Lease {
+    conn: Option<ServerConn>,
+    pool: Arc<Pool>,
+    /// When it was taken (for the admin port and wait-time stats).
+    pub since: Instant,
+}
+
+impl Lease {
+    /// The connection.
+    pub fn conn(&mut self) -> &mut ServerConn {
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until checkin or drop")
+    }
+    /// The pool it came from.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.pool.discard(c);
+        }
+    }
+}
+
+impl Pool {
+    /// A new, empty pool.
+    pub fn new(spec: LoginSpec, settings: PoolSettings, conn_ids: Arc<AtomicU64>) -> Arc<Pool> {
+        Arc::new(Pool {
+            spec: ArcSwap::from_pointee(spec),
+            settings: ArcSwap::from_pointee(settings),
+            stats: PoolStats::default(),
+            inner: Mutex::new(Inner::default()),
+            next_waiter: AtomicU64::new(0),
+            conn_ids,
+            server_params: Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock leaves only counters behind; keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a connection, waiting up to the wait timeout; `cancel` aborts the wait.
+    pub async fn checkout(self: &Arc<Self>, cancel: &Notify) -> Result<Lease, PoolError> {
+        let started = Instant::now();
+        loop {
+            let settings = self.settings.load_full();
+            let grant = match self.take_or_queue(&settings) {
+                Ok(g) => g,
+                Err(rx) => self.wait(rx, started, &settings, cancel).await?,
+            };
+            let conn = match grant {
+                Grant::Conn(c) => c,
+                Grant::Slot => self.open_in_slot().await?,
+            };
+            match self.vet(conn, &settings).await {
+                Some(c) => {
+                    self.stats.record_wait(started.elapsed());
+                    return Ok(Lease {
+                        conn: Some(c),
+                        pool: self.clone(),
+                        since: Instant::now(),
+                    });
+                }
+                None => continue,
+            }
+        }
+    }
+
+    /// Under the lock: an idle connection, a slot to open one, or a place in the queue.
+    fn take_or_queue(&self, s: &PoolSettings) -> Result<Grant, (u64, oneshot::Receiver<Grant>)> {
+        let mut inner = self.lock();
+        if let Some(c) = inner.idle.pop() {
+            return Ok(Grant::Conn(c));
+        }
+        if inner.open < s.size {
+            inner.open += 1;
+            inner.connecting += 1;
+            return Ok(Grant::Slot);
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        inner.waiters.push_back((Waiter { id, tx }, Instant::now()));
+        Err((id, rx))
+    }
+
+    async fn wait(
+        &self,
+        (id, mut rx): (u64, oneshot::Receiver<Grant>),
+        started: Instant,
+        s: &PoolSettings,
+        cancel: &Notify,
+    ) -> Result<Grant, PoolError> {
+        let deadline = tokio::time::Instant::from_std(started + s.wait_timeout);
+        let reserve_at = tokio::time::Instant::from_std(started + s.reserve_timeout);
+        let mut reserve_tried = s.reserve == 0;
+        let outcome = loop {
+            tokio::select! {
+                g = &mut rx => return g.map_err(|_| PoolError::Closed),
+                _ = tokio::time::sleep_until(reserve_at), if !reserve_tried => {
+                    reserve_tried = true;
+                    if self.take_reserve_slot(s) {
+                        break Ok(Grant::Slot);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => break Err(PoolError::WaitTimeout(s.wait_timeout)),
+                _ = cancel.notified() => break Err(PoolError::Canceled),
+            }
+        };
+        if self.unqueue(id) {
+            return outcome;
+        }
+        // A grant was sent to us (under the lock) before we could leave the queue: it is in `rx`.
+        let Ok(granted) = rx.try_recv() else {
+            return outcome;
+        };
+        match outcome {
+            Err(PoolError::WaitTimeout(_)) => Ok(granted), // it arrived just in time: use it
+            other => {
+                self.give_back(granted);
+                other
+            }
+        }
+    }
+
+    /// Leaves the wait queue; false if a grant was already sent to this waiter.
+    fn unqueue(&self, id: u64) -> bool {
+        let mut inner = self.lock();
+        let before = inner.waiters.len();
+        inner.waiters.retain(|(w, _)| w.id != id);
+        before != inner.waiters.len()
+    }
+
+    fn take_reserve_slot(&self, s: &PoolSettings) -> bool {
+        let mut inner = self.lock();
+        if inner.open < s.size + s.reserve {
+            inner.open += 1;
+            inner.connecting += 1;
+            self.stats.reserve_used.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn give_back(&self, g: Grant) {
+        match g {
+            Grant::Conn(c) => self.return_conn(c),
+            Grant::Slot => {
+                self.lock().connecting -= 1;
+                self.release_slot();
+            }
+        }
+    }
+
+    async fn open_in_slot(&self) -> Result<ServerConn, PoolError> {
+        let id = self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
+        let max_prepared = self.settings.load().max_prepared;
+        let spec = self.spec.load_full();
+        let result = ServerConn::connect(&spec, id, max_prepared).await;
+        self.lock().connecting -= 1;
+        match result {
+            Ok(c) => {
+                self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut p) = self.server_params.lock() {
+                    if p.is_none() {
+                        *p = Some(Arc::new(c.params.clone()));
+                    }
+                }
+                tracing::debug!(conn = c.id, pool = %self.label(), "server connection opened");
+                Ok(c)
+            }
+            Err(e) => {
+                self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+                self.release_slot();
+                Err(PoolError::Server(e))
+            }
+        }
+    }
+
+    /// Checks an idle connection before handing it out; `None` if it had to be closed.
+    async fn vet(&self, mut c: ServerConn, s: &PoolSettings) -> Option<ServerConn> {
+        let idle = c.last_used.elapsed();
+        if s.lifetime.is_some_and(|l| c.created.elapsed() > l)
+            || (idle > LIVENESS_CHECK_AFTER && !c.healthy_after_idle())
+        {
+            self.discard(c);
+            return None;
+        }
+        if s.check_delay.is_some_and(|d| idle > d) {
+            let probe = tokio::time::timeout(Duration::from_secs(5), c.run_internal(";")).await;
+            if !matches!(probe, Ok(Ok(None))) || c.broken {
+                self.discard(c);
+                return None;
+            }
+        }
+        Some(c)
+    }
+
+    /// Returns a leased connection; it goes to the oldest waiter, or onto the idle stack.
+    pub fn checkin(&self, mut lease: Lease) {
+        if let Some(c) = lease.conn.take() {
+            self.return_conn(c);
+        }
+    }
+
+    fn return_conn(&self, mut c: ServerConn) {
+        let s = self.settings.load();
+        let expired = s.lifetime.is_some_and(|l| c.created.elapsed() > l);
+        if c.broken || expired || !c.rbuf.is_empty() {
+            self.discard(c);
+            return;
+        }
+        c.last_used = Instant::now();
+        let mut inner = self.lock();
+        if inner.retired {
+            drop(inner);
+            self.discard(c);
+            return;
+        }
+        while let Some((w, _)) = inner.waiters.pop_front() {
+            match w.tx.send(Grant::Conn(c)) {
+                Ok(()) => return,
+                Err(Grant::Conn(back)) => c = back,
+                Err(Grant::Slot) => unreachable!("we sent a connection"),
+            }
+        }
+        inner.idle.push(c);
+    }
+
+    /// Closes a connection and frees its slot (to a waiter, who may open a new one).
+    pub fn discard(&self, c: ServerConn) {
+        tracing::debug!(conn = c.id, pool = %self.label(), "server connection closed");
+        c.close();
+        self.release_slot();
+    }
+
+    fn release_slot(&self) {
+        let mut inner = self.lock();
+        while let Some((w, _)) = inner.waiters.pop_front() {
+            if w.tx.send(Grant::Slot).is_ok() {
+                inner.connecting += 1;
+                return;
+            }
+        }
+        inner.open = inner.open.saturating_sub(1);
+    }
+
+    /// Periodic upkeep: close connections idle too long or too old, open up to `min`.
+    /// Returns how many connections to open.
+    pub fn maintain(&self) -> usize {
+        let s = self.settings.load();
+        let mut closed = Vec::new();
+        let deficit = {
+            let mut inner = self.lock();
+            let mut keep = Vec::with_capacity(inner.idle.len());
+            let idle_count = inner.idle.len();
+            for (i, c) in std::mem::take(&mut inner.idle).into_iter().enumerate() {
+                let too_idle = s.idle_timeout.is_some_and(|t| c.last_used.elapsed() > t)
+                    && inner.open - closed.len() > s.min
+                    && i < idle_count;
+                let too_old = s.lifetime.is_some_and(|l| c.created.elapsed() > l);
+                if too_idle || too_old || inner.retired {
+                    closed.push(c);
+                } else {
+                    keep.push(c);
+                }
+            }
+            inner.idle = keep;
+            if inner.retired {
+                0
+            } else {
+                s.min.saturating_sub(inner.open - closed.len())
+            }
+        };
+        for c in closed {
+            self.discard(c);
+        }
+        deficit
+    }
+
+    /// Opens one connection into the idle stack (to keep `min_pool_size` warm).
+    pub async fn warm_one(self: &Arc<Self>) {
+        {
+            let s = self.settings.load();
+            let mut inner = self.lock();
+            if inner.open >= s.min.max(1).min(s.size) {
+                return;
+            }
+            inner.open += 1;
+            inner.connecting += 1;
+        }
+        if let Ok(c) = self.open_in_slot().await {
+            self.return_conn(c);
+        }
+    }
+
+    /// Closes idle connections now and those in use at their next check-in.
+    pub fn reconnect(&self) {
+        let idle = std::mem::take(&mut self.lock().idle);
+        for c in idle {
+            self.discard(c);
+        }
+    }
+
+    /// Marks the pool as leaving: idle connections close now, leased ones at check-in.
+    pub fn retire(&self) {
+        self.lock().retired = true;
+        self.reconnect();
+    }
+
+    /// A snapshot of sizes for the admin port.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let inner = self.lock();
+        let now = Instant::now();
+        PoolSnapshot {
+            sv_idle: inner.idle.len(),
+            sv_active: inner.open - inner.idle.len() - inner.connecting,
+            sv_login: inner.connecting,
+            cl_waiting: inner.waiters.len(),
+            maxwait: inner
+                .waiters
+                .front()
+                .map_or(Duration::ZERO, |(_, t)| now - *t),
+        }
+    }
+
+    /// `user@database/address`, for logs (never a password).
+    pub fn label(&self) -> String {
+        let spec = self.spec.load();
+        format!("{}@{}/{}", spec.user.name, spec.database, spec.address)
+    }
+}
+
+/// Pool sizes at one instant.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PoolSnapshot {
+    /// Idle server connections.
+    pub sv_idle: usize,
+    /// Leased server connections.
+    pub sv_active: usize,
+    /// Connections being opened.
+    pub sv_login: usize,
+    /// Clients waiting for a connection.
+    pub cl_waiting: usize,
+    /// Age of the oldest waiter.
+    #[serde(serialize_with = "crate::stats::ser_secs")]
+    pub maxwait: Duration,
+}

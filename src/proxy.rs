@@ -1,0 +1,198 @@
+//! A running proxy: listeners, background upkeep, reload, drain and stop. The binary and the
+//! tests both start proxies through here, so tests can run many in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ConfigError};
+use crate::shared::{Runtime, Shared};
+
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A started proxy.
+pub struct Proxy {
+    /// Shared state (for the admin port and tests).
+    pub shared: Arc<Shared>,
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// Where the admin HTTP port listens, if enabled.
+    pub admin_addr: Option<String>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    config_path: Option<PathBuf>,
+}
+
+impl Proxy {
+    /// Builds the runtime, binds the listeners, and starts serving.
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Proxy, StartError> {
+        let listen = config.proxy.listen.clone();
+        let runtime = Runtime::build(config, None).map_err(ConfigError)?;
+        let shared = Shared::new(runtime);
+        let listener = TcpListener::bind(&listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: String::new(),
+            source,
+        })?;
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = vec![
+            tokio::spawn(crate::client::listener::serve(
+                shared.clone(),
+                listener,
+                stop_rx.clone(),
+            )),
+            tokio::spawn(upkeep(shared.clone(), stop_rx.clone())),
+        ];
+        let admin_addr =
+            match crate::admin::start(shared.clone(), config_path.clone(), stop_rx).await {
+                Ok(Some((a, task))) => {
+                    tasks.push(task);
+                    Some(a)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    let _ = stop.send(true);
+                    return Err(e);
+                }
+            };
+        tracing::info!(%addr, admin = admin_addr.as_deref().unwrap_or("off"), "pgshift listening");
+        Ok(Proxy {
+            shared,
+            addr,
+            admin_addr,
+            stop,
+            tasks,
+            config_path,
+        })
+    }
+
+    /// Re-reads the config file (SIGHUP).
+    pub fn reload(&self) -> Result<(), Vec<String>> {
+        reload(&self.shared, self.config_path.as_deref())
+    }
+
+    /// SIGTERM: stop accepting, let running transactions finish, close idle clients; returns
+    /// true if every client left within `timeout`.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let _ = self.stop.send(true);
+        drain(&self.shared, timeout).await
+    }
+
+    /// Stops everything now (clients are closed with 57P01).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for s in self.shared.sessions.all() {
+            s.kill.notify_one();
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+        for p in self.shared.pools.all() {
+            p.retire();
+        }
+    }
+}
+
+/// Stops accepting is the caller's job; this marks the drain and waits for clients to leave.
+pub async fn drain(shared: &Shared, timeout: Duration) -> bool {
+    shared
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + timeout;
+    loop {
+        shared.drain_notify.notify_waiters();
+        if shared.sessions.is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Loads the config again and swaps the runtime in; the old one stays if the new one is invalid.
+pub fn reload(shared: &Shared, path: Option<&std::path::Path>) -> Result<(), Vec<String>> {
+    let Some(path) = path else {
+        return Err(vec!["no config file to reload from".into()]);
+    };
+    let config = Config::load(path).map_err(|e| e.0)?;
+    reload_with(shared, config)
+}
+
+/// Swaps in a runtime built from `config`, updating pools in place.
+pub fn reload_with(shared: &Shared, config: Config) -> Result<(), Vec<String>> {
+    let old = shared.runtime.load_full();
+    if config.proxy.listen != old.config.proxy.listen {
+        tracing::warn!("[proxy] listen changed: it takes effect at the next restart");
+    }
+    let rt = Runtime::build(config, Some(&old))?;
+    let addresses: Vec<String> = std::iter::once(&rt.primary)
+        .chain(rt.replicas.iter())
+        .map(|b| b.address.clone())
+        .collect();
+    shared
+        .pools
+        .retain(|k, _| addresses.contains(&k.address) && rt.users.get(&k.user).is_some());
+    for pool in shared.pools.all() {
+        let spec = pool.spec.load();
+        if let Some(user) = rt.users.get(&spec.user.name) {
+            pool.settings
+                .store(Arc::new(rt.pool_settings(user.pool_size)));
+            let new_spec = crate::server::LoginSpec {
+                address: spec.address.clone(),
+                user,
+                database: spec.database.clone(),
+                connect_timeout: rt.config.proxy.server_connect_timeout.0,
+                tls: rt.server_tls.clone(),
+            };
+            pool.spec.store(Arc::new(new_spec));
+        }
+    }
+    shared.runtime.store(Arc::new(rt));
+    tracing::info!("configuration reloaded");
+    Ok(())
+}
+
+/// Once a second: close idle and old server connections, keep `min_pool_size` warm.
+async fn upkeep(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        for pool in shared.pools.all() {
+            for _ in 0..pool.maintain() {
+                let p = pool.clone();
+                tokio::spawn(async move { p.warm_one().await });
+            }
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! One connection to PostgreSQL: connect, optional TLS, login, and the state the pool tracks on it.
+
+use bytes::{Buf, BytesMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::scram::{ClientCredential, ScramClient};
+use crate::auth::{md5_response, AuthError, UserEntry};
+use crate::session_state::ServerSessionState;
+use crate::stream::Stream;
+use crate::tls::ServerTls;
+use crate::wire::{frame, messages, tag, WireError};
+
+/// Failures talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// TCP connect failed (refused, unreachable, DNS).
+    #[error("could not connect to server: {0}")]
+    Connect(std::io::Error),
+    /// Connect + login took longer than `server_connect_timeout`.
+    #[error("timed out connecting to server")]
+    ConnectTimeout,
+    /// PostgreSQL refused the login with an ErrorResponse; forwarded to the client as is.
+    #[error("server refused login: {code} {message}")]
+    Refused {
+        /// SQLSTATE, e.g. 3D000 for an unknown database.
+        code: String,
+        /// PostgreSQL's message.
+        message: String,
+        /// Severity (FATAL for login errors).
+        severity: String,
+    },
+    /// We could not authenticate to PostgreSQL with what we hold.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// TLS toward the server failed or was refused.
+    #[error("server TLS: {0}")]
+    Tls(String),
+    /// The server broke the protocol.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The connection failed while in use.
+    #[error("server connection lost: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server closed the connection.
+    #[error("server closed the connection unexpectedly")]
+    Closed,
+}
+
+/// Everything needed to open a connection for one pool.
+pub struct LoginSpec {
+    /// `host:port` of the backend.
+    pub address: String,
+    /// Role to log in as.
+    pub user: Arc<UserEntry>,
+    /// Database name as the client gave it.
+    pub database: String,
+    /// Bound on connect + login.
+    pub connect_timeout: Duration,
+    /// TLS toward the server, if configured.
+    pub tls: Option<Arc<ServerTls>>,
+}
+
+/// An open, logged-in server connection.
+pub struct ServerConn {
+    /// The socket (plain or TLS).
+    pub stream: Stream,
+    /// Bytes read from the server not yet processed.
+    pub rbuf: BytesMut,
+    /// The server's own cancel key, to forward a client's CancelRequest.
+    pub cancel_key: (i32, i32),
+    /// Where to send that CancelRequest.
+    pub peer: SocketAddr,
+    /// Process-unique id, for logs and the admin port.
+    pub id: u64,
+    /// When it was opened (for `server_lifetime`).
+    pub created: Instant,
+    /// When it was last checked in (for idle timeouts and liveness probes).
+    pub last_used: Instant,
+    /// ParameterStatus values reported at login.
+    pub params: Vec<(String, String)>,
+    /// Session settings and prepared statements on this connection.
+    pub state: ServerSessionState,
+    /// Set when it must not go back to a pool (FATAL seen, protocol error, half-read result).
+    pub broken: bool,
+}
+
+impl std::fmt::Debug for ServerConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerConn(#{}, pid {})", self.id, self.cancel_key.0)
+    }
+}
+
+impl ServerConn {
+    /// Connects and logs in, bounded by the spec's connect timeout.
+    pub async fn connect(
+        spec: &LoginSpec,
+        id: u64,
+        max_prepared: usize,
+    ) -> Result<ServerConn, ServerError> {
+        match tokio::time::timeout(
+            spec.connect_timeout,
+            Self::connect_inner(spec, id, max_prepared),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(ServerError::ConnectTimeout),
+        }
+    }
+
+    async fn connect_inner(
+        spec: &LoginSpec,
+        id: u64,
+        max_prepared: usize,
+    ) -> Result<ServerConn, ServerError> {
+        let tcp = TcpStream::connect(&spec.address)
+            .await
+            .map_err(ServerError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let peer = tcp.peer_addr().map_err(ServerError::Connect)?;
+        let host = spec
+            .address
+            .rsplit_once(':')
+            .map_or(spec.address.as_str(), |(h, _)| h);
+        let stream = match &spec.tls {
+            Some(tls) => tls.connect(tcp, host).await?,
+            None => Stream::Plain(tcp),
+        };
+        let now = Instant::now();
+        let mut conn = ServerConn {
+            stream,
+            rbuf: BytesMut::with_capacity(8192),
+            cancel_key: (0, 0),
+            peer,
+            id,
+            created: now,
+            last_used: now,
+            params: Vec::new(),
+            state: ServerSessionState::new(max_prepared),
+            broken: false,
+        };
+        conn.login(spec).await?;
+        Ok(conn)
+    }
+
+    async fn login(&mut self, spec: &LoginSpec) -> Result<(), ServerError> {
+        let startup =
+            messages::startup_message(&[("user", &spec.user.name), ("database", &spec.database)]);
+        self.stream.write_all(&startup).await?;
+        let mut scram: Option<ScramClient> = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f[0] {
+                tag::AUTHENTICATION => {
+                    if let Some(reply) = self.auth_step(&f, &spec.user, &mut scram)? {
+                        self.stream.write_all(&reply).await?;
+                    }
+                }
+                tag::PARAMETER_STATUS => {
+                    if let Some((k, v)) = frame::parameter_status(&f) {
+                        let (k, v) = (
+                            String::from_utf8_lossy(k).into_owned(),
+                            String::from_utf8_lossy(v).into_owned(),
+                        );
+                        self.params.push((k, v));
+                    }
+                }
+                tag::BACKEND_KEY_DATA => {
+                    let b = frame::body(&f);
+                    if b.len() >= 8 {
+                        self.cancel_key = (
+                            i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                            i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                        );
+                    }
+                }
+                tag::READY_FOR_QUERY => return Ok(()),
+                tag::ERROR_RESPONSE => return Err(refused(&f)),
+                _ => {} // NoticeResponse, NegotiateProtocolVersion: nothing to do
+            }
+        }
+    }
+
+    /// Answers one Authentication request; `None` when no reply is due (Ok, SASLFinal).
+    fn auth_step(
+        &mut self,
+        f: &[u8],
+        user: &UserEntry,
+        scram: &mut Option<ScramClient>,
+    ) -> Result<Option<BytesMut>, ServerError> {
+        let body = frame::body(f);
+        let Some(code) = body
+            .get(..4)
+            .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        else {
+            return Err(WireError::Malformed(tag::AUTHENTICATION).into());
+        };
+        let data = &body[4..];
+        Ok(match code {
+            0 => None,
+            3 => {
+                let pw = user.plaintext.as_deref().ok_or(AuthError::NoBackendSecret(
+                    "cleartext needs a plaintext password",
+                ))?;
+                Some(messages::password_message(pw.as_bytes()))
+            }
+            5 => {
+                let salt: [u8; 4] = data
+                    .get(..4)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or(WireError::Malformed(tag::AUTHENTICATION))?;
+                let secret = user.md5.as_deref().ok_or(AuthError::NoBackendSecret(
+                    "md5 needs a password or md5 hash",
+                ))?;
+                Some(messages::password_message(
+                    md5_response(secret, salt).as_bytes(),
+                ))
+            }
+            10 => {
+                let offers_scram = data.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
+                if !offers_scram {
+                    return Err(AuthError::NoBackendSecret(
+                        "server offers no SASL mechanism we support",
+                    )
+                    .into());
+                }
+                let cred: ClientCredential = user.scram_credential().ok_or(AuthError::NoBackendSecret(
+                    "SCRAM needs a plaintext password, or a client must log in first with the same verifier",
+                ))?;
+                let (client, first) = ScramClient::new(cred);
+                *scram = Some(client);
+                Some(messages::sasl_initial_response(
+                    "SCRAM-SHA-256",
+                    first.as_bytes(),
+                ))
+            }
+            11 => {
+                let client = scram
+                    .as_mut()
+                    .ok_or(AuthError::Protocol("SASLContinue before SASL"))?;
+                Some(messages::sasl_response(client.respond(data)?.as_bytes()))
+            }
+            12 => {
+                scram
+                    .as_ref()
+                    .ok_or(AuthError::Protocol("SASLFinal before SASL"))?
+                    .verify(data)?;
+                None
+            }
+            _ => {
+                return Err(AuthError::NoBackendSecret("unsupported authentication method").into())
+            }
+        })
+    }
+
+    /// Reads one whole frame (cold path: login, probes, resets). The frame is split off the buffer.
+    pub async fn read_frame(&mut self) -> Result<BytesMut, ServerError> {
+        loop {
+            if let Some((_, total)) = frame::complete_frame(&self.rbuf)? {
+                return Ok(self.rbuf.split_to(total));
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(8192);
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(ServerError::Closed);
+            }
+        }
+    }
+
+    /// Runs a simple query on the proxy's own behalf and waits for ReadyForQuery; returns the
+    /// first ErrorResponse's message if any. Used for resets, probes and setting replay.
+    pub async fn run_internal(&mut self, sql: &str) -> Result<Option<String>, ServerError> {
+        let mut q = BytesMut::new();
+        messages::put_query(&mut q, sql);
+        self.stream.write_all(&q).await?;
+        let mut error = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f[0] {
+                tag::ERROR_RESPONSE => {
+                    let e = frame::error_fields(&f);
+                    if e.is_fatal() {
+                        self.broken = true;
+                    }
+                    error.get_or_insert_with(|| String::from_utf8_lossy(e.message).into_owned());
+                }
+                tag::READY_FOR_QUERY => {
+                    if frame::ready_status(&f) != b'I' {
+                        self.broken = true;
+                    }
+                    return Ok(error);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Drops bytes the server sent while idle (none expected) and reports whether it is usable.
+    pub fn healthy_after_idle(&mut self) -> bool {
+        !self.broken && self.rbuf.is_empty() && self.stream.idle_and_open()
+    }
+
+    /// Sends Terminate without waiting, so PostgreSQL logs a clean disconnect; then drops.
+    pub fn close(mut self) {
+        if let Stream::Plain(s) = &self.stream {
+            let _ = s.try_write(&messages::terminate());
+        }
+        self.rbuf.clear();
+        self.rbuf.advance(0);
+    }
+}
+
+fn refused(f: &[u8]) -> ServerError {
+    let e = frame::error_fields(f);
+    ServerError::Refused {
+        code: String::from_utf8_lossy(e.code).into_owned(),
+        message: String::from_utf8_lossy(e.message).into_owned(),
+        severity: String::from_utf8_lossy(e.severity).into_owned(),
+    }
+}

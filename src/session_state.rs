@@ -1,0 +1,312 @@
+//! Session state that must follow a client across pooled server connections: settings (SET) and
+//! protocol-level prepared statements, plus what each server connection currently holds.
+//!
+//! In transaction mode a client lands on a different server connection for each transaction. Its
+//! settings are kept here and replayed as a diff when it lands somewhere else; its named prepared
+//! statements are renamed to proxy-wide names and prepared lazily on whichever server it uses.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::router::Classification;
+use crate::wire::messages::{put_cstr, put_frame};
+use crate::wire::tag;
+
+/// Settings by lower-case GUC name; the value is SQL text ready for `SET name TO <value>`.
+pub type Settings = BTreeMap<String, String>;
+
+/// Quotes a raw value (from a startup packet or ParameterStatus) as a SQL literal.
+pub fn quote_literal(raw: &str) -> String {
+    format!("'{}'", raw.replace('\'', "''"))
+}
+
+/// GUC names are case-insensitive; we keep them lower-case.
+pub fn guc_name(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+/// Startup parameters that are not settings.
+const NOT_SETTINGS: &[&str] = &[
+    "user",
+    "database",
+    "replication",
+    "options",
+    "pgshift.route",
+];
+
+/// Settings asked for in a startup packet, including `-c name=value` pairs of `options`.
+pub fn startup_settings(params: &[(String, String)]) -> Settings {
+    let mut s = Settings::new();
+    for (k, v) in params {
+        let k = guc_name(k);
+        if k == "options" {
+            parse_options(v, &mut s);
+        } else if !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_.") {
+            s.insert(k, quote_literal(v));
+        }
+    }
+    s
+}
+
+/// `-c name=value` and `--name=value` pairs; backslash escapes a space.
+fn parse_options(options: &str, out: &mut Settings) {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let pair = if w == "-c" {
+            it.next()
+        } else {
+            w.strip_prefix("--").map(str::to_string)
+        };
+        if let Some((k, v)) = pair.as_deref().and_then(|p| p.split_once('=')) {
+            out.insert(guc_name(&k.replace('-', "_")), quote_literal(v));
+        }
+    }
+}
+
+/// The SQL that turns a server holding `have` into one holding `want`; `None` when they match.
+pub fn settings_diff(have: &Settings, want: &Settings) -> Option<String> {
+    if have == want {
+        return None;
+    }
+    let mut sql = String::new();
+    for (k, v) in want {
+        if have.get(k) != Some(v) {
+            sql.push_str(&format!("SET {} TO {v};", ident(k)));
+        }
+    }
+    for k in have.keys() {
+        if !want.contains_key(k) {
+            sql.push_str(&format!("RESET {};", ident(k)));
+        }
+    }
+    Some(sql)
+}
+
+fn ident(name: &str) -> String {
+    let simple = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if simple {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// A statement prepared under a proxy-wide name, shared by every client that prepared the same
+/// text with the same parameter types.
+#[derive(Debug)]
+pub struct StmtDef {
+    /// Unique id; the server-side name is `pgshift_<id>`.
+    pub id: u64,
+    /// The Parse frame with the proxy-wide name, ready to send to any server.
+    pub parse_frame: Bytes,
+    /// `pgshift_<id>` with its NUL, as it goes into Bind/Describe/Close.
+    pub name: Bytes,
+    /// The routing decision for the statement's text.
+    pub class: Arc<Classification>,
+}
+
+/// Interns statements by (text, parameter types). Holds them weakly: a definition lives as long
+/// as some client still refers to it, so the registry cannot grow without bound.
+#[derive(Default)]
+pub struct PreparedRegistry {
+    map: Mutex<HashMap<Bytes, Weak<StmtDef>>>,
+    next_id: AtomicU64,
+}
+
+impl PreparedRegistry {
+    /// The definition for a Parse body tail (`query\0 n types...`), creating it if new.
+    pub fn intern(&self, tail: &[u8], class: impl FnOnce() -> Arc<Classification>) -> Arc<StmtDef> {
+        let Ok(mut map) = self.map.lock() else {
+            return self.make(tail, class()); // poisoned: still serve, just without sharing
+        };
+        if let Some(def) = map.get(tail).and_then(Weak::upgrade) {
+            return def;
+        }
+        let def = self.make(tail, class());
+        if map.len() >= 1024 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        map.insert(Bytes::copy_from_slice(tail), Arc::downgrade(&def));
+        def
+    }
+
+    fn make(&self, tail: &[u8], class: Arc<Classification>) -> Arc<StmtDef> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let name = format!("pgshift_{id}");
+        let mut parse = BytesMut::with_capacity(tail.len() + name.len() + 6);
+        put_frame(&mut parse, tag::PARSE, |b| {
+            put_cstr(b, name.as_bytes());
+            b.put_slice(tail);
+        });
+        let mut n = BytesMut::with_capacity(name.len() + 1);
+        put_cstr(&mut n, name.as_bytes());
+        Arc::new(StmtDef {
+            id,
+            parse_frame: parse.freeze(),
+            name: n.freeze(),
+            class,
+        })
+    }
+
+    /// Live definitions (for the admin port).
+    pub fn len(&self) -> usize {
+        self.map
+            .lock()
+            .map(|m| m.values().filter(|w| w.strong_count() > 0).count())
+            .unwrap_or(0)
+    }
+
+    /// True when nothing is interned.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What one server connection holds beyond its login: settings we set, statements we prepared.
+#[derive(Debug)]
+pub struct ServerSessionState {
+    /// Settings as we last set them (baseline: the reported parameters at login).
+    pub settings: Settings,
+    /// Statement id -> last-use tick, bounded by `max_prepared`.
+    prepared: HashMap<u64, u64>,
+    tick: u64,
+    max_prepared: usize,
+}
+
+impl ServerSessionState {
+    /// Empty state with an LRU bound for prepared statements.
+    pub fn new(max_prepared: usize) -> Self {
+        ServerSessionState {
+            settings: Settings::new(),
+            prepared: HashMap::new(),
+            tick: 0,
+            max_prepared,
+        }
+    }
+
+    /// True if `id` is prepared here (and marks it used).
+    pub fn has_prepared(&mut self, id: u64) -> bool {
+        self.tick += 1;
+        match self.prepared.get_mut(&id) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `id` as prepared; returns the id evicted to stay within the bound, to be closed.
+    pub fn add_prepared(&mut self, id: u64) -> Option<u64> {
+        self.tick += 1;
+        let evict = if self.prepared.len() >= self.max_prepared.max(1) {
+            let oldest = self
+                .prepared
+                .iter()
+                .min_by_key(|(_, &t)| t)
+                .map(|(&k, _)| k);
+            oldest.inspect(|k| {
+                self.prepared.remove(k);
+            })
+        } else {
+            None
+        };
+        self.prepared.insert(id, self.tick);
+        evict
+    }
+
+    /// Forgets `id` (its Parse failed or was skipped after an error).
+    pub fn remove_prepared(&mut self, id: u64) {
+        self.prepared.remove(&id);
+    }
+
+    /// Forgets every statement (after DISCARD ALL / DEALLOCATE ALL reached the server).
+    pub fn clear_prepared(&mut self) {
+        self.prepared.clear();
+    }
+
+    /// Statements prepared here.
+    pub fn prepared_count(&self) -> usize {
+        self.prepared.len()
+    }
+}
+
+/// The Close frame for a proxy-wide statement name.
+pub fn close_statement_frame(id: u64) -> BytesMut {
+    let mut out = BytesMut::with_capacity(32);
+    put_frame(&mut out, tag::CLOSE, |b| {
+        b.put_u8(b'S');
+        put_cstr(b, format!("pgshift_{id}").as_bytes());
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_settings_skip_identity_and_parse_options() {
+        let p = vec![
+            ("user".to_string(), "app".to_string()),
+            ("application_name".to_string(), "psql".to_string()),
+            (
+                "options".to_string(),
+                "-c search_path=a,b --statement-timeout=5s -c x=it\\'s".to_string(),
+            ),
+        ];
+        let s = startup_settings(&p);
+        assert_eq!(s.get("application_name").unwrap(), "'psql'");
+        assert_eq!(s.get("search_path").unwrap(), "'a,b'");
+        assert_eq!(s.get("statement_timeout").unwrap(), "'5s'");
+        assert_eq!(s.get("x").unwrap(), "'it''s'");
+        assert!(!s.contains_key("user"));
+    }
+
+    #[test]
+    fn diff_sets_and_resets() {
+        let mut have = Settings::new();
+        have.insert("application_name".into(), "'a'".into());
+        have.insert("timezone".into(), "'UTC'".into());
+        let mut want = Settings::new();
+        want.insert("timezone".into(), "'UTC'".into());
+        want.insert("search_path".into(), "myschema, public".into());
+        assert_eq!(
+            settings_diff(&have, &want).unwrap(),
+            "SET search_path TO myschema, public;RESET application_name;"
+        );
+        assert_eq!(settings_diff(&want, &want), None);
+    }
+
+    #[test]
+    fn lru_evicts_oldest() {
+        let mut s = ServerSessionState::new(2);
+        assert_eq!(s.add_prepared(1), None);
+        assert_eq!(s.add_prepared(2), None);
+        assert!(s.has_prepared(1));
+        assert_eq!(s.add_prepared(3), Some(2));
+        assert!(!s.has_prepared(2));
+    }
+}

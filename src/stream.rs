@@ -1,0 +1,90 @@
+//! A byte stream to a client or a server: plain TCP or TLS over it, behind one type.
+//!
+//! An enum rather than `Box<dyn AsyncRead + AsyncWrite>` so the hot path has no virtual calls and
+//! the plain case can use TCP-only tricks (non-blocking liveness checks, readiness waits).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Plain or TLS, toward a client (server-side TLS) or a PostgreSQL server (client-side TLS).
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS we terminate for a client.
+    TlsAccepted(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS we opened toward PostgreSQL.
+    TlsConnected(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::TlsAccepted(s) => s.get_ref().0,
+            Stream::TlsConnected(s) => s.get_ref().0,
+        }
+    }
+
+    /// True when this is a TLS session.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Stream::Plain(_))
+    }
+
+    /// Non-blocking check that an idle connection is still open and silent: an idle PostgreSQL
+    /// connection sends nothing, so readable data (a FATAL on shutdown) or EOF means it is gone.
+    pub fn idle_and_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.tcp().try_read(&mut probe) {
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            Ok(_) => false,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::TlsAccepted(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::TlsConnected(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::TlsAccepted(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::TlsConnected(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::TlsAccepted(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::TlsConnected(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::TlsAccepted(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::TlsConnected(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The PostgreSQL v3 wire protocol as the proxy needs it: raw frames, startup packets, and encoders.
+
+pub mod frame;
+pub mod messages;
+pub mod startup;
+
+pub use frame::tag;
+
+/// Protocol violations seen while framing; each ends the connection with SQLSTATE 08P01.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// A frame header declared a length outside `4..=MAX_FRAME_LEN`.
+    #[error("invalid message length {len} for message type {}", char::from(*tag))]
+    BadLength {
+        /// The frame's tag byte.
+        tag: u8,
+        /// The declared length.
+        len: usize,
+    },
+    /// A startup packet that cannot be parsed.
+    #[error("{0}")]
+    BadStartup(&'static str),
+    /// A protocol major version other than 3.
+    #[error("unsupported frontend protocol {0}.{1}: server supports 3.0 to 3.0")]
+    UnsupportedProtocol(u32, u32),
+    /// A frame that is too short for what its tag requires.
+    #[error("malformed {} message", char::from(*.0))]
+    Malformed(u8),
+    /// The peer sent something that is not allowed at this point of the dialogue.
+    #[error("{0}")]
+    Unexpected(&'static str),
+}
