@@ -20,20 +20,12 @@ pub struct ClientError {
 impl ClientError {
     /// A FATAL error: the connection closes after it.
     pub fn fatal(code: &str, message: impl Into<String>) -> Self {
-        ClientError {
-            severity: "FATAL",
-            code: code.into(),
-            message: message.into(),
-        }
+        ClientError { severity: "FATAL", code: code.into(), message: message.into() }
     }
 
     /// An ERROR: the session goes on.
     pub fn error(code: &str, message: impl Into<String>) -> Self {
-        ClientError {
-            severity: "ERROR",
-            code: code.into(),
-            message: message.into(),
-        }
+        ClientError { severity: "ERROR", code: code.into(), message: message.into() }
     }
 
     /// True if the connection must close after sending it.
@@ -48,10 +40,7 @@ impl ClientError {
 
     /// 28P01, worded as PostgreSQL words it.
     pub fn bad_password(user: &str) -> Self {
-        Self::fatal(
-            "28P01",
-            format!("password authentication failed for user \"{user}\""),
-        )
+        Self::fatal("28P01", format!("password authentication failed for user \"{user}\""))
     }
 
     /// 08P01 protocol violation.
@@ -84,14 +73,9 @@ impl From<&PoolError> for ClientError {
         match e {
             PoolError::WaitTimeout(d) => ClientError::fatal(
                 "53300",
-                format!(
-                    "query_wait_timeout: no server connection became free within {}s",
-                    d.as_secs()
-                ),
+                format!("query_wait_timeout: no server connection became free within {}s", d.as_secs()),
             ),
-            PoolError::Canceled => {
-                ClientError::error("57014", "canceling statement due to user request")
-            }
+            PoolError::Canceled => ClientError::error("57014", "canceling statement due to user request"),
             PoolError::Server(s) => s.into(),
             PoolError::Closed => ClientError::fatal("57P01", "terminating connection: pool closed"),
         }

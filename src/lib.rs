@@ -22,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used, clippy::todo, clippy::dbg_macro)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod admin;
 pub mod auth;

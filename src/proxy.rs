@@ -47,46 +47,26 @@ impl Proxy {
         let listen = config.proxy.listen.clone();
         let runtime = Runtime::build(config, None).map_err(ConfigError)?;
         let shared = Shared::new(runtime);
-        let listener = TcpListener::bind(&listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: String::new(),
-            source,
-        })?;
+        let listener = TcpListener::bind(&listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: String::new(), source })?;
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = vec![
-            tokio::spawn(crate::client::listener::serve(
-                shared.clone(),
-                listener,
-                stop_rx.clone(),
-            )),
+            tokio::spawn(crate::client::listener::serve(shared.clone(), listener, stop_rx.clone())),
             tokio::spawn(upkeep(shared.clone(), stop_rx.clone())),
         ];
-        let admin_addr =
-            match crate::admin::start(shared.clone(), config_path.clone(), stop_rx).await {
-                Ok(Some((a, task))) => {
-                    tasks.push(task);
-                    Some(a)
-                }
-                Ok(None) => None,
-                Err(e) => {
-                    let _ = stop.send(true);
-                    return Err(e);
-                }
-            };
+        let admin_addr = match crate::admin::start(shared.clone(), config_path.clone(), stop_rx).await {
+            Ok(Some((a, task))) => {
+                tasks.push(task);
+                Some(a)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                let _ = stop.send(true);
+                return Err(e);
+            }
+        };
         tracing::info!(%addr, admin = admin_addr.as_deref().unwrap_or("off"), "pgshift listening");
-        Ok(Proxy {
-            shared,
-            addr,
-            admin_addr,
-            stop,
-            tasks,
-            config_path,
-        })
+        Ok(Proxy { shared, addr, admin_addr, stop, tasks, config_path })
     }
 
     /// Re-reads the config file (SIGHUP).
@@ -104,9 +84,7 @@ impl Proxy {
     /// Stops everything now (clients are closed with 57P01).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        self.shared
-            .draining
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         for s in self.shared.sessions.all() {
             s.kill.notify_one();
         }
@@ -121,9 +99,7 @@ impl Proxy {
 
 /// Stops accepting is the caller's job; this marks the drain and waits for clients to leave.
 pub async fn drain(shared: &Shared, timeout: Duration) -> bool {
-    shared
-        .draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
     let deadline = Instant::now() + timeout;
     loop {
         shared.drain_notify.notify_waiters();
@@ -153,18 +129,13 @@ pub fn reload_with(shared: &Shared, config: Config) -> Result<(), Vec<String>> {
         tracing::warn!("[proxy] listen changed: it takes effect at the next restart");
     }
     let rt = Runtime::build(config, Some(&old))?;
-    let addresses: Vec<String> = std::iter::once(&rt.primary)
-        .chain(rt.replicas.iter())
-        .map(|b| b.address.clone())
-        .collect();
-    shared
-        .pools
-        .retain(|k, _| addresses.contains(&k.address) && rt.users.get(&k.user).is_some());
+    let addresses: Vec<String> =
+        std::iter::once(&rt.primary).chain(rt.replicas.iter()).map(|b| b.address.clone()).collect();
+    shared.pools.retain(|k, _| addresses.contains(&k.address) && rt.users.get(&k.user).is_some());
     for pool in shared.pools.all() {
         let spec = pool.spec.load();
         if let Some(user) = rt.users.get(&spec.user.name) {
-            pool.settings
-                .store(Arc::new(rt.pool_settings(user.pool_size)));
+            pool.settings.store(Arc::new(rt.pool_settings(user.pool_size)));
             let new_spec = crate::server::LoginSpec {
                 address: spec.address.clone(),
                 user,

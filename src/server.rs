@@ -96,36 +96,18 @@ impl std::fmt::Debug for ServerConn {
 
 impl ServerConn {
     /// Connects and logs in, bounded by the spec's connect timeout.
-    pub async fn connect(
-        spec: &LoginSpec,
-        id: u64,
-        max_prepared: usize,
-    ) -> Result<ServerConn, ServerError> {
-        match tokio::time::timeout(
-            spec.connect_timeout,
-            Self::connect_inner(spec, id, max_prepared),
-        )
-        .await
-        {
+    pub async fn connect(spec: &LoginSpec, id: u64, max_prepared: usize) -> Result<ServerConn, ServerError> {
+        match tokio::time::timeout(spec.connect_timeout, Self::connect_inner(spec, id, max_prepared)).await {
             Ok(r) => r,
             Err(_) => Err(ServerError::ConnectTimeout),
         }
     }
 
-    async fn connect_inner(
-        spec: &LoginSpec,
-        id: u64,
-        max_prepared: usize,
-    ) -> Result<ServerConn, ServerError> {
-        let tcp = TcpStream::connect(&spec.address)
-            .await
-            .map_err(ServerError::Connect)?;
+    async fn connect_inner(spec: &LoginSpec, id: u64, max_prepared: usize) -> Result<ServerConn, ServerError> {
+        let tcp = TcpStream::connect(&spec.address).await.map_err(ServerError::Connect)?;
         let _ = tcp.set_nodelay(true);
         let peer = tcp.peer_addr().map_err(ServerError::Connect)?;
-        let host = spec
-            .address
-            .rsplit_once(':')
-            .map_or(spec.address.as_str(), |(h, _)| h);
+        let host = spec.address.rsplit_once(':').map_or(spec.address.as_str(), |(h, _)| h);
         let stream = match &spec.tls {
             Some(tls) => tls.connect(tcp, host).await?,
             None => Stream::Plain(tcp),
@@ -148,8 +130,7 @@ impl ServerConn {
     }
 
     async fn login(&mut self, spec: &LoginSpec) -> Result<(), ServerError> {
-        let startup =
-            messages::startup_message(&[("user", &spec.user.name), ("database", &spec.database)]);
+        let startup = messages::startup_message(&[("user", &spec.user.name), ("database", &spec.database)]);
         self.stream.write_all(&startup).await?;
         let mut scram: Option<ScramClient> = None;
         loop {
@@ -162,10 +143,7 @@ impl ServerConn {
                 }
                 tag::PARAMETER_STATUS => {
                     if let Some((k, v)) = frame::parameter_status(&f) {
-                        let (k, v) = (
-                            String::from_utf8_lossy(k).into_owned(),
-                            String::from_utf8_lossy(v).into_owned(),
-                        );
+                        let (k, v) = (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned());
                         self.params.push((k, v));
                     }
                 }
@@ -193,67 +171,47 @@ impl ServerConn {
         scram: &mut Option<ScramClient>,
     ) -> Result<Option<BytesMut>, ServerError> {
         let body = frame::body(f);
-        let Some(code) = body
-            .get(..4)
-            .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-        else {
+        let Some(code) = body.get(..4).map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]])) else {
             return Err(WireError::Malformed(tag::AUTHENTICATION).into());
         };
         let data = &body[4..];
         Ok(match code {
             0 => None,
             3 => {
-                let pw = user.plaintext.as_deref().ok_or(AuthError::NoBackendSecret(
-                    "cleartext needs a plaintext password",
-                ))?;
+                let pw = user
+                    .plaintext
+                    .as_deref()
+                    .ok_or(AuthError::NoBackendSecret("cleartext needs a plaintext password"))?;
                 Some(messages::password_message(pw.as_bytes()))
             }
             5 => {
-                let salt: [u8; 4] = data
-                    .get(..4)
-                    .and_then(|s| s.try_into().ok())
-                    .ok_or(WireError::Malformed(tag::AUTHENTICATION))?;
-                let secret = user.md5.as_deref().ok_or(AuthError::NoBackendSecret(
-                    "md5 needs a password or md5 hash",
-                ))?;
-                Some(messages::password_message(
-                    md5_response(secret, salt).as_bytes(),
-                ))
+                let salt: [u8; 4] =
+                    data.get(..4).and_then(|s| s.try_into().ok()).ok_or(WireError::Malformed(tag::AUTHENTICATION))?;
+                let secret =
+                    user.md5.as_deref().ok_or(AuthError::NoBackendSecret("md5 needs a password or md5 hash"))?;
+                Some(messages::password_message(md5_response(secret, salt).as_bytes()))
             }
             10 => {
                 let offers_scram = data.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
                 if !offers_scram {
-                    return Err(AuthError::NoBackendSecret(
-                        "server offers no SASL mechanism we support",
-                    )
-                    .into());
+                    return Err(AuthError::NoBackendSecret("server offers no SASL mechanism we support").into());
                 }
                 let cred: ClientCredential = user.scram_credential().ok_or(AuthError::NoBackendSecret(
                     "SCRAM needs a plaintext password, or a client must log in first with the same verifier",
                 ))?;
                 let (client, first) = ScramClient::new(cred);
                 *scram = Some(client);
-                Some(messages::sasl_initial_response(
-                    "SCRAM-SHA-256",
-                    first.as_bytes(),
-                ))
+                Some(messages::sasl_initial_response("SCRAM-SHA-256", first.as_bytes()))
             }
             11 => {
-                let client = scram
-                    .as_mut()
-                    .ok_or(AuthError::Protocol("SASLContinue before SASL"))?;
+                let client = scram.as_mut().ok_or(AuthError::Protocol("SASLContinue before SASL"))?;
                 Some(messages::sasl_response(client.respond(data)?.as_bytes()))
             }
             12 => {
-                scram
-                    .as_ref()
-                    .ok_or(AuthError::Protocol("SASLFinal before SASL"))?
-                    .verify(data)?;
+                scram.as_ref().ok_or(AuthError::Protocol("SASLFinal before SASL"))?.verify(data)?;
                 None
             }
-            _ => {
-                return Err(AuthError::NoBackendSecret("unsupported authentication method").into())
-            }
+            _ => return Err(AuthError::NoBackendSecret("unsupported authentication method").into()),
         })
     }
 

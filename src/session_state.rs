@@ -28,13 +28,7 @@ pub fn guc_name(name: &str) -> String {
 }
 
 /// Startup parameters that are not settings.
-const NOT_SETTINGS: &[&str] = &[
-    "user",
-    "database",
-    "replication",
-    "options",
-    "pgshift.route",
-];
+const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options", "pgshift.route"];
 
 /// Settings asked for in a startup packet, including `-c name=value` pairs of `options`.
 pub fn startup_settings(params: &[(String, String)]) -> Settings {
@@ -71,11 +65,7 @@ fn parse_options(options: &str, out: &mut Settings) {
     }
     let mut it = words.into_iter();
     while let Some(w) = it.next() {
-        let pair = if w == "-c" {
-            it.next()
-        } else {
-            w.strip_prefix("--").map(str::to_string)
-        };
+        let pair = if w == "-c" { it.next() } else { w.strip_prefix("--").map(str::to_string) };
         if let Some((k, v)) = pair.as_deref().and_then(|p| p.split_once('=')) {
             out.insert(guc_name(&k.replace('-', "_")), quote_literal(v));
         }
@@ -102,9 +92,7 @@ pub fn settings_diff(have: &Settings, want: &Settings) -> Option<String> {
 }
 
 fn ident(name: &str) -> String {
-    let simple = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+    let simple = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
         && !name.starts_with(|c: char| c.is_ascii_digit());
     if simple {
         name.to_string()
@@ -114,9 +102,12 @@ fn ident(name: &str) -> String {
 }
 
 /// A statement prepared under a proxy-wide name, shared by every client that prepared the same
-/// text with the same parameter types.
+/// text with the same parameter types in the same database.
 #[derive(Debug)]
 pub struct StmtDef {
+    /// Set once some server accepted its Parse: another client's Parse of the same statement can
+    /// then be answered without a server (PQprepare outside a transaction needs no connection).
+    pub validated: std::sync::atomic::AtomicBool,
     /// Unique id; the server-side name is `pgshift_<id>`.
     pub id: u64,
     /// The Parse frame with the proxy-wide name, ready to send to any server.
@@ -127,6 +118,13 @@ pub struct StmtDef {
     pub class: Arc<Classification>,
 }
 
+impl PartialEq for StmtDef {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+impl Eq for StmtDef {}
+
 /// Interns statements by (text, parameter types). Holds them weakly: a definition lives as long
 /// as some client still refers to it, so the registry cannot grow without bound.
 #[derive(Default)]
@@ -136,19 +134,33 @@ pub struct PreparedRegistry {
 }
 
 impl PreparedRegistry {
-    /// The definition for a Parse body tail (`query\0 n types...`), creating it if new.
-    pub fn intern(&self, tail: &[u8], class: impl FnOnce() -> Arc<Classification>) -> Arc<StmtDef> {
+    /// An existing definition that some server has accepted, if any.
+    pub fn validated(&self, database: &str, tail: &[u8]) -> Option<Arc<StmtDef>> {
+        let mut key = Vec::with_capacity(database.len() + 1 + tail.len());
+        key.extend_from_slice(database.as_bytes());
+        key.push(0);
+        key.extend_from_slice(tail);
+        let map = self.map.lock().ok()?;
+        map.get(key.as_slice()).and_then(Weak::upgrade).filter(|d| d.validated.load(Ordering::Relaxed))
+    }
+
+    /// The definition for a Parse body tail (`query\0 n types...`) in `database`, creating it if new.
+    pub fn intern(&self, database: &str, tail: &[u8], class: impl FnOnce() -> Arc<Classification>) -> Arc<StmtDef> {
+        let mut key = Vec::with_capacity(database.len() + 1 + tail.len());
+        key.extend_from_slice(database.as_bytes());
+        key.push(0);
+        key.extend_from_slice(tail);
         let Ok(mut map) = self.map.lock() else {
             return self.make(tail, class()); // poisoned: still serve, just without sharing
         };
-        if let Some(def) = map.get(tail).and_then(Weak::upgrade) {
+        if let Some(def) = map.get(key.as_slice()).and_then(Weak::upgrade) {
             return def;
         }
         let def = self.make(tail, class());
         if map.len() >= 1024 && map.len().is_power_of_two() {
             map.retain(|_, w| w.strong_count() > 0);
         }
-        map.insert(Bytes::copy_from_slice(tail), Arc::downgrade(&def));
+        map.insert(Bytes::from(key), Arc::downgrade(&def));
         def
     }
 
@@ -163,6 +175,7 @@ impl PreparedRegistry {
         let mut n = BytesMut::with_capacity(name.len() + 1);
         put_cstr(&mut n, name.as_bytes());
         Arc::new(StmtDef {
+            validated: std::sync::atomic::AtomicBool::new(false),
             id,
             parse_frame: parse.freeze(),
             name: n.freeze(),
@@ -172,10 +185,7 @@ impl PreparedRegistry {
 
     /// Live definitions (for the admin port).
     pub fn len(&self) -> usize {
-        self.map
-            .lock()
-            .map(|m| m.values().filter(|w| w.strong_count() > 0).count())
-            .unwrap_or(0)
+        self.map.lock().map(|m| m.values().filter(|w| w.strong_count() > 0).count()).unwrap_or(0)
     }
 
     /// True when nothing is interned.
@@ -198,12 +208,7 @@ pub struct ServerSessionState {
 impl ServerSessionState {
     /// Empty state with an LRU bound for prepared statements.
     pub fn new(max_prepared: usize) -> Self {
-        ServerSessionState {
-            settings: Settings::new(),
-            prepared: HashMap::new(),
-            tick: 0,
-            max_prepared,
-        }
+        ServerSessionState { settings: Settings::new(), prepared: HashMap::new(), tick: 0, max_prepared }
     }
 
     /// True if `id` is prepared here (and marks it used).
@@ -222,11 +227,7 @@ impl ServerSessionState {
     pub fn add_prepared(&mut self, id: u64) -> Option<u64> {
         self.tick += 1;
         let evict = if self.prepared.len() >= self.max_prepared.max(1) {
-            let oldest = self
-                .prepared
-                .iter()
-                .min_by_key(|(_, &t)| t)
-                .map(|(&k, _)| k);
+            let oldest = self.prepared.iter().min_by_key(|(_, &t)| t).map(|(&k, _)| k);
             oldest.inspect(|k| {
                 self.prepared.remove(k);
             })
@@ -272,10 +273,7 @@ mod tests {
         let p = vec![
             ("user".to_string(), "app".to_string()),
             ("application_name".to_string(), "psql".to_string()),
-            (
-                "options".to_string(),
-                "-c search_path=a,b --statement-timeout=5s -c x=it\\'s".to_string(),
-            ),
+            ("options".to_string(), "-c search_path=a,b --statement-timeout=5s -c x=it\\'s".to_string()),
         ];
         let s = startup_settings(&p);
         assert_eq!(s.get("application_name").unwrap(), "'psql'");
@@ -293,10 +291,7 @@ mod tests {
         let mut want = Settings::new();
         want.insert("timezone".into(), "'UTC'".into());
         want.insert("search_path".into(), "myschema, public".into());
-        assert_eq!(
-            settings_diff(&have, &want).unwrap(),
-            "SET search_path TO myschema, public;RESET application_name;"
-        );
+        assert_eq!(settings_diff(&have, &want).unwrap(), "SET search_path TO myschema, public;RESET application_name;");
         assert_eq!(settings_diff(&want, &want), None);
     }
 

@@ -50,9 +50,7 @@ impl Runtime {
             users.inherit_learned(&p.users);
         }
         let reuse = |role: Role, address: String, name: String| -> Arc<Backend> {
-            let old = previous
-                .into_iter()
-                .flat_map(|p| std::iter::once(&p.primary).chain(p.replicas.iter()));
+            let old = previous.into_iter().flat_map(|p| std::iter::once(&p.primary).chain(p.replicas.iter()));
             old.clone()
                 .find(|b| b.address == address && b.role == role)
                 .cloned()
@@ -83,7 +81,9 @@ impl Runtime {
             return Err(problems);
         }
         Ok(Runtime {
-            classifier: ClassifierConfig::default(),
+            // PostgreSQL's default since 9.1; with it off, backslashes in literals make the
+            // classifier unsure (primary) rather than risk misreading a statement.
+            classifier: ClassifierConfig { standard_conforming_strings: true, ..ClassifierConfig::default() },
             users,
             primary,
             replicas,

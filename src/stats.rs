@@ -106,10 +106,7 @@ pub struct TrafficTotals {
 impl PoolStats {
     /// Notes the time a client waited for a connection.
     pub fn record_wait(&self, d: Duration) {
-        self.traffic
-            .local()
-            .wait_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.traffic.local().wait_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Sums the shards.
@@ -194,9 +191,7 @@ impl Stats {
 
     /// One sample per request, by the kind of its first statement.
     pub fn record_query(&self, kind: StatementKind, d: Duration) {
-        self.with_local(|h| {
-            h.query[kind_index(kind)].saturating_record(d.as_micros().max(1) as u64)
-        });
+        self.with_local(|h| h.query[kind_index(kind)].saturating_record(d.as_micros().max(1) as u64));
     }
 
     /// One sample per pool wait.
@@ -206,10 +201,7 @@ impl Stats {
 
     /// Counts an error sent to a client by its SQLSTATE class.
     pub fn record_error(&self, sqlstate: &[u8]) {
-        let class = [
-            sqlstate.first().copied().unwrap_or(b'?'),
-            sqlstate.get(1).copied().unwrap_or(b'?'),
-        ];
+        let class = [sqlstate.first().copied().unwrap_or(b'?'), sqlstate.get(1).copied().unwrap_or(b'?')];
         self.with_local(|h| *h.errors.entry(class).or_default() += 1);
     }
 
@@ -236,9 +228,7 @@ impl Stats {
             }
             let _ = m.wait.add(&h.wait);
             for (k, v) in &h.errors {
-                *m.errors
-                    .entry(String::from_utf8_lossy(k).into_owned())
-                    .or_default() += v;
+                *m.errors.entry(String::from_utf8_lossy(k).into_owned()).or_default() += v;
             }
         }
         m

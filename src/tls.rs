@@ -17,8 +17,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let data =
-        std::fs::read(path).map_err(|e| format!("[tls] cannot read certificate {path}: {e}"))?;
+    let data = std::fs::read(path).map_err(|e| format!("[tls] cannot read certificate {path}: {e}"))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("[tls] bad PEM in {path}: {e}"))?;
@@ -62,11 +61,7 @@ impl ClientTls {
             .map_err(|e| format!("[tls] certificate and key do not fit together: {e}"))?;
         // PostgreSQL 17's direct TLS requires ALPN "postgresql"; harmless for SSLRequest clients.
         cfg.alpn_protocols = vec![b"postgresql".to_vec()];
-        Ok(Some(ClientTls {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
-            mode: c.mode,
-            cert_hash,
-        }))
+        Ok(Some(ClientTls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), mode: c.mode, cert_hash }))
     }
 }
 
@@ -94,32 +89,17 @@ impl ServerTls {
                 }
                 let mut roots = rustls::RootCertStore::empty();
                 for cert in load_certs(&c.server_ca)? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("[tls] bad CA certificate in server_ca: {e}"))?;
+                    roots.add(cert).map_err(|e| format!("[tls] bad CA certificate in server_ca: {e}"))?;
                 }
-                let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider(),
-                )
-                .build()
-                .map_err(|e| format!("[tls] {e}"))?;
+                let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .build()
+                    .map_err(|e| format!("[tls] {e}"))?;
                 let verifier: Arc<dyn ServerCertVerifier> =
-                    if c.server_mode == ServerTlsMode::VerifyCa {
-                        Arc::new(CaOnly(webpki))
-                    } else {
-                        webpki
-                    };
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(verifier)
-                    .with_no_client_auth()
+                    if c.server_mode == ServerTlsMode::VerifyCa { Arc::new(CaOnly(webpki)) } else { webpki };
+                builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth()
             }
         };
-        Ok(Some(ServerTls {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
-            mode: c.server_mode,
-        }))
+        Ok(Some(ServerTls { connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)), mode: c.server_mode }))
     }
 
     /// SSLRequest, then the handshake if the server agrees (or plain TCP under `prefer`).
@@ -133,13 +113,9 @@ impl ServerTls {
             b'N' => return Err(ServerError::Tls("server does not support TLS".into())),
             _ => return Err(ServerError::Tls("unexpected answer to SSLRequest".into())),
         }
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|_| ServerError::Tls("invalid server name".into()))?;
-        let tls = self
-            .connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        let name =
+            ServerName::try_from(host.to_string()).map_err(|_| ServerError::Tls("invalid server name".into()))?;
+        let tls = self.connector.connect(name, tcp).await.map_err(|e| ServerError::Tls(e.to_string()))?;
         Ok(Stream::TlsConnected(Box::new(tls)))
     }
 }
@@ -195,9 +171,9 @@ impl ServerCertVerifier for CaOnly {
     ) -> Result<ServerCertVerified, rustls::Error> {
         match self.0.verify_server_cert(end, inter, name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            | Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })) => {
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }

@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -30,43 +27,26 @@ fn postgres_processes_under(dir: &std::path::Path) -> usize {
 #[tokio::test]
 async fn shared_bed_has_source_replicas_and_target() {
     let bed = shared_bed();
-    assert_eq!(
-        bed.replica_ports.len(),
-        2,
-        "scripts/test.sh starts 2 source replicas"
-    );
+    assert_eq!(bed.replica_ports.len(), 2, "scripts/test.sh starts 2 source replicas");
 
     let primary = connect(bed.primary_port, "app", "app", "app").await;
-    let row = primary
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .expect("query primary");
+    let row = primary.query_one("SELECT pg_is_in_recovery()", &[]).await.expect("query primary");
     assert!(!row.get::<_, bool>(0));
     for &port in &bed.replica_ports {
         let replica = connect(port, "app", "app", "app").await;
-        let row = replica
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .expect("query replica");
+        let row = replica.query_one("SELECT pg_is_in_recovery()", &[]).await.expect("query replica");
         assert!(row.get::<_, bool>(0), "port {port} should be a hot standby");
     }
     let target = connect(bed.target_port, "app", "app", "app").await;
-    let row = target
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .expect("query target");
+    let row = target.query_one("SELECT pg_is_in_recovery()", &[]).await.expect("query target");
     assert!(!row.get::<_, bool>(0));
 
     // scram-sha-256 is enforced: a wrong password is refused.
-    assert!(try_connect(bed.primary_port, "app", "wrong", "app")
-        .await
-        .is_err());
+    assert!(try_connect(bed.primary_port, "app", "wrong", "app").await.is_err());
     let out = psql(bed.primary_port, "app", "app", "app", "SELECT current_user");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "app");
-    let streaming = superuser_exec(
-        bed.primary_port,
-        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-    );
+    let streaming =
+        superuser_exec(bed.primary_port, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'");
     assert_eq!(streaming, "2");
 }
 
@@ -90,36 +70,20 @@ async fn private_cluster_survives_faults_and_cleans_up() {
 
     // Crash the primary and start it again: data survives, the replica reconnects.
     cluster.kill_node(0);
-    assert!(
-        try_connect(p, "app", "app", "app").await.is_err(),
-        "killed primary still answers"
-    );
+    assert!(try_connect(p, "app", "app", "app").await.is_err(), "killed primary still answers");
     cluster.start_node(0);
-    assert_eq!(
-        psql(p, "app", "app", "app", "SELECT x FROM bedcheck").stdout,
-        b"42\n"
-    );
+    assert_eq!(psql(p, "app", "app", "app", "SELECT x FROM bedcheck").stdout, b"42\n");
     wait_until(15, "the replica to stream again", || {
-        superuser_exec(
-            p,
-            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-        ) == "1"
+        superuser_exec(p, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1"
     });
 
     // A paused replica hangs connections; resumed, it answers again.
     cluster.pause_node(1);
-    let hung = tokio::time::timeout(
-        Duration::from_millis(500),
-        try_connect(r, "app", "app", "app"),
-    )
-    .await;
+    let hung = tokio::time::timeout(Duration::from_millis(500), try_connect(r, "app", "app", "app")).await;
     assert!(hung.is_err(), "a paused node should not answer");
     cluster.resume_node(1);
     let replica = connect(r, "app", "app", "app").await;
-    replica
-        .query_one("SELECT 1", &[])
-        .await
-        .expect("query resumed replica");
+    replica.query_one("SELECT 1", &[]).await.expect("query resumed replica");
 
     // Clean stop and start of the replica.
     cluster.stop_node(1);
@@ -130,11 +94,7 @@ async fn private_cluster_survives_faults_and_cleans_up() {
     assert!(postgres_processes_under(&dir) > 0);
     drop(cluster);
     assert!(!dir.exists(), "{} still exists after drop", dir.display());
-    assert_eq!(
-        postgres_processes_under(&dir),
-        0,
-        "postgres processes left after drop"
-    );
+    assert_eq!(postgres_processes_under(&dir), 0, "postgres processes left after drop");
 }
 
 #[test]
@@ -147,11 +107,7 @@ fn private_cluster_is_destroyed_when_a_test_panics() {
     .expect_err("the closure panics")
     .downcast::<std::path::PathBuf>()
     .expect("panic payload is the dir");
-    assert!(
-        !dir.exists(),
-        "{} still exists after a panic",
-        dir.display()
-    );
+    assert!(!dir.exists(), "{} still exists after a panic", dir.display());
     assert_eq!(postgres_processes_under(&dir), 0);
 }
 

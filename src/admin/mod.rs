@@ -29,14 +29,8 @@ pub async fn start(
     if listen.is_empty() {
         return Ok(None);
     }
-    let app = router(AdminState {
-        shared,
-        config_path,
-    });
-    let bind_err = |source| StartError::Bind {
-        addr: listen.clone(),
-        source,
-    };
+    let app = router(AdminState { shared, config_path });
+    let bind_err = |source| StartError::Bind { addr: listen.clone(), source };
     if let Some(path) = listen.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);
         let l = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
@@ -49,9 +43,7 @@ pub async fn start(
         });
         return Ok(Some((listen.clone(), task)));
     }
-    let l = tokio::net::TcpListener::bind(&listen)
-        .await
-        .map_err(bind_err)?;
+    let l = tokio::net::TcpListener::bind(&listen).await.map_err(bind_err)?;
     let addr = l.local_addr().map_err(bind_err)?.to_string();
     let task = tokio::spawn(async move {
         let _ = axum::serve(l, app)
@@ -64,10 +56,7 @@ pub async fn start(
 }
 
 fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/health", get(|| async { "ok\n" }))
-        .route("/clients", get(clients))
-        .with_state(state)
+    Router::new().route("/health", get(|| async { "ok\n" })).route("/clients", get(clients)).with_state(state)
 }
 
 async fn clients(

@@ -62,14 +62,7 @@ impl UserEntry {
             }
             None => {}
         }
-        UserEntry {
-            name: name.into(),
-            scram,
-            md5,
-            plaintext,
-            pool_size,
-            learned: Mutex::new(None),
-        }
+        UserEntry { name: name.into(), scram, md5, plaintext, pool_size, learned: Mutex::new(None) }
     }
 
     /// Remembers the ClientKey of a successful SCRAM login, so a verifier-only user can be logged
@@ -134,18 +127,11 @@ impl Users {
                 (None, Some(f)) => Some(read_secret_file(f)?),
                 (None, None) => None,
             };
-            map.insert(
-                u.name.clone(),
-                Arc::new(UserEntry::new(&u.name, secret.as_deref(), u.pool_size)),
-            );
+            map.insert(u.name.clone(), Arc::new(UserEntry::new(&u.name, secret.as_deref(), u.pool_size)));
         }
         let mut mock_key = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut mock_key);
-        Ok(Users {
-            kind: c.kind,
-            map,
-            mock_key,
-        })
+        Ok(Users { kind: c.kind, map, mock_key })
     }
 
     /// The entry for `name`, if configured.
@@ -172,14 +158,8 @@ impl Users {
 }
 
 fn read_secret_file(path: &str) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read password_file {path}: {e}"))?;
-    Ok(text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim_end()
-        .to_string())
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read password_file {path}: {e}"))?;
+    Ok(text.lines().next().unwrap_or_default().trim_end().to_string())
 }
 
 #[cfg(test)]

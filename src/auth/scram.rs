@@ -59,12 +59,7 @@ impl ScramSecret {
         rand::thread_rng().fill_bytes(&mut salt);
         let salted = salted_password(password.as_bytes(), &salt, iterations);
         let client_key = hmac(&salted, b"Client Key");
-        ScramSecret {
-            iterations,
-            salt,
-            stored_key: sha256(&client_key),
-            server_key: hmac(&salted, b"Server Key"),
-        }
+        ScramSecret { iterations, salt, stored_key: sha256(&client_key), server_key: hmac(&salted, b"Server Key") }
     }
 
     /// A secret nobody can satisfy, with a salt that depends only on the user name, so a login
@@ -74,12 +69,7 @@ impl ScramSecret {
         let salt = hmac(instance_key, user.as_bytes())[..16].to_vec();
         let mut stored_key = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut stored_key);
-        ScramSecret {
-            iterations: DEFAULT_ITERATIONS,
-            salt,
-            stored_key,
-            server_key: [0; 32],
-        }
+        ScramSecret { iterations: DEFAULT_ITERATIONS, salt, stored_key, server_key: [0; 32] }
     }
 
     /// The verifier text, as pg_authid stores it.
@@ -131,9 +121,8 @@ fn nonce() -> String {
     B64.encode(raw)
 }
 
-fn attr<'a>(msg: &'a str, key: char) -> Option<&'a str> {
-    msg.split(',')
-        .find_map(|p| p.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+fn attr(msg: &str, key: char) -> Option<&str> {
+    msg.split(',').find_map(|p| p.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 /// The server side of one SCRAM exchange with a client.
@@ -171,50 +160,33 @@ impl ScramServer {
 
     /// Handles client-first-message for `mechanism`; returns server-first-message.
     pub fn first(&mut self, mechanism: &str, client_first: &[u8]) -> Result<String, AuthError> {
-        let msg = std::str::from_utf8(client_first)
-            .map_err(|_| AuthError::Protocol("SCRAM message is not UTF-8"))?;
+        let msg = std::str::from_utf8(client_first).map_err(|_| AuthError::Protocol("SCRAM message is not UTF-8"))?;
         let plus = mechanism == "SCRAM-SHA-256-PLUS";
-        let (cbind_flag, rest) = msg
-            .split_once(',')
-            .ok_or(AuthError::Protocol("malformed SCRAM client-first-message"))?;
-        let (_authzid, bare) = rest
-            .split_once(',')
-            .ok_or(AuthError::Protocol("malformed SCRAM client-first-message"))?;
+        let (cbind_flag, rest) =
+            msg.split_once(',').ok_or(AuthError::Protocol("malformed SCRAM client-first-message"))?;
+        let (_authzid, bare) =
+            rest.split_once(',').ok_or(AuthError::Protocol("malformed SCRAM client-first-message"))?;
         match (cbind_flag, plus) {
             ("n", false) | ("y", false) => {}
             (f, true) if f == "p=tls-server-end-point" && self.channel_binding.is_some() => {}
             (f, true) if f.starts_with("p=") => {
-                return Err(AuthError::Protocol(
-                    "unsupported SCRAM channel binding type",
-                ))
+                return Err(AuthError::Protocol("unsupported SCRAM channel binding type"))
             }
-            _ => {
-                return Err(AuthError::Protocol(
-                    "SCRAM channel binding negotiation failed",
-                ))
-            }
+            _ => return Err(AuthError::Protocol("SCRAM channel binding negotiation failed")),
         }
-        let client_nonce =
-            attr(bare, 'r').ok_or(AuthError::Protocol("SCRAM client nonce missing"))?;
+        let client_nonce = attr(bare, 'r').ok_or(AuthError::Protocol("SCRAM client nonce missing"))?;
         self.gs2_header = msg[..msg.len() - bare.len()].to_string();
         self.nonce = format!("{client_nonce}{}", nonce());
         self.client_first_bare = bare.to_string();
-        self.server_first = format!(
-            "r={},s={},i={}",
-            self.nonce,
-            B64.encode(&self.secret.salt),
-            self.secret.iterations
-        );
+        self.server_first =
+            format!("r={},s={},i={}", self.nonce, B64.encode(&self.secret.salt), self.secret.iterations);
         Ok(self.server_first.clone())
     }
 
     /// Checks client-final-message; on success returns server-final-message and the ClientKey.
     pub fn finish(&self, client_final: &[u8]) -> Result<ScramSuccess, AuthError> {
-        let msg = std::str::from_utf8(client_final)
-            .map_err(|_| AuthError::Protocol("SCRAM message is not UTF-8"))?;
-        let (without_proof, proof) = msg
-            .rsplit_once(",p=")
-            .ok_or(AuthError::Protocol("SCRAM proof missing"))?;
+        let msg = std::str::from_utf8(client_final).map_err(|_| AuthError::Protocol("SCRAM message is not UTF-8"))?;
+        let (without_proof, proof) = msg.rsplit_once(",p=").ok_or(AuthError::Protocol("SCRAM proof missing"))?;
         if attr(without_proof, 'r') != Some(self.nonce.as_str()) {
             return Err(AuthError::Protocol("SCRAM nonce mismatch"));
         }
@@ -230,10 +202,7 @@ impl ScramServer {
             .ok()
             .and_then(|p| p.try_into().ok())
             .ok_or(AuthError::Protocol("malformed SCRAM proof"))?;
-        let auth_message = format!(
-            "{},{},{}",
-            self.client_first_bare, self.server_first, without_proof
-        );
+        let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
         let signature = hmac(&self.secret.stored_key, auth_message.as_bytes());
         let mut client_key = [0u8; 32];
         for i in 0..32 {
@@ -243,10 +212,7 @@ impl ScramServer {
             return Err(AuthError::BadPassword);
         }
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
-        Ok(ScramSuccess {
-            server_final: format!("v={}", B64.encode(server_signature)),
-            client_key,
-        })
+        Ok(ScramSuccess { server_final: format!("v={}", B64.encode(server_signature)), client_key })
     }
 }
 
@@ -283,44 +249,25 @@ impl ScramClient {
         let client_nonce = nonce();
         let bare = format!("n=,r={client_nonce}");
         let first = format!("n,,{bare}");
-        (
-            ScramClient {
-                credential,
-                client_first_bare: bare,
-                client_nonce,
-                server_signature: [0; 32],
-            },
-            first,
-        )
+        (ScramClient { credential, client_first_bare: bare, client_nonce, server_signature: [0; 32] }, first)
     }
 
     /// Handles server-first-message; returns client-final-message.
     pub fn respond(&mut self, server_first: &[u8]) -> Result<String, AuthError> {
-        let msg = std::str::from_utf8(server_first)
-            .map_err(|_| AuthError::Protocol("SCRAM message is not UTF-8"))?;
+        let msg = std::str::from_utf8(server_first).map_err(|_| AuthError::Protocol("SCRAM message is not UTF-8"))?;
         let nonce = attr(msg, 'r').ok_or(AuthError::Protocol("SCRAM server nonce missing"))?;
         if !nonce.starts_with(&self.client_nonce) {
-            return Err(AuthError::Protocol(
-                "SCRAM server nonce does not extend ours",
-            ));
+            return Err(AuthError::Protocol("SCRAM server nonce does not extend ours"));
         }
-        let salt = attr(msg, 's')
-            .and_then(|s| B64.decode(s).ok())
-            .ok_or(AuthError::Protocol("SCRAM salt missing"))?;
-        let iterations: u32 = attr(msg, 'i')
-            .and_then(|i| i.parse().ok())
-            .ok_or(AuthError::Protocol("SCRAM iterations missing"))?;
+        let salt = attr(msg, 's').and_then(|s| B64.decode(s).ok()).ok_or(AuthError::Protocol("SCRAM salt missing"))?;
+        let iterations: u32 =
+            attr(msg, 'i').and_then(|i| i.parse().ok()).ok_or(AuthError::Protocol("SCRAM iterations missing"))?;
         let (client_key, server_key) = match &self.credential {
             ClientCredential::Password(pw) => {
                 let salted = salted_password(pw.as_bytes(), &salt, iterations);
                 (hmac(&salted, b"Client Key"), hmac(&salted, b"Server Key"))
             }
-            ClientCredential::Keys {
-                salt: s,
-                iterations: i,
-                client_key,
-                server_key,
-            } => {
+            ClientCredential::Keys { salt: s, iterations: i, client_key, server_key } => {
                 if *s != salt || *i != iterations {
                     return Err(AuthError::BackendSecretMismatch);
                 }
@@ -330,19 +277,14 @@ impl ScramClient {
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{},{}", self.client_first_bare, msg, without_proof);
         let signature = hmac(&sha256(&client_key), auth_message.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(signature.iter())
-            .map(|(a, b)| a ^ b)
-            .collect();
+        let proof: Vec<u8> = client_key.iter().zip(signature.iter()).map(|(a, b)| a ^ b).collect();
         self.server_signature = hmac(&server_key, auth_message.as_bytes());
         Ok(format!("{without_proof},p={}", B64.encode(proof)))
     }
 
     /// Checks server-final-message: PostgreSQL must prove it knows the verifier too.
     pub fn verify(&self, server_final: &[u8]) -> Result<(), AuthError> {
-        let msg = std::str::from_utf8(server_final)
-            .map_err(|_| AuthError::Protocol("SCRAM message is not UTF-8"))?;
+        let msg = std::str::from_utf8(server_final).map_err(|_| AuthError::Protocol("SCRAM message is not UTF-8"))?;
         let v = attr(msg, 'v')
             .and_then(|v| B64.decode(v).ok())
             .ok_or(AuthError::Protocol("SCRAM server signature missing"))?;
@@ -386,10 +328,7 @@ mod tests {
             server_key: secret.server_key,
         };
         exchange(secret.clone(), keys).unwrap();
-        assert!(matches!(
-            exchange(secret, ClientCredential::Password("wrong".into())),
-            Err(AuthError::BadPassword)
-        ));
+        assert!(matches!(exchange(secret, ClientCredential::Password("wrong".into())), Err(AuthError::BadPassword)));
     }
 
     #[test]

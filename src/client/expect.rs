@@ -9,6 +9,9 @@
 
 use bytes::BytesMut;
 use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::session_state::StmtDef;
 
 use crate::wire::messages;
 use crate::wire::tag;
@@ -33,9 +36,9 @@ pub enum Synth {
 pub enum Expect {
     /// Client Parse: ParseComplete goes to the client. `stmt` is the proxy-wide statement it
     /// creates on the server, forgotten again if the Parse fails or is skipped.
-    Parse { stmt: Option<u64> },
+    Parse { stmt: Option<Arc<StmtDef>> },
     /// Our re-Parse of a client's statement on this server: its ParseComplete is dropped.
-    SilentParse { stmt: u64 },
+    SilentParse { stmt: Arc<StmtDef> },
     /// Bind -> BindComplete.
     Bind,
     /// Describe -> [ParameterDescription] RowDescription | NoData.
@@ -96,9 +99,17 @@ impl ExpectQueue {
     }
     /// True if a Sync or Query is outstanding (a request boundary was sent and not yet answered).
     pub fn boundary_outstanding(&self) -> bool {
-        self.q
-            .iter()
-            .any(|e| matches!(e, Expect::Sync | Expect::Query | Expect::SilentQuery))
+        self.q.iter().any(|e| matches!(e, Expect::Sync | Expect::Query | Expect::SilentQuery))
+    }
+
+    /// COPY FROM STDIN began for the Execute at the head: the server ignores every Sync it reads
+    /// until CopyDone/CopyFail, so Syncs the client pipelined after that Execute get no reply.
+    /// Drops them; returns how many.
+    pub fn drop_syncs_after_head(&mut self) -> usize {
+        let before = self.q.len();
+        let mut first = true;
+        self.q.retain(|e| std::mem::replace(&mut first, false) || !matches!(e, Expect::Sync));
+        before - self.q.len()
     }
 
     /// After an ErrorResponse in the extended protocol the server skips to the next Sync: drops
@@ -109,10 +120,8 @@ impl ExpectQueue {
             if !e.is_extended() {
                 break;
             }
-            if let Some(Expect::Parse { stmt: Some(id) } | Expect::SilentParse { stmt: id }) =
-                self.q.pop_front()
-            {
-                unprepared.push(id);
+            if let Some(Expect::Parse { stmt: Some(def) } | Expect::SilentParse { stmt: def }) = self.q.pop_front() {
+                unprepared.push(def.id);
             }
         }
         unprepared
@@ -149,16 +158,27 @@ impl ExpectQueue {
 mod tests {
     use super::*;
 
+    fn def(id: u64) -> Arc<StmtDef> {
+        let reg = crate::session_state::PreparedRegistry::default();
+        let cfg = crate::router::ClassifierConfig::default();
+        let d = reg.intern("db", format!("select {id}\0\0\0").as_bytes(), || {
+            Arc::new(crate::router::classify("select 1", &cfg))
+        });
+        std::mem::forget(reg);
+        d
+    }
+
     #[test]
     fn skip_to_sync_reports_unprepared() {
         let mut q = ExpectQueue::default();
-        q.push(Expect::Parse { stmt: Some(7) });
-        q.push(Expect::SilentParse { stmt: 8 });
+        let (a, b) = (def(7), def(8));
+        q.push(Expect::Parse { stmt: Some(a.clone()) });
+        q.push(Expect::SilentParse { stmt: b.clone() });
         q.push(Expect::Bind);
         q.push(Expect::Synthetic(Synth::CloseComplete));
         q.push(Expect::Sync);
-        q.push(Expect::Parse { stmt: Some(9) });
-        assert_eq!(q.skip_to_sync(), vec![7, 8]);
+        q.push(Expect::Parse { stmt: Some(def(9)) });
+        assert_eq!(q.skip_to_sync(), vec![a.id, b.id]);
         assert_eq!(q.front(), Some(&Expect::Sync));
     }
 

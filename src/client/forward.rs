@@ -13,7 +13,7 @@ use super::request::{classify, sql_of};
 use super::state::{Attached, ClientState};
 use crate::config::SessionFeatures;
 use crate::router::{Classification, SessionEffect, Target};
-use crate::session_state::close_statement_frame;
+use crate::session_state::{close_statement_frame, StmtDef};
 use crate::shared::{Runtime, Shared};
 use crate::wire::messages::{put_cstr, put_frame};
 use crate::wire::{frame, tag};
@@ -30,11 +30,14 @@ pub struct Fwd<'a> {
     pub att: &'a mut Attached,
     /// Transaction pooling (pins matter) rather than session pooling.
     pub transaction_mode: bool,
+    /// The client's database (statement definitions are per database).
+    pub database: &'a str,
 }
 
 impl Fwd<'_> {
     /// Forwards or answers one whole client frame.
     pub fn frame(&mut self, t: u8, f: &[u8]) {
+        tracing::trace!(tag = %char::from(t), body = ?String::from_utf8_lossy(&f[..f.len().min(60)]), conn = self.att.lease.conn().id, "client frame");
         if self.att.req_started.is_none() {
             self.att.req_started = Some(Instant::now());
         }
@@ -51,10 +54,15 @@ impl Fwd<'_> {
                 }
                 self.send(f, Some(Expect::Execute));
             }
+            tag::SYNC | tag::FLUSH if self.att.copy_in => self.send(f, None), // ignored in copy-in
             tag::SYNC => {
                 let e = std::mem::take(&mut self.att.batch_effects);
                 self.att.effects.push_back(e);
                 self.send(f, Some(Expect::Sync));
+            }
+            tag::COPY_DONE | tag::COPY_FAIL => {
+                self.att.copy_in = false;
+                self.send(f, None);
             }
             tag::FUNCTION_CALL => {
                 self.att.effects.push_back(Vec::new());
@@ -104,9 +112,7 @@ impl Fwd<'_> {
         };
         let class = classify(self.shared, self.rt, &sql);
         if let Some(reason) = self.refused(&class) {
-            self.att
-                .queue
-                .push(Expect::Synthetic(Synth::Refused(reason)));
+            self.att.queue.push(Expect::Synthetic(Synth::Refused(reason)));
             self.att.queue.push(Expect::Synthetic(Synth::Ready));
             return;
         }
@@ -119,9 +125,7 @@ impl Fwd<'_> {
     }
 
     fn refused(&self, class: &Classification) -> Option<&'static str> {
-        if !self.transaction_mode
-            || self.rt.config.proxy.session_features != SessionFeatures::Reject
-        {
+        if !self.transaction_mode || self.rt.config.proxy.session_features != SessionFeatures::Reject {
             return None;
         }
         class.statements.iter().find_map(|s| match s.session {
@@ -143,9 +147,7 @@ impl Fwd<'_> {
         if self.state.statements.remove(name.as_bytes()).is_none() {
             return false;
         }
-        self.att
-            .queue
-            .push(Expect::Synthetic(Synth::CommandComplete("DEALLOCATE")));
+        self.att.queue.push(Expect::Synthetic(Synth::CommandComplete("DEALLOCATE")));
         self.att.queue.push(Expect::Synthetic(Synth::Ready));
         true
     }
@@ -163,46 +165,35 @@ impl Fwd<'_> {
             self.state.unnamed = name.is_empty().then_some(class);
             return self.send(f, Some(Expect::Parse { stmt: None }));
         }
-        let def = self.shared.prepared.intern(tail, || class);
-        self.state
-            .statements
-            .insert(bytes::Bytes::copy_from_slice(name), def.clone());
+        let def = self.shared.prepared.intern(self.database, tail, || class);
+        self.state.statements.insert(bytes::Bytes::copy_from_slice(name), def.clone());
         let server = &mut self.att.lease.conn().state;
         if server.has_prepared(def.id) {
             self.att.queue.push(Expect::Synthetic(Synth::ParseComplete));
             return;
         }
-        self.prepare_on_server(def.id, &def.parse_frame, false);
+        self.prepare_on_server(&def, false);
     }
 
     /// Sends a proxy-wide Parse, closing whatever the server's LRU evicts to make room.
-    fn prepare_on_server(&mut self, id: u64, parse_frame: &[u8], silent: bool) {
-        if let Some(evicted) = self.att.lease.conn().state.add_prepared(id) {
-            self.att
-                .sout
-                .extend_from_slice(&close_statement_frame(evicted));
+    fn prepare_on_server(&mut self, def: &Arc<StmtDef>, silent: bool) {
+        if let Some(evicted) = self.att.lease.conn().state.add_prepared(def.id) {
+            self.att.sout.extend_from_slice(&close_statement_frame(evicted));
             self.att.queue.push(Expect::SilentClose);
         }
-        self.att.sout.extend_from_slice(parse_frame);
-        self.att.queue.push(if silent {
-            Expect::SilentParse { stmt: id }
-        } else {
-            Expect::Parse { stmt: Some(id) }
-        });
+        self.att.sout.extend_from_slice(&def.parse_frame);
+        let stmt = def.clone();
+        self.att.queue.push(if silent { Expect::SilentParse { stmt } } else { Expect::Parse { stmt: Some(stmt) } });
     }
 
     fn bind(&mut self, f: &[u8]) {
         let body = frame::body(f);
-        let parsed =
-            frame::cstr(body).and_then(|(portal, rest)| Some((portal, frame::cstr(rest)?)));
+        let parsed = frame::cstr(body).and_then(|(portal, rest)| Some((portal, frame::cstr(rest)?)));
         let Some((portal, (stmt, rest))) = parsed else {
             return self.send(f, Some(Expect::Bind));
         };
-        let def = if stmt.is_empty() || !self.state.track_prepared {
-            None
-        } else {
-            self.state.statements.get(stmt).cloned()
-        };
+        let def =
+            if stmt.is_empty() || !self.state.track_prepared { None } else { self.state.statements.get(stmt).cloned() };
         let class = match (&def, stmt.is_empty()) {
             (Some(d), _) => Some(d.class.clone()),
             (None, true) => self.state.unnamed.clone(),
@@ -215,7 +206,7 @@ impl Fwd<'_> {
             return self.send(f, Some(Expect::Bind));
         };
         if !self.att.lease.conn().state.has_prepared(def.id) {
-            self.prepare_on_server(def.id, &def.parse_frame, true);
+            self.prepare_on_server(&def, true);
         }
         put_frame(&mut self.att.sout, tag::BIND, |b| {
             put_cstr(b, portal);
@@ -246,7 +237,7 @@ impl Fwd<'_> {
             return;
         }
         if !self.att.lease.conn().state.has_prepared(def.id) {
-            self.prepare_on_server(def.id, &def.parse_frame, true);
+            self.prepare_on_server(&def, true);
         }
         let mut out = BytesMut::with_capacity(def.name.len() + 6);
         put_frame(&mut out, t, |b| {

@@ -50,12 +50,9 @@ pub enum Opening {
     Cancelled,
 }
 
-/// Runs the whole opening. Errors carry what to tell the client; `None` means just close.
-pub async fn open(
-    shared: &Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-) -> Result<Opening, Option<ClientError>> {
+/// Runs the whole opening. An `Err` has already been sent to the client (if it could be); it
+/// comes back for logging, or `None` when the connection just ended.
+pub async fn open(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Result<Opening, Option<ClientError>> {
     let rt = shared.runtime.load_full();
     let tls = rt.client_tls.clone();
     let mut stream = Stream::Plain(tcp);
@@ -72,14 +69,17 @@ pub async fn open(
     }
 
     let (minor, params) = loop {
-        let packet = read_startup(&mut stream, &mut buf).await?;
+        let packet = match read_startup(&mut stream, &mut buf).await {
+            Ok(p) => p,
+            Err(Some(e)) => return fail(&mut stream, e).await,
+            Err(None) => return Err(None),
+        };
         match packet {
             StartupPacket::SslRequest if !stream.is_tls() => {
                 if !buf.is_empty() {
                     // Bytes pipelined after SSLRequest would be plaintext injected into TLS.
-                    return Err(Some(ClientError::protocol(
-                        "received unencrypted data after SSL request",
-                    )));
+                    return fail(&mut stream, ClientError::protocol("received unencrypted data after SSL request"))
+                        .await;
                 }
                 match &tls {
                     Some(t) => {
@@ -91,9 +91,7 @@ pub async fn open(
             }
             StartupPacket::GssEncRequest if !stream.is_tls() => write(&mut stream, b"N").await?,
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                return Err(Some(ClientError::protocol(
-                    "unexpected encryption request inside TLS",
-                )))
+                return fail(&mut stream, ClientError::protocol("unexpected encryption request inside TLS")).await
             }
             StartupPacket::Cancel { pid, secret } => {
                 shared.sessions.cancel(pid, secret).await;
@@ -104,70 +102,35 @@ pub async fn open(
     };
 
     if tls.as_ref().is_some_and(|t| t.mode == TlsMode::Require) && !stream.is_tls() {
-        return fail(
-            &mut stream,
-            ClientError::fatal("28000", "TLS is required: connect with sslmode=require"),
-        )
-        .await;
+        return fail(&mut stream, ClientError::fatal("28000", "TLS is required: connect with sslmode=require")).await;
     }
-    let unknown: Vec<String> = params
-        .iter()
-        .filter(|(k, _)| k.starts_with("_pq_."))
-        .map(|(k, _)| k.clone())
-        .collect();
+    let unknown: Vec<String> = params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
     if minor > 0 || !unknown.is_empty() {
-        write(
-            &mut stream,
-            &messages::negotiate_protocol_version(0, &unknown),
-        )
-        .await?;
+        write(&mut stream, &messages::negotiate_protocol_version(0, &unknown)).await?;
     }
     let Some(user) = StartupPacket::param(&params, "user").map(str::to_string) else {
-        return fail(
-            &mut stream,
-            ClientError::fatal(
-                "28000",
-                "no PostgreSQL user name specified in startup packet",
-            ),
-        )
-        .await;
+        return fail(&mut stream, ClientError::fatal("28000", "no PostgreSQL user name specified in startup packet"))
+            .await;
     };
-    if StartupPacket::param(&params, "replication")
-        .is_some_and(|r| r != "false" && r != "0" && r != "off")
-    {
-        return fail(
-            &mut stream,
-            ClientError::fatal(
-                "08P01",
-                "replication connections are not supported by pgshift",
-            ),
-        )
-        .await;
+    if StartupPacket::param(&params, "replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        return fail(&mut stream, ClientError::fatal("08P01", "replication connections are not supported by pgshift"))
+            .await;
     }
-    let database = StartupPacket::param(&params, "database")
-        .filter(|d| !d.is_empty())
-        .unwrap_or(&user)
-        .to_string();
+    let database = StartupPacket::param(&params, "database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
 
     let entry = match authenticate(shared, &mut stream, &mut buf, &user).await {
         Ok(e) => e,
         Err(e) => return fail(&mut stream, e).await,
     };
     write(&mut stream, &messages::auth_ok()).await?;
-    Ok(Opening::Session(Box::new(Login {
-        stream,
-        rbuf: buf,
-        user: entry,
-        database,
-        params,
-        peer,
-    })))
+    Ok(Opening::Session(Box::new(Login { stream, rbuf: buf, user: entry, database, params, peer })))
 }
 
+/// Sends the error to the client, then hands it back for the caller's log line.
 async fn fail<T>(stream: &mut Stream, e: ClientError) -> Result<T, Option<ClientError>> {
     let _ = stream.write_all(&e.frame()).await;
     let _ = stream.flush().await;
-    Err(None)
+    Err(Some(e))
 }
 
 async fn write(stream: &mut Stream, bytes: &[u8]) -> Result<(), Option<ClientError>> {
@@ -193,10 +156,7 @@ async fn accept_tls(
     Ok(Stream::TlsAccepted(Box::new(s)))
 }
 
-async fn read_startup(
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-) -> Result<StartupPacket, Option<ClientError>> {
+async fn read_startup(stream: &mut Stream, buf: &mut BytesMut) -> Result<StartupPacket, Option<ClientError>> {
     loop {
         match parse_startup(buf) {
             Ok(Some((p, n))) => {
@@ -207,9 +167,7 @@ async fn read_startup(
             Err(e) => return Err(Some(ClientError::protocol(e.to_string()))),
         }
         if buf.len() > MAX_STARTUP_LEN {
-            return Err(Some(ClientError::protocol(
-                "invalid length of startup packet",
-            )));
+            return Err(Some(ClientError::protocol("invalid length of startup packet")));
         }
         if stream.read_buf(buf).await.map_err(|_| None)? == 0 {
             return Err(None);
@@ -218,24 +176,16 @@ async fn read_startup(
 }
 
 /// Reads one password-family frame ('p') during login.
-async fn read_password_frame(
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-) -> Result<BytesMut, ClientError> {
+async fn read_password_frame(stream: &mut Stream, buf: &mut BytesMut) -> Result<BytesMut, ClientError> {
     loop {
         match frame::complete_frame(buf) {
             Ok(Some((tag::PASSWORD, n))) if n <= MAX_LOGIN_FRAME => return Ok(buf.split_to(n)),
             Ok(Some(_)) => return Err(ClientError::protocol("expected a password response")),
-            Ok(None) if buf.len() > MAX_LOGIN_FRAME => {
-                return Err(ClientError::protocol("password packet too large"))
-            }
+            Ok(None) if buf.len() > MAX_LOGIN_FRAME => return Err(ClientError::protocol("password packet too large")),
             Ok(None) => {}
             Err(e) => return Err(ClientError::protocol(e.to_string())),
         }
-        let n = stream
-            .read_buf(buf)
-            .await
-            .map_err(|_| ClientError::protocol("connection lost during login"))?;
+        let n = stream.read_buf(buf).await.map_err(|_| ClientError::protocol("connection lost during login"))?;
         if n == 0 {
             return Err(ClientError::protocol("connection closed during login"));
         }
@@ -255,38 +205,22 @@ async fn authenticate(
         AuthType::Trust => Ok(entry.unwrap_or_else(|| Arc::new(UserEntry::new(user, None, None)))),
         AuthType::Md5 => {
             let salt: [u8; 4] = rand::random();
-            write(stream, &messages::auth_md5(salt))
-                .await
-                .map_err(|_| denied())?;
+            write(stream, &messages::auth_md5(salt)).await.map_err(|_| denied())?;
             let f = read_password_frame(stream, buf).await?;
-            let given = frame::cstr(frame::body(&f))
-                .map(|(s, _)| s)
-                .unwrap_or_default();
+            let given = frame::cstr(frame::body(&f)).map(|(s, _)| s).unwrap_or_default();
             match entry {
-                Some(e)
-                    if e.md5
-                        .as_deref()
-                        .is_some_and(|m| md5_response(m, salt).as_bytes() == given) =>
-                {
-                    Ok(e)
-                }
+                Some(e) if e.md5.as_deref().is_some_and(|m| md5_response(m, salt).as_bytes() == given) => Ok(e),
                 _ => Err(denied()),
             }
         }
         AuthType::ScramSha256 => {
             let secret = entry.as_ref().and_then(|e| e.scram.clone());
             let secret = secret.unwrap_or_else(|| ScramSecret::mock(user, &rt.users.mock_key));
-            let cbind = rt
-                .client_tls
-                .as_ref()
-                .filter(|_| stream.is_tls())
-                .map(|t| t.cert_hash.clone());
-            let key = scram_exchange(stream, buf, secret, cbind)
-                .await
-                .map_err(|e| match e {
-                    AuthError::BadPassword => denied(),
-                    other => ClientError::fatal("28000", other.to_string()),
-                })?;
+            let cbind = rt.client_tls.as_ref().filter(|_| stream.is_tls()).map(|t| t.cert_hash.clone());
+            let key = scram_exchange(stream, buf, secret, cbind).await.map_err(|e| match e {
+                AuthError::BadPassword => denied(),
+                other => ClientError::fatal("28000", other.to_string()),
+            })?;
             let entry = entry.ok_or_else(denied)?;
             entry.learn_client_key(key);
             Ok(entry)
@@ -301,45 +235,20 @@ async fn scram_exchange(
     cbind: Option<Vec<u8>>,
 ) -> Result<[u8; 32], AuthError> {
     let io = |_| AuthError::Protocol("connection lost during SCRAM");
-    let mechs: &[&str] = if cbind.is_some() {
-        &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
-    } else {
-        &["SCRAM-SHA-256"]
-    };
-    write(stream, &messages::auth_sasl(mechs))
-        .await
-        .map_err(io)?;
+    let mechs: &[&str] = if cbind.is_some() { &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] } else { &["SCRAM-SHA-256"] };
+    write(stream, &messages::auth_sasl(mechs)).await.map_err(io)?;
     let mut server = ScramServer::new(secret, cbind);
-    let f = read_password_frame(stream, buf)
-        .await
-        .map_err(|_| AuthError::Protocol("bad SASL response"))?;
-    let (mech, rest) =
-        frame::cstr(frame::body(&f)).ok_or(AuthError::Protocol("malformed SASLInitialResponse"))?;
-    let data = rest
-        .get(4..)
-        .ok_or(AuthError::Protocol("malformed SASLInitialResponse"))?;
+    let f = read_password_frame(stream, buf).await.map_err(|_| AuthError::Protocol("bad SASL response"))?;
+    let (mech, rest) = frame::cstr(frame::body(&f)).ok_or(AuthError::Protocol("malformed SASLInitialResponse"))?;
+    let data = rest.get(4..).ok_or(AuthError::Protocol("malformed SASLInitialResponse"))?;
     let mech = std::str::from_utf8(mech).map_err(|_| AuthError::Protocol("bad SASL mechanism"))?;
     if !mechs.contains(&mech) {
-        return Err(AuthError::Protocol(
-            "client selected an invalid SASL authentication mechanism",
-        ));
+        return Err(AuthError::Protocol("client selected an invalid SASL authentication mechanism"));
     }
     let server_first = server.first(mech, data)?;
-    write(
-        stream,
-        &messages::auth_sasl_continue(server_first.as_bytes()),
-    )
-    .await
-    .map_err(io)?;
-    let f = read_password_frame(stream, buf)
-        .await
-        .map_err(|_| AuthError::Protocol("bad SASL response"))?;
+    write(stream, &messages::auth_sasl_continue(server_first.as_bytes())).await.map_err(io)?;
+    let f = read_password_frame(stream, buf).await.map_err(|_| AuthError::Protocol("bad SASL response"))?;
     let ok = server.finish(frame::body(&f))?;
-    write(
-        stream,
-        &messages::auth_sasl_final(ok.server_final.as_bytes()),
-    )
-    .await
-    .map_err(io)?;
+    write(stream, &messages::auth_sasl_final(ok.server_final.as_bytes())).await.map_err(io)?;
     Ok(ok.client_key)
 }

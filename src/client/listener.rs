@@ -56,11 +56,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::
         let guard = ConnGuard(shared.clone());
         if count > max {
             tokio::spawn(async move {
-                refuse(
-                    tcp,
-                    ClientError::fatal("53300", "sorry, too many clients already"),
-                )
-                .await;
+                refuse(tcp, ClientError::fatal("53300", "sorry, too many clients already")).await;
                 drop(guard);
             });
             continue;

@@ -143,10 +143,7 @@ impl Sessions {
 
     /// Forgets a client.
     pub fn unregister(&self, h: &SessionHandle) {
-        self.by_pid
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&h.key.0);
+        self.by_pid.lock().unwrap_or_else(|e| e.into_inner()).remove(&h.key.0);
     }
 
     /// Number of connected clients.
@@ -161,10 +158,7 @@ impl Sessions {
 
     /// Every client.
     pub fn all(&self) -> Vec<Arc<SessionHandle>> {
-        self.by_pid
-            .lock()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+        self.by_pid.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
 
     /// The admin port's view.
@@ -212,14 +206,10 @@ impl Sessions {
         if let Some(s) = server {
             let send = async {
                 let mut tcp = tokio::net::TcpStream::connect(s.peer).await?;
-                tcp.write_all(&messages::cancel_request(s.key.0, s.key.1))
-                    .await?;
+                tcp.write_all(&messages::cancel_request(s.key.0, s.key.1)).await?;
                 tcp.shutdown().await
             };
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), send)
-                .await
-                .unwrap_or(Ok(()))
-            {
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), send).await.unwrap_or(Ok(())) {
                 tracing::warn!(client = h.id, "forwarding a cancel request failed: {e}");
             }
         }

@@ -29,19 +29,13 @@ impl Session {
         let handle = self.handle.clone();
         let mut kill = pin!(handle.kill.notified());
         let query_timeout = self.rt.config.proxy.query_timeout.enabled();
-        let mut timeout = pin!(tokio::time::sleep(
-            query_timeout.unwrap_or(Duration::from_secs(86_400 * 365))
-        ));
+        let mut timeout = pin!(tokio::time::sleep(query_timeout.unwrap_or(Duration::from_secs(86_400 * 365))));
         loop {
-            self.process_server_input(tm)
-                .map_err(|e| server_protocol_error(&e))?;
+            self.process_server_input(tm).map_err(|e| server_protocol_error(&e))?;
             if self.attached.as_ref().is_some_and(|a| a.release) {
                 return Ok(());
             }
-            if self
-                .process_client_input(tm)
-                .map_err(|e| End::Close(ClientError::protocol(e.to_string())))?
-            {
+            if self.process_client_input(tm).map_err(|e| End::Close(ClientError::protocol(e.to_string())))? {
                 return Err(End::ClientGone);
             }
             let Some(att) = self.attached.as_mut() else {
@@ -71,13 +65,9 @@ impl Session {
                 [kill.as_mut(), timeout.as_mut()];
             let ev = next_event(client, Some(server), &mut extra).await;
             match ev {
-                Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => {
-                    return Err(End::ClientGone)
-                }
+                Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
                 Event::ClientRead(Ok(_)) => {}
-                Event::ServerRead(Ok(0)) | Event::ServerRead(Err(_)) => {
-                    return Err(self.server_lost())
-                }
+                Event::ServerRead(Ok(0)) | Event::ServerRead(Err(_)) => return Err(self.server_lost()),
                 Event::ServerRead(Ok(_)) => {}
                 Event::ClientWrote(r) => {
                     let n = *r.as_ref().unwrap_or(&0);
@@ -130,8 +120,7 @@ impl Session {
     fn server_lost(&mut self) -> End {
         if let Some(att) = self.attached.as_mut() {
             att.lease.conn().broken = true;
-            att.backend
-                .ban(Duration::from_millis(500), "connection lost");
+            att.backend.ban(Duration::from_millis(500), "connection lost");
         }
         End::Close(ClientError::fatal(
             "08006",
@@ -146,17 +135,10 @@ impl Session {
         };
         let conn = att.lease.conn();
         let (peer, key) = (conn.peer, conn.cancel_key);
-        tracing::info!(
-            client = self.handle.id,
-            "query_timeout reached: cancelling the running query"
-        );
+        tracing::info!(client = self.handle.id, "query_timeout reached: cancelling the running query");
         let send = async {
             let mut tcp = tokio::net::TcpStream::connect(peer).await?;
-            tokio::io::AsyncWriteExt::write_all(
-                &mut tcp,
-                &crate::wire::messages::cancel_request(key.0, key.1),
-            )
-            .await
+            tokio::io::AsyncWriteExt::write_all(&mut tcp, &crate::wire::messages::cancel_request(key.0, key.1)).await
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), send).await;
     }
@@ -245,13 +227,12 @@ impl Session {
                 state: &mut self.state,
                 att: &mut *att,
                 transaction_mode: tm,
+                database: &self.database,
             };
             fwd.frame(t, &self.cin[..total]);
             self.cin.advance(total);
         }
-        if att
-            .queue
-            .emit_synthetic(&mut self.cout, self.state.tx_status)
+        if att.queue.emit_synthetic(&mut self.cout, self.state.tx_status)
             && att.queue.is_empty()
             && att.server_status == b'I'
             && self.state.tx_status == b'I'
@@ -274,8 +255,5 @@ fn room(buf: &bytes::BytesMut) -> bool {
 
 fn server_protocol_error(e: &WireError) -> End {
     tracing::warn!("server sent invalid data: {e}");
-    End::Close(ClientError::fatal(
-        "08P01",
-        "server sent data pgshift cannot parse; connection closed",
-    ))
+    End::Close(ClientError::fatal("08P01", "server sent data pgshift cannot parse; connection closed"))
 }

@@ -31,6 +31,7 @@ pub struct Reply<'a> {
 impl Reply<'_> {
     /// Handles one whole server frame.
     pub fn frame(&mut self, t: u8, f: &[u8]) {
+        tracing::trace!(tag = %char::from(t), len = f.len(), head = ?self.att.queue.front(), conn = self.att.lease.conn().id, "server frame");
         if matches!(self.att.queue.front(), Some(Expect::SilentQuery)) {
             return self.silent_query_frame(t, f);
         }
@@ -38,10 +39,13 @@ impl Reply<'_> {
             tag::READY_FOR_QUERY => return self.ready(f),
             tag::ERROR_RESPONSE => self.error(f),
             tag::PARSE_COMPLETE => {
+                if let Some(Expect::Parse { stmt: Some(def) } | Expect::SilentParse { stmt: def }) =
+                    self.att.queue.front()
+                {
+                    def.validated.store(true, Ordering::Relaxed);
+                }
                 let silent = matches!(self.att.queue.front(), Some(Expect::SilentParse { .. }));
-                self.pop_expected(|e| {
-                    matches!(e, Expect::Parse { .. } | Expect::SilentParse { .. })
-                });
+                self.pop_expected(|e| matches!(e, Expect::Parse { .. } | Expect::SilentParse { .. }));
                 if silent {
                     return self.after_pop();
                 }
@@ -64,6 +68,12 @@ impl Reply<'_> {
                 if matches!(self.att.queue.front(), Some(Expect::Execute)) {
                     self.att.queue.pop();
                 }
+            }
+            tag::COPY_IN_RESPONSE if matches!(self.att.queue.front(), Some(Expect::Execute)) => {
+                for _ in 0..self.att.queue.drop_syncs_after_head() {
+                    self.att.effects.pop_front();
+                }
+                self.att.copy_in = true;
             }
             tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
                 if matches!(self.att.queue.front(), Some(Expect::Execute)) {
@@ -91,11 +101,7 @@ impl Reply<'_> {
     }
 
     fn after_pop(&mut self) {
-        if self
-            .att
-            .queue
-            .emit_synthetic(self.out, self.state.tx_status)
-        {
+        if self.att.queue.emit_synthetic(self.out, self.state.tx_status) {
             self.check_release();
         }
     }
@@ -191,9 +197,7 @@ impl Reply<'_> {
             self.shared.stats.record_query(self.att.kind, elapsed);
             let traffic: &TrafficCounters = self.att.lease.pool().stats.traffic.local();
             traffic.queries.fetch_add(1, Ordering::Relaxed);
-            traffic
-                .query_us
-                .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+            traffic.query_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
             if self.att.queue.boundary_outstanding() {
                 self.att.req_started = Some(std::time::Instant::now());
             }
@@ -204,8 +208,7 @@ impl Reply<'_> {
 
     fn check_release(&mut self) {
         let idle = self.att.server_status == b'I' && self.state.tx_status == b'I';
-        if idle && self.att.queue.is_empty() && self.transaction_mode && self.state.pinned.is_none()
-        {
+        if idle && self.att.queue.is_empty() && self.transaction_mode && self.state.pinned.is_none() {
             self.att.release = true;
         }
     }

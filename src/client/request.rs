@@ -22,40 +22,32 @@ pub struct Request {
     pub len: usize,
     /// True if it is only a Terminate.
     pub terminate: bool,
+    /// True if it ends at a boundary; false for whole frames with no boundary (yet). A client
+    /// may legitimately stop there and wait (Bind + Execute of a COPY gets CopyInResponse
+    /// without Sync), so the session routes such a request once the client sends nothing more.
+    pub complete: bool,
 }
 
-/// Looks for a complete request at the front of `buf`; `Ok(None)` means read more.
+/// Looks for a request at the front of `buf`; `Ok(None)` means not even one whole frame.
 pub fn scan(buf: &[u8]) -> Result<Option<Request>, WireError> {
     let mut at = 0;
+    let partial = |at: usize| (at > 0).then_some(Request { len: at, terminate: false, complete: false });
     loop {
         let Some((t, total)) = frame::peek_header(&buf[at..])? else {
-            return Ok(None);
+            return Ok(partial(at));
         };
         if buf.len() - at < total {
-            // A partial frame: a huge one is routed once its head is here; it streams after.
-            return Ok(
-                (at >= MAX_GATHER || (at > 0 && total > MAX_GATHER)).then_some(Request {
-                    len: at,
-                    terminate: false,
-                }),
-            );
+            // A huge frame is routed once what precedes it is here; it streams after.
+            let routable = at >= MAX_GATHER || total > MAX_GATHER;
+            return Ok(partial(at).map(|r| Request { complete: routable, ..r }));
         }
         if t == tag::TERMINATE && at == 0 {
-            return Ok(Some(Request {
-                len: total,
-                terminate: true,
-            }));
+            return Ok(Some(Request { len: total, terminate: true, complete: true }));
         }
         at += total;
-        let boundary = matches!(
-            t,
-            tag::QUERY | tag::SYNC | tag::FLUSH | tag::FUNCTION_CALL | tag::TERMINATE
-        );
+        let boundary = matches!(t, tag::QUERY | tag::SYNC | tag::FLUSH | tag::FUNCTION_CALL | tag::TERMINATE);
         if boundary || at >= MAX_GATHER {
-            return Ok(Some(Request {
-                len: at,
-                terminate: false,
-            }));
+            return Ok(Some(Request { len: at, terminate: false, complete: true }));
         }
     }
 }
@@ -82,12 +74,7 @@ pub fn classify(shared: &Shared, rt: &Runtime, sql: &str) -> Arc<Classification>
 
 /// The classifications of every statement the request runs, in order: Query and Parse texts,
 /// and the statements named by Bind.
-pub fn classifications(
-    shared: &Shared,
-    rt: &Runtime,
-    state: &ClientState,
-    req: &[u8],
-) -> Vec<Arc<Classification>> {
+pub fn classifications(shared: &Shared, rt: &Runtime, state: &ClientState, req: &[u8]) -> Vec<Arc<Classification>> {
     let mut out = Vec::new();
     let mut at = 0;
     while let Ok(Some((t, total))) = frame::complete_frame(&req[at..]) {
@@ -100,9 +87,7 @@ pub fn classifications(
                 }
             }
             tag::BIND => {
-                let stmt = frame::cstr(frame::body(f))
-                    .and_then(|(_, rest)| frame::cstr(rest))
-                    .map(|(s, _)| s);
+                let stmt = frame::cstr(frame::body(f)).and_then(|(_, rest)| frame::cstr(rest)).map(|(s, _)| s);
                 match stmt {
                     Some(b"") | None => out.extend(state.unnamed.clone()),
                     Some(name) => out.extend(state.statements.get(name).map(|d| d.class.clone())),
@@ -130,24 +115,11 @@ mod tests {
         let mut buf = q("select 1");
         let one = buf.len();
         buf.extend_from_slice(&q("select 2"));
-        assert_eq!(
-            scan(&buf).unwrap(),
-            Some(Request {
-                len: one,
-                terminate: false
-            })
-        );
+        assert_eq!(scan(&buf).unwrap(), Some(Request { len: one, terminate: false, complete: true }));
         assert_eq!(scan(&buf[..one - 1]).unwrap(), None);
-        assert_eq!(
-            scan(b"X\0\0\0\x04").unwrap(),
-            Some(Request {
-                len: 5,
-                terminate: true
-            })
-        );
-        // Parse, Bind without Sync: not yet
-        let mut ext = BytesMut::new();
-        ext.extend_from_slice(b"P\0\0\0\x08\0x\0\0\0");
-        assert!(scan(&ext).is_err() || scan(&ext).unwrap().is_none());
+        assert_eq!(scan(b"X\0\0\0\x04").unwrap(), Some(Request { len: 5, terminate: true, complete: true }));
+        // Parse without Sync: whole frames, no boundary yet
+        let ext = b"P\0\0\0\x09\0x\0\0\0";
+        assert_eq!(scan(ext).unwrap(), Some(Request { len: 10, terminate: false, complete: false }));
     }
 }

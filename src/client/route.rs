@@ -22,12 +22,7 @@ pub struct SessionPools {
 
 impl SessionPools {
     /// Looks up (or creates) the client's pools in the runtime.
-    pub fn resolve(
-        shared: &Shared,
-        rt: &Runtime,
-        user: &Arc<UserEntry>,
-        database: &str,
-    ) -> SessionPools {
+    pub fn resolve(shared: &Shared, rt: &Runtime, user: &Arc<UserEntry>, database: &str) -> SessionPools {
         let params = || PoolParams {
             settings: rt.pool_settings(user.pool_size),
             tls: rt.server_tls.clone(),
@@ -36,35 +31,19 @@ impl SessionPools {
         };
         SessionPools {
             primary: shared.pools.get(&rt.primary, database, params()),
-            replicas: rt
-                .replicas
-                .iter()
-                .map(|b| shared.pools.get(b, database, params()))
-                .collect(),
+            replicas: rt.replicas.iter().map(|b| shared.pools.get(b, database, params())).collect(),
         }
     }
 
     /// The server's ParameterStatus set, cached per pool; the first client of a pool opens a
     /// connection to learn it (which also surfaces an unknown database as PostgreSQL's 3D000).
-    pub async fn server_params(
-        &self,
-        shared: &Shared,
-    ) -> Result<Arc<Vec<(String, String)>>, ClientError> {
-        let cached = self
-            .primary
-            .server_params
-            .lock()
-            .ok()
-            .and_then(|p| p.clone());
+    pub async fn server_params(&self, shared: &Shared) -> Result<Arc<Vec<(String, String)>>, ClientError> {
+        let cached = self.primary.server_params.lock().ok().and_then(|p| p.clone());
         if let Some(p) = cached {
             return Ok(p);
         }
         let no_cancel = tokio::sync::Notify::new();
-        let lease = self
-            .primary
-            .checkout(&no_cancel)
-            .await
-            .map_err(|e| ClientError::from(&e))?;
+        let lease = self.primary.checkout(&no_cancel).await.map_err(|e| ClientError::from(&e))?;
         let _ = shared;
         let params = Arc::new(lease_params(lease, &self.primary));
         Ok(params)
@@ -88,10 +67,7 @@ pub struct Decision {
 
 /// The pure routing rule: where may a request with these statements go?
 pub fn decide(rt: &Runtime, route: RouteOverride, classes: &[Arc<Classification>]) -> Decision {
-    let primary = |reason| Decision {
-        target: Target::Primary,
-        reason,
-    };
+    let primary = |reason| Decision { target: Target::Primary, reason };
     if !rt.config.routing.read_write_split {
         return primary("read_write_split is off");
     }
@@ -100,12 +76,7 @@ pub fn decide(rt: &Runtime, route: RouteOverride, classes: &[Arc<Classification>
     }
     match route {
         RouteOverride::Primary => return primary("session route = primary"),
-        RouteOverride::Replica => {
-            return Decision {
-                target: Target::Replica,
-                reason: "session route = replica",
-            }
-        }
+        RouteOverride::Replica => return Decision { target: Target::Replica, reason: "session route = replica" },
         RouteOverride::Auto => {}
     }
     if classes.is_empty() {
@@ -114,10 +85,7 @@ pub fn decide(rt: &Runtime, route: RouteOverride, classes: &[Arc<Classification>
     if let Some(c) = classes.iter().find(|c| c.target == Target::Primary) {
         return primary(c.reason);
     }
-    Decision {
-        target: Target::Replica,
-        reason: classes[0].reason,
-    }
+    Decision { target: Target::Replica, reason: classes[0].reason }
 }
 
 impl Session {
@@ -133,17 +101,9 @@ impl Session {
         if decision.target == Target::Replica {
             let n = rt.replicas.len();
             if let Some(i) = rt.rr.pick(n, |i| !rt.replicas[i].is_banned()) {
-                return (
-                    rt.replicas[i].clone(),
-                    self.pools.replicas[i].clone(),
-                    Target::Replica,
-                );
+                return (rt.replicas[i].clone(), self.pools.replicas[i].clone(), Target::Replica);
             }
         }
-        (
-            rt.primary.clone(),
-            self.pools.primary.clone(),
-            Target::Primary,
-        )
+        (rt.primary.clone(), self.pools.primary.clone(), Target::Primary)
     }
 }

@@ -56,10 +56,7 @@ pub async fn run(shared: Arc<Shared>, login: Login) {
     let mut session = match Session::start(shared.clone(), login).await {
         Ok(s) => s,
         Err((mut stream, e)) => {
-            shared
-                .stats
-                .login_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.stats.login_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             shared.stats.record_error(e.code.as_bytes());
             let _ = stream.write_all(&e.frame()).await;
             let _ = stream.flush().await;
@@ -73,18 +70,8 @@ pub async fn run(shared: Arc<Shared>, login: Login) {
 }
 
 impl Session {
-    async fn start(
-        shared: Arc<Shared>,
-        login: Login,
-    ) -> Result<Session, (crate::stream::Stream, ClientError)> {
-        let Login {
-            mut stream,
-            rbuf,
-            user,
-            database,
-            params,
-            peer,
-        } = login;
+    async fn start(shared: Arc<Shared>, login: Login) -> Result<Session, (crate::stream::Stream, ClientError)> {
+        let Login { mut stream, rbuf, user, database, params, peer } = login;
         let rt = shared.runtime.load_full();
         let pools = SessionPools::resolve(&shared, &rt, &user, &database);
         let server_params = match pools.server_params(&shared).await {
@@ -94,8 +81,7 @@ impl Session {
         let handle = shared.sessions.register(&user.name, &database, peer);
         let mut state = ClientState {
             tx_status: b'I',
-            track_prepared: rt.pool_mode() == PoolMode::Transaction
-                && rt.config.proxy.max_prepared_statements > 0,
+            track_prepared: rt.pool_mode() == PoolMode::Transaction && rt.config.proxy.max_prepared_statements > 0,
             ..ClientState::default()
         };
         state.route = crate::wire::startup::StartupPacket::param(&params, "pgshift.route")
@@ -103,26 +89,18 @@ impl Session {
         // Settings equal to the server's own defaults need no replay.
         let mut settings = startup_settings(&params);
         settings.retain(|k, v| {
-            !server_params.iter().any(|(pk, pv)| {
-                pk.eq_ignore_ascii_case(k) && crate::session_state::quote_literal(pv) == *v
-            })
+            !server_params
+                .iter()
+                .any(|(pk, pv)| pk.eq_ignore_ascii_case(k) && crate::session_state::quote_literal(pv) == *v)
         });
         state.startup_settings = settings.clone();
         state.settings = settings;
 
         let mut out = BytesMut::with_capacity(512);
         for (k, v) in server_params.iter() {
-            let requested = crate::wire::startup::StartupPacket::param(&params, k).or_else(|| {
-                params
-                    .iter()
-                    .find(|(pk, _)| pk.eq_ignore_ascii_case(k))
-                    .map(|(_, v)| v.as_str())
-            });
-            messages::put_parameter_status(
-                &mut out,
-                k.as_bytes(),
-                requested.unwrap_or(v).as_bytes(),
-            );
+            let requested = crate::wire::startup::StartupPacket::param(&params, k)
+                .or_else(|| params.iter().find(|(pk, _)| pk.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str()));
+            messages::put_parameter_status(&mut out, k.as_bytes(), requested.unwrap_or(v).as_bytes());
         }
         messages::put_backend_key_data(&mut out, handle.key.0, handle.key.1);
         messages::put_ready_for_query(&mut out, b'I');
@@ -130,14 +108,8 @@ impl Session {
             shared.sessions.unregister(&handle);
             return Err((stream, ClientError::fatal("08006", "client went away")));
         }
-        shared
-            .stats
-            .logins
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        shared
-            .stats
-            .clients
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.stats.logins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.stats.clients.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Session {
             shared,
             handle,
@@ -169,6 +141,9 @@ impl Session {
                 self.skip_request(req);
                 continue;
             }
+            if self.answer_locally(req) {
+                continue;
+            }
             if let Err(e) = self.attach(req).await {
                 if e.is_fatal() {
                     return End::Close(e);
@@ -190,9 +165,7 @@ impl Session {
         let (handle, shared) = (self.handle.clone(), self.shared.clone());
         let mut kill = pin!(handle.kill.notified());
         let mut drain = pin!(shared.drain_notify.notified());
-        let mut idle = pin!(tokio::time::sleep(
-            idle_timeout.unwrap_or(Duration::from_secs(86_400 * 365))
-        ));
+        let mut idle = pin!(tokio::time::sleep(idle_timeout.unwrap_or(Duration::from_secs(86_400 * 365))));
         loop {
             if self.cout.is_empty() && !self.cflush {
                 if self.shared.is_draining() {
@@ -202,7 +175,13 @@ impl Session {
                     )));
                 }
                 match request::scan(&self.cin) {
-                    Ok(Some(r)) => return Ok(r),
+                    Ok(Some(r)) if r.complete => return Ok(r),
+                    Ok(Some(r)) => {
+                        if !self.read_now()? {
+                            return Ok(r); // the client stopped without a boundary: it waits for us
+                        }
+                        continue;
+                    }
                     Ok(None) => {}
                     Err(e) => return Err(End::Close(ClientError::protocol(e.to_string()))),
                 }
@@ -218,9 +197,7 @@ impl Session {
                 [kill.as_mut(), drain.as_mut(), idle.as_mut()];
             let ev = next_event(side, None, &mut extra).await;
             match ev {
-                Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => {
-                    return Err(End::ClientGone)
-                }
+                Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
                 Event::ClientRead(Ok(_)) => {}
                 Event::ClientWrote(r) => self.wrote_client(r)?,
                 Event::ClientFlushed(r) => {
@@ -242,6 +219,21 @@ impl Session {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Reads whatever the client has already sent, without waiting; true if anything came.
+    fn read_now(&mut self) -> Result<bool, End> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        if self.cin.capacity() - self.cin.len() < 1024 {
+            self.cin.reserve(16 * 1024);
+        }
+        let read = pin!(tokio::io::AsyncReadExt::read_buf(&mut self.client, &mut self.cin));
+        match std::future::Future::poll(read, &mut cx) {
+            std::task::Poll::Ready(Ok(0)) | std::task::Poll::Ready(Err(_)) => Err(End::ClientGone),
+            std::task::Poll::Ready(Ok(_)) => Ok(true),
+            std::task::Poll::Pending => Ok(false),
         }
     }
 
@@ -274,11 +266,64 @@ impl Session {
         self.cout.extend_from_slice(&e.frame());
         let frames = self.cin.split_to(req.len);
         match frames.last_frame_tag() {
-            Some(
-                crate::wire::tag::QUERY | crate::wire::tag::FUNCTION_CALL | crate::wire::tag::SYNC,
-            ) => messages::put_ready_for_query(&mut self.cout, self.state.tx_status),
+            Some(crate::wire::tag::QUERY | crate::wire::tag::FUNCTION_CALL | crate::wire::tag::SYNC) => {
+                messages::put_ready_for_query(&mut self.cout, self.state.tx_status)
+            }
             _ => self.skip_to_sync = true,
         }
+    }
+
+    /// A request of only Parse (of statements some server already accepted), Close of named
+    /// statements, Sync and Flush needs no server: answer it here. This lets PQprepare outside a
+    /// transaction finish while every connection is busy (pgbench -M prepared with more clients
+    /// per thread than connections would otherwise deadlock: PQprepare blocks the whole thread).
+    fn answer_locally(&mut self, req: Request) -> bool {
+        use crate::wire::{frame, tag};
+        if !self.state.track_prepared || self.state.tx_status != b'I' || req.terminate {
+            return false;
+        }
+        let mut plan = Vec::new();
+        let mut at = 0;
+        while let Ok(Some((t, total))) = frame::complete_frame(&self.cin[at..req.len]) {
+            let body = frame::body(&self.cin[at..at + total]);
+            at += total;
+            match t {
+                tag::PARSE => {
+                    let Some((name, tail)) = frame::cstr(body).filter(|(n, _)| !n.is_empty()) else { return false };
+                    let Some(def) = self.shared.prepared.validated(&self.database, tail) else { return false };
+                    plan.push((t, bytes::Bytes::copy_from_slice(name), Some(def)));
+                }
+                tag::CLOSE => {
+                    let Some((b'S', rest)) = body.split_first().map(|(k, r)| (*k, r)) else { return false };
+                    let Some((name, _)) = frame::cstr(rest).filter(|(n, _)| self.state.statements.contains_key(*n))
+                    else {
+                        return false;
+                    };
+                    plan.push((t, bytes::Bytes::copy_from_slice(name), None));
+                }
+                tag::SYNC | tag::FLUSH => plan.push((t, bytes::Bytes::new(), None)),
+                _ => return false,
+            }
+        }
+        if at != req.len {
+            return false;
+        }
+        for (t, name, def) in plan {
+            match (t, def) {
+                (tag::PARSE, Some(def)) => {
+                    self.state.statements.insert(name, def);
+                    messages::put_empty(&mut self.cout, tag::PARSE_COMPLETE);
+                }
+                (tag::CLOSE, _) => {
+                    self.state.statements.remove(&name);
+                    messages::put_empty(&mut self.cout, tag::CLOSE_COMPLETE);
+                }
+                (tag::SYNC, _) => messages::put_ready_for_query(&mut self.cout, b'I'),
+                _ => {}
+            }
+        }
+        self.cin.advance(req.len);
+        true
     }
 
     /// Takes a server for the request at the front of `cin`.
@@ -304,17 +349,10 @@ impl Session {
             ce
         })?;
         self.handle.set_state(Activity::Active);
-        backend
-            .health
-            .routed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        backend.health.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut att = Attached::new(lease, backend, target);
         let conn = att.lease.conn();
-        self.handle.set_server(Some(ServerRef {
-            peer: conn.peer,
-            key: conn.cancel_key,
-            conn_id: conn.id,
-        }));
+        self.handle.set_server(Some(ServerRef { peer: conn.peer, key: conn.cancel_key, conn_id: conn.id }));
         if let Some(sql) = settings_diff(&conn.state.settings, &self.state.settings) {
             conn.state.settings = self.state.settings.clone();
             messages::put_query(&mut att.sout, &sql);
@@ -327,16 +365,11 @@ impl Session {
     async fn wait_while_paused(&mut self) -> Result<(), ClientError> {
         let mut rx = self.shared.paused.subscribe();
         let wait = self.rt.config.proxy.query_wait_timeout.0;
-        let resumed = tokio::time::timeout(wait, rx.wait_for(|p| !*p))
-            .await
-            .is_ok();
+        let resumed = tokio::time::timeout(wait, rx.wait_for(|p| !*p)).await.is_ok();
         if resumed {
             Ok(())
         } else {
-            Err(ClientError::fatal(
-                "53300",
-                "query_wait_timeout: pgshift is paused",
-            ))
+            Err(ClientError::fatal("53300", "query_wait_timeout: pgshift is paused"))
         }
     }
 
@@ -348,22 +381,11 @@ impl Session {
         let elapsed = att.since.elapsed();
         self.shared.stats.record_xact(elapsed);
         let traffic = att.lease.pool().stats.traffic.local();
-        traffic
-            .xacts
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        traffic.xact_us.fetch_add(
-            elapsed.as_micros() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        traffic
-            .bytes_in
-            .fetch_add(att.bytes_in, std::sync::atomic::Ordering::Relaxed);
-        traffic
-            .bytes_out
-            .fetch_add(att.bytes_out, std::sync::atomic::Ordering::Relaxed);
-        self.handle
-            .xacts
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        traffic.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        traffic.xact_us.fetch_add(elapsed.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        traffic.bytes_in.fetch_add(att.bytes_in, std::sync::atomic::Ordering::Relaxed);
+        traffic.bytes_out.fetch_add(att.bytes_out, std::sync::atomic::Ordering::Relaxed);
+        self.handle.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.handle.set_server(None);
         let pool = att.lease.pool().clone();
         pool.checkin(att.lease);
@@ -376,8 +398,7 @@ impl Session {
             self.cout.extend_from_slice(&e.frame());
         }
         if !self.cout.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.client.write_all(&self.cout))
-                .await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.client.write_all(&self.cout)).await;
             let _ = self.client.flush().await;
         }
         if let Some(att) = self.attached.take() {
@@ -385,10 +406,7 @@ impl Session {
             cleanup_server(att, &self.rt).await;
         }
         self.shared.sessions.unregister(&self.handle);
-        self.shared
-            .stats
-            .clients
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.stats.clients.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let _ = self.client.shutdown().await;
         tracing::info!(client = self.handle.id, user = %self.user.name, "client disconnected");
     }
@@ -398,10 +416,7 @@ impl Session {
 /// if it was in a transaction, after the reset query in session mode; otherwise closed.
 async fn cleanup_server(mut att: Attached, rt: &Runtime) {
     let pool = att.lease.pool().clone();
-    let clean = att.queue.is_empty()
-        && att.sout.is_empty()
-        && att.s2c_passthrough == 0
-        && att.c2s_passthrough == 0;
+    let clean = att.queue.is_empty() && att.sout.is_empty() && att.s2c_passthrough == 0 && att.c2s_passthrough == 0;
     if !clean || att.lease.conn().broken {
         return; // dropping the lease closes the connection
     }

@@ -64,12 +64,8 @@ impl ClientState {
     /// Applies one committed effect to the client's settings.
     pub fn apply(&mut self, e: &SessionEffect) {
         match e {
-            SessionEffect::Set { name, value } if name == "pgshift.route" => {
-                self.route = RouteOverride::parse(value)
-            }
-            SessionEffect::Set { name, value } if value.eq_ignore_ascii_case("default") => {
-                self.reset(name)
-            }
+            SessionEffect::Set { name, value } if name == "pgshift.route" => self.route = RouteOverride::parse(value),
+            SessionEffect::Set { name, value } if value.eq_ignore_ascii_case("default") => self.reset(name),
             SessionEffect::Set { name, value } => {
                 self.settings.insert(name.clone(), value.clone());
             }
@@ -155,6 +151,8 @@ pub struct Attached {
     pub wrote: bool,
     /// The server owes a TLS flush.
     pub sflush: bool,
+    /// An extended-protocol COPY FROM STDIN is under way: the server ignores Sync until it ends.
+    pub copy_in: bool,
     /// Bytes written to the server during this attachment.
     pub bytes_in: u64,
     /// Bytes written to the client during this attachment.
@@ -184,6 +182,7 @@ impl Attached {
             release: false,
             wrote: false,
             sflush: false,
+            copy_in: false,
             bytes_in: 0,
             bytes_out: 0,
         }

@@ -24,13 +24,10 @@ impl Dur {
     /// Parses "5s", "250ms", "2m", "1h", "1d" or a bare number of seconds.
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?} (want e.g. \"5s\", \"250ms\", \"2m\")"))?;
+        let n: f64 =
+            num.parse().map_err(|_| format!("invalid duration {s:?} (want e.g. \"5s\", \"250ms\", \"2m\")"))?;
         let ms = match unit.trim() {
             "" | "s" | "sec" => n * 1e3,
             "ms" => n,
@@ -50,7 +47,7 @@ impl Dur {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -76,9 +73,7 @@ impl<'de> Deserialize<'de> for Dur {
                 Dur::parse(v).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
-                u64::try_from(v)
-                    .map(Dur::secs)
-                    .map_err(|_| E::custom("negative duration"))
+                u64::try_from(v).map(Dur::secs).map_err(|_| E::custom("negative duration"))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
                 Ok(Dur::secs(v))

@@ -8,27 +8,12 @@ use super::Config;
 use toml::{Table, Value};
 
 /// Sections a `PGSHIFT_<SECTION>_<KEY>` variable may name.
-const SECTIONS: &[&str] = &[
-    "proxy",
-    "auth",
-    "tls",
-    "primary",
-    "routing",
-    "admin",
-    "migration",
-];
+const SECTIONS: &[&str] = &["proxy", "auth", "tls", "primary", "routing", "admin", "migration"];
 
 /// Applies every recognised variable of `vars` to `tree`, noting problems.
-pub fn apply_overrides(
-    tree: &mut Table,
-    vars: impl IntoIterator<Item = (String, String)>,
-    problems: &mut Vec<String>,
-) {
+pub fn apply_overrides(tree: &mut Table, vars: impl IntoIterator<Item = (String, String)>, problems: &mut Vec<String>) {
     let defaults = defaults_tree();
-    let mut vars: Vec<_> = vars
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("PGSHIFT_"))
-        .collect();
+    let mut vars: Vec<_> = vars.into_iter().filter(|(k, _)| k.starts_with("PGSHIFT_")).collect();
     vars.sort(); // deterministic order: PRIMARY_URL before PRIMARY_PORT etc. does not matter, but errors read better
     for (name, value) in vars {
         let rest = name["PGSHIFT_".len()..].to_ascii_lowercase();
@@ -46,11 +31,7 @@ pub fn apply_overrides(
         if !SECTIONS.contains(&section) {
             continue;
         }
-        let key = if section == "auth" && key == "type" {
-            "type"
-        } else {
-            key
-        };
+        let key = if section == "auth" && key == "type" { "type" } else { key };
         let template = defaults.get(section).and_then(|s| s.get(key));
         let Some(template) = template else {
             problems.push(format!("{name}: [{section}] has no key {key:?}"));
@@ -67,29 +48,20 @@ pub fn apply_overrides(
 
 /// The defaults as a tree, with a sample migration section so its keys are known too.
 fn defaults_tree() -> Table {
-    let mut c = Config::default();
-    c.migration = Some(Default::default());
+    let c = Config { migration: Some(Default::default()), ..Config::default() };
     Table::try_from(&c).unwrap_or_default()
 }
 
 fn coerce(template: &Value, raw: &str) -> Result<Value, String> {
     Ok(match template {
-        Value::Integer(_) => Value::Integer(
-            raw.trim()
-                .parse()
-                .map_err(|_| format!("{raw:?} is not an integer"))?,
-        ),
+        Value::Integer(_) => Value::Integer(raw.trim().parse().map_err(|_| format!("{raw:?} is not an integer"))?),
         Value::Boolean(_) => Value::Boolean(match raw.trim().to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => true,
             "0" | "false" | "no" | "off" => false,
             _ => return Err(format!("{raw:?} is not a boolean")),
         }),
         Value::Array(_) => Value::Array(
-            raw.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| Value::String(s.into()))
-                .collect(),
+            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect(),
         ),
         _ => Value::String(raw.to_string()),
     })
@@ -110,9 +82,7 @@ fn set_url(tree: &mut Table, path: &[&str], name: &str, url: &str, problems: &mu
 
 /// Host and port of a postgres:// URL (default port 5432).
 pub fn parse_host_port(url: &str) -> Option<(String, u16)> {
-    let rest = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"))?;
     let authority = rest.split(['/', '?']).next()?;
     let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     if hostport.is_empty() {
@@ -129,15 +99,11 @@ pub fn parse_host_port(url: &str) -> Option<(String, u16)> {
 fn table_at<'a>(tree: &'a mut Table, path: &[&str]) -> &'a mut Table {
     let mut t = tree;
     for p in path {
-        let entry = t
-            .entry(p.to_string())
-            .or_insert_with(|| Value::Table(Table::new()));
+        let entry = t.entry(p.to_string()).or_insert_with(|| Value::Table(Table::new()));
         if !entry.is_table() {
             *entry = Value::Table(Table::new());
         }
-        let Value::Table(next) = entry else {
-            unreachable!("made a table just above")
-        };
+        let Value::Table(next) = entry else { unreachable!("made a table just above") };
         t = next;
     }
     t
@@ -149,18 +115,9 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(
-            parse_host_port("postgres://db:5433"),
-            Some(("db".into(), 5433))
-        );
-        assert_eq!(
-            parse_host_port("postgres://u:p@db/app"),
-            Some(("db".into(), 5432))
-        );
-        assert_eq!(
-            parse_host_port("postgresql://[::1]:6000/x"),
-            Some(("::1".into(), 6000))
-        );
+        assert_eq!(parse_host_port("postgres://db:5433"), Some(("db".into(), 5433)));
+        assert_eq!(parse_host_port("postgres://u:p@db/app"), Some(("db".into(), 5432)));
+        assert_eq!(parse_host_port("postgresql://[::1]:6000/x"), Some(("::1".into(), 6000)));
         assert_eq!(parse_host_port("mysql://x"), None);
     }
 }

@@ -255,10 +255,7 @@ pub struct BackendConfig {
 
 impl Default for BackendConfig {
     fn default() -> Self {
-        BackendConfig {
-            host: "127.0.0.1".into(),
-            port: 5432,
-        }
+        BackendConfig { host: "127.0.0.1".into(), port: 5432 }
     }
 }
 
@@ -281,10 +278,7 @@ pub struct RoutingConfig {
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        RoutingConfig {
-            read_write_split: true,
-            max_replica_lag: Dur::secs(10),
-        }
+        RoutingConfig { read_write_split: true, max_replica_lag: Dur::secs(10) }
     }
 }
 
@@ -302,11 +296,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig {
-            listen: "127.0.0.1:6480".into(),
-            token: String::new(),
-            admin_users: Vec::new(),
-        }
+        AdminConfig { listen: "127.0.0.1:6480".into(), token: String::new(), admin_users: Vec::new() }
     }
 }
 
@@ -333,8 +323,7 @@ impl Config {
         text: &str,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut tree: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError(vec![format!("TOML syntax: {e}")]))?;
+        let mut tree: toml::Table = toml::from_str(text).map_err(|e| ConfigError(vec![format!("TOML syntax: {e}")]))?;
         let mut problems = Vec::new();
         env::apply_overrides(&mut tree, vars, &mut problems);
         validate::unknown_keys(&tree, &mut problems);

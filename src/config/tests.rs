@@ -10,10 +10,7 @@ password = "app"
 "#;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 #[test]
@@ -43,13 +40,7 @@ fn environment_overrides_file() {
     ]);
     let c = Config::from_toml_with_env(MINIMAL, vars).unwrap();
     assert_eq!(c.proxy.default_pool_size, 40);
-    assert_eq!(
-        c.primary,
-        BackendConfig {
-            host: "db.internal".into(),
-            port: 6543
-        }
-    );
+    assert_eq!(c.primary, BackendConfig { host: "db.internal".into(), port: 6543 });
     assert_eq!(c.admin.token, "1234");
     assert!(!c.routing.read_write_split);
 }

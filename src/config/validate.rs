@@ -25,11 +25,7 @@ pub fn unknown_keys(tree: &Table, problems: &mut Vec<String>) {
 
 fn walk(tree: &Table, schema: &Table, path: &str, problems: &mut Vec<String>) {
     for (k, v) in tree {
-        let here = if path.is_empty() {
-            k.clone()
-        } else {
-            format!("{path}.{k}")
-        };
+        let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
         let Some(known) = schema.get(k) else {
             problems.push(format!("unknown key `{here}`"));
             continue;
@@ -86,10 +82,7 @@ impl Config {
     pub fn validate(&self, problems: &mut Vec<String>) {
         let p = &self.proxy;
         if p.listen.parse::<std::net::SocketAddr>().is_err() {
-            problems.push(format!(
-                "[proxy] listen = {:?} is not an address like 127.0.0.1:6432",
-                p.listen
-            ));
+            problems.push(format!("[proxy] listen = {:?} is not an address like 127.0.0.1:6432", p.listen));
         }
         if p.default_pool_size == 0 {
             problems.push("[proxy] default_pool_size must be at least 1".into());
@@ -117,12 +110,10 @@ impl Config {
         let a = &self.admin;
         if !a.listen.is_empty() && !a.listen.starts_with("unix:") {
             match a.listen.parse::<std::net::SocketAddr>() {
-                Err(_) => problems.push(format!(
-                    "[admin] listen = {:?} is not an address or unix:/path",
-                    a.listen
-                )),
-                Ok(addr) if !addr.ip().is_loopback() && a.token.is_empty() => problems
-                    .push("[admin] token is required when listen is not a loopback address".into()),
+                Err(_) => problems.push(format!("[admin] listen = {:?} is not an address or unix:/path", a.listen)),
+                Ok(addr) if !addr.ip().is_loopback() && a.token.is_empty() => {
+                    problems.push("[admin] token is required when listen is not a loopback address".into())
+                }
                 Ok(_) => {}
             }
         }
@@ -137,31 +128,20 @@ impl Config {
                 problems.push(format!("[[auth.users]] {:?} is listed twice", u.name));
             }
             if u.password.is_some() && u.password_file.is_some() {
-                problems.push(format!(
-                    "[[auth.users]] {:?}: give password or password_file, not both",
-                    u.name
-                ));
+                problems.push(format!("[[auth.users]] {:?}: give password or password_file, not both", u.name));
             }
             let needs_secret = self.auth.kind != AuthType::Trust;
             if needs_secret && u.password.is_none() && u.password_file.is_none() {
-                problems.push(format!(
-                    "[[auth.users]] {:?}: no password (auth type needs one)",
-                    u.name
-                ));
+                problems.push(format!("[[auth.users]] {:?}: no password (auth type needs one)", u.name));
             }
             if let (AuthType::Md5, Some(pw)) = (self.auth.kind, &u.password) {
                 if pw.starts_with("SCRAM-SHA-256$") {
-                    problems.push(format!(
-                        "[[auth.users]] {:?}: a SCRAM verifier cannot serve md5 authentication",
-                        u.name
-                    ));
+                    problems
+                        .push(format!("[[auth.users]] {:?}: a SCRAM verifier cannot serve md5 authentication", u.name));
                 }
             }
             if u.pool_size == Some(0) {
-                problems.push(format!(
-                    "[[auth.users]] {:?}: pool_size must be at least 1",
-                    u.name
-                ));
+                problems.push(format!("[[auth.users]] {:?}: pool_size must be at least 1", u.name));
             }
         }
         if self.auth.users.is_empty() && self.auth.kind != AuthType::Trust {

@@ -55,20 +55,13 @@ pub struct Backend {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Backend {
     /// A backend not yet probed (assumed usable until a probe says otherwise).
     pub fn new(role: Role, address: String, name: String) -> Backend {
-        Backend {
-            role,
-            address,
-            name,
-            health: Health::default(),
-        }
+        Backend { role, address, name, health: Health::default() }
     }
 
     /// True while banned.

@@ -67,11 +67,7 @@ pub struct PoolParams<'a> {
 impl Pools {
     /// The pool for (backend, user, database), created on first use.
     pub fn get(&self, backend: &Backend, database: &str, p: PoolParams<'_>) -> Arc<Pool> {
-        let key = PoolKey {
-            address: backend.address.clone(),
-            user: p.user.name.clone(),
-            database: database.into(),
-        };
+        let key = PoolKey { address: backend.address.clone(), user: p.user.name.clone(), database: database.into() };
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(pool) = map.get(&key) {
             return pool.clone();
@@ -90,12 +86,7 @@ impl Pools {
 
     /// Every pool.
     pub fn all(&self) -> Vec<Arc<Pool>> {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
     /// Removes pools for which `keep` says no, retiring them.

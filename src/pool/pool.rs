@@ -19,6 +19,9 @@ use crate::stats::PoolStats;
 /// A connection idle longer than this gets a non-blocking liveness check before it is handed out.
 const LIVENESS_CHECK_AFTER: Duration = Duration::from_millis(500);
 
+/// ParameterStatus values a server reported at login, shared by the clients of a pool.
+pub type ServerParams = Arc<Vec<(String, String)>>;
+
 /// Pool limits and timeouts, swapped as a whole on reload.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -44,8 +47,8 @@ pub struct PoolSettings {
 
 /// What a waiter is given.
 enum Grant {
-    /// A ready connection.
-    Conn(ServerConn),
+    /// A ready connection (boxed: it is large, and handed over only under contention).
+    Conn(Box<ServerConn>),
     /// Permission to open one (the slot is already counted).
     Slot,
 }
@@ -81,7 +84,7 @@ pub struct Pool {
     next_waiter: AtomicU64,
     conn_ids: Arc<AtomicU64>,
     /// Parameters PostgreSQL reported at login, cached from the first connection.
-    pub server_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    pub server_params: Mutex<Option<ServerParams>>,
 }
 
 /// A leased connection; dropping it without `Pool::checkin` closes the connection and frees its slot.
@@ -95,9 +98,7 @@ pub struct Lease {
 impl Lease {
     /// The connection.
     pub fn conn(&mut self) -> &mut ServerConn {
-        self.conn
-            .as_mut()
-            .expect("a lease holds its connection until checkin or drop")
+        self.conn.as_mut().expect("a lease holds its connection until checkin or drop")
     }
     /// The pool it came from.
     pub fn pool(&self) -> &Arc<Pool> {
@@ -137,38 +138,35 @@ impl Pool {
         let started = Instant::now();
         loop {
             let settings = self.settings.load_full();
-            let grant = match self.take_or_queue(&settings) {
-                Ok(g) => g,
-                Err(rx) => self.wait(rx, started, &settings, cancel).await?,
-            };
-            let conn = match grant {
-                Grant::Conn(c) => c,
-                Grant::Slot => self.open_in_slot().await?,
+            let conn = match self.take_or_queue(&settings) {
+                Ok(Some(idle)) => idle,
+                Ok(None) => self.open_in_slot().await?,
+                Err(rx) => match self.wait(rx, started, &settings, cancel).await? {
+                    Grant::Conn(c) => *c,
+                    Grant::Slot => self.open_in_slot().await?,
+                },
             };
             match self.vet(conn, &settings).await {
                 Some(c) => {
                     self.stats.record_wait(started.elapsed());
-                    return Ok(Lease {
-                        conn: Some(c),
-                        pool: self.clone(),
-                        since: Instant::now(),
-                    });
+                    return Ok(Lease { conn: Some(c), pool: self.clone(), since: Instant::now() });
                 }
                 None => continue,
             }
         }
     }
 
-    /// Under the lock: an idle connection, a slot to open one, or a place in the queue.
-    fn take_or_queue(&self, s: &PoolSettings) -> Result<Grant, (u64, oneshot::Receiver<Grant>)> {
+    /// Under the lock: an idle connection (`Some`), a slot to open one (`None`), or a place in
+    /// the queue.
+    fn take_or_queue(&self, s: &PoolSettings) -> Result<Option<ServerConn>, (u64, oneshot::Receiver<Grant>)> {
         let mut inner = self.lock();
         if let Some(c) = inner.idle.pop() {
-            return Ok(Grant::Conn(c));
+            return Ok(Some(c));
         }
         if inner.open < s.size {
             inner.open += 1;
             inner.connecting += 1;
-            return Ok(Grant::Slot);
+            return Ok(None);
         }
         let (tx, rx) = oneshot::channel();
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
@@ -237,7 +235,7 @@ impl Pool {
 
     fn give_back(&self, g: Grant) {
         match g {
-            Grant::Conn(c) => self.return_conn(c),
+            Grant::Conn(c) => self.return_conn(*c),
             Grant::Slot => {
                 self.lock().connecting -= 1;
                 self.release_slot();
@@ -310,6 +308,11 @@ impl Pool {
             self.discard(c);
             return;
         }
+        if inner.waiters.is_empty() {
+            inner.idle.push(c);
+            return;
+        }
+        let mut c = Box::new(c);
         while let Some((w, _)) = inner.waiters.pop_front() {
             match w.tx.send(Grant::Conn(c)) {
                 Ok(()) => return,
@@ -317,7 +320,7 @@ impl Pool {
                 Err(Grant::Slot) => unreachable!("we sent a connection"),
             }
         }
-        inner.idle.push(c);
+        inner.idle.push(*c);
     }
 
     /// Closes a connection and frees its slot (to a waiter, who may open a new one).
@@ -410,10 +413,7 @@ impl Pool {
             sv_active: inner.open - inner.idle.len() - inner.connecting,
             sv_login: inner.connecting,
             cl_waiting: inner.waiters.len(),
-            maxwait: inner
-                .waiters
-                .front()
-                .map_or(Duration::ZERO, |(_, t)| now - *t),
+            maxwait: inner.waiters.front().map_or(Duration::ZERO, |(_, t)| now - *t),
         }
     }
 

@@ -1,11 +1,18 @@
-//! Routing: the SQL classifier (pure, cached by text) that says whether a statement may run on a
-//! replica, and what it does to the session.
+//! Routing: the SQL classifier (a real lexer, pure, cached by text) that says whether a statement
+//! may run on a replica, and what it does to the transaction and the session.
 
 pub mod cache;
 pub mod classify;
+mod cursor;
+mod functions;
+mod keywords;
+mod lexer;
+mod query;
+mod session;
+#[cfg(test)]
+mod tests;
 
 pub use cache::ClassifierCache;
 pub use classify::{
-    classify, Classification, ClassifierConfig, SessionEffect, Statement, StatementKind, Target,
-    TxControl,
+    classify, reasons, Classification, ClassifierConfig, SessionEffect, Statement, StatementKind, Target, TxControl,
 };

@@ -67,10 +67,7 @@ pub fn peek_header(buf: &[u8]) -> Result<Option<(u8, usize)>, WireError> {
     };
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
     if !(4..=MAX_FRAME_LEN).contains(&len) {
-        return Err(WireError::BadLength {
-            tag: header[0],
-            len,
-        });
+        return Err(WireError::BadLength { tag: header[0], len });
     }
     Ok(Some((header[0], len + 1)))
 }

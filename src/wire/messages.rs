@@ -45,12 +45,7 @@ pub fn notice_response(severity: &str, code: &str, message: &str) -> BytesMut {
 /// Appends an ErrorResponse (`tag` b'E') or NoticeResponse (b'N').
 pub fn put_error(out: &mut BytesMut, tag: u8, severity: &str, code: &str, message: &str) {
     put_frame(out, tag, |b| {
-        for (field, value) in [
-            (b'S', severity),
-            (b'V', severity),
-            (b'C', code),
-            (b'M', message),
-        ] {
+        for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message)] {
             b.put_u8(field);
             put_cstr(b, value.as_bytes());
         }

@@ -42,10 +42,7 @@ pub enum StartupPacket {
 impl StartupPacket {
     /// The value of a startup parameter.
     pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -71,13 +68,10 @@ pub fn parse_startup(buf: &[u8]) -> Result<Option<(StartupPacket, usize)>, WireE
             pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
             secret: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
         },
-        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => {
-            return Err(WireError::BadStartup("malformed request packet"))
+        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => return Err(WireError::BadStartup("malformed request packet")),
+        _ if code >> 16 == PROTOCOL_MAJOR_3 => {
+            StartupPacket::Startup { minor: (code & 0xffff) as u16, params: parse_params(body)? }
         }
-        _ if code >> 16 == PROTOCOL_MAJOR_3 => StartupPacket::Startup {
-            minor: (code & 0xffff) as u16,
-            params: parse_params(body)?,
-        },
         _ => return Err(WireError::UnsupportedProtocol(code >> 16, code & 0xffff)),
     };
     Ok(Some((parsed, len)))
@@ -90,9 +84,7 @@ fn parse_params(mut body: &[u8]) -> Result<Vec<(String, String)>, WireError> {
         let (name, rest) = split_cstr(body)?;
         if name.is_empty() {
             if !rest.is_empty() {
-                return Err(WireError::BadStartup(
-                    "trailing bytes after startup parameters",
-                ));
+                return Err(WireError::BadStartup("trailing bytes after startup parameters"));
             }
             return Ok(params);
         }
@@ -107,8 +99,7 @@ fn split_cstr(buf: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
 }
 
 fn utf8(b: &[u8]) -> Result<String, WireError> {
-    String::from_utf8(b.to_vec())
-        .map_err(|_| WireError::BadStartup("startup parameter is not UTF-8"))
+    String::from_utf8(b.to_vec()).map_err(|_| WireError::BadStartup("startup parameter is not UTF-8"))
 }
 
 #[cfg(test)]
@@ -129,10 +120,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let ssl = [0, 0, 0, 8, 4, 210, 22, 47];
-        assert_eq!(
-            parse_startup(&ssl).unwrap().unwrap().0,
-            StartupPacket::SslRequest
-        );
+        assert_eq!(parse_startup(&ssl).unwrap().unwrap().0, StartupPacket::SslRequest);
         assert_eq!(parse_startup(&ssl[..7]).unwrap(), None);
     }
 

@@ -54,10 +54,7 @@ fn port_var(name: &str) -> u16 {
 }
 
 fn parse_port(name: &str, value: &str) -> u16 {
-    value
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{name} holds {value:?}, not a TCP port"))
+    value.trim().parse().unwrap_or_else(|_| panic!("{name} holds {value:?}, not a TCP port"))
 }
 
 /// The repository root (where `scripts/pgbed.sh` lives).
@@ -81,16 +78,11 @@ impl PrivateCluster {
     /// dir (under `$PGSHIFT_TEST_BED/private` when set, so `scripts/test.sh`
     /// sweeps leftovers, else under the system temp dir). Takes a few seconds.
     pub fn start(replicas: usize) -> PrivateCluster {
-        let mut cluster = PrivateCluster {
-            dir: fresh_dir(),
-            primary_port: 0,
-            replica_ports: Vec::new(),
-        };
+        let mut cluster = PrivateCluster { dir: fresh_dir(), primary_port: 0, replica_ports: Vec::new() };
         // From here on `cluster` is dropped (and the dir destroyed) on panic.
         let replicas = replicas.to_string();
         pgbed(&["start", path_str(&cluster.dir), "--replicas", &replicas]);
-        let env = std::fs::read_to_string(cluster.dir.join("ports.env"))
-            .expect("pgbed.sh start wrote no ports.env");
+        let env = std::fs::read_to_string(cluster.dir.join("ports.env")).expect("pgbed.sh start wrote no ports.env");
         for line in env.lines() {
             let Some((key, value)) = line.split_once('=') else {
                 continue;
@@ -99,18 +91,12 @@ impl PrivateCluster {
             match key.trim() {
                 "PRIMARY_PORT" => cluster.primary_port = parse_port(key, value),
                 "REPLICA_PORTS" => {
-                    cluster.replica_ports = value
-                        .split_whitespace()
-                        .map(|p| parse_port(key, p))
-                        .collect()
+                    cluster.replica_ports = value.split_whitespace().map(|p| parse_port(key, p)).collect()
                 }
                 _ => {}
             }
         }
-        assert!(
-            cluster.primary_port != 0,
-            "no PRIMARY_PORT in ports.env:\n{env}"
-        );
+        assert!(cluster.primary_port != 0, "no PRIMARY_PORT in ports.env:\n{env}");
         cluster
     }
 
@@ -189,17 +175,9 @@ impl Drop for PrivateCluster {
     fn drop(&mut self) {
         // Never panic here: this also runs while a failed test unwinds.
         if self.dir.join(".pgbed").exists() {
-            match Command::new("bash")
-                .arg(pgbed_script())
-                .args(["destroy", path_str(&self.dir)])
-                .output()
-            {
+            match Command::new("bash").arg(pgbed_script()).args(["destroy", path_str(&self.dir)]).output() {
                 Ok(out) if out.status.success() => {}
-                Ok(out) => eprintln!(
-                    "pgbed.sh destroy {}: {}",
-                    self.dir.display(),
-                    output_text(&out)
-                ),
+                Ok(out) => eprintln!("pgbed.sh destroy {}: {}", self.dir.display(), output_text(&out)),
                 Err(e) => eprintln!("cannot run pgbed.sh destroy {}: {e}", self.dir.display()),
             }
         }
@@ -217,27 +195,14 @@ fn pgbed_script() -> PathBuf {
 
 /// Runs `scripts/pgbed.sh ARGS`, panicking with its output if it fails.
 fn pgbed(args: &[&str]) {
-    let out = Command::new("bash")
-        .arg(pgbed_script())
-        .args(args)
-        .output()
-        .expect("cannot run bash scripts/pgbed.sh");
+    let out = Command::new("bash").arg(pgbed_script()).args(args).output().expect("cannot run bash scripts/pgbed.sh");
     let text = output_text(&out);
-    assert!(
-        out.status.success(),
-        "pgbed.sh {} failed ({}):\n{text}",
-        args.join(" "),
-        out.status
-    );
+    assert!(out.status.success(), "pgbed.sh {} failed ({}):\n{text}", args.join(" "), out.status);
     eprint!("{text}");
 }
 
 fn output_text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 fn path_str(p: &Path) -> &str {
@@ -252,9 +217,7 @@ fn fresh_dir() -> PathBuf {
         _ => std::env::temp_dir(),
     };
     loop {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = parent.join(format!("pgshift-pc-{}-{n}-{nanos:x}", std::process::id()));
         match std::fs::create_dir(&dir) {
@@ -339,3 +302,6 @@ pub fn superuser_exec(port: u16, sql: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+pub mod proxy;
+pub mod raw;

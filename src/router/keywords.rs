@@ -1,0 +1,490 @@
+//! Keyword table: which identifiers are SQL keywords, which keyword the classifier acts
+//! on, and which can never start a user-defined function call.
+
+/// A keyword the classifier reacts to, named after it; every other keyword is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kw {
+    Abort,
+    All,
+    Alter,
+    Analyze,
+    As,
+    Authorization,
+    Begin,
+    Binary,
+    Call,
+    Characteristics,
+    Checkpoint,
+    Close,
+    Cluster,
+    Comment,
+    Commit,
+    Constraints,
+    Copy,
+    Create,
+    Deallocate,
+    Declare,
+    Default,
+    Delete,
+    Discard,
+    Do,
+    Drop,
+    End,
+    Except,
+    Execute,
+    Explain,
+    False,
+    Fetch,
+    For,
+    From,
+    Global,
+    Grant,
+    Group,
+    Having,
+    Hold,
+    Import,
+    Insert,
+    Intersect,
+    Into,
+    Join,
+    Key,
+    Limit,
+    Listen,
+    Load,
+    Local,
+    Lock,
+    Merge,
+    Move,
+    Names,
+    Notify,
+    Offset,
+    On,
+    Only,
+    Option,
+    Or,
+    Order,
+    Other,
+    Prepare,
+    Prepared,
+    Read,
+    Reassign,
+    Refresh,
+    Reindex,
+    Release,
+    Replace,
+    Reset,
+    Returning,
+    Revoke,
+    Role,
+    Rollback,
+    Savepoint,
+    Schema,
+    Security,
+    Select,
+    Serializable,
+    Session,
+    Set,
+    Share,
+    Show,
+    Start,
+    Stdout,
+    Table,
+    Tablesample,
+    Temp,
+    Temporary,
+    Time,
+    To,
+    Transaction,
+    True,
+    Truncate,
+    Union,
+    Unlisten,
+    Update,
+    Using,
+    Vacuum,
+    Values,
+    Verbose,
+    Where,
+    Window,
+    With,
+    Work,
+    Write,
+    Xml,
+    Zone,
+}
+
+/// A keyword's meaning for the classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keyword {
+    /// Which keyword.
+    pub kw: Kw,
+    /// `word(` is grammar (a construct, type modifier or subquery), never a call of a
+    /// user function: PostgreSQL's reserved and column-name keywords plus a few
+    /// unreserved constructs such as `FILTER (`, `OVER (` and `ROLLUP (`.
+    pub not_func: bool,
+}
+
+/// Longest entry of [`KEYWORDS`]; longer identifiers skip the search.
+const MAX_LEN: usize = 17;
+
+/// Sorted (lower case) for binary search; `tests.rs` checks the order.
+pub(super) const KEYWORDS: &[(&str, Kw, bool)] = &[
+    ("abort", Kw::Abort, false),
+    ("all", Kw::All, true),
+    ("alter", Kw::Alter, false),
+    ("analyse", Kw::Analyze, true),
+    ("analyze", Kw::Analyze, true),
+    ("and", Kw::Other, true),
+    ("any", Kw::Other, true),
+    ("array", Kw::Other, true),
+    ("as", Kw::As, true),
+    ("asc", Kw::Other, true),
+    ("asymmetric", Kw::Other, true),
+    ("at", Kw::Other, false),
+    ("atomic", Kw::Other, false),
+    ("authorization", Kw::Authorization, false),
+    ("begin", Kw::Begin, false),
+    ("between", Kw::Other, true),
+    ("bigint", Kw::Other, true),
+    ("binary", Kw::Binary, true),
+    ("bit", Kw::Other, true),
+    ("boolean", Kw::Other, true),
+    ("both", Kw::Other, true),
+    ("by", Kw::Other, false),
+    ("call", Kw::Call, false),
+    ("case", Kw::Other, true),
+    ("cast", Kw::Other, true),
+    ("char", Kw::Other, true),
+    ("character", Kw::Other, true),
+    ("characteristics", Kw::Characteristics, false),
+    ("check", Kw::Other, true),
+    ("checkpoint", Kw::Checkpoint, false),
+    ("close", Kw::Close, false),
+    ("cluster", Kw::Cluster, false),
+    ("coalesce", Kw::Other, true),
+    ("collate", Kw::Other, true),
+    ("collation", Kw::Other, false),
+    ("column", Kw::Other, true),
+    ("columns", Kw::Other, true),
+    ("comment", Kw::Comment, false),
+    ("commit", Kw::Commit, false),
+    ("concurrently", Kw::Other, true),
+    ("conflict", Kw::Other, false),
+    ("constraint", Kw::Other, true),
+    ("constraints", Kw::Constraints, false),
+    ("copy", Kw::Copy, false),
+    ("create", Kw::Create, true),
+    ("cross", Kw::Other, true),
+    ("cube", Kw::Other, true),
+    ("current", Kw::Other, false),
+    ("current_catalog", Kw::Other, true),
+    ("current_date", Kw::Other, true),
+    ("current_role", Kw::Other, true),
+    ("current_schema", Kw::Other, false),
+    ("current_time", Kw::Other, true),
+    ("current_timestamp", Kw::Other, true),
+    ("current_user", Kw::Other, true),
+    ("cycle", Kw::Other, false),
+    ("day", Kw::Other, false),
+    ("deallocate", Kw::Deallocate, false),
+    ("dec", Kw::Other, true),
+    ("decimal", Kw::Other, true),
+    ("declare", Kw::Declare, false),
+    ("default", Kw::Default, true),
+    ("deferrable", Kw::Other, true),
+    ("delete", Kw::Delete, false),
+    ("desc", Kw::Other, true),
+    ("discard", Kw::Discard, false),
+    ("distinct", Kw::Other, true),
+    ("do", Kw::Do, true),
+    ("drop", Kw::Drop, false),
+    ("else", Kw::Other, true),
+    ("end", Kw::End, true),
+    ("escape", Kw::Other, false),
+    ("except", Kw::Except, true),
+    ("exclude", Kw::Other, false),
+    ("execute", Kw::Execute, false),
+    ("exists", Kw::Other, true),
+    ("explain", Kw::Explain, false),
+    ("extract", Kw::Other, true),
+    ("false", Kw::False, true),
+    ("fetch", Kw::Fetch, true),
+    ("filter", Kw::Other, true),
+    ("first", Kw::Other, false),
+    ("float", Kw::Other, true),
+    ("following", Kw::Other, false),
+    ("for", Kw::For, true),
+    ("foreign", Kw::Other, true),
+    ("freeze", Kw::Other, true),
+    ("from", Kw::From, true),
+    ("full", Kw::Other, true),
+    ("global", Kw::Global, false),
+    ("grant", Kw::Grant, true),
+    ("greatest", Kw::Other, true),
+    ("group", Kw::Group, true),
+    ("grouping", Kw::Other, true),
+    ("groups", Kw::Other, false),
+    ("having", Kw::Having, true),
+    ("hold", Kw::Hold, false),
+    ("hour", Kw::Other, false),
+    ("ilike", Kw::Other, true),
+    ("import", Kw::Import, false),
+    ("in", Kw::Other, true),
+    ("initially", Kw::Other, true),
+    ("inner", Kw::Other, true),
+    ("inout", Kw::Other, true),
+    ("insert", Kw::Insert, false),
+    ("int", Kw::Other, true),
+    ("integer", Kw::Other, true),
+    ("intersect", Kw::Intersect, true),
+    ("interval", Kw::Other, true),
+    ("into", Kw::Into, true),
+    ("is", Kw::Other, true),
+    ("isnull", Kw::Other, true),
+    ("isolation", Kw::Other, false),
+    ("join", Kw::Join, true),
+    ("json", Kw::Other, true),
+    ("json_array", Kw::Other, true),
+    ("json_arrayagg", Kw::Other, true),
+    ("json_exists", Kw::Other, true),
+    ("json_object", Kw::Other, true),
+    ("json_objectagg", Kw::Other, true),
+    ("json_query", Kw::Other, true),
+    ("json_scalar", Kw::Other, true),
+    ("json_serialize", Kw::Other, true),
+    ("json_table", Kw::Other, true),
+    ("json_value", Kw::Other, true),
+    ("key", Kw::Key, false),
+    ("last", Kw::Other, false),
+    ("lateral", Kw::Other, true),
+    ("leading", Kw::Other, true),
+    ("least", Kw::Other, true),
+    ("left", Kw::Other, false),
+    ("level", Kw::Other, false),
+    ("like", Kw::Other, true),
+    ("limit", Kw::Limit, true),
+    ("listen", Kw::Listen, false),
+    ("load", Kw::Load, false),
+    ("local", Kw::Local, false),
+    ("localtime", Kw::Other, true),
+    ("localtimestamp", Kw::Other, true),
+    ("lock", Kw::Lock, false),
+    ("locked", Kw::Other, false),
+    ("matched", Kw::Other, false),
+    ("materialized", Kw::Other, true),
+    ("merge", Kw::Merge, false),
+    ("merge_action", Kw::Other, true),
+    ("minute", Kw::Other, false),
+    ("month", Kw::Other, false),
+    ("move", Kw::Move, false),
+    ("names", Kw::Names, false),
+    ("national", Kw::Other, true),
+    ("natural", Kw::Other, true),
+    ("nchar", Kw::Other, true),
+    ("next", Kw::Other, false),
+    ("no", Kw::Other, false),
+    ("none", Kw::Other, true),
+    ("normalize", Kw::Other, true),
+    ("not", Kw::Other, true),
+    ("nothing", Kw::Other, false),
+    ("notify", Kw::Notify, false),
+    ("notnull", Kw::Other, true),
+    ("nowait", Kw::Other, false),
+    ("null", Kw::Other, true),
+    ("nullif", Kw::Other, true),
+    ("nulls", Kw::Other, false),
+    ("numeric", Kw::Other, true),
+    ("of", Kw::Other, false),
+    ("offset", Kw::Offset, true),
+    ("on", Kw::On, true),
+    ("only", Kw::Only, true),
+    ("operator", Kw::Other, true),
+    ("option", Kw::Option, false),
+    ("or", Kw::Or, true),
+    ("order", Kw::Order, true),
+    ("ordinality", Kw::Other, false),
+    ("others", Kw::Other, false),
+    ("out", Kw::Other, true),
+    ("outer", Kw::Other, true),
+    ("over", Kw::Other, true),
+    ("overlaps", Kw::Other, true),
+    ("overlay", Kw::Other, true),
+    ("partition", Kw::Other, false),
+    ("passing", Kw::Other, false),
+    ("placing", Kw::Other, true),
+    ("position", Kw::Other, true),
+    ("preceding", Kw::Other, false),
+    ("precision", Kw::Other, true),
+    ("prepare", Kw::Prepare, false),
+    ("prepared", Kw::Prepared, false),
+    ("primary", Kw::Other, true),
+    ("range", Kw::Other, false),
+    ("read", Kw::Read, false),
+    ("real", Kw::Other, true),
+    ("reassign", Kw::Reassign, false),
+    ("recursive", Kw::Other, false),
+    ("references", Kw::Other, true),
+    ("refresh", Kw::Refresh, false),
+    ("reindex", Kw::Reindex, false),
+    ("release", Kw::Release, false),
+    ("repeatable", Kw::Other, true),
+    ("replace", Kw::Replace, false),
+    ("reset", Kw::Reset, false),
+    ("returning", Kw::Returning, true),
+    ("revoke", Kw::Revoke, false),
+    ("right", Kw::Other, false),
+    ("role", Kw::Role, false),
+    ("rollback", Kw::Rollback, false),
+    ("rollup", Kw::Other, true),
+    ("row", Kw::Other, true),
+    ("rows", Kw::Other, false),
+    ("savepoint", Kw::Savepoint, false),
+    ("schema", Kw::Schema, false),
+    ("search", Kw::Other, false),
+    ("second", Kw::Other, false),
+    ("security", Kw::Security, false),
+    ("select", Kw::Select, true),
+    ("serializable", Kw::Serializable, false),
+    ("session", Kw::Session, false),
+    ("session_user", Kw::Other, true),
+    ("set", Kw::Set, false),
+    ("setof", Kw::Other, true),
+    ("sets", Kw::Other, true),
+    ("share", Kw::Share, false),
+    ("show", Kw::Show, false),
+    ("similar", Kw::Other, true),
+    ("skip", Kw::Other, false),
+    ("smallint", Kw::Other, true),
+    ("some", Kw::Other, true),
+    ("start", Kw::Start, false),
+    ("stdin", Kw::Other, false),
+    ("stdout", Kw::Stdout, false),
+    ("substring", Kw::Other, true),
+    ("symmetric", Kw::Other, true),
+    ("system_user", Kw::Other, true),
+    ("table", Kw::Table, true),
+    ("tablesample", Kw::Tablesample, true),
+    ("temp", Kw::Temp, false),
+    ("temporary", Kw::Temporary, false),
+    ("then", Kw::Other, true),
+    ("ties", Kw::Other, false),
+    ("time", Kw::Time, true),
+    ("timestamp", Kw::Other, true),
+    ("to", Kw::To, true),
+    ("trailing", Kw::Other, true),
+    ("transaction", Kw::Transaction, false),
+    ("treat", Kw::Other, true),
+    ("trim", Kw::Other, true),
+    ("true", Kw::True, true),
+    ("truncate", Kw::Truncate, false),
+    ("uescape", Kw::Other, false),
+    ("unbounded", Kw::Other, false),
+    ("union", Kw::Union, true),
+    ("unique", Kw::Other, true),
+    ("unlisten", Kw::Unlisten, false),
+    ("update", Kw::Update, false),
+    ("user", Kw::Other, true),
+    ("using", Kw::Using, true),
+    ("vacuum", Kw::Vacuum, false),
+    ("value", Kw::Other, false),
+    ("values", Kw::Values, true),
+    ("varchar", Kw::Other, true),
+    ("variadic", Kw::Other, true),
+    ("varying", Kw::Other, true),
+    ("verbose", Kw::Verbose, true),
+    ("when", Kw::Other, true),
+    ("where", Kw::Where, true),
+    ("window", Kw::Window, true),
+    ("with", Kw::With, true),
+    ("without", Kw::Other, false),
+    ("work", Kw::Work, false),
+    ("write", Kw::Write, false),
+    ("xml", Kw::Xml, false),
+    ("xmlattributes", Kw::Other, true),
+    ("xmlconcat", Kw::Other, true),
+    ("xmlelement", Kw::Other, true),
+    ("xmlexists", Kw::Other, true),
+    ("xmlforest", Kw::Other, true),
+    ("xmlnamespaces", Kw::Other, true),
+    ("xmlparse", Kw::Other, true),
+    ("xmlpi", Kw::Other, true),
+    ("xmlroot", Kw::Other, true),
+    ("xmlserialize", Kw::Other, true),
+    ("xmltable", Kw::Other, true),
+    ("year", Kw::Other, false),
+    ("zone", Kw::Zone, false),
+];
+
+/// Open-addressing hash table over [`KEYWORDS`], built at compile time: slot holds an
+/// entry index + 1 (0 = empty). Most identifiers are not keywords, so a lookup should
+/// usually cost one hash and one probe.
+const SLOTS: usize = 1024;
+const TABLE: [u16; SLOTS] = build_table();
+/// Each keyword zero-padded, so a probe is one fixed-size array comparison.
+const PADDED: [[u8; MAX_LEN]; KEYWORDS.len()] = build_padded();
+
+// The const fns below index freely: they run at compile time, where an out-of-range
+// index is a build error, never a runtime panic.
+
+const fn fnv(h: u32, b: u8) -> u32 {
+    (h ^ b as u32).wrapping_mul(0x0100_0193)
+}
+
+const fn build_padded() -> [[u8; MAX_LEN]; KEYWORDS.len()] {
+    let mut out = [[0u8; MAX_LEN]; KEYWORDS.len()];
+    let mut i = 0;
+    while i < KEYWORDS.len() {
+        let w = KEYWORDS[i].0.as_bytes();
+        let mut j = 0;
+        while j < w.len() {
+            out[i][j] = w[j];
+            j += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+const fn build_table() -> [u16; SLOTS] {
+    let mut table = [0u16; SLOTS];
+    let mut i = 0;
+    while i < KEYWORDS.len() {
+        let w = KEYWORDS[i].0.as_bytes();
+        let mut h = 0x811c_9dc5u32;
+        let mut j = 0;
+        while j < w.len() {
+            h = fnv(h, w[j]);
+            j += 1;
+        }
+        let mut slot = h as usize % SLOTS;
+        while table[slot] != 0 {
+            slot = (slot + 1) % SLOTS;
+        }
+        table[slot] = i as u16 + 1;
+        i += 1;
+    }
+    table
+}
+
+/// Looks up an unquoted identifier, case-insensitively, without allocating.
+pub fn keyword(word: &[u8]) -> Option<Keyword> {
+    if word.len() > MAX_LEN {
+        return None;
+    }
+    let mut folded = [0u8; MAX_LEN];
+    let mut h = 0x811c_9dc5u32;
+    for (dst, src) in folded.iter_mut().zip(word) {
+        *dst = src.to_ascii_lowercase();
+        h = fnv(h, *dst);
+    }
+    let mut slot = h as usize % SLOTS;
+    loop {
+        let entry = usize::from(*TABLE.get(slot)?).checked_sub(1)?;
+        // Identifiers never contain NUL, so equal padded arrays mean equal words.
+        if PADDED.get(entry) == Some(&folded) {
+            let &(_, kw, not_func) = KEYWORDS.get(entry)?;
+            return Some(Keyword { kw, not_func });
+        }
+        slot = (slot + 1) % SLOTS;
+    }
+}

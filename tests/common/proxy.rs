@@ -1,0 +1,36 @@
+//! Starting pgshift in-process for a test, in front of the shared bed or a private cluster.
+
+use pgshift::config::Config;
+use pgshift::proxy::Proxy;
+
+/// A config for a proxy on a free port in front of `primary` (and `replicas`), user app/app,
+/// admin port on a free port too.
+pub fn config(primary: u16, replicas: &[u16]) -> Config {
+    let mut text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\ndefault_pool_size = 5\nquery_wait_timeout = \"30s\"\n\
+         [auth]\n[[auth.users]]\nname = \"app\"\npassword = \"app\"\n\
+         [primary]\nhost = \"127.0.0.1\"\nport = {primary}\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"test-token\"\nadmin_users = [\"app\"]\n"
+    );
+    for r in replicas {
+        text.push_str(&format!("[[replicas]]\nhost = \"127.0.0.1\"\nport = {r}\n"));
+    }
+    Config::from_toml(&text).expect("test config is valid")
+}
+
+/// Starts a proxy from a config (and routes its logs to the test's captured output).
+pub async fn start(config: Config) -> Proxy {
+    let filter = std::env::var("PGSHIFT_LOG").unwrap_or_else(|_| "pgshift=info".into());
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter(filter).try_init();
+    Proxy::start(config, None).await.expect("proxy starts")
+}
+
+/// A proxy in front of the shared bed's primary only (no replicas), pool size 5.
+pub async fn primary_only() -> Proxy {
+    start(config(super::shared_bed().primary_port, &[])).await
+}
+
+/// The proxy's client port.
+pub fn port(p: &Proxy) -> u16 {
+    p.addr.port()
+}

@@ -1,0 +1,118 @@
+//! A minimal raw-protocol client for tests that need exact control of the messages sent.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+    out.push(tag);
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+/// Appends a Parse.
+pub fn parse(out: &mut Vec<u8>, name: &str, sql: &str) {
+    let mut b = Vec::new();
+    b.extend_from_slice(name.as_bytes());
+    b.push(0);
+    b.extend_from_slice(sql.as_bytes());
+    b.push(0);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    frame(out, b'P', &b);
+}
+
+/// Appends a Describe of a statement.
+pub fn describe_statement(out: &mut Vec<u8>, name: &str) {
+    let mut b = vec![b'S'];
+    b.extend_from_slice(name.as_bytes());
+    b.push(0);
+    frame(out, b'D', &b);
+}
+
+/// Appends a Bind of text parameters to the unnamed portal.
+pub fn bind(out: &mut Vec<u8>, stmt: &str, params: &[&[u8]]) {
+    let mut b = vec![0];
+    b.extend_from_slice(stmt.as_bytes());
+    b.push(0);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        b.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        b.extend_from_slice(p);
+    }
+    b.extend_from_slice(&0i16.to_be_bytes());
+    frame(out, b'B', &b);
+}
+
+/// Appends a simple Query.
+pub fn query(out: &mut Vec<u8>, sql: &str) {
+    let mut b = sql.as_bytes().to_vec();
+    b.push(0);
+    frame(out, b'Q', &b);
+}
+
+/// Reads frames until one with tag `until` (inclusive); returns their tags.
+pub async fn read_tags(s: &mut TcpStream, until: u8) -> Vec<u8> {
+    read_frames(s, until).await.into_iter().map(|(t, _)| t).collect()
+}
+
+/// Reads frames until one with tag `until` (inclusive).
+pub async fn read_frames(s: &mut TcpStream, until: u8) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        let mut h = [0u8; 5];
+        s.read_exact(&mut h).await.expect("frame header");
+        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).await.expect("frame body");
+        out.push((h[0], body));
+        if h[0] == until {
+            return out;
+        }
+    }
+}
+
+/// Logs in with cleartext... no: with SCRAM, through tokio-postgres's own protocol code, then
+/// hands back the socket positioned after the first ReadyForQuery.
+pub async fn login(port: u16, user: &str, password: &str, db: &str) -> TcpStream {
+    use postgres_protocol::authentication::sasl;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let mut pkt = vec![0, 0, 0, 0, 0, 3, 0, 0];
+    for kv in ["user", user, "database", db] {
+        pkt.extend_from_slice(kv.as_bytes());
+        pkt.push(0);
+    }
+    pkt.push(0);
+    let len = pkt.len() as u32;
+    pkt[..4].copy_from_slice(&len.to_be_bytes());
+    s.write_all(&pkt).await.unwrap();
+    let mut scram: Option<sasl::ScramSha256> = None;
+    loop {
+        let frames = read_frames(&mut s, b'R').await;
+        let (_, body) = frames.last().unwrap();
+        let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+        match code {
+            0 => break,
+            10 => {
+                let sc = sasl::ScramSha256::new(password.as_bytes(), sasl::ChannelBinding::unsupported());
+                let mut b = b"SCRAM-SHA-256\0".to_vec();
+                b.extend_from_slice(&(sc.message().len() as i32).to_be_bytes());
+                b.extend_from_slice(sc.message());
+                let mut out = Vec::new();
+                frame(&mut out, b'p', &b);
+                s.write_all(&out).await.unwrap();
+                scram = Some(sc);
+            }
+            11 => {
+                let sc = scram.as_mut().unwrap();
+                sc.update(&body[4..]).unwrap();
+                let mut out = Vec::new();
+                frame(&mut out, b'p', sc.message());
+                s.write_all(&out).await.unwrap();
+            }
+            12 => scram.as_mut().unwrap().finish(&body[4..]).unwrap(),
+            other => panic!("unexpected auth request {other}"),
+        }
+    }
+    read_frames(&mut s, b'Z').await;
+    s
+}
