@@ -1,6 +1,6 @@
 //! One connection to PostgreSQL: connect, optional TLS, login, and the state the pool tracks on it.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -262,7 +262,39 @@ impl ServerConn {
     pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, ServerError> {
         let mut q = BytesMut::new();
         messages::put_query(&mut q, sql);
-        self.stream.write_all(&q).await?;
+        self.first_row(q).await
+    }
+
+    /// Runs `sql` with text parameters over the extended protocol (so values are never spliced
+    /// into SQL) and returns its first row, if any.
+    pub async fn query_row_params(&mut self, sql: &str, params: &[&str]) -> Result<Vec<Option<String>>, ServerError> {
+        let mut q = BytesMut::new();
+        messages::put_frame(&mut q, tag::PARSE, |b| {
+            messages::put_cstr(b, b"");
+            messages::put_cstr(b, sql.as_bytes());
+            b.put_i16(0);
+        });
+        messages::put_frame(&mut q, tag::BIND, |b| {
+            messages::put_cstr(b, b"");
+            messages::put_cstr(b, b"");
+            b.put_i16(0);
+            b.put_i16(params.len() as i16);
+            for p in params {
+                b.put_i32(p.len() as i32);
+                b.put_slice(p.as_bytes());
+            }
+            b.put_i16(0);
+        });
+        messages::put_frame(&mut q, tag::EXECUTE, |b| {
+            messages::put_cstr(b, b"");
+            b.put_i32(0);
+        });
+        messages::put_empty(&mut q, tag::SYNC);
+        self.first_row(q).await
+    }
+
+    async fn first_row(&mut self, request: BytesMut) -> Result<Vec<Option<String>>, ServerError> {
+        self.stream.write_all(&request).await?;
         let mut row = None;
         let mut error = None;
         loop {

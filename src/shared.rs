@@ -65,7 +65,8 @@ impl Runtime {
             .enumerate()
             .map(|(i, r)| reuse(Role::Replica, r.address(), format!("replica{i}")))
             .collect();
-        let client_tls = match crate::tls::ClientTls::from_config(&config.tls) {
+        let cert_auth = config.auth.kind == crate::config::AuthType::Cert;
+        let client_tls = match crate::tls::ClientTls::from_config(&config.tls, cert_auth) {
             Ok(t) => t.map(Arc::new),
             Err(e) => {
                 problems.push(e);
@@ -154,6 +155,8 @@ pub struct Shared {
     pub conn_count: crate::client::listener::ConnCount,
     /// Turns true when the proxy stops: listeners and background tasks end.
     pub stop: watch::Sender<bool>,
+    /// Users looked up with auth_query.
+    pub auth_cache: crate::auth::query::AuthCache,
 }
 
 impl Shared {
@@ -172,6 +175,7 @@ impl Shared {
             reconnect_epoch: AtomicU64::new(0),
             conn_count: Default::default(),
             stop: watch::channel(false).0,
+            auth_cache: Default::default(),
         })
     }
 

@@ -5,6 +5,7 @@ pub mod forward;
 pub mod handshake;
 mod io;
 pub mod listener;
+pub mod login;
 pub mod registry;
 mod relay;
 pub mod reply;

@@ -153,17 +153,44 @@ pub enum AuthType {
     /// No password asked.
     #[serde(rename = "trust")]
     Trust,
+    /// A TLS client certificate (checked against `[tls] client_ca`) whose CN is the user name.
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuthConfig {
-    /// scram-sha-256 | md5 | trust.
+    /// scram-sha-256 | md5 | trust | cert.
     #[serde(rename = "type")]
     pub kind: AuthType,
     /// Users allowed to connect.
     pub users: Vec<UserConfig>,
+    /// More users from a PgBouncer userlist.txt (`"name" "secret"` per line); config users win.
+    pub auth_file: String,
+    /// Role that runs `auth_query` for users not listed here (its password must be listed).
+    pub auth_user: String,
+    /// Fetches a user's verifier from PostgreSQL; `$1` is the user name.
+    pub auth_query: String,
+    /// Database `auth_query` runs in.
+    pub auth_database: String,
+    /// How long an `auth_query` answer (found or not) is reused.
+    pub auth_query_ttl: Dur,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            kind: AuthType::default(),
+            users: Vec::new(),
+            auth_file: String::new(),
+            auth_user: String::new(),
+            auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into(),
+            auth_database: "postgres".into(),
+            auth_query_ttl: Dur::secs(60),
+        }
+    }
 }
 
 /// One `[[auth.users]]` entry.
@@ -229,6 +256,8 @@ pub struct TlsConfig {
     pub server_mode: ServerTlsMode,
     /// CA bundle for verify-ca / verify-full.
     pub server_ca: String,
+    /// CA for client certificates (mutual TLS); empty: clients present none.
+    pub client_ca: String,
 }
 
 impl Default for TlsConfig {
@@ -239,6 +268,7 @@ impl Default for TlsConfig {
             key: "certs/server.key".into(),
             server_mode: ServerTlsMode::Disable,
             server_ca: String::new(),
+            client_ca: String::new(),
         }
     }
 }
