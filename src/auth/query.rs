@@ -11,10 +11,13 @@ use super::UserEntry;
 use crate::server::{LoginSpec, ServerConn};
 use crate::shared::Runtime;
 
+/// When an answer was fetched, and the user it found (`None`: no such user).
+type Answer = (Instant, Option<Arc<UserEntry>>);
+
 /// Cached answers of `auth_query`.
 #[derive(Default)]
 pub struct AuthCache {
-    map: Mutex<HashMap<String, (Instant, Option<Arc<UserEntry>>)>>,
+    map: Mutex<HashMap<String, Answer>>,
 }
 
 impl AuthCache {
