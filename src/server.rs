@@ -54,6 +54,8 @@ pub enum ServerError {
 pub struct LoginSpec {
     /// `host:port` of the backend.
     pub address: String,
+    /// The backend's name ("primary", "replica0"): logs name backends, never hosts.
+    pub backend_name: String,
     /// Role to log in as.
     pub user: Arc<UserEntry>,
     /// Database name as the client gave it.

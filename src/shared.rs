@@ -7,6 +7,7 @@
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use crate::auth::Users;
@@ -102,14 +103,24 @@ impl Runtime {
         })
     }
 
+    /// The role of the backend at `address`, if it is in this runtime.
+    pub fn role_of(&self, address: &str) -> Option<Role> {
+        std::iter::once(&self.primary)
+            .chain(self.replicas.iter())
+            .chain(self.targets.iter())
+            .find(|b| b.address == address)
+            .map(|b| b.role)
+    }
+
     /// The migration target's backends (empty without a migration).
     pub fn target_backends(&self) -> std::slice::Iter<'_, Arc<Backend>> {
         self.targets.iter()
     }
 
-    /// Pool limits for a user.
-    pub fn pool_settings(&self, pool_size: Option<usize>) -> PoolSettings {
+    /// Pool limits for a user's pool toward a backend of `role`.
+    pub fn pool_settings(&self, pool_size: Option<usize>, role: Role) -> PoolSettings {
         let p = &self.config.proxy;
+        let primary = matches!(role, Role::Primary | Role::TargetPrimary);
         PoolSettings {
             size: pool_size.unwrap_or(p.default_pool_size),
             min: p.min_pool_size,
@@ -120,6 +131,7 @@ impl Runtime {
             lifetime: p.server_lifetime.enabled(),
             check_delay: p.server_check_delay.enabled(),
             max_prepared: p.max_prepared_statements,
+            connect_retry: if primary { p.server_connect_retry.0 } else { Duration::ZERO },
         }
     }
 

@@ -56,6 +56,7 @@ async fn fetch(rt: &Runtime, user: &str) -> Result<Option<Arc<UserEntry>>, Strin
     let auth_user = rt.users.get(&a.auth_user).ok_or("auth_user is not a configured user")?;
     let spec = LoginSpec {
         address: rt.primary.address.clone(),
+        backend_name: rt.primary.name.clone(),
         user: auth_user,
         database: a.auth_database.clone(),
         connect_timeout: rt.config.proxy.server_connect_timeout.0,

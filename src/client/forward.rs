@@ -69,7 +69,14 @@ impl Fwd<'_> {
                 self.att.wrote = true;
                 self.send(f, Some(Expect::Query));
             }
-            _ => self.send(f, None), // Flush, CopyData/Done/Fail, and anything unknown: as is
+            tag::FLUSH | tag::COPY_DATA => self.send(f, None),
+            _ => {
+                // Forwarded as is, but the server's state after a message we do not know is
+                // unknown too: this connection will not serve another client.
+                tracing::debug!(tag = %char::from(t), "unknown frontend message forwarded");
+                self.att.lease.conn().broken = true;
+                self.send(f, None);
+            }
         }
     }
 

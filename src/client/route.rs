@@ -24,15 +24,16 @@ pub struct SessionPools {
 impl SessionPools {
     /// Looks up (or creates) the client's pools in the runtime.
     pub fn resolve(shared: &Shared, rt: &Runtime, user: &Arc<UserEntry>, database: &str) -> SessionPools {
-        let params = || PoolParams {
-            settings: rt.pool_settings(user.pool_size),
+        use crate::pool::Role;
+        let params = |role| PoolParams {
+            settings: rt.pool_settings(user.pool_size, role),
             tls: rt.server_tls.clone(),
             connect_timeout: rt.config.proxy.server_connect_timeout.0,
             user,
         };
         SessionPools {
-            primary: shared.pools.get(&rt.primary, database, params()),
-            replicas: rt.replicas.iter().map(|b| shared.pools.get(b, database, params())).collect(),
+            primary: shared.pools.get(&rt.primary, database, params(Role::Primary)),
+            replicas: rt.replicas.iter().map(|b| shared.pools.get(b, database, params(Role::Replica))).collect(),
         }
     }
 

@@ -16,6 +16,8 @@ use super::state::{Attached, ClientState, RouteOverride};
 use crate::auth::UserEntry;
 use crate::config::PoolMode;
 use crate::error::ClientError;
+use crate::pool::{Backend, Lease};
+use crate::router::Target;
 use crate::session_state::{settings_diff, startup_settings};
 use crate::shared::{Runtime, Shared};
 use crate::wire::messages;
@@ -346,19 +348,7 @@ impl Session {
         if *self.shared.paused.borrow() {
             self.wait_while_paused().await?;
         }
-        let (backend, pool, target) = self.route(req.len)?;
-        self.handle.set_state(Activity::Waiting);
-        let lease = pool.checkout(&self.handle.cancel).await.map_err(|e| {
-            if matches!(e, crate::pool::PoolError::Server(_)) {
-                backend.ban(Duration::from_secs(1), "connect failed");
-            }
-            let mut ce = ClientError::from(&e);
-            if !matches!(e, crate::pool::PoolError::WaitTimeout(_)) {
-                ce.severity = "ERROR"; // the client may retry on this connection
-            }
-            ce
-        })?;
-        self.handle.set_state(Activity::Active);
+        let (lease, backend, target) = self.lease_for(req).await?;
         backend.health.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut att = Attached::new(lease, backend, target);
         if target == crate::router::Target::Replica {
@@ -373,6 +363,35 @@ impl Session {
         }
         self.attached = Some(att);
         Ok(())
+    }
+
+    /// Routes the request and leases a connection. A replica that cannot be connected to is
+    /// banned and the request routed again (another replica, else the primary): reads fail over
+    /// instead of failing.
+    async fn lease_for(&mut self, req: Request) -> Result<(Lease, Arc<Backend>, Target), ClientError> {
+        use crate::pool::PoolError;
+        let ban = self.rt.config.routing.ban_time.0;
+        for _ in 0..=self.rt.replicas.len() {
+            let (backend, pool, target) = self.route(req.len)?;
+            self.handle.set_state(Activity::Waiting);
+            let result = pool.checkout(&self.handle.cancel).await;
+            self.handle.set_state(Activity::Active);
+            match result {
+                Ok(lease) => return Ok((lease, backend, target)),
+                Err(PoolError::Server(e)) if target == Target::Replica => {
+                    backend.ban(ban, "connect failed");
+                    tracing::info!(backend = %backend.name, "replica unavailable ({e}); routing the read elsewhere");
+                }
+                Err(e) => {
+                    let mut ce = ClientError::from(&e);
+                    if !matches!(e, PoolError::WaitTimeout(_)) {
+                        ce.severity = "ERROR"; // the client may retry on this connection
+                    }
+                    return Err(ce);
+                }
+            }
+        }
+        Err(ClientError::error("08006", "server unavailable: no backend could be connected to"))
     }
 
     async fn wait_while_paused(&mut self) -> Result<(), ClientError> {

@@ -80,6 +80,9 @@ pub struct ProxyConfig {
     pub workers: usize,
     /// Bound on TCP connect + login to PostgreSQL.
     pub server_connect_timeout: Dur,
+    /// Keep retrying a refused primary connection this long before failing the client: a short
+    /// wait across a PostgreSQL restart beats an error (0 = fail at once).
+    pub server_connect_retry: Dur,
     /// A connection idle longer than this gets a probe query before it is handed out.
     pub server_check_delay: Dur,
     /// Query run on a server before another client gets it in session mode.
@@ -115,6 +118,7 @@ impl Default for ProxyConfig {
             server_lifetime: Dur::secs(3600),
             workers: 0,
             server_connect_timeout: Dur::secs(5),
+            server_connect_retry: Dur::secs(2),
             server_check_delay: Dur::secs(30),
             server_reset_query: "DISCARD ALL".into(),
             client_login_timeout: Dur::secs(60),
