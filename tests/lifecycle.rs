@@ -48,13 +48,14 @@ fn start(dir: &Path, config: &Path, port: u16) -> Running {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    let running = Running { child, log };
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Running { child, log };
+            return running;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("pgshift did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    panic!("pgshift did not start: {}", std::fs::read_to_string(&running.log).unwrap_or_default());
 }
 
 fn signal(child: &Child, sig: &str) {

@@ -43,7 +43,7 @@ fn startup_like(r: &mut Rng) -> Vec<u8> {
     let mut body = Vec::new();
     for _ in 0..(r.next() % 6) {
         body.extend_from_slice(&r.bytes(12));
-        if r.next() % 4 != 0 {
+        if !r.next().is_multiple_of(4) {
             body.push(0);
         }
     }
