@@ -169,6 +169,8 @@ pub struct Shared {
     pub stop: watch::Sender<bool>,
     /// Users looked up with auth_query.
     pub auth_cache: crate::auth::query::AuthCache,
+    /// LISTEN fan-out.
+    pub notify: Arc<crate::notify::NotifyHub>,
 }
 
 impl Shared {
@@ -188,6 +190,7 @@ impl Shared {
             conn_count: Default::default(),
             stop: watch::channel(false).0,
             auth_cache: Default::default(),
+            notify: Default::default(),
         })
     }
 

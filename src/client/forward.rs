@@ -82,6 +82,18 @@ impl Fwd<'_> {
 
     fn send(&mut self, f: &[u8], expect: Option<Expect>) {
         self.att.sout.extend_from_slice(f);
+        // Keep the batch as sent, in case it must be re-run after "cached plan must not change
+        // result type" (see reply.rs); a batch that parses or closes statements is not re-run.
+        match f.first() {
+            Some(&(tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::FLUSH)) => self.att.batch.extend_from_slice(f),
+            Some(&tag::SYNC) => {
+                self.att.batch.extend_from_slice(f);
+                std::mem::swap(&mut self.att.batch, &mut self.att.last_batch);
+                self.att.batch.clear();
+                self.att.last_batch_rerunnable = std::mem::replace(&mut self.att.batch_rerunnable, true);
+            }
+            _ => self.att.batch_rerunnable = false,
+        }
         if let Some(e) = expect {
             self.att.queue.push(e);
         }
@@ -205,7 +217,7 @@ impl Fwd<'_> {
         let body = frame::body(f);
         let parsed = frame::cstr(body).and_then(|(portal, rest)| Some((portal, frame::cstr(rest)?)));
         let Some((portal, (stmt, rest))) = parsed else {
-            return self.send(f, Some(Expect::Bind));
+            return self.send(f, Some(Expect::Bind { stmt: None }));
         };
         let def =
             if stmt.is_empty() || !self.state.track_prepared { None } else { self.state.statements.get(stmt).cloned() };
@@ -218,17 +230,20 @@ impl Fwd<'_> {
             self.state.unnamed_portal = class;
         }
         let Some(def) = def else {
-            return self.send(f, Some(Expect::Bind));
+            return self.send(f, Some(Expect::Bind { stmt: None }));
         };
         if !self.att.lease.conn().state.has_prepared(def.id) {
             self.prepare_on_server(&def, true);
         }
+        let start = self.att.sout.len();
         put_frame(&mut self.att.sout, tag::BIND, |b| {
             put_cstr(b, portal);
             b.put_slice(&def.name);
             b.put_slice(rest);
         });
-        self.att.queue.push(Expect::Bind);
+        let att = &mut *self.att;
+        att.batch.extend_from_slice(&att.sout[start..]);
+        att.queue.push(Expect::Bind { stmt: Some(def) });
     }
 
     fn describe_or_close(&mut self, t: u8, f: &[u8], expect: Expect) {

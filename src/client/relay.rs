@@ -71,7 +71,9 @@ impl Session {
             };
             let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 3] =
                 [kill.as_mut(), timeout.as_mut(), drain.as_mut()];
-            match next_event(client, Some(server), &mut extra).await {
+            match next_event(client, Some(server), self.notify_rx.as_mut(), &mut extra).await {
+                Event::Notification(Some(f)) => self.cout.extend_from_slice(&f),
+                Event::Notification(None) => self.notify_rx = None,
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
                 Event::ClientRead(Ok(_)) | Event::ServerRead(Ok(1..)) => {}
                 Event::ServerRead(_) => return self.server_lost(),

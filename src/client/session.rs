@@ -59,6 +59,8 @@ pub struct Session {
     pub(super) attached: Option<Attached>,
     /// Drop frames until the next Sync (after an error answered in place of an extended batch).
     pub(super) skip_to_sync: bool,
+    /// Notifications for the channels this client LISTENs to (transaction mode fan-out).
+    pub(super) notify_rx: Option<crate::notify::NotifyRx>,
 }
 
 /// Runs a client from login to disconnect.
@@ -135,6 +137,7 @@ impl Session {
             state,
             attached: None,
             skip_to_sync: false,
+            notify_rx: None,
         })
     }
 
@@ -152,7 +155,7 @@ impl Session {
                 self.skip_request(req);
                 continue;
             }
-            if self.answer_locally(req) {
+            if self.answer_locally(req) || self.listen_locally(req) {
                 continue;
             }
             if let Err(e) = self.attach(req).await {
@@ -207,8 +210,10 @@ impl Session {
             };
             let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 3] =
                 [kill.as_mut(), drain.as_mut(), idle.as_mut()];
-            let ev = next_event(side, None, &mut extra).await;
+            let ev = next_event(side, None, self.notify_rx.as_mut(), &mut extra).await;
             match ev {
+                Event::Notification(Some(f)) => self.cout.extend_from_slice(&f),
+                Event::Notification(None) => self.notify_rx = None,
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
                 Event::ClientRead(Ok(_)) => {}
                 Event::ClientWrote(r) => self.wrote_client(r)?,
@@ -338,6 +343,41 @@ impl Session {
         true
     }
 
+    /// A lone LISTEN/UNLISTEN outside a transaction, in transaction mode: subscribe through the
+    /// pool's shared listener connection instead of pinning the client to a server.
+    fn listen_locally(&mut self, req: Request) -> bool {
+        use crate::router::SessionEffect;
+        use crate::wire::{frame, tag};
+        let tm = self.rt.pool_mode() == PoolMode::Transaction && self.state.pinned.is_none();
+        if !tm || self.state.tx_status != b'I' || req.terminate {
+            return false;
+        }
+        let f = &self.cin[..req.len];
+        if !matches!(frame::complete_frame(f), Ok(Some((tag::QUERY, n))) if n == req.len) {
+            return false;
+        }
+        let Some(sql) = request::sql_of(tag::QUERY, f) else { return false };
+        let class = request::classify(&self.shared, &self.rt, &sql);
+        let [stmt] = class.statements.as_slice() else { return false };
+        let hub = self.shared.notify.clone();
+        let command = match &stmt.session {
+            SessionEffect::Listen { channel } => {
+                if let Some(rx) = hub.listen(&self.pools.primary, self.handle.id, channel) {
+                    self.notify_rx = Some(rx);
+                }
+                "LISTEN"
+            }
+            SessionEffect::Unlisten { channel } => {
+                hub.unlisten(self.handle.id, channel.as_deref());
+                "UNLISTEN"
+            }
+            _ => return false,
+        };
+        crate::notify::answer(&mut self.cout, command, b'I');
+        self.cin.advance(req.len);
+        true
+    }
+
     /// Takes a server for the request at the front of `cin`.
     async fn attach(&mut self, req: Request) -> Result<(), ClientError> {
         let rt = self.shared.runtime.load_full();
@@ -454,6 +494,7 @@ impl Session {
             cleanup_server(att, &self.rt).await;
         }
         self.shared.sessions.unregister(&self.handle);
+        self.shared.notify.leave(self.handle.id);
         self.shared.stats.clients.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let _ = self.client.shutdown().await;
         tracing::info!(client = self.handle.id, user = %self.user.name, "client disconnected");

@@ -166,6 +166,18 @@ pub struct Attached {
     pub forwarded: bool,
     /// The replica failed before answering: retry the request elsewhere.
     pub retry: bool,
+    /// Extended-protocol frames sent since the last Sync, as sent.
+    pub batch: BytesMut,
+    /// The last complete batch (through its Sync), for a re-run after a stale-plan error.
+    pub last_batch: BytesMut,
+    /// The current batch only binds, describes and executes (safe to re-run).
+    pub batch_rerunnable: bool,
+    /// The same, for `last_batch`.
+    pub last_batch_rerunnable: bool,
+    /// An Execute completed since the last Sync (a re-run would repeat it).
+    pub batch_executed: bool,
+    /// A stale-plan re-run already happened in this attachment (at most one).
+    pub reran: bool,
 }
 
 impl Attached {
@@ -197,6 +209,12 @@ impl Attached {
             replay: None,
             forwarded: false,
             retry: false,
+            batch: BytesMut::new(),
+            last_batch: BytesMut::new(),
+            batch_rerunnable: true,
+            last_batch_rerunnable: false,
+            batch_executed: false,
+            reran: false,
         }
     }
 }
