@@ -37,11 +37,7 @@ impl Reply<'_> {
         }
         match t {
             tag::READY_FOR_QUERY => return self.ready(f),
-            tag::ERROR_RESPONSE => {
-                if !self.error(f) {
-                    return;
-                }
-            }
+            tag::ERROR_RESPONSE if !self.error(f) => return,
             tag::PARSE_COMPLETE => {
                 if let Some(Expect::Parse { stmt: Some(def) } | Expect::SilentParse { stmt: def }) =
                     self.att.queue.front()
