@@ -295,6 +295,23 @@ impl ServerConn {
         self.first_row(q).await
     }
 
+    /// Runs a simple query on the proxy's own behalf and returns every row as text.
+    pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let mut q = BytesMut::new();
+        messages::put_query(&mut q, sql);
+        self.stream.write_all(&q).await?;
+        let (mut rows, mut error) = (Vec::new(), None);
+        loop {
+            let f = self.read_frame().await?;
+            match f[0] {
+                tag::DATA_ROW => rows.push(parse_data_row(frame::body(&f))?),
+                tag::ERROR_RESPONSE => error = Some(refused(&f)),
+                tag::READY_FOR_QUERY => return error.map_or(Ok(rows), Err),
+                _ => {}
+            }
+        }
+    }
+
     async fn first_row(&mut self, request: BytesMut) -> Result<Vec<Option<String>>, ServerError> {
         self.stream.write_all(&request).await?;
         let mut row = None;

@@ -53,7 +53,9 @@ impl Runtime {
             users.inherit_learned(&p.users);
         }
         let reuse = |role: Role, address: String, name: String| -> Arc<Backend> {
-            let old = previous.into_iter().flat_map(|p| std::iter::once(&p.primary).chain(p.replicas.iter()));
+            let old = previous
+                .into_iter()
+                .flat_map(|p| std::iter::once(&p.primary).chain(p.replicas.iter()).chain(p.targets.iter()));
             old.clone()
                 .find(|b| b.address == address && b.role == role)
                 .cloned()
@@ -67,6 +69,17 @@ impl Runtime {
             .map(|(i, r)| reuse(Role::Replica, r.address(), format!("replica{i}")))
             .collect();
         let cert_auth = config.auth.kind == crate::config::AuthType::Cert;
+        let targets = match &config.migration {
+            Some(m) => std::iter::once(reuse(Role::TargetPrimary, m.target.address(), "target".into()))
+                .chain(
+                    m.target_replicas
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| reuse(Role::TargetReplica, r.address(), format!("target_replica{i}"))),
+                )
+                .collect(),
+            None => Vec::new(),
+        };
         let client_tls = match crate::tls::ClientTls::from_config(&config.tls, cert_auth) {
             Ok(t) => t.map(Arc::new),
             Err(e) => {
@@ -94,7 +107,7 @@ impl Runtime {
             users,
             primary,
             replicas,
-            targets: Vec::new(),
+            targets,
             rr: RoundRobin::default(),
             client_tls,
             server_tls,
@@ -171,12 +184,16 @@ pub struct Shared {
     pub auth_cache: crate::auth::query::AuthCache,
     /// LISTEN fan-out.
     pub notify: Arc<crate::notify::NotifyHub>,
+    /// The migration-phase switch.
+    pub migration: crate::migration::Migration,
 }
 
 impl Shared {
     /// Wraps a runtime.
     pub fn new(runtime: Runtime) -> Arc<Shared> {
+        let state_file = runtime.config.migration.as_ref().map(|m| std::path::PathBuf::from(&m.state_file));
         Arc::new(Shared {
+            migration: crate::migration::Migration::new(state_file),
             runtime: ArcSwap::from_pointee(runtime),
             pools: Pools::default(),
             stats: Stats::default(),

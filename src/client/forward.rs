@@ -67,6 +67,9 @@ impl Fwd<'_> {
             tag::FUNCTION_CALL => {
                 self.att.effects.push_back(Vec::new());
                 self.att.wrote = true;
+                if let Some(cap) = self.att.capture.as_mut() {
+                    cap.wrote = true;
+                }
                 self.send(f, Some(Expect::Query));
             }
             tag::FLUSH | tag::COPY_DATA => self.send(f, None),
@@ -82,6 +85,10 @@ impl Fwd<'_> {
 
     fn send(&mut self, f: &[u8], expect: Option<Expect>) {
         self.att.sout.extend_from_slice(f);
+        if let Some(c) = self.att.capture.as_mut() {
+            c.frames.extend_from_slice(f);
+            c.boundaries += u32::from(matches!(expect, Some(Expect::Sync | Expect::Query)));
+        }
         // Keep the batch as sent, in case it must be re-run after "cached plan must not change
         // result type" (see reply.rs); a batch that parses or closes statements is not re-run.
         match f.first() {
@@ -113,6 +120,9 @@ impl Fwd<'_> {
         };
         if c.statements.iter().any(changes_data) {
             self.att.wrote = true;
+            if let Some(cap) = self.att.capture.as_mut() {
+                cap.wrote = true;
+            }
         }
         for s in &c.statements {
             if let SessionEffect::Pin(reason) = s.session {
@@ -194,6 +204,9 @@ impl Fwd<'_> {
         }
         let def = self.shared.prepared.intern(self.database, tail, || class);
         self.state.statements.insert(bytes::Bytes::copy_from_slice(name), def.clone());
+        if let Some(c) = self.att.capture.as_mut() {
+            c.defs.push(def.clone());
+        }
         let server = &mut self.att.lease.conn().state;
         if server.has_prepared(def.id) {
             self.att.queue.push(Expect::Synthetic(Synth::ParseComplete));
@@ -243,6 +256,10 @@ impl Fwd<'_> {
         });
         let att = &mut *self.att;
         att.batch.extend_from_slice(&att.sout[start..]);
+        if let Some(c) = att.capture.as_mut() {
+            c.frames.extend_from_slice(&att.sout[start..]);
+            c.defs.push(def.clone());
+        }
         att.queue.push(Expect::Bind { stmt: Some(def) });
     }
 
@@ -268,6 +285,9 @@ impl Fwd<'_> {
         }
         if !self.att.lease.conn().state.has_prepared(def.id) {
             self.prepare_on_server(&def, true);
+        }
+        if let Some(c) = self.att.capture.as_mut() {
+            c.defs.push(def.clone());
         }
         let mut out = BytesMut::with_capacity(def.name.len() + 6);
         put_frame(&mut out, t, |b| {

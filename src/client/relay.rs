@@ -33,6 +33,7 @@ impl Session {
         let mut timeout = pin!(tokio::time::sleep_until(timer.deadline));
         loop {
             self.process_server_input(tm).map_err(|e| server_protocol_error(&e))?;
+            self.mirror_committed().await;
             if let Some(done) = self.attachment_done() {
                 return Ok(done);
             }

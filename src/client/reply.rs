@@ -71,8 +71,12 @@ impl Reply<'_> {
                 }
             }
             tag::COPY_IN_RESPONSE if matches!(self.att.queue.front(), Some(Expect::Execute)) => {
-                for _ in 0..self.att.queue.drop_syncs_after_head() {
+                let dropped = self.att.queue.drop_syncs_after_head();
+                for _ in 0..dropped {
                     self.att.effects.pop_front();
+                }
+                if let Some(c) = self.att.capture.as_mut() {
+                    c.boundaries = c.boundaries.saturating_sub(dropped as u32);
                 }
                 self.att.copy_in = true;
             }
@@ -143,6 +147,9 @@ impl Reply<'_> {
         }
         if self.rerun_stale_plan(&e) {
             return false;
+        }
+        if let Some(c) = self.att.capture.as_mut() {
+            c.errors += 1;
         }
         self.shared.stats.record_error(e.code);
         if e.is_fatal() {
@@ -230,6 +237,16 @@ impl Reply<'_> {
             }
         }
         self.state.tx_status = status;
+        if status == b'I' {
+            // A transaction ended: if it wrote, it is now committed (or failed on both sides
+            // alike): hand it to the mirror; otherwise forget what was captured.
+            if let Some(c) = self.att.capture.as_mut() {
+                let c = std::mem::take(c);
+                if c.wrote {
+                    self.att.committed.push(c);
+                }
+            }
+        }
         self.out.extend_from_slice(f);
         self.after_pop();
         self.check_release();

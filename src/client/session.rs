@@ -16,6 +16,7 @@ use super::state::{Attached, ClientState, RouteOverride};
 use crate::auth::UserEntry;
 use crate::config::PoolMode;
 use crate::error::ClientError;
+use crate::migration::Phase;
 use crate::pool::{Backend, Lease};
 use crate::router::Target;
 use crate::session_state::{settings_diff, startup_settings};
@@ -87,7 +88,7 @@ impl Session {
         let Login { mut stream, rbuf, user, database, params, peer } = login;
         let rt = shared.runtime.load_full();
         let pools = SessionPools::resolve(&shared, &rt, &user, &database);
-        let server_params = match pools.server_params(&shared).await {
+        let server_params = match pools.server_params(shared.migration.phase()).await {
             Ok(p) => p,
             Err(e) => return Err((stream, e)),
         };
@@ -266,118 +267,6 @@ impl Session {
         Ok(())
     }
 
-    /// Drops a request's frames up to and including Sync, answering the Sync (extended-protocol
-    /// error recovery when the batch could not be sent anywhere).
-    fn skip_request(&mut self, req: Request) {
-        let frames = self.cin.split_to(req.len);
-        if frames.last_frame_tag() == Some(crate::wire::tag::SYNC) {
-            self.skip_to_sync = false;
-            messages::put_ready_for_query(&mut self.cout, self.state.tx_status);
-        }
-    }
-
-    /// Answers a request that could not get a server with an ERROR (and ReadyForQuery where the
-    /// protocol wants one), so the client can retry on the same connection.
-    fn answer_in_place(&mut self, req: Request, e: &ClientError) {
-        self.shared.stats.record_error(e.code.as_bytes());
-        self.cout.extend_from_slice(&e.frame());
-        let frames = self.cin.split_to(req.len);
-        match frames.last_frame_tag() {
-            Some(crate::wire::tag::QUERY | crate::wire::tag::FUNCTION_CALL | crate::wire::tag::SYNC) => {
-                messages::put_ready_for_query(&mut self.cout, self.state.tx_status)
-            }
-            _ => self.skip_to_sync = true,
-        }
-    }
-
-    /// A request of only Parse (of statements some server already accepted), Close of named
-    /// statements, Sync and Flush needs no server: answer it here. This lets PQprepare outside a
-    /// transaction finish while every connection is busy (pgbench -M prepared with more clients
-    /// per thread than connections would otherwise deadlock: PQprepare blocks the whole thread).
-    fn answer_locally(&mut self, req: Request) -> bool {
-        use crate::wire::{frame, tag};
-        if !self.state.track_prepared || self.state.tx_status != b'I' || req.terminate {
-            return false;
-        }
-        let mut plan = Vec::new();
-        let mut at = 0;
-        while let Ok(Some((t, total))) = frame::complete_frame(&self.cin[at..req.len]) {
-            let body = frame::body(&self.cin[at..at + total]);
-            at += total;
-            match t {
-                tag::PARSE => {
-                    let Some((name, tail)) = frame::cstr(body).filter(|(n, _)| !n.is_empty()) else { return false };
-                    let Some(def) = self.shared.prepared.validated(&self.database, tail) else { return false };
-                    plan.push((t, bytes::Bytes::copy_from_slice(name), Some(def)));
-                }
-                tag::CLOSE => {
-                    let Some((b'S', rest)) = body.split_first().map(|(k, r)| (*k, r)) else { return false };
-                    let Some((name, _)) = frame::cstr(rest).filter(|(n, _)| self.state.statements.contains_key(*n))
-                    else {
-                        return false;
-                    };
-                    plan.push((t, bytes::Bytes::copy_from_slice(name), None));
-                }
-                tag::SYNC | tag::FLUSH => plan.push((t, bytes::Bytes::new(), None)),
-                _ => return false,
-            }
-        }
-        if at != req.len {
-            return false;
-        }
-        for (t, name, def) in plan {
-            match (t, def) {
-                (tag::PARSE, Some(def)) => {
-                    self.state.statements.insert(name, def);
-                    messages::put_empty(&mut self.cout, tag::PARSE_COMPLETE);
-                }
-                (tag::CLOSE, _) => {
-                    self.state.statements.remove(&name);
-                    messages::put_empty(&mut self.cout, tag::CLOSE_COMPLETE);
-                }
-                (tag::SYNC, _) => messages::put_ready_for_query(&mut self.cout, b'I'),
-                _ => {}
-            }
-        }
-        self.cin.advance(req.len);
-        true
-    }
-
-    /// A lone LISTEN/UNLISTEN outside a transaction, in transaction mode: subscribe through the
-    /// pool's shared listener connection instead of pinning the client to a server.
-    fn listen_locally(&mut self, req: Request) -> bool {
-        use crate::router::SessionEffect;
-        use crate::wire::{frame, tag};
-        let tm = self.rt.pool_mode() == PoolMode::Transaction && self.state.pinned.is_none();
-        if !tm || self.state.tx_status != b'I' || req.terminate {
-            return false;
-        }
-        let f = &self.cin[..req.len];
-        if !matches!(frame::complete_frame(f), Ok(Some((tag::QUERY, n))) if n == req.len) {
-            return false;
-        }
-        let Some(sql) = request::sql_of(tag::QUERY, f) else { return false };
-        let class = request::classify(&self.shared, &self.rt, &sql);
-        let [stmt] = class.statements.as_slice() else { return false };
-        let hub = self.shared.notify.clone();
-        let command = match &stmt.session {
-            SessionEffect::Listen { channel } => {
-                if let Some(rx) = hub.listen(&self.pools.primary, self.handle.id, channel) {
-                    self.notify_rx = Some(rx);
-                }
-                "LISTEN"
-            }
-            SessionEffect::Unlisten { channel } => {
-                hub.unlisten(self.handle.id, channel.as_deref());
-                "UNLISTEN"
-            }
-            _ => return false,
-        };
-        crate::notify::answer(&mut self.cout, command, b'I');
-        self.cin.advance(req.len);
-        true
-    }
-
     /// Takes a server for the request at the front of `cin`.
     async fn attach(&mut self, req: Request) -> Result<(), ClientError> {
         let rt = self.shared.runtime.load_full();
@@ -388,11 +277,17 @@ impl Session {
         if *self.shared.paused.borrow() {
             self.wait_while_paused().await?;
         }
-        let (lease, backend, target) = self.lease_for(req).await?;
+        // One phase for the whole transaction: a switch happens between transactions.
+        let phase = self.shared.migration.phase();
+        let (lease, backend, target) = self.lease_for(req, phase).await?;
         backend.health.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut att = Attached::new(lease, backend, target);
-        if target == crate::router::Target::Replica {
+        if target == Target::Replica {
             att.replay = Some(BytesMut::from(&self.cin[..req.len]));
+        }
+        if phase.mirrors() && target == Target::Primary && !self.rt.targets.is_empty() {
+            att.capture = Some(crate::migration::mirror::Capture::default());
+            att.mirror_to_target = !phase.target_serves();
         }
         let conn = att.lease.conn();
         self.handle.set_server(Some(ServerRef { peer: conn.peer, key: conn.cancel_key, conn_id: conn.id }));
@@ -408,11 +303,11 @@ impl Session {
     /// Routes the request and leases a connection. A replica that cannot be connected to is
     /// banned and the request routed again (another replica, else the primary): reads fail over
     /// instead of failing.
-    async fn lease_for(&mut self, req: Request) -> Result<(Lease, Arc<Backend>, Target), ClientError> {
+    async fn lease_for(&mut self, req: Request, phase: Phase) -> Result<(Lease, Arc<Backend>, Target), ClientError> {
         use crate::pool::PoolError;
         let ban = self.rt.config.routing.ban_time.0;
-        for _ in 0..=self.rt.replicas.len() {
-            let (backend, pool, target) = self.route(req.len)?;
+        for _ in 0..=self.rt.replicas.len() + self.rt.targets.len() {
+            let (backend, pool, target) = self.route(req.len, phase)?;
             self.handle.set_state(Activity::Waiting);
             let result = pool.checkout(&self.handle.cancel).await;
             self.handle.set_state(Activity::Active);
@@ -530,7 +425,7 @@ async fn cleanup_server(mut att: Attached, rt: &Runtime) {
 }
 
 /// The tag of the last whole frame in a buffer of whole frames.
-trait LastFrame {
+pub(super) trait LastFrame {
     fn last_frame_tag(&self) -> Option<u8>;
 }
 

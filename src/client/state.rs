@@ -60,6 +60,9 @@ pub struct ClientState {
     pub last_write_at: u64,
     /// The primary WAL position covering that write, once a probe has sampled it; 0 = not yet.
     pub ryw_lsn: u64,
+    /// Mirror sequence of the client's last replayed write (shift_reads reads the target only
+    /// once the target has applied it).
+    pub last_mirror_seq: u64,
 }
 
 impl ClientState {
@@ -178,6 +181,12 @@ pub struct Attached {
     pub batch_executed: bool,
     /// A stale-plan re-run already happened in this attachment (at most one).
     pub reran: bool,
+    /// Dual-write: the frames of the transaction running, to replay on the other store.
+    pub capture: Option<crate::migration::mirror::Capture>,
+    /// Replay direction: to the target (dual_write, shift_reads) or back to the source (cutover).
+    pub mirror_to_target: bool,
+    /// Transactions committed in this attachment, waiting to be queued for replay.
+    pub committed: Vec<crate::migration::mirror::Capture>,
 }
 
 impl Attached {
@@ -215,6 +224,9 @@ impl Attached {
             last_batch_rerunnable: false,
             batch_executed: false,
             reran: false,
+            capture: None,
+            mirror_to_target: true,
+            committed: Vec::new(),
         }
     }
 }

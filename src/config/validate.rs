@@ -14,7 +14,8 @@ fn schema() -> Table {
         pool_size: Some(1),
     }];
     c.replicas = vec![BackendConfig::default()];
-    c.migration = Some(Default::default());
+    c.migration =
+        Some(crate::config::MigrationConfig { target_replicas: vec![BackendConfig::default()], ..Default::default() });
     Table::try_from(&c).unwrap_or_default()
 }
 
@@ -106,6 +107,15 @@ impl Config {
         }
         if let Some(m) = &self.migration {
             validate_backend("migration.target", &m.target, problems);
+            for (i, r) in m.target_replicas.iter().enumerate() {
+                validate_backend(&format!("migration.target_replicas[{i}]"), r, problems);
+            }
+            if m.target == self.primary {
+                problems.push("[migration] target is the same server as [primary]".into());
+            }
+            if m.verify_sample_percent == 0 || m.verify_sample_percent > 100 {
+                problems.push("[migration] verify_sample_percent must be between 1 and 100".into());
+            }
         }
         let a = &self.admin;
         if !a.listen.is_empty() && !a.listen.starts_with("unix:") {
