@@ -57,10 +57,10 @@ async fn worker(port: u16, n: u64, stop: Arc<AtomicBool>, errors: Arc<AtomicU64>
         let id = (n * 1_000_000 + i) as i64;
         let r = async {
             c.execute("insert into mig_items values ($1, 0, 'w')", &[&id]).await?;
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 c.execute("update mig_items set v = v + 1, note = 'u' where id = $1", &[&(id - 1)]).await?;
             }
-            if i % 7 == 0 {
+            if i.is_multiple_of(7) {
                 c.batch_execute(&format!(
                     "begin; update mig_items set v = v + 10 where id = {}; delete from mig_items where id = {}; commit",
                     id - 2,
