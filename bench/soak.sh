@@ -22,8 +22,8 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/pgshift-soak.XXXXXX")"
 chmod 0755 "$WORK"
 PROXY_PID=""
 cleanup() {
-    [[ -n "$PROXY_PID" ]] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null || true
-    [[ -f "$WORK/bed/.pgbed" ]] && "$PGBED" destroy "$WORK/bed" >/dev/null 2>&1 || true
+    if [[ -n "$PROXY_PID" ]]; then kill "$PROXY_PID" 2>/dev/null || true; wait "$PROXY_PID" 2>/dev/null || true; fi
+    if [[ -f "$WORK/bed/.pgbed" ]]; then "$PGBED" destroy "$WORK/bed" >/dev/null 2>&1 || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
