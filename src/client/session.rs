@@ -338,6 +338,7 @@ impl Session {
         }
         let (backend, pool, target) = self.route(&self.cin[..req.len]);
         self.handle.set_state(Activity::Waiting);
+        let wait_started = std::time::Instant::now();
         let lease = pool.checkout(&self.handle.cancel).await.map_err(|e| {
             if matches!(e, crate::pool::PoolError::Server(_)) {
                 backend.ban(Duration::from_secs(1), "connect failed");
@@ -348,6 +349,7 @@ impl Session {
             }
             ce
         })?;
+        self.shared.stats.record_wait(wait_started.elapsed());
         self.handle.set_state(Activity::Active);
         backend.health.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut att = Attached::new(lease, backend, target);
@@ -384,7 +386,9 @@ impl Session {
         traffic.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         traffic.xact_us.fetch_add(elapsed.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         traffic.bytes_in.fetch_add(att.bytes_in, std::sync::atomic::Ordering::Relaxed);
-        traffic.bytes_out.fetch_add(att.bytes_out, std::sync::atomic::Ordering::Relaxed);
+        // The transaction's last bytes are still in `cout`: the server goes back before the flush.
+        let unflushed = self.cout.len() as u64;
+        traffic.bytes_out.fetch_add(att.bytes_out + unflushed, std::sync::atomic::Ordering::Relaxed);
         self.handle.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.handle.set_server(None);
         let pool = att.lease.pool().clone();
