@@ -141,6 +141,8 @@ pub struct Shared {
     pub reconnect_epoch: AtomicU64,
     /// Open client sockets, against `max_client_conn`.
     pub conn_count: crate::client::listener::ConnCount,
+    /// Admin port and console state (config path for RELOAD, last readiness probe).
+    pub admin: crate::admin::AdminShared,
 }
 
 impl Shared {
@@ -158,6 +160,7 @@ impl Shared {
             paused: watch::channel(false).0,
             reconnect_epoch: AtomicU64::new(0),
             conn_count: Default::default(),
+            admin: Default::default(),
         })
     }
 
