@@ -5,6 +5,9 @@
 //! PAUSE from psql and a `POST /pause` behave alike. Nothing here is on the data path: every
 //! number is read from counters the sessions already keep.
 
+pub mod console;
+mod console_clients;
+mod console_show;
 pub mod control;
 mod http;
 pub mod metrics;
