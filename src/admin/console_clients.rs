@@ -32,6 +32,7 @@ const SOCKET_COLS: Cols = &[
     ("id", I),
 ];
 
+/// One row per logged-in client (console sessions are not registered, so not listed).
 pub fn clients(shared: &Shared) -> Table {
     let listen: Option<std::net::SocketAddr> = shared.runtime.load().config.proxy.listen.parse().ok();
     let mut handles = shared.sessions.all();

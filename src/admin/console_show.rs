@@ -15,11 +15,16 @@ use crate::stats::TrafficTotals;
 use crate::wire::messages::{self, ColType};
 use crate::wire::tag;
 
+/// PgBouncer's `s` and `T` columns (text, timestamps as text).
 pub(super) const T: ColType = ColType::Text;
+/// PgBouncer's `i` columns (int4).
 pub(super) const I: ColType = ColType::Int4;
+/// PgBouncer's `N` columns (uint64 sent as numeric).
 const N: ColType = ColType::Numeric;
 
+/// Column names and types of a result.
 pub(super) type Cols = &'static [(&'static str, ColType)];
+/// One row of text values (`None` is NULL).
 pub(super) type Row = Vec<Option<String>>;
 
 /// A result set: column descriptions and text rows.
@@ -40,6 +45,7 @@ impl Table {
     }
 }
 
+/// A non-NULL value.
 pub(super) fn v(x: impl ToString) -> Option<String> {
     Some(x.to_string())
 }

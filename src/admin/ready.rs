@@ -36,7 +36,7 @@ impl LastProbe {
 }
 
 /// Whom the probe logs in as: a primary pool's identity, or the first configured user.
-fn probe_spec(shared: &Shared, rt: &Runtime) -> Result<LoginSpec, String> {
+fn probe_spec(shared: &Shared, rt: &Runtime) -> LoginSpec {
     let timeout = rt.config.proxy.server_connect_timeout.0.min(PROBE_TIMEOUT);
     let from_pool = shared.pools.all().into_iter().find(|p| p.spec.load().address == rt.primary.address);
     let (user, database) = match from_pool {
@@ -50,13 +50,13 @@ fn probe_spec(shared: &Shared, rt: &Runtime) -> Result<LoginSpec, String> {
             (user, name.to_string())
         }
     };
-    Ok(LoginSpec {
+    LoginSpec {
         address: rt.primary.address.clone(),
         user,
         database,
         connect_timeout: timeout,
         tls: rt.server_tls.clone(),
-    })
+    }
 }
 
 async fn run_probe(spec: &LoginSpec) -> Result<(), String> {
@@ -83,7 +83,7 @@ pub async fn probe(shared: &Shared) -> Result<Duration, String> {
             return Err("pgshift is shutting down (draining)".to_string());
         }
         let rt = shared.runtime.load_full();
-        let spec = probe_spec(shared, &rt)?;
+        let spec = probe_spec(shared, &rt);
         let started = Instant::now();
         match tokio::time::timeout(PROBE_TIMEOUT, run_probe(&spec)).await {
             Ok(Ok(())) => Ok(started.elapsed()),
