@@ -29,6 +29,8 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod migration;
+pub mod notify;
 pub mod pool;
 pub mod proxy;
 pub mod router;

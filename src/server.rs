@@ -1,6 +1,6 @@
 //! One connection to PostgreSQL: connect, optional TLS, login, and the state the pool tracks on it.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +54,8 @@ pub enum ServerError {
 pub struct LoginSpec {
     /// `host:port` of the backend.
     pub address: String,
+    /// The backend's name ("primary", "replica0"): logs name backends, never hosts.
+    pub backend_name: String,
     /// Role to log in as.
     pub user: Arc<UserEntry>,
     /// Database name as the client gave it.
@@ -258,6 +260,78 @@ impl ServerConn {
         }
     }
 
+    /// Runs a simple query on the proxy's own behalf (probes) and returns its first row as text.
+    pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, ServerError> {
+        let mut q = BytesMut::new();
+        messages::put_query(&mut q, sql);
+        self.first_row(q).await
+    }
+
+    /// Runs `sql` with text parameters over the extended protocol (so values are never spliced
+    /// into SQL) and returns its first row, if any.
+    pub async fn query_row_params(&mut self, sql: &str, params: &[&str]) -> Result<Vec<Option<String>>, ServerError> {
+        let mut q = BytesMut::new();
+        messages::put_frame(&mut q, tag::PARSE, |b| {
+            messages::put_cstr(b, b"");
+            messages::put_cstr(b, sql.as_bytes());
+            b.put_i16(0);
+        });
+        messages::put_frame(&mut q, tag::BIND, |b| {
+            messages::put_cstr(b, b"");
+            messages::put_cstr(b, b"");
+            b.put_i16(0);
+            b.put_i16(params.len() as i16);
+            for p in params {
+                b.put_i32(p.len() as i32);
+                b.put_slice(p.as_bytes());
+            }
+            b.put_i16(0);
+        });
+        messages::put_frame(&mut q, tag::EXECUTE, |b| {
+            messages::put_cstr(b, b"");
+            b.put_i32(0);
+        });
+        messages::put_empty(&mut q, tag::SYNC);
+        self.first_row(q).await
+    }
+
+    /// Runs a simple query on the proxy's own behalf and returns every row as text.
+    pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let mut q = BytesMut::new();
+        messages::put_query(&mut q, sql);
+        self.stream.write_all(&q).await?;
+        let (mut rows, mut error) = (Vec::new(), None);
+        loop {
+            let f = self.read_frame().await?;
+            match f[0] {
+                tag::DATA_ROW => rows.push(parse_data_row(frame::body(&f))?),
+                tag::ERROR_RESPONSE => error = Some(refused(&f)),
+                tag::READY_FOR_QUERY => return error.map_or(Ok(rows), Err),
+                _ => {}
+            }
+        }
+    }
+
+    async fn first_row(&mut self, request: BytesMut) -> Result<Vec<Option<String>>, ServerError> {
+        self.stream.write_all(&request).await?;
+        let mut row = None;
+        let mut error = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f[0] {
+                tag::DATA_ROW if row.is_none() => row = Some(parse_data_row(frame::body(&f))?),
+                tag::ERROR_RESPONSE => error = Some(refused(&f)),
+                tag::READY_FOR_QUERY => break,
+                _ => {}
+            }
+        }
+        match (error, row) {
+            (Some(e), _) => Err(e),
+            (None, Some(r)) => Ok(r),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+
     /// Drops bytes the server sent while idle (none expected) and reports whether it is usable.
     pub fn healthy_after_idle(&mut self) -> bool {
         !self.broken && self.rbuf.is_empty() && self.stream.idle_and_open()
@@ -271,6 +345,26 @@ impl ServerConn {
         self.rbuf.clear();
         self.rbuf.advance(0);
     }
+}
+
+/// The text values of a DataRow body.
+fn parse_data_row(mut b: &[u8]) -> Result<Vec<Option<String>>, ServerError> {
+    let bad = || ServerError::Wire(WireError::Malformed(tag::DATA_ROW));
+    let n = b.get(..2).map(|x| i16::from_be_bytes([x[0], x[1]])).ok_or_else(bad)?;
+    b = &b[2..];
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let len = b.get(..4).map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]])).ok_or_else(bad)?;
+        b = &b[4..];
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let v = b.get(..len as usize).ok_or_else(bad)?;
+        out.push(Some(String::from_utf8_lossy(v).into_owned()));
+        b = &b[len as usize..];
+    }
+    Ok(out)
 }
 
 fn refused(f: &[u8]) -> ServerError {

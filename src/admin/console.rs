@@ -134,7 +134,7 @@ async fn next_frame(
 }
 
 /// Runs one console command, appending its answer (without ReadyForQuery) to `out`.
-pub async fn execute(shared: &Shared, sql: &str, out: &mut BytesMut) {
+pub async fn execute(shared: &Arc<Shared>, sql: &str, out: &mut BytesMut) {
     let text = sql.trim().trim_end_matches(';').trim();
     if text.is_empty() {
         messages::put_empty(out, tag::EMPTY_QUERY_RESPONSE);

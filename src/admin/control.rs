@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::shared::Shared;
@@ -63,7 +64,7 @@ pub fn resume(shared: &Shared) -> bool {
 }
 
 /// Re-reads the config file the proxy was started from; the old config stays on error.
-pub fn reload(shared: &Shared) -> Result<(), Vec<String>> {
+pub fn reload(shared: &Arc<Shared>) -> Result<(), Vec<String>> {
     let path = shared.admin.config_path.get().map(|p| p.as_path());
     let r = crate::proxy::reload(shared, path);
     if let Err(problems) = &r {

@@ -52,6 +52,7 @@ fn probe_spec(shared: &Shared, rt: &Runtime) -> LoginSpec {
     };
     LoginSpec {
         address: rt.primary.address.clone(),
+        backend_name: rt.primary.name.clone(),
         user,
         database,
         connect_timeout: timeout,

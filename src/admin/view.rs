@@ -159,7 +159,7 @@ pub struct StatsView {
 
 /// The backend a pool talks to, by address.
 fn backend_of<'a>(rt: &'a Runtime, address: &str) -> Option<&'a Arc<Backend>> {
-    std::iter::once(&rt.primary).chain(rt.replicas.iter()).find(|b| b.address == address)
+    std::iter::once(&rt.primary).chain(rt.replicas.iter()).chain(rt.targets.iter()).find(|b| b.address == address)
 }
 
 /// Client counts (cl_active, cl_waiting) by (database, user).
@@ -248,6 +248,7 @@ pub fn backends(shared: &Shared) -> Vec<BackendView> {
     let max_lag = rt.config.routing.max_replica_lag.0.as_millis() as u64;
     std::iter::once(&rt.primary)
         .chain(rt.replicas.iter())
+        .chain(rt.targets.iter())
         .map(|b| {
             let h = &b.health;
             let lag_ms = h.lag_ms.load(Ordering::Relaxed);

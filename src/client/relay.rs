@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::forward::Fwd;
 use super::io::{next_event, Event, Side};
 use super::reply::Reply;
-use super::session::{End, Session};
+use super::session::{End, Relayed, Session};
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::wire::{frame, tag, WireError};
@@ -24,25 +24,34 @@ const STREAM_OVER: usize = 64 * 1024;
 
 impl Session {
     /// Relays until the transaction ends (`Ok`) or the session must end (`Err`).
-    pub(super) async fn relay(&mut self) -> Result<(), End> {
+    pub(super) async fn relay(&mut self) -> Result<Relayed, End> {
         let tm = self.rt.pool_mode() == PoolMode::Transaction && self.state.pinned.is_none();
-        let handle = self.handle.clone();
+        let (handle, shared) = (self.handle.clone(), self.shared.clone());
         let mut kill = pin!(handle.kill.notified());
-        let query_timeout = self.rt.config.proxy.query_timeout.enabled();
-        let mut timeout = pin!(tokio::time::sleep(query_timeout.unwrap_or(Duration::from_secs(86_400 * 365))));
+        let mut drain = pin!(shared.drain_notify.notified());
+        let mut timer = QueryTimer::new(self.rt.config.proxy.query_timeout.enabled());
+        let mut timeout = pin!(tokio::time::sleep_until(timer.deadline));
         loop {
             self.process_server_input(tm).map_err(|e| server_protocol_error(&e))?;
-            if self.attached.as_ref().is_some_and(|a| a.release) {
-                return Ok(());
+            self.mirror_committed().await;
+            if let Some(done) = self.attachment_done() {
+                return Ok(done);
             }
             if self.process_client_input(tm).map_err(|e| End::Close(ClientError::protocol(e.to_string())))? {
                 return Err(End::ClientGone);
             }
-            let Some(att) = self.attached.as_mut() else {
-                return Ok(());
-            };
-            if att.release {
-                return Ok(());
+            if let Some(done) = self.attachment_done() {
+                return Ok(done);
+            }
+            if self.shared.is_draining() && self.idle_between_requests() {
+                return Err(End::Close(ClientError::fatal(
+                    "57P01",
+                    "terminating connection: pgshift is shutting down",
+                )));
+            }
+            let Some(att) = self.attached.as_mut() else { return Ok(Relayed::Released) };
+            if timer.rearm(att.req_started) {
+                timeout.as_mut().reset(timer.deadline);
             }
             let client_room = att.sout.len() < HIGH_WATER && room(&self.cin);
             let conn = att.lease.conn();
@@ -61,14 +70,14 @@ impl Session {
                 read: server_room,
                 flush: att.sflush,
             };
-            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 2] =
-                [kill.as_mut(), timeout.as_mut()];
-            let ev = next_event(client, Some(server), &mut extra).await;
-            match ev {
+            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 3] =
+                [kill.as_mut(), timeout.as_mut(), drain.as_mut()];
+            match next_event(client, Some(server), self.notify_rx.as_mut(), &mut extra).await {
+                Event::Notification(Some(f)) => self.cout.extend_from_slice(&f),
+                Event::Notification(None) => self.notify_rx = None,
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
-                Event::ClientRead(Ok(_)) => {}
-                Event::ServerRead(Ok(0)) | Event::ServerRead(Err(_)) => return Err(self.server_lost()),
-                Event::ServerRead(Ok(_)) => {}
+                Event::ClientRead(Ok(_)) | Event::ServerRead(Ok(1..)) => {}
+                Event::ServerRead(_) => return self.server_lost(),
                 Event::ClientWrote(r) => {
                     let n = *r.as_ref().unwrap_or(&0);
                     self.wrote_client(r)?;
@@ -80,9 +89,13 @@ impl Session {
                     r.map_err(|_| End::ClientGone)?;
                     self.cflush = false;
                 }
-                Event::ServerWrote(r) => self.wrote_server(r)?,
-                Event::ServerFlushed(r) => {
-                    r.map_err(|_| self.server_lost())?;
+                Event::ServerWrote(r) => {
+                    if !self.wrote_server(r) {
+                        return self.server_lost();
+                    }
+                }
+                Event::ServerFlushed(Err(_)) => return self.server_lost(),
+                Event::ServerFlushed(Ok(())) => {
                     if let Some(a) = self.attached.as_mut() {
                         a.sflush = false;
                     }
@@ -93,18 +106,49 @@ impl Session {
                         "terminating connection due to administrator command",
                     )))
                 }
-                Event::Other(_) => {
+                Event::Other(1) if !timer.cancelled => {
                     self.cancel_running_query().await;
-                    timeout.set(tokio::time::sleep(Duration::from_secs(86_400 * 365)));
+                    timer.cancelled = true;
+                    timer.deadline += timer.grace;
+                    timeout.as_mut().reset(timer.deadline);
                 }
+                Event::Other(1) => {
+                    // The cancel did not help (a stalled server): give up on this connection.
+                    if let Some(att) = self.attached.as_mut() {
+                        att.lease.conn().broken = true;
+                    }
+                    return Err(End::Close(ClientError::fatal(
+                        "57014",
+                        "query_timeout: the server did not answer, even to a cancel; connection closed",
+                    )));
+                }
+                Event::Other(_) => drain.set(shared.drain_notify.notified()),
             }
         }
     }
 
-    fn wrote_server(&mut self, r: std::io::Result<usize>) -> Result<(), End> {
+    /// Nothing owed in either direction and no transaction open: a safe point to close.
+    fn idle_between_requests(&self) -> bool {
+        self.attached.as_ref().is_none_or(|a| {
+            a.queue.is_empty() && a.sout.is_empty() && a.server_status == b'I' && self.state.tx_status == b'I'
+        }) && self.cin.is_empty()
+    }
+
+    /// `Some` when the attachment is over: released at a transaction boundary, or to be retried.
+    fn attachment_done(&self) -> Option<Relayed> {
+        match self.attached.as_ref() {
+            None => Some(Relayed::Released),
+            Some(a) if a.retry => Some(Relayed::Retry),
+            Some(a) if a.release => Some(Relayed::Released),
+            Some(_) => None,
+        }
+    }
+
+    /// Accounts a write to the server; false if it failed.
+    fn wrote_server(&mut self, r: std::io::Result<usize>) -> bool {
         let n = match r {
             Ok(n) if n > 0 => n,
-            _ => return Err(self.server_lost()),
+            _ => return false,
         };
         if let Some(att) = self.attached.as_mut() {
             att.sout.advance(n);
@@ -113,19 +157,23 @@ impl Session {
                 att.sflush = true;
             }
         }
-        Ok(())
+        true
     }
 
-    /// The server went away mid-transaction: tell the client, and do not return the connection.
-    fn server_lost(&mut self) -> End {
+    /// The server went away mid-request. A read on a replica that nothing was forwarded from
+    /// yet is retried elsewhere; otherwise the client is told, and the connection is not reused.
+    fn server_lost(&mut self) -> Result<Relayed, End> {
         if let Some(att) = self.attached.as_mut() {
             att.lease.conn().broken = true;
+            if att.replay.is_some() && !att.forwarded {
+                return Ok(Relayed::Retry);
+            }
             att.backend.ban(Duration::from_millis(500), "connection lost");
         }
-        End::Close(ClientError::fatal(
+        Err(End::Close(ClientError::fatal(
             "08006",
             "server connection lost: PostgreSQL closed the connection (it may have restarted); reconnect and retry",
-        ))
+        )))
     }
 
     /// `query_timeout`: ask the server to cancel what it is running.
@@ -148,6 +196,7 @@ impl Session {
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
         };
+        let before = self.cout.len();
         let mut buf = std::mem::take(&mut att.lease.conn().rbuf);
         let result = (|| loop {
             if att.s2c_passthrough > 0 {
@@ -185,6 +234,7 @@ impl Session {
         })();
         if let Some(att) = self.attached.as_mut() {
             att.lease.conn().rbuf = buf;
+            att.forwarded |= self.cout.len() != before;
         }
         result
     }
@@ -242,6 +292,41 @@ impl Session {
         }
         Ok(false)
     }
+}
+
+/// `query_timeout` for the request in flight: at the deadline a cancel is sent; if the server
+/// still has not answered a grace period later, the connection is given up.
+struct QueryTimer {
+    limit: Option<Duration>,
+    grace: Duration,
+    armed_for: Option<std::time::Instant>,
+    deadline: tokio::time::Instant,
+    cancelled: bool,
+}
+
+impl QueryTimer {
+    fn new(limit: Option<Duration>) -> Self {
+        let grace = limit.unwrap_or_default().max(Duration::from_secs(1));
+        QueryTimer { limit, grace, armed_for: None, deadline: far_future(), cancelled: false }
+    }
+
+    /// Follows the start of the current request; true if the deadline moved.
+    fn rearm(&mut self, req_started: Option<std::time::Instant>) -> bool {
+        if req_started == self.armed_for {
+            return false;
+        }
+        self.armed_for = req_started;
+        self.cancelled = false;
+        self.deadline = match (self.limit, req_started) {
+            (Some(l), Some(t)) => tokio::time::Instant::from_std(t + l),
+            _ => far_future(),
+        };
+        true
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// More may be read into `buf`: below the high-water mark, or a frame at its head that is larger

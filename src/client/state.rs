@@ -56,8 +56,13 @@ pub struct ClientState {
     pub tx_effects: Vec<SessionEffect>,
     /// True in transaction mode with statement tracking on: named statements are renamed.
     pub track_prepared: bool,
-    /// Commit position of the client's last write (for read-your-writes); 0 = none.
-    pub last_write_lsn: u64,
+    /// When (monotonic ms) the client's last write transaction ended; 0 = none pending.
+    pub last_write_at: u64,
+    /// The primary WAL position covering that write, once a probe has sampled it; 0 = not yet.
+    pub ryw_lsn: u64,
+    /// Mirror sequence of the client's last replayed write (shift_reads reads the target only
+    /// once the target has applied it).
+    pub last_mirror_seq: u64,
 }
 
 impl ClientState {
@@ -157,6 +162,31 @@ pub struct Attached {
     pub bytes_in: u64,
     /// Bytes written to the client during this attachment.
     pub bytes_out: u64,
+    /// The request as the client sent it, kept for replica attachments: if the replica fails
+    /// before any reply reached the client, the read is retried elsewhere.
+    pub replay: Option<BytesMut>,
+    /// Some reply bytes went to the client (a retry is no longer possible).
+    pub forwarded: bool,
+    /// The replica failed before answering: retry the request elsewhere.
+    pub retry: bool,
+    /// Extended-protocol frames sent since the last Sync, as sent.
+    pub batch: BytesMut,
+    /// The last complete batch (through its Sync), for a re-run after a stale-plan error.
+    pub last_batch: BytesMut,
+    /// The current batch only binds, describes and executes (safe to re-run).
+    pub batch_rerunnable: bool,
+    /// The same, for `last_batch`.
+    pub last_batch_rerunnable: bool,
+    /// An Execute completed since the last Sync (a re-run would repeat it).
+    pub batch_executed: bool,
+    /// A stale-plan re-run already happened in this attachment (at most one).
+    pub reran: bool,
+    /// Dual-write: the frames of the transaction running, to replay on the other store.
+    pub capture: Option<crate::migration::mirror::Capture>,
+    /// Replay direction: to the target (dual_write, shift_reads) or back to the source (cutover).
+    pub mirror_to_target: bool,
+    /// Transactions committed in this attachment, waiting to be queued for replay.
+    pub committed: Vec<crate::migration::mirror::Capture>,
 }
 
 impl Attached {
@@ -185,6 +215,18 @@ impl Attached {
             copy_in: false,
             bytes_in: 0,
             bytes_out: 0,
+            replay: None,
+            forwarded: false,
+            retry: false,
+            batch: BytesMut::new(),
+            last_batch: BytesMut::new(),
+            batch_rerunnable: true,
+            last_batch_rerunnable: false,
+            batch_executed: false,
+            reran: false,
+            capture: None,
+            mirror_to_target: true,
+            committed: Vec::new(),
         }
     }
 }

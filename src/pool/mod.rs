@@ -2,6 +2,7 @@
 //! across reloads, and the backends with their health.
 
 pub mod cluster;
+pub mod health;
 #[allow(clippy::module_inception)]
 mod pool;
 
@@ -74,6 +75,7 @@ impl Pools {
         }
         let spec = LoginSpec {
             address: backend.address.clone(),
+            backend_name: backend.name.clone(),
             user: p.user.clone(),
             database: database.into(),
             connect_timeout: p.connect_timeout,
