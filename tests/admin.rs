@@ -380,3 +380,29 @@ for f in openmetrics(text):
     let count = parsed.lines().find(|l| l.starts_with("histogram pgshift_transaction_latency_seconds_count")).unwrap();
     assert!(count.rsplit(' ').next().unwrap().parse::<f64>().unwrap() >= 10.0, "{count}");
 }
+
+/// The console refuses the extended protocol as PgBouncer does, and closes when the proxy stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_refuses_extended_protocol_and_closes_on_stop() {
+    use common::raw;
+    let p = proxy::primary_only().await;
+    let port = proxy::port(&p);
+    let mut s = raw::login(port, "app", "app", "pgbouncer").await;
+    let mut out = Vec::new();
+    raw::query(&mut out, "SHOW STATE");
+    s.write_all(&out).await.unwrap();
+    let tags = raw::read_tags(&mut s, b'Z').await;
+    assert_eq!(tags, b"TDDDCZ", "RowDescription, 3 rows, CommandComplete, ReadyForQuery");
+    let mut out = Vec::new();
+    raw::parse(&mut out, "", "SHOW POOLS");
+    s.write_all(&out).await.unwrap();
+    let frames = raw::read_frames(&mut s, b'E').await;
+    let err = String::from_utf8_lossy(&frames.last().unwrap().1).into_owned();
+    assert!(err.contains("08P01") && err.contains("extended query protocol"), "{err}");
+
+    let mut idle = raw::login(port, "app", "app", "pgbouncer").await;
+    p.stop().await;
+    let frames = tokio::time::timeout(Duration::from_secs(5), raw::read_frames(&mut idle, b'E')).await.expect("closed");
+    let err = String::from_utf8_lossy(&frames.last().unwrap().1).into_owned();
+    assert!(err.contains("57P01"), "{err}");
+}

@@ -95,7 +95,7 @@ async fn send(stream: &mut Stream, out: &mut BytesMut) -> bool {
 }
 
 /// The next whole frame (tag and body); `None` when the client left, broke the protocol, or the
-/// proxy is shutting down (then `out` holds the FATAL to send).
+/// proxy is stopping or draining (console sessions hold no transaction, so they close at once).
 async fn next_frame(
     shared: &Shared,
     stream: &mut Stream,
@@ -116,19 +116,21 @@ async fn next_frame(
                 return None;
             }
         }
-        if shared.is_draining() {
+        if shared.is_draining() || *shared.stop.borrow() {
             out.extend_from_slice(
                 &ClientError::fatal("57P01", "terminating connection: pgshift is shutting down").frame(),
             );
             let _ = send(stream, out).await;
             return None;
         }
+        let mut stop = shared.stop.subscribe();
         tokio::select! {
             r = stream.read_buf(rbuf) => match r {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             },
             _ = shared.drain_notify.notified() => {}
+            _ = stop.wait_for(|s| *s) => {}
         }
     }
 }
