@@ -186,6 +186,8 @@ pub struct Shared {
     pub notify: Arc<crate::notify::NotifyHub>,
     /// The migration-phase switch.
     pub migration: crate::migration::Migration,
+    /// Admin port and console state (config path for RELOAD, last readiness probe).
+    pub admin: crate::admin::AdminShared,
 }
 
 impl Shared {
@@ -208,6 +210,7 @@ impl Shared {
             stop: watch::channel(false).0,
             auth_cache: Default::default(),
             notify: Default::default(),
+            admin: Default::default(),
         })
     }
 

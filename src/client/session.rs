@@ -309,7 +309,11 @@ impl Session {
         for _ in 0..=self.rt.replicas.len() + self.rt.targets.len() {
             let (backend, pool, target) = self.route(req.len, phase)?;
             self.handle.set_state(Activity::Waiting);
+            let wait_started = std::time::Instant::now();
             let result = pool.checkout(&self.handle.cancel).await;
+            if result.is_ok() {
+                self.shared.stats.record_wait(wait_started.elapsed());
+            }
             self.handle.set_state(Activity::Active);
             match result {
                 Ok(lease) => return Ok((lease, backend, target)),
@@ -367,7 +371,9 @@ impl Session {
         traffic.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         traffic.xact_us.fetch_add(elapsed.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         traffic.bytes_in.fetch_add(att.bytes_in, std::sync::atomic::Ordering::Relaxed);
-        traffic.bytes_out.fetch_add(att.bytes_out, std::sync::atomic::Ordering::Relaxed);
+        // The transaction's last bytes are still in `cout`: the server goes back before the flush.
+        let unflushed = self.cout.len() as u64;
+        traffic.bytes_out.fetch_add(att.bytes_out + unflushed, std::sync::atomic::Ordering::Relaxed);
         self.handle.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.handle.set_server(None);
         let pool = att.lease.pool().clone();

@@ -70,6 +70,8 @@ struct Inner {
     waiters: VecDeque<(Waiter, Instant)>,
     /// Set when the backend left the configuration: check-ins close instead.
     retired: bool,
+    /// When RECONNECT was last issued: connections opened before it close at check-in.
+    reconnect_at: Option<Instant>,
 }
 
 /// A pool for one (backend, user, database).
@@ -306,7 +308,7 @@ impl Pool {
         }
         c.last_used = Instant::now();
         let mut inner = self.lock();
-        if inner.retired {
+        if inner.retired || inner.reconnect_at.is_some_and(|t| c.created < t) {
             drop(inner);
             self.discard(c);
             return;
@@ -395,7 +397,11 @@ impl Pool {
 
     /// Closes idle connections now and those in use at their next check-in.
     pub fn reconnect(&self) {
-        let idle = std::mem::take(&mut self.lock().idle);
+        let idle = {
+            let mut inner = self.lock();
+            inner.reconnect_at = Some(Instant::now());
+            std::mem::take(&mut inner.idle)
+        };
         for c in idle {
             self.discard(c);
         }
