@@ -29,6 +29,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod healthcheck;
 pub mod pool;
 pub mod proxy;
 pub mod router;
