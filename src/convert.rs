@@ -202,7 +202,8 @@ fn render(out: &Output, ini_name: &str) -> String {
     for sect in [Sect::Proxy, Sect::Auth, Sect::Tls, Sect::Primary, Sect::Admin] {
         let mut lines: Vec<_> = out.lines.iter().filter(|l| l.sect == sect).collect();
         lines.sort_by_key(|l| KEY_ORDER.iter().position(|k| *k == l.key).unwrap_or(usize::MAX));
-        if lines.is_empty() && !(sect == Sect::Auth && !out.users.is_empty()) {
+        let has_users = sect == Sect::Auth && !out.users.is_empty();
+        if lines.is_empty() && !has_users {
             continue;
         }
         s.push('\n');
