@@ -113,6 +113,7 @@ EXAMPLES
     PGSHIFT_PRIMARY_URL=postgres://db:5432 PGSHIFT_REPLICAS=db-r1,db-r2 pgshift -c proxy.toml
     pgshift healthcheck --url http://127.0.0.1:6480/health
     pgshift convert-pgbouncer /etc/pgbouncer/pgbouncer.ini /etc/pgbouncer/userlist.txt -o proxy.toml
+    pgshift migration-verify --config proxy.toml --database app
 
 SEE ALSO
     docs/operator-guide.md, docs/migrating-from-pgbouncer.md, docs/migration-runbook.md,
@@ -138,6 +139,23 @@ pub enum Command {
     /// with pgshift's own configuration loader, and lists on standard error every setting it
     /// could not map, with the reason. See docs/migrating-from-pgbouncer.md.
     ConvertPgbouncer(ConvertArgs),
+    /// Compare the migration's source and target table by table, and print the report (JSON).
+    ///
+    /// The same check as POST /migration/verify: row counts, and an md5 of every row keyed by
+    /// its primary key (a sample of large tables, see [migration] verify_full_below). Exits 0
+    /// when no difference is found, 1 when some are, 2 when the comparison could not run.
+    MigrationVerify(VerifyArgs),
+}
+
+/// `pgshift migration-verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Configuration file with a [migration] section.
+    #[arg(long, short = 'c', default_value = "proxy.toml", value_name = "PATH")]
+    pub config: PathBuf,
+    /// Database to compare (default: [migration] verify_database).
+    #[arg(long)]
+    pub database: Option<String>,
 }
 
 /// `pgshift healthcheck`.
@@ -173,6 +191,35 @@ pub fn run(command: Command) -> ExitCode {
     match command {
         Command::Healthcheck(args) => healthcheck(&args),
         Command::ConvertPgbouncer(args) => crate::convert::run(&args),
+        Command::MigrationVerify(args) => migration_verify(&args),
+    }
+}
+
+fn migration_verify(args: &VerifyArgs) -> ExitCode {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("pgshift migration-verify: {e}");
+        ExitCode::from(2)
+    };
+    let config = match crate::config::Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let Some(m) = config.migration.clone() else { return fail(&"the configuration has no [migration] section") };
+    let rt = match crate::shared::Runtime::build(config, None) {
+        Ok(rt) => rt,
+        Err(problems) => return fail(&problems.join("; ")),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    let db = args.database.clone().unwrap_or(m.verify_database);
+    let report = runtime.block_on(crate::migration::verify::run(&rt, &db, m.verify_full_below, m.verify_sample_percent));
+    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    match (&report.error, report.differences) {
+        (Some(e), _) => fail(e),
+        (None, 0) => ExitCode::SUCCESS,
+        (None, _) => ExitCode::FAILURE,
     }
 }
 

@@ -28,6 +28,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/reload", post(reload))
         .route("/reconnect", post(reconnect))
         .route("/kill_client", post(kill_client))
+        .merge(super::routing::router())
         .with_state(state)
 }
 

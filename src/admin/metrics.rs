@@ -29,7 +29,14 @@ pub const QUANTILES: [(f64, &str); 3] = [(0.5, "0.5"), (0.95, "0.95"), (0.99, "0
 /// Renders every metric as OpenMetrics text.
 pub fn render(shared: &Shared) -> Result<String, fmt::Error> {
     let merged = shared.stats.merged();
-    let snapshot = Snapshot { view: view::stats_with(shared, &merged), merged, ready: shared.admin.last_ready.get() };
+    let ryw = shared.runtime.load().primary.health.ryw_fallbacks.load(std::sync::atomic::Ordering::Relaxed);
+    let snapshot = Snapshot {
+        view: view::stats_with(shared, &merged),
+        merged,
+        ready: shared.admin.last_ready.get(),
+        migration: crate::migration::control::status(shared).ok(),
+        ryw_fallbacks: ryw,
+    };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot));
     let mut out = String::with_capacity(16 * 1024);
@@ -42,6 +49,8 @@ struct Snapshot {
     view: StatsView,
     merged: MergedStats,
     ready: Option<bool>,
+    migration: Option<crate::migration::control::Status>,
+    ryw_fallbacks: u64,
 }
 
 impl fmt::Debug for Snapshot {
@@ -124,7 +133,8 @@ impl Collector for Snapshot {
         self.process(&mut enc)?;
         self.pools(&mut enc)?;
         self.backends(&mut enc)?;
-        self.latency(&mut enc)
+        self.latency(&mut enc)?;
+        self.migration(&mut enc)
     }
 }
 
@@ -212,7 +222,36 @@ impl Snapshot {
         let lag = bs.iter().map(|b| (l(b), Value::Gauge(b.lag_ms as f64 / 1e3)));
         family(enc, "pgshift_backend_replication_lag_seconds", "Replay lag at the last probe", lag.collect())?;
         let routed = bs.iter().map(|b| (l(b), Value::Counter(b.routed as f64)));
-        family(enc, "pgshift_backend_routed", "Requests routed to the backend", routed.collect())
+        family(enc, "pgshift_backend_routed", "Requests routed to the backend", routed.collect())?;
+        family(
+            enc,
+            "pgshift_read_your_writes_primary_reads",
+            "Reads sent to the primary because no replica had replayed the client's last write",
+            vec![(Labels::new(), Value::Counter(self.ryw_fallbacks as f64))],
+        )
+    }
+
+    fn migration(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(m) = &self.migration else { return Ok(()) };
+        let g = |x: f64| vec![(Labels::new(), Value::Gauge(x))];
+        let c = |x: u64| vec![(Labels::new(), Value::Counter(x as f64))];
+        let phases = ["off", "dual_write", "shift_reads", "cutover", "done"];
+        let current = m.phase.name();
+        let phase = phases.iter().map(|p| (vec![("phase", p.to_string())], Value::Gauge(f64::from(u8::from(*p == current))))).collect();
+        family(enc, "pgshift_migration_phase", "1 for the current migration phase", phase)?;
+        family(enc, "pgshift_migration_read_percent", "Share of sessions reading from the target", g(f64::from(m.read_percent)))?;
+        if let Some(o) = m.observed_read_percent {
+            family(enc, "pgshift_migration_observed_read_percent", "Share of reads the target served", g(o))?;
+        }
+        family(enc, "pgshift_migration_target_up", "1 while the target's primary answers probes", g(f64::from(u8::from(m.target_connected))))?;
+        family(enc, "pgshift_migration_mirror_queue", "Committed transactions waiting for replay", g(m.mirror.queue_depth as f64))?;
+        family(enc, "pgshift_migration_mirrored", "Transactions replayed on the other store", c(m.mirror.mirrored))?;
+        family(enc, "pgshift_migration_mirror_failed", "Transactions that could not be replayed", c(m.mirror.failed))?;
+        family(enc, "pgshift_migration_diverged", "Transactions whose replay differed or was lost", c(m.mirror.diverged))?;
+        if let Some(v) = &m.last_verify {
+            family(enc, "pgshift_migration_verify_differences", "Differences found by the last verification", g(v.differences as f64))?;
+        }
+        Ok(())
     }
 
     fn latency(&self, enc: &mut DescriptorEncoder) -> fmt::Result {

@@ -12,6 +12,7 @@ pub mod control;
 mod http;
 pub mod metrics;
 pub mod ready;
+mod routing;
 pub mod view;
 
 use std::path::PathBuf;

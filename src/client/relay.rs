@@ -31,6 +31,9 @@ impl Session {
         let mut drain = pin!(shared.drain_notify.notified());
         let mut timer = QueryTimer::new(self.rt.config.proxy.query_timeout.enabled());
         let mut timeout = pin!(tokio::time::sleep_until(timer.deadline));
+        let idle_limit = self.rt.config.proxy.idle_transaction_timeout.enabled();
+        let mut idle_since: Option<tokio::time::Instant> = None;
+        let mut idle = pin!(tokio::time::sleep_until(far_future()));
         loop {
             self.process_server_input(tm).map_err(|e| server_protocol_error(&e))?;
             self.mirror_committed().await;
@@ -53,6 +56,20 @@ impl Session {
             if timer.rearm(att.req_started) {
                 timeout.as_mut().reset(timer.deadline);
             }
+            // idle_transaction_timeout: the client holds a transaction open and sends nothing.
+            let idle_in_tx = matches!(self.state.tx_status, b'T' | b'E') && att.queue.is_empty() && self.cin.is_empty();
+            match (idle_limit, idle_in_tx, idle_since) {
+                (Some(limit), true, None) => {
+                    let now = tokio::time::Instant::now();
+                    idle_since = Some(now);
+                    idle.as_mut().reset(now + limit);
+                }
+                (_, false, Some(_)) => {
+                    idle_since = None;
+                    idle.as_mut().reset(far_future());
+                }
+                _ => {}
+            }
             let client_room = att.sout.len() < HIGH_WATER && room(&self.cin);
             let conn = att.lease.conn();
             let server_room = self.cout.len() < HIGH_WATER && room(&conn.rbuf);
@@ -70,8 +87,8 @@ impl Session {
                 read: server_room,
                 flush: att.sflush,
             };
-            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 3] =
-                [kill.as_mut(), timeout.as_mut(), drain.as_mut()];
+            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 4] =
+                [kill.as_mut(), timeout.as_mut(), drain.as_mut(), idle.as_mut()];
             match next_event(client, Some(server), self.notify_rx.as_mut(), &mut extra).await {
                 Event::Notification(Some(f)) => self.cout.extend_from_slice(&f),
                 Event::Notification(None) => self.notify_rx = None,
@@ -122,7 +139,13 @@ impl Session {
                         "query_timeout: the server did not answer, even to a cancel; connection closed",
                     )));
                 }
-                Event::Other(_) => drain.set(shared.drain_notify.notified()),
+                Event::Other(2) => drain.set(shared.drain_notify.notified()),
+                Event::Other(_) => {
+                    return Err(End::Close(ClientError::fatal(
+                        "25P03",
+                        "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
+                    )))
+                }
             }
         }
     }
