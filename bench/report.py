@@ -211,15 +211,17 @@ def cmd_memory(a):
     rows = read_tsv(a.results)
     header = ["target", "clients", "opened", "RSS idle kB", "RSS with clients kB", "kB per client",
               "CPU s to connect all", "CPU ms per connect", "CPU % while idle-holding", "RSS after close kB",
-              "open-files limit"]
+              "RSS round 2 kB", "RSS after round 2 kB", "open-files limit", "problem"]
     out = []
     for r in rows:
         out.append([label(r["target"]), r["clients"], r["opened"], r["rss0_kb"], r["rss1_kb"], r["kb_per_client"],
-                    r["connect_cpu_s"], r["connect_cpu_ms_each"], r["hold_cpu_pct"], r["rss2_kb"], r["nofile"]])
+                    r["connect_cpu_s"], r["connect_cpu_ms_each"], r["hold_cpu_pct"], r["rss2_kb"],
+                    r.get("rss_round2_kb", "-"), r.get("rss2_after_kb", "-"), r["nofile"], r.get("error") or ""])
         print("  ".join(f"{h}={v}" for h, v in zip(header, out[-1])))
     text = ("\nOne fresh pooler process per row. kB per client = (RSS with the clients connected - RSS idle) / "
             "clients opened; CPU = utime+stime of the pooler while the clients connect and log in (SCRAM) one "
-            "after another, then while it holds them idle.\n\n") + md_table(header, out)
+            "after another, then while it holds them idle. Round 2 opens the same number again on the same "
+            "process: RSS near round one's means freed memory is reused, not leaked.\n\n") + md_table(header, out)
     # growth: per target, how figures scale from the smallest to the largest count
     targets = sorted({r["target"] for r in rows}, key=lambda t: ["pgshift", "pgbouncer"].index(t)
                      if t in ("pgshift", "pgbouncer") else 9)

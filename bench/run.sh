@@ -136,7 +136,7 @@ SETTINGS="scale $SCALE; pgbench -T $DURATION s x $REPEATS repeats, -j $JOBS, -n;
 SETTINGS+=" pool $POOL_SIZE server connections toward the primary in both poolers (transaction mode);"
 SETTINGS+=" pgshift workers $WORKERS$( ((WORKERS == 0)) && echo " (= $(nproc) threads)"); replicas $REPLICAS"
 ((REPLICAS > 0)) && SETTINGS+=" (pgshift sends the reads there; PgBouncer and direct use the primary)"
-SETTINGS+="; warmup ${WARMUP}s per target; per-run logs in $OUTDIR"
+SETTINGS+="; warmup ${WARMUP}s per target; per-run logs in ${OUTDIR#"$ROOT"/}"
 
 {
   echo
@@ -145,7 +145,6 @@ SETTINGS+="; warmup ${WARMUP}s per target; per-run logs in $OUTDIR"
   [[ -n "$NOTE" ]] && printf '**%s**\n\n' "$NOTE"
   host_facts_md
   echo "- settings: $SETTINGS"
-  echo
 } >"$OUTDIR/section.md"
 python3 "$BENCH_DIR/report.py" pgbench "$RES" --targets "$TARGETS" --modes "$MODES" --clients "$CLIENTS" \
   --markdown "$OUTDIR/table.md" || die "report.py failed"
