@@ -251,12 +251,17 @@ def cmd_memory(a):
 
 def cmd_instructions(a):
     rows = read_tsv(a.results)
-    header = ["benchmark", "iterations", "instructions per op", "elements per op", "instructions per element"]
-    out = [[r["bench"], r["iters"], r["per_op"], r["elems"], r["per_elem"]] for r in rows]
+    header = ["benchmark", "instructions per op", "elements per op", "instructions per element",
+              "ns per op (criterion median)"]
+    out = [[r["bench"], r["per_op"], r["elems"], r["per_elem"], r.get("ns_per_op", "-")] for r in rows]
+    print("{:<36} {:>12} {:>5} {:>10} {:>10}".format("benchmark", "instr/op", "elems", "instr/elem", "ns/op"))
     for r in out:
-        print("{:<36} {:>9} {:>12} {:>5} {:>10}".format(*r))
-    text = ("\nInstructions counted by " + (rows[0]["tool"] if rows else "?") + " for N and 2N iterations of "
-            "each operation; per op = (count(2N) - count(N)) / N, so start-up and set-up cancel out.\n\n")
+        print("{:<36} {:>12} {:>5} {:>10} {:>10}".format(*r))
+    tool = rows[0]["tool"] if rows else "?"
+    iters = rows[0]["iters"] if rows else "?"
+    text = (f"\nInstructions counted by {tool} for N = {iters} and 2N iterations of each operation; per op = "
+            "(count(2N) - count(N)) / N, so start-up and set-up cancel out. ns per op: criterion's median on "
+            "the same machine at the same time (moves with load; the counts do not).\n\n")
     text += md_table(header, out)
     if a.markdown:
         with open(a.markdown, "w") as fh:
