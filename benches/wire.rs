@@ -188,7 +188,7 @@ fn op_expect_extended() -> impl FnMut() -> usize {
     let mut q = ExpectQueue::default();
     move || {
         q.push(Expect::Parse { stmt: None });
-        q.push(Expect::Bind);
+        q.push(Expect::Bind { stmt: None });
         q.push(Expect::Describe);
         q.push(Expect::Execute);
         q.push(Expect::Sync);
