@@ -109,6 +109,9 @@ pub async fn drain(shared: &Shared, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         shared.drain_notify.notify_waiters();
+        for s in shared.sessions.all() {
+            s.drain.notify_one();
+        }
         if shared.sessions.is_empty() {
             return true;
         }

@@ -51,6 +51,16 @@ pub struct Side<'a> {
 }
 
 fn poll_read(side: &mut Side<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    if side.rbuf.capacity() == 0 {
+        if let Stream::Plain(tcp) = &*side.stream {
+            // An idle client holds no buffer: wait until there is something to read first.
+            match tcp.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+    }
     if side.rbuf.capacity() - side.rbuf.len() < MIN_FREE {
         side.rbuf.reserve(READ_CHUNK);
     }

@@ -53,8 +53,12 @@ pub struct SessionHandle {
     pub connected_at: SystemTime,
     /// Wakes the session out of a pool wait (its cancel) .
     pub cancel: Notify,
-    /// Tells the session to close (admin kill, drain).
+    /// Tells the session to close now (admin kill).
     pub kill: Notify,
+    /// Tells the session a drain started: close at the next idle point. Per session, so that
+    /// waiting on it never contends with other sessions (a shared Notify would be locked by
+    /// every session on every transaction).
+    pub drain: Notify,
     /// The server it holds now.
     pub server: Mutex<Option<ServerRef>>,
     state: AtomicU8,
@@ -133,6 +137,7 @@ impl Sessions {
             connected_at: SystemTime::now(),
             cancel: Notify::new(),
             kill: Notify::new(),
+            drain: Notify::new(),
             server: Mutex::new(None),
             state: AtomicU8::new(0),
             xacts: AtomicU64::new(0),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::forward::Fwd;
 use super::io::{next_event, Event, Side};
 use super::reply::Reply;
-use super::session::{End, Relayed, Session};
+use super::session::{End, OptionalSleep, Relayed, Session};
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::wire::{frame, tag, WireError};
@@ -26,14 +26,14 @@ impl Session {
     /// Relays until the transaction ends (`Ok`) or the session must end (`Err`).
     pub(super) async fn relay(&mut self) -> Result<Relayed, End> {
         let tm = self.rt.pool_mode() == PoolMode::Transaction && self.state.pinned.is_none();
-        let (handle, shared) = (self.handle.clone(), self.shared.clone());
+        let handle = self.handle.clone();
         let mut kill = pin!(handle.kill.notified());
-        let mut drain = pin!(shared.drain_notify.notified());
+        let mut drain = pin!(handle.drain.notified());
         let mut timer = QueryTimer::new(self.rt.config.proxy.query_timeout.enabled());
-        let mut timeout = pin!(tokio::time::sleep_until(timer.deadline));
+        let mut timeout = OptionalSleep::new(None);
         let idle_limit = self.rt.config.proxy.idle_transaction_timeout.enabled();
         let mut idle_since: Option<tokio::time::Instant> = None;
-        let mut idle = pin!(tokio::time::sleep_until(far_future()));
+        let mut idle = OptionalSleep::new(None);
         loop {
             self.process_server_input(tm).map_err(|e| server_protocol_error(&e))?;
             self.mirror_committed().await;
@@ -54,7 +54,7 @@ impl Session {
             }
             let Some(att) = self.attached.as_mut() else { return Ok(Relayed::Released) };
             if timer.rearm(att.req_started) {
-                timeout.as_mut().reset(timer.deadline);
+                timeout.reset(timer.deadline);
             }
             // idle_transaction_timeout: the client holds a transaction open and sends nothing.
             let idle_in_tx = matches!(self.state.tx_status, b'T' | b'E') && att.queue.is_empty() && self.cin.is_empty();
@@ -62,11 +62,11 @@ impl Session {
                 (Some(limit), true, None) => {
                     let now = tokio::time::Instant::now();
                     idle_since = Some(now);
-                    idle.as_mut().reset(now + limit);
+                    idle.reset(Some(now + limit));
                 }
                 (_, false, Some(_)) => {
                     idle_since = None;
-                    idle.as_mut().reset(far_future());
+                    idle.reset(None);
                 }
                 _ => {}
             }
@@ -126,8 +126,8 @@ impl Session {
                 Event::Other(1) if !timer.cancelled => {
                     self.cancel_running_query().await;
                     timer.cancelled = true;
-                    timer.deadline += timer.grace;
-                    timeout.as_mut().reset(timer.deadline);
+                    timer.deadline = timer.deadline.map(|d| d + timer.grace);
+                    timeout.reset(timer.deadline);
                 }
                 Event::Other(1) => {
                     // The cancel did not help (a stalled server): give up on this connection.
@@ -139,7 +139,7 @@ impl Session {
                         "query_timeout: the server did not answer, even to a cancel; connection closed",
                     )));
                 }
-                Event::Other(2) => drain.set(shared.drain_notify.notified()),
+                Event::Other(2) => drain.set(handle.drain.notified()),
                 Event::Other(_) => {
                     return Err(End::Close(ClientError::fatal(
                         "25P03",
@@ -323,33 +323,29 @@ struct QueryTimer {
     limit: Option<Duration>,
     grace: Duration,
     armed_for: Option<std::time::Instant>,
-    deadline: tokio::time::Instant,
+    deadline: Option<tokio::time::Instant>,
     cancelled: bool,
 }
 
 impl QueryTimer {
     fn new(limit: Option<Duration>) -> Self {
         let grace = limit.unwrap_or_default().max(Duration::from_secs(1));
-        QueryTimer { limit, grace, armed_for: None, deadline: far_future(), cancelled: false }
+        QueryTimer { limit, grace, armed_for: None, deadline: None, cancelled: false }
     }
 
     /// Follows the start of the current request; true if the deadline moved.
     fn rearm(&mut self, req_started: Option<std::time::Instant>) -> bool {
-        if req_started == self.armed_for {
+        if self.limit.is_none() || req_started == self.armed_for {
             return false;
         }
         self.armed_for = req_started;
         self.cancelled = false;
         self.deadline = match (self.limit, req_started) {
-            (Some(l), Some(t)) => tokio::time::Instant::from_std(t + l),
-            _ => far_future(),
+            (Some(l), Some(t)) => Some(tokio::time::Instant::from_std(t + l)),
+            _ => None,
         };
         true
     }
-}
-
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// More may be read into `buf`: below the high-water mark, or a frame at its head that is larger

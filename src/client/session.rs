@@ -23,6 +23,39 @@ use crate::session_state::{settings_diff, startup_settings};
 use crate::shared::{Runtime, Shared};
 use crate::wire::messages;
 
+/// A timer that may be off: pending forever when off, so it can sit in a poll list without
+/// registering anything with the runtime's timer.
+pub(super) struct OptionalSleep(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl OptionalSleep {
+    /// A timer firing after `d`, or never.
+    pub(super) fn new(d: Option<Duration>) -> Self {
+        OptionalSleep(d.map(|d| Box::pin(tokio::time::sleep(d))))
+    }
+    /// Re-arms (or turns off) the timer.
+    pub(super) fn reset(&mut self, at: Option<tokio::time::Instant>) {
+        match (at, self.0.as_mut()) {
+            (Some(at), Some(s)) => s.as_mut().reset(at),
+            (Some(at), None) => self.0 = Some(Box::pin(tokio::time::sleep_until(at))),
+            (None, _) => self.0 = None,
+        }
+    }
+    /// As a pinned future for a poll list.
+    pub(super) fn as_mut(&mut self) -> Pin<&mut Self> {
+        Pin::new(self)
+    }
+}
+
+impl std::future::Future for OptionalSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        match self.0.as_mut() {
+            Some(s) => s.as_mut().poll(cx),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
 /// How the attached phase ended without ending the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Relayed {
@@ -178,17 +211,14 @@ impl Session {
     async fn next_request(&mut self) -> Result<Request, End> {
         self.handle.set_state(Activity::Idle);
         let idle_timeout = self.rt.config.proxy.client_idle_timeout.enabled();
-        let (handle, shared) = (self.handle.clone(), self.shared.clone());
+        let handle = self.handle.clone();
         let mut kill = pin!(handle.kill.notified());
-        let mut drain = pin!(shared.drain_notify.notified());
-        let mut idle = pin!(tokio::time::sleep(idle_timeout.unwrap_or(Duration::from_secs(86_400 * 365))));
+        let mut drain = pin!(handle.drain.notified());
+        let mut idle = OptionalSleep::new(idle_timeout);
         loop {
             if self.cout.is_empty() && !self.cflush {
                 if self.shared.is_draining() {
-                    return Err(End::Close(ClientError::fatal(
-                        "57P01",
-                        "terminating connection: pgshift is shutting down",
-                    )));
+                    return Err(End::Close(ClientError::fatal("57P01", "terminating connection: pgshift is shutting down")));
                 }
                 match request::scan(&self.cin) {
                     Ok(Some(r)) if r.complete => return Ok(r),
@@ -201,14 +231,10 @@ impl Session {
                     Ok(None) => {}
                     Err(e) => return Err(End::Close(ClientError::protocol(e.to_string()))),
                 }
+                self.release_idle_buffers();
             }
-            let side = Side {
-                stream: &mut self.client,
-                rbuf: &mut self.cin,
-                wbuf: &mut self.cout,
-                read: true,
-                flush: self.cflush,
-            };
+            let side =
+                Side { stream: &mut self.client, rbuf: &mut self.cin, wbuf: &mut self.cout, read: true, flush: self.cflush };
             let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 3] =
                 [kill.as_mut(), drain.as_mut(), idle.as_mut()];
             let ev = next_event(side, None, self.notify_rx.as_mut(), &mut extra).await;
@@ -223,20 +249,25 @@ impl Session {
                     self.cflush = false;
                 }
                 Event::Other(0) => {
-                    return Err(End::Close(ClientError::fatal(
-                        "57P01",
-                        "terminating connection due to administrator command",
-                    )))
+                    return Err(End::Close(ClientError::fatal("57P01", "terminating connection due to administrator command")))
                 }
-                Event::Other(1) => drain.set(shared.drain_notify.notified()),
-                Event::Other(_) if idle_timeout.is_some() => {
-                    return Err(End::Close(ClientError::fatal(
-                        "57P05",
-                        "client_idle_timeout: connection closed after being idle",
-                    )))
+                Event::Other(1) => drain.set(handle.drain.notified()),
+                Event::Other(_) => {
+                    return Err(End::Close(ClientError::fatal("57P05", "client_idle_timeout: connection closed after being idle")))
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// An idle client keeps no buffers: they are allocated again when it sends something.
+    /// This is what keeps thousands of idle clients cheap (reads wait for readiness first).
+    fn release_idle_buffers(&mut self) {
+        if self.cin.is_empty() && self.cin.capacity() > 0 && !self.client.is_tls() {
+            self.cin = BytesMut::new();
+        }
+        if self.cout.is_empty() && self.cout.capacity() > 0 {
+            self.cout = BytesMut::new();
         }
     }
 
