@@ -36,7 +36,6 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// Where the admin HTTP port listens, if enabled.
     pub admin_addr: Option<String>,
-    stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     config_path: Option<PathBuf>,
 }
@@ -49,7 +48,8 @@ impl Proxy {
         let shared = Shared::new(runtime);
         let listener = TcpListener::bind(&listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: String::new(), source })?;
-        let (stop, stop_rx) = watch::channel(false);
+        let stop_rx = shared.stop.subscribe();
+        crate::pool::health::spawn_probes(&shared, &stop_rx);
         let mut tasks = vec![
             tokio::spawn(crate::client::listener::serve(shared.clone(), listener, stop_rx.clone())),
             tokio::spawn(upkeep(shared.clone(), stop_rx.clone())),
@@ -61,12 +61,12 @@ impl Proxy {
             }
             Ok(None) => None,
             Err(e) => {
-                let _ = stop.send(true);
+                let _ = shared.stop.send(true);
                 return Err(e);
             }
         };
         tracing::info!(%addr, admin = admin_addr.as_deref().unwrap_or("off"), "pgshift listening");
-        Ok(Proxy { shared, addr, admin_addr, stop, tasks, config_path })
+        Ok(Proxy { shared, addr, admin_addr, tasks, config_path })
     }
 
     /// Re-reads the config file (SIGHUP).
@@ -77,22 +77,28 @@ impl Proxy {
     /// SIGTERM: stop accepting, let running transactions finish, close idle clients; returns
     /// true if every client left within `timeout`.
     pub async fn drain(&self, timeout: Duration) -> bool {
-        let _ = self.stop.send(true);
+        let _ = self.shared.stop.send(true);
         drain(&self.shared, timeout).await
     }
 
     /// Stops everything now (clients are closed with 57P01).
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
         self.shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         for s in self.shared.sessions.all() {
             s.kill.notify_one();
         }
-        for t in self.tasks {
-            t.abort();
-        }
         for p in self.shared.pools.all() {
             p.retire();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    /// Stops listening and background tasks; clients already connected finish on their own.
+    fn drop(&mut self) {
+        let _ = self.shared.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
         }
     }
 }
@@ -114,7 +120,7 @@ pub async fn drain(shared: &Shared, timeout: Duration) -> bool {
 }
 
 /// Loads the config again and swaps the runtime in; the old one stays if the new one is invalid.
-pub fn reload(shared: &Shared, path: Option<&std::path::Path>) -> Result<(), Vec<String>> {
+pub fn reload(shared: &Arc<Shared>, path: Option<&std::path::Path>) -> Result<(), Vec<String>> {
     let Some(path) = path else {
         return Err(vec!["no config file to reload from".into()]);
     };
@@ -123,7 +129,7 @@ pub fn reload(shared: &Shared, path: Option<&std::path::Path>) -> Result<(), Vec
 }
 
 /// Swaps in a runtime built from `config`, updating pools in place.
-pub fn reload_with(shared: &Shared, config: Config) -> Result<(), Vec<String>> {
+pub fn reload_with(shared: &Arc<Shared>, config: Config) -> Result<(), Vec<String>> {
     let old = shared.runtime.load_full();
     if config.proxy.listen != old.config.proxy.listen {
         tracing::warn!("[proxy] listen changed: it takes effect at the next restart");
@@ -147,6 +153,7 @@ pub fn reload_with(shared: &Shared, config: Config) -> Result<(), Vec<String>> {
         }
     }
     shared.runtime.store(Arc::new(rt));
+    crate::pool::health::spawn_probes_shared(shared);
     tracing::info!("configuration reloaded");
     Ok(())
 }

@@ -258,6 +258,29 @@ impl ServerConn {
         }
     }
 
+    /// Runs a simple query on the proxy's own behalf (probes) and returns its first row as text.
+    pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, ServerError> {
+        let mut q = BytesMut::new();
+        messages::put_query(&mut q, sql);
+        self.stream.write_all(&q).await?;
+        let mut row = None;
+        let mut error = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f[0] {
+                tag::DATA_ROW if row.is_none() => row = Some(parse_data_row(frame::body(&f))?),
+                tag::ERROR_RESPONSE => error = Some(refused(&f)),
+                tag::READY_FOR_QUERY => break,
+                _ => {}
+            }
+        }
+        match (error, row) {
+            (Some(e), _) => Err(e),
+            (None, Some(r)) => Ok(r),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+
     /// Drops bytes the server sent while idle (none expected) and reports whether it is usable.
     pub fn healthy_after_idle(&mut self) -> bool {
         !self.broken && self.rbuf.is_empty() && self.stream.idle_and_open()
@@ -271,6 +294,26 @@ impl ServerConn {
         self.rbuf.clear();
         self.rbuf.advance(0);
     }
+}
+
+/// The text values of a DataRow body.
+fn parse_data_row(mut b: &[u8]) -> Result<Vec<Option<String>>, ServerError> {
+    let bad = || ServerError::Wire(WireError::Malformed(tag::DATA_ROW));
+    let n = b.get(..2).map(|x| i16::from_be_bytes([x[0], x[1]])).ok_or_else(bad)?;
+    b = &b[2..];
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let len = b.get(..4).map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]])).ok_or_else(bad)?;
+        b = &b[4..];
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let v = b.get(..len as usize).ok_or_else(bad)?;
+        out.push(Some(String::from_utf8_lossy(v).into_owned()));
+        b = &b[len as usize..];
+    }
+    Ok(out)
 }
 
 fn refused(f: &[u8]) -> ServerError {

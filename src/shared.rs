@@ -29,6 +29,8 @@ pub struct Runtime {
     pub primary: Arc<Backend>,
     /// Replicas, in config order.
     pub replicas: Vec<Arc<Backend>>,
+    /// A migration's target backends (primary first), if a migration is configured.
+    pub targets: Vec<Arc<Backend>>,
     /// Round-robin cursor over replicas.
     pub rr: RoundRobin,
     /// Extra read-only functions for the classifier.
@@ -83,16 +85,25 @@ impl Runtime {
         Ok(Runtime {
             // PostgreSQL's default since 9.1; with it off, backslashes in literals make the
             // classifier unsure (primary) rather than risk misreading a statement.
-            classifier: ClassifierConfig { standard_conforming_strings: true, ..ClassifierConfig::default() },
+            classifier: ClassifierConfig {
+                standard_conforming_strings: true,
+                ..ClassifierConfig::with_safe_functions(&config.routing.safe_functions)
+            },
             users,
             primary,
             replicas,
+            targets: Vec::new(),
             rr: RoundRobin::default(),
             client_tls,
             server_tls,
             generation: previous.map_or(1, |p| p.generation + 1),
             config: Arc::new(config),
         })
+    }
+
+    /// The migration target's backends (empty without a migration).
+    pub fn target_backends(&self) -> std::slice::Iter<'_, Arc<Backend>> {
+        self.targets.iter()
     }
 
     /// Pool limits for a user.
@@ -141,6 +152,8 @@ pub struct Shared {
     pub reconnect_epoch: AtomicU64,
     /// Open client sockets, against `max_client_conn`.
     pub conn_count: crate::client::listener::ConnCount,
+    /// Turns true when the proxy stops: listeners and background tasks end.
+    pub stop: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -158,6 +171,7 @@ impl Shared {
             paused: watch::channel(false).0,
             reconnect_epoch: AtomicU64::new(0),
             conn_count: Default::default(),
+            stop: watch::channel(false).0,
         })
     }
 

@@ -83,6 +83,11 @@ impl UserEntry {
         }
     }
 
+    /// True if we hold something PostgreSQL would accept (plaintext, md5 hash, learned key).
+    pub fn has_backend_secret(&self) -> bool {
+        self.plaintext.is_some() || self.md5.is_some() || self.scram_credential().is_some()
+    }
+
     /// The credential for a backend SCRAM login, if we have one.
     pub fn scram_credential(&self) -> Option<ClientCredential> {
         if let Some(p) = &self.plaintext {

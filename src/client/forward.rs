@@ -84,7 +84,15 @@ impl Fwd<'_> {
         if self.att.queue.is_empty() || self.att.kind == crate::router::StatementKind::Other {
             self.att.kind = c.kind;
         }
-        if c.target == Target::Primary {
+        // What a later read must see (read-your-writes): anything that may change data. Session
+        // and transaction control, hinted reads and LISTEN/NOTIFY change none.
+        use crate::router::reasons;
+        let changes_data = |s: &crate::router::Statement| {
+            s.target == Target::Primary
+                && ![reasons::TRANSACTION, reasons::SESSION, reasons::EMPTY, reasons::HINT, reasons::LISTEN_NOTIFY]
+                    .contains(&s.reason)
+        };
+        if c.statements.iter().any(changes_data) {
             self.att.wrote = true;
         }
         for s in &c.statements {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::forward::Fwd;
 use super::io::{next_event, Event, Side};
 use super::reply::Reply;
-use super::session::{End, Session};
+use super::session::{End, Relayed, Session};
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::wire::{frame, tag, WireError};
@@ -24,7 +24,7 @@ const STREAM_OVER: usize = 64 * 1024;
 
 impl Session {
     /// Relays until the transaction ends (`Ok`) or the session must end (`Err`).
-    pub(super) async fn relay(&mut self) -> Result<(), End> {
+    pub(super) async fn relay(&mut self) -> Result<Relayed, End> {
         let tm = self.rt.pool_mode() == PoolMode::Transaction && self.state.pinned.is_none();
         let handle = self.handle.clone();
         let mut kill = pin!(handle.kill.notified());
@@ -32,18 +32,16 @@ impl Session {
         let mut timeout = pin!(tokio::time::sleep(query_timeout.unwrap_or(Duration::from_secs(86_400 * 365))));
         loop {
             self.process_server_input(tm).map_err(|e| server_protocol_error(&e))?;
-            if self.attached.as_ref().is_some_and(|a| a.release) {
-                return Ok(());
+            if let Some(done) = self.attachment_done() {
+                return Ok(done);
             }
             if self.process_client_input(tm).map_err(|e| End::Close(ClientError::protocol(e.to_string())))? {
                 return Err(End::ClientGone);
             }
-            let Some(att) = self.attached.as_mut() else {
-                return Ok(());
-            };
-            if att.release {
-                return Ok(());
+            if let Some(done) = self.attachment_done() {
+                return Ok(done);
             }
+            let Some(att) = self.attached.as_mut() else { return Ok(Relayed::Released) };
             let client_room = att.sout.len() < HIGH_WATER && room(&self.cin);
             let conn = att.lease.conn();
             let server_room = self.cout.len() < HIGH_WATER && room(&conn.rbuf);
@@ -63,12 +61,10 @@ impl Session {
             };
             let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 2] =
                 [kill.as_mut(), timeout.as_mut()];
-            let ev = next_event(client, Some(server), &mut extra).await;
-            match ev {
+            match next_event(client, Some(server), &mut extra).await {
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
-                Event::ClientRead(Ok(_)) => {}
-                Event::ServerRead(Ok(0)) | Event::ServerRead(Err(_)) => return Err(self.server_lost()),
-                Event::ServerRead(Ok(_)) => {}
+                Event::ClientRead(Ok(_)) | Event::ServerRead(Ok(1..)) => {}
+                Event::ServerRead(_) => return self.server_lost(),
                 Event::ClientWrote(r) => {
                     let n = *r.as_ref().unwrap_or(&0);
                     self.wrote_client(r)?;
@@ -80,9 +76,13 @@ impl Session {
                     r.map_err(|_| End::ClientGone)?;
                     self.cflush = false;
                 }
-                Event::ServerWrote(r) => self.wrote_server(r)?,
-                Event::ServerFlushed(r) => {
-                    r.map_err(|_| self.server_lost())?;
+                Event::ServerWrote(r) => {
+                    if !self.wrote_server(r) {
+                        return self.server_lost();
+                    }
+                }
+                Event::ServerFlushed(Err(_)) => return self.server_lost(),
+                Event::ServerFlushed(Ok(())) => {
                     if let Some(a) = self.attached.as_mut() {
                         a.sflush = false;
                     }
@@ -101,10 +101,21 @@ impl Session {
         }
     }
 
-    fn wrote_server(&mut self, r: std::io::Result<usize>) -> Result<(), End> {
+    /// `Some` when the attachment is over: released at a transaction boundary, or to be retried.
+    fn attachment_done(&self) -> Option<Relayed> {
+        match self.attached.as_ref() {
+            None => Some(Relayed::Released),
+            Some(a) if a.retry => Some(Relayed::Retry),
+            Some(a) if a.release => Some(Relayed::Released),
+            Some(_) => None,
+        }
+    }
+
+    /// Accounts a write to the server; false if it failed.
+    fn wrote_server(&mut self, r: std::io::Result<usize>) -> bool {
         let n = match r {
             Ok(n) if n > 0 => n,
-            _ => return Err(self.server_lost()),
+            _ => return false,
         };
         if let Some(att) = self.attached.as_mut() {
             att.sout.advance(n);
@@ -113,19 +124,23 @@ impl Session {
                 att.sflush = true;
             }
         }
-        Ok(())
+        true
     }
 
-    /// The server went away mid-transaction: tell the client, and do not return the connection.
-    fn server_lost(&mut self) -> End {
+    /// The server went away mid-request. A read on a replica that nothing was forwarded from
+    /// yet is retried elsewhere; otherwise the client is told, and the connection is not reused.
+    fn server_lost(&mut self) -> Result<Relayed, End> {
         if let Some(att) = self.attached.as_mut() {
             att.lease.conn().broken = true;
+            if att.replay.is_some() && !att.forwarded {
+                return Ok(Relayed::Retry);
+            }
             att.backend.ban(Duration::from_millis(500), "connection lost");
         }
-        End::Close(ClientError::fatal(
+        Err(End::Close(ClientError::fatal(
             "08006",
             "server connection lost: PostgreSQL closed the connection (it may have restarted); reconnect and retry",
-        ))
+        )))
     }
 
     /// `query_timeout`: ask the server to cancel what it is running.
@@ -148,6 +163,7 @@ impl Session {
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
         };
+        let before = self.cout.len();
         let mut buf = std::mem::take(&mut att.lease.conn().rbuf);
         let result = (|| loop {
             if att.s2c_passthrough > 0 {
@@ -185,6 +201,7 @@ impl Session {
         })();
         if let Some(att) = self.attached.as_mut() {
             att.lease.conn().rbuf = buf;
+            att.forwarded |= self.cout.len() != before;
         }
         result
     }

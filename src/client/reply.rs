@@ -37,7 +37,12 @@ impl Reply<'_> {
         }
         match t {
             tag::READY_FOR_QUERY => return self.ready(f),
-            tag::ERROR_RESPONSE => self.error(f),
+            tag::ERROR_RESPONSE => {
+                self.error(f);
+                if self.att.retry {
+                    return;
+                }
+            }
             tag::PARSE_COMPLETE => {
                 if let Some(Expect::Parse { stmt: Some(def) } | Expect::SilentParse { stmt: def }) =
                     self.att.queue.front()
@@ -131,6 +136,12 @@ impl Reply<'_> {
 
     fn error(&mut self, f: &[u8]) {
         let e = frame::error_fields(f);
+        if e.is_fatal() && self.att.replay.is_some() && !self.att.forwarded {
+            // A replica ending the session (shutdown, crash) before answering a read: retry it.
+            self.att.lease.conn().broken = true;
+            self.att.retry = true;
+            return;
+        }
         self.shared.stats.record_error(e.code);
         if e.is_fatal() {
             self.att.lease.conn().broken = true;

@@ -52,6 +52,19 @@ pub fn scan(buf: &[u8]) -> Result<Option<Request>, WireError> {
     }
 }
 
+/// True if the request runs something (Query, Execute, FunctionCall) rather than only
+/// preparing or describing statements.
+pub fn executes(req: &[u8]) -> bool {
+    let mut at = 0;
+    while let Ok(Some((t, total))) = frame::complete_frame(&req[at..]) {
+        if matches!(t, tag::QUERY | tag::EXECUTE | tag::FUNCTION_CALL) {
+            return true;
+        }
+        at += total;
+    }
+    false
+}
+
 /// The text of a Query frame, or of the query in a Parse frame (lossy: routing only reads
 /// keywords, and the forwarded bytes are never the decoded text).
 pub fn sql_of(t: u8, f: &[u8]) -> Option<Cow<'_, str>> {

@@ -1,6 +1,7 @@
 //! Choosing the backend for a client's next request: the primary, or the next healthy replica
 //! when everything in the request is a read.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::request;
@@ -89,21 +90,72 @@ pub fn decide(rt: &Runtime, route: RouteOverride, classes: &[Arc<Classification>
 }
 
 impl Session {
-    /// The backend, pool and target for the request `req` (whole frames at the front of `cin`).
-    pub(super) fn route(&self, req: &[u8]) -> (Arc<Backend>, Arc<Pool>, Target) {
-        let rt = &self.rt;
-        let classes = if rt.config.routing.read_write_split && !rt.replicas.is_empty() {
-            request::classifications(&self.shared, rt, &self.state, req)
+    /// The backend, pool and target for the request of `len` bytes at the front of `cin`.
+    pub(super) fn route(&mut self, len: usize) -> Result<(Arc<Backend>, Arc<Pool>, Target), ClientError> {
+        let rt = self.rt.clone();
+        let classes = if rt.config.routing.read_write_split && !rt.replicas.is_empty()
+            || rt.primary.health.in_recovery.load(Ordering::Relaxed)
+        {
+            request::classifications(&self.shared, &rt, &self.state, &self.cin[..len])
         } else {
             Vec::new()
         };
-        let decision = decide(rt, self.state.route, &classes);
-        if decision.target == Target::Replica {
-            let n = rt.replicas.len();
-            if let Some(i) = rt.rr.pick(n, |i| !rt.replicas[i].is_banned()) {
-                return (rt.replicas[i].clone(), self.pools.replicas[i].clone(), Target::Replica);
+        let decision = decide(&rt, self.state.route, &classes);
+        let primary = (rt.primary.clone(), self.pools.primary.clone(), Target::Primary);
+        if decision.target == Target::Primary {
+            let writes = classes.is_empty() || classes.iter().any(|c| c.target == Target::Primary);
+            if writes && rt.primary.health.in_recovery.load(Ordering::Relaxed) {
+                return Err(ClientError::error(
+                    "25006",
+                    "pgshift refuses to send this to the configured primary: it reports being in recovery \
+                     (read-only), so a failover may have happened that pgshift was not told about",
+                ));
+            }
+            return Ok(primary);
+        }
+        let needed = match self.read_your_writes_lsn(&rt) {
+            Ok(n) => n,
+            Err(()) => {
+                rt.primary.health.ryw_fallbacks.fetch_add(1, Ordering::Relaxed);
+                return Ok(primary);
+            }
+        };
+        let usable = |i: usize| {
+            let b = &rt.replicas[i];
+            b.serves_reads(&rt) && needed.is_none_or(|lsn| b.replayed(lsn))
+        };
+        let executes = request::executes(&self.cin[..len]);
+        match rt.rr.pick(rt.replicas.len(), executes, usable) {
+            Some(i) => Ok((rt.replicas[i].clone(), self.pools.replicas[i].clone(), Target::Replica)),
+            None => {
+                if needed.is_some() {
+                    rt.primary.health.ryw_fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(primary)
             }
         }
-        (rt.primary.clone(), self.pools.primary.clone(), Target::Primary)
+    }
+
+    /// The WAL position a replica must have replayed to serve this client's reads: `Ok(None)`
+    /// if there is no recent write to read back, `Err` if it is not known yet (no primary sample
+    /// taken after the write): then only the primary is safe.
+    fn read_your_writes_lsn(&mut self, rt: &Runtime) -> Result<Option<u64>, ()> {
+        if !rt.config.routing.read_your_writes || self.state.last_write_at == 0 {
+            return Ok(None);
+        }
+        if self.state.ryw_lsn == 0 {
+            let p = &rt.primary.health;
+            if p.lsn_sampled_at.load(Ordering::Relaxed) <= self.state.last_write_at {
+                return Err(());
+            }
+            self.state.ryw_lsn = p.lsn.load(Ordering::Relaxed);
+        }
+        let lsn = self.state.ryw_lsn;
+        if rt.replicas.iter().all(|r| r.replayed(lsn)) {
+            self.state.last_write_at = 0; // every replica has it: no constraint any more
+            self.state.ryw_lsn = 0;
+            return Ok(None);
+        }
+        Ok(Some(lsn))
     }
 }

@@ -20,6 +20,15 @@ use crate::session_state::{settings_diff, startup_settings};
 use crate::shared::{Runtime, Shared};
 use crate::wire::messages;
 
+/// How the attached phase ended without ending the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relayed {
+    /// The transaction is over: give the server back.
+    Released,
+    /// A replica failed before replying: route the request again.
+    Retry,
+}
+
 /// How a session ends.
 #[derive(Debug)]
 pub enum End {
@@ -152,7 +161,8 @@ impl Session {
                 continue;
             }
             match self.relay().await {
-                Ok(()) => self.release(),
+                Ok(Relayed::Released) => self.release(),
+                Ok(Relayed::Retry) => self.retry_elsewhere(),
                 Err(end) => return end,
             }
         }
@@ -336,7 +346,7 @@ impl Session {
         if *self.shared.paused.borrow() {
             self.wait_while_paused().await?;
         }
-        let (backend, pool, target) = self.route(&self.cin[..req.len]);
+        let (backend, pool, target) = self.route(req.len)?;
         self.handle.set_state(Activity::Waiting);
         let lease = pool.checkout(&self.handle.cancel).await.map_err(|e| {
             if matches!(e, crate::pool::PoolError::Server(_)) {
@@ -351,6 +361,9 @@ impl Session {
         self.handle.set_state(Activity::Active);
         backend.health.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut att = Attached::new(lease, backend, target);
+        if target == crate::router::Target::Replica {
+            att.replay = Some(BytesMut::from(&self.cin[..req.len]));
+        }
         let conn = att.lease.conn();
         self.handle.set_server(Some(ServerRef { peer: conn.peer, key: conn.cancel_key, conn_id: conn.id }));
         if let Some(sql) = settings_diff(&conn.state.settings, &self.state.settings) {
@@ -373,11 +386,27 @@ impl Session {
         }
     }
 
+    /// A replica failed before answering: ban it, put the request back, and let the next turn
+    /// route it again (to another replica or the primary). Reads are safe to repeat.
+    fn retry_elsewhere(&mut self) {
+        let Some(mut att) = self.attached.take() else { return };
+        self.handle.set_server(None);
+        att.lease.conn().broken = true;
+        att.backend.ban(self.rt.config.routing.ban_time.0, "failed while serving a read");
+        tracing::info!(backend = %att.backend.name, client = self.handle.id, "replica failed a read; retrying it elsewhere");
+        if let Some(mut request) = att.replay.take() {
+            request.extend_from_slice(&self.cin);
+            self.cin = request;
+        }
+    }
+
     /// Gives the server back at a transaction boundary.
     fn release(&mut self) {
-        let Some(att) = self.attached.take() else {
-            return;
-        };
+        let Some(att) = self.attached.take() else { return };
+        if att.target == crate::router::Target::Primary && att.wrote {
+            self.state.last_write_at = crate::pool::cluster::mono_ms();
+            self.state.ryw_lsn = 0;
+        }
         let elapsed = att.since.elapsed();
         self.shared.stats.record_xact(elapsed);
         let traffic = att.lease.pool().stats.traffic.local();

@@ -56,8 +56,10 @@ pub struct ClientState {
     pub tx_effects: Vec<SessionEffect>,
     /// True in transaction mode with statement tracking on: named statements are renamed.
     pub track_prepared: bool,
-    /// Commit position of the client's last write (for read-your-writes); 0 = none.
-    pub last_write_lsn: u64,
+    /// When (monotonic ms) the client's last write transaction ended; 0 = none pending.
+    pub last_write_at: u64,
+    /// The primary WAL position covering that write, once a probe has sampled it; 0 = not yet.
+    pub ryw_lsn: u64,
 }
 
 impl ClientState {
@@ -157,6 +159,13 @@ pub struct Attached {
     pub bytes_in: u64,
     /// Bytes written to the client during this attachment.
     pub bytes_out: u64,
+    /// The request as the client sent it, kept for replica attachments: if the replica fails
+    /// before any reply reached the client, the read is retried elsewhere.
+    pub replay: Option<BytesMut>,
+    /// Some reply bytes went to the client (a retry is no longer possible).
+    pub forwarded: bool,
+    /// The replica failed before answering: retry the request elsewhere.
+    pub retry: bool,
 }
 
 impl Attached {
@@ -185,6 +194,9 @@ impl Attached {
             copy_in: false,
             bytes_in: 0,
             bytes_out: 0,
+            replay: None,
+            forwarded: false,
+            retry: false,
         }
     }
 }

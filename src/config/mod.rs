@@ -274,11 +274,38 @@ pub struct RoutingConfig {
     pub read_write_split: bool,
     /// A replica further behind than this serves no reads.
     pub max_replica_lag: Dur,
+    /// A replica more WAL bytes behind the primary than this serves no reads (0 = no limit).
+    pub max_replica_lag_bytes: u64,
+    /// After a client commits a write, its reads go only to replicas that have replayed it.
+    pub read_your_writes: bool,
+    /// How often each backend is probed (health, recovery state, WAL position, lag).
+    pub health_check_interval: Dur,
+    /// A probe slower than this counts as a failure.
+    pub health_check_timeout: Dur,
+    /// A backend whose probe fails serves nothing until a probe succeeds, for at most this long.
+    pub ban_time: Dur,
+    /// Role the probes log in as; empty: the first configured user.
+    pub health_check_user: String,
+    /// Database the probes connect to.
+    pub health_check_database: String,
+    /// User functions that are read-only (safe on a replica), e.g. "myschema.lookup".
+    pub safe_functions: Vec<String>,
 }
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        RoutingConfig { read_write_split: true, max_replica_lag: Dur::secs(10) }
+        RoutingConfig {
+            read_write_split: true,
+            max_replica_lag: Dur::secs(10),
+            max_replica_lag_bytes: 0,
+            read_your_writes: true,
+            health_check_interval: Dur::millis(250),
+            health_check_timeout: Dur::secs(1),
+            ban_time: Dur::secs(30),
+            health_check_user: String::new(),
+            health_check_database: "postgres".into(),
+            safe_functions: Vec::new(),
+        }
     }
 }
 

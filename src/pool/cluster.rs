@@ -19,9 +19,30 @@ pub enum Role {
     TargetReplica,
 }
 
+/// Milliseconds on a monotonic clock (since the first call in this process).
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Parses a WAL position `X/Y` (hex) into a byte offset.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
 /// Health as last probed.
 #[derive(Debug, Default)]
 pub struct Health {
+    /// [`mono_ms`] when the probe that read `lsn` was sent: any commit acknowledged before
+    /// that instant is at or below `lsn`.
+    pub lsn_sampled_at: AtomicU64,
+    /// WAL bytes the replica is behind the primary, from the last probe.
+    pub lag_bytes: AtomicU64,
+    /// Reads sent to the primary because no replica had replayed the client's last write.
+    pub ryw_fallbacks: AtomicU64,
+    /// A probe task is running for this backend.
+    pub probing: AtomicBool,
     /// Unix ms until which the backend is banned (0 = not banned).
     pub banned_until_ms: AtomicU64,
     /// Replay lag in ms (replicas), from the last probe.
@@ -90,11 +111,14 @@ pub struct RoundRobin(AtomicUsize);
 
 impl RoundRobin {
     /// The next index among `n` for which `usable` holds, starting after the last one given.
-    pub fn pick(&self, n: usize, usable: impl Fn(usize) -> bool) -> Option<usize> {
+    /// `advance` false leaves the cursor where it is: a request that only prepares a statement
+    /// (Parse/Describe, as drivers send before each Bind/Execute) must not take a turn, or every
+    /// execution of a client would alias onto the same replica.
+    pub fn pick(&self, n: usize, advance: bool, usable: impl Fn(usize) -> bool) -> Option<usize> {
         if n == 0 {
             return None;
         }
-        let start = self.0.fetch_add(1, Ordering::Relaxed);
+        let start = if advance { self.0.fetch_add(1, Ordering::Relaxed) } else { self.0.load(Ordering::Relaxed) };
         (0..n).map(|i| (start + i) % n).find(|&i| usable(i))
     }
 }
@@ -106,9 +130,9 @@ mod tests {
     #[test]
     fn round_robin_skips_unusable() {
         let rr = RoundRobin::default();
-        let picks: Vec<_> = (0..4).map(|_| rr.pick(3, |i| i != 1).unwrap()).collect();
+        let picks: Vec<_> = (0..4).map(|_| rr.pick(3, true, |i| i != 1).unwrap()).collect();
         assert!(!picks.contains(&1));
         assert!(picks.contains(&0) && picks.contains(&2));
-        assert_eq!(rr.pick(2, |_| false), None);
+        assert_eq!(rr.pick(2, true, |_| false), None);
     }
 }

@@ -2,6 +2,7 @@
 //! across reloads, and the backends with their health.
 
 pub mod cluster;
+pub mod health;
 #[allow(clippy::module_inception)]
 mod pool;
 

@@ -34,3 +34,17 @@ pub async fn primary_only() -> Proxy {
 pub fn port(p: &Proxy) -> u16 {
     p.addr.port()
 }
+
+/// Waits until every backend has been probed up (reads go to replicas only after that).
+pub async fn wait_healthy(p: &Proxy) {
+    use std::sync::atomic::Ordering;
+    for _ in 0..200 {
+        let rt = p.shared.runtime.load();
+        let all = std::iter::once(&rt.primary).chain(rt.replicas.iter());
+        if all.clone().all(|b| b.health.up.load(Ordering::Relaxed)) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("backends not healthy after 10s");
+}

@@ -1,0 +1,145 @@
+//! Backend probes: one task per backend keeps a connection of its own and asks, every
+//! `health_check_interval`, whether the server is up, in recovery, where its WAL is, and how far
+//! a replica lags. A failed, refused or slow probe bans the backend until a probe succeeds.
+//!
+//! The same samples serve read-your-writes: a primary WAL position read by a probe sent after a
+//! client's commit is at or beyond that commit, so a replica that has replayed it is safe to read.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+use super::cluster::{mono_ms, parse_lsn, Backend, Role};
+use crate::server::{LoginSpec, ServerConn};
+use crate::shared::{Runtime, Shared};
+
+/// One query for every backend: recovery state, WAL position (insert position on a primary, so
+/// it covers commits not yet flushed; replay position on a replica), and replay lag in seconds
+/// (0 when the replica has replayed everything it received).
+const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END, \
+     CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+          ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END";
+
+/// Starts a probe task for every backend of the runtime that has none yet.
+pub fn spawn_probes(shared: &Arc<Shared>, stop: &watch::Receiver<bool>) {
+    let rt = shared.runtime.load_full();
+    for b in std::iter::once(&rt.primary).chain(rt.replicas.iter()).chain(rt.target_backends()) {
+        if !b.health.probing.swap(true, Ordering::Relaxed) {
+            tokio::spawn(probe_loop(shared.clone(), b.clone(), stop.clone()));
+        }
+    }
+}
+
+/// [`spawn_probes`] with the proxy's own stop signal (after a reload).
+pub fn spawn_probes_shared(shared: &Arc<Shared>) {
+    spawn_probes(shared, &shared.stop.subscribe());
+}
+
+fn in_runtime(rt: &Runtime, b: &Arc<Backend>) -> bool {
+    std::iter::once(&rt.primary).chain(rt.replicas.iter()).chain(rt.target_backends()).any(|x| Arc::ptr_eq(x, b))
+}
+
+async fn probe_loop(shared: Arc<Shared>, backend: Arc<Backend>, mut stop: watch::Receiver<bool>) {
+    let mut conn: Option<ServerConn> = None;
+    loop {
+        let rt = shared.runtime.load_full();
+        if !in_runtime(&rt, &backend) {
+            break; // removed by a reload
+        }
+        let r = &rt.config.routing;
+        let timeout = r.health_check_timeout.0.max(Duration::from_millis(50));
+        let sent_at = mono_ms();
+        let result = tokio::time::timeout(timeout, probe(&rt, &backend, &mut conn)).await;
+        match result {
+            Ok(Ok(row)) => record(&rt, &backend, &row, sent_at),
+            Ok(Err(why)) => fail(&backend, r.ban_time.0, &why, &mut conn),
+            Err(_) => fail(&backend, r.ban_time.0, "probe timed out", &mut conn),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(r.health_check_interval.0.max(Duration::from_millis(10))) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    backend.health.probing.store(false, Ordering::Relaxed);
+}
+
+async fn probe(rt: &Runtime, backend: &Backend, conn: &mut Option<ServerConn>) -> Result<Vec<Option<String>>, String> {
+    if conn.is_none() {
+        let spec = probe_spec(rt, backend).ok_or("no configured user can log in for health probes")?;
+        *conn = Some(ServerConn::connect(&spec, 0, 0).await.map_err(|e| e.to_string())?);
+    }
+    let c = conn.as_mut().ok_or("no probe connection")?;
+    c.query_row(PROBE_SQL).await.map_err(|e| e.to_string())
+}
+
+/// The login for probes: `health_check_user`, or the first user we can log in as.
+fn probe_spec(rt: &Runtime, backend: &Backend) -> Option<LoginSpec> {
+    let r = &rt.config.routing;
+    let user = if r.health_check_user.is_empty() {
+        rt.config.auth.users.iter().filter_map(|u| rt.users.get(&u.name)).find(|u| u.has_backend_secret())?
+    } else {
+        rt.users.get(&r.health_check_user)?
+    };
+    Some(LoginSpec {
+        address: backend.address.clone(),
+        user,
+        database: r.health_check_database.clone(),
+        connect_timeout: r.health_check_timeout.0,
+        tls: rt.server_tls.clone(),
+    })
+}
+
+fn record(rt: &Runtime, backend: &Backend, row: &[Option<String>], sent_at: u64) {
+    let h = &backend.health;
+    let text = |i: usize| row.get(i).and_then(|v| v.as_deref());
+    let in_recovery = text(0) == Some("t");
+    h.in_recovery.store(in_recovery, Ordering::Relaxed);
+    if let Some(lsn) = text(1).and_then(parse_lsn) {
+        h.lsn.store(lsn, Ordering::Relaxed);
+        h.lsn_sampled_at.store(sent_at, Ordering::Relaxed);
+        if matches!(backend.role, Role::Replica | Role::TargetReplica) {
+            let primary = rt.primary.health.lsn.load(Ordering::Relaxed);
+            h.lag_bytes.store(primary.saturating_sub(lsn), Ordering::Relaxed);
+        }
+    }
+    let lag_s: f64 = text(2).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    h.lag_ms.store((lag_s.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
+    let was_up = h.up.swap(true, Ordering::Relaxed);
+    h.probed.store(true, Ordering::Relaxed);
+    if backend.is_banned() || !was_up {
+        tracing::info!(backend = %backend.name, "backend is up");
+    }
+    backend.unban();
+}
+
+fn fail(backend: &Backend, ban: Duration, why: &str, conn: &mut Option<ServerConn>) {
+    *conn = None;
+    let h = &backend.health;
+    h.probed.store(true, Ordering::Relaxed);
+    if h.up.swap(false, Ordering::Relaxed) || !backend.is_banned() {
+        tracing::warn!(backend = %backend.name, "backend probe failed, banned: {why}");
+    }
+    backend.ban(ban, why);
+}
+
+impl Backend {
+    /// May serve reads now: probed up, not banned, a replica still in recovery, and within the
+    /// lag limits.
+    pub fn serves_reads(&self, rt: &Runtime) -> bool {
+        let h = &self.health;
+        let r = &rt.config.routing;
+        h.probed.load(Ordering::Relaxed)
+            && h.up.load(Ordering::Relaxed)
+            && !self.is_banned()
+            && h.in_recovery.load(Ordering::Relaxed)
+            && h.lag_ms.load(Ordering::Relaxed) <= r.max_replica_lag.0.as_millis() as u64
+            && (r.max_replica_lag_bytes == 0 || h.lag_bytes.load(Ordering::Relaxed) <= r.max_replica_lag_bytes)
+    }
+
+    /// True once this replica has replayed WAL up to `lsn`.
+    pub fn replayed(&self, lsn: u64) -> bool {
+        self.health.lsn.load(Ordering::Relaxed) >= lsn
+    }
+}

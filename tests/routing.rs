@@ -1,0 +1,200 @@
+//! Read/write split against a real primary with two streaming replicas: round-robin reads,
+//! writes and locking reads on the primary, replica failure and lag, read-your-writes.
+
+mod common;
+
+use common::proxy;
+use std::collections::HashMap;
+use std::time::Duration;
+
+async fn port_of(c: &tokio_postgres::Client, sql: &str) -> u16 {
+    let row = c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    row.get::<_, i32>(0) as u16
+}
+
+async fn shared_proxy() -> pgshift::proxy::Proxy {
+    let bed = common::shared_bed();
+    let p = proxy::start(proxy::config(bed.primary_port, &bed.replica_ports)).await;
+    proxy::wait_healthy(&p).await;
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_spread_round_robin_over_replicas() {
+    let bed = common::shared_bed();
+    let p = shared_proxy().await;
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    let mut seen: HashMap<u16, usize> = HashMap::new();
+    for _ in 0..1000 {
+        *seen.entry(port_of(&c, "select inet_server_port()").await).or_default() += 1;
+    }
+    assert!(!seen.contains_key(&bed.primary_port), "reads reached the primary: {seen:?}");
+    for r in &bed.replica_ports {
+        let n = seen.get(r).copied().unwrap_or(0);
+        assert!((400..=600).contains(&n), "replica {r} got {n} of 1000 reads: {seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_locking_reads_and_transactions_stay_on_the_primary() {
+    let bed = common::shared_bed();
+    let p = shared_proxy().await;
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    c.batch_execute("create table if not exists rt_jobs(id serial primary key, state text)").await.unwrap();
+    let primary = bed.primary_port;
+    let cases = [
+        "insert into rt_jobs(state) values ('new') returning inet_server_port()",
+        "select inet_server_port() from rt_jobs for update skip locked limit 1",
+        "select inet_server_port() from (select 1) x for share",
+        "select inet_server_port(), nextval('rt_jobs_id_seq')",
+        "with w as (insert into rt_jobs(state) values ('x') returning id) select inet_server_port() from w",
+        "/* pgshift:primary */ select inet_server_port()",
+        "select inet_server_port(), pg_advisory_xact_lock(42)",
+    ];
+    for sql in cases {
+        assert_eq!(port_of(&c, sql).await, primary, "{sql}");
+    }
+    // extended protocol: classified at Parse, Bind/Execute follow it
+    let stmt = c.prepare("select inet_server_port() from rt_jobs where id = $1 for update").await.unwrap();
+    for _ in 0..5 {
+        let rows = c.query(&stmt, &[&1i32]).await.unwrap();
+        if let Some(r) = rows.first() {
+            assert_eq!(r.get::<_, i32>(0) as u16, primary);
+        }
+    }
+    // a read-write transaction stays on the primary, reads included
+    c.batch_execute("begin").await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(port_of(&c, "select inet_server_port()").await, primary);
+    }
+    assert_eq!(port_of(&c, "select inet_server_port() from rt_jobs for update limit 1").await, primary);
+    c.batch_execute("commit").await.unwrap();
+    // a read-only transaction runs on one replica throughout (a fresh client: this one's own
+    // writes would send its reads to the primary until the replicas have replayed them)
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    c.batch_execute("begin read only").await.unwrap();
+    let first = port_of(&c, "select inet_server_port()").await;
+    assert!(bed.replica_ports.contains(&first));
+    for _ in 0..5 {
+        assert_eq!(port_of(&c, "select inet_server_port()").await, first);
+    }
+    c.batch_execute("commit").await.unwrap();
+    // the session override
+    c.batch_execute("set pgshift.route = 'primary'").await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(port_of(&c, "select inet_server_port()").await, primary);
+    }
+    c.batch_execute("reset pgshift.route").await.unwrap();
+    assert!(bed.replica_ports.contains(&port_of(&c, "select inet_server_port()").await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_off_sends_everything_to_the_primary() {
+    let bed = common::shared_bed();
+    let mut cfg = proxy::config(bed.primary_port, &bed.replica_ports);
+    cfg.routing.read_write_split = false;
+    let p = proxy::start(cfg).await;
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    for _ in 0..20 {
+        assert_eq!(port_of(&c, "select inet_server_port()").await, bed.primary_port);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_in_recovery_never_gets_a_write() {
+    let bed = common::shared_bed();
+    // misconfigured: a replica named as the primary (a failover pgshift was not told about)
+    let p = proxy::start(proxy::config(bed.replica_ports[0], &[])).await;
+    for _ in 0..100 {
+        if p.shared.runtime.load().primary.health.in_recovery.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    let err = c.batch_execute("create table rt_never(id int)").await.unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "25006");
+    assert!(db.message().contains("in recovery"), "{}", db.message());
+    assert_eq!(port_of(&c, "select inet_server_port()").await, bed.replica_ports[0], "reads still work");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_replica_costs_no_failed_reads_and_comes_back() {
+    let cluster = std::sync::Arc::new(tokio::task::spawn_blocking(|| common::PrivateCluster::start(2)).await.unwrap());
+    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
+    cfg.routing.ban_time = pgshift::config::Dur::secs(2);
+    let p = proxy::start(cfg).await;
+    proxy::wait_healthy(&p).await;
+    let port = proxy::port(&p);
+    let stopped = cluster.replica_ports()[0];
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(common::connect(port, "app", "app", "app").await);
+    }
+    let reader = tokio::spawn(async move {
+        let (mut ok, mut seen_stopped_after) = (0, 0);
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(8) {
+            for c in &clients {
+                let got = port_of(c, "select inet_server_port()").await; // panics on any failed read
+                ok += 1;
+                if got == stopped && started.elapsed() > Duration::from_secs(6) {
+                    seen_stopped_after += 1;
+                }
+            }
+        }
+        (ok, seen_stopped_after)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::spawn_blocking({
+        let c = cluster.clone();
+        move || c.stop_node(1)
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::spawn_blocking({
+        let c = cluster.clone();
+        move || c.start_node(1)
+    })
+    .await
+    .unwrap();
+    let (ok, back) = reader.await.expect("a read failed while a replica was down");
+    assert!(ok > 100, "only {ok} reads");
+    assert!(back > 0, "the restarted replica never served reads again");
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_replica_is_left_out_and_reads_see_own_writes() {
+    let cluster = tokio::task::spawn_blocking(|| common::PrivateCluster::start(2)).await.unwrap();
+    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
+    cfg.routing.max_replica_lag = pgshift::config::Dur::secs(1);
+    let p = proxy::start(cfg).await;
+    proxy::wait_healthy(&p).await;
+    let port = proxy::port(&p);
+    let (paused, live) = (cluster.replica_ports()[0], cluster.replica_ports()[1]);
+    let c = common::connect(port, "app", "app", "app").await;
+    c.batch_execute("create table ryw(id int primary key, v text)").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // the table reaches both replicas
+    let direct = common::connect(paused, "app", "app", "app").await;
+    direct.batch_execute("select pg_wal_replay_pause()").await.unwrap();
+    // read-your-writes: every insert is visible to the very next read through pgshift
+    for i in 0..1000 {
+        c.execute("insert into ryw values ($1, 'x')", &[&i]).await.unwrap();
+        let n: i64 = c.query_one("select count(*) from ryw where id = $1", &[&i]).await.unwrap().get(0);
+        assert_eq!(n, 1, "iteration {i}: read did not see its own write");
+    }
+    // the paused replica now lags past 1s: reads avoid it
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let other = common::connect(port, "app", "app", "app").await; // no writes of its own
+    for _ in 0..50 {
+        assert_eq!(port_of(&other, "select inet_server_port()").await, live, "a lagging replica served a read");
+    }
+    let rt = p.shared.runtime.load();
+    let fallbacks = rt.primary.health.ryw_fallbacks.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("read-your-writes sent {fallbacks} of 1000 reads to the primary");
+    direct.batch_execute("select pg_wal_replay_resume()").await.unwrap();
+    drop(cluster);
+}
