@@ -9,6 +9,7 @@ import faulthandler
 import inspect
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -49,12 +50,14 @@ def primary():
 
 
 def sync_replicas(timeout=10.0):
-    """Waits until every replica has replayed the primary's current WAL position, so that a read
-    routed to a replica sees what was just committed (pgshift has no read-your-writes)."""
+    """Waits until every replica has replayed the primary's current WAL insert position, so that
+    a read routed to a replica sees what any client just committed (read-your-writes covers only
+    the client's own writes). The insert position, not pg_current_wal_lsn(): with
+    synchronous_commit = off (the bed) a commit returns before its WAL is written."""
     if not REPLICA_PORTS:
         return
     with primary() as c:
-        lsn = c.execute("select pg_current_wal_lsn()::text").fetchone()[0]
+        lsn = c.execute("select pg_current_wal_insert_lsn()::text").fetchone()[0]
     deadline = time.monotonic() + timeout
     for port in REPLICA_PORTS:
         with psycopg.connect(f"postgresql://app:app@{HOST}:{port}/app", autocommit=True) as c:
@@ -67,15 +70,47 @@ def sync_replicas(timeout=10.0):
 def check_multiplexing(seen, nclients, what):
     """seen: set of (server_port, backend_pid) a test's clients observed. Each backend has a pool
     of POOL_SIZE connections: more distinct pids than that on one port means pgshift opened extra
-    connections (or replaced broken ones)."""
+    connections (or replaced broken ones); more clients than the pools hold must share."""
     by_port = {}
     for port, pid in seen:
         by_port.setdefault(port, set()).add(pid)
     for port, pids in by_port.items():
         check(len(pids) <= POOL_SIZE, f"{what}: {len(pids)} server connections on port {port}, pool is {POOL_SIZE}")
     total = sum(len(p) for p in by_port.values())
-    check(total < nclients, f"{what}: {nclients} clients used {total} server connections: no multiplexing?")
+    if nclients > POOL_SIZE * (1 + len(REPLICA_PORTS)):
+        check(total < nclients, f"{what}: {nclients} clients used {total} server connections: no multiplexing?")
     return {port: len(pids) for port, pids in sorted(by_port.items())}
+
+
+def check_primary_pool_free(release, what, timeout=5.0):
+    """Checks that every primary server connection can be had: POOL_SIZE clients open
+    transactions at once (transactions go to the primary) within `timeout`. If one cannot, some
+    idle client kept its server connection: release() (closing that client) unblocks it, and the
+    check fails."""
+    conns = [psycopg.connect(PROXY_URL, autocommit=True) for _ in range(POOL_SIZE)]
+    done = []
+
+    def hold(c):
+        c.execute("begin")
+        c.execute("select txid_current()")
+        done.append(c)
+
+    threads = [threading.Thread(target=hold, args=(c,), daemon=True) for c in conns]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    got = len(done)
+    ok = got == POOL_SIZE
+    if not ok:
+        release()
+        for t in threads:
+            t.join(10)
+    for c in conns:
+        c.close()
+    check(ok, f"{what}: only {got} of the primary's {POOL_SIZE} server connections could be had "
+              f"within {timeout:.0f}s: an idle client kept its server connection")
 
 
 def main():

@@ -62,18 +62,24 @@ T0="$(now_ms)"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/pgshift-drivers.XXXXXX")"
 chmod 0755 "$WORK"
 OWN_BED=""
-PROXY_PIDS=()
+PROXY_PID="" # the running pgshift (one at a time)
+
+# Stops the running pgshift (SIGINT: at once), waiting for it to exit.
+stop_proxy() {
+  local pid="$PROXY_PID" i
+  [[ -n "$pid" ]] || return 0
+  PROXY_PID=""
+  kill -INT "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
 
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
-  local rc=$? pid i
+  local rc=$?
   trap - EXIT INT TERM
-  for pid in "${PROXY_PIDS[@]}"; do
-    kill -INT "$pid" 2>/dev/null || continue
-    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  stop_proxy
   if [[ -n "$OWN_BED" ]]; then "$PGBED" destroy "$OWN_BED" >/dev/null || rc=1; fi
   if [[ "${PGSHIFT_DRV_KEEP:-0}" == 1 ]]; then say "work dir kept: $WORK"; else rm -rf "$WORK"; fi
   exit "$rc"
@@ -187,7 +193,7 @@ psql_at() { # PORT SQL: one value, as user app
 wait_replicas() {
   local lsn r i
   ((${#REPLICAS[@]})) || return 0
-  lsn="$(psql_at "$PRIMARY" "select pg_current_wal_lsn()")"
+  lsn="$(psql_at "$PRIMARY" "select pg_current_wal_insert_lsn()")"
   for r in "${REPLICAS[@]}"; do
     for ((i = 0; i < 200; i++)); do
       [[ "$(psql_at "$r" "select pg_last_wal_replay_lsn() >= '$lsn'::pg_lsn")" == t ]] && break
@@ -230,22 +236,21 @@ start_proxy() {
       { cat "$WORK/$name.check" >&2; die "pgshift rejected $conf"; }
     NO_COLOR=1 PGSHIFT_LOG="${PGSHIFT_LOG:-info}" "$BIN" --config "$conf" >"$WORK/$name.log" 2>&1 &
     pid=$!
-    PROXY_PIDS+=("$pid")
+    PROXY_PID="$pid"
     for ((i = 0; i < 100; i++)); do
       kill -0 "$pid" 2>/dev/null || break
       if port_in_use "$PROXY_PORT" && psql_at "$PROXY_PORT" "select 1" >/dev/null 2>&1; then
-        say "pgshift ($name) on 127.0.0.1:$PROXY_PORT: primary $PRIMARY, replicas ${REPLICAS[*]:-none}, pool $pool"
         return 0
       fi
       sleep 0.1
     done
-    kill -INT "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    stop_proxy
     if ! grep -qi 'address already in use\|addrinuse' "$WORK/$name.log"; then break; fi
   done
   tail -n 30 "$WORK/$name.log" >&2
   die "pgshift ($name) did not start"
 }
+
 
 # ---- 5. suites ------------------------------------------------------------------------------
 
@@ -264,7 +269,7 @@ run_suite() {
     verdict=FAIL; FAILED=$((FAILED + 1))
     ((rc == 124 || rc == 137)) && verdict="FAIL (timed out after ${SUITE_TIMEOUT}s)"
   fi
-  say "---- $name: $verdict in $(secs "$d")s"
+  say "---- $name: $verdict in $(secs "$d")s (pgshift on port $PROXY_PORT)"
   sed 's/^/    /' "$WORK/suite-$name.log"
   SUMMARY+=("$(printf '%-8s %-4s %6ss  %s' "$name" "${verdict%% *}" "$(secs "$d")" \
     "$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$WORK/suite-$name.log" | tail -n 1 || true)")")
@@ -281,7 +286,7 @@ suite_pgbench() {
   rc=0
   for args in "-S -T 10" "-T 5"; do
     # shellcheck disable=SC2086 # $args is a list of options
-    out="$(bounded pgbench -n -M prepared -c 64 -j 2 $args -h 127.0.0.1 -p "$PGBENCH_PORT" -U app app 2>&1)" || {
+    out="$(bounded pgbench -n -M prepared -c 64 -j 2 $args -h 127.0.0.1 -p "$PGSHIFT_DRV_PORT" -U app app 2>&1)" || {
       echo "pgbench -M prepared $args: exit $?"
       rc=1
     }
@@ -305,35 +310,33 @@ suite_jdbc() {
   bounded java -cp "$WORK/jdbc:$JDBC_JAR" JdbcTest "$@"
 }
 
-start_proxy drivers "$POOL_SIZE"
-export DATABASE_URL="postgresql://app:app@127.0.0.1:$PROXY_PORT/app"
-export PGSHIFT_DRV_PORT="$PROXY_PORT" PGSHIFT_DRV_PRIMARY_PORT="$PRIMARY"
-export PGSHIFT_DRV_REPLICA_PORTS="${REPLICAS[*]:-}" PGSHIFT_DRV_POOL_SIZE="$POOL_SIZE"
+export PGSHIFT_DRV_PRIMARY_PORT="$PRIMARY" PGSHIFT_DRV_REPLICA_PORTS="${REPLICAS[*]:-}"
+export PGSHIFT_DRV_POOL_SIZE="$POOL_SIZE"
 say "setup done in $(secs $(($(now_ms) - T0)))s; suites: ${SUITES[*]}"
+say "each suite gets its own pgshift: transaction pooling, read/write split over primary $PRIMARY and replicas ${REPLICAS[*]:-none}, default_pool_size $POOL_SIZE (pgbench: $PGBENCH_POOL_SIZE)"
 
+# Each suite gets its own pgshift, so that what one suite leaves on pooled server connections
+# cannot fail another.
 PY="$DRV/.venv/bin/python"
 for s in "${SUITES[@]}"; do
   ONLY=()
   if [[ -n "${TESTS_OF[$s]:-}" ]]; then IFS=, read -r -a ONLY <<<"${TESTS_OF[$s]}"; fi
+  if [[ "$s" == pgbench ]]; then start_proxy "$s" "$PGBENCH_POOL_SIZE"; else start_proxy "$s" "$POOL_SIZE"; fi
+  export PGSHIFT_DRV_PORT="$PROXY_PORT" DATABASE_URL="postgresql://app:app@127.0.0.1:$PROXY_PORT/app"
   case "$s" in
     psycopg) run_suite psycopg bounded "$PY" "$DRV/test_psycopg.py" "${ONLY[@]}" ;;
     asyncpg) run_suite asyncpg bounded "$PY" "$DRV/test_asyncpg.py" "${ONLY[@]}" ;;
     node) run_suite node bounded node "$DRV/test_node.js" "${ONLY[@]}" ;;
     jdbc) run_suite jdbc suite_jdbc "${ONLY[@]}" ;;
-    pgbench)
-      start_proxy pgbench "$PGBENCH_POOL_SIZE"
-      PGBENCH_PORT="$PROXY_PORT"
-      run_suite pgbench suite_pgbench ;;
+    pgbench) run_suite pgbench suite_pgbench ;;
   esac
+  stop_proxy
+  if [[ "${SUMMARY[-1]}" != "$s "*PASS* ]] && grep -q ' WARN \| ERROR ' "$WORK/$s.log"; then
+    say "     pgshift ($s) warnings and errors, last 20:"
+    grep ' WARN \| ERROR ' "$WORK/$s.log" | tail -n 20 | sed 's/^/    /'
+  fi
 done
 
-if ((FAILED)); then
-  for s in drivers pgbench; do
-    [[ -f "$WORK/$s.log" ]] || continue
-    say "---- pgshift ($s) log, last 40 lines:"
-    tail -n 40 "$WORK/$s.log" | sed 's/^/    /'
-  done
-fi
 say "summary (total $(secs $(($(now_ms) - T0)))s):"
 for line in "${SUMMARY[@]}"; do say "  $line"; done
 echo "drivers: $PASSED passed, $FAILED failed"

@@ -15,6 +15,7 @@ import asyncpg
 
 from drvcommon import (
     PROXY_URL,
+    check_primary_pool_free,
     check,
     check_multiplexing,
     eq,
@@ -89,6 +90,21 @@ async def prepared_statements_across_connections():
 
 
 @test
+async def prepare_a_read_then_write():
+    """conn.prepare() of a read sends Parse/Describe/Flush (no Sync), then the next call writes:
+    the write must reach the primary. (The smallest asyncpg shape of copy_records_to_table, which
+    prepares an introspection SELECT and then sends COPY FROM STDIN.)"""
+    c = await connect()
+    try:
+        for i in range(5):
+            st = await c.prepare(f"select count(*) + {i} from drv_apg_items")
+            await c.execute(f"insert into drv_apg_many (id, grp, v) values ({800000 + i}, 88, 'after prepare')")
+            eq(await st.fetchval(), 1000 + i, "prepared read")
+    finally:
+        await c.close()
+
+
+@test
 async def small_statement_cache_closes_statements():
     """statement_cache_size=3 with 10 distinct queries: asyncpg keeps evicting and sending Close
     for its statements (answered by pgshift), then re-preparing them."""
@@ -116,6 +132,7 @@ async def executemany_concurrent():
             await c.executemany("insert into drv_apg_many (id, grp, v) values ($1, $2, $3)", rows)
             # executemany is atomic: a failing row rolls back the whole batch
             bad = [(k * 10000 + nrows + 1, 1, "x"), (k * 10000, 1, "duplicate")]
+            bad += [(k * 10000 + nrows + 2 + i, 1, "after the error") for i in range(200)]
             try:
                 await c.executemany("insert into drv_apg_many (id, grp, v) values ($1, $2, $3)", bad)
                 raise AssertionError("duplicate key not reported")
@@ -126,10 +143,32 @@ async def executemany_concurrent():
             await c.close()
 
     await asyncio.gather(*(worker(k) for k in range(nclients)))
+    # Idle clients whose executemany failed must not keep their server connections. Rows of 4 kB:
+    # the error reaches pgshift while asyncpg is still sending the batch (usually: three clients).
+    failed = [await connect() for _ in range(3)]
+    try:
+        bad = [(1, 1, "dup"), (1, 1, "dup")] + [(700000 + i, 1, "x" * 4000) for i in range(1000)]
+        for c in failed:
+            try:
+                await c.executemany("insert into drv_apg_many (id, grp, v) values ($1, $2, $3)", bad)
+                raise AssertionError("duplicate key not reported")
+            except asyncpg.UniqueViolationError:
+                pass
+            eq(await c.fetchval("select 2"), 2, "after the failed executemany")
+        loop = asyncio.get_running_loop()
+
+        def release():
+            for c in failed:
+                asyncio.run_coroutine_threadsafe(c.close(), loop).result(10)
+
+        await asyncio.to_thread(check_primary_pool_free, release, "after failed executemany calls")
+    finally:
+        for c in failed:
+            await c.close()
     await asyncio.to_thread(sync_replicas)
     c = await connect()
     try:
-        row = await c.fetchrow("select count(*), sum(id) from drv_apg_many")
+        row = await c.fetchrow("select count(*), sum(id) from drv_apg_many where grp < 7")
     finally:
         await c.close()
     want = sum(k * 10000 + i for k in range(nclients) for i in range(nrows))

@@ -34,11 +34,11 @@ async function connect(config = proxyConfig) {
 }
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-// Waits until every replica replayed the primary's WAL position (pgshift has no read-your-writes).
+// Waits until every replica replayed the primary's WAL insert position (any client's commits).
 async function syncReplicas() {
   if (!REPLICA_PORTS.length) return;
   const p = await connect({ ...base, port: PRIMARY_PORT });
-  const lsn = (await p.query('select pg_current_wal_lsn()::text as l')).rows[0].l;
+  const lsn = (await p.query('select pg_current_wal_insert_lsn()::text as l')).rows[0].l;
   await p.end();
   for (const port of REPLICA_PORTS) {
     const r = await connect({ ...base, port });
@@ -67,7 +67,9 @@ function checkMultiplexing(seen, nclients, what) {
     check(pids.size <= POOL_SIZE, `${what}: ${pids.size} server connections on port ${port}, pool is ${POOL_SIZE}`);
     total += pids.size;
   }
-  check(total < nclients, `${what}: ${nclients} clients used ${total} server connections: no multiplexing?`);
+  if (nclients > POOL_SIZE * (1 + REPLICA_PORTS.length)) {
+    check(total < nclients, `${what}: ${nclients} clients used ${total} server connections: no multiplexing?`);
+  }
   return Object.fromEntries(Object.entries(byPort).map(([p, s]) => [p, s.size]));
 }
 

@@ -16,6 +16,7 @@ from psycopg import errors
 
 from drvcommon import (
     POOL_SIZE,
+    check_primary_pool_free,
     PROXY_URL,
     REPLICA_PORTS,
     check,
@@ -65,6 +66,10 @@ def schema_through_proxy():
         c.execute("create table drv_psy_copy (id int primary key, t text, n numeric, b bytea)")
         c.execute("create table drv_psy_tx (id int primary key, v text)")
         c.execute("create schema drv_leak")
+        c.execute(
+            "do $$ begin if not exists (select from pg_roles where rolname = 'drv_low') "
+            "then create role drv_low nologin; end if; end $$"
+        )
     sync_replicas()
 
 
@@ -198,6 +203,29 @@ def pipeline_mode():
 
 
 @test
+def pipeline_error_gives_the_server_back():
+    """A pipeline whose statement fails, with more statements sent after the error reached
+    pgshift, then the Sync: the batch fails as a whole, the client goes on, and its server
+    connection returns to the pool (the client is idle)."""
+    a = connect()
+    cur = a.cursor()
+    try:
+        with a.pipeline():
+            cur.execute("insert into drv_psy_tx values (%s, 'pipe')", (7,))
+            cur.execute("insert into drv_psy_tx values (%s, 'pipe')", (7,))
+            time.sleep(0.3)  # the ErrorResponse arrives before the next statement is sent
+            cur.execute("insert into drv_psy_tx values (%s, 'pipe')", (8,))
+        raise AssertionError("duplicate key in a pipeline did not raise")
+    except errors.UniqueViolation:
+        pass
+    eq(a.execute("select 11").fetchone()[0], 11, "after the failed pipeline")
+    with primary() as p:
+        eq(p.execute("select count(*) from drv_psy_tx where id in (7, 8)").fetchone()[0], 0, "rows of the failed batch")
+    check_primary_pool_free(a.close, "after a failed pipeline")
+    a.close()
+
+
+@test
 def copy_in_and_out():
     """COPY FROM STDIN (rows, text and binary) and COPY TO STDOUT, from 4 clients at once, inside
     and outside transactions."""
@@ -277,6 +305,40 @@ def cancel_running_query():
                 eq(c.execute("select %s::int * 2", (i,), prepare=True).fetchone()[0], i * 2, f"after {how}")
     with primary() as p:
         eq(p.execute("select count(*) from drv_psy_tx where id = 1").fetchone()[0], 0, "cancelled insert")
+
+
+@test
+def cancel_while_waiting_for_a_server():
+    """Every primary connection is held by an open transaction; a client's write waits for one and
+    cancels: it gets 57014 at once, nothing runs later, and the client works afterwards."""
+    holders = [connect() for _ in range(POOL_SIZE)]
+    try:
+        for h in holders:
+            h.execute("begin")
+            h.execute("select txid_current()")
+        w = connect()
+        timer = threading.Timer(0.7, w.cancel)
+        t0 = time.monotonic()
+        timer.start()
+        try:
+            w.execute("insert into drv_psy_tx values (5, 'waited')")
+            raise AssertionError("the waiting insert was not cancelled")
+        except errors.QueryCanceled:
+            pass
+        finally:
+            timer.join()
+        took = time.monotonic() - t0
+        check(took < 5, f"cancel of a waiting client took {took:.1f}s")
+    finally:
+        for h in holders:
+            h.execute("commit")
+            h.close()
+    eq(w.execute("select 3").fetchone()[0], 3, "after the cancelled wait")
+    time.sleep(0.2)
+    with primary() as p:
+        eq(p.execute("select count(*) from drv_psy_tx where id = 5").fetchone()[0], 0, "the cancelled insert ran")
+    w.close()
+    return f"cancelled after {took:.1f}s"
 
 
 @test
@@ -514,7 +576,6 @@ def session_features_pin_and_do_not_leak():
                     got.extend(r[0] for r in part)
                     eq(c.execute("select pg_backend_pid()").fetchone()[0], pid, "with hold cursor")
                 eq(got, list(range(1, 401)), "with hold cursor rows")
-                cur.close()
             elif kind == "advisory":
                 c.execute("select pg_advisory_lock(4242)")
                 pid = c.execute("select pg_backend_pid()").fetchone()[0]
@@ -525,6 +586,19 @@ def session_features_pin_and_do_not_leak():
                     ).fetchone()
                     eq(row, (1, pid), "advisory lock held by own session")
                 # leave the lock held: disconnecting must release it
+            elif kind == "listen":
+                c.execute("listen drv_pin_chan")
+                pid = c.execute("select pg_backend_pid()").fetchone()[0]
+                for i in range(20):
+                    eq(c.execute("select pg_listening_channels(), pg_backend_pid()").fetchone(),
+                       ("drv_pin_chan", pid), "listening")
+                # no UNLISTEN: disconnecting must stop it
+            elif kind == "role":
+                c.execute("set role drv_low")
+                pid = c.execute("select pg_backend_pid()").fetchone()[0]
+                for i in range(20):
+                    eq(c.execute("select current_user::text, pg_backend_pid()").fetchone(), ("drv_low", pid), "set role")
+                # no RESET ROLE: disconnecting must not hand drv_low to the next client
         return pid
 
     with ThreadPoolExecutor(max_workers=6) as ex:
@@ -532,7 +606,7 @@ def session_features_pin_and_do_not_leak():
         try:
             # at most two pinned at a time: the primary's pool is POOL_SIZE connections
             pids = {}
-            for pair in (("temp", "prepare"), ("hold", "advisory")):
+            for pair in (("temp", "prepare"), ("hold", "advisory"), ("listen", "role")):
                 futs = {kind: ex.submit(pinned_client, kind) for kind in pair}
                 for kind, f in futs.items():
                     pids[kind] = f.result()
@@ -546,6 +620,7 @@ def session_features_pin_and_do_not_leak():
         "(select count(*) from pg_prepared_statements where name = 'drv_sqlprep'), "
         "(select count(*) from pg_cursors where name = 'drv_hold'), "
         "(select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()), "
+        "(select count(*) from pg_listening_channels()), current_user::text, "
         "pg_backend_pid()"
     )
     problems = set()
@@ -556,10 +631,11 @@ def session_features_pin_and_do_not_leak():
         for c in conns:
             c.execute("begin")
             row = c.execute(leftovers).fetchone()
-            seen.add(row[4])
-            if row[:4] != (True, 0, 0, 0):
-                problems.add(f"server pid {row[4]}: temp table drv_tmp visible={not row[0]}, "
-                             f"SQL-prepared drv_sqlprep={row[1]}, cursor drv_hold={row[2]}, advisory locks={row[3]}")
+            seen.add(row[6])
+            if row[:6] != (True, 0, 0, 0, 0, "app"):
+                problems.add(f"server pid {row[6]}: temp table drv_tmp visible={not row[0]}, "
+                             f"SQL-prepared drv_sqlprep={row[1]}, cursor drv_hold={row[2]}, advisory locks={row[3]}, "
+                             f"listening channels={row[4]}, current_user={row[5]}")
     finally:
         for c in conns:
             c.close()
