@@ -333,7 +333,7 @@ for s in "${SUITES[@]}"; do
   stop_proxy
   if [[ "${SUMMARY[-1]}" != "$s "*PASS* ]] && grep -q ' WARN \| ERROR ' "$WORK/$s.log"; then
     say "     pgshift ($s) warnings and errors, last 20:"
-    grep ' WARN \| ERROR ' "$WORK/$s.log" | tail -n 20 | sed 's/^/    /'
+    grep ' WARN \| ERROR ' "$WORK/$s.log" | tail -n 20 | cut -c1-240 | sed 's/^/    /'
   fi
 done
 

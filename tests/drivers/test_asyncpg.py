@@ -14,6 +14,7 @@ import time
 import asyncpg
 
 from drvcommon import (
+    POOL_SIZE,
     PROXY_URL,
     check_primary_pool_free,
     check,
@@ -102,6 +103,27 @@ async def prepare_a_read_then_write():
             eq(await st.fetchval(), 1000 + i, "prepared read")
     finally:
         await c.close()
+
+
+@test
+async def prepare_then_idle_gives_the_server_back():
+    """conn.prepare() sends Parse/Describe/Flush and no Sync; a client that prepared statements
+    (say in a pool's init callback) and then sits idle must not keep a server connection."""
+    idle = [await connect() for _ in range(POOL_SIZE)]
+    try:
+        for k, c in enumerate(idle):
+            st = await c.prepare(f"insert into drv_apg_many (id, grp, v) values ($1 + {k}, 66, 'prepared')")
+            eq(len(st.get_parameters()), 1, "prepared statement parameters")
+        loop = asyncio.get_running_loop()
+
+        def release():
+            for c in idle:
+                asyncio.run_coroutine_threadsafe(c.close(), loop).result(10)
+
+        await asyncio.to_thread(check_primary_pool_free, release, f"{POOL_SIZE} idle clients that prepared a statement")
+    finally:
+        for c in idle:
+            await c.close()
 
 
 @test
@@ -363,6 +385,28 @@ async def advisory_lock_pins_the_connection():
         await holder.close()
         await other.close()
     return f"{n} churn queries meanwhile"
+
+
+@test
+async def listen_with_add_listener():
+    """conn.add_listener (LISTEN) pins the connection; NOTIFY from other connections arrives."""
+    listener = await connect()
+    got = asyncio.Queue()
+    await listener.add_listener("drv_apg_chan", lambda *args: got.put_nowait(args[3]))
+    try:
+        pid = await listener.fetchval("select pg_backend_pid()")
+        other = await connect()
+        try:
+            for i in range(3):
+                await other.execute(f"notify drv_apg_chan, 'a{i}'")
+            await other.fetchval("select pg_notify($1, $2)", "drv_apg_chan", "a3")
+        finally:
+            await other.close()
+        payloads = [await asyncio.wait_for(got.get(), 5) for _ in range(4)]
+        eq(payloads, ["a0", "a1", "a2", "a3"], "notifications")
+        eq(await listener.fetchval("select pg_backend_pid()"), pid, "listener stays on its server")
+    finally:
+        await listener.close()
 
 
 if __name__ == "__main__":
