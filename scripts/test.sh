@@ -82,6 +82,12 @@ cd "$ROOT"
 # 1. Tools a fresh machine may lack.
 "$PGBED" install
 command -v cargo >/dev/null || { say "error: cargo is not installed"; exit 1; }
+# The admin tests parse /metrics with the Prometheus project's Python parser; they skip (saying
+# so) if it cannot be installed.
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+  python3 -m pip install --quiet prometheus_client >/dev/null 2>&1 ||
+    say "warning: cannot install Python prometheus_client: the /metrics parser test will skip"
+fi
 if ((USE_NEXTEST)) && ! cargo nextest --version >/dev/null 2>&1; then
   say "cargo-nextest not found: falling back to cargo test"
   USE_NEXTEST=0

@@ -26,9 +26,14 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod config;
+pub mod convert;
 pub mod error;
+pub mod healthcheck;
+pub mod migration;
+pub mod notify;
 pub mod pool;
 pub mod proxy;
 pub mod router;

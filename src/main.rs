@@ -5,23 +5,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use pgshift::cli;
 use pgshift::config::Config;
 use pgshift::proxy::Proxy;
 
-/// pgshift: a PostgreSQL connection proxy.
-///
-/// Put it in front of PostgreSQL by changing DATABASE_URL. It terminates TLS, pools server
-/// connections in transaction mode, sends reads to streaming replicas and writes to the primary,
-/// and serves pool stats, health and controls on an HTTP admin port.
-///
-/// SIGNALS: SIGHUP reloads the configuration without dropping clients. SIGTERM stops accepting,
-/// lets running transactions finish (bounded by shutdown_timeout) and exits 0. SIGINT exits at once.
-///
-/// ENVIRONMENT: every setting can be overridden as PGSHIFT_<SECTION>_<KEY> (for example
-/// PGSHIFT_PROXY_DEFAULT_POOL_SIZE=40); PGSHIFT_PRIMARY_URL=postgres://host:port stands in for the
-/// [primary] table. Log verbosity: PGSHIFT_LOG (or RUST_LOG), e.g. PGSHIFT_LOG=debug.
+/// The command line. Its help text is a manual page: see `pgshift::cli` for the sections.
 #[derive(Parser, Debug)]
-#[command(name = "pgshift", version, about, long_about, verbatim_doc_comment)]
+#[command(
+    name = "pgshift",
+    version,
+    about = cli::ABOUT,
+    long_about = cli::LONG_ABOUT,
+    before_help = cli::BEFORE_HELP,
+    after_help = cli::AFTER_HELP,
+    after_long_help = cli::AFTER_LONG_HELP,
+    help_template = cli::HELP_TEMPLATE,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     /// Configuration file (TOML).
     #[arg(long, short = 'c', default_value = "proxy.toml", value_name = "PATH")]
@@ -32,10 +32,16 @@ struct Cli {
     /// With --check-config: also print the effective configuration as TOML, secrets redacted.
     #[arg(long, requires = "check_config")]
     print: bool,
+    /// Instead of running the proxy: a health check, or a PgBouncer config conversion.
+    #[command(subcommand)]
+    command: Option<cli::Command>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        return cli::run(command);
+    }
     init_logging();
     let config = match Config::load(&cli.config) {
         Ok(c) => c,

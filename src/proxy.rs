@@ -141,9 +141,11 @@ pub fn reload_with(shared: &Arc<Shared>, config: Config) -> Result<(), Vec<Strin
     for pool in shared.pools.all() {
         let spec = pool.spec.load();
         if let Some(user) = rt.users.get(&spec.user.name) {
-            pool.settings.store(Arc::new(rt.pool_settings(user.pool_size)));
+            let role = rt.role_of(&spec.address).unwrap_or(crate::pool::Role::Replica);
+            pool.settings.store(Arc::new(rt.pool_settings(user.pool_size, role)));
             let new_spec = crate::server::LoginSpec {
                 address: spec.address.clone(),
+                backend_name: spec.backend_name.clone(),
                 user,
                 database: spec.database.clone(),
                 connect_timeout: rt.config.proxy.server_connect_timeout.0,

@@ -1,6 +1,6 @@
 //! One connection to PostgreSQL: connect, optional TLS, login, and the state the pool tracks on it.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +54,8 @@ pub enum ServerError {
 pub struct LoginSpec {
     /// `host:port` of the backend.
     pub address: String,
+    /// The backend's name ("primary", "replica0"): logs name backends, never hosts.
+    pub backend_name: String,
     /// Role to log in as.
     pub user: Arc<UserEntry>,
     /// Database name as the client gave it.
@@ -262,7 +264,56 @@ impl ServerConn {
     pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, ServerError> {
         let mut q = BytesMut::new();
         messages::put_query(&mut q, sql);
+        self.first_row(q).await
+    }
+
+    /// Runs `sql` with text parameters over the extended protocol (so values are never spliced
+    /// into SQL) and returns its first row, if any.
+    pub async fn query_row_params(&mut self, sql: &str, params: &[&str]) -> Result<Vec<Option<String>>, ServerError> {
+        let mut q = BytesMut::new();
+        messages::put_frame(&mut q, tag::PARSE, |b| {
+            messages::put_cstr(b, b"");
+            messages::put_cstr(b, sql.as_bytes());
+            b.put_i16(0);
+        });
+        messages::put_frame(&mut q, tag::BIND, |b| {
+            messages::put_cstr(b, b"");
+            messages::put_cstr(b, b"");
+            b.put_i16(0);
+            b.put_i16(params.len() as i16);
+            for p in params {
+                b.put_i32(p.len() as i32);
+                b.put_slice(p.as_bytes());
+            }
+            b.put_i16(0);
+        });
+        messages::put_frame(&mut q, tag::EXECUTE, |b| {
+            messages::put_cstr(b, b"");
+            b.put_i32(0);
+        });
+        messages::put_empty(&mut q, tag::SYNC);
+        self.first_row(q).await
+    }
+
+    /// Runs a simple query on the proxy's own behalf and returns every row as text.
+    pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let mut q = BytesMut::new();
+        messages::put_query(&mut q, sql);
         self.stream.write_all(&q).await?;
+        let (mut rows, mut error) = (Vec::new(), None);
+        loop {
+            let f = self.read_frame().await?;
+            match f[0] {
+                tag::DATA_ROW => rows.push(parse_data_row(frame::body(&f))?),
+                tag::ERROR_RESPONSE => error = Some(refused(&f)),
+                tag::READY_FOR_QUERY => return error.map_or(Ok(rows), Err),
+                _ => {}
+            }
+        }
+    }
+
+    async fn first_row(&mut self, request: BytesMut) -> Result<Vec<Option<String>>, ServerError> {
+        self.stream.write_all(&request).await?;
         let mut row = None;
         let mut error = None;
         loop {

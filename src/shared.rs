@@ -7,6 +7,7 @@
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use crate::auth::Users;
@@ -52,7 +53,9 @@ impl Runtime {
             users.inherit_learned(&p.users);
         }
         let reuse = |role: Role, address: String, name: String| -> Arc<Backend> {
-            let old = previous.into_iter().flat_map(|p| std::iter::once(&p.primary).chain(p.replicas.iter()));
+            let old = previous
+                .into_iter()
+                .flat_map(|p| std::iter::once(&p.primary).chain(p.replicas.iter()).chain(p.targets.iter()));
             old.clone()
                 .find(|b| b.address == address && b.role == role)
                 .cloned()
@@ -65,7 +68,19 @@ impl Runtime {
             .enumerate()
             .map(|(i, r)| reuse(Role::Replica, r.address(), format!("replica{i}")))
             .collect();
-        let client_tls = match crate::tls::ClientTls::from_config(&config.tls) {
+        let cert_auth = config.auth.kind == crate::config::AuthType::Cert;
+        let targets = match &config.migration {
+            Some(m) => std::iter::once(reuse(Role::TargetPrimary, m.target.address(), "target".into()))
+                .chain(
+                    m.target_replicas
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| reuse(Role::TargetReplica, r.address(), format!("target_replica{i}"))),
+                )
+                .collect(),
+            None => Vec::new(),
+        };
+        let client_tls = match crate::tls::ClientTls::from_config(&config.tls, cert_auth) {
             Ok(t) => t.map(Arc::new),
             Err(e) => {
                 problems.push(e);
@@ -92,7 +107,7 @@ impl Runtime {
             users,
             primary,
             replicas,
-            targets: Vec::new(),
+            targets,
             rr: RoundRobin::default(),
             client_tls,
             server_tls,
@@ -101,14 +116,24 @@ impl Runtime {
         })
     }
 
+    /// The role of the backend at `address`, if it is in this runtime.
+    pub fn role_of(&self, address: &str) -> Option<Role> {
+        std::iter::once(&self.primary)
+            .chain(self.replicas.iter())
+            .chain(self.targets.iter())
+            .find(|b| b.address == address)
+            .map(|b| b.role)
+    }
+
     /// The migration target's backends (empty without a migration).
     pub fn target_backends(&self) -> std::slice::Iter<'_, Arc<Backend>> {
         self.targets.iter()
     }
 
-    /// Pool limits for a user.
-    pub fn pool_settings(&self, pool_size: Option<usize>) -> PoolSettings {
+    /// Pool limits for a user's pool toward a backend of `role`.
+    pub fn pool_settings(&self, pool_size: Option<usize>, role: Role) -> PoolSettings {
         let p = &self.config.proxy;
+        let primary = matches!(role, Role::Primary | Role::TargetPrimary);
         PoolSettings {
             size: pool_size.unwrap_or(p.default_pool_size),
             min: p.min_pool_size,
@@ -119,6 +144,7 @@ impl Runtime {
             lifetime: p.server_lifetime.enabled(),
             check_delay: p.server_check_delay.enabled(),
             max_prepared: p.max_prepared_statements,
+            connect_retry: if primary { p.server_connect_retry.0 } else { Duration::ZERO },
         }
     }
 
@@ -154,12 +180,22 @@ pub struct Shared {
     pub conn_count: crate::client::listener::ConnCount,
     /// Turns true when the proxy stops: listeners and background tasks end.
     pub stop: watch::Sender<bool>,
+    /// Users looked up with auth_query.
+    pub auth_cache: crate::auth::query::AuthCache,
+    /// LISTEN fan-out.
+    pub notify: Arc<crate::notify::NotifyHub>,
+    /// The migration-phase switch.
+    pub migration: crate::migration::Migration,
+    /// Admin port and console state (config path for RELOAD, last readiness probe).
+    pub admin: crate::admin::AdminShared,
 }
 
 impl Shared {
     /// Wraps a runtime.
     pub fn new(runtime: Runtime) -> Arc<Shared> {
+        let state_file = runtime.config.migration.as_ref().map(|m| std::path::PathBuf::from(&m.state_file));
         Arc::new(Shared {
+            migration: crate::migration::Migration::new(state_file),
             runtime: ArcSwap::from_pointee(runtime),
             pools: Pools::default(),
             stats: Stats::default(),
@@ -172,6 +208,9 @@ impl Shared {
             reconnect_epoch: AtomicU64::new(0),
             conn_count: Default::default(),
             stop: watch::channel(false).0,
+            auth_cache: Default::default(),
+            notify: Default::default(),
+            admin: Default::default(),
         })
     }
 

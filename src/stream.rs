@@ -36,7 +36,12 @@ impl Stream {
 
     /// Non-blocking check that an idle connection is still open and silent: an idle PostgreSQL
     /// connection sends nothing, so readable data (a FATAL on shutdown) or EOF means it is gone.
+    /// Asks the reactor's cached readiness first, so the usual case costs no system call.
     pub fn idle_and_open(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if self.tcp().poll_read_ready(&mut cx).is_pending() {
+            return true;
+        }
         let mut probe = [0u8; 1];
         match self.tcp().try_read(&mut probe) {
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,

@@ -45,18 +45,30 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
-    /// Loads certificate and key; `None` when client TLS is disabled.
-    pub fn from_config(c: &TlsConfig) -> Result<Option<ClientTls>, String> {
+    /// Loads certificate and key (and the client CA for mutual TLS); `None` when client TLS is
+    /// disabled. `require_client_cert` makes a client certificate mandatory (auth type cert).
+    pub fn from_config(c: &TlsConfig, require_client_cert: bool) -> Result<Option<ClientTls>, String> {
         if c.mode == TlsMode::Disable {
             return Ok(None);
         }
         let certs = load_certs(&c.cert)?;
         let key = load_key(&c.key)?;
         let cert_hash = crate::auth::scram::sha256(&certs[0]).to_vec();
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("[tls] {e}"))?
-            .with_no_client_auth()
+            .map_err(|e| format!("[tls] {e}"))?;
+        let builder = if c.client_ca.is_empty() {
+            builder.with_no_client_auth()
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in load_certs(&c.client_ca)? {
+                roots.add(cert).map_err(|e| format!("[tls] bad CA certificate in client_ca: {e}"))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            let verifier = if require_client_cert { verifier } else { verifier.allow_unauthenticated() };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| format!("[tls] client_ca: {e}"))?)
+        };
+        let mut cfg = builder
             .with_single_cert(certs, key)
             .map_err(|e| format!("[tls] certificate and key do not fit together: {e}"))?;
         // PostgreSQL 17's direct TLS requires ALPN "postgresql"; harmless for SSLRequest clients.

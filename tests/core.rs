@@ -310,3 +310,97 @@ async fn pgbench_simple_and_extended_without_failures() {
         assert!(text.contains("number of failed transactions: 0"), "pgbench -M {mode}:\n{text}");
     }
 }
+
+/// Session mode: a client keeps its server for its lifetime; DISCARD ALL runs before the next
+/// client gets it, so nothing of the first client's session is visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_resets_the_server_between_clients() {
+    let bed = common::shared_bed();
+    let mut cfg = proxy::config(bed.primary_port, &[]);
+    cfg.proxy.pool_mode = pgshift::config::PoolMode::Session;
+    cfg.proxy.default_pool_size = 1;
+    let p = proxy::start(cfg).await;
+    let port = proxy::port(&p);
+    let a = common::connect(port, "app", "app", "app").await;
+    a.batch_execute("set application_name = 'first'; create temp table sess_tmp(x int); prepare sp as select 1")
+        .await
+        .unwrap();
+    let pid: i32 = a.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+    for _ in 0..3 {
+        assert_eq!(a.query_one("select pg_backend_pid()", &[]).await.unwrap().get::<_, i32>(0), pid);
+    }
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = common::connect(port, "app", "app", "app").await;
+    let row = b
+        .query_one("select pg_backend_pid(), current_setting('application_name'), to_regclass('pg_temp.sess_tmp') is null, (select count(*) from pg_prepared_statements where name = 'sp')", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), pid, "the same server connection was reused");
+    assert_ne!(row.get::<_, &str>(1), "first");
+    assert!(row.get::<_, bool>(2), "the temp table survived");
+    assert_eq!(row.get::<_, i64>(3), 0, "a prepared statement survived");
+}
+
+/// min_pool_size keeps connections warm; server_lifetime and server_idle_timeout close them;
+/// the reserve pool serves a client that waited reserve_pool_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_sizing_and_lifetimes() {
+    use pgshift::config::Dur;
+    let bed = common::shared_bed();
+    common::superuser_exec(bed.primary_port, "drop database if exists core_sizing");
+    common::superuser_exec(bed.primary_port, "create database core_sizing owner app");
+    let count = move || -> i64 {
+        common::superuser_exec(
+            bed.primary_port,
+            "select count(*) from pg_stat_activity where datname = 'core_sizing' and backend_type = 'client backend'",
+        )
+        .parse()
+        .unwrap()
+    };
+    let mut cfg = proxy::config(bed.primary_port, &[]);
+    cfg.proxy.default_pool_size = 2;
+    cfg.proxy.min_pool_size = 2;
+    cfg.proxy.reserve_pool_size = 1;
+    cfg.proxy.reserve_pool_timeout = Dur::millis(300);
+    cfg.proxy.server_lifetime = Dur::secs(2);
+    let p = proxy::start(cfg).await;
+    let port = proxy::port(&p);
+    let a = common::connect(port, "app", "app", "core_sizing").await;
+    a.batch_execute("select 1").await.unwrap();
+    let mut warmed = 0;
+    for _ in 0..40 {
+        warmed = tokio::task::spawn_blocking(count).await.unwrap();
+        if warmed >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(warmed >= 2, "min_pool_size did not warm the pool: {warmed}");
+    // the reserve: two clients hold both connections; a third is served after reserve_pool_timeout
+    let b = common::connect(port, "app", "app", "core_sizing").await;
+    let c = common::connect(port, "app", "app", "core_sizing").await;
+    a.batch_execute("begin; select 1").await.unwrap();
+    b.batch_execute("begin; select 1").await.unwrap();
+    let t = std::time::Instant::now();
+    c.batch_execute("select 1").await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(250), "served before reserve_pool_timeout");
+    a.batch_execute("commit").await.unwrap();
+    b.batch_execute("commit").await.unwrap();
+    // server_lifetime: a connection older than 2s is closed at check-in and replaced
+    let before: i32 = c.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..6 {
+        pids.insert(c.query_one("select pg_backend_pid()", &[]).await.unwrap().get::<_, i32>(0));
+    }
+    assert!(!pids.contains(&before), "a connection past server_lifetime was reused");
+    drop((a, b, c));
+    drop(p);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::superuser_exec(
+        bed.primary_port,
+        "select pg_terminate_backend(pid) from pg_stat_activity where datname = 'core_sizing'",
+    );
+    common::superuser_exec(bed.primary_port, "drop database if exists core_sizing");
+}

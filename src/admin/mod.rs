@@ -1,22 +1,54 @@
-//! The sidecar admin port (HTTP): health, readiness, stats, metrics and operator controls.
+//! The sidecar admin port (HTTP) and the PgBouncer-style console: health, readiness, stats,
+//! metrics and operator controls.
+//!
+//! Both faces read the same numbers ([`view`]) and call the same controls ([`control`]), so a
+//! PAUSE from psql and a `POST /pause` behave alike. Nothing here is on the data path: every
+//! number is read from counters the sessions already keep.
 
-use axum::routing::get;
-use axum::{Json, Router};
+pub mod console;
+mod console_clients;
+mod console_show;
+pub mod control;
+mod http;
+pub mod metrics;
+pub mod ready;
+pub mod view;
+
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::proxy::StartError;
 use crate::shared::Shared;
 
-/// State handed to every handler.
+/// Admin state that lives in [`Shared`], so the console (reached through the client listener,
+/// which only has `Shared`) sees what the HTTP port sees.
+#[derive(Debug)]
+pub struct AdminShared {
+    /// The config file the proxy was started from, for RELOAD (set once by [`start`]).
+    pub config_path: OnceLock<PathBuf>,
+    /// Outcome of the last readiness probe, exported as `pgshift_ready`.
+    pub last_ready: ready::LastProbe,
+    /// Process start, for the console's per-second averages.
+    pub started: Instant,
+}
+
+impl Default for AdminShared {
+    fn default() -> Self {
+        AdminShared { config_path: OnceLock::new(), last_ready: ready::LastProbe::default(), started: Instant::now() }
+    }
+}
+
+/// State handed to every HTTP handler.
 #[derive(Clone)]
 pub struct AdminState {
     /// The proxy's shared state.
     pub shared: Arc<Shared>,
-    /// Where to reload the config from.
-    pub config_path: Option<PathBuf>,
+    /// True when the admin listener is reachable only from this host (loopback or a unix socket):
+    /// then an empty token lets mutating requests through.
+    pub local_only: bool,
 }
 
 /// Binds the admin listener (TCP or `unix:/path`) and serves until `stop`; `None` if disabled.
@@ -25,42 +57,31 @@ pub async fn start(
     config_path: Option<PathBuf>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Option<(String, JoinHandle<()>)>, StartError> {
+    if let Some(p) = config_path {
+        let _ = shared.admin.config_path.set(p);
+    }
     let listen = shared.runtime.load().config.admin.listen.clone();
     if listen.is_empty() {
         return Ok(None);
     }
-    let app = router(AdminState { shared, config_path });
     let bind_err = |source| StartError::Bind { addr: listen.clone(), source };
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
     if let Some(path) = listen.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);
         let l = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
+        let app = http::router(AdminState { shared, local_only: true });
         let task = tokio::spawn(async move {
-            let _ = axum::serve(l, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
+            let _ = axum::serve(l, app).with_graceful_shutdown(shutdown).await;
         });
         return Ok(Some((listen.clone(), task)));
     }
     let l = tokio::net::TcpListener::bind(&listen).await.map_err(bind_err)?;
-    let addr = l.local_addr().map_err(bind_err)?.to_string();
+    let local = l.local_addr().map_err(bind_err)?;
+    let app = http::router(AdminState { shared, local_only: local.ip().is_loopback() });
     let task = tokio::spawn(async move {
-        let _ = axum::serve(l, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
+        let _ = axum::serve(l, app).with_graceful_shutdown(shutdown).await;
     });
-    Ok(Some((addr, task)))
-}
-
-fn router(state: AdminState) -> Router {
-    Router::new().route("/health", get(|| async { "ok\n" })).route("/clients", get(clients)).with_state(state)
-}
-
-async fn clients(
-    axum::extract::State(s): axum::extract::State<AdminState>,
-) -> Json<Vec<crate::client::registry::ClientInfo>> {
-    Json(s.shared.sessions.infos())
+    Ok(Some((local.to_string(), task)))
 }

@@ -1,6 +1,9 @@
 //! Who may connect and with what secret: the user registry, client-facing checks, backend credentials.
 
+pub mod cert;
+pub mod query;
 pub mod scram;
+pub mod userlist;
 
 use md5::{Digest, Md5};
 use std::collections::HashMap;
@@ -126,6 +129,13 @@ impl Users {
     /// Builds the registry; passwords from `password_file` are read here.
     pub fn from_config(c: &AuthConfig) -> Result<Users, String> {
         let mut map = HashMap::new();
+        if !c.auth_file.is_empty() {
+            let text = std::fs::read_to_string(&c.auth_file)
+                .map_err(|e| format!("cannot read auth_file {}: {e}", c.auth_file))?;
+            for (name, secret) in userlist::parse(&text)? {
+                map.insert(name.clone(), Arc::new(UserEntry::new(&name, Some(&secret), None)));
+            }
+        }
         for u in &c.users {
             let secret = match (&u.password, &u.password_file) {
                 (Some(p), _) => Some(p.clone()),

@@ -39,8 +39,8 @@ pub enum Expect {
     Parse { stmt: Option<Arc<StmtDef>> },
     /// Our re-Parse of a client's statement on this server: its ParseComplete is dropped.
     SilentParse { stmt: Arc<StmtDef> },
-    /// Bind -> BindComplete.
-    Bind,
+    /// Bind -> BindComplete; `stmt` is the proxy-wide statement bound (for 0A000 recovery).
+    Bind { stmt: Option<Arc<StmtDef>> },
     /// Describe -> [ParameterDescription] RowDescription | NoData.
     Describe,
     /// Execute -> ... CommandComplete | EmptyQueryResponse | PortalSuspended.
@@ -51,6 +51,8 @@ pub enum Expect {
     SilentClose,
     /// Sync -> ReadyForQuery.
     Sync,
+    /// A Sync whose batch the proxy is re-running: its ReadyForQuery is dropped.
+    SilentSync,
     /// Simple Query or FunctionCall -> ... ReadyForQuery.
     Query,
     /// A query we sent (settings replay): every reply dropped through its ReadyForQuery.
@@ -62,7 +64,7 @@ pub enum Expect {
 impl Expect {
     /// Entries that belong to the extended protocol, skipped by the server after an error until Sync.
     pub fn is_extended(&self) -> bool {
-        !matches!(self, Expect::Sync | Expect::Query | Expect::SilentQuery)
+        !matches!(self, Expect::Sync | Expect::SilentSync | Expect::Query | Expect::SilentQuery)
     }
 }
 
@@ -99,7 +101,19 @@ impl ExpectQueue {
     }
     /// True if a Sync or Query is outstanding (a request boundary was sent and not yet answered).
     pub fn boundary_outstanding(&self) -> bool {
-        self.q.iter().any(|e| matches!(e, Expect::Sync | Expect::Query | Expect::SilentQuery))
+        self.q.iter().any(|e| matches!(e, Expect::Sync | Expect::SilentSync | Expect::Query | Expect::SilentQuery))
+    }
+
+    /// Number of owed replies.
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    /// Turns the Sync at the head into a SilentSync (its batch is being re-run).
+    pub fn silence_head_sync(&mut self) {
+        if let Some(e @ Expect::Sync) = self.q.front_mut() {
+            *e = Expect::SilentSync;
+        }
     }
 
     /// COPY FROM STDIN began for the Execute at the head: the server ignores every Sync it reads
@@ -174,7 +188,7 @@ mod tests {
         let (a, b) = (def(7), def(8));
         q.push(Expect::Parse { stmt: Some(a.clone()) });
         q.push(Expect::SilentParse { stmt: b.clone() });
-        q.push(Expect::Bind);
+        q.push(Expect::Bind { stmt: None });
         q.push(Expect::Synthetic(Synth::CloseComplete));
         q.push(Expect::Sync);
         q.push(Expect::Parse { stmt: Some(def(9)) });
@@ -187,10 +201,10 @@ mod tests {
         let mut q = ExpectQueue::default();
         q.push(Expect::Synthetic(Synth::ParseComplete));
         q.push(Expect::Synthetic(Synth::Ready));
-        q.push(Expect::Bind);
+        q.push(Expect::Bind { stmt: None });
         let mut out = BytesMut::new();
         assert!(q.emit_synthetic(&mut out, b'I'));
         assert_eq!(&out[..], b"1\0\0\0\x04Z\0\0\0\x05I");
-        assert_eq!(q.front(), Some(&Expect::Bind));
+        assert_eq!(q.front(), Some(&Expect::Bind { stmt: None }));
     }
 }

@@ -67,14 +67,40 @@ impl Fwd<'_> {
             tag::FUNCTION_CALL => {
                 self.att.effects.push_back(Vec::new());
                 self.att.wrote = true;
+                if let Some(cap) = self.att.capture.as_mut() {
+                    cap.wrote = true;
+                }
                 self.send(f, Some(Expect::Query));
             }
-            _ => self.send(f, None), // Flush, CopyData/Done/Fail, and anything unknown: as is
+            tag::FLUSH | tag::COPY_DATA => self.send(f, None),
+            _ => {
+                // Forwarded as is, but the server's state after a message we do not know is
+                // unknown too: this connection will not serve another client.
+                tracing::debug!(tag = %char::from(t), "unknown frontend message forwarded");
+                self.att.lease.conn().broken = true;
+                self.send(f, None);
+            }
         }
     }
 
     fn send(&mut self, f: &[u8], expect: Option<Expect>) {
         self.att.sout.extend_from_slice(f);
+        if let Some(c) = self.att.capture.as_mut() {
+            c.frames.extend_from_slice(f);
+            c.boundaries += u32::from(matches!(expect, Some(Expect::Sync | Expect::Query)));
+        }
+        // Keep the batch as sent, in case it must be re-run after "cached plan must not change
+        // result type" (see reply.rs); a batch that parses or closes statements is not re-run.
+        match f.first() {
+            Some(&(tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::FLUSH)) => self.att.batch.extend_from_slice(f),
+            Some(&tag::SYNC) => {
+                self.att.batch.extend_from_slice(f);
+                std::mem::swap(&mut self.att.batch, &mut self.att.last_batch);
+                self.att.batch.clear();
+                self.att.last_batch_rerunnable = std::mem::replace(&mut self.att.batch_rerunnable, true);
+            }
+            _ => self.att.batch_rerunnable = false,
+        }
         if let Some(e) = expect {
             self.att.queue.push(e);
         }
@@ -94,6 +120,9 @@ impl Fwd<'_> {
         };
         if c.statements.iter().any(changes_data) {
             self.att.wrote = true;
+            if let Some(cap) = self.att.capture.as_mut() {
+                cap.wrote = true;
+            }
         }
         for s in &c.statements {
             if let SessionEffect::Pin(reason) = s.session {
@@ -175,6 +204,9 @@ impl Fwd<'_> {
         }
         let def = self.shared.prepared.intern(self.database, tail, || class);
         self.state.statements.insert(bytes::Bytes::copy_from_slice(name), def.clone());
+        if let Some(c) = self.att.capture.as_mut() {
+            c.defs.push(def.clone());
+        }
         let server = &mut self.att.lease.conn().state;
         if server.has_prepared(def.id) {
             self.att.queue.push(Expect::Synthetic(Synth::ParseComplete));
@@ -198,7 +230,7 @@ impl Fwd<'_> {
         let body = frame::body(f);
         let parsed = frame::cstr(body).and_then(|(portal, rest)| Some((portal, frame::cstr(rest)?)));
         let Some((portal, (stmt, rest))) = parsed else {
-            return self.send(f, Some(Expect::Bind));
+            return self.send(f, Some(Expect::Bind { stmt: None }));
         };
         let def =
             if stmt.is_empty() || !self.state.track_prepared { None } else { self.state.statements.get(stmt).cloned() };
@@ -211,17 +243,24 @@ impl Fwd<'_> {
             self.state.unnamed_portal = class;
         }
         let Some(def) = def else {
-            return self.send(f, Some(Expect::Bind));
+            return self.send(f, Some(Expect::Bind { stmt: None }));
         };
         if !self.att.lease.conn().state.has_prepared(def.id) {
             self.prepare_on_server(&def, true);
         }
+        let start = self.att.sout.len();
         put_frame(&mut self.att.sout, tag::BIND, |b| {
             put_cstr(b, portal);
             b.put_slice(&def.name);
             b.put_slice(rest);
         });
-        self.att.queue.push(Expect::Bind);
+        let att = &mut *self.att;
+        att.batch.extend_from_slice(&att.sout[start..]);
+        if let Some(c) = att.capture.as_mut() {
+            c.frames.extend_from_slice(&att.sout[start..]);
+            c.defs.push(def.clone());
+        }
+        att.queue.push(Expect::Bind { stmt: Some(def) });
     }
 
     fn describe_or_close(&mut self, t: u8, f: &[u8], expect: Expect) {
@@ -246,6 +285,9 @@ impl Fwd<'_> {
         }
         if !self.att.lease.conn().state.has_prepared(def.id) {
             self.prepare_on_server(&def, true);
+        }
+        if let Some(c) = self.att.capture.as_mut() {
+            c.defs.push(def.clone());
         }
         let mut out = BytesMut::with_capacity(def.name.len() + 6);
         put_frame(&mut out, t, |b| {

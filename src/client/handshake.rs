@@ -11,9 +11,8 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::auth::scram::{ScramSecret, ScramServer};
-use crate::auth::{md5_response, AuthError, UserEntry};
-use crate::config::{AuthType, TlsMode};
+use crate::auth::UserEntry;
+use crate::config::TlsMode;
 use crate::error::ClientError;
 use crate::shared::Shared;
 use crate::stream::Stream;
@@ -118,7 +117,7 @@ pub async fn open(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Res
     }
     let database = StartupPacket::param(&params, "database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
 
-    let entry = match authenticate(shared, &mut stream, &mut buf, &user).await {
+    let entry = match super::login::authenticate(shared, &mut stream, &mut buf, &user).await {
         Ok(e) => e,
         Err(e) => return fail(&mut stream, e).await,
     };
@@ -133,7 +132,7 @@ async fn fail<T>(stream: &mut Stream, e: ClientError) -> Result<T, Option<Client
     Err(Some(e))
 }
 
-async fn write(stream: &mut Stream, bytes: &[u8]) -> Result<(), Option<ClientError>> {
+pub(super) async fn write(stream: &mut Stream, bytes: &[u8]) -> Result<(), Option<ClientError>> {
     stream.write_all(bytes).await.map_err(|_| None)?;
     stream.flush().await.map_err(|_| None)
 }
@@ -176,7 +175,7 @@ async fn read_startup(stream: &mut Stream, buf: &mut BytesMut) -> Result<Startup
 }
 
 /// Reads one password-family frame ('p') during login.
-async fn read_password_frame(stream: &mut Stream, buf: &mut BytesMut) -> Result<BytesMut, ClientError> {
+pub(super) async fn read_password_frame(stream: &mut Stream, buf: &mut BytesMut) -> Result<BytesMut, ClientError> {
     loop {
         match frame::complete_frame(buf) {
             Ok(Some((tag::PASSWORD, n))) if n <= MAX_LOGIN_FRAME => return Ok(buf.split_to(n)),
@@ -190,65 +189,4 @@ async fn read_password_frame(stream: &mut Stream, buf: &mut BytesMut) -> Result<
             return Err(ClientError::protocol("connection closed during login"));
         }
     }
-}
-
-async fn authenticate(
-    shared: &Arc<Shared>,
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-    user: &str,
-) -> Result<Arc<UserEntry>, ClientError> {
-    let rt = shared.runtime.load_full();
-    let entry = rt.users.get(user);
-    let denied = || ClientError::bad_password(user);
-    match rt.users.kind {
-        AuthType::Trust => Ok(entry.unwrap_or_else(|| Arc::new(UserEntry::new(user, None, None)))),
-        AuthType::Md5 => {
-            let salt: [u8; 4] = rand::random();
-            write(stream, &messages::auth_md5(salt)).await.map_err(|_| denied())?;
-            let f = read_password_frame(stream, buf).await?;
-            let given = frame::cstr(frame::body(&f)).map(|(s, _)| s).unwrap_or_default();
-            match entry {
-                Some(e) if e.md5.as_deref().is_some_and(|m| md5_response(m, salt).as_bytes() == given) => Ok(e),
-                _ => Err(denied()),
-            }
-        }
-        AuthType::ScramSha256 => {
-            let secret = entry.as_ref().and_then(|e| e.scram.clone());
-            let secret = secret.unwrap_or_else(|| ScramSecret::mock(user, &rt.users.mock_key));
-            let cbind = rt.client_tls.as_ref().filter(|_| stream.is_tls()).map(|t| t.cert_hash.clone());
-            let key = scram_exchange(stream, buf, secret, cbind).await.map_err(|e| match e {
-                AuthError::BadPassword => denied(),
-                other => ClientError::fatal("28000", other.to_string()),
-            })?;
-            let entry = entry.ok_or_else(denied)?;
-            entry.learn_client_key(key);
-            Ok(entry)
-        }
-    }
-}
-
-async fn scram_exchange(
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-    secret: ScramSecret,
-    cbind: Option<Vec<u8>>,
-) -> Result<[u8; 32], AuthError> {
-    let io = |_| AuthError::Protocol("connection lost during SCRAM");
-    let mechs: &[&str] = if cbind.is_some() { &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] } else { &["SCRAM-SHA-256"] };
-    write(stream, &messages::auth_sasl(mechs)).await.map_err(io)?;
-    let mut server = ScramServer::new(secret, cbind);
-    let f = read_password_frame(stream, buf).await.map_err(|_| AuthError::Protocol("bad SASL response"))?;
-    let (mech, rest) = frame::cstr(frame::body(&f)).ok_or(AuthError::Protocol("malformed SASLInitialResponse"))?;
-    let data = rest.get(4..).ok_or(AuthError::Protocol("malformed SASLInitialResponse"))?;
-    let mech = std::str::from_utf8(mech).map_err(|_| AuthError::Protocol("bad SASL mechanism"))?;
-    if !mechs.contains(&mech) {
-        return Err(AuthError::Protocol("client selected an invalid SASL authentication mechanism"));
-    }
-    let server_first = server.first(mech, data)?;
-    write(stream, &messages::auth_sasl_continue(server_first.as_bytes())).await.map_err(io)?;
-    let f = read_password_frame(stream, buf).await.map_err(|_| AuthError::Protocol("bad SASL response"))?;
-    let ok = server.finish(frame::body(&f))?;
-    write(stream, &messages::auth_sasl_final(ok.server_final.as_bytes())).await.map_err(io)?;
-    Ok(ok.client_key)
 }

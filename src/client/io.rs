@@ -32,6 +32,8 @@ pub enum Event {
     ServerFlushed(io::Result<()>),
     /// One of the extra futures (kill, timeout, drain) fired; its index.
     Other(usize),
+    /// A NotificationResponse for the client (LISTEN fan-out); `None` when the hub closed.
+    Notification(Option<bytes::Bytes>),
 }
 
 /// One side's socket and buffers, with what the session wants from it right now.
@@ -61,6 +63,7 @@ fn poll_read(side: &mut Side<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize
 pub async fn next_event(
     mut client: Side<'_>,
     mut server: Option<Side<'_>>,
+    mut notify: Option<&mut crate::notify::NotifyRx>,
     extra: &mut [Pin<&mut (dyn Future<Output = ()> + Send)>],
 ) -> Event {
     std::future::poll_fn(|cx| {
@@ -95,6 +98,11 @@ pub async fn next_event(
         if client.read {
             if let Poll::Ready(r) = poll_read(&mut client, cx) {
                 return Poll::Ready(Event::ClientRead(r));
+            }
+        }
+        if let Some(rx) = notify.as_mut() {
+            if let Poll::Ready(n) = rx.poll_recv(cx) {
+                return Poll::Ready(Event::Notification(n));
             }
         }
         for (i, f) in extra.iter_mut().enumerate() {

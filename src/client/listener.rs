@@ -73,6 +73,9 @@ async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let timeout = shared.runtime.load().config.proxy.client_login_timeout.0;
     let opening = tokio::time::timeout(timeout, handshake::open(&shared, tcp, peer)).await;
     match opening {
+        Ok(Ok(Opening::Session(login))) if crate::admin::console::is_console_database(&login.database) => {
+            crate::admin::console::run(shared, *login).await
+        }
         Ok(Ok(Opening::Session(login))) => session::run(shared, *login).await,
         Ok(Ok(Opening::Cancelled)) => {}
         Ok(Err(e)) => {

@@ -26,12 +26,14 @@ impl Session {
     /// Relays until the transaction ends (`Ok`) or the session must end (`Err`).
     pub(super) async fn relay(&mut self) -> Result<Relayed, End> {
         let tm = self.rt.pool_mode() == PoolMode::Transaction && self.state.pinned.is_none();
-        let handle = self.handle.clone();
+        let (handle, shared) = (self.handle.clone(), self.shared.clone());
         let mut kill = pin!(handle.kill.notified());
-        let query_timeout = self.rt.config.proxy.query_timeout.enabled();
-        let mut timeout = pin!(tokio::time::sleep(query_timeout.unwrap_or(Duration::from_secs(86_400 * 365))));
+        let mut drain = pin!(shared.drain_notify.notified());
+        let mut timer = QueryTimer::new(self.rt.config.proxy.query_timeout.enabled());
+        let mut timeout = pin!(tokio::time::sleep_until(timer.deadline));
         loop {
             self.process_server_input(tm).map_err(|e| server_protocol_error(&e))?;
+            self.mirror_committed().await;
             if let Some(done) = self.attachment_done() {
                 return Ok(done);
             }
@@ -41,7 +43,16 @@ impl Session {
             if let Some(done) = self.attachment_done() {
                 return Ok(done);
             }
+            if self.shared.is_draining() && self.idle_between_requests() {
+                return Err(End::Close(ClientError::fatal(
+                    "57P01",
+                    "terminating connection: pgshift is shutting down",
+                )));
+            }
             let Some(att) = self.attached.as_mut() else { return Ok(Relayed::Released) };
+            if timer.rearm(att.req_started) {
+                timeout.as_mut().reset(timer.deadline);
+            }
             let client_room = att.sout.len() < HIGH_WATER && room(&self.cin);
             let conn = att.lease.conn();
             let server_room = self.cout.len() < HIGH_WATER && room(&conn.rbuf);
@@ -59,9 +70,11 @@ impl Session {
                 read: server_room,
                 flush: att.sflush,
             };
-            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 2] =
-                [kill.as_mut(), timeout.as_mut()];
-            match next_event(client, Some(server), &mut extra).await {
+            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 3] =
+                [kill.as_mut(), timeout.as_mut(), drain.as_mut()];
+            match next_event(client, Some(server), self.notify_rx.as_mut(), &mut extra).await {
+                Event::Notification(Some(f)) => self.cout.extend_from_slice(&f),
+                Event::Notification(None) => self.notify_rx = None,
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
                 Event::ClientRead(Ok(_)) | Event::ServerRead(Ok(1..)) => {}
                 Event::ServerRead(_) => return self.server_lost(),
@@ -93,12 +106,32 @@ impl Session {
                         "terminating connection due to administrator command",
                     )))
                 }
-                Event::Other(_) => {
+                Event::Other(1) if !timer.cancelled => {
                     self.cancel_running_query().await;
-                    timeout.set(tokio::time::sleep(Duration::from_secs(86_400 * 365)));
+                    timer.cancelled = true;
+                    timer.deadline += timer.grace;
+                    timeout.as_mut().reset(timer.deadline);
                 }
+                Event::Other(1) => {
+                    // The cancel did not help (a stalled server): give up on this connection.
+                    if let Some(att) = self.attached.as_mut() {
+                        att.lease.conn().broken = true;
+                    }
+                    return Err(End::Close(ClientError::fatal(
+                        "57014",
+                        "query_timeout: the server did not answer, even to a cancel; connection closed",
+                    )));
+                }
+                Event::Other(_) => drain.set(shared.drain_notify.notified()),
             }
         }
+    }
+
+    /// Nothing owed in either direction and no transaction open: a safe point to close.
+    fn idle_between_requests(&self) -> bool {
+        self.attached.as_ref().is_none_or(|a| {
+            a.queue.is_empty() && a.sout.is_empty() && a.server_status == b'I' && self.state.tx_status == b'I'
+        }) && self.cin.is_empty()
     }
 
     /// `Some` when the attachment is over: released at a transaction boundary, or to be retried.
@@ -259,6 +292,41 @@ impl Session {
         }
         Ok(false)
     }
+}
+
+/// `query_timeout` for the request in flight: at the deadline a cancel is sent; if the server
+/// still has not answered a grace period later, the connection is given up.
+struct QueryTimer {
+    limit: Option<Duration>,
+    grace: Duration,
+    armed_for: Option<std::time::Instant>,
+    deadline: tokio::time::Instant,
+    cancelled: bool,
+}
+
+impl QueryTimer {
+    fn new(limit: Option<Duration>) -> Self {
+        let grace = limit.unwrap_or_default().max(Duration::from_secs(1));
+        QueryTimer { limit, grace, armed_for: None, deadline: far_future(), cancelled: false }
+    }
+
+    /// Follows the start of the current request; true if the deadline moved.
+    fn rearm(&mut self, req_started: Option<std::time::Instant>) -> bool {
+        if req_started == self.armed_for {
+            return false;
+        }
+        self.armed_for = req_started;
+        self.cancelled = false;
+        self.deadline = match (self.limit, req_started) {
+            (Some(l), Some(t)) => tokio::time::Instant::from_std(t + l),
+            _ => far_future(),
+        };
+        true
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// More may be read into `buf`: below the high-water mark, or a frame at its head that is larger

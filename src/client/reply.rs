@@ -37,12 +37,7 @@ impl Reply<'_> {
         }
         match t {
             tag::READY_FOR_QUERY => return self.ready(f),
-            tag::ERROR_RESPONSE => {
-                self.error(f);
-                if self.att.retry {
-                    return;
-                }
-            }
+            tag::ERROR_RESPONSE if !self.error(f) => return,
             tag::PARSE_COMPLETE => {
                 if let Some(Expect::Parse { stmt: Some(def) } | Expect::SilentParse { stmt: def }) =
                     self.att.queue.front()
@@ -62,7 +57,7 @@ impl Reply<'_> {
                     return self.after_pop();
                 }
             }
-            tag::BIND_COMPLETE => self.pop_expected(|e| matches!(e, Expect::Bind)),
+            tag::BIND_COMPLETE => self.pop_expected(|e| matches!(e, Expect::Bind { .. })),
             tag::ROW_DESCRIPTION | tag::NO_DATA => {
                 if matches!(self.att.queue.front(), Some(Expect::Describe)) {
                     self.att.queue.pop();
@@ -72,17 +67,23 @@ impl Reply<'_> {
                 self.command_complete(f);
                 if matches!(self.att.queue.front(), Some(Expect::Execute)) {
                     self.att.queue.pop();
+                    self.att.batch_executed = true;
                 }
             }
             tag::COPY_IN_RESPONSE if matches!(self.att.queue.front(), Some(Expect::Execute)) => {
-                for _ in 0..self.att.queue.drop_syncs_after_head() {
+                let dropped = self.att.queue.drop_syncs_after_head();
+                for _ in 0..dropped {
                     self.att.effects.pop_front();
+                }
+                if let Some(c) = self.att.capture.as_mut() {
+                    c.boundaries = c.boundaries.saturating_sub(dropped as u32);
                 }
                 self.att.copy_in = true;
             }
             tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
                 if matches!(self.att.queue.front(), Some(Expect::Execute)) {
                     self.att.queue.pop();
+                    self.att.batch_executed = true;
                 }
             }
             _ => {}
@@ -134,13 +135,21 @@ impl Reply<'_> {
         }
     }
 
-    fn error(&mut self, f: &[u8]) {
+    /// Handles an ErrorResponse; false if it must not reach the client (the request is being
+    /// retried or re-run instead).
+    fn error(&mut self, f: &[u8]) -> bool {
         let e = frame::error_fields(f);
         if e.is_fatal() && self.att.replay.is_some() && !self.att.forwarded {
             // A replica ending the session (shutdown, crash) before answering a read: retry it.
             self.att.lease.conn().broken = true;
             self.att.retry = true;
-            return;
+            return false;
+        }
+        if self.rerun_stale_plan(&e) {
+            return false;
+        }
+        if let Some(c) = self.att.capture.as_mut() {
+            c.errors += 1;
         }
         self.shared.stats.record_error(e.code);
         if e.is_fatal() {
@@ -157,6 +166,51 @@ impl Reply<'_> {
             Some(_) => {}
             None => self.att.lease.conn().broken = true, // an unsolicited error: the server is ending the session
         }
+        true
+    }
+
+    /// "cached plan must not change result type" (0A000) after DDL: when nothing has run yet,
+    /// no transaction is open, and the batch only binds, describes (its portal, so the client
+    /// receives the new row shape) and executes, re-prepare the statement on this server and
+    /// re-run the batch once. PgBouncer users otherwise RECONNECT every bouncer (#1038).
+    fn rerun_stale_plan(&mut self, e: &frame::ErrorFields<'_>) -> bool {
+        if e.code != b"0A000" || e.message != b"cached plan must not change result type" {
+            return false;
+        }
+        let a = &mut *self.att;
+        let Some(Expect::Bind { stmt: Some(def) }) = a.queue.front() else { return false };
+        let def = def.clone();
+        let describes_portal =
+            frames(&a.last_batch).any(|f| f.first() == Some(&tag::DESCRIBE) && frame::body(f).first() == Some(&b'P'));
+        if a.reran || a.batch_executed || a.server_status != b'I' || !a.last_batch_rerunnable || !describes_portal {
+            return false;
+        }
+        for id in a.queue.skip_to_sync() {
+            a.lease.conn().state.remove_prepared(id);
+        }
+        if a.queue.len() != 1 || !a.batch.is_empty() {
+            return false; // more was pipelined after this batch: re-running would reorder replies
+        }
+        a.queue.silence_head_sync();
+        a.sout.extend_from_slice(&crate::session_state::close_statement_frame(def.id));
+        a.queue.push(Expect::SilentClose);
+        a.sout.extend_from_slice(&def.parse_frame);
+        a.queue.push(Expect::SilentParse { stmt: def.clone() });
+        a.lease.conn().state.add_prepared(def.id);
+        for f in frames(&a.last_batch) {
+            match f.first().copied() {
+                Some(tag::BIND) => a.queue.push(Expect::Bind { stmt: None }),
+                Some(tag::DESCRIBE) => a.queue.push(Expect::Describe),
+                Some(tag::EXECUTE) => a.queue.push(Expect::Execute),
+                Some(tag::SYNC) => a.queue.push(Expect::Sync),
+                _ => {}
+            }
+        }
+        let batch = std::mem::take(&mut a.last_batch);
+        a.sout.extend_from_slice(&batch);
+        a.reran = true;
+        tracing::info!("statement plan went stale after DDL; re-prepared it and re-ran the batch");
+        true
     }
 
     fn command_complete(&mut self, f: &[u8]) {
@@ -170,6 +224,11 @@ impl Reply<'_> {
     fn ready(&mut self, f: &[u8]) {
         let status = frame::ready_status(f);
         self.att.server_status = status;
+        self.att.batch_executed = false;
+        if matches!(self.att.queue.front(), Some(Expect::SilentSync)) {
+            self.att.queue.pop(); // the batch is being re-run; its real ReadyForQuery comes later
+            return self.after_pop();
+        }
         match self.att.queue.pop() {
             Some(Expect::Query | Expect::Sync) => self.end_of_request(status),
             other => {
@@ -178,6 +237,16 @@ impl Reply<'_> {
             }
         }
         self.state.tx_status = status;
+        if status == b'I' {
+            // A transaction ended: if it wrote, it is now committed (or failed on both sides
+            // alike): hand it to the mirror; otherwise forget what was captured.
+            if let Some(c) = self.att.capture.as_mut() {
+                let c = std::mem::take(c);
+                if c.wrote {
+                    self.att.committed.push(c);
+                }
+            }
+        }
         self.out.extend_from_slice(f);
         self.after_pop();
         self.check_release();
@@ -223,4 +292,15 @@ impl Reply<'_> {
             self.att.release = true;
         }
     }
+}
+
+/// The whole frames in a buffer of whole frames.
+fn frames(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let (_, total) = frame::complete_frame(&buf[at..]).ok().flatten()?;
+        let f = &buf[at..at + total];
+        at += total;
+        Some(f)
+    })
 }

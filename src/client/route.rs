@@ -1,5 +1,6 @@
-//! Choosing the backend for a client's next request: the primary, or the next healthy replica
-//! when everything in the request is a read.
+//! Choosing the backend for a client's next request: the serving store's primary, or the next
+//! healthy replica when everything in the request is a read. The migration phase decides which
+//! store serves (source, target, or — for reads in shift_reads — a sticky share of sessions).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,52 +10,71 @@ use super::session::Session;
 use super::state::RouteOverride;
 use crate::auth::UserEntry;
 use crate::error::ClientError;
-use crate::pool::{Backend, Pool, PoolParams};
+use crate::migration::Phase;
+use crate::pool::{Backend, Pool, PoolParams, Role};
 use crate::router::{Classification, Target};
 use crate::shared::{Runtime, Shared};
 
-/// The pools a client uses, resolved once per runtime generation.
-pub struct SessionPools {
-    /// Toward the primary.
+/// The pools a client uses toward one store.
+pub struct StorePools {
+    /// Toward its primary.
     pub primary: Arc<Pool>,
     /// Toward each replica, in the runtime's order.
     pub replicas: Vec<Arc<Pool>>,
 }
 
+/// The pools a client uses, resolved once per runtime generation.
+pub struct SessionPools {
+    /// The source (the current database).
+    pub source: StorePools,
+    /// The migration target, when one is configured.
+    pub target: Option<StorePools>,
+}
+
 impl SessionPools {
     /// Looks up (or creates) the client's pools in the runtime.
     pub fn resolve(shared: &Shared, rt: &Runtime, user: &Arc<UserEntry>, database: &str) -> SessionPools {
-        let params = || PoolParams {
-            settings: rt.pool_settings(user.pool_size),
-            tls: rt.server_tls.clone(),
-            connect_timeout: rt.config.proxy.server_connect_timeout.0,
-            user,
+        let pool = |b: &Arc<Backend>| {
+            let p = PoolParams {
+                settings: rt.pool_settings(user.pool_size, b.role),
+                tls: rt.server_tls.clone(),
+                connect_timeout: rt.config.proxy.server_connect_timeout.0,
+                user,
+            };
+            shared.pools.get(b, database, p)
         };
+        let target = rt
+            .targets
+            .split_first()
+            .map(|(p, replicas)| StorePools { primary: pool(p), replicas: replicas.iter().map(pool).collect() });
         SessionPools {
-            primary: shared.pools.get(&rt.primary, database, params()),
-            replicas: rt.replicas.iter().map(|b| shared.pools.get(b, database, params())).collect(),
+            source: StorePools { primary: pool(&rt.primary), replicas: rt.replicas.iter().map(pool).collect() },
+            target,
+        }
+    }
+
+    /// The serving store's primary pool for a phase.
+    pub fn primary_for(&self, phase: Phase) -> &Arc<Pool> {
+        match (&self.target, phase.target_serves()) {
+            (Some(t), true) => &t.primary,
+            _ => &self.source.primary,
         }
     }
 
     /// The server's ParameterStatus set, cached per pool; the first client of a pool opens a
     /// connection to learn it (which also surfaces an unknown database as PostgreSQL's 3D000).
-    pub async fn server_params(&self, shared: &Shared) -> Result<Arc<Vec<(String, String)>>, ClientError> {
-        let cached = self.primary.server_params.lock().ok().and_then(|p| p.clone());
+    pub async fn server_params(&self, phase: Phase) -> Result<Arc<Vec<(String, String)>>, ClientError> {
+        let pool = self.primary_for(phase);
+        let cached = pool.server_params.lock().ok().and_then(|p| p.clone());
         if let Some(p) = cached {
             return Ok(p);
         }
         let no_cancel = tokio::sync::Notify::new();
-        let lease = self.primary.checkout(&no_cancel).await.map_err(|e| ClientError::from(&e))?;
-        let _ = shared;
-        let params = Arc::new(lease_params(lease, &self.primary));
+        let mut lease = pool.checkout(&no_cancel).await.map_err(|e| ClientError::from(&e))?;
+        let params = Arc::new(lease.conn().params.clone());
+        pool.checkin(lease);
         Ok(params)
     }
-}
-
-fn lease_params(mut lease: crate::pool::Lease, pool: &Pool) -> Vec<(String, String)> {
-    let params = lease.conn().params.clone();
-    pool.checkin(lease);
-    params
 }
 
 /// Why a request went where it went (for logs and the admin port).
@@ -66,14 +86,11 @@ pub struct Decision {
     pub reason: &'static str,
 }
 
-/// The pure routing rule: where may a request with these statements go?
+/// The pure routing rule: may a request with these statements go to a replica?
 pub fn decide(rt: &Runtime, route: RouteOverride, classes: &[Arc<Classification>]) -> Decision {
     let primary = |reason| Decision { target: Target::Primary, reason };
     if !rt.config.routing.read_write_split {
         return primary("read_write_split is off");
-    }
-    if rt.replicas.is_empty() {
-        return primary("no replicas configured");
     }
     match route {
         RouteOverride::Primary => return primary("session route = primary"),
@@ -89,49 +106,102 @@ pub fn decide(rt: &Runtime, route: RouteOverride, classes: &[Arc<Classification>
     Decision { target: Target::Replica, reason: classes[0].reason }
 }
 
+/// A chosen backend: where, through which pool, as primary or replica.
+pub type Choice = (Arc<Backend>, Arc<Pool>, Target);
+
 impl Session {
     /// The backend, pool and target for the request of `len` bytes at the front of `cin`.
-    pub(super) fn route(&mut self, len: usize) -> Result<(Arc<Backend>, Arc<Pool>, Target), ClientError> {
+    pub(super) fn route(&mut self, len: usize, phase: Phase) -> Result<Choice, ClientError> {
         let rt = self.rt.clone();
-        let classes = if rt.config.routing.read_write_split && !rt.replicas.is_empty()
-            || rt.primary.health.in_recovery.load(Ordering::Relaxed)
-        {
+        let serving_target = phase.target_serves() && self.pools.target.is_some();
+        let (primary_b, primary_p) = if serving_target {
+            (
+                rt.targets[0].clone(),
+                self.pools
+                    .target
+                    .as_ref()
+                    .map(|t| t.primary.clone())
+                    .unwrap_or_else(|| self.pools.source.primary.clone()),
+            )
+        } else {
+            (rt.primary.clone(), self.pools.source.primary.clone())
+        };
+        let may_read_elsewhere = rt.config.routing.read_write_split
+            && (!rt.replicas.is_empty() || rt.targets.len() > 1 || phase == Phase::ShiftReads);
+        let classes = if may_read_elsewhere || primary_b.health.in_recovery.load(Ordering::Relaxed) {
             request::classifications(&self.shared, &rt, &self.state, &self.cin[..len])
         } else {
             Vec::new()
         };
         let decision = decide(&rt, self.state.route, &classes);
-        let primary = (rt.primary.clone(), self.pools.primary.clone(), Target::Primary);
         if decision.target == Target::Primary {
             let writes = classes.is_empty() || classes.iter().any(|c| c.target == Target::Primary);
-            if writes && rt.primary.health.in_recovery.load(Ordering::Relaxed) {
+            if writes && primary_b.health.in_recovery.load(Ordering::Relaxed) {
                 return Err(ClientError::error(
                     "25006",
-                    "pgshift refuses to send this to the configured primary: it reports being in recovery \
+                    "pgshift refuses to send this to the configured primary: it reports being in recovery \\
                      (read-only), so a failover may have happened that pgshift was not told about",
                 ));
             }
-            return Ok(primary);
+            return Ok((primary_b, primary_p, Target::Primary));
         }
-        let needed = match self.read_your_writes_lsn(&rt) {
+        let executes = request::executes(&self.cin[..len]);
+        if phase == Phase::ShiftReads && self.reads_from_target() {
+            if let Some(choice) = self.pick_target_read(&rt, executes) {
+                self.shared.migration.reads_target.fetch_add(u64::from(executes), Ordering::Relaxed);
+                return Ok(choice);
+            }
+        }
+        if phase == Phase::ShiftReads {
+            self.shared.migration.reads_source.fetch_add(u64::from(executes), Ordering::Relaxed);
+        }
+        if serving_target {
+            return Ok(self.pick_target_read(&rt, executes).unwrap_or((primary_b, primary_p, Target::Primary)));
+        }
+        Ok(self.pick_source_read(&rt, executes).unwrap_or((primary_b, primary_p, Target::Primary)))
+    }
+
+    /// shift_reads: this session is in the target's share, and the target has replayed the
+    /// client's own last write (read-your-writes across stores).
+    fn reads_from_target(&self) -> bool {
+        let m = &self.shared.migration;
+        m.session_reads_target(self.handle.id)
+            && m.mirror.applied_seq.load(Ordering::Relaxed) >= self.state.last_mirror_seq
+    }
+
+    /// A healthy target replica, else the target primary (as a read).
+    fn pick_target_read(&self, rt: &Runtime, executes: bool) -> Option<Choice> {
+        let t = self.pools.target.as_ref()?;
+        let replicas = rt.targets.get(1..).unwrap_or_default();
+        if let Some(i) = rt.rr.pick(replicas.len(), executes, |i| replicas[i].serves_reads(rt)) {
+            return Some((replicas[i].clone(), t.replicas[i].clone(), Target::Replica));
+        }
+        Some((rt.targets.first()?.clone(), t.primary.clone(), Target::Replica))
+    }
+
+    /// A healthy source replica that has replayed the client's own writes, if any.
+    fn pick_source_read(&mut self, rt: &Runtime, executes: bool) -> Option<Choice> {
+        if rt.replicas.is_empty() {
+            return None;
+        }
+        let needed = match self.read_your_writes_lsn(rt) {
             Ok(n) => n,
             Err(()) => {
                 rt.primary.health.ryw_fallbacks.fetch_add(1, Ordering::Relaxed);
-                return Ok(primary);
+                return None;
             }
         };
         let usable = |i: usize| {
             let b = &rt.replicas[i];
-            b.serves_reads(&rt) && needed.is_none_or(|lsn| b.replayed(lsn))
+            b.serves_reads(rt) && needed.is_none_or(|lsn| b.replayed(lsn))
         };
-        let executes = request::executes(&self.cin[..len]);
         match rt.rr.pick(rt.replicas.len(), executes, usable) {
-            Some(i) => Ok((rt.replicas[i].clone(), self.pools.replicas[i].clone(), Target::Replica)),
+            Some(i) => Some((rt.replicas[i].clone(), self.pools.source.replicas[i].clone(), Target::Replica)),
             None => {
                 if needed.is_some() {
                     rt.primary.health.ryw_fallbacks.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(primary)
+                None
             }
         }
     }
@@ -158,4 +228,9 @@ impl Session {
         }
         Ok(Some(lsn))
     }
+}
+
+/// Roles of the backends a choice can name (for `Role` users outside this module).
+pub fn is_target(role: Role) -> bool {
+    matches!(role, Role::TargetPrimary | Role::TargetReplica)
 }

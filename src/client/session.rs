@@ -16,6 +16,9 @@ use super::state::{Attached, ClientState, RouteOverride};
 use crate::auth::UserEntry;
 use crate::config::PoolMode;
 use crate::error::ClientError;
+use crate::migration::Phase;
+use crate::pool::{Backend, Lease};
+use crate::router::Target;
 use crate::session_state::{settings_diff, startup_settings};
 use crate::shared::{Runtime, Shared};
 use crate::wire::messages;
@@ -57,6 +60,8 @@ pub struct Session {
     pub(super) attached: Option<Attached>,
     /// Drop frames until the next Sync (after an error answered in place of an extended batch).
     pub(super) skip_to_sync: bool,
+    /// Notifications for the channels this client LISTENs to (transaction mode fan-out).
+    pub(super) notify_rx: Option<crate::notify::NotifyRx>,
 }
 
 /// Runs a client from login to disconnect.
@@ -83,7 +88,7 @@ impl Session {
         let Login { mut stream, rbuf, user, database, params, peer } = login;
         let rt = shared.runtime.load_full();
         let pools = SessionPools::resolve(&shared, &rt, &user, &database);
-        let server_params = match pools.server_params(&shared).await {
+        let server_params = match pools.server_params(shared.migration.phase()).await {
             Ok(p) => p,
             Err(e) => return Err((stream, e)),
         };
@@ -133,6 +138,7 @@ impl Session {
             state,
             attached: None,
             skip_to_sync: false,
+            notify_rx: None,
         })
     }
 
@@ -150,7 +156,7 @@ impl Session {
                 self.skip_request(req);
                 continue;
             }
-            if self.answer_locally(req) {
+            if self.answer_locally(req) || self.listen_locally(req) {
                 continue;
             }
             if let Err(e) = self.attach(req).await {
@@ -205,8 +211,10 @@ impl Session {
             };
             let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 3] =
                 [kill.as_mut(), drain.as_mut(), idle.as_mut()];
-            let ev = next_event(side, None, &mut extra).await;
+            let ev = next_event(side, None, self.notify_rx.as_mut(), &mut extra).await;
             match ev {
+                Event::Notification(Some(f)) => self.cout.extend_from_slice(&f),
+                Event::Notification(None) => self.notify_rx = None,
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
                 Event::ClientRead(Ok(_)) => {}
                 Event::ClientWrote(r) => self.wrote_client(r)?,
@@ -259,83 +267,6 @@ impl Session {
         Ok(())
     }
 
-    /// Drops a request's frames up to and including Sync, answering the Sync (extended-protocol
-    /// error recovery when the batch could not be sent anywhere).
-    fn skip_request(&mut self, req: Request) {
-        let frames = self.cin.split_to(req.len);
-        if frames.last_frame_tag() == Some(crate::wire::tag::SYNC) {
-            self.skip_to_sync = false;
-            messages::put_ready_for_query(&mut self.cout, self.state.tx_status);
-        }
-    }
-
-    /// Answers a request that could not get a server with an ERROR (and ReadyForQuery where the
-    /// protocol wants one), so the client can retry on the same connection.
-    fn answer_in_place(&mut self, req: Request, e: &ClientError) {
-        self.shared.stats.record_error(e.code.as_bytes());
-        self.cout.extend_from_slice(&e.frame());
-        let frames = self.cin.split_to(req.len);
-        match frames.last_frame_tag() {
-            Some(crate::wire::tag::QUERY | crate::wire::tag::FUNCTION_CALL | crate::wire::tag::SYNC) => {
-                messages::put_ready_for_query(&mut self.cout, self.state.tx_status)
-            }
-            _ => self.skip_to_sync = true,
-        }
-    }
-
-    /// A request of only Parse (of statements some server already accepted), Close of named
-    /// statements, Sync and Flush needs no server: answer it here. This lets PQprepare outside a
-    /// transaction finish while every connection is busy (pgbench -M prepared with more clients
-    /// per thread than connections would otherwise deadlock: PQprepare blocks the whole thread).
-    fn answer_locally(&mut self, req: Request) -> bool {
-        use crate::wire::{frame, tag};
-        if !self.state.track_prepared || self.state.tx_status != b'I' || req.terminate {
-            return false;
-        }
-        let mut plan = Vec::new();
-        let mut at = 0;
-        while let Ok(Some((t, total))) = frame::complete_frame(&self.cin[at..req.len]) {
-            let body = frame::body(&self.cin[at..at + total]);
-            at += total;
-            match t {
-                tag::PARSE => {
-                    let Some((name, tail)) = frame::cstr(body).filter(|(n, _)| !n.is_empty()) else { return false };
-                    let Some(def) = self.shared.prepared.validated(&self.database, tail) else { return false };
-                    plan.push((t, bytes::Bytes::copy_from_slice(name), Some(def)));
-                }
-                tag::CLOSE => {
-                    let Some((b'S', rest)) = body.split_first().map(|(k, r)| (*k, r)) else { return false };
-                    let Some((name, _)) = frame::cstr(rest).filter(|(n, _)| self.state.statements.contains_key(*n))
-                    else {
-                        return false;
-                    };
-                    plan.push((t, bytes::Bytes::copy_from_slice(name), None));
-                }
-                tag::SYNC | tag::FLUSH => plan.push((t, bytes::Bytes::new(), None)),
-                _ => return false,
-            }
-        }
-        if at != req.len {
-            return false;
-        }
-        for (t, name, def) in plan {
-            match (t, def) {
-                (tag::PARSE, Some(def)) => {
-                    self.state.statements.insert(name, def);
-                    messages::put_empty(&mut self.cout, tag::PARSE_COMPLETE);
-                }
-                (tag::CLOSE, _) => {
-                    self.state.statements.remove(&name);
-                    messages::put_empty(&mut self.cout, tag::CLOSE_COMPLETE);
-                }
-                (tag::SYNC, _) => messages::put_ready_for_query(&mut self.cout, b'I'),
-                _ => {}
-            }
-        }
-        self.cin.advance(req.len);
-        true
-    }
-
     /// Takes a server for the request at the front of `cin`.
     async fn attach(&mut self, req: Request) -> Result<(), ClientError> {
         let rt = self.shared.runtime.load_full();
@@ -346,23 +277,17 @@ impl Session {
         if *self.shared.paused.borrow() {
             self.wait_while_paused().await?;
         }
-        let (backend, pool, target) = self.route(req.len)?;
-        self.handle.set_state(Activity::Waiting);
-        let lease = pool.checkout(&self.handle.cancel).await.map_err(|e| {
-            if matches!(e, crate::pool::PoolError::Server(_)) {
-                backend.ban(Duration::from_secs(1), "connect failed");
-            }
-            let mut ce = ClientError::from(&e);
-            if !matches!(e, crate::pool::PoolError::WaitTimeout(_)) {
-                ce.severity = "ERROR"; // the client may retry on this connection
-            }
-            ce
-        })?;
-        self.handle.set_state(Activity::Active);
+        // One phase for the whole transaction: a switch happens between transactions.
+        let phase = self.shared.migration.phase();
+        let (lease, backend, target) = self.lease_for(req, phase).await?;
         backend.health.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut att = Attached::new(lease, backend, target);
-        if target == crate::router::Target::Replica {
+        if target == Target::Replica {
             att.replay = Some(BytesMut::from(&self.cin[..req.len]));
+        }
+        if phase.mirrors() && target == Target::Primary && !self.rt.targets.is_empty() {
+            att.capture = Some(crate::migration::mirror::Capture::default());
+            att.mirror_to_target = !phase.target_serves();
         }
         let conn = att.lease.conn();
         self.handle.set_server(Some(ServerRef { peer: conn.peer, key: conn.cancel_key, conn_id: conn.id }));
@@ -373,6 +298,39 @@ impl Session {
         }
         self.attached = Some(att);
         Ok(())
+    }
+
+    /// Routes the request and leases a connection. A replica that cannot be connected to is
+    /// banned and the request routed again (another replica, else the primary): reads fail over
+    /// instead of failing.
+    async fn lease_for(&mut self, req: Request, phase: Phase) -> Result<(Lease, Arc<Backend>, Target), ClientError> {
+        use crate::pool::PoolError;
+        let ban = self.rt.config.routing.ban_time.0;
+        for _ in 0..=self.rt.replicas.len() + self.rt.targets.len() {
+            let (backend, pool, target) = self.route(req.len, phase)?;
+            self.handle.set_state(Activity::Waiting);
+            let wait_started = std::time::Instant::now();
+            let result = pool.checkout(&self.handle.cancel).await;
+            if result.is_ok() {
+                self.shared.stats.record_wait(wait_started.elapsed());
+            }
+            self.handle.set_state(Activity::Active);
+            match result {
+                Ok(lease) => return Ok((lease, backend, target)),
+                Err(PoolError::Server(e)) if target == Target::Replica => {
+                    backend.ban(ban, "connect failed");
+                    tracing::info!(backend = %backend.name, "replica unavailable ({e}); routing the read elsewhere");
+                }
+                Err(e) => {
+                    let mut ce = ClientError::from(&e);
+                    if !matches!(e, PoolError::WaitTimeout(_)) {
+                        ce.severity = "ERROR"; // the client may retry on this connection
+                    }
+                    return Err(ce);
+                }
+            }
+        }
+        Err(ClientError::error("08006", "server unavailable: no backend could be connected to"))
     }
 
     async fn wait_while_paused(&mut self) -> Result<(), ClientError> {
@@ -413,7 +371,9 @@ impl Session {
         traffic.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         traffic.xact_us.fetch_add(elapsed.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         traffic.bytes_in.fetch_add(att.bytes_in, std::sync::atomic::Ordering::Relaxed);
-        traffic.bytes_out.fetch_add(att.bytes_out, std::sync::atomic::Ordering::Relaxed);
+        // The transaction's last bytes are still in `cout`: the server goes back before the flush.
+        let unflushed = self.cout.len() as u64;
+        traffic.bytes_out.fetch_add(att.bytes_out + unflushed, std::sync::atomic::Ordering::Relaxed);
         self.handle.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.handle.set_server(None);
         let pool = att.lease.pool().clone();
@@ -435,6 +395,7 @@ impl Session {
             cleanup_server(att, &self.rt).await;
         }
         self.shared.sessions.unregister(&self.handle);
+        self.shared.notify.leave(self.handle.id);
         self.shared.stats.clients.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let _ = self.client.shutdown().await;
         tracing::info!(client = self.handle.id, user = %self.user.name, "client disconnected");
@@ -470,7 +431,7 @@ async fn cleanup_server(mut att: Attached, rt: &Runtime) {
 }
 
 /// The tag of the last whole frame in a buffer of whole frames.
-trait LastFrame {
+pub(super) trait LastFrame {
     fn last_frame_tag(&self) -> Option<u8>;
 }
 

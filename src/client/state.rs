@@ -60,6 +60,9 @@ pub struct ClientState {
     pub last_write_at: u64,
     /// The primary WAL position covering that write, once a probe has sampled it; 0 = not yet.
     pub ryw_lsn: u64,
+    /// Mirror sequence of the client's last replayed write (shift_reads reads the target only
+    /// once the target has applied it).
+    pub last_mirror_seq: u64,
 }
 
 impl ClientState {
@@ -166,6 +169,24 @@ pub struct Attached {
     pub forwarded: bool,
     /// The replica failed before answering: retry the request elsewhere.
     pub retry: bool,
+    /// Extended-protocol frames sent since the last Sync, as sent.
+    pub batch: BytesMut,
+    /// The last complete batch (through its Sync), for a re-run after a stale-plan error.
+    pub last_batch: BytesMut,
+    /// The current batch only binds, describes and executes (safe to re-run).
+    pub batch_rerunnable: bool,
+    /// The same, for `last_batch`.
+    pub last_batch_rerunnable: bool,
+    /// An Execute completed since the last Sync (a re-run would repeat it).
+    pub batch_executed: bool,
+    /// A stale-plan re-run already happened in this attachment (at most one).
+    pub reran: bool,
+    /// Dual-write: the frames of the transaction running, to replay on the other store.
+    pub capture: Option<crate::migration::mirror::Capture>,
+    /// Replay direction: to the target (dual_write, shift_reads) or back to the source (cutover).
+    pub mirror_to_target: bool,
+    /// Transactions committed in this attachment, waiting to be queued for replay.
+    pub committed: Vec<crate::migration::mirror::Capture>,
 }
 
 impl Attached {
@@ -197,6 +218,15 @@ impl Attached {
             replay: None,
             forwarded: false,
             retry: false,
+            batch: BytesMut::new(),
+            last_batch: BytesMut::new(),
+            batch_rerunnable: true,
+            last_batch_rerunnable: false,
+            batch_executed: false,
+            reran: false,
+            capture: None,
+            mirror_to_target: true,
+            committed: Vec::new(),
         }
     }
 }

@@ -3,6 +3,9 @@
 //! Values are coerced to the type the key has in the defaults (integer, boolean, list, string), so
 //! `PGSHIFT_PROXY_DEFAULT_POOL_SIZE=40` works and `PGSHIFT_ADMIN_TOKEN=1234` stays a string.
 //! Variables whose section is not a config section (`PGSHIFT_LOG`, `PGSHIFT_TEST_*`) are not ours.
+//! Besides: `PGSHIFT_PRIMARY_URL` / `PGSHIFT_MIGRATION_TARGET_URL` (a backend from a URL),
+//! `PGSHIFT_REPLICAS=host:port,...` (the whole `[[replicas]]` array), and
+//! `PGSHIFT_<SECTION>_<KEY>_FILE` (the key's value from the first line of a file, for secrets).
 
 use super::Config;
 use toml::{Table, Value};
@@ -25,14 +28,32 @@ pub fn apply_overrides(tree: &mut Table, vars: impl IntoIterator<Item = (String,
             set_url(tree, &["migration", "target"], &name, &value, problems);
             continue;
         }
+        if rest == "replicas" {
+            set_replicas(tree, &name, &value, problems);
+            continue;
+        }
         let Some((section, key)) = rest.split_once('_') else {
             continue;
         };
         if !SECTIONS.contains(&section) {
             continue;
         }
-        let key = if section == "auth" && key == "type" { "type" } else { key };
-        let template = defaults.get(section).and_then(|s| s.get(key));
+        let mut key = if section == "auth" && key == "type" { "type" } else { key };
+        let mut template = defaults.get(section).and_then(|s| s.get(key));
+        let mut value = value;
+        // PGSHIFT_<SECTION>_<KEY>_FILE: the value of KEY is the first line of that file, so a
+        // secret (the admin token) can come from a mounted secret instead of the environment.
+        if let (None, Some(stem)) = (template, key.strip_suffix("_file")) {
+            if let Some(t) = defaults.get(section).and_then(|s| s.get(stem)) {
+                match read_first_line(&value) {
+                    Ok(v) => (template, key, value) = (Some(t), stem, v),
+                    Err(e) => {
+                        problems.push(format!("{name}: {e}"));
+                        continue;
+                    }
+                }
+            }
+        }
         let Some(template) = template else {
             problems.push(format!("{name}: [{section}] has no key {key:?}"));
             continue;
@@ -78,6 +99,34 @@ fn set_url(tree: &mut Table, path: &[&str], name: &str, url: &str, problems: &mu
         // The URL may hold a password: never echo it.
         None => problems.push(format!("{name}: not a postgres://host:port URL")),
     }
+}
+
+/// `host[:port],...` (or postgres:// URLs) -> the whole `[[replicas]]` array; empty: none.
+fn set_replicas(tree: &mut Table, name: &str, list: &str, problems: &mut Vec<String>) {
+    let mut replicas = Vec::new();
+    for (i, item) in list.split(',').map(str::trim).enumerate().filter(|(_, s)| !s.is_empty()) {
+        let url = if item.contains("://") { item.to_string() } else { format!("postgres://{item}") };
+        match parse_host_port(&url) {
+            Some((host, port)) if !host.contains(':') || item.contains('[') => {
+                let mut t = Table::new();
+                t.insert("host".into(), Value::String(host));
+                t.insert("port".into(), Value::Integer(i64::from(port)));
+                replicas.push(Value::Table(t));
+            }
+            // A URL may hold a password: name the position, not the text.
+            _ => problems.push(format!(
+                "{name}: entry {} is not host[:port] ([v6addr]:port for IPv6) or a postgres:// URL",
+                i + 1
+            )),
+        }
+    }
+    tree.insert("replicas".into(), Value::Array(replicas));
+}
+
+/// The first line of a file named by a `*_FILE` variable (trailing whitespace dropped).
+fn read_first_line(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    Ok(text.lines().next().unwrap_or_default().trim_end().to_string())
 }
 
 /// Host and port of a postgres:// URL (default port 5432).

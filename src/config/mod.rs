@@ -80,6 +80,9 @@ pub struct ProxyConfig {
     pub workers: usize,
     /// Bound on TCP connect + login to PostgreSQL.
     pub server_connect_timeout: Dur,
+    /// Keep retrying a refused primary connection this long before failing the client: a short
+    /// wait across a PostgreSQL restart beats an error (0 = fail at once).
+    pub server_connect_retry: Dur,
     /// A connection idle longer than this gets a probe query before it is handed out.
     pub server_check_delay: Dur,
     /// Query run on a server before another client gets it in session mode.
@@ -115,6 +118,7 @@ impl Default for ProxyConfig {
             server_lifetime: Dur::secs(3600),
             workers: 0,
             server_connect_timeout: Dur::secs(5),
+            server_connect_retry: Dur::secs(2),
             server_check_delay: Dur::secs(30),
             server_reset_query: "DISCARD ALL".into(),
             client_login_timeout: Dur::secs(60),
@@ -153,17 +157,44 @@ pub enum AuthType {
     /// No password asked.
     #[serde(rename = "trust")]
     Trust,
+    /// A TLS client certificate (checked against `[tls] client_ca`) whose CN is the user name.
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AuthConfig {
-    /// scram-sha-256 | md5 | trust.
+    /// scram-sha-256 | md5 | trust | cert.
     #[serde(rename = "type")]
     pub kind: AuthType,
     /// Users allowed to connect.
     pub users: Vec<UserConfig>,
+    /// More users from a PgBouncer userlist.txt (`"name" "secret"` per line); config users win.
+    pub auth_file: String,
+    /// Role that runs `auth_query` for users not listed here (its password must be listed).
+    pub auth_user: String,
+    /// Fetches a user's verifier from PostgreSQL; `$1` is the user name.
+    pub auth_query: String,
+    /// Database `auth_query` runs in.
+    pub auth_database: String,
+    /// How long an `auth_query` answer (found or not) is reused.
+    pub auth_query_ttl: Dur,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            kind: AuthType::default(),
+            users: Vec::new(),
+            auth_file: String::new(),
+            auth_user: String::new(),
+            auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into(),
+            auth_database: "postgres".into(),
+            auth_query_ttl: Dur::secs(60),
+        }
+    }
 }
 
 /// One `[[auth.users]]` entry.
@@ -229,6 +260,8 @@ pub struct TlsConfig {
     pub server_mode: ServerTlsMode,
     /// CA bundle for verify-ca / verify-full.
     pub server_ca: String,
+    /// CA for client certificates (mutual TLS); empty: clients present none.
+    pub client_ca: String,
 }
 
 impl Default for TlsConfig {
@@ -239,6 +272,7 @@ impl Default for TlsConfig {
             key: "certs/server.key".into(),
             server_mode: ServerTlsMode::Disable,
             server_ca: String::new(),
+            client_ca: String::new(),
         }
     }
 }
@@ -328,13 +362,59 @@ impl Default for AdminConfig {
 }
 
 /// `[migration]`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MigrationConfig {
     /// Where the current phase is persisted.
     pub state_file: String,
     /// The new database's primary.
     pub target: BackendConfig,
+    /// The new database's streaming replicas (reads in shift_reads and after cutover).
+    pub target_replicas: Vec<BackendConfig>,
+    /// async: COMMIT is answered at once, replay follows in order; sync: COMMIT is answered once
+    /// the other store has applied it too.
+    pub mirror_mode: MirrorMode,
+    /// Committed transactions waiting for replay before committing clients are held.
+    pub mirror_queue: usize,
+    /// Bound on a replay, and on how long a full queue may hold a committing client.
+    pub mirror_timeout: Dur,
+    /// How long a write-target flip (cutover, or rollback from it) waits for in-flight
+    /// transactions and the mirror queue to finish.
+    pub drain_timeout: Dur,
+    /// Database compared by verification (unless the request names one).
+    pub verify_database: String,
+    /// Tables with at least this many rows are compared on a sample.
+    pub verify_full_below: i64,
+    /// The sample's share of rows, in percent.
+    pub verify_sample_percent: u8,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        MigrationConfig {
+            state_file: "pgshift-migration.json".into(),
+            target: BackendConfig { host: "127.0.0.1".into(), port: 5442 },
+            target_replicas: Vec::new(),
+            mirror_mode: MirrorMode::Async,
+            mirror_queue: 10_000,
+            mirror_timeout: Dur::secs(5),
+            drain_timeout: Dur::secs(30),
+            verify_database: "postgres".into(),
+            verify_full_below: 1_000_000,
+            verify_sample_percent: 10,
+        }
+    }
+}
+
+/// How dual-write waits for the other store.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MirrorMode {
+    /// COMMIT answered at once; replay follows in commit order.
+    #[default]
+    Async,
+    /// COMMIT answered once replayed on the other store.
+    Sync,
 }
 
 impl Config {

@@ -98,3 +98,59 @@ fn redaction_hides_secrets() {
     assert!(!out.contains("password = \"app\""));
     assert!(out.contains("<redacted>"));
 }
+
+#[test]
+fn replicas_from_environment_replace_the_file() {
+    let text = format!("{MINIMAL}\n[[replicas]]\nhost = \"old\"\nport = 5433\n");
+    let vars = env(&[("PGSHIFT_REPLICAS", "r1:5433, r2 ,[::1]:6000,postgres://u:secret@r3:7000/app")]);
+    let c = Config::from_toml_with_env(&text, vars).unwrap();
+    let got: Vec<String> = c.replicas.iter().map(BackendConfig::address).collect();
+    assert_eq!(got, ["r1:5433", "r2:5432", "::1:6000", "r3:7000"]);
+
+    let c = Config::from_toml_with_env(&text, env(&[("PGSHIFT_REPLICAS", "")])).unwrap();
+    assert!(c.replicas.is_empty(), "an empty PGSHIFT_REPLICAS means no replicas");
+}
+
+#[test]
+fn bad_replica_entries_are_listed_without_their_text() {
+    let vars = env(&[("PGSHIFT_REPLICAS", "ok:5433,postgres://u:hunter2@:99,::1")]);
+    let err = Config::from_toml_with_env(MINIMAL, vars).unwrap_err();
+    let all = err.0.join("\n");
+    assert!(all.contains("PGSHIFT_REPLICAS: entry 2"), "{all}");
+    assert!(all.contains("PGSHIFT_REPLICAS: entry 3"), "{all}");
+    assert_eq!(err.0.len(), 2, "{all}");
+    assert!(!all.contains("hunter2"), "{all}");
+}
+
+#[test]
+fn migration_target_from_environment() {
+    let vars = env(&[("PGSHIFT_MIGRATION_TARGET_URL", "postgres://new-db:5442/app")]);
+    let c = Config::from_toml_with_env(MINIMAL, vars).unwrap();
+    assert_eq!(c.migration.unwrap().target, BackendConfig { host: "new-db".into(), port: 5442 });
+}
+
+#[test]
+fn secrets_from_files_named_by_the_environment() {
+    let dir = std::env::temp_dir().join(format!("pgshift-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("admin_token");
+    std::fs::write(&token, "s3cret-token\nignored second line\n").unwrap();
+    let vars = env(&[
+        ("PGSHIFT_ADMIN_TOKEN_FILE", token.to_str().unwrap()),
+        ("PGSHIFT_ADMIN_LISTEN", "0.0.0.0:6480"), // beyond loopback: the token is required
+    ]);
+    let c = Config::from_toml_with_env(MINIMAL, vars).unwrap();
+    assert_eq!(c.admin.token, "s3cret-token");
+
+    // A real key ending in _file is still that key.
+    let c = Config::from_toml_with_env(MINIMAL, env(&[("PGSHIFT_AUTH_AUTH_FILE", "/etc/userlist.txt")])).unwrap();
+    assert_eq!(c.auth.auth_file, "/etc/userlist.txt");
+
+    let missing = dir.join("nope");
+    let vars = env(&[("PGSHIFT_ADMIN_TOKEN_FILE", missing.to_str().unwrap()), ("PGSHIFT_ADMIN_NOPE_FILE", "/x")]);
+    let err = Config::from_toml_with_env(MINIMAL, vars).unwrap_err();
+    let all = err.0.join("\n");
+    assert!(all.contains("PGSHIFT_ADMIN_TOKEN_FILE: cannot read"), "{all}");
+    assert!(all.contains("PGSHIFT_ADMIN_NOPE_FILE: [admin] has no key \"nope_file\""), "{all}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

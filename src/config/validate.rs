@@ -14,7 +14,8 @@ fn schema() -> Table {
         pool_size: Some(1),
     }];
     c.replicas = vec![BackendConfig::default()];
-    c.migration = Some(Default::default());
+    c.migration =
+        Some(crate::config::MigrationConfig { target_replicas: vec![BackendConfig::default()], ..Default::default() });
     Table::try_from(&c).unwrap_or_default()
 }
 
@@ -106,6 +107,15 @@ impl Config {
         }
         if let Some(m) = &self.migration {
             validate_backend("migration.target", &m.target, problems);
+            for (i, r) in m.target_replicas.iter().enumerate() {
+                validate_backend(&format!("migration.target_replicas[{i}]"), r, problems);
+            }
+            if m.target == self.primary {
+                problems.push("[migration] target is the same server as [primary]".into());
+            }
+            if m.verify_sample_percent == 0 || m.verify_sample_percent > 100 {
+                problems.push("[migration] verify_sample_percent must be between 1 and 100".into());
+            }
         }
         let a = &self.admin;
         if !a.listen.is_empty() && !a.listen.starts_with("unix:") {
@@ -130,7 +140,7 @@ impl Config {
             if u.password.is_some() && u.password_file.is_some() {
                 problems.push(format!("[[auth.users]] {:?}: give password or password_file, not both", u.name));
             }
-            let needs_secret = self.auth.kind != AuthType::Trust;
+            let needs_secret = !matches!(self.auth.kind, AuthType::Trust | AuthType::Cert);
             if needs_secret && u.password.is_none() && u.password_file.is_none() {
                 problems.push(format!("[[auth.users]] {:?}: no password (auth type needs one)", u.name));
             }
@@ -144,8 +154,20 @@ impl Config {
                 problems.push(format!("[[auth.users]] {:?}: pool_size must be at least 1", u.name));
             }
         }
-        if self.auth.users.is_empty() && self.auth.kind != AuthType::Trust {
-            problems.push("[auth] no users: add at least one [[auth.users]] entry".into());
+        let a = &self.auth;
+        let external = !a.auth_file.is_empty() || !a.auth_user.is_empty();
+        if a.users.is_empty() && !external && !matches!(a.kind, AuthType::Trust | AuthType::Cert) {
+            problems.push("[auth] no users: add [[auth.users]], auth_file or auth_user".into());
+        }
+        if !a.auth_user.is_empty() && !a.users.iter().any(|u| u.name == a.auth_user) {
+            problems
+                .push(format!("[auth] auth_user {:?} must be listed in [[auth.users]] with its password", a.auth_user));
+        }
+        if !a.auth_user.is_empty() && !a.auth_query.contains("$1") {
+            problems.push("[auth] auth_query must take the user name as $1".into());
+        }
+        if a.kind == AuthType::Cert && (self.tls.client_ca.is_empty() || self.tls.mode == super::TlsMode::Disable) {
+            problems.push("[auth] type = \"cert\" needs [tls] mode other than disable and client_ca".into());
         }
     }
 }

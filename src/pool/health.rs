@@ -84,6 +84,7 @@ fn probe_spec(rt: &Runtime, backend: &Backend) -> Option<LoginSpec> {
     };
     Some(LoginSpec {
         address: backend.address.clone(),
+        backend_name: backend.name.clone(),
         user,
         database: r.health_check_database.clone(),
         connect_timeout: r.health_check_timeout.0,

@@ -75,6 +75,7 @@ impl Pools {
         }
         let spec = LoginSpec {
             address: backend.address.clone(),
+            backend_name: backend.name.clone(),
             user: p.user.clone(),
             database: database.into(),
             connect_timeout: p.connect_timeout,

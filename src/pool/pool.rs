@@ -16,9 +16,6 @@ use super::PoolError;
 use crate::server::{LoginSpec, ServerConn};
 use crate::stats::PoolStats;
 
-/// A connection idle longer than this gets a non-blocking liveness check before it is handed out.
-const LIVENESS_CHECK_AFTER: Duration = Duration::from_millis(500);
-
 /// ParameterStatus values a server reported at login, shared by the clients of a pool.
 pub type ServerParams = Arc<Vec<(String, String)>>;
 
@@ -43,6 +40,9 @@ pub struct PoolSettings {
     pub check_delay: Option<Duration>,
     /// Prepared statements kept per connection.
     pub max_prepared: usize,
+    /// Keep retrying a refused connection this long before failing the client (primary pools:
+    /// a short wait across a restart beats an error; replica pools fail over instead).
+    pub connect_retry: Duration,
 }
 
 /// What a waiter is given.
@@ -70,6 +70,8 @@ struct Inner {
     waiters: VecDeque<(Waiter, Instant)>,
     /// Set when the backend left the configuration: check-ins close instead.
     retired: bool,
+    /// When RECONNECT was last issued: connections opened before it close at check-in.
+    reconnect_at: Option<Instant>,
 }
 
 /// A pool for one (backend, user, database).
@@ -247,7 +249,12 @@ impl Pool {
         let id = self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
         let max_prepared = self.settings.load().max_prepared;
         let spec = self.spec.load_full();
-        let result = ServerConn::connect(&spec, id, max_prepared).await;
+        let retry_until = Instant::now() + self.settings.load().connect_retry;
+        let mut result = ServerConn::connect(&spec, id, max_prepared).await;
+        while result.as_ref().is_err_and(retryable) && Instant::now() < retry_until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            result = ServerConn::connect(&spec, id, max_prepared).await;
+        }
         self.lock().connecting -= 1;
         match result {
             Ok(c) => {
@@ -271,9 +278,7 @@ impl Pool {
     /// Checks an idle connection before handing it out; `None` if it had to be closed.
     async fn vet(&self, mut c: ServerConn, s: &PoolSettings) -> Option<ServerConn> {
         let idle = c.last_used.elapsed();
-        if s.lifetime.is_some_and(|l| c.created.elapsed() > l)
-            || (idle > LIVENESS_CHECK_AFTER && !c.healthy_after_idle())
-        {
+        if s.lifetime.is_some_and(|l| c.created.elapsed() > l) || !c.healthy_after_idle() {
             self.discard(c);
             return None;
         }
@@ -303,7 +308,7 @@ impl Pool {
         }
         c.last_used = Instant::now();
         let mut inner = self.lock();
-        if inner.retired {
+        if inner.retired || inner.reconnect_at.is_some_and(|t| c.created < t) {
             drop(inner);
             self.discard(c);
             return;
@@ -392,7 +397,11 @@ impl Pool {
 
     /// Closes idle connections now and those in use at their next check-in.
     pub fn reconnect(&self) {
-        let idle = std::mem::take(&mut self.lock().idle);
+        let idle = {
+            let mut inner = self.lock();
+            inner.reconnect_at = Some(Instant::now());
+            std::mem::take(&mut inner.idle)
+        };
         for c in idle {
             self.discard(c);
         }
@@ -417,10 +426,21 @@ impl Pool {
         }
     }
 
-    /// `user@database/address`, for logs (never a password).
+    /// `user@database/backend`, for logs (never a password, never a host).
     pub fn label(&self) -> String {
         let spec = self.spec.load();
-        format!("{}@{}/{}", spec.user.name, spec.database, spec.address)
+        format!("{}@{}/{}", spec.user.name, spec.database, spec.backend_name)
+    }
+}
+
+/// Failures that go away by themselves when a server restarts: refused or reset connections, and
+/// PostgreSQL saying it is starting up or shutting down.
+fn retryable(e: &crate::server::ServerError) -> bool {
+    use crate::server::ServerError;
+    match e {
+        ServerError::Connect(_) | ServerError::Closed | ServerError::Io(_) => true,
+        ServerError::Refused { code, .. } => matches!(code.as_str(), "57P01" | "57P02" | "57P03"),
+        _ => false,
     }
 }
 

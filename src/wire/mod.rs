@@ -4,6 +4,9 @@ pub mod frame;
 pub mod messages;
 pub mod startup;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use frame::tag;
 
 /// Protocol violations seen while framing; each ends the connection with SQLSTATE 08P01.

@@ -1,0 +1,122 @@
+//! Requests answered without a server: Parse/Close/Sync of known statements, LISTEN/UNLISTEN
+//! through the shared listener, and errors in place of requests that could not be sent anywhere.
+
+use bytes::Buf;
+
+use super::request::{self, Request};
+use super::session::{LastFrame, Session};
+use crate::config::PoolMode;
+use crate::error::ClientError;
+use crate::wire::messages;
+
+impl Session {
+    /// Drops a request's frames up to and including Sync, answering the Sync (extended-protocol
+    /// error recovery when the batch could not be sent anywhere).
+    pub(super) fn skip_request(&mut self, req: Request) {
+        let frames = self.cin.split_to(req.len);
+        if frames.last_frame_tag() == Some(crate::wire::tag::SYNC) {
+            self.skip_to_sync = false;
+            messages::put_ready_for_query(&mut self.cout, self.state.tx_status);
+        }
+    }
+    /// Answers a request that could not get a server with an ERROR (and ReadyForQuery where the
+    /// protocol wants one), so the client can retry on the same connection.
+    pub(super) fn answer_in_place(&mut self, req: Request, e: &ClientError) {
+        self.shared.stats.record_error(e.code.as_bytes());
+        self.cout.extend_from_slice(&e.frame());
+        let frames = self.cin.split_to(req.len);
+        match frames.last_frame_tag() {
+            Some(crate::wire::tag::QUERY | crate::wire::tag::FUNCTION_CALL | crate::wire::tag::SYNC) => {
+                messages::put_ready_for_query(&mut self.cout, self.state.tx_status)
+            }
+            _ => self.skip_to_sync = true,
+        }
+    }
+    /// A request of only Parse (of statements some server already accepted), Close of named
+    /// statements, Sync and Flush needs no server: answer it here. This lets PQprepare outside a
+    /// transaction finish while every connection is busy (pgbench -M prepared with more clients
+    /// per thread than connections would otherwise deadlock: PQprepare blocks the whole thread).
+    pub(super) fn answer_locally(&mut self, req: Request) -> bool {
+        use crate::wire::{frame, tag};
+        if !self.state.track_prepared || self.state.tx_status != b'I' || req.terminate {
+            return false;
+        }
+        let mut plan = Vec::new();
+        let mut at = 0;
+        while let Ok(Some((t, total))) = frame::complete_frame(&self.cin[at..req.len]) {
+            let body = frame::body(&self.cin[at..at + total]);
+            at += total;
+            match t {
+                tag::PARSE => {
+                    let Some((name, tail)) = frame::cstr(body).filter(|(n, _)| !n.is_empty()) else { return false };
+                    let Some(def) = self.shared.prepared.validated(&self.database, tail) else { return false };
+                    plan.push((t, bytes::Bytes::copy_from_slice(name), Some(def)));
+                }
+                tag::CLOSE => {
+                    let Some((b'S', rest)) = body.split_first().map(|(k, r)| (*k, r)) else { return false };
+                    let Some((name, _)) = frame::cstr(rest).filter(|(n, _)| self.state.statements.contains_key(*n))
+                    else {
+                        return false;
+                    };
+                    plan.push((t, bytes::Bytes::copy_from_slice(name), None));
+                }
+                tag::SYNC | tag::FLUSH => plan.push((t, bytes::Bytes::new(), None)),
+                _ => return false,
+            }
+        }
+        if at != req.len {
+            return false;
+        }
+        for (t, name, def) in plan {
+            match (t, def) {
+                (tag::PARSE, Some(def)) => {
+                    self.state.statements.insert(name, def);
+                    messages::put_empty(&mut self.cout, tag::PARSE_COMPLETE);
+                }
+                (tag::CLOSE, _) => {
+                    self.state.statements.remove(&name);
+                    messages::put_empty(&mut self.cout, tag::CLOSE_COMPLETE);
+                }
+                (tag::SYNC, _) => messages::put_ready_for_query(&mut self.cout, b'I'),
+                _ => {}
+            }
+        }
+        self.cin.advance(req.len);
+        true
+    }
+    /// A lone LISTEN/UNLISTEN outside a transaction, in transaction mode: subscribe through the
+    /// pool's shared listener connection instead of pinning the client to a server.
+    pub(super) fn listen_locally(&mut self, req: Request) -> bool {
+        use crate::router::SessionEffect;
+        use crate::wire::{frame, tag};
+        let tm = self.rt.pool_mode() == PoolMode::Transaction && self.state.pinned.is_none();
+        if !tm || self.state.tx_status != b'I' || req.terminate {
+            return false;
+        }
+        let f = &self.cin[..req.len];
+        if !matches!(frame::complete_frame(f), Ok(Some((tag::QUERY, n))) if n == req.len) {
+            return false;
+        }
+        let Some(sql) = request::sql_of(tag::QUERY, f) else { return false };
+        let class = request::classify(&self.shared, &self.rt, &sql);
+        let [stmt] = class.statements.as_slice() else { return false };
+        let hub = self.shared.notify.clone();
+        let command = match &stmt.session {
+            SessionEffect::Listen { channel } => {
+                let pool = self.pools.primary_for(self.shared.migration.phase()).clone();
+                if let Some(rx) = hub.listen(&pool, self.handle.id, channel) {
+                    self.notify_rx = Some(rx);
+                }
+                "LISTEN"
+            }
+            SessionEffect::Unlisten { channel } => {
+                hub.unlisten(self.handle.id, channel.as_deref());
+                "UNLISTEN"
+            }
+            _ => return false,
+        };
+        crate::notify::answer(&mut self.cout, command, b'I');
+        self.cin.advance(req.len);
+        true
+    }
+}

@@ -1,0 +1,51 @@
+//! Hands the write transactions a client committed during dual-write to the mirror, in commit
+//! order; in sync mode the client's answer waits until the other store has applied them.
+
+use super::session::Session;
+use crate::config::MirrorMode;
+use crate::migration::mirror::CapturedTxn;
+
+impl Session {
+    /// Queues what the attached transaction committed (if anything) for replay.
+    pub(super) async fn mirror_committed(&mut self) {
+        let Some(att) = self.attached.as_mut() else { return };
+        if att.committed.is_empty() {
+            return;
+        }
+        let committed = std::mem::take(&mut att.committed);
+        let toward_target = att.mirror_to_target;
+        let Some(cfg) = self.rt.config.migration.as_ref() else { return };
+        let (mode, timeout) = (cfg.mirror_mode, cfg.mirror_timeout.0);
+        let mirror = &self.shared.migration.mirror;
+        for c in committed {
+            let seq = mirror.next_seq();
+            self.state.last_mirror_seq = seq;
+            let (ack, done) = match mode {
+                MirrorMode::Sync => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    (Some(tx), Some(rx))
+                }
+                MirrorMode::Async => (None, None),
+            };
+            let txn = CapturedTxn {
+                seq,
+                toward_target,
+                user: self.user.clone(),
+                database: self.database.clone(),
+                settings: self.state.settings.clone(),
+                defs: c.defs,
+                frames: c.frames,
+                boundaries: c.boundaries,
+                errors: c.errors,
+                ack,
+            };
+            mirror.submit(&self.shared, txn, timeout).await;
+            if let Some(done) = done {
+                // sync: the COMMIT's answer is still in our output buffer; it goes out only once
+                // the other store has the transaction too (or the replay gave up).
+                // A replay that gives up is counted by the applier itself.
+                let _ = tokio::time::timeout(timeout, done).await;
+            }
+        }
+    }
+}

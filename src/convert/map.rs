@@ -1,0 +1,449 @@
+//! The setting map: each PgBouncer setting onto its pgshift key, or a note saying why not.
+
+use toml::Value;
+
+use super::ini::{parse_connstr, Entry, Ini};
+use super::unmapped::unmappable;
+use super::{NoteKind, Output, Sect, User};
+use crate::config::Dur;
+
+/// What a PgBouncer timeout of 0 means, when it is not what 0 means in pgshift.
+enum Zero {
+    /// 0 is "off" in both.
+    Same,
+    /// 0 cannot be carried over; the reason.
+    Unmappable(&'static str),
+}
+
+/// PgBouncer's auth_query default (1.24+): an expired password yields NULL, so no login.
+const PGBOUNCER_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END \
+                                    FROM pg_authid WHERE rolname = $1 AND rolcanlogin";
+
+/// Maps a parsed pgbouncer.ini (and userlist.txt users) onto `out`.
+pub fn map(ini: &Ini, ini_name: &str, users: Option<(&str, Vec<(String, String)>)>, out: &mut Output) {
+    let at = |e: &Entry| format!("{ini_name}:{}", e.line);
+    for inc in &ini.includes {
+        out.note(
+            NoteKind::NotMapped,
+            &at(inc),
+            format!("%include {}", inc.value),
+            "not followed: convert that file too",
+        );
+    }
+    for s in &ini.sections {
+        if !matches!(s.name.as_str(), "pgbouncer" | "databases" | "users") {
+            let why =
+                if s.name == "peers" { "not needed: one pgshift process uses every core" } else { "unknown section" };
+            for e in &s.entries {
+                out.note(NoteKind::NotMapped, &at(e), format!("[{}] {}", s.name, e.key), why);
+            }
+        }
+    }
+    if let Some((name, list)) = users {
+        for (n, (user, secret)) in list.into_iter().enumerate() {
+            out.users.push(User { name: user, secret, pool_size: None, from: format!("{name} entry {}", n + 1) });
+        }
+    }
+    settings(ini, &at, out);
+    databases(ini, &at, out);
+    user_overrides(ini, &at, out);
+    pgbouncer_defaults(out);
+}
+
+fn shown(e: &Entry) -> String {
+    format!("{} = {}", e.key, e.value)
+}
+
+/// Where a value came from: "pgbouncer.ini:12 max_client_conn".
+fn from(at: &dyn Fn(&Entry) -> String, e: &Entry) -> String {
+    format!("{} {}", at(e), e.key)
+}
+
+/// The `[pgbouncer]` section.
+fn settings(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
+    let (mut addr, mut port) = (None, None);
+    for e in ini.section("pgbouncer") {
+        let key = e.setting();
+        match key.as_str() {
+            "listen_addr" => addr = Some(e),
+            "listen_port" => port = Some(e),
+            "pool_mode" => match e.value.as_str() {
+                "session" | "transaction" => {
+                    out.set(Sect::Proxy, "pool_mode", Value::String(e.value.clone()), from(at, e))
+                }
+                _ => out.note(NoteKind::NotMapped, &at(e), shown(e), "pgshift pools in transaction or session mode"),
+            },
+            "default_pool_size"
+            | "min_pool_size"
+            | "reserve_pool_size"
+            | "max_client_conn"
+            | "max_prepared_statements" => match e.value.parse::<i64>() {
+                Ok(n) if n >= 0 => out.set(Sect::Proxy, static_key(&key), Value::Integer(n), from(at, e)),
+                _ => out.note(NoteKind::NotMapped, &at(e), shown(e), "not a whole number"),
+            },
+            "reserve_pool_timeout" | "server_idle_timeout" | "query_timeout" | "client_idle_timeout" => {
+                duration(e, &key, Zero::Same, at, out)
+            }
+            "idle_transaction_timeout" => {
+                duration(e, &key, Zero::Same, at, out);
+                if out.get(Sect::Proxy, "idle_transaction_timeout").is_some() && e.value.trim() != "0" {
+                    out.note(
+                        NoteKind::Different,
+                        &at(e),
+                        shown(e),
+                        "accepted, but not enforced by pgshift yet (planned)",
+                    );
+                }
+            }
+            "query_wait_timeout" => duration(
+                e,
+                &key,
+                Zero::Unmappable("0 waits forever in PgBouncer; pgshift needs a bound above 0"),
+                at,
+                out,
+            ),
+            "client_login_timeout" => duration(
+                e,
+                &key,
+                Zero::Unmappable("0 is no limit in PgBouncer; pgshift needs a bound above 0"),
+                at,
+                out,
+            ),
+            "server_connect_timeout" => duration(e, &key, Zero::Unmappable("pgshift needs a bound above 0"), at, out),
+            "server_lifetime" => duration(
+                e,
+                &key,
+                Zero::Unmappable("0 uses each server connection once in PgBouncer; in pgshift 0 is no limit"),
+                at,
+                out,
+            ),
+            "server_check_delay" => duration(
+                e,
+                &key,
+                Zero::Unmappable("0 checks before every use in PgBouncer; in pgshift 0 turns the check off"),
+                at,
+                out,
+            ),
+            "server_reset_query" => {
+                out.set(Sect::Proxy, "server_reset_query", Value::String(e.value.clone()), from(at, e))
+            }
+            "auth_type" => auth_type(e, at, out),
+            "auth_file" => {
+                if out.users.is_empty() {
+                    out.set(Sect::Auth, "auth_file", Value::String(e.value.clone()), from(at, e));
+                }
+            }
+            "auth_user" | "auth_query" => {
+                out.set(Sect::Auth, static_key(&key), Value::String(e.value.clone()), from(at, e))
+            }
+            "auth_dbname" => out.set(Sect::Auth, "auth_database", Value::String(e.value.clone()), from(at, e)),
+            "admin_users" => out.set(Sect::Admin, "admin_users", list(&e.value), from(at, e)),
+            "client_tls_sslmode" => client_tls(e, at, out),
+            "client_tls_cert_file" => out.set(Sect::Tls, "cert", Value::String(e.value.clone()), from(at, e)),
+            "client_tls_key_file" => out.set(Sect::Tls, "key", Value::String(e.value.clone()), from(at, e)),
+            "client_tls_ca_file" => out.set(Sect::Tls, "client_ca", Value::String(e.value.clone()), from(at, e)),
+            "server_tls_sslmode" => server_tls(e, at, out),
+            "server_tls_ca_file" => out.set(Sect::Tls, "server_ca", Value::String(e.value.clone()), from(at, e)),
+            _ => {
+                let why = unmappable(&key).unwrap_or("no pgshift equivalent");
+                out.note(NoteKind::NotMapped, &at(e), shown(e), why);
+            }
+        }
+    }
+    listen(addr, port, at, out);
+}
+
+/// The `'static` pgshift key of a same-named PgBouncer setting.
+fn static_key(key: &str) -> &'static str {
+    const SAME: &[&str] = &[
+        "default_pool_size",
+        "min_pool_size",
+        "reserve_pool_size",
+        "max_client_conn",
+        "max_prepared_statements",
+        "reserve_pool_timeout",
+        "server_idle_timeout",
+        "query_timeout",
+        "client_idle_timeout",
+        "idle_transaction_timeout",
+        "query_wait_timeout",
+        "client_login_timeout",
+        "server_connect_timeout",
+        "server_lifetime",
+        "server_check_delay",
+        "auth_user",
+        "auth_query",
+    ];
+    SAME.iter().copied().find(|k| *k == key).unwrap_or("unknown")
+}
+
+fn duration(e: &Entry, key: &str, zero: Zero, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
+    let d = match Dur::parse(&e.value) {
+        Ok(d) => d,
+        Err(why) => return out.note(NoteKind::NotMapped, &at(e), shown(e), why),
+    };
+    if let (true, Zero::Unmappable(why)) = (d.0.is_zero(), zero) {
+        return out.note(NoteKind::NotMapped, &at(e), shown(e), format!("{why}; pgshift's default is kept"));
+    }
+    out.set(Sect::Proxy, static_key(key), Value::String(d.to_string()), from(at, e));
+}
+
+fn list(v: &str) -> Value {
+    Value::Array(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect())
+}
+
+fn auth_type(e: &Entry, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
+    let (kind, why) = match e.value.as_str() {
+        "scram-sha-256" | "trust" | "cert" => (e.value.as_str(), None),
+        "md5" => ("md5", None),
+        "plain" => ("scram-sha-256", Some("pgshift never asks for a cleartext password: SCRAM instead")),
+        "any" => ("trust", Some("trust asks no password, but the user must still be known to pgshift")),
+        _ => {
+            let why =
+                "no equivalent (pgshift: scram-sha-256, md5, trust, cert); pgshift's default scram-sha-256 is kept";
+            return out.note(NoteKind::NotMapped, &at(e), shown(e), why);
+        }
+    };
+    out.set(Sect::Auth, "type", Value::String(kind.into()), from(at, e));
+    if let Some(why) = why {
+        out.note(NoteKind::Different, &at(e), shown(e), why);
+    }
+}
+
+fn client_tls(e: &Entry, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
+    let mode = match e.value.as_str() {
+        m @ ("disable" | "allow" | "prefer" | "require") => m,
+        "verify-ca" | "verify-full" => {
+            let why = "TLS required; a client certificate is checked against client_ca when presented, \
+                       and demanded only with auth type cert";
+            out.note(NoteKind::Different, &at(e), shown(e), why);
+            "require"
+        }
+        _ => return out.note(NoteKind::NotMapped, &at(e), shown(e), "not an sslmode"),
+    };
+    out.set(Sect::Tls, "mode", Value::String(mode.into()), from(at, e));
+}
+
+fn server_tls(e: &Entry, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
+    let mode = match e.value.as_str() {
+        m @ ("disable" | "prefer" | "require" | "verify-ca" | "verify-full") => m,
+        "allow" => {
+            out.note(NoteKind::Different, &at(e), shown(e), "pgshift has no allow toward PostgreSQL: prefer instead");
+            "prefer"
+        }
+        _ => return out.note(NoteKind::NotMapped, &at(e), shown(e), "not an sslmode"),
+    };
+    out.set(Sect::Tls, "server_mode", Value::String(mode.into()), from(at, e));
+}
+
+/// listen_addr + listen_port -> `[proxy] listen`.
+fn listen(addr: Option<&Entry>, port: Option<&Entry>, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
+    let port_num = match port {
+        None => 6432,
+        Some(p) => p.value.parse::<u16>().unwrap_or_else(|_| {
+            out.note(NoteKind::NotMapped, &at(p), shown(p), "not a port number; 6432 is used");
+            6432
+        }),
+    };
+    let origin = [addr, port].into_iter().flatten().map(|e| from(at, e)).collect::<Vec<_>>().join(", ");
+    let Some(a) = addr else {
+        let listen = format!("127.0.0.1:{port_num}");
+        let why = "PgBouncer without listen_addr listens on its unix socket only; pgshift needs TCP: 127.0.0.1";
+        out.set(Sect::Proxy, "listen", Value::String(listen), "no listen_addr in the ini: see the notes");
+        return out.note(NoteKind::Different, "(listen_addr not set)", "listen_addr".into(), why);
+    };
+    let mut hosts = a.value.split(',').map(str::trim).filter(|h| !h.is_empty());
+    let first = hosts.next().unwrap_or("*");
+    if hosts.next().is_some() {
+        out.note(NoteKind::Different, &at(a), shown(a), format!("pgshift listens on one address: {first} only"));
+    }
+    let ip = match first {
+        "*" => "0.0.0.0".to_string(),
+        "localhost" => "127.0.0.1".to_string(),
+        h => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+    };
+    let listen = match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{port_num}"),
+        Ok(v4) => format!("{v4}:{port_num}"),
+        Err(_) => {
+            out.note(
+                NoteKind::NotMapped,
+                &at(a),
+                shown(a),
+                "pgshift listens on an IP address, not a host name: 127.0.0.1 is used",
+            );
+            format!("127.0.0.1:{port_num}")
+        }
+    };
+    out.set(Sect::Proxy, "listen", Value::String(listen), origin);
+}
+
+/// `[databases]`: the first database's host and port become `[primary]`; everything else is
+/// either the same server (nothing to write) or noted.
+fn databases(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
+    let mut primary: Option<(String, u16)> = None;
+    for e in ini.section("databases") {
+        let kv = match parse_connstr(&e.value) {
+            Ok(kv) => kv,
+            Err(why) => {
+                out.note(NoteKind::NotMapped, &at(e), format!("[databases] {}", e.key), why);
+                continue;
+            }
+        };
+        let get = |k: &str| kv.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let shown_db = format!("[databases] {} = {}", e.key, redact_connstr(&kv));
+        let Some(hosts) = get("host") else {
+            out.note(NoteKind::NotMapped, &at(e), shown_db, "no host= (a unix socket): give [primary] a TCP host");
+            continue;
+        };
+        let mut hosts = hosts.split(',').map(str::trim);
+        let host = hosts.next().unwrap_or_default().to_string();
+        if hosts.next().is_some() {
+            out.note(
+                NoteKind::Different,
+                &at(e),
+                shown_db.clone(),
+                format!("several hosts: only {host} is used; list replicas as [[replicas]]"),
+            );
+        }
+        if host.starts_with('/') {
+            out.note(NoteKind::NotMapped, &at(e), shown_db, "a unix socket directory: give [primary] a TCP host");
+            continue;
+        }
+        let port = match get("port").map(str::parse::<u16>) {
+            None => 5432,
+            Some(Ok(p)) => p,
+            Some(Err(_)) => {
+                out.note(NoteKind::NotMapped, &at(e), shown_db, "port= is not a port number");
+                continue;
+            }
+        };
+        match &primary {
+            None => {
+                out.set(Sect::Primary, "host", Value::String(host.clone()), format!("{} [databases] {}", at(e), e.key));
+                out.set(
+                    Sect::Primary,
+                    "port",
+                    Value::Integer(i64::from(port)),
+                    format!("{} [databases] {}", at(e), e.key),
+                );
+                primary = Some((host, port));
+            }
+            Some((h, p)) if *h == host && *p == port => {}
+            Some((h, p)) => {
+                let why = format!(
+                    "pgshift serves every database from [primary] {h}:{p}; if {host}:{port} is a streaming replica of it, \
+                     list it under [[replicas]] (reads are routed there automatically)"
+                );
+                out.note(NoteKind::NotMapped, &at(e), shown_db.clone(), why);
+            }
+        }
+        for (k, v) in &kv {
+            let why = match k.as_str() {
+                "host" | "port" => continue,
+                "dbname" if v == &e.key || e.key == "*" => continue,
+                "dbname" => "pgshift connects to the database the client names: rename it in the client's DATABASE_URL",
+                "user" | "password" => "no forced user: pgshift logs in to PostgreSQL as the client's own user",
+                "pool_size" | "min_pool_size" | "reserve_pool_size" => {
+                    "pools are sized per user ([[auth.users]] pool_size) or by [proxy], not per database"
+                }
+                "auth_user" | "auth_query" | "auth_dbname" => "auth_user/auth_query are global in pgshift ([auth])",
+                "client_encoding" | "datestyle" | "timezone" | "application_name" => {
+                    "not forced: clients' own startup settings are applied; set a default on the role or database"
+                }
+                _ => "no per-database equivalent in pgshift",
+            };
+            let setting = format!("[databases] {} {k}={}", e.key, if k == "password" { "<redacted>" } else { v });
+            out.note(NoteKind::NotMapped, &at(e), setting, why);
+        }
+    }
+    if primary.is_none() {
+        out.note(
+            NoteKind::NotMapped,
+            "(no [databases] host)",
+            "[primary]".into(),
+            "no TCP database found: set [primary] host and port",
+        );
+    }
+}
+
+fn redact_connstr(kv: &[(String, String)]) -> String {
+    kv.iter()
+        .map(|(k, v)| if k == "password" { format!("{k}=<redacted>") } else { format!("{k}={v}") })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `[users]`: pool_size onto the inlined user; the rest noted.
+fn user_overrides(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
+    for e in ini.section("users") {
+        let kv = parse_connstr(&e.value).unwrap_or_default();
+        for (k, v) in kv {
+            let setting = format!("[users] {} {k}={v}", e.key);
+            if k == "pool_size" {
+                if let (Some(u), Ok(n)) = (out.users.iter_mut().find(|u| u.name == e.key), v.parse::<i64>()) {
+                    u.pool_size = Some(n);
+                    continue;
+                }
+                let why = "pool_size needs the user in [[auth.users]]: give userlist.txt, or add it by hand";
+                out.note(NoteKind::NotMapped, &at(e), setting, why);
+            } else {
+                out.note(NoteKind::NotMapped, &at(e), setting, "no per-user equivalent in pgshift (only pool_size)");
+            }
+        }
+    }
+}
+
+/// Where PgBouncer's default differs from pgshift's, write PgBouncer's so behaviour is kept.
+fn pgbouncer_defaults(out: &mut Output) {
+    let default = "PgBouncer's default (not set in the ini)";
+    if out.get(Sect::Proxy, "max_client_conn").is_none() {
+        out.set(Sect::Proxy, "max_client_conn", Value::Integer(100), default);
+    }
+    if out.get(Sect::Proxy, "server_connect_timeout").is_none() {
+        out.set(Sect::Proxy, "server_connect_timeout", Value::String("15s".into()), default);
+    }
+    let scram_secrets = out.users.iter().any(|u| u.secret.starts_with("SCRAM-SHA-256$"));
+    let md5 = match out.get(Sect::Auth, "type") {
+        None => {
+            out.set(Sect::Auth, "type", Value::String("md5".into()), default);
+            true
+        }
+        Some(v) => v.as_str() == Some("md5"),
+    };
+    if md5 && scram_secrets {
+        // PgBouncer answers such users with SCRAM on its own; pgshift's md5 cannot serve them.
+        out.set(
+            Sect::Auth,
+            "type",
+            Value::String("scram-sha-256".into()),
+            "md5 in PgBouncer, but the userlist holds SCRAM secrets",
+        );
+        let md5_users: Vec<&str> =
+            out.users.iter().filter(|u| u.secret.starts_with("md5")).map(|u| u.name.as_str()).collect();
+        let mut why = "SCRAM secrets in userlist.txt: scram-sha-256 is used for every user".to_string();
+        if !md5_users.is_empty() {
+            why +=
+                &format!("; these users have md5 secrets and need a SCRAM or plaintext one: {}", md5_users.join(", "));
+        }
+        out.note(NoteKind::Different, "(auth_type)", "auth_type = md5".into(), why);
+    } else if md5 && out.users.is_empty() {
+        let why = "PgBouncer switches to SCRAM for users whose secret is a SCRAM verifier; pgshift with md5 cannot \
+                   log those in: use scram-sha-256 if the auth_file holds SCRAM secrets";
+        out.note(NoteKind::Different, "(auth_type)", "auth_type = md5".into(), why);
+    }
+    if out.get(Sect::Auth, "auth_user").is_some() {
+        if out.get(Sect::Auth, "auth_query").is_none() {
+            out.set(
+                Sect::Auth,
+                "auth_query",
+                Value::String(PGBOUNCER_AUTH_QUERY.into()),
+                "PgBouncer's default auth_query",
+            );
+        }
+        if out.get(Sect::Auth, "auth_database").is_none() {
+            let why = "PgBouncer runs auth_query in the client's database; pgshift in auth_database (postgres)";
+            out.note(NoteKind::Different, "(auth_dbname not set)", "auth_dbname".into(), why);
+        }
+    }
+}

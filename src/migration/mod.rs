@@ -1,0 +1,227 @@
+//! The migration-phase switch: which store serves reads and writes (source, target or both),
+//! persisted so a restart resumes the same phase, changed only at transaction boundaries.
+//!
+//! Phases: `off` (source only) -> `dual_write` (source serves; committed writes are mirrored to
+//! the target in commit order) -> `shift_reads` (a sticky share of client sessions reads from the
+//! target) -> `cutover` (the target serves; writes are mirrored back to the source so rollback
+//! stays possible) -> `done` (target only). Any phase may go back to any earlier one.
+
+pub mod control;
+pub mod mirror;
+pub mod verify;
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+
+/// A migration phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Everything to the source.
+    Off = 0,
+    /// Source serves; writes are mirrored to the target.
+    DualWrite = 1,
+    /// As dual_write, and `read_percent` of sessions read from the target.
+    ShiftReads = 2,
+    /// Target serves; writes are mirrored back to the source.
+    Cutover = 3,
+    /// Target only.
+    Done = 4,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            1 => Phase::DualWrite,
+            2 => Phase::ShiftReads,
+            3 => Phase::Cutover,
+            4 => Phase::Done,
+            _ => Phase::Off,
+        }
+    }
+
+    /// True when the target is the primary (reads and writes go there).
+    pub fn target_serves(self) -> bool {
+        matches!(self, Phase::Cutover | Phase::Done)
+    }
+
+    /// True when committed writes are mirrored to the other store.
+    pub fn mirrors(self) -> bool {
+        matches!(self, Phase::DualWrite | Phase::ShiftReads | Phase::Cutover)
+    }
+
+    /// Name as in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Off => "off",
+            Phase::DualWrite => "dual_write",
+            Phase::ShiftReads => "shift_reads",
+            Phase::Cutover => "cutover",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// Why a phase change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// No `[migration]` in the configuration.
+    #[error("no migration is configured ([migration] is absent)")]
+    NotConfigured,
+    /// `read_percent` outside 0..=100.
+    #[error("read_percent must be between 0 and 100")]
+    BadPercent,
+    /// Forward jumps must go through dual_write first (the target must have caught up).
+    #[error(
+        "cannot go from {from} to {to}: move forward one phase at a time (rollback to any earlier phase is allowed)"
+    )]
+    BadTransition {
+        /// Current phase.
+        from: &'static str,
+        /// Requested phase.
+        to: &'static str,
+    },
+    /// The state file could not be written.
+    #[error("cannot persist the migration state: {0}")]
+    Persist(String),
+    /// The drain before a flip of the write target did not finish.
+    #[error("in-flight transactions did not finish within {0}s; phase unchanged")]
+    DrainTimeout(u64),
+}
+
+/// What the state file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persisted {
+    /// The phase.
+    pub phase: Phase,
+    /// Share of sessions reading from the target in shift_reads.
+    pub read_percent: u8,
+}
+
+/// The live switch, shared by every session.
+pub struct Migration {
+    phase: AtomicU8,
+    read_percent: AtomicU8,
+    state_file: Option<PathBuf>,
+    /// Serialises phase changes (and their drains).
+    pub(crate) changing: tokio::sync::Mutex<()>,
+    /// The committed-write mirror.
+    pub mirror: mirror::Mirror,
+    /// Reads served by the target / by the source while shift_reads was on (observed split).
+    pub reads_target: AtomicU64,
+    /// See `reads_target`.
+    pub reads_source: AtomicU64,
+    /// Last verification report, for the status endpoint and metrics.
+    pub last_verify: Mutex<Option<verify::Report>>,
+}
+
+impl Migration {
+    /// The switch, resumed from `state_file` when it exists.
+    pub fn new(state_file: Option<PathBuf>) -> Migration {
+        let saved = state_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| serde_json::from_str::<Persisted>(&t).ok());
+        let saved = saved.unwrap_or(Persisted { phase: Phase::Off, read_percent: 0 });
+        if saved.phase != Phase::Off {
+            tracing::info!(
+                phase = saved.phase.name(),
+                read_percent = saved.read_percent,
+                "migration phase resumed from the state file"
+            );
+        }
+        Migration {
+            phase: AtomicU8::new(saved.phase as u8),
+            read_percent: AtomicU8::new(saved.read_percent.min(100)),
+            state_file,
+            changing: tokio::sync::Mutex::new(()),
+            mirror: mirror::Mirror::default(),
+            reads_target: AtomicU64::new(0),
+            reads_source: AtomicU64::new(0),
+            last_verify: Mutex::new(None),
+        }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    /// The configured share of sessions reading from the target (shift_reads).
+    pub fn read_percent(&self) -> u8 {
+        self.read_percent.load(Ordering::Relaxed)
+    }
+
+    /// Checks a requested change; the caller drains first when the write target flips.
+    pub fn check(&self, to: Phase, read_percent: Option<u8>) -> Result<(), MigrationError> {
+        if read_percent.is_some_and(|p| p > 100) {
+            return Err(MigrationError::BadPercent);
+        }
+        let from = self.phase();
+        // Forward: one step at a time (the mirror must be running before reads or writes move);
+        // staying, or going back to any earlier phase, is always allowed.
+        if to > from && to as u8 > from as u8 + 1 {
+            return Err(MigrationError::BadTransition { from: from.name(), to: to.name() });
+        }
+        Ok(())
+    }
+
+    /// Sets and persists the phase (the caller has drained if needed).
+    pub fn set(&self, to: Phase, read_percent: Option<u8>) -> Result<(), MigrationError> {
+        let pct = read_percent.unwrap_or_else(|| if to == Phase::ShiftReads { self.read_percent() } else { 0 });
+        let saved = Persisted { phase: to, read_percent: pct };
+        if let Some(path) = &self.state_file {
+            let text = serde_json::to_string_pretty(&saved).map_err(|e| MigrationError::Persist(e.to_string()))?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text)
+                .and_then(|_| std::fs::rename(&tmp, path))
+                .map_err(|e| MigrationError::Persist(e.to_string()))?;
+        }
+        self.read_percent.store(pct, Ordering::Relaxed);
+        self.phase.store(to as u8, Ordering::Release);
+        self.reads_target.store(0, Ordering::Relaxed);
+        self.reads_source.store(0, Ordering::Relaxed);
+        tracing::info!(phase = to.name(), read_percent = pct, "migration phase changed");
+        Ok(())
+    }
+
+    /// Whether a session (by its id) reads from the target in shift_reads: sticky per session,
+    /// spread evenly by a hash so the observed share follows `read_percent`.
+    pub fn session_reads_target(&self, session_id: u64) -> bool {
+        match self.phase() {
+            Phase::ShiftReads => {
+                let h = session_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+                (h % 100) < u64::from(self.read_percent())
+            }
+            p => p.target_serves(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_and_persistence() {
+        let dir = std::env::temp_dir().join(format!("pgshift-mig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("state.json");
+        let _ = std::fs::remove_file(&file);
+        let m = Migration::new(Some(file.clone()));
+        assert_eq!(m.phase(), Phase::Off);
+        assert!(m.check(Phase::Cutover, None).is_err(), "no jumping ahead");
+        m.check(Phase::DualWrite, None).unwrap();
+        m.set(Phase::DualWrite, None).unwrap();
+        m.set(Phase::ShiftReads, Some(50)).unwrap();
+        assert!(m.check(Phase::ShiftReads, Some(101)).is_err());
+        m.check(Phase::Off, None).unwrap(); // rollback to any earlier phase
+        let resumed = Migration::new(Some(file.clone()));
+        assert_eq!((resumed.phase(), resumed.read_percent()), (Phase::ShiftReads, 50));
+        let share = (0..10_000u64).filter(|&id| resumed.session_reads_target(id)).count();
+        assert!((4_500..5_500).contains(&share), "{share}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

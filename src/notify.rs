@@ -1,0 +1,185 @@
+//! LISTEN/NOTIFY in transaction mode: one dedicated listener connection per (user, database)
+//! runs every LISTEN its clients asked for, and fans each NotificationResponse out to the clients
+//! subscribed to that channel. Clients keep no server connection while they wait for events.
+
+use bytes::{Bytes, BytesMut};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+use crate::pool::Pool;
+use crate::server::ServerConn;
+use crate::wire::{frame, messages, tag};
+
+/// Notifications queued per client before new ones are dropped (a client that never reads).
+const CLIENT_QUEUE: usize = 1024;
+
+/// What a client session receives: whole NotificationResponse frames.
+pub type NotifyRx = mpsc::Receiver<Bytes>;
+
+/// A subscriber: the client's id and where to send its notifications.
+#[derive(Clone)]
+struct Subscriber {
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// Commands to a listener task.
+enum Cmd {
+    Listen(String),
+    Unlisten(String),
+}
+
+/// One listener connection's channels and subscribers.
+struct Listener {
+    channels: HashMap<String, HashSet<u64>>,
+    cmds: mpsc::UnboundedSender<Cmd>,
+}
+
+/// All listeners, and every subscribed client.
+#[derive(Default)]
+pub struct NotifyHub {
+    listeners: Mutex<HashMap<usize, Listener>>,
+    clients: Mutex<HashMap<u64, Subscriber>>,
+}
+
+/// Identity of a pool for the hub (its address in memory: pools live as long as the process).
+fn pool_key(pool: &Arc<Pool>) -> usize {
+    Arc::as_ptr(pool) as usize
+}
+
+impl NotifyHub {
+    /// Subscribes client `id` to `channel` through `pool`'s listener; returns the receiver to
+    /// poll if this is the client's first subscription.
+    pub fn listen(self: &Arc<Self>, pool: &Arc<Pool>, id: u64, channel: &str) -> Option<NotifyRx> {
+        let mut rx = None;
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.entry(id).or_insert_with(|| {
+                let (tx, r) = mpsc::channel(CLIENT_QUEUE);
+                rx = Some(r);
+                Subscriber { tx }
+            });
+        }
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let l = listeners.entry(pool_key(pool)).or_insert_with(|| {
+            let (cmds, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run_listener(self.clone(), pool.clone(), rx));
+            Listener { channels: HashMap::new(), cmds }
+        });
+        let subs = l.channels.entry(channel.to_string()).or_default();
+        if subs.is_empty() {
+            let _ = l.cmds.send(Cmd::Listen(channel.to_string()));
+        }
+        subs.insert(id);
+        rx
+    }
+
+    /// Unsubscribes client `id` from `channel` (`None`: from every channel).
+    pub fn unlisten(&self, id: u64, channel: Option<&str>) {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for l in listeners.values_mut() {
+            let cmds = l.cmds.clone();
+            l.channels.retain(|ch, subs| {
+                if channel.is_none_or(|c| c == ch) {
+                    subs.remove(&id);
+                }
+                if subs.is_empty() {
+                    let _ = cmds.send(Cmd::Unlisten(ch.clone()));
+                }
+                !subs.is_empty()
+            });
+        }
+    }
+
+    /// Forgets a client that left.
+    pub fn leave(&self, id: u64) {
+        self.unlisten(id, None);
+        if let Ok(mut c) = self.clients.lock() {
+            c.remove(&id);
+        }
+    }
+
+    /// Delivers one NotificationResponse to the subscribers of its channel on `pool`.
+    fn deliver(&self, pool: usize, channel: &str, f: Bytes) {
+        let ids: Vec<u64> = self
+            .listeners
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&pool).and_then(|l| l.channels.get(channel)).map(|s| s.iter().copied().collect()))
+            .unwrap_or_default();
+        let Ok(clients) = self.clients.lock() else { return };
+        for id in ids {
+            if let Some(s) = clients.get(&id) {
+                if s.tx.try_send(f.clone()).is_err() {
+                    tracing::warn!(client = id, "notification dropped: the client is not reading them");
+                }
+            }
+        }
+    }
+
+    /// Channels listened to, for the admin port.
+    pub fn channels(&self) -> usize {
+        self.listeners.lock().map(|l| l.values().map(|l| l.channels.len()).sum()).unwrap_or(0)
+    }
+}
+
+/// The listener task: (re)connects, applies LISTEN/UNLISTEN commands, and fans out notifications.
+async fn run_listener(hub: Arc<NotifyHub>, pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+    let key = pool_key(&pool);
+    let mut listening: HashSet<String> = HashSet::new();
+    loop {
+        let spec = pool.spec.load_full();
+        let mut conn = match ServerConn::connect(&spec, 0, 0).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(pool = %pool.label(), "LISTEN connection failed: {e}; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for ch in &listening {
+            let _ = conn.run_internal(&format!("LISTEN {}", quote_ident(ch))).await;
+        }
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    let sql = match &cmd {
+                        Cmd::Listen(ch) => { listening.insert(ch.clone()); format!("LISTEN {}", quote_ident(ch)) }
+                        Cmd::Unlisten(ch) => { listening.remove(ch); format!("UNLISTEN {}", quote_ident(ch)) }
+                    };
+                    if conn.run_internal(&sql).await.is_err() {
+                        break;
+                    }
+                }
+                f = conn.read_frame() => match f {
+                    Ok(f) if f[0] == tag::NOTIFICATION_RESPONSE => {
+                        if let Some(ch) = notification_channel(&f) {
+                            hub.deliver(key, &ch, f.freeze());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                },
+            }
+        }
+        tracing::warn!(pool = %pool.label(), "LISTEN connection lost; reconnecting");
+    }
+}
+
+/// The channel name of a NotificationResponse (pid, channel, payload).
+fn notification_channel(f: &[u8]) -> Option<String> {
+    let body = frame::body(f).get(4..)?;
+    let (ch, _) = frame::cstr(body)?;
+    Some(String::from_utf8_lossy(ch).into_owned())
+}
+
+/// A channel name as a quoted identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// CommandComplete + ReadyForQuery for a LISTEN/UNLISTEN answered by the proxy.
+pub fn answer(out: &mut BytesMut, command: &str, status: u8) {
+    messages::put_command_complete(out, command);
+    messages::put_ready_for_query(out, status);
+}
