@@ -220,9 +220,10 @@ test('listen_notify', async () => {
   const listener = await connect();
   const got = [];
   listener.on('notification', (m) => got.push(m.payload));
+  const n = await connect();
   try {
+    // As on a direct connection, NOTIFYs committed after LISTEN returned must all be delivered.
     await listener.query('LISTEN drv_node_chan');
-    const n = await connect();
     try {
       for (let i = 0; i < 3; i++) await n.query(`NOTIFY drv_node_chan, 'n${i}'`);
       await n.query({ name: 'notify', text: 'select pg_notify($1, $2)', values: ['drv_node_chan', 'n3'] });
@@ -232,6 +233,24 @@ test('listen_notify', async () => {
     for (let i = 0; i < 250 && got.length < 4; i++) await sleep(20);
     eq(got, ['n0', 'n1', 'n2', 'n3'], 'notifications');
   } finally {
+    await listener.end();
+  }
+});
+
+test('listen_notify_after_a_pause', async () => {
+  // The same with 500 ms between LISTEN and the first NOTIFY (delivery itself, apart from timing).
+  const listener = await connect();
+  const got = [];
+  listener.on('notification', (m) => got.push(m.payload));
+  const n = await connect();
+  try {
+    await listener.query('LISTEN drv_node_chan2');
+    await sleep(500);
+    for (let i = 0; i < 3; i++) await n.query(`NOTIFY drv_node_chan2, 'p${i}'`);
+    for (let i = 0; i < 250 && got.length < 3; i++) await sleep(20);
+    eq(got, ['p0', 'p1', 'p2'], 'notifications');
+  } finally {
+    await n.end();
     await listener.end();
   }
 });

@@ -497,11 +497,20 @@ def set_config_pins_and_does_not_leak():
 
 @test
 def listen_notify():
-    """LISTEN on one connection (pinned to its server), NOTIFY / pg_notify from others, delivered
-    while the listener is idle and while it runs queries; unrelated traffic meanwhile."""
+    """LISTEN on one connection, NOTIFY / pg_notify from others: delivered while the listener is
+    idle and while it runs queries, with unrelated traffic meanwhile; not delivered to a client
+    that does not listen, nor after UNLISTEN."""
     listener = connect()
+    bystander = connect()
+    first = connect()
+    first.execute("select 1")
+    # As on a direct connection, a NOTIFY committed after LISTEN returned must be delivered.
     listener.execute("listen drv_chan")
-    pid = listener.execute("select pg_backend_pid()").fetchone()[0]
+    first.execute("notify drv_chan, 'right-after-listen'")
+    first.close()
+    got = [x.payload for x in listener.notifies(timeout=5, stop_after=1)]
+    eq(got, ["right-after-listen"], "a notification sent right after LISTEN returned")
+    bystander.execute("select 1")
     stop = threading.Event()
 
     def churn(k):
@@ -519,11 +528,13 @@ def listen_notify():
                 n.execute("select pg_notify('drv_chan', %s)", ("param-3",))
                 with n.transaction():
                     n.execute("notify drv_chan, 'in-tx-4'")
+                with n.transaction():
+                    n.execute("notify drv_chan, 'rolled-back'")
+                    raise psycopg.Rollback()
             got = [x.payload for x in listener.notifies(timeout=5, stop_after=5)]
             eq(got, ["hello-0", "hello-1", "hello-2", "param-3", "in-tx-4"], "notifications")
             for i in range(20):
-                row = listener.execute("select pg_backend_pid(), pg_listening_channels()").fetchone()
-                eq(row, (pid, "drv_chan"), f"listener query {i}")
+                eq(listener.execute("select %s::int", (i,)).fetchone()[0], i, f"listener query {i}")
             with connect() as n:
                 n.execute("notify drv_chan, 'after-queries'")
             got = [x.payload for x in listener.notifies(timeout=5, stop_after=1)]
@@ -532,14 +543,19 @@ def listen_notify():
             stop.set()
             for f in churners:
                 f.result()
+    eq([x.payload for x in bystander.notifies(timeout=0.5)], [], "notifications of a client that does not listen")
     listener.execute("unlisten drv_chan")
+    with connect() as n:
+        n.execute("notify drv_chan, 'after-unlisten'")
+    eq([x.payload for x in listener.notifies(timeout=1)], [], "notifications after UNLISTEN")
     listener.close()
+    bystander.close()
 
 
 @test
 def session_features_pin_and_do_not_leak():
-    """Temp table, SQL PREPARE, WITH HOLD cursor and a session advisory lock each pin their client
-    to one server for the rest of its session (every query sees them, under load); after the
+    """Temp table, SQL PREPARE, WITH HOLD cursor, a session advisory lock, LISTEN in a transaction
+    and SET ROLE each pin their client to one server for the rest of its session (every query sees them, under load); after the
     client disconnects, no later client sees its leftovers, and the advisory lock is released."""
     stop = threading.Event()
 
@@ -587,7 +603,8 @@ def session_features_pin_and_do_not_leak():
                     eq(row, (1, pid), "advisory lock held by own session")
                 # leave the lock held: disconnecting must release it
             elif kind == "listen":
-                c.execute("listen drv_pin_chan")
+                with c.transaction():  # LISTEN inside a transaction pins (outside, pgshift fans out)
+                    c.execute("listen drv_pin_chan")
                 pid = c.execute("select pg_backend_pid()").fetchone()[0]
                 for i in range(20):
                     eq(c.execute("select pg_listening_channels(), pg_backend_pid()").fetchone(),
