@@ -1,0 +1,148 @@
+"""Shared bits of the Python driver suites: settings from run.sh, a tiny test runner, helpers.
+
+Each suite registers tests with @test and calls main(); `python test_x.py NAME...` runs only the
+named tests. Output: one line per test, then 'N passed, N failed'; exit status 1 on any failure.
+"""
+
+import asyncio
+import faulthandler
+import inspect
+import os
+import sys
+import threading
+import time
+import traceback
+
+import psycopg
+
+PORT = int(os.environ.get("PGSHIFT_DRV_PORT", "6432"))
+PRIMARY_PORT = int(os.environ.get("PGSHIFT_DRV_PRIMARY_PORT", "5432"))
+REPLICA_PORTS = [int(p) for p in os.environ.get("PGSHIFT_DRV_REPLICA_PORTS", "").split()]
+POOL_SIZE = int(os.environ.get("PGSHIFT_DRV_POOL_SIZE", "4"))
+HOST = "127.0.0.1"
+USER = PASSWORD = DB = "app"
+PROXY_URL = os.environ.get("DATABASE_URL", f"postgresql://app:app@{HOST}:{PORT}/app")
+PRIMARY_URL = f"postgresql://app:app@{HOST}:{PRIMARY_PORT}/app"
+TEST_TIMEOUT = float(os.environ.get("PGSHIFT_DRV_TEST_TIMEOUT", "60"))
+
+_TESTS = []
+
+
+def test(fn):
+    """Registers a test (a function or a coroutine function, no arguments)."""
+    _TESTS.append(fn)
+    return fn
+
+
+def check(cond, msg):
+    if not cond:
+        raise AssertionError(msg)
+
+
+def eq(got, want, what):
+    if got != want:
+        raise AssertionError(f"{what}: got {got!r}, want {want!r}")
+
+
+def primary():
+    """A direct connection to the bed's primary (not through pgshift), for setup and checks."""
+    return psycopg.connect(PRIMARY_URL, autocommit=True)
+
+
+def sync_replicas(timeout=10.0):
+    """Waits until every replica has replayed the primary's current WAL insert position, so that
+    a read routed to a replica sees what any client just committed (read-your-writes covers only
+    the client's own writes). The insert position, not pg_current_wal_lsn(): with
+    synchronous_commit = off (the bed) a commit returns before its WAL is written."""
+    if not REPLICA_PORTS:
+        return
+    with primary() as c:
+        lsn = c.execute("select pg_current_wal_insert_lsn()::text").fetchone()[0]
+    deadline = time.monotonic() + timeout
+    for port in REPLICA_PORTS:
+        with psycopg.connect(f"postgresql://app:app@{HOST}:{port}/app", autocommit=True) as c:
+            while not c.execute("select pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"replica {port} did not replay {lsn} in {timeout}s")
+                time.sleep(0.02)
+
+
+def check_multiplexing(seen, nclients, what):
+    """seen: set of (server_port, backend_pid) a test's clients observed. Each backend has a pool
+    of POOL_SIZE connections: more distinct pids than that on one port means pgshift opened extra
+    connections (or replaced broken ones); more clients than the pools hold must share."""
+    by_port = {}
+    for port, pid in seen:
+        by_port.setdefault(port, set()).add(pid)
+    for port, pids in by_port.items():
+        check(len(pids) <= POOL_SIZE, f"{what}: {len(pids)} server connections on port {port}, pool is {POOL_SIZE}")
+    total = sum(len(p) for p in by_port.values())
+    if nclients > POOL_SIZE * (1 + len(REPLICA_PORTS)):
+        check(total < nclients, f"{what}: {nclients} clients used {total} server connections: no multiplexing?")
+    return {port: len(pids) for port, pids in sorted(by_port.items())}
+
+
+def check_primary_pool_free(release, what, timeout=5.0):
+    """Checks that every primary server connection can be had: POOL_SIZE clients open
+    transactions at once (transactions go to the primary) within `timeout`. If one cannot, some
+    idle client kept its server connection: release() (closing that client) unblocks it, and the
+    check fails."""
+    conns = [psycopg.connect(PROXY_URL, autocommit=True) for _ in range(POOL_SIZE)]
+    done = []
+
+    def hold(c):
+        c.execute("begin")
+        c.execute("select txid_current()")
+        done.append(c)
+
+    threads = [threading.Thread(target=hold, args=(c,), daemon=True) for c in conns]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    got = len(done)
+    ok = got == POOL_SIZE
+    if not ok:
+        release()
+        for t in threads:
+            t.join(10)
+    for c in conns:
+        c.close()
+    check(ok, f"{what}: only {got} of the primary's {POOL_SIZE} server connections could be had "
+              f"within {timeout:.0f}s: an idle client kept its server connection")
+
+
+def main():
+    only = sys.argv[1:]
+    tests = [t for t in _TESTS if not only or t.__name__ in only]
+    if only and len(tests) != len(only):
+        known = " ".join(t.__name__ for t in _TESTS)
+        print(f"unknown test name(s) in {only}; known: {known}")
+        sys.exit(2)
+    passed = failed = 0
+    t_all = time.monotonic()
+    for fn in tests:
+        t0 = time.monotonic()
+        # A hung test dumps every thread's stack and ends the suite (better than a silent hang).
+        faulthandler.dump_traceback_later(TEST_TIMEOUT + 5, exit=True)
+        try:
+            if inspect.iscoroutinefunction(fn):
+                note = asyncio.run(asyncio.wait_for(fn(), TEST_TIMEOUT))
+            else:
+                note = fn()
+            passed += 1
+            extra = f"  [{note}]" if note else ""
+            print(f"ok    {fn.__name__} ({time.monotonic() - t0:.1f}s){extra}", flush=True)
+        except BaseException as e:  # noqa: BLE001 - report everything, including timeouts
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            failed += 1
+            print(f"FAIL  {fn.__name__} ({time.monotonic() - t0:.1f}s): {type(e).__name__}: {e}", flush=True)
+            for line in traceback.format_exc().rstrip().splitlines():
+                print(f"      {line}")
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+    print(f"({time.monotonic() - t_all:.1f}s)")
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
