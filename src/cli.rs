@@ -214,7 +214,8 @@ fn migration_verify(args: &VerifyArgs) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let db = args.database.clone().unwrap_or(m.verify_database);
-    let report = runtime.block_on(crate::migration::verify::run(&rt, &db, m.verify_full_below, m.verify_sample_percent));
+    let report =
+        runtime.block_on(crate::migration::verify::run(&rt, &db, m.verify_full_below, m.verify_sample_percent));
     println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     match (&report.error, report.differences) {
         (Some(e), _) => fail(e),

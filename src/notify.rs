@@ -23,10 +23,13 @@ struct Subscriber {
     tx: mpsc::Sender<Bytes>,
 }
 
-/// Commands to a listener task.
+/// Commands to a listener task, executed in order.
 enum Cmd {
     Listen(String),
     Unlisten(String),
+    /// Answered once every command before it has run (a client's LISTEN is acknowledged only
+    /// when the shared connection really listens, or NOTIFYs sent right after could be missed).
+    Ack(tokio::sync::oneshot::Sender<()>),
 }
 
 /// One listener connection's channels and subscribers.
@@ -49,8 +52,14 @@ fn pool_key(pool: &Arc<Pool>) -> usize {
 
 impl NotifyHub {
     /// Subscribes client `id` to `channel` through `pool`'s listener; returns the receiver to
-    /// poll if this is the client's first subscription.
-    pub fn listen(self: &Arc<Self>, pool: &Arc<Pool>, id: u64, channel: &str) -> Option<NotifyRx> {
+    /// poll if this is the client's first subscription, and one that fires once the shared
+    /// connection listens.
+    pub fn listen(
+        self: &Arc<Self>,
+        pool: &Arc<Pool>,
+        id: u64,
+        channel: &str,
+    ) -> (Option<NotifyRx>, tokio::sync::oneshot::Receiver<()>) {
         let mut rx = None;
         if let Ok(mut clients) = self.clients.lock() {
             clients.entry(id).or_insert_with(|| {
@@ -70,7 +79,9 @@ impl NotifyHub {
             let _ = l.cmds.send(Cmd::Listen(channel.to_string()));
         }
         subs.insert(id);
-        rx
+        let (ack, acked) = tokio::sync::oneshot::channel();
+        let _ = l.cmds.send(Cmd::Ack(ack));
+        (rx, acked)
     }
 
     /// Unsubscribes client `id` from `channel` (`None`: from every channel).
@@ -143,9 +154,10 @@ async fn run_listener(hub: Arc<NotifyHub>, pool: Arc<Pool>, mut cmds: mpsc::Unbo
             tokio::select! {
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { return };
-                    let sql = match &cmd {
-                        Cmd::Listen(ch) => { listening.insert(ch.clone()); format!("LISTEN {}", quote_ident(ch)) }
-                        Cmd::Unlisten(ch) => { listening.remove(ch); format!("UNLISTEN {}", quote_ident(ch)) }
+                    let sql = match cmd {
+                        Cmd::Listen(ch) => { let q = format!("LISTEN {}", quote_ident(&ch)); listening.insert(ch); q }
+                        Cmd::Unlisten(ch) => { let q = format!("UNLISTEN {}", quote_ident(&ch)); listening.remove(&ch); q }
+                        Cmd::Ack(tx) => { let _ = tx.send(()); continue; }
                     };
                     if conn.run_internal(&sql).await.is_err() {
                         break;

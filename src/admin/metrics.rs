@@ -237,19 +237,47 @@ impl Snapshot {
         let c = |x: u64| vec![(Labels::new(), Value::Counter(x as f64))];
         let phases = ["off", "dual_write", "shift_reads", "cutover", "done"];
         let current = m.phase.name();
-        let phase = phases.iter().map(|p| (vec![("phase", p.to_string())], Value::Gauge(f64::from(u8::from(*p == current))))).collect();
+        let phase = phases
+            .iter()
+            .map(|p| (vec![("phase", p.to_string())], Value::Gauge(f64::from(u8::from(*p == current)))))
+            .collect();
         family(enc, "pgshift_migration_phase", "1 for the current migration phase", phase)?;
-        family(enc, "pgshift_migration_read_percent", "Share of sessions reading from the target", g(f64::from(m.read_percent)))?;
+        family(
+            enc,
+            "pgshift_migration_read_percent",
+            "Share of sessions reading from the target",
+            g(f64::from(m.read_percent)),
+        )?;
         if let Some(o) = m.observed_read_percent {
             family(enc, "pgshift_migration_observed_read_percent", "Share of reads the target served", g(o))?;
         }
-        family(enc, "pgshift_migration_target_up", "1 while the target's primary answers probes", g(f64::from(u8::from(m.target_connected))))?;
-        family(enc, "pgshift_migration_mirror_queue", "Committed transactions waiting for replay", g(m.mirror.queue_depth as f64))?;
+        family(
+            enc,
+            "pgshift_migration_target_up",
+            "1 while the target's primary answers probes",
+            g(f64::from(u8::from(m.target_connected))),
+        )?;
+        family(
+            enc,
+            "pgshift_migration_mirror_queue",
+            "Committed transactions waiting for replay",
+            g(m.mirror.queue_depth as f64),
+        )?;
         family(enc, "pgshift_migration_mirrored", "Transactions replayed on the other store", c(m.mirror.mirrored))?;
         family(enc, "pgshift_migration_mirror_failed", "Transactions that could not be replayed", c(m.mirror.failed))?;
-        family(enc, "pgshift_migration_diverged", "Transactions whose replay differed or was lost", c(m.mirror.diverged))?;
+        family(
+            enc,
+            "pgshift_migration_diverged",
+            "Transactions whose replay differed or was lost",
+            c(m.mirror.diverged),
+        )?;
         if let Some(v) = &m.last_verify {
-            family(enc, "pgshift_migration_verify_differences", "Differences found by the last verification", g(v.differences as f64))?;
+            family(
+                enc,
+                "pgshift_migration_verify_differences",
+                "Differences found by the last verification",
+                g(v.differences as f64),
+            )?;
         }
         Ok(())
     }

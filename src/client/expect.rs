@@ -39,6 +39,8 @@ pub enum Expect {
     Parse { stmt: Option<Arc<StmtDef>> },
     /// Our re-Parse of a client's statement on this server: its ParseComplete is dropped.
     SilentParse { stmt: Arc<StmtDef> },
+    /// Our re-Parse of the client's unnamed statement on a server that has not seen it.
+    SilentUnnamedParse,
     /// Bind -> BindComplete; `stmt` is the proxy-wide statement bound (for 0A000 recovery).
     Bind { stmt: Option<Arc<StmtDef>> },
     /// Describe -> [ParameterDescription] RowDescription | NoData.

@@ -41,6 +41,15 @@ impl Fwd<'_> {
         if self.att.req_started.is_none() {
             self.att.req_started = Some(Instant::now());
         }
+        if self.att.skipping {
+            if t != tag::SYNC {
+                // Discarded by the server after the batch's error: forward, owe nothing.
+                self.att.sout.extend_from_slice(f);
+                return;
+            }
+            self.att.skipping = false;
+        }
+        self.att.flushed = t == tag::FLUSH;
         match t {
             tag::QUERY => self.query(f),
             tag::PARSE => self.parse(f),
@@ -200,6 +209,10 @@ impl Fwd<'_> {
         };
         if name.is_empty() || !self.state.track_prepared {
             self.state.unnamed = name.is_empty().then_some(class);
+            if name.is_empty() && self.state.track_prepared {
+                self.state.unnamed_parse = Some(bytes::Bytes::copy_from_slice(f));
+                self.att.unnamed_parsed = true;
+            }
             return self.send(f, Some(Expect::Parse { stmt: None }));
         }
         let def = self.shared.prepared.intern(self.database, tail, || class);
@@ -226,12 +239,28 @@ impl Fwd<'_> {
         self.att.queue.push(if silent { Expect::SilentParse { stmt } } else { Expect::Parse { stmt: Some(stmt) } });
     }
 
+    /// The unnamed statement lives across requests, which may land on different servers:
+    /// repeat the client's last unnamed Parse where this attachment has not sent it.
+    fn ensure_unnamed(&mut self) {
+        if self.att.unnamed_parsed || !self.state.track_prepared {
+            return;
+        }
+        if let Some(p) = &self.state.unnamed_parse {
+            self.att.sout.extend_from_slice(p);
+            self.att.queue.push(Expect::SilentUnnamedParse);
+            self.att.unnamed_parsed = true;
+        }
+    }
+
     fn bind(&mut self, f: &[u8]) {
         let body = frame::body(f);
         let parsed = frame::cstr(body).and_then(|(portal, rest)| Some((portal, frame::cstr(rest)?)));
         let Some((portal, (stmt, rest))) = parsed else {
             return self.send(f, Some(Expect::Bind { stmt: None }));
         };
+        if stmt.is_empty() {
+            self.ensure_unnamed();
+        }
         let def =
             if stmt.is_empty() || !self.state.track_prepared { None } else { self.state.statements.get(stmt).cloned() };
         let class = match (&def, stmt.is_empty()) {
@@ -269,6 +298,9 @@ impl Fwd<'_> {
             Some((&k, rest)) => (k, frame::cstr(rest).map_or(&b""[..], |(n, _)| n)),
             None => return self.send(f, Some(expect)),
         };
+        if kind == b'S' && name.is_empty() && t == tag::DESCRIBE {
+            self.ensure_unnamed();
+        }
         let def = if kind == b'S' && !name.is_empty() && self.state.track_prepared {
             self.state.statements.get(name).cloned()
         } else {

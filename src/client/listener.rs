@@ -71,7 +71,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::
 
 async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     // 0 turns the bound off, as in PgBouncer.
-    let timeout = shared.runtime.load().config.proxy.client_login_timeout.enabled().unwrap_or(Duration::from_secs(86_400 * 365));
+    let timeout =
+        shared.runtime.load().config.proxy.client_login_timeout.enabled().unwrap_or(Duration::from_secs(86_400 * 365));
     let opening = tokio::time::timeout(timeout, handshake::open(&shared, tcp, peer)).await;
     match opening {
         Ok(Ok(Opening::Session(login))) if crate::admin::console::is_console_database(&login.database) => {

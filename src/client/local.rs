@@ -86,7 +86,7 @@ impl Session {
     }
     /// A lone LISTEN/UNLISTEN outside a transaction, in transaction mode: subscribe through the
     /// pool's shared listener connection instead of pinning the client to a server.
-    pub(super) fn listen_locally(&mut self, req: Request) -> bool {
+    pub(super) async fn listen_locally(&mut self, req: Request) -> bool {
         use crate::router::SessionEffect;
         use crate::wire::{frame, tag};
         let tm = self.rt.pool_mode() == PoolMode::Transaction && self.state.pinned.is_none();
@@ -104,9 +104,13 @@ impl Session {
         let command = match &stmt.session {
             SessionEffect::Listen { channel } => {
                 let pool = self.pools.primary_for(self.shared.migration.phase()).clone();
-                if let Some(rx) = hub.listen(&pool, self.handle.id, channel) {
+                let (rx, listening) = hub.listen(&pool, self.handle.id, channel);
+                if let Some(rx) = rx {
                     self.notify_rx = Some(rx);
                 }
+                // Answer once the shared connection listens (bounded: a down primary must not
+                // hang the client; it gets its answer and notifications start when it is back).
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), listening).await;
                 "LISTEN"
             }
             SessionEffect::Unlisten { channel } => {

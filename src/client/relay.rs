@@ -43,6 +43,7 @@ impl Session {
             if self.process_client_input(tm).map_err(|e| End::Close(ClientError::protocol(e.to_string())))? {
                 return Err(End::ClientGone);
             }
+            self.sync_after_flush(tm);
             if let Some(done) = self.attachment_done() {
                 return Ok(done);
             }
@@ -147,6 +148,24 @@ impl Session {
                     )))
                 }
             }
+        }
+    }
+
+    /// A request that ended with Flush, all of whose replies are in, outside any transaction,
+    /// that ran nothing or only reads on a replica: end its implicit transaction with our own
+    /// Sync so the server goes back to the pool. asyncpg's prepare() is Parse/Describe/Flush and
+    /// then nothing until the next query; a pipeline's read on a replica must not carry the
+    /// client's next write there. Writes executed before a Flush keep the server until the
+    /// client's own Sync (committing early would change the transaction's meaning).
+    fn sync_after_flush(&mut self, tm: bool) {
+        let Some(att) = self.attached.as_mut() else { return };
+        let settled = att.flushed && att.queue.is_empty() && att.sout.is_empty() && self.cin.is_empty();
+        let idle = att.server_status == b'I' && self.state.tx_status == b'I';
+        let harmless = !att.batch_executed || att.target == crate::router::Target::Replica;
+        if tm && settled && idle && harmless && !att.suspended && !att.copy_in && !att.skipping {
+            crate::wire::messages::put_empty(&mut att.sout, tag::SYNC);
+            att.queue.push(super::expect::Expect::SilentSync);
+            att.flushed = false;
         }
     }
 

@@ -35,6 +35,10 @@ impl Reply<'_> {
         if matches!(self.att.queue.front(), Some(Expect::SilentQuery)) {
             return self.silent_query_frame(t, f);
         }
+        if matches!(self.att.queue.front(), Some(Expect::SilentUnnamedParse)) && t == tag::PARSE_COMPLETE {
+            self.att.queue.pop();
+            return self.after_pop();
+        }
         match t {
             tag::READY_FOR_QUERY => return self.ready(f),
             tag::ERROR_RESPONSE if !self.error(f) => return,
@@ -81,6 +85,7 @@ impl Reply<'_> {
                 self.att.copy_in = true;
             }
             tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
+                self.att.suspended |= t == tag::PORTAL_SUSPENDED;
                 if matches!(self.att.queue.front(), Some(Expect::Execute)) {
                     self.att.queue.pop();
                     self.att.batch_executed = true;
@@ -162,6 +167,11 @@ impl Reply<'_> {
                 for id in self.att.queue.skip_to_sync() {
                     conn.state.remove_prepared(id);
                 }
+                // No Sync sent yet: the server now discards everything up to the client's next
+                // Sync, so frames still to come owe no replies (see Fwd::frame).
+                if !matches!(self.att.queue.front(), Some(Expect::Sync | Expect::SilentSync)) {
+                    self.att.skipping = true;
+                }
             }
             Some(_) => {}
             None => self.att.lease.conn().broken = true, // an unsolicited error: the server is ending the session
@@ -225,9 +235,13 @@ impl Reply<'_> {
         let status = frame::ready_status(f);
         self.att.server_status = status;
         self.att.batch_executed = false;
+        self.att.suspended = false;
         if matches!(self.att.queue.front(), Some(Expect::SilentSync)) {
-            self.att.queue.pop(); // the batch is being re-run; its real ReadyForQuery comes later
-            return self.after_pop();
+            // Our own Sync: after a Flush-ended request (to give the server back), or a batch
+            // being re-run. The client asked for no ReadyForQuery.
+            self.att.queue.pop();
+            self.after_pop();
+            return self.check_release();
         }
         match self.att.queue.pop() {
             Some(Expect::Query | Expect::Sync) => self.end_of_request(status),

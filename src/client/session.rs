@@ -189,7 +189,7 @@ impl Session {
                 self.skip_request(req);
                 continue;
             }
-            if self.answer_locally(req) || self.listen_locally(req) {
+            if self.answer_locally(req) || self.listen_locally(req).await {
                 continue;
             }
             if let Err(e) = self.attach(req).await {
@@ -218,7 +218,10 @@ impl Session {
         loop {
             if self.cout.is_empty() && !self.cflush {
                 if self.shared.is_draining() {
-                    return Err(End::Close(ClientError::fatal("57P01", "terminating connection: pgshift is shutting down")));
+                    return Err(End::Close(ClientError::fatal(
+                        "57P01",
+                        "terminating connection: pgshift is shutting down",
+                    )));
                 }
                 match request::scan(&self.cin) {
                     Ok(Some(r)) if r.complete => return Ok(r),
@@ -233,8 +236,13 @@ impl Session {
                 }
                 self.release_idle_buffers();
             }
-            let side =
-                Side { stream: &mut self.client, rbuf: &mut self.cin, wbuf: &mut self.cout, read: true, flush: self.cflush };
+            let side = Side {
+                stream: &mut self.client,
+                rbuf: &mut self.cin,
+                wbuf: &mut self.cout,
+                read: true,
+                flush: self.cflush,
+            };
             let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 3] =
                 [kill.as_mut(), drain.as_mut(), idle.as_mut()];
             let ev = next_event(side, None, self.notify_rx.as_mut(), &mut extra).await;
@@ -249,11 +257,17 @@ impl Session {
                     self.cflush = false;
                 }
                 Event::Other(0) => {
-                    return Err(End::Close(ClientError::fatal("57P01", "terminating connection due to administrator command")))
+                    return Err(End::Close(ClientError::fatal(
+                        "57P01",
+                        "terminating connection due to administrator command",
+                    )))
                 }
                 Event::Other(1) => drain.set(handle.drain.notified()),
                 Event::Other(_) => {
-                    return Err(End::Close(ClientError::fatal("57P05", "client_idle_timeout: connection closed after being idle")))
+                    return Err(End::Close(ClientError::fatal(
+                        "57P05",
+                        "client_idle_timeout: connection closed after being idle",
+                    )))
                 }
                 _ => {}
             }
@@ -423,7 +437,7 @@ impl Session {
         }
         if let Some(att) = self.attached.take() {
             self.handle.set_server(None);
-            cleanup_server(att, &self.rt).await;
+            cleanup_server(att, &self.rt, self.state.pinned.is_some()).await;
         }
         self.shared.sessions.unregister(&self.handle);
         self.shared.notify.leave(self.handle.id);
@@ -433,20 +447,29 @@ impl Session {
     }
 }
 
-/// A server whose client left: back to the pool if it is idle and owes nothing, after ROLLBACK
-/// if it was in a transaction, after the reset query in session mode; otherwise closed.
-async fn cleanup_server(mut att: Attached, rt: &Runtime) {
+/// A server whose client left: back to the pool if it is idle and owes nothing — after ROLLBACK
+/// if it was in a transaction, and after a full reset if the client had session state on it
+/// (session mode, or a transaction-mode client pinned by SET ROLE, advisory locks, temp tables,
+/// WITH HOLD cursors, SQL PREPARE, LISTEN...); otherwise closed.
+async fn cleanup_server(mut att: Attached, rt: &Runtime, pinned: bool) {
     let pool = att.lease.pool().clone();
     let clean = att.queue.is_empty() && att.sout.is_empty() && att.s2c_passthrough == 0 && att.c2s_passthrough == 0;
     if !clean || att.lease.conn().broken {
         return; // dropping the lease closes the connection
     }
-    let reset = match (rt.pool_mode(), att.server_status) {
-        (PoolMode::Session, _) => Some(rt.config.proxy.server_reset_query.clone()),
-        (_, b'T' | b'E') => Some("ROLLBACK".to_string()),
-        _ => None,
-    };
-    if let Some(sql) = reset.filter(|s| !s.is_empty()) {
+    let mut steps = Vec::new();
+    if matches!(att.server_status, b'T' | b'E') {
+        steps.push("ROLLBACK".to_string());
+    }
+    let reset = &rt.config.proxy.server_reset_query;
+    match (rt.pool_mode(), pinned) {
+        (PoolMode::Session, _) if !reset.is_empty() => steps.push(reset.clone()),
+        // A pinned client may have left anything behind; DISCARD ALL undoes all of it
+        // (role, settings, advisory locks, temp tables, cursors, prepared statements, LISTEN).
+        (PoolMode::Transaction, true) => steps.push("DISCARD ALL".to_string()),
+        _ => {}
+    }
+    for sql in steps {
         let conn = att.lease.conn();
         match tokio::time::timeout(Duration::from_secs(5), conn.run_internal(&sql)).await {
             Ok(Ok(None)) if !conn.broken => {

@@ -46,6 +46,9 @@ pub struct ClientState {
     pub unnamed: Option<Arc<Classification>>,
     /// Classification of the statement bound to the unnamed portal (what Execute runs).
     pub unnamed_portal: Option<Arc<Classification>>,
+    /// The last Parse of the unnamed statement, to repeat on a server that has not seen it (it
+    /// lives across requests, and requests can land on different servers).
+    pub unnamed_parse: Option<Bytes>,
     /// Transaction status last sent to the client.
     pub tx_status: u8,
     /// Why the client keeps its server for the session, if it does.
@@ -187,6 +190,15 @@ pub struct Attached {
     pub mirror_to_target: bool,
     /// Transactions committed in this attachment, waiting to be queued for replay.
     pub committed: Vec<crate::migration::mirror::Capture>,
+    /// An extended-protocol error came before the client's Sync: the server discards frames
+    /// until that Sync, so they owe no replies.
+    pub skipping: bool,
+    /// The last client frame forwarded was a Flush (the client waits without a Sync).
+    pub flushed: bool,
+    /// A portal was suspended (Execute with a row limit): it lives until Sync.
+    pub suspended: bool,
+    /// The client's unnamed statement has been parsed on this server.
+    pub unnamed_parsed: bool,
 }
 
 impl Attached {
@@ -227,6 +239,10 @@ impl Attached {
             capture: None,
             mirror_to_target: true,
             committed: Vec::new(),
+            skipping: false,
+            flushed: false,
+            suspended: false,
+            unnamed_parsed: false,
         }
     }
 }
