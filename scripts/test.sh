@@ -131,6 +131,10 @@ DRIVERS="$ROOT/tests/drivers/run.sh"
 if [[ -x "$DRIVERS" ]]; then
   say "running: tests/drivers/run.sh"
   DSTATUS=0
+  # The cargo tests just built the debug binary: the drivers use it instead of a release build.
+  if [[ -z "${PGSHIFT_BIN:-}" && -x "$ROOT/target/debug/pgshift" ]]; then
+    export PGSHIFT_BIN="$ROOT/target/debug/pgshift"
+  fi
   "$DRIVERS" || DSTATUS=$?
   phase_done "driver tests (exit $DSTATUS)"
   if ((STATUS == 0)); then STATUS="$DSTATUS"; fi
