@@ -85,7 +85,7 @@ impl Proxy {
     pub async fn stop(self) {
         self.shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         for s in self.shared.sessions.all() {
-            s.kill.notify_one();
+            s.signals.raise(crate::client::registry::Signals::KILL);
         }
         for p in self.shared.pools.all() {
             p.retire();
@@ -110,7 +110,7 @@ pub async fn drain(shared: &Shared, timeout: Duration) -> bool {
     loop {
         shared.drain_notify.notify_waiters();
         for s in shared.sessions.all() {
-            s.drain.notify_one();
+            s.signals.raise(crate::client::registry::Signals::DRAIN);
         }
         if shared.sessions.is_empty() {
             return true;

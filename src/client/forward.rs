@@ -156,7 +156,22 @@ impl Fwd<'_> {
             self.att.effects.push_back(Vec::new());
             return self.send(f, Some(Expect::Query));
         };
-        let class = classify(self.shared, self.rt, &sql);
+        let class = match self.state.routed_query.take() {
+            Some(c) => c,
+            None => {
+                // Without replicas or a migration, only session effects matter here: a plain
+                // SELECT/INSERT/UPDATE/DELETE has none, and the check is far cheaper than a parse.
+                let need_all = !self.rt.replicas.is_empty() || self.att.capture.is_some();
+                if let Some(kind) = crate::router::plain_statement(&sql).filter(|_| !need_all) {
+                    if self.att.queue.is_empty() || self.att.kind == crate::router::StatementKind::Other {
+                        self.att.kind = kind;
+                    }
+                    self.att.effects.push_back(Vec::new());
+                    return self.send(f, Some(Expect::Query));
+                }
+                Arc::new(crate::router::classify(&sql, &self.rt.classifier))
+            }
+        };
         if let Some(reason) = self.refused(&class) {
             self.att.queue.push(Expect::Synthetic(Synth::Refused(reason)));
             self.att.queue.push(Expect::Synthetic(Synth::Ready));

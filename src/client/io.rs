@@ -10,10 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWrite};
 
 use crate::stream::Stream;
 
-/// Below this much free space a read buffer grows by `READ_CHUNK`.
-const MIN_FREE: usize = 1024;
-/// Growth step of read buffers.
-const READ_CHUNK: usize = 16 * 1024;
+/// Read buffer growth toward a client: requests are small, and a buffer this size is recycled by
+/// the allocator's per-thread cache when an idle client gives it back.
+pub const CLIENT_CHUNK: usize = 1024;
+/// Read buffer growth toward a server: results can be large.
+pub const SERVER_CHUNK: usize = 16 * 1024;
 
 /// Something that happened on a socket.
 #[derive(Debug)]
@@ -34,6 +35,8 @@ pub enum Event {
     Other(usize),
     /// A NotificationResponse for the client (LISTEN fan-out); `None` when the hub closed.
     Notification(Option<bytes::Bytes>),
+    /// Kill/drain flags raised for the session.
+    Signal(u8),
 }
 
 /// One side's socket and buffers, with what the session wants from it right now.
@@ -48,6 +51,8 @@ pub struct Side<'a> {
     pub read: bool,
     /// A TLS flush is owed.
     pub flush: bool,
+    /// How much to grow the read buffer by when it is (nearly) full.
+    pub chunk: usize,
 }
 
 fn poll_read(side: &mut Side<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
@@ -61,8 +66,8 @@ fn poll_read(side: &mut Side<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize
             }
         }
     }
-    if side.rbuf.capacity() - side.rbuf.len() < MIN_FREE {
-        side.rbuf.reserve(READ_CHUNK);
+    if side.rbuf.capacity() - side.rbuf.len() < side.chunk / 4 {
+        side.rbuf.reserve(side.chunk);
     }
     // tokio's read_buf future holds only borrows, so polling a fresh one each time is cancel-safe.
     pin!(side.stream.read_buf(side.rbuf)).poll(cx)
@@ -74,6 +79,7 @@ pub async fn next_event(
     mut client: Side<'_>,
     mut server: Option<Side<'_>>,
     mut notify: Option<&mut crate::notify::NotifyRx>,
+    signals: (&super::registry::Signals, u8),
     extra: &mut [Pin<&mut (dyn Future<Output = ()> + Send)>],
 ) -> Event {
     std::future::poll_fn(|cx| {
@@ -109,6 +115,9 @@ pub async fn next_event(
             if let Poll::Ready(r) = poll_read(&mut client, cx) {
                 return Poll::Ready(Event::ClientRead(r));
             }
+        }
+        if let Poll::Ready(f) = signals.0.poll(signals.1, cx) {
+            return Poll::Ready(Event::Signal(f));
         }
         if let Some(rx) = notify.as_mut() {
             if let Poll::Ready(n) = rx.poll_recv(cx) {

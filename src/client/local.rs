@@ -98,6 +98,11 @@ impl Session {
             return false;
         }
         let Some(sql) = request::sql_of(tag::QUERY, f) else { return false };
+        // Most requests are not LISTEN: decide that without a parse.
+        let first = sql.trim_start().get(..8).unwrap_or_default().to_ascii_lowercase();
+        if !first.starts_with("listen") && !first.starts_with("unlisten") {
+            return false;
+        }
         let class = request::classify(&self.shared, &self.rt, &sql);
         let [stmt] = class.statements.as_slice() else { return false };
         let hub = self.shared.notify.clone();

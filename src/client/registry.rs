@@ -23,6 +23,41 @@ pub struct ServerRef {
     pub conn_id: u64,
 }
 
+/// Requests to a session from outside: close now (KILL), or at the next idle point (DRAIN).
+/// Flags and one waker, not a Notify: a session checks them on every wait, and a Notify's waiter
+/// list is locked on each registration and drop.
+#[derive(Debug, Default)]
+pub struct Signals {
+    flags: std::sync::atomic::AtomicU8,
+    waker: atomic_waker::AtomicWaker,
+}
+
+impl Signals {
+    /// Close now (admin kill, shutdown).
+    pub const KILL: u8 = 1;
+    /// A drain started: close at the next idle point.
+    pub const DRAIN: u8 = 2;
+
+    /// Raises `bit` and wakes the session.
+    pub fn raise(&self, bit: u8) {
+        self.flags.fetch_or(bit, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Ready with the raised flags among `mask`.
+    pub fn poll(&self, mask: u8, cx: &mut std::task::Context<'_>) -> std::task::Poll<u8> {
+        let f = self.flags.load(Ordering::Acquire) & mask;
+        if f != 0 {
+            return std::task::Poll::Ready(f);
+        }
+        self.waker.register(cx.waker());
+        match self.flags.load(Ordering::Acquire) & mask {
+            0 => std::task::Poll::Pending,
+            f => std::task::Poll::Ready(f),
+        }
+    }
+}
+
 /// Client activity, for the admin port.
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -53,12 +88,8 @@ pub struct SessionHandle {
     pub connected_at: SystemTime,
     /// Wakes the session out of a pool wait (its cancel) .
     pub cancel: Notify,
-    /// Tells the session to close now (admin kill).
-    pub kill: Notify,
-    /// Tells the session a drain started: close at the next idle point. Per session, so that
-    /// waiting on it never contends with other sessions (a shared Notify would be locked by
-    /// every session on every transaction).
-    pub drain: Notify,
+    /// Kill and drain requests for the session (see [`Signals`]).
+    pub signals: Signals,
     /// The server it holds now.
     pub server: Mutex<Option<ServerRef>>,
     state: AtomicU8,
@@ -136,8 +167,7 @@ impl Sessions {
             peer,
             connected_at: SystemTime::now(),
             cancel: Notify::new(),
-            kill: Notify::new(),
-            drain: Notify::new(),
+            signals: Signals::default(),
             server: Mutex::new(None),
             state: AtomicU8::new(0),
             xacts: AtomicU64::new(0),
@@ -190,7 +220,7 @@ impl Sessions {
     pub fn kill(&self, id: u64) -> bool {
         match self.all().into_iter().find(|h| h.id == id) {
             Some(h) => {
-                h.kill.notify_one();
+                h.signals.raise(Signals::KILL);
                 true
             }
             None => false,

@@ -6,11 +6,12 @@
 //! waits on a ReadyForQuery that a Flush will never bring.
 
 use bytes::Buf;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::time::Duration;
 
 use super::forward::Fwd;
 use super::io::{next_event, Event, Side};
+use super::registry::Signals;
 use super::reply::Reply;
 use super::session::{End, OptionalSleep, Relayed, Session};
 use crate::config::PoolMode;
@@ -27,8 +28,8 @@ impl Session {
     pub(super) async fn relay(&mut self) -> Result<Relayed, End> {
         let tm = self.rt.pool_mode() == PoolMode::Transaction && self.state.pinned.is_none();
         let handle = self.handle.clone();
-        let mut kill = pin!(handle.kill.notified());
-        let mut drain = pin!(handle.drain.notified());
+        // Kill always; a drain once (afterwards the idle check below looks at it every turn).
+        let mut signal_mask = Signals::KILL | Signals::DRAIN;
         let mut timer = QueryTimer::new(self.rt.config.proxy.query_timeout.enabled());
         let mut timeout = OptionalSleep::new(None);
         let idle_limit = self.rt.config.proxy.idle_transaction_timeout.enabled();
@@ -80,6 +81,7 @@ impl Session {
                 wbuf: &mut self.cout,
                 read: client_room,
                 flush: self.cflush,
+                chunk: super::io::CLIENT_CHUNK,
             };
             let server = Side {
                 stream: &mut conn.stream,
@@ -87,10 +89,12 @@ impl Session {
                 wbuf: &mut att.sout,
                 read: server_room,
                 flush: att.sflush,
+                chunk: super::io::SERVER_CHUNK,
             };
-            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 4] =
-                [kill.as_mut(), timeout.as_mut(), drain.as_mut(), idle.as_mut()];
-            match next_event(client, Some(server), self.notify_rx.as_mut(), &mut extra).await {
+            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 2] =
+                [timeout.as_mut(), idle.as_mut()];
+            let signals = (&handle.signals, signal_mask);
+            match next_event(client, Some(server), self.notify_rx.as_mut(), signals, &mut extra).await {
                 Event::Notification(Some(f)) => self.cout.extend_from_slice(&f),
                 Event::Notification(None) => self.notify_rx = None,
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
@@ -118,19 +122,20 @@ impl Session {
                         a.sflush = false;
                     }
                 }
-                Event::Other(0) => {
+                Event::Signal(f) if f & Signals::KILL != 0 => {
                     return Err(End::Close(ClientError::fatal(
                         "57P01",
                         "terminating connection due to administrator command",
                     )))
                 }
-                Event::Other(1) if !timer.cancelled => {
+                Event::Signal(_) => signal_mask = Signals::KILL,
+                Event::Other(0) if !timer.cancelled => {
                     self.cancel_running_query().await;
                     timer.cancelled = true;
                     timer.deadline = timer.deadline.map(|d| d + timer.grace);
                     timeout.reset(timer.deadline);
                 }
-                Event::Other(1) => {
+                Event::Other(0) => {
                     // The cancel did not help (a stalled server): give up on this connection.
                     if let Some(att) = self.attached.as_mut() {
                         att.lease.conn().broken = true;
@@ -140,7 +145,6 @@ impl Session {
                         "query_timeout: the server did not answer, even to a cancel; connection closed",
                     )));
                 }
-                Event::Other(2) => drain.set(handle.drain.notified()),
                 Event::Other(_) => {
                     return Err(End::Close(ClientError::fatal(
                         "25P03",

@@ -77,7 +77,11 @@ pub fn sql_of(t: u8, f: &[u8]) -> Option<Cow<'_, str>> {
         }
         _ => return None,
     };
-    Some(String::from_utf8_lossy(text))
+    // Valid UTF-8 (the usual case) borrows; only other encodings pay for the lossy copy.
+    Some(match std::str::from_utf8(text) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(text),
+    })
 }
 
 /// Classifies SQL through the shared cache.
@@ -94,7 +98,14 @@ pub fn classifications(shared: &Shared, rt: &Runtime, state: &ClientState, req: 
         let f = &req[at..at + total];
         at += total;
         match t {
-            tag::QUERY | tag::PARSE => {
+            tag::QUERY => {
+                // Simple-query texts usually carry their literals, so each is new: caching them
+                // only costs an insertion and evicts the statements worth keeping.
+                if let Some(sql) = sql_of(t, f) {
+                    out.push(Arc::new(crate::router::classify(&sql, &rt.classifier)));
+                }
+            }
+            tag::PARSE => {
                 if let Some(sql) = sql_of(t, f) {
                     out.push(classify(shared, rt, &sql));
                 }

@@ -133,6 +133,9 @@ impl Session {
         } else {
             Vec::new()
         };
+        if classes.len() == 1 && self.cin.first() == Some(&crate::wire::tag::QUERY) {
+            self.state.routed_query = classes.first().cloned();
+        }
         let decision = decide(&rt, self.state.route, &classes);
         if decision.target == Target::Primary {
             let writes = classes.is_empty() || classes.iter().any(|c| c.target == Target::Primary);

@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::handshake::Login;
 use super::io::{next_event, Event, Side};
-use super::registry::{ClientState as Activity, ServerRef, SessionHandle};
+use super::registry::{ClientState as Activity, ServerRef, SessionHandle, Signals};
 use super::request::{self, Request};
 use super::route::SessionPools;
 use super::state::{Attached, ClientState, RouteOverride};
@@ -212,8 +212,6 @@ impl Session {
         self.handle.set_state(Activity::Idle);
         let idle_timeout = self.rt.config.proxy.client_idle_timeout.enabled();
         let handle = self.handle.clone();
-        let mut kill = pin!(handle.kill.notified());
-        let mut drain = pin!(handle.drain.notified());
         let mut idle = OptionalSleep::new(idle_timeout);
         loop {
             if self.cout.is_empty() && !self.cflush {
@@ -242,10 +240,11 @@ impl Session {
                 wbuf: &mut self.cout,
                 read: true,
                 flush: self.cflush,
+                chunk: super::io::CLIENT_CHUNK,
             };
-            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 3] =
-                [kill.as_mut(), drain.as_mut(), idle.as_mut()];
-            let ev = next_event(side, None, self.notify_rx.as_mut(), &mut extra).await;
+            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 1] = [idle.as_mut()];
+            let signals = (&handle.signals, Signals::KILL | Signals::DRAIN);
+            let ev = next_event(side, None, self.notify_rx.as_mut(), signals, &mut extra).await;
             match ev {
                 Event::Notification(Some(f)) => self.cout.extend_from_slice(&f),
                 Event::Notification(None) => self.notify_rx = None,
@@ -256,13 +255,18 @@ impl Session {
                     r.map_err(|_| End::ClientGone)?;
                     self.cflush = false;
                 }
-                Event::Other(0) => {
+                Event::Signal(f) if f & Signals::KILL != 0 => {
                     return Err(End::Close(ClientError::fatal(
                         "57P01",
                         "terminating connection due to administrator command",
                     )))
                 }
-                Event::Other(1) => drain.set(handle.drain.notified()),
+                Event::Signal(_) => {
+                    return Err(End::Close(ClientError::fatal(
+                        "57P01",
+                        "terminating connection: pgshift is shutting down",
+                    )))
+                }
                 Event::Other(_) => {
                     return Err(End::Close(ClientError::fatal(
                         "57P05",
@@ -354,10 +358,9 @@ impl Session {
         for _ in 0..=self.rt.replicas.len() + self.rt.targets.len() {
             let (backend, pool, target) = self.route(req.len, phase)?;
             self.handle.set_state(Activity::Waiting);
-            let wait_started = std::time::Instant::now();
             let result = pool.checkout(&self.handle.cancel).await;
-            if result.is_ok() {
-                self.shared.stats.record_wait(wait_started.elapsed());
+            if let Ok(lease) = &result {
+                self.shared.stats.record_wait(lease.waited);
             }
             self.handle.set_state(Activity::Active);
             match result {
@@ -405,7 +408,8 @@ impl Session {
 
     /// Gives the server back at a transaction boundary.
     fn release(&mut self) {
-        let Some(att) = self.attached.take() else { return };
+        let Some(mut att) = self.attached.take() else { return };
+        att.recycle();
         if att.target == crate::router::Target::Primary && att.wrote {
             self.state.last_write_at = crate::pool::cluster::mono_ms();
             self.state.ryw_lsn = 0;

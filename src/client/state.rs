@@ -46,6 +46,8 @@ pub struct ClientState {
     pub unnamed: Option<Arc<Classification>>,
     /// Classification of the statement bound to the unnamed portal (what Execute runs).
     pub unnamed_portal: Option<Arc<Classification>>,
+    /// The classification routing made of a lone simple query, for forwarding to reuse.
+    pub routed_query: Option<Arc<Classification>>,
     /// The last Parse of the unnamed statement, to repeat on a server that has not seen it (it
     /// lives across requests, and requests can land on different servers).
     pub unnamed_parse: Option<Bytes>,
@@ -201,21 +203,57 @@ pub struct Attached {
     pub unnamed_parsed: bool,
 }
 
+/// The buffers of an attachment, recycled between transactions (per worker thread, so idle
+/// clients hold none) so that a transaction allocates nothing for its bookkeeping.
+#[derive(Default)]
+pub struct Spare {
+    queue: ExpectQueue,
+    effects: VecDeque<Vec<SessionEffect>>,
+    sout: BytesMut,
+    batch: BytesMut,
+    last_batch: BytesMut,
+}
+
+thread_local! {
+    static SPARES: std::cell::RefCell<Vec<Spare>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Spares kept per thread: about the number of transactions a worker runs at once.
+const MAX_SPARES: usize = 256;
+
+impl Spare {
+    /// A recycled set of buffers, or a new empty one.
+    pub fn take() -> Spare {
+        SPARES.with(|s| s.borrow_mut().pop()).unwrap_or_default()
+    }
+    /// Returns a set for the next transaction on this thread.
+    pub fn give_back(self) {
+        SPARES.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < MAX_SPARES {
+                s.push(self);
+            }
+        });
+    }
+}
+
 impl Attached {
-    /// A fresh attachment.
+    /// A fresh attachment, with recycled buffers.
     pub fn new(lease: Lease, backend: Arc<Backend>, target: Target) -> Attached {
+        let Spare { queue, effects, sout, batch, last_batch } = Spare::take();
+        let since = lease.since;
         Attached {
             lease,
             backend,
             target,
-            queue: ExpectQueue::default(),
-            sout: BytesMut::new(),
+            queue,
+            sout,
             hold: target == Target::Replica,
             server_status: b'I',
-            since: Instant::now(),
+            since,
             req_started: None,
             kind: StatementKind::Other,
-            effects: VecDeque::new(),
+            effects,
             batch_effects: Vec::new(),
             req_errored: false,
             saw_rollback: false,
@@ -230,8 +268,8 @@ impl Attached {
             replay: None,
             forwarded: false,
             retry: false,
-            batch: BytesMut::new(),
-            last_batch: BytesMut::new(),
+            batch,
+            last_batch,
             batch_rerunnable: true,
             last_batch_rerunnable: false,
             batch_executed: false,
@@ -244,5 +282,31 @@ impl Attached {
             suspended: false,
             unnamed_parsed: false,
         }
+    }
+
+    /// Gives the buffers back (emptied) for the next transaction on this thread. Buffers that
+    /// grew large for one big request are dropped rather than kept.
+    pub fn recycle(&mut self) {
+        let keep = |b: &mut BytesMut| {
+            let mut b = std::mem::take(b);
+            b.clear();
+            if b.capacity() > 64 * 1024 {
+                BytesMut::new()
+            } else {
+                b
+            }
+        };
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.clear();
+        let mut effects = std::mem::take(&mut self.effects);
+        effects.clear();
+        Spare {
+            queue,
+            effects,
+            sout: keep(&mut self.sout),
+            batch: keep(&mut self.batch),
+            last_batch: keep(&mut self.last_batch),
+        }
+        .give_back();
     }
 }

@@ -95,6 +95,8 @@ pub struct Lease {
     pool: Arc<Pool>,
     /// When it was taken (for the admin port and wait-time stats).
     pub since: Instant,
+    /// How long the client waited for it.
+    pub waited: Duration,
 }
 
 impl Lease {
@@ -148,10 +150,13 @@ impl Pool {
                     Grant::Slot => self.open_in_slot().await?,
                 },
             };
-            match self.vet(conn, &settings).await {
+            match self.vet(conn, &settings, started).await {
                 Some(c) => {
-                    self.stats.record_wait(started.elapsed());
-                    return Ok(Lease { conn: Some(c), pool: self.clone(), since: Instant::now() });
+                    // One clock read serves the wait, the lease's start and the transaction's.
+                    let now = Instant::now();
+                    let waited = now - started;
+                    self.stats.record_wait(waited);
+                    return Ok(Lease { conn: Some(c), pool: self.clone(), since: now, waited });
                 }
                 None => continue,
             }
@@ -276,9 +281,9 @@ impl Pool {
     }
 
     /// Checks an idle connection before handing it out; `None` if it had to be closed.
-    async fn vet(&self, mut c: ServerConn, s: &PoolSettings) -> Option<ServerConn> {
-        let idle = c.last_used.elapsed();
-        if s.lifetime.is_some_and(|l| c.created.elapsed() > l) || !c.healthy_after_idle() {
+    async fn vet(&self, mut c: ServerConn, s: &PoolSettings, now: Instant) -> Option<ServerConn> {
+        let idle = now.saturating_duration_since(c.last_used);
+        if s.lifetime.is_some_and(|l| now.saturating_duration_since(c.created) > l) || !c.healthy_after_idle() {
             self.discard(c);
             return None;
         }
@@ -301,12 +306,13 @@ impl Pool {
 
     fn return_conn(&self, mut c: ServerConn) {
         let s = self.settings.load();
-        let expired = s.lifetime.is_some_and(|l| c.created.elapsed() > l);
+        let now = Instant::now();
+        let expired = s.lifetime.is_some_and(|l| now.saturating_duration_since(c.created) > l);
         if c.broken || expired || !c.rbuf.is_empty() {
             self.discard(c);
             return;
         }
-        c.last_used = Instant::now();
+        c.last_used = now;
         let mut inner = self.lock();
         if inner.retired || inner.reconnect_at.is_some_and(|t| c.created < t) {
             drop(inner);

@@ -16,3 +16,74 @@ pub use cache::ClassifierCache;
 pub use classify::{
     classify, reasons, Classification, ClassifierConfig, SessionEffect, Statement, StatementKind, Target, TxControl,
 };
+
+/// A quick look that proves a simple query is one plain SELECT, INSERT, UPDATE or DELETE that
+/// changes no session state (no advisory lock, set_config, or temporary table anywhere in it):
+/// its kind, or `None` when only a full classification can tell. Conservative by construction:
+/// comments, several statements, or any suspicious word send it to the classifier.
+pub fn plain_statement(sql: &str) -> Option<StatementKind> {
+    let s = sql.trim_start();
+    let word_end = s.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let word = &s.as_bytes()[..word_end];
+    let kind = [
+        (&b"select"[..], StatementKind::Select),
+        (b"insert", StatementKind::Insert),
+        (b"update", StatementKind::Update),
+        (b"delete", StatementKind::Delete),
+    ]
+    .into_iter()
+    .find(|(w, _)| word.eq_ignore_ascii_case(w))?
+    .1;
+    let body = s.trim_end();
+    let body = body.strip_suffix(';').unwrap_or(body).as_bytes();
+    // One pass: statement separators, comments, and the words that can carry session state.
+    for (i, &b) in body.iter().enumerate() {
+        let suspect = match b {
+            b';' => true,
+            b'-' => body.get(i + 1) == Some(&b'-'),
+            b'/' => body.get(i + 1) == Some(&b'*'),
+            // the second letter first: most a/s/t in SQL text start none of these words
+            b'a' | b'A' => second_is(body, i, b'd') && starts_with_ignore_case(&body[i..], b"advisory"),
+            b's' | b'S' => second_is(body, i, b'e') && starts_with_ignore_case(&body[i..], b"set_config"),
+            b't' | b'T' => second_is(body, i, b'e') && starts_with_ignore_case(&body[i..], b"temp"),
+            _ => false,
+        };
+        if suspect {
+            return None;
+        }
+    }
+    Some(kind)
+}
+
+fn second_is(body: &[u8], i: usize, lower: u8) -> bool {
+    body.get(i + 1).is_some_and(|c| c.to_ascii_lowercase() == lower)
+}
+
+fn starts_with_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.get(..needle.len()).is_some_and(|h| h.eq_ignore_ascii_case(needle))
+}
+
+#[cfg(test)]
+mod plain_tests {
+    use super::*;
+
+    #[test]
+    fn plain_statements_and_suspects() {
+        assert_eq!(
+            plain_statement("SELECT abalance FROM pgbench_accounts WHERE aid = 42;"),
+            Some(StatementKind::Select)
+        );
+        assert_eq!(plain_statement("  update t set v = 1"), Some(StatementKind::Update));
+        assert_eq!(plain_statement("select pg_advisory_lock(1)"), None);
+        assert_eq!(plain_statement("select set_config('a', 'b', false)"), None);
+        assert_eq!(plain_statement("select * into temp t from x"), None);
+        assert_eq!(plain_statement("select 1; set search_path = x"), None);
+        assert_eq!(plain_statement("/* c */ select 1"), None);
+        assert_eq!(plain_statement("set search_path = x"), None);
+        assert_eq!(plain_statement("begin"), None);
+        // everything the full classifier pins or tracks as session state is refused here
+        for sql in ["select pg_try_advisory_lock(1)", "SELECT SET_CONFIG('x','y',false)", "create temp table t()"] {
+            assert_eq!(plain_statement(sql), None, "{sql}");
+        }
+    }
+}
