@@ -152,23 +152,24 @@ impl Fwd<'_> {
     }
 
     fn query(&mut self, f: &[u8]) {
-        let Some(sql) = sql_of(tag::QUERY, f) else {
-            self.att.effects.push_back(Vec::new());
-            return self.send(f, Some(Expect::Query));
-        };
         let class = match self.state.routed_query.take() {
             Some(c) => c,
             None => {
                 // Without replicas or a migration, only session effects matter here: a plain
                 // SELECT/INSERT/UPDATE/DELETE has none, and the check is far cheaper than a parse.
                 let need_all = !self.rt.replicas.is_empty() || self.att.capture.is_some();
-                if let Some(kind) = crate::router::plain_statement(&sql).filter(|_| !need_all) {
+                let text = frame::cstr(frame::body(f)).map_or(&b""[..], |(t, _)| t);
+                if let Some(kind) = crate::router::plain_statement(text).filter(|_| !need_all) {
                     if self.att.queue.is_empty() || self.att.kind == crate::router::StatementKind::Other {
                         self.att.kind = kind;
                     }
                     self.att.effects.push_back(Vec::new());
                     return self.send(f, Some(Expect::Query));
                 }
+                let Some(sql) = sql_of(tag::QUERY, f) else {
+                    self.att.effects.push_back(Vec::new());
+                    return self.send(f, Some(Expect::Query));
+                };
                 Arc::new(crate::router::classify(&sql, &self.rt.classifier))
             }
         };

@@ -44,6 +44,11 @@ impl Signals {
         self.waker.wake();
     }
 
+    /// True if `bit` has been raised.
+    pub fn is_set(&self, bit: u8) -> bool {
+        self.flags.load(Ordering::Acquire) & bit != 0
+    }
+
     /// Ready with the raised flags among `mask`.
     pub fn poll(&self, mask: u8, cx: &mut std::task::Context<'_>) -> std::task::Poll<u8> {
         let f = self.flags.load(Ordering::Acquire) & mask;

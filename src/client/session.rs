@@ -90,7 +90,8 @@ pub struct Session {
     pub(super) rt: Arc<Runtime>,
     pub(super) pools: SessionPools,
     pub(super) state: ClientState,
-    pub(super) attached: Option<Attached>,
+    /// The server held now (boxed: it moves between the session's steps as a pointer).
+    pub(super) attached: Option<Box<Attached>>,
     /// Drop frames until the next Sync (after an error answered in place of an extended batch).
     pub(super) skip_to_sync: bool,
     /// Notifications for the channels this client LISTENs to (transaction mode fan-out).
@@ -215,6 +216,14 @@ impl Session {
         let mut idle = OptionalSleep::new(idle_timeout);
         loop {
             if self.cout.is_empty() && !self.cflush {
+                // A kill takes effect before the next request, even if that request is already
+                // readable (I/O is polled before signals).
+                if handle.signals.is_set(Signals::KILL) {
+                    return Err(End::Close(ClientError::fatal(
+                        "57P01",
+                        "terminating connection due to administrator command",
+                    )));
+                }
                 if self.shared.is_draining() {
                     return Err(End::Close(ClientError::fatal(
                         "57P01",
@@ -455,7 +464,7 @@ impl Session {
 /// if it was in a transaction, and after a full reset if the client had session state on it
 /// (session mode, or a transaction-mode client pinned by SET ROLE, advisory locks, temp tables,
 /// WITH HOLD cursors, SQL PREPARE, LISTEN...); otherwise closed.
-async fn cleanup_server(mut att: Attached, rt: &Runtime, pinned: bool) {
+async fn cleanup_server(mut att: Box<Attached>, rt: &Runtime, pinned: bool) {
     let pool = att.lease.pool().clone();
     let clean = att.queue.is_empty() && att.sout.is_empty() && att.s2c_passthrough == 0 && att.c2s_passthrough == 0;
     if !clean || att.lease.conn().broken {

@@ -239,10 +239,10 @@ impl Spare {
 
 impl Attached {
     /// A fresh attachment, with recycled buffers.
-    pub fn new(lease: Lease, backend: Arc<Backend>, target: Target) -> Attached {
+    pub fn new(lease: Lease, backend: Arc<Backend>, target: Target) -> Box<Attached> {
         let Spare { queue, effects, sout, batch, last_batch } = Spare::take();
         let since = lease.since;
-        Attached {
+        Box::new(Attached {
             lease,
             backend,
             target,
@@ -281,7 +281,7 @@ impl Attached {
             flushed: false,
             suspended: false,
             unnamed_parsed: false,
-        }
+        })
     }
 
     /// Gives the buffers back (emptied) for the next transaction on this thread. Buffers that

@@ -60,8 +60,10 @@ struct Waiter {
 
 #[derive(Default)]
 struct Inner {
-    /// Idle connections, most recently used last (LIFO keeps a hot working set).
-    idle: Vec<ServerConn>,
+    /// Idle connections, most recently used last (LIFO keeps a hot working set). Boxed: a
+    /// connection moves through checkout and check-in as a pointer, not a few hundred bytes.
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<ServerConn>>,
     /// Connections counted against the size: idle + leased + being opened.
     open: usize,
     /// Of `open`, those being opened right now.
@@ -91,7 +93,7 @@ pub struct Pool {
 
 /// A leased connection; dropping it without `Pool::checkin` closes the connection and frees its slot.
 pub struct Lease {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     pool: Arc<Pool>,
     /// When it was taken (for the admin port and wait-time stats).
     pub since: Instant,
@@ -146,7 +148,7 @@ impl Pool {
                 Ok(Some(idle)) => idle,
                 Ok(None) => self.open_in_slot().await?,
                 Err(rx) => match self.wait(rx, started, &settings, cancel).await? {
-                    Grant::Conn(c) => *c,
+                    Grant::Conn(c) => c,
                     Grant::Slot => self.open_in_slot().await?,
                 },
             };
@@ -165,7 +167,7 @@ impl Pool {
 
     /// Under the lock: an idle connection (`Some`), a slot to open one (`None`), or a place in
     /// the queue.
-    fn take_or_queue(&self, s: &PoolSettings) -> Result<Option<ServerConn>, (u64, oneshot::Receiver<Grant>)> {
+    fn take_or_queue(&self, s: &PoolSettings) -> Result<Option<Box<ServerConn>>, (u64, oneshot::Receiver<Grant>)> {
         let mut inner = self.lock();
         if let Some(c) = inner.idle.pop() {
             return Ok(Some(c));
@@ -242,7 +244,7 @@ impl Pool {
 
     fn give_back(&self, g: Grant) {
         match g {
-            Grant::Conn(c) => self.return_conn(*c),
+            Grant::Conn(c) => self.return_conn(c),
             Grant::Slot => {
                 self.lock().connecting -= 1;
                 self.release_slot();
@@ -250,7 +252,7 @@ impl Pool {
         }
     }
 
-    async fn open_in_slot(&self) -> Result<ServerConn, PoolError> {
+    async fn open_in_slot(&self) -> Result<Box<ServerConn>, PoolError> {
         let id = self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
         let max_prepared = self.settings.load().max_prepared;
         let spec = self.spec.load_full();
@@ -270,7 +272,8 @@ impl Pool {
                     }
                 }
                 tracing::debug!(conn = c.id, pool = %self.label(), "server connection opened");
-                Ok(c)
+                // Boxed once for its whole life: it moves through checkout and check-in as a pointer.
+                Ok(Box::new(c))
             }
             Err(e) => {
                 self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
@@ -281,7 +284,7 @@ impl Pool {
     }
 
     /// Checks an idle connection before handing it out; `None` if it had to be closed.
-    async fn vet(&self, mut c: ServerConn, s: &PoolSettings, now: Instant) -> Option<ServerConn> {
+    async fn vet(&self, mut c: Box<ServerConn>, s: &PoolSettings, now: Instant) -> Option<Box<ServerConn>> {
         let idle = now.saturating_duration_since(c.last_used);
         if s.lifetime.is_some_and(|l| now.saturating_duration_since(c.created) > l) || !c.healthy_after_idle() {
             self.discard(c);
@@ -304,7 +307,7 @@ impl Pool {
         }
     }
 
-    fn return_conn(&self, mut c: ServerConn) {
+    fn return_conn(&self, mut c: Box<ServerConn>) {
         let s = self.settings.load();
         let now = Instant::now();
         let expired = s.lifetime.is_some_and(|l| now.saturating_duration_since(c.created) > l);
@@ -323,7 +326,6 @@ impl Pool {
             inner.idle.push(c);
             return;
         }
-        let mut c = Box::new(c);
         while let Some((w, _)) = inner.waiters.pop_front() {
             match w.tx.send(Grant::Conn(c)) {
                 Ok(()) => return,
@@ -331,13 +333,13 @@ impl Pool {
                 Err(Grant::Slot) => unreachable!("we sent a connection"),
             }
         }
-        inner.idle.push(*c);
+        inner.idle.push(c);
     }
 
     /// Closes a connection and frees its slot (to a waiter, who may open a new one).
-    pub fn discard(&self, c: ServerConn) {
+    pub fn discard(&self, c: Box<ServerConn>) {
         tracing::debug!(conn = c.id, pool = %self.label(), "server connection closed");
-        c.close();
+        (*c).close();
         self.release_slot();
     }
 
