@@ -81,20 +81,8 @@ fn settings(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
                 Ok(n) if n >= 0 => out.set(Sect::Proxy, static_key(&key), Value::Integer(n), from(at, e)),
                 _ => out.note(NoteKind::NotMapped, &at(e), shown(e), "not a whole number"),
             },
-            "reserve_pool_timeout" | "server_idle_timeout" | "query_timeout" | "client_idle_timeout" => {
-                duration(e, &key, Zero::Same, at, out)
-            }
-            "idle_transaction_timeout" => {
-                duration(e, &key, Zero::Same, at, out);
-                if out.get(Sect::Proxy, "idle_transaction_timeout").is_some() && e.value.trim() != "0" {
-                    out.note(
-                        NoteKind::Different,
-                        &at(e),
-                        shown(e),
-                        "accepted, but not enforced by pgshift yet (planned)",
-                    );
-                }
-            }
+            "reserve_pool_timeout" | "server_idle_timeout" | "query_timeout" | "client_idle_timeout"
+            | "idle_transaction_timeout" | "client_login_timeout" => duration(e, &key, Zero::Same, at, out),
             "query_wait_timeout" => duration(
                 e,
                 &key,
@@ -102,13 +90,7 @@ fn settings(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
                 at,
                 out,
             ),
-            "client_login_timeout" => duration(
-                e,
-                &key,
-                Zero::Unmappable("0 is no limit in PgBouncer; pgshift needs a bound above 0"),
-                at,
-                out,
-            ),
+
             "server_connect_timeout" => duration(e, &key, Zero::Unmappable("pgshift needs a bound above 0"), at, out),
             "server_lifetime" => duration(
                 e,

@@ -105,10 +105,12 @@ fn zero_timeouts_that_mean_something_else() {
     assert_eq!(cfg.proxy.server_lifetime, Dur::secs(3600));
     assert_eq!(cfg.proxy.server_idle_timeout, Dur::secs(0), "0 is off in both");
     assert_eq!(cfg.proxy.pool_mode, PoolMode::Transaction);
-    for key in ["query_wait_timeout", "server_lifetime", "server_check_delay", "client_login_timeout", "pool_mode"] {
+    for key in ["query_wait_timeout", "server_lifetime", "server_check_delay", "pool_mode"] {
         assert_eq!(notes_about(&c, key)[0].kind, NoteKind::NotMapped, "{key}");
     }
     assert!(notes_about(&c, "server_idle_timeout").is_empty());
+    assert_eq!(cfg.proxy.client_login_timeout, Dur::secs(0), "0 is no limit in both");
+    assert!(notes_about(&c, "client_login_timeout").is_empty());
     assert_eq!(cfg.primary.address(), "db:6000");
     // PgBouncer's defaults where pgshift's differ.
     assert_eq!(cfg.proxy.max_client_conn, 100);
