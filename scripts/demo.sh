@@ -140,6 +140,10 @@ type = "scram-sha-256"
 [[auth.users]]
 name = "app"
 password = "app"
+[tls]
+mode = "prefer"
+cert = "$ROOT/certs/server.crt"
+key = "$ROOT/certs/server.key"
 [primary]
 host = "127.0.0.1"
 port = $PRIMARY_PORT
@@ -182,6 +186,7 @@ $LINE
    DATABASE_URL=$URL
 
    try:   psql "$URL"
+   TLS:   psql "postgres://app:app@localhost:$PORT/app?sslmode=verify-full&sslrootcert=$ROOT/certs/ca.crt"
    stats: http://127.0.0.1:$ADMIN_PORT/stats
    logs:  $LOG
 

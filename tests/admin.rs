@@ -115,7 +115,8 @@ async fn counters_move_as_queries_run() {
     assert!(u(&pool["sv_idle"]) >= 1, "{pool}");
     let primary = &after["backends"][0];
     assert_eq!(primary["name"], "primary");
-    assert!(u(&primary["routed"]) >= 22, "{primary}");
+    // Counted per lease, like xacts above: the query after the error may ride the same one.
+    assert!(u(&primary["routed"]) >= 21, "{primary}");
 
     let clients = json(&p, "/clients").await;
     assert_eq!(clients.as_array().map(Vec::len), Some(1), "{clients}");
