@@ -152,6 +152,9 @@ shared_buffers = 128MB
 wal_level = replica
 max_wal_senders = 10
 max_replication_slots = 10
+# Two concurrent pg_basebackup -c fast each force a checkpoint; without kept
+# WAL one can recycle a segment the other still has to stream.
+wal_keep_size = 256MB
 hot_standby = on
 hot_standby_feedback = on
 wal_receiver_status_interval = 1s

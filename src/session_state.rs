@@ -6,7 +6,7 @@
 //! statements are renamed to proxy-wide names and prepared lazily on whichever server it uses.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -15,7 +15,77 @@ use crate::wire::messages::{put_cstr, put_frame};
 use crate::wire::tag;
 
 /// Settings by lower-case GUC name; the value is SQL text ready for `SET name TO <value>`.
-pub type Settings = BTreeMap<String, String>;
+///
+/// A sorted vector rather than a map: a client holds a handful of settings at most, and every
+/// idle client carries two of these (a B-tree's first node alone is over 500 bytes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings(Vec<(String, String)>);
+
+impl Settings {
+    /// No settings.
+    pub fn new() -> Self {
+        Settings(Vec::new())
+    }
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
+    }
+    /// Sets `name`; returns the value it replaced.
+    pub fn insert(&mut self, name: String, value: String) -> Option<String> {
+        match self.find(&name) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                self.0.insert(i, (name, value));
+                self.0.shrink_to_fit();
+                None
+            }
+        }
+    }
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+    /// Whether `name` is set.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+    /// Unsets `name`; returns its value.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        self.find(name).ok().map(|i| self.0.remove(i).1)
+    }
+    /// Unsets everything.
+    pub fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
+    /// Keeps the settings `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&String, &mut String) -> bool) {
+        self.0.retain_mut(|(k, v)| keep(k, v));
+        self.0.shrink_to_fit();
+    }
+    /// Names in order.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(k, _)| k)
+    }
+    /// (name, value) in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+    /// How many are set.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// True when none is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a Settings {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, String)>, fn(&'a (String, String)) -> Self::Item>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
 
 /// Quotes a raw value (from a startup packet or ParameterStatus) as a SQL literal.
 pub fn quote_literal(raw: &str) -> String {

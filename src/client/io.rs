@@ -75,14 +75,17 @@ fn poll_read(side: &mut Side<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize
 
 /// Waits for the first ready operation among the client side, the optional server side and the
 /// `extra` futures (polled in order; each must be cancel-safe to poll repeatedly).
-pub async fn next_event(
-    mut client: Side<'_>,
-    mut server: Option<Side<'_>>,
-    mut notify: Option<&mut crate::notify::NotifyRx>,
-    signals: (&super::registry::Signals, u8),
-    extra: &mut [Pin<&mut (dyn Future<Output = ()> + Send)>],
-) -> Event {
-    std::future::poll_fn(|cx| {
+///
+/// A plain function returning a `poll_fn` rather than an `async fn`: an async fn would store its
+/// arguments and the closure's copies of them, doubling what every waiting client's task holds.
+pub fn next_event<'a, 'f>(
+    mut client: Side<'a>,
+    mut server: Option<Side<'a>>,
+    mut notify: Option<&'a mut crate::notify::NotifyRx>,
+    signals: (&'a super::registry::Signals, u8),
+    extra: &'a mut [Pin<&'f mut (dyn Future<Output = ()> + Send)>],
+) -> impl Future<Output = Event> + use<'a, 'f> {
+    std::future::poll_fn(move |cx| {
         // Writes first: draining output is what unblocks the peers.
         if let Some(s) = server.as_mut() {
             if !s.wbuf.is_empty() {
@@ -131,5 +134,4 @@ pub async fn next_event(
         }
         Poll::Pending
     })
-    .await
 }

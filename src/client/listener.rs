@@ -61,24 +61,24 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::
             });
             continue;
         }
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            handle(shared, tcp, peer).await;
-            drop(guard);
-        });
+        tokio::spawn(handle(guard, tcp, peer));
     }
 }
 
-async fn handle(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+/// One client connection, counted by `guard` until it ends.
+async fn handle(guard: ConnGuard, tcp: TcpStream, peer: SocketAddr) {
+    let shared = guard.0.clone();
     // 0 turns the bound off, as in PgBouncer.
     let timeout =
         shared.runtime.load().config.proxy.client_login_timeout.enabled().unwrap_or(Duration::from_secs(86_400 * 365));
-    let opening = tokio::time::timeout(timeout, handshake::open(&shared, tcp, peer)).await;
+    // Boxed: the login's state (TLS handshake, SCRAM) is freed once it is done instead of
+    // sizing the task of every idle client.
+    let opening = tokio::time::timeout(timeout, Box::pin(handshake::open(&shared, tcp, peer))).await;
     match opening {
         Ok(Ok(Opening::Session(login))) if crate::admin::console::is_console_database(&login.database) => {
-            crate::admin::console::run(shared, *login).await
+            Box::pin(crate::admin::console::run(shared, *login)).await
         }
-        Ok(Ok(Opening::Session(login))) => session::run(shared, *login).await,
+        Ok(Ok(Opening::Session(login))) => session::run(shared, login).await,
         Ok(Ok(Opening::Cancelled)) => {}
         Ok(Err(e)) => {
             shared.stats.login_failures.fetch_add(1, Ordering::Relaxed);

@@ -84,10 +84,9 @@ impl Session {
         self.cin.advance(req.len);
         true
     }
-    /// A lone LISTEN/UNLISTEN outside a transaction, in transaction mode: subscribe through the
-    /// pool's shared listener connection instead of pinning the client to a server.
-    pub(super) async fn listen_locally(&mut self, req: Request) -> bool {
-        use crate::router::SessionEffect;
+    /// Whether the request may be a lone LISTEN/UNLISTEN that [`Self::listen_locally`] takes:
+    /// most requests are not, and this says so from the raw bytes, without a parse.
+    pub(super) fn may_listen_locally(&self, req: Request) -> bool {
         use crate::wire::{frame, tag};
         let tm = self.rt.pool_mode() == PoolMode::Transaction && self.state.pinned.is_none();
         if !tm || self.state.tx_status != b'I' || req.terminate {
@@ -97,12 +96,19 @@ impl Session {
         if !matches!(frame::complete_frame(f), Ok(Some((tag::QUERY, n))) if n == req.len) {
             return false;
         }
-        let Some(sql) = request::sql_of(tag::QUERY, f) else { return false };
-        // Most requests are not LISTEN: decide that without a parse.
-        let first = sql.trim_start().get(..8).unwrap_or_default().to_ascii_lowercase();
-        if !first.starts_with("listen") && !first.starts_with("unlisten") {
-            return false;
-        }
+        let body = frame::body(f);
+        let start = body.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(body.len());
+        let word = &body[start..];
+        let starts = |w: &[u8]| word.len() >= w.len() && word[..w.len()].eq_ignore_ascii_case(w);
+        starts(b"listen") || starts(b"unlisten")
+    }
+
+    /// A lone LISTEN/UNLISTEN outside a transaction, in transaction mode: subscribe through the
+    /// pool's shared listener connection instead of pinning the client to a server.
+    pub(super) async fn listen_locally(&mut self, req: Request) -> bool {
+        use crate::router::SessionEffect;
+        use crate::wire::tag;
+        let Some(sql) = request::sql_of(tag::QUERY, &self.cin[..req.len]) else { return false };
         let class = request::classify(&self.shared, &self.rt, &sql);
         let [stmt] = class.statements.as_slice() else { return false };
         let hub = self.shared.notify.clone();

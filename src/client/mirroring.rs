@@ -31,7 +31,7 @@ impl Session {
                 seq,
                 toward_target,
                 user: self.user.clone(),
-                database: self.database.clone(),
+                database: self.database.to_string(),
                 settings: self.state.settings.clone(),
                 defs: c.defs,
                 frames: c.frames,

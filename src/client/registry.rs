@@ -86,7 +86,7 @@ pub struct SessionHandle {
     /// Role name.
     pub user: String,
     /// Database name.
-    pub database: String,
+    pub database: Arc<str>,
     /// Client address.
     pub peer: SocketAddr,
     /// When it logged in.
@@ -155,7 +155,7 @@ pub struct Sessions {
 
 impl Sessions {
     /// Registers a client and gives it a fresh cancel key.
-    pub fn register(&self, user: &str, database: &str, peer: SocketAddr) -> Arc<SessionHandle> {
+    pub fn register(&self, user: &str, database: Arc<str>, peer: SocketAddr) -> Arc<SessionHandle> {
         let mut map = self.by_pid.lock().unwrap_or_else(|e| e.into_inner());
         let mut rng = rand::thread_rng();
         let pid = loop {
@@ -168,7 +168,7 @@ impl Sessions {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
             key: (pid, rng.gen()),
             user: user.into(),
-            database: database.into(),
+            database,
             peer,
             connected_at: SystemTime::now(),
             cancel: Notify::new(),
@@ -209,7 +209,7 @@ impl Sessions {
             .map(|h| ClientInfo {
                 id: h.id,
                 user: h.user.clone(),
-                database: h.database.clone(),
+                database: h.database.to_string(),
                 addr: h.peer.to_string(),
                 state: h.state(),
                 connected_secs: h.connected_at.elapsed().unwrap_or_default().as_secs_f64(),

@@ -37,7 +37,10 @@ impl Session {
         let mut idle = OptionalSleep::new(None);
         loop {
             self.process_server_input(tm).map_err(|e| server_protocol_error(&e))?;
-            self.mirror_committed().await;
+            if self.attached.as_ref().is_some_and(|a| !a.committed.is_empty()) {
+                // Boxed, like every rare await here: it would otherwise size every client's task.
+                Box::pin(self.mirror_committed()).await;
+            }
             if let Some(done) = self.attachment_done() {
                 return Ok(done);
             }
@@ -130,7 +133,7 @@ impl Session {
                 }
                 Event::Signal(_) => signal_mask = Signals::KILL,
                 Event::Other(0) if !timer.cancelled => {
-                    self.cancel_running_query().await;
+                    Box::pin(self.cancel_running_query()).await;
                     timer.cancelled = true;
                     timer.deadline = timer.deadline.map(|d| d + timer.grace);
                     timeout.reset(timer.deadline);

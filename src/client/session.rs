@@ -86,7 +86,8 @@ pub struct Session {
     /// The client owes a TLS flush.
     pub(super) cflush: bool,
     pub(super) user: Arc<UserEntry>,
-    pub(super) database: String,
+    /// Database name, shared with the session's handle.
+    pub(super) database: Arc<str>,
     pub(super) rt: Arc<Runtime>,
     pub(super) pools: SessionPools,
     pub(super) state: ClientState,
@@ -99,22 +100,31 @@ pub struct Session {
 }
 
 /// Runs a client from login to disconnect.
-pub async fn run(shared: Arc<Shared>, login: Login) {
+pub async fn run(shared: Arc<Shared>, login: Box<Login>) {
+    // Login and goodbye are boxed: their states (fetching server parameters, resetting a server)
+    // would otherwise size the task of every idle client, which holds only `Session` and `serve`.
+    let Some(mut session) = Box::pin(open(shared, login)).await else { return };
+    let end = session.serve().await;
+    Box::pin(session.finish(end)).await;
+}
+
+/// Starts the session, or tells the client why not.
+async fn open(shared: Arc<Shared>, login: Box<Login>) -> Option<Session> {
     let peer = login.peer;
-    let mut session = match Session::start(shared.clone(), login).await {
-        Ok(s) => s,
+    match Session::start(shared.clone(), *login).await {
+        Ok(session) => {
+            tracing::info!(%peer, user = %session.user.name, db = %session.database, client = session.handle.id, "client connected");
+            Some(session)
+        }
         Err((mut stream, e)) => {
             shared.stats.login_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             shared.stats.record_error(e.code.as_bytes());
             let _ = stream.write_all(&e.frame()).await;
             let _ = stream.flush().await;
             tracing::info!(%peer, code = %e.code, "login refused: {}", e.message);
-            return;
+            None
         }
-    };
-    tracing::info!(%peer, user = %session.user.name, db = %session.database, client = session.handle.id, "client connected");
-    let end = session.serve().await;
-    session.finish(end).await;
+    }
 }
 
 impl Session {
@@ -126,7 +136,8 @@ impl Session {
             Ok(p) => p,
             Err(e) => return Err((stream, e)),
         };
-        let handle = shared.sessions.register(&user.name, &database, peer);
+        let database: Arc<str> = database.into();
+        let handle = shared.sessions.register(&user.name, database.clone(), peer);
         let mut state = ClientState {
             tx_status: b'I',
             track_prepared: rt.pool_mode() == PoolMode::Transaction && rt.config.proxy.max_prepared_statements > 0,
@@ -190,22 +201,31 @@ impl Session {
                 self.skip_request(req);
                 continue;
             }
-            if self.answer_locally(req) || self.listen_locally(req).await {
+            if self.answer_locally(req) || (self.may_listen_locally(req) && Box::pin(self.listen_locally(req)).await) {
                 continue;
             }
-            if let Err(e) = self.attach(req).await {
-                if e.is_fatal() {
-                    return End::Close(e);
-                }
-                self.answer_in_place(req, &e);
-                continue;
-            }
-            match self.relay().await {
-                Ok(Relayed::Released) => self.release(),
-                Ok(Relayed::Retry) => self.retry_elsewhere(),
+            // Boxed: the attached phase's state exists only while a transaction runs, so the task
+            // of an idle client stays small (one short-lived allocation per transaction).
+            match Box::pin(self.transaction(req)).await {
+                Ok(Some(Relayed::Released)) => self.release(),
+                Ok(Some(Relayed::Retry)) => self.retry_elsewhere(),
+                Ok(None) => {}
                 Err(end) => return end,
             }
         }
+    }
+
+    /// Takes a server for the request and relays until the transaction ends; `None` when no
+    /// server could be had and the client got an error in its place.
+    async fn transaction(&mut self, req: Request) -> Result<Option<Relayed>, End> {
+        if let Err(e) = self.attach(req).await {
+            if e.is_fatal() {
+                return Err(End::Close(e));
+            }
+            self.answer_in_place(req, &e);
+            return Ok(None);
+        }
+        self.relay().await.map(Some)
     }
 
     /// Flushes output, then waits until a whole request is buffered.
@@ -333,7 +353,7 @@ impl Session {
             self.rt = rt;
         }
         if *self.shared.paused.borrow() {
-            self.wait_while_paused().await?;
+            Box::pin(self.wait_while_paused()).await?;
         }
         // One phase for the whole transaction: a switch happens between transactions.
         let phase = self.shared.migration.phase();

@@ -81,8 +81,12 @@ fn settings(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
                 Ok(n) if n >= 0 => out.set(Sect::Proxy, static_key(&key), Value::Integer(n), from(at, e)),
                 _ => out.note(NoteKind::NotMapped, &at(e), shown(e), "not a whole number"),
             },
-            "reserve_pool_timeout" | "server_idle_timeout" | "query_timeout" | "client_idle_timeout"
-            | "idle_transaction_timeout" | "client_login_timeout" => duration(e, &key, Zero::Same, at, out),
+            "reserve_pool_timeout"
+            | "server_idle_timeout"
+            | "query_timeout"
+            | "client_idle_timeout"
+            | "idle_transaction_timeout"
+            | "client_login_timeout" => duration(e, &key, Zero::Same, at, out),
             "query_wait_timeout" => duration(
                 e,
                 &key,

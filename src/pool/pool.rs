@@ -45,6 +45,13 @@ pub struct PoolSettings {
     pub connect_retry: Duration,
 }
 
+/// What checkout does with a connection taken from the idle stack.
+enum Vetted {
+    Ok(Box<ServerConn>),
+    Discarded,
+    Probe(Box<ServerConn>),
+}
+
 /// What a waiter is given.
 enum Grant {
     /// A ready connection (boxed: it is large, and handed over only under contention).
@@ -144,15 +151,22 @@ impl Pool {
         let started = Instant::now();
         loop {
             let settings = self.settings.load_full();
+            // The slow paths (connect, queue, liveness probe) are boxed: a future is as big as
+            // its largest state, and every idle client's task would otherwise carry their size.
             let conn = match self.take_or_queue(&settings) {
                 Ok(Some(idle)) => idle,
-                Ok(None) => self.open_in_slot().await?,
-                Err(rx) => match self.wait(rx, started, &settings, cancel).await? {
+                Ok(None) => Box::pin(self.open_in_slot()).await?,
+                Err(rx) => match Box::pin(self.wait(rx, started, &settings, cancel)).await? {
                     Grant::Conn(c) => c,
-                    Grant::Slot => self.open_in_slot().await?,
+                    Grant::Slot => Box::pin(self.open_in_slot()).await?,
                 },
             };
-            match self.vet(conn, &settings, started).await {
+            let vetted = match self.vet_now(conn, &settings, started) {
+                Vetted::Ok(c) => Some(c),
+                Vetted::Discarded => None,
+                Vetted::Probe(c) => Box::pin(self.probe(c)).await,
+            };
+            match vetted {
                 Some(c) => {
                     // One clock read serves the wait, the lease's start and the transaction's.
                     let now = Instant::now();
@@ -284,18 +298,26 @@ impl Pool {
     }
 
     /// Checks an idle connection before handing it out; `None` if it had to be closed.
-    async fn vet(&self, mut c: Box<ServerConn>, s: &PoolSettings, now: Instant) -> Option<Box<ServerConn>> {
+    /// Whether an idle connection may serve: too old or dead ones are discarded; one idle longer
+    /// than the check delay is probed first.
+    fn vet_now(&self, mut c: Box<ServerConn>, s: &PoolSettings, now: Instant) -> Vetted {
         let idle = now.saturating_duration_since(c.last_used);
         if s.lifetime.is_some_and(|l| now.saturating_duration_since(c.created) > l) || !c.healthy_after_idle() {
             self.discard(c);
-            return None;
+            return Vetted::Discarded;
         }
         if s.check_delay.is_some_and(|d| idle > d) {
-            let probe = tokio::time::timeout(Duration::from_secs(5), c.run_internal(";")).await;
-            if !matches!(probe, Ok(Ok(None))) || c.broken {
-                self.discard(c);
-                return None;
-            }
+            return Vetted::Probe(c);
+        }
+        Vetted::Ok(c)
+    }
+
+    /// Runs the liveness query on a connection that sat idle for a while.
+    async fn probe(&self, mut c: Box<ServerConn>) -> Option<Box<ServerConn>> {
+        let probe = tokio::time::timeout(Duration::from_secs(5), c.run_internal(";")).await;
+        if !matches!(probe, Ok(Ok(None))) || c.broken {
+            self.discard(c);
+            return None;
         }
         Some(c)
     }
