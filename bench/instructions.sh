@@ -18,8 +18,10 @@
 #        OUTDIR=bench/out/instructions-<time>
 set -uo pipefail
 
-BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$BENCH_DIR/.." && pwd)"
+BENCH_NAME=instructions
+case "${1:-}" in -h | --help) sed -n '2,20p' "$0"; exit 0 ;; esac
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ITERS=${ITERS:-20000}
 NS=${NS:-1}
 TOOL=${TOOL:-auto}
@@ -27,9 +29,6 @@ NOTE=${NOTE:-}
 RESULTS=${RESULTS:-$BENCH_DIR/RESULTS.md}
 OUTDIR=${OUTDIR:-$BENCH_DIR/out/instructions-$(date +%Y%m%d-%H%M%S)}
 
-say() { printf '[instructions] %s\n' "$*" >&2; }
-die() { printf '[instructions] error: %s\n' "$*" >&2; exit 1; }
-case "${1:-}" in -h | --help) sed -n '2,20p' "$0"; exit 0 ;; esac
 [[ "$ITERS" =~ ^[1-9][0-9]*$ ]] || die "ITERS must be a positive number"
 
 if [[ "$TOOL" == auto ]]; then
@@ -43,18 +42,7 @@ esac
 mkdir -p "$OUTDIR" || die "cannot create $OUTDIR"
 
 say "building benches/wire.rs (cargo bench --bench wire --no-run)"
-BIN=$(cd "$ROOT" && cargo bench --bench wire --no-run --message-format=json 2>"$OUTDIR/build.log" |
-  python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "wire" and m.get("executable"):
-        print(m["executable"])
-' | tail -1)
-[[ -n "$BIN" && -x "$BIN" ]] || { tail -n 30 "$OUTDIR/build.log" >&2; die "could not build the wire benchmark"; }
+BIN=$(wire_bench_bin "$OUTDIR/build.log") || die "could not build the wire benchmark"
 
 declare -A ELEMS
 ALL=()
@@ -98,17 +86,10 @@ if ((NS)); then
       >>"$OUTDIR/criterion.log" 2>&1 || say "criterion failed for $b (see $OUTDIR/criterion.log)"
   done
 fi
-ns_of() { # median ns/op from criterion's estimates, or -
-  python3 -c 'import json, sys
-try:
-    print("%.1f" % json.load(open(sys.argv[1]))["median"]["point_estimate"])
-except Exception:
-    print("-")' "$OUTDIR/criterion/$1/new/estimates.json"
-}
 printf 'bench\titers\tper_op\telems\tper_elem\tns_per_op\ttool\n' >"$RES"
 for b in "${CHOSEN[@]}"; do
   ns=-
-  ((NS)) && ns=$(ns_of "$b")
+  ((NS)) && ns=$(criterion_ns "$OUTDIR/criterion" "$b")
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$b" "$ITERS" "${PER[$b]}" "${ELEMS[$b]}" \
     "$(awk -v p="${PER[$b]}" -v e="${ELEMS[$b]}" 'BEGIN{printf "%.1f", p/e}')" "$ns" "$TOOL" >>"$RES"
 done

@@ -52,22 +52,6 @@ install_trap
 start_bed
 
 RES=$OUTDIR/results.tsv
-HP=""
-OPENED=0
-# Start holdconns.py with N clients against PORT; wait until all are up (or it gave up). Sets HP (its
-# pid, also in BG_PIDS for the cleanup trap) and OPENED (how many it opened).
-open_clients() {
-  local port=$1 n=$2 tag=$3 ready="$OUTDIR/ready-$3" s0=$SECONDS
-  rm -f "$ready"
-  python3 "$BENCH_DIR/holdconns.py" --port "$port" -n "$n" --hold 3600 --max-connect-time "$CONNECT_LIMIT" \
-    --ready-file "$ready" >"$OUTDIR/holdconns-$tag.log" 2>&1 &
-  HP=$!
-  BG_PIDS=("$HP")
-  while [[ ! -s "$ready" ]] && kill -0 "$HP" 2>/dev/null && ((SECONDS - s0 < CONNECT_LIMIT + 30)); do sleep 0.1; done
-  OPENED=$(awk '{print $2}' "$ready" 2>/dev/null)
-  OPENED=${OPENED:-0}
-}
-close_clients() { stop_pid "$HP" TERM; HP=""; BG_PIDS=(); }
 
 printf 'target\tclients\topened\trss0_kb\trss1_kb\tkb_per_client\tconnect_s\tconnect_cpu_s\tconnect_cpu_ms_each\thold_cpu_pct\trss2_kb\trss_round2_kb\trss2_after_kb\tnofile\terror\n' >"$RES"
 for n in $COUNTS; do
@@ -79,7 +63,7 @@ for n in $COUNTS; do
     r0=$(rss_kb "$pid")
     c0=$(cpu_ticks "$pid")
     s0=$SECONDS
-    open_clients "$port" "$n" "$t-$n"
+    hold_clients "$port" "$n" "$t-$n"
     opened=$OPENED
     c1=$(cpu_ticks "$pid")
     secs=$((SECONDS - s0))
@@ -88,15 +72,15 @@ for n in $COUNTS; do
     c2=$(cpu_ticks "$pid")
     sleep "$HOLD"
     c3=$(cpu_ticks "$pid")
-    close_clients
+    release_clients
     sleep "$SETTLE"
     r2=$(rss_kb "$pid")
     # Second round, same count: RSS back near round one's means memory is reused, not leaked.
-    open_clients "$port" "$n" "$t-$n-round2"
+    hold_clients "$port" "$n" "$t-$n-round2"
     opened2=$OPENED
     sleep "$SETTLE"
     r3=$(rss_kb "$pid")
-    close_clients
+    release_clients
     sleep "$SETTLE"
     r4=$(rss_kb "$pid")
     err=""
