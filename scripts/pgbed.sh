@@ -135,6 +135,18 @@ replica_ids() {
   done | sort -n
 }
 
+# Clone replica I once more, alone, after a failed concurrent pg_basebackup
+# (a clash with the other clone's checkpoint must not fail a whole test run).
+retry_clone() {
+  local i="$1"
+  say "pg_basebackup for node$i failed; retrying alone: $(tail -n 3 "$DIR/logs/basebackup$i.log" | tr '\n' ' ')"
+  as_pg rm -rf "$(node_dir "$i")"
+  psql_primary -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'replica_$i'" >/dev/null
+  as_pg "$PGBIN/pg_basebackup" -D "$(node_dir "$i")" -h 127.0.0.1 -p "$(node_port 0)" -U postgres \
+    -R -X stream -C -S "replica_$i" -c fast --no-sync >"$DIR/logs/basebackup$i.log" 2>&1 \
+    || { cat "$DIR/logs/basebackup$i.log" >&2; die "pg_basebackup for node$i failed"; }
+}
+
 # Settings of a fast throwaway test server, plus the node's own port.
 write_conf() {
   local i="$1" port="$2"
@@ -367,7 +379,7 @@ EOF
     jobs[k]="$!"
     if ((k % 2 == 1 || k == ${#new[@]} - 1)); then
       for ((j = k - k % 2; j <= k; j++)); do
-        wait "${jobs[j]}" || { cat "$DIR/logs/basebackup${new[j]}.log" >&2; die "pg_basebackup for node${new[j]} failed"; }
+        wait "${jobs[j]}" || retry_clone "${new[j]}"
       done
     fi
   done
