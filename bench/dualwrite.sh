@@ -153,8 +153,7 @@ say "$nruns runs of ${DURATION}s, about $((nruns * (DURATION + 3) / 60 + 1)) min
 
 if ((WARMUP > 0)); then
   for t in $TARGETS; do
-    target_pgbench "$t" -n -f "$OUTDIR/insert.sql" -c 4 -j "$JOBS" -T "$WARMUP" >"$OUTDIR/warmup-$t.log" 2>&1 ||
-      say "warmup of $t failed: $(grep -m1 -iE 'error|fatal' "$OUTDIR/warmup-$t.log")"
+    warmup "$t" "$OUTDIR/warmup-$t.log" -f "$OUTDIR/insert.sql" -c 4
     [[ $t == pgshift-* ]] && drain "$t"
   done
 fi

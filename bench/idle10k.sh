@@ -87,10 +87,7 @@ for rep in $(seq 1 "$REPEATS"); do
     "start_$t"
     pid=$(target_pid "$t")
     port=$(target_port "$t")
-    if ((WARMUP > 0)); then
-      target_pgbench "$t" -n -S -M "$PROTOCOL" -c 16 -j "$JOBS" -T "$WARMUP" >"$OUTDIR/warmup-$rep-$t.log" 2>&1 ||
-        say "warmup of $t failed: $(grep -m1 -iE 'error|fatal' "$OUTDIR/warmup-$rep-$t.log")"
-    fi
+    warmup "$t" "$OUTDIR/warmup-$rep-$t.log" -S -M "$PROTOCOL" -c 16
     ERR=""
     if ((BASELINE)); then
       r0=$(rss_kb "$pid")

@@ -570,6 +570,17 @@ pgbench_run() {
     "$RUN_PER10K" "$([[ $RUN_STATUS == ok ]] || echo "$RUN_ERR")"
 }
 
+# WARMUP seconds of pgbench against TARGET, its output in LOG; a failure is said, not fatal:
+# warmup TARGET LOG [PGBENCH ARGS] (default: select-only, simple protocol, 16 clients). Uses JOBS.
+warmup() {
+  local t=$1 log=$2
+  shift 2
+  ((WARMUP > 0)) || return 0
+  (($# > 0)) || set -- -S -M simple -c 16
+  target_pgbench "$t" -n -j "$JOBS" -T "$WARMUP" "$@" >"$log" 2>&1 ||
+    say "warmup of $t failed: $(grep -m1 -iE 'error|fatal' "$log")"
+}
+
 # ---- facts for RESULTS.md ----------------------------------------------------------------------
 
 pgshift_commit() {

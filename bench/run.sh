@@ -75,12 +75,7 @@ if ((TLS)); then
   say "TLS: $TLS_DESC"
 fi
 
-if ((WARMUP > 0)); then
-  for t in $TARGETS; do
-    target_pgbench "$t" -n -S -M simple -c 16 -j "$JOBS" -T "$WARMUP" >"$OUTDIR/warmup-$t.log" 2>&1 ||
-      say "warmup of $t failed: $(grep -m1 -iE 'error|fatal' "$OUTDIR/warmup-$t.log")"
-  done
-fi
+for t in $TARGETS; do warmup "$t" "$OUTDIR/warmup-$t.log"; done
 
 echo "$RES_HEADER" >"$RES"
 pgbench_run_title

@@ -71,12 +71,7 @@ ROUTES=$OUTDIR/routes.tsv
 nruns=$((REPEATS * $(wc -w <<<"$MODES") * $(wc -w <<<"$CLIENTS") * $(wc -w <<<"$TARGETS")))
 say "$nruns runs of ${DURATION}s, about $((nruns * (DURATION + 2) / 60 + 1)) min; logs in $OUTDIR"
 
-if ((WARMUP > 0)); then
-  for t in $TARGETS; do
-    target_pgbench "$t" -n -S -M simple -c 16 -j "$JOBS" -T "$WARMUP" >"$OUTDIR/warmup-$t.log" 2>&1 ||
-      say "warmup of $t failed: $(grep -m1 -iE 'error|fatal' "$OUTDIR/warmup-$t.log")"
-  done
-fi
+for t in $TARGETS; do warmup "$t" "$OUTDIR/warmup-$t.log"; done
 
 echo "$RES_HEADER" >"$RES"
 printf 'rep\ttarget\tmode\tclients\txacts\trouted\n' >"$ROUTES"
