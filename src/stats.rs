@@ -103,6 +103,18 @@ pub struct TrafficTotals {
     pub wait_us: u64,
 }
 
+impl std::ops::AddAssign<&TrafficTotals> for TrafficTotals {
+    fn add_assign(&mut self, o: &TrafficTotals) {
+        self.xacts += o.xacts;
+        self.queries += o.queries;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.xact_us += o.xact_us;
+        self.query_us += o.query_us;
+        self.wait_us += o.wait_us;
+    }
+}
+
 impl PoolStats {
     /// Notes the time a client waited for a connection.
     pub fn record_wait(&self, d: Duration) {

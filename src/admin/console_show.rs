@@ -149,15 +149,7 @@ fn pools(shared: &Shared) -> Table {
 fn by_database(groups: &[PoolGroup]) -> BTreeMap<String, TrafficTotals> {
     let mut m: BTreeMap<String, TrafficTotals> = BTreeMap::new();
     for g in groups {
-        let t = m.entry(g.database.clone()).or_default();
-        let o = &g.traffic;
-        t.xacts += o.xacts;
-        t.queries += o.queries;
-        t.bytes_in += o.bytes_in;
-        t.bytes_out += o.bytes_out;
-        t.xact_us += o.xact_us;
-        t.query_us += o.query_us;
-        t.wait_us += o.wait_us;
+        *m.entry(g.database.clone()).or_default() += &g.traffic;
     }
     m
 }

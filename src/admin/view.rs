@@ -175,16 +175,6 @@ fn client_counts(shared: &Shared) -> BTreeMap<(String, String), (usize, usize)> 
     m
 }
 
-fn add(t: &mut TrafficTotals, o: &TrafficTotals) {
-    t.xacts += o.xacts;
-    t.queries += o.queries;
-    t.bytes_in += o.bytes_in;
-    t.bytes_out += o.bytes_out;
-    t.xact_us += o.xact_us;
-    t.query_us += o.query_us;
-    t.wait_us += o.wait_us;
-}
-
 fn pool_on_backend(rt: &Runtime, pool: &Pool) -> PoolOnBackend {
     let address = pool.spec.load().address.clone();
     PoolOnBackend {
@@ -234,7 +224,7 @@ pub fn pool_groups(shared: &Shared) -> Vec<PoolGroup> {
                 g.sv_idle += b.sizes.sv_idle;
                 g.sv_login += b.sizes.sv_login;
                 g.maxwait = g.maxwait.max(b.sizes.maxwait.as_secs_f64());
-                add(&mut g.traffic, &b.traffic);
+                g.traffic += &b.traffic;
             }
             g.backends = backends;
             g
@@ -297,7 +287,7 @@ pub fn stats_with(shared: &Shared, merged: &MergedStats) -> StatsView {
     let pools = pool_groups(shared);
     let mut totals = TrafficTotals::default();
     for g in &pools {
-        add(&mut totals, &g.traffic);
+        totals += &g.traffic;
     }
     let s = &shared.stats;
     StatsView {
