@@ -30,6 +30,8 @@
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH_DIR/.." && pwd)"
+# shellcheck source=scripts/ports.sh
+source "$ROOT/scripts/ports.sh"
 PGBED="$ROOT/scripts/pgbed.sh"
 
 POOL_SIZE=${POOL_SIZE:-20}
@@ -66,27 +68,6 @@ die() { printf '[%s] error: %s\n' "$BENCH_NAME" "$*" >&2; exit 1; }
 as_root() { if ((EUID == 0)); then "$@"; else sudo -n -- "$@"; fi; }
 
 # ---- ports -------------------------------------------------------------------------------------
-
-port_in_use() {
-  if command -v ss >/dev/null 2>&1; then
-    [[ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]]
-  else
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-  fi
-}
-
-# A free port in 20000-32767 (below the ephemeral range), never 15432-15434 nor one in "$1".
-pick_port() {
-  local taken=" ${1:-} 15432 15433 15434 " p i
-  for ((i = 0; i < 500; i++)); do
-    p=$((20000 + (RANDOM * 32768 + RANDOM) % 12768))
-    [[ "$taken" == *" $p "* ]] && continue
-    port_in_use "$p" && continue
-    printf '%s' "$p"
-    return 0
-  done
-  die "no free TCP port found on 127.0.0.1"
-}
 
 taken_ports() {
   printf '%s' "$PRIMARY_PORT $REPLICA_PORTS $TARGET_PORT $TARGET_REPLICA_PORTS $PGBOUNCER_PORT"

@@ -20,6 +20,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/ports.sh
+source "$ROOT/scripts/ports.sh"
 PGBIN="${PGBED_PGBIN:-/usr/lib/postgresql/15/bin}"
 say() { printf '[compose] %s\n' "$*"; }
 ok() { printf '[compose] ok: %s\n' "$*"; }
@@ -166,18 +168,6 @@ if [[ -z "${PGSHIFT_BIN:-}" && ! -x "$BIN" ]]; then cargo build --release; fi
 [[ -x "$BIN" ]] || die "$BIN is not an executable"
 ((EUID == 0)) || die "the run part needs root (PostgreSQL runs as postgres, pgshift as uid 10001)"
 
-port_in_use() { [[ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]]; }
-TAKEN=" 15432 15433 15434 "
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + (RANDOM * 32768 + RANDOM) % 12768))
-    [[ "$TAKEN" == *" $p "* ]] && continue
-    port_in_use "$p" || break
-  done
-  TAKEN+="$p "
-  printf '%s' "$p"
-}
 as_pg() { runuser -u postgres -- env PATH="$PGBIN:/usr/bin:/bin" "$@"; }
 
 WORK="" PGSHIFT_PID="" REPLICA_PID=""
@@ -208,7 +198,7 @@ chmod 0755 "$WORK"
 mkdir -p "$WORK/run" "$WORK/replica-volume" "$WORK/primary" "$WORK/logs"
 chown postgres: "$WORK/run" "$WORK/replica-volume" "$WORK/primary" "$WORK/logs"
 chmod 0700 "$WORK/primary"
-P="$(free_port)" R="$(free_port)"
+P="$(pick_port)" && R="$(pick_port "$P")"
 declare -A penv=()
 for kv in "${PRIMARY_ENV[@]}"; do penv["${kv%%=*}"]="${kv#*=}"; done
 
@@ -258,7 +248,7 @@ cp -r certs "$RFS$WORKDIR/certs"
 chmod -R a+rX "$RFS$WORKDIR/certs" # a fresh clone's modes: the key must be readable by uid 10001
 for kv in "${SECRETS[@]}"; do install -m 0444 "${kv#*=}" "$RFS/run/secrets/${kv%%=*}"; done
 sed "s|\"/run/secrets/|\"$RFS/run/secrets/|" deploy/proxy.compose.toml >"$RFS$CONFIG_PATH"
-PROXY_PORT="$(free_port)" ADMIN_PORT="$(free_port)"
+PROXY_PORT="$(pick_port)" && ADMIN_PORT="$(pick_port "$PROXY_PORT")"
 senv=()
 for kv in "${IMAGE_ENV[@]}"; do
   case "$kv" in

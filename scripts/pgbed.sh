@@ -6,8 +6,8 @@ set -euo pipefail
 PROG="$(basename "$0")"
 PGBIN="${PGBED_PGBIN:-/usr/lib/postgresql/15/bin}"
 MARKER=".pgbed"
-# Ports of another bench bed on shared machines: never used, never touched.
-RESERVED_PORTS=" 15432 15433 15434 "
+# shellcheck source=scripts/ports.sh
+source "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
 
 usage() {
   cat <<EOF
@@ -83,37 +83,10 @@ ensure_pg() {
 
 # ---- ports -----------------------------------------------------------------
 
-is_reserved() { [[ "$RESERVED_PORTS" == *" $1 "* ]]; }
-
-# True if something listens on 127.0.0.1:PORT (or on any address).
-port_in_use() {
-  local p="$1"
-  if command -v ss >/dev/null 2>&1; then
-    [[ -n "$(ss -Htln "sport = :$p" 2>/dev/null)" ]]
-  else
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null
-  fi
-}
-
-# Print a free port in 20000-32767 (below the usual ephemeral range), not
-# reserved and not in the space-separated list $1 (ports already taken).
-pick_port() {
-  local taken=" ${1:-} " p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + (RANDOM * 32768 + RANDOM) % 12768))
-    is_reserved "$p" && continue
-    [[ "$taken" == *" $p "* ]] && continue
-    port_in_use "$p" && continue
-    printf '%s' "$p"
-    return 0
-  done
-  die "could not find a free TCP port on 127.0.0.1"
-}
-
 check_port() {
   local p="$1"
   if ! [[ "$p" =~ ^[0-9]+$ ]] || ((p < 1 || p > 65535)); then die "bad port: $p"; fi
-  is_reserved "$p" && die "port $p is reserved for another test bed (15432-15434)"
+  port_reserved "$p" && die "port $p is reserved for another test bed (15432-15434)"
   port_in_use "$p" && die "port $p is already in use"
   return 0
 }

@@ -5,6 +5,8 @@ set -euo pipefail
 
 DRV="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$DRV/../.." && pwd)"
+# shellcheck source=scripts/ports.sh
+source "$ROOT/scripts/ports.sh"
 PGBED="$ROOT/scripts/pgbed.sh"
 ALL_SUITES=(psycopg asyncpg node jdbc pgbench)
 POOL_SIZE=4          # server connections per backend for the driver suites: far fewer than clients
@@ -204,19 +206,6 @@ wait_replicas() {
 }
 
 # ---- 4. proxies -----------------------------------------------------------------------------
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-pick_port() {
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + (RANDOM * 32768 + RANDOM) % 12768))
-    ((p >= 15432 && p <= 15434)) && continue
-    port_in_use "$p" && continue
-    printf '%s' "$p"
-    return 0
-  done
-  die "no free TCP port"
-}
 
 # start_proxy NAME POOL_SIZE: starts pgshift in front of the bed; sets PROXY_PORT.
 start_proxy() {
