@@ -22,6 +22,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/ports.sh
+source "$ROOT/scripts/ports.sh"
 PGBED="$ROOT/scripts/pgbed.sh"
 say() { printf '[container-env] %s\n' "$*"; }
 die() { printf '[container-env] FAIL: %s\n' "$*" >&2; exit 1; }
@@ -80,15 +82,6 @@ fi
 say "Dockerfile: ENV ${ENVS[*]}; WORKDIR $WORKDIR; USER ${USER:-root}; CMD ${CMD[*]}; HEALTHCHECK ${HC[*]}"
 
 # ---- ports -----------------------------------------------------------------------------------
-port_in_use() { [[ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]]; }
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + (RANDOM * 32768 + RANDOM) % 12768))
-    [[ " 15432 15433 15434 ${1:-} " == *" $p "* ]] && continue
-    port_in_use "$p" || { printf '%s' "$p"; return; }
-  done
-}
 # The image's values, moved to free ports if this machine uses them already.
 declare -A IMAGE_ENV=()
 for kv in "${ENVS[@]}"; do IMAGE_ENV["${kv%%=*}"]="${kv#*=}"; done
@@ -96,12 +89,12 @@ PROXY_PORT="${IMAGE_ENV[PGSHIFT_PROXY_LISTEN]##*:}"
 ADMIN_PORT="${IMAGE_ENV[PGSHIFT_ADMIN_LISTEN]##*:}"
 HEALTH_URL=""
 if port_in_use "$PROXY_PORT"; then
-  PROXY_PORT="$(free_port)"
+  PROXY_PORT="$(pick_port)"
   IMAGE_ENV[PGSHIFT_PROXY_LISTEN]="0.0.0.0:$PROXY_PORT"
   say "port 6432 is busy here: the proxy listens on $PROXY_PORT instead"
 fi
 if port_in_use "$ADMIN_PORT"; then
-  ADMIN_PORT="$(free_port "$PROXY_PORT")"
+  ADMIN_PORT="$(pick_port "$PROXY_PORT")"
   IMAGE_ENV[PGSHIFT_ADMIN_LISTEN]="0.0.0.0:$ADMIN_PORT"
   HEALTH_URL="http://127.0.0.1:$ADMIN_PORT/health"
   say "port 6480 is busy here: the admin port listens on $ADMIN_PORT instead (PGSHIFT_HEALTHCHECK_URL set)"
@@ -211,8 +204,11 @@ ok "HEALTHCHECK (${HC[*]}) exits 0 while pgshift serves"
 URL="postgres://app:app@127.0.0.1:$PROXY_PORT/app"
 q() { PGCONNECT_TIMEOUT=5 psql -X -At -v ON_ERROR_STOP=1 "$URL" -c "$1"; }
 q "CREATE TABLE IF NOT EXISTS container_check (id int PRIMARY KEY, note text)" >/dev/null || die "psql: create"
-q "INSERT INTO container_check VALUES (1, 'through pgshift') ON CONFLICT (id) DO NOTHING" >/dev/null || die "psql: insert"
-got="$(q "SELECT note FROM container_check WHERE id = 1")" || die "psql: select"
+# Write and read back in one session: read-your-writes holds per client, and a new connection may
+# be served by a replica that has not replayed the write yet.
+got="$(PGCONNECT_TIMEOUT=5 psql -X -At -q -v ON_ERROR_STOP=1 "$URL" \
+  -c "INSERT INTO container_check VALUES (1, 'through pgshift') ON CONFLICT (id) DO NOTHING" \
+  -c "SELECT note FROM container_check WHERE id = 1")" || die "psql: insert and read back"
 [[ "$got" == "through pgshift" ]] || die "psql read back '$got'"
 served_by="$(q "SELECT inet_server_port()")"
 ok "psql $URL: write on the primary, read back ('$got'); a plain SELECT was served by port $served_by"

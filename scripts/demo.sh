@@ -5,6 +5,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PGBED="$ROOT/scripts/pgbed.sh"
+# shellcheck source=scripts/ports.sh
+source "$ROOT/scripts/ports.sh"
 
 usage() {
   cat <<'EOF'
@@ -44,28 +46,15 @@ for p in "$PORT" "$ADMIN_PORT"; do
   if ! [[ "$p" =~ ^[0-9]+$ ]] || ((p < 1 || p > 65535)); then die "bad port: $p"; fi
 done
 
-# True if something listens on the TCP port.
-port_in_use() {
-  if command -v ss >/dev/null 2>&1; then
-    [[ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]]
-  else
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-  fi
-}
-
 # Print PORT if free, else a free port in 20000-32767 (and say so on stderr).
 # Never 15432-15434 (reserved for another test bed) nor the ports in $3.
 free_or_other() {
   local want="$1" what="$2" avoid=" ${3:-} " p
-  if ! port_in_use "$want" && [[ " 15432 15433 15434 $avoid" != *" $want "* ]]; then
+  if ! port_in_use "$want" && ! port_reserved "$want" && [[ "$avoid" != *" $want "* ]]; then
     printf '%s' "$want"
     return 0
   fi
-  while :; do
-    p=$((20000 + (RANDOM * 32768 + RANDOM) % 12768))
-    [[ "$avoid" == *" $p "* ]] && continue
-    port_in_use "$p" || break
-  done
+  p="$(pick_port "$avoid")" || exit 1
   printf '[demo] %s port %s is busy: using %s instead\n' "$what" "$want" "$p" >&2
   printf '%s' "$p"
 }
@@ -75,7 +64,9 @@ PID=""
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
   local rc=$? i
-  trap - EXIT INT TERM
+  # A second Ctrl-C or TERM must not cut the teardown short and leave PostgreSQL running.
+  trap - EXIT
+  trap '' INT TERM
   if [[ -n "$PID" ]] && kill -0 "$PID" 2>/dev/null; then
     say "stopping pgshift (pid $PID)"
     kill -TERM "$PID" 2>/dev/null || true
