@@ -68,6 +68,13 @@ def md_table(header, rows):
     return "\n".join(out) + "\n"
 
 
+def write_markdown(a, text):
+    """Writes TEXT to the --markdown file, if one was given."""
+    if a.markdown:
+        with open(a.markdown, "w") as fh:
+            fh.write(text)
+
+
 def read_tsv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f, delimiter="\t"))
@@ -148,9 +155,7 @@ def cmd_pgbench(a):
         text += "\nFailed runs (excluded from the medians):\n\n"
         for m, c, t, nb, n, st, err in failures:
             text += f"- {label(t)} {m}, {c} clients: {nb}/{n} runs {st}: `{err[:200]}`\n"
-    if a.markdown:
-        with open(a.markdown, "w") as fh:
-            fh.write(text)
+    write_markdown(a, text)
 
 
 # ---- latency (latency.sh) ------------------------------------------------------------------------
@@ -216,9 +221,7 @@ def cmd_latency(a):
         rows.append(r)
     text = ("\nLatency of each transaction from pgbench's per-transaction logs (-l), all repeats pooled; "
             "'added' = the target's figure minus direct's, in microseconds.\n\n") + md_table(header, rows)
-    if a.markdown:
-        with open(a.markdown, "w") as fh:
-            fh.write(text)
+    write_markdown(a, text)
 
 
 # ---- memory (memory.sh) --------------------------------------------------------------------------
@@ -261,9 +264,7 @@ def cmd_memory(a):
     span = f" from {counts[0]:,} to {counts[-1]:,} clients" if len(counts) > 1 else ""
     text += (f"\nHow cost grows{span} (the table issue 9 asks for): RSS with the clients held (total) and per "
              "client, CPU to log them all in and per login, CPU while they sit idle:\n\n") + md_table(gh, grows)
-    if a.markdown:
-        with open(a.markdown, "w") as fh:
-            fh.write(text)
+    write_markdown(a, text)
 
 
 # ---- instructions (instructions.sh) --------------------------------------------------------------
@@ -282,9 +283,7 @@ def cmd_instructions(a):
             "(count(2N) - count(N)) / N, so start-up and set-up cancel out. ns per op: criterion's median on "
             "the same machine at the same time (moves with load; the counts do not).\n\n")
     text += md_table(header, out)
-    if a.markdown:
-        with open(a.markdown, "w") as fh:
-            fh.write(text)
+    write_markdown(a, text)
 
 
 # ---- routes (split.sh) ---------------------------------------------------------------------------
@@ -330,9 +329,7 @@ def cmd_routes(a):
             "and after every run (the difference), summed over the repeats; transactions = pgbench's count. "
             "With the split on, reads go round-robin to the healthy replicas; off, everything goes to the primary.\n\n")
     text += md_table(header, out)
-    if a.markdown:
-        with open(a.markdown, "w") as fh:
-            fh.write(text)
+    write_markdown(a, text)
 
 
 # ---- criterion medians (split.sh) ------------------------------------------------------------------
@@ -361,9 +358,7 @@ def cmd_micro(a):
     text = ("\nThe classifier's cost per statement, `cargo bench --bench wire` (benches/wire.rs) on the same "
             "machine right after the runs above: criterion's median (moves with load; "
             "`bench/instructions.sh classify/...` counts instructions, which do not).\n\n") + md_table(header, out)
-    if a.markdown:
-        with open(a.markdown, "w") as fh:
-            fh.write(text)
+    write_markdown(a, text)
 
 
 # ---- dual-write (dualwrite.sh) ---------------------------------------------------------------------
@@ -435,9 +430,7 @@ def cmd_dualwrite(a):
         text += "\nFailed runs (excluded from the medians):\n\n"
         for m, c, t, rep_, st, err in failures:
             text += f"- {label(t)} {m}, {c} clients, repeat {rep_}: {st} `{err[:200]}`\n"
-    if a.markdown:
-        with open(a.markdown, "w") as fh:
-            fh.write(text)
+    write_markdown(a, text)
 
 
 def cmd_verify(a):
@@ -464,9 +457,7 @@ def cmd_verify(a):
             "(whole rows for a table without one) and compared by md5 of the row; a table of at least "
             "`verify_full_below` rows is compared on a sample.\n\n")
     text += md_table(header, out) if out else "(no tables in the report)\n"
-    if a.markdown:
-        with open(a.markdown, "w") as fh:
-            fh.write(text)
+    write_markdown(a, text)
 
 
 # ---- idle + active (idle10k.sh) ----------------------------------------------------------------------
@@ -501,9 +492,7 @@ def cmd_idle(a):
             "CPU (utime+stime of the pooler per 10,000 transactions) are medians; kB per idle client = (RSS with "
             "the idle clients - RSS before them) / idle clients opened, medians.\n\n")
     text += md_table(header, out)
-    if a.markdown:
-        with open(a.markdown, "w") as fh:
-            fh.write(text)
+    write_markdown(a, text)
 
 
 def main():
