@@ -63,16 +63,9 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok);
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pgshift-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn check_config_lists_every_problem() {
-    let dir = tempdir("check");
+    let dir = common::TempDir::new("check");
     let path = dir.join("bad.toml");
     std::fs::write(
         &path,
@@ -105,7 +98,7 @@ fn sigterm_drains_pgbench_without_failed_transactions() {
         .output()
         .unwrap();
     assert!(init.status.success());
-    let dir = tempdir("drain");
+    let dir = common::TempDir::new("drain");
     let port = common::free_port();
     let cfg = write_config(&dir, port, "", 4);
     let mut proxy = start(&dir, &cfg, port);
@@ -152,7 +145,7 @@ fn sighup_reload_keeps_clients_and_refuses_bad_config() {
         &format!("do $$ begin if not exists (select from pg_roles where rolname = 'lc_new') then create role lc_new login; end if; end $$; alter role lc_new password '{SECRET}'"),
     );
     common::superuser_exec(bed.primary_port, "grant connect on database app to lc_new");
-    let dir = tempdir("hup");
+    let dir = common::TempDir::new("hup");
     let port = common::free_port();
     let cfg = write_config(&dir, port, "", 3);
     let proxy = start(&dir, &cfg, port);

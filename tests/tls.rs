@@ -185,7 +185,7 @@ async fn auth_query_and_auth_file_without_plaintext() {
     drop(p);
 
     // auth_file (PgBouncer userlist.txt) holding only a verifier
-    let dir = tempdir();
+    let dir = common::TempDir::new("tls");
     let verifier =
         common::superuser_exec(bed.primary_port, "select rolpassword from pg_authid where rolname = 'tls_aq'");
     let file = dir.join("userlist.txt");
@@ -198,23 +198,10 @@ async fn auth_query_and_auth_file_without_plaintext() {
     assert_eq!(c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
 }
 
-fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pgshift-tls-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    h.finish()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_reload_keeps_connected_clients() {
     let bed = common::shared_bed();
-    let dir = tempdir();
+    let dir = common::TempDir::new("tls");
     for f in ["server.crt", "server.key"] {
         std::fs::copy(certs().join(f), dir.join(f)).unwrap();
     }
@@ -253,12 +240,11 @@ async fn certificate_reload_keeps_connected_clients() {
     tokio::spawn(connection);
     after.query_one("select 4", &[]).await.unwrap();
     old.query_one("select 5", &[]).await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_with_certificate_authentication() {
-    let dir = tempdir();
+    let dir = common::TempDir::new("tls");
     let key = dir.join("client.key");
     std::fs::copy(certs().join("client.key"), &key).unwrap();
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -282,7 +268,6 @@ async fn mutual_tls_with_certificate_authentication() {
     let without = format!("host=localhost port={port} user=app dbname=app sslmode=require");
     let (ok, _, _) = psql_async(without, "", "select 1").await;
     assert!(!ok, "a client without a certificate must be refused");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

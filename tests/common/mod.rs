@@ -228,6 +228,35 @@ fn fresh_dir() -> PathBuf {
     }
 }
 
+/// A folder for one test's own files under the temp dir, deleted when dropped (a panic included),
+/// so test runs leave nothing behind. Derefs to its path.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new empty folder named after NAME, the process and a counter (unique within a run).
+    pub fn new(name: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("pgshift-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("cannot create a temp folder");
+        TempDir(d)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A TCP port that was free on 127.0.0.1 a moment ago (bind to port 0, read
 /// it, release it). Another process may grab it before you do.
 pub fn free_port() -> u16 {
