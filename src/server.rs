@@ -66,6 +66,55 @@ pub struct LoginSpec {
     pub tls: Option<Arc<ServerTls>>,
 }
 
+/// What a client may have left in a server session beyond what pgshift tracks and replays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Residue {
+    /// Only statements proven free of session effects ran since the last reset.
+    #[default]
+    None,
+    /// Something ran that may have changed the session (a user function, DO, DDL, COPY...):
+    /// the connection is reset before another client gets it.
+    Unknown,
+}
+
+/// Cancel requests in flight toward one server connection. While one is, the connection is not
+/// handed to another client: PostgreSQL acts on a cancel whenever it arrives, so a late one would
+/// hit the next client's query.
+#[derive(Debug, Default)]
+pub struct CancelGate {
+    in_flight: std::sync::atomic::AtomicU32,
+    done: tokio::sync::Notify,
+}
+
+impl CancelGate {
+    /// A cancel toward this connection starts.
+    pub fn begin(&self) {
+        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+    /// That cancel has been processed by the server (or given up on).
+    pub fn end(&self) {
+        if self.in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.done.notify_waiters();
+        }
+    }
+    /// True while a cancel is in flight.
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+    /// Waits until no cancel is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.done.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if !self.busy() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// An open, logged-in server connection.
 pub struct ServerConn {
     /// The socket (plain or TLS).
@@ -88,6 +137,10 @@ pub struct ServerConn {
     pub state: ServerSessionState,
     /// Set when it must not go back to a pool (FATAL seen, protocol error, half-read result).
     pub broken: bool,
+    /// What the last transaction may have left in the session.
+    pub residue: Residue,
+    /// Cancels in flight toward this connection.
+    pub cancel_gate: Arc<CancelGate>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -126,6 +179,8 @@ impl ServerConn {
             params: Vec::new(),
             state: ServerSessionState::new(max_prepared),
             broken: false,
+            residue: Residue::None,
+            cancel_gate: Arc::new(CancelGate::default()),
         };
         conn.login(spec).await?;
         Ok(conn)

@@ -178,7 +178,8 @@ pub struct StmtDef {
     /// Set once some server accepted its Parse: another client's Parse of the same statement can
     /// then be answered without a server (PQprepare outside a transaction needs no connection).
     pub validated: std::sync::atomic::AtomicBool,
-    /// Unique id; the server-side name is `pgshift_<id>`.
+    /// Unique, random id; the server-side name is [`statement_name`] of it, so no client can
+    /// predict the name of a statement prepared later.
     pub id: u64,
     /// The Parse frame with the proxy-wide name, ready to send to any server.
     pub parse_frame: Bytes,
@@ -235,8 +236,10 @@ impl PreparedRegistry {
     }
 
     fn make(&self, tail: &[u8], class: Arc<Classification>) -> Arc<StmtDef> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let name = format!("pgshift_{id}");
+        // Random, not a counter: a client that saw one name (pg_prepared_statements) learns
+        // nothing about the next. The counter keeps ids of one process distinct.
+        let id = (rand::random::<u64>() << 20) ^ self.next_id.fetch_add(1, Ordering::Relaxed);
+        let name = statement_name(id);
         let mut parse = BytesMut::with_capacity(tail.len() + name.len() + 6);
         put_frame(&mut parse, tag::PARSE, |b| {
             put_cstr(b, name.as_bytes());
@@ -324,12 +327,17 @@ impl ServerSessionState {
     }
 }
 
+/// The server-side name of proxy-wide statement `id`.
+pub fn statement_name(id: u64) -> String {
+    format!("{}{id:016x}", crate::router::RESERVED_PREFIX)
+}
+
 /// The Close frame for a proxy-wide statement name.
 pub fn close_statement_frame(id: u64) -> BytesMut {
     let mut out = BytesMut::with_capacity(32);
     put_frame(&mut out, tag::CLOSE, |b| {
         b.put_u8(b'S');
-        put_cstr(b, format!("pgshift_{id}").as_bytes());
+        put_cstr(b, statement_name(id).as_bytes());
     });
     out
 }

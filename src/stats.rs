@@ -82,6 +82,13 @@ pub struct PoolStats {
     pub connect_errors: AtomicU64,
     /// Times the reserve pool was used.
     pub reserve_used: AtomicU64,
+    /// Server sessions reset because a transaction ran something not proven free of session
+    /// effects.
+    pub resets: AtomicU64,
+    /// Server connections held back from the pool until a cancel request toward them finished.
+    pub cancel_holds: AtomicU64,
+    /// Cancel requests dropped because the client had no query running on a server.
+    pub cancels_dropped: AtomicU64,
 }
 
 /// Totals of a pool's traffic counters.

@@ -45,7 +45,8 @@ pub fn clients(shared: &Shared) -> Table {
                 ClientState::Waiting => "waiting",
                 ClientState::Idle => "idle",
             };
-            let link = h.server.lock().ok().and_then(|s| *s).map_or(String::new(), |s| format!("{:x}", s.conn_id));
+            let link =
+                h.server.lock().ok().and_then(|s| s.clone()).map_or(String::new(), |s| format!("{:x}", s.conn_id));
             vec![
                 v("C"),
                 v(&h.user),
@@ -81,7 +82,7 @@ pub fn servers(shared: &Shared) -> Table {
     let rows = handles
         .iter()
         .filter_map(|h| {
-            let s = h.server.lock().ok().and_then(|s| *s)?;
+            let s = h.server.lock().ok().and_then(|s| s.clone())?;
             Some(vec![
                 v("S"),
                 v(&h.user),

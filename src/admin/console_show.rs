@@ -115,6 +115,9 @@ fn pools(shared: &Shared) -> Table {
         ("maxwait_us", I),
         ("pool_mode", T),
         ("load_balance_hosts", T),
+        ("session_resets", I),
+        ("cancel_holds", I),
+        ("cancels_dropped", I),
     ];
     let mode = pool_mode(shared);
     let rows = view::pool_groups(shared)
@@ -139,6 +142,9 @@ fn pools(shared: &Shared) -> Table {
                 v(us % 1_000_000),
                 v(mode),
                 None,
+                v(g.resets),
+                v(g.cancel_holds),
+                v(g.cancels_dropped),
             ]
         })
         .collect();

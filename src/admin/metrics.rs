@@ -186,7 +186,7 @@ impl Snapshot {
                 .collect()
         };
         let s = 1e-6;
-        let families: [PoolMetric; 13] = [
+        let families: [PoolMetric; 16] = [
             ("pgshift_pool_sv_active", "Server connections leased to clients", false, &|b| b.sizes.sv_active as f64),
             ("pgshift_pool_sv_idle", "Idle server connections", false, &|b| b.sizes.sv_idle as f64),
             ("pgshift_pool_sv_login", "Server connections being opened", false, &|b| b.sizes.sv_login as f64),
@@ -202,6 +202,24 @@ impl Snapshot {
             ("pgshift_pool_server_connects", "Server connections opened", true, &|b| b.connects as f64),
             ("pgshift_pool_server_connect_errors", "Failed server connects", true, &|b| b.connect_errors as f64),
             ("pgshift_pool_reserve_used", "Times the reserve pool was used", true, &|b| b.reserve_used as f64),
+            (
+                "pgshift_pool_session_resets",
+                "Server sessions reset after a transaction not proven free of session effects",
+                true,
+                &|b| b.resets as f64,
+            ),
+            (
+                "pgshift_pool_cancel_holds",
+                "Server connections held from other clients until a cancel toward them finished",
+                true,
+                &|b| b.cancel_holds as f64,
+            ),
+            (
+                "pgshift_pool_cancels_dropped",
+                "Cancel requests dropped because the client had no query running on a server",
+                true,
+                &|b| b.cancels_dropped as f64,
+            ),
         ];
         for (name, help, counter, f) in families {
             family(enc, name, help, per_backend(counter, f))?;

@@ -34,6 +34,12 @@ pub struct PoolOnBackend {
     pub connect_errors: u64,
     /// Times the reserve pool was used.
     pub reserve_used: u64,
+    /// Server sessions reset after a transaction not proven free of session effects.
+    pub resets: u64,
+    /// Server connections held from other clients until a cancel toward them finished.
+    pub cancel_holds: u64,
+    /// Cancel requests dropped: the client had no query running on a server.
+    pub cancels_dropped: u64,
 }
 
 /// A (database, user) pool as PgBouncer shows it, summed over backends.
@@ -58,6 +64,12 @@ pub struct PoolGroup {
     pub sv_login: usize,
     /// Seconds the oldest waiting client has waited (max over backends).
     pub maxwait: f64,
+    /// Server sessions reset (summed over backends).
+    pub resets: u64,
+    /// Server connections held until a cancel finished (summed over backends).
+    pub cancel_holds: u64,
+    /// Cancel requests dropped for want of a running query (summed over backends).
+    pub cancels_dropped: u64,
     /// Traffic summed over backends.
     pub traffic: TrafficTotals,
     /// Per-backend detail.
@@ -185,6 +197,9 @@ fn pool_on_backend(rt: &Runtime, pool: &Pool) -> PoolOnBackend {
         connects: pool.stats.connects.load(Ordering::Relaxed),
         connect_errors: pool.stats.connect_errors.load(Ordering::Relaxed),
         reserve_used: pool.stats.reserve_used.load(Ordering::Relaxed),
+        resets: pool.stats.resets.load(Ordering::Relaxed),
+        cancel_holds: pool.stats.cancel_holds.load(Ordering::Relaxed),
+        cancels_dropped: pool.stats.cancels_dropped.load(Ordering::Relaxed),
     }
 }
 
@@ -216,6 +231,9 @@ pub fn pool_groups(shared: &Shared) -> Vec<PoolGroup> {
                 sv_used: 0,
                 sv_login: 0,
                 maxwait: 0.0,
+                resets: 0,
+                cancel_holds: 0,
+                cancels_dropped: 0,
                 traffic: TrafficTotals::default(),
                 backends: Vec::new(),
             };
@@ -224,6 +242,9 @@ pub fn pool_groups(shared: &Shared) -> Vec<PoolGroup> {
                 g.sv_idle += b.sizes.sv_idle;
                 g.sv_login += b.sizes.sv_login;
                 g.maxwait = g.maxwait.max(b.sizes.maxwait.as_secs_f64());
+                g.resets += b.resets;
+                g.cancel_holds += b.cancel_holds;
+                g.cancels_dropped += b.cancels_dropped;
                 g.traffic += &b.traffic;
             }
             g.backends = backends;

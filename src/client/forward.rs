@@ -13,6 +13,7 @@ use super::request::{classify, sql_of};
 use super::state::{Attached, ClientState};
 use crate::config::SessionFeatures;
 use crate::router::{Classification, SessionEffect, Target};
+use crate::server::Residue;
 use crate::session_state::{close_statement_frame, StmtDef};
 use crate::shared::{Runtime, Shared};
 use crate::wire::messages::{put_cstr, put_frame};
@@ -41,6 +42,12 @@ impl Fwd<'_> {
         if self.att.req_started.is_none() {
             self.att.req_started = Some(Instant::now());
         }
+        if self.att.refusing {
+            if t != tag::SYNC {
+                return;
+            }
+            self.att.refusing = false;
+        }
         if self.att.skipping {
             if t != tag::SYNC {
                 // Discarded by the server after the batch's error: forward, owe nothing.
@@ -57,9 +64,13 @@ impl Fwd<'_> {
             tag::DESCRIBE => self.describe_or_close(t, f, Expect::Describe),
             tag::CLOSE => self.describe_or_close(t, f, Expect::Close),
             tag::EXECUTE => {
-                if let Some(c) = self.state.unnamed_portal.clone() {
-                    self.note_statement(&c);
-                    self.att.batch_effects.extend(effects(&c));
+                match self.state.unnamed_portal.clone() {
+                    Some(c) => {
+                        self.note_statement(&c);
+                        self.att.batch_effects.extend(effects(&c));
+                    }
+                    // A portal whose statement pgshift did not classify: it may run anything.
+                    None => self.att.lease.conn().residue = Residue::Unknown,
                 }
                 self.send(f, Some(Expect::Execute));
             }
@@ -74,6 +85,7 @@ impl Fwd<'_> {
                 self.send(f, None);
             }
             tag::FUNCTION_CALL => {
+                self.att.lease.conn().residue = Residue::Unknown;
                 self.att.effects.push_back(Vec::new());
                 self.att.wrote = true;
                 if let Some(cap) = self.att.capture.as_mut() {
@@ -116,6 +128,9 @@ impl Fwd<'_> {
     }
 
     fn note_statement(&mut self, c: &Classification) {
+        if !c.pure() {
+            self.att.lease.conn().residue = Residue::Unknown;
+        }
         if self.att.queue.is_empty() || self.att.kind == crate::router::StatementKind::Other {
             self.att.kind = c.kind;
         }
@@ -167,6 +182,7 @@ impl Fwd<'_> {
                     return self.send(f, Some(Expect::Query));
                 }
                 let Some(sql) = sql_of(tag::QUERY, f) else {
+                    self.att.lease.conn().residue = Residue::Unknown;
                     self.att.effects.push_back(Vec::new());
                     return self.send(f, Some(Expect::Query));
                 };
@@ -175,6 +191,11 @@ impl Fwd<'_> {
         };
         if let Some(reason) = self.refused(&class) {
             self.att.queue.push(Expect::Synthetic(Synth::Refused(reason)));
+            self.att.queue.push(Expect::Synthetic(Synth::Ready));
+            return;
+        }
+        if class.statements.iter().any(|s| s.session == SessionEffect::ReservedName) {
+            self.att.queue.push(Expect::Synthetic(Synth::ReservedName));
             self.att.queue.push(Expect::Synthetic(Synth::Ready));
             return;
         }
@@ -230,6 +251,12 @@ impl Fwd<'_> {
                 self.att.unnamed_parsed = true;
             }
             return self.send(f, Some(Expect::Parse { stmt: None }));
+        }
+        let max = self.rt.config.proxy.max_client_prepared_statements;
+        if max > 0 && self.state.statements.len() >= max && !self.state.statements.contains_key(name) {
+            self.att.queue.push(Expect::Synthetic(Synth::StatementLimit(max)));
+            self.att.refusing = true;
+            return;
         }
         let def = self.shared.prepared.intern(self.database, tail, || class);
         self.state.statements.insert(bytes::Bytes::copy_from_slice(name), def.clone());
@@ -288,6 +315,15 @@ impl Fwd<'_> {
             self.state.unnamed_portal = class;
         }
         let Some(def) = def else {
+            if self.reserved_unknown(stmt) {
+                let mut out = BytesMut::with_capacity(f.len() + UNREACHABLE_NAME.len());
+                put_frame(&mut out, tag::BIND, |b| {
+                    put_cstr(b, portal);
+                    put_cstr(b, UNREACHABLE_NAME);
+                    b.put_slice(rest);
+                });
+                return self.send(&out, Some(Expect::Bind { stmt: None }));
+            }
             return self.send(f, Some(Expect::Bind { stmt: None }));
         };
         if !self.att.lease.conn().state.has_prepared(def.id) {
@@ -323,6 +359,14 @@ impl Fwd<'_> {
             None
         };
         let Some(def) = def else {
+            if kind == b'S' && self.reserved_unknown(name) {
+                let mut out = BytesMut::with_capacity(UNREACHABLE_NAME.len() + 8);
+                put_frame(&mut out, t, |b| {
+                    b.put_u8(b'S');
+                    put_cstr(b, UNREACHABLE_NAME);
+                });
+                return self.send(&out, Some(expect));
+            }
             return self.send(f, Some(expect));
         };
         if t == tag::CLOSE {
@@ -343,6 +387,21 @@ impl Fwd<'_> {
             b.put_slice(&def.name);
         });
         self.send(&out, Some(expect));
+    }
+}
+
+/// What a client's Bind, Describe or Close of a name in pgshift's namespace that it did not
+/// prepare reaches instead: a name no statement has, so the server answers "does not exist" (or
+/// nothing, for Close) and the statements pgshift shares between clients stay out of reach.
+const UNREACHABLE_NAME: &[u8] = b"(name reserved by pgshift)";
+
+impl Fwd<'_> {
+    /// True if `name` is in pgshift's namespace and this client has no statement of that name.
+    fn reserved_unknown(&self, name: &[u8]) -> bool {
+        self.state.track_prepared
+            && name
+                .get(..crate::router::RESERVED_PREFIX.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(crate::router::RESERVED_PREFIX.as_bytes()))
     }
 }
 

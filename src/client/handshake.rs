@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::registry::CancelOutcome;
 use crate::auth::UserEntry;
 use crate::config::TlsMode;
 use crate::error::ClientError;
@@ -93,7 +94,7 @@ pub async fn open(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Res
                 return fail(&mut stream, ClientError::protocol("unexpected encryption request inside TLS")).await
             }
             StartupPacket::Cancel { pid, secret } => {
-                shared.sessions.cancel(pid, secret).await;
+                forward_cancel(shared, pid, secret).await;
                 return Ok(Opening::Cancelled);
             }
             StartupPacket::Startup { minor, params } => break (minor, params),
@@ -188,5 +189,22 @@ pub(super) async fn read_password_frame(stream: &mut Stream, buf: &mut BytesMut)
         if n == 0 {
             return Err(ClientError::protocol("connection closed during login"));
         }
+    }
+}
+
+/// Routes a CancelRequest to the client holding the key and counts a dropped one against the
+/// client's pool toward the primary (SHOW POOLS, /metrics).
+pub async fn forward_cancel(shared: &Shared, pid: i32, secret: i32) {
+    let wait = shared.runtime.load().config.proxy.cancel_wait_timeout.0;
+    if let CancelOutcome::Dropped { user, database } = shared.sessions.cancel(pid, secret, wait).await {
+        let primary = shared.runtime.load().primary.address.clone();
+        let pool = shared.pools.all().into_iter().find(|p| {
+            let spec = p.spec.load();
+            spec.user.name == user && *spec.database == *database && spec.address == primary
+        });
+        if let Some(p) = pool {
+            p.stats.cancels_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        tracing::debug!(%user, "cancel request dropped: the client had no query running");
     }
 }

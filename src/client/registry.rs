@@ -10,10 +10,11 @@ use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
+use crate::server::CancelGate;
 use crate::wire::messages;
 
 /// The server a client is using right now, as far as a cancel needs to know.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServerRef {
     /// Where the server is.
     pub peer: SocketAddr,
@@ -21,6 +22,25 @@ pub struct ServerRef {
     pub key: (i32, i32),
     /// Its connection id (admin port).
     pub conn_id: u64,
+    /// Holds the connection back from other clients while a cancel toward it is in flight.
+    pub gate: Arc<CancelGate>,
+}
+
+/// What became of a CancelRequest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// No client has that key (or the secret is wrong): ignored, as PostgreSQL does.
+    NoMatch,
+    /// The client held no server, so nothing of its was running: dropped, so that it cannot
+    /// reach a query of whichever client uses that server next.
+    Dropped {
+        /// The client's role.
+        user: String,
+        /// The client's database.
+        database: Arc<str>,
+    },
+    /// Sent to the server the client holds (or only ended a pool wait).
+    Forwarded,
 }
 
 /// Requests to a session from outside: close now (KILL), or at the next idle point (DRAIN).
@@ -213,7 +233,7 @@ impl Sessions {
                 addr: h.peer.to_string(),
                 state: h.state(),
                 connected_secs: h.connected_at.elapsed().unwrap_or_default().as_secs_f64(),
-                server: h.server.lock().ok().and_then(|s| s.map(|s| s.conn_id)),
+                server: h.server.lock().ok().and_then(|s| s.as_ref().map(|s| s.conn_id)),
                 xacts: h.xacts.load(Ordering::Relaxed),
             })
             .collect();
@@ -234,24 +254,36 @@ impl Sessions {
 
     /// Handles a CancelRequest: a matching key cancels the server query (or the pool wait).
     /// Mismatches are ignored silently, as PostgreSQL does.
-    pub async fn cancel(&self, pid: i32, secret: i32) {
+    ///
+    /// The server's gate is raised under the same lock the session takes to let the server go,
+    /// so either the session still holds it (and the pool keeps it from other clients until the
+    /// server has processed the cancel) or the cancel finds no server and is dropped.
+    pub async fn cancel(&self, pid: i32, secret: i32, wait: Duration) -> CancelOutcome {
         let Some(h) = self.by_pid.lock().ok().and_then(|m| m.get(&pid).cloned()) else {
-            return;
+            return CancelOutcome::NoMatch;
         };
         if h.key.1 != secret {
-            return;
+            return CancelOutcome::NoMatch;
         }
         h.cancel.notify_waiters();
-        let server = h.server.lock().ok().and_then(|s| *s);
-        if let Some(s) = server {
-            let send = async {
-                let mut tcp = tokio::net::TcpStream::connect(s.peer).await?;
-                tcp.write_all(&messages::cancel_request(s.key.0, s.key.1)).await?;
-                tcp.shutdown().await
-            };
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), send).await.unwrap_or(Ok(())) {
-                tracing::warn!(client = h.id, "forwarding a cancel request failed: {e}");
-            }
+        let server = h.server.lock().ok().and_then(|s| s.as_ref().inspect(|s| s.gate.begin()).cloned());
+        let Some(s) = server else {
+            return CancelOutcome::Dropped { user: h.user.clone(), database: h.database.clone() };
+        };
+        if let Err(e) = tokio::time::timeout(wait, send_cancel(s.peer, s.key)).await.unwrap_or(Ok(())) {
+            tracing::warn!(client = h.id, "forwarding a cancel request failed: {e}");
         }
+        s.gate.end();
+        CancelOutcome::Forwarded
     }
+}
+
+/// Sends a CancelRequest and waits until the server closes the connection, which PostgreSQL
+/// does once it has signalled the backend: from then on the cancel cannot reach a later query.
+pub async fn send_cancel(peer: SocketAddr, key: (i32, i32)) -> std::io::Result<()> {
+    let mut tcp = tokio::net::TcpStream::connect(peer).await?;
+    tcp.write_all(&messages::cancel_request(key.0, key.1)).await?;
+    let mut sink = [0u8; 64];
+    while tokio::io::AsyncReadExt::read(&mut tcp, &mut sink).await? > 0 {}
+    Ok(())
 }

@@ -231,13 +231,12 @@ impl Session {
             return;
         };
         let conn = att.lease.conn();
-        let (peer, key) = (conn.peer, conn.cancel_key);
+        let (peer, key, gate) = (conn.peer, conn.cancel_key, conn.cancel_gate.clone());
         tracing::info!(client = self.handle.id, "query_timeout reached: cancelling the running query");
-        let send = async {
-            let mut tcp = tokio::net::TcpStream::connect(peer).await?;
-            tokio::io::AsyncWriteExt::write_all(&mut tcp, &crate::wire::messages::cancel_request(key.0, key.1)).await
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), send).await;
+        gate.begin();
+        let wait = self.rt.config.proxy.cancel_wait_timeout.0;
+        let _ = tokio::time::timeout(wait, super::registry::send_cancel(peer, key)).await;
+        gate.end();
     }
 
     /// Moves whole server frames into the client's output, as far as back-pressure allows.
@@ -310,6 +309,9 @@ impl Session {
             let Some((t, total)) = frame::peek_header(&self.cin)? else {
                 break;
             };
+            if !frame::is_frontend_tag(t) {
+                return Err(WireError::UnknownMessage(t));
+            }
             if self.cin.len() < total {
                 if total > STREAM_OVER && t == tag::COPY_DATA {
                     att.c2s_passthrough = total;

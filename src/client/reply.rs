@@ -183,8 +183,14 @@ impl Reply<'_> {
     /// no transaction is open, and the batch only binds, describes (its portal, so the client
     /// receives the new row shape) and executes, re-prepare the statement on this server and
     /// re-run the batch once. PgBouncer users otherwise RECONNECT every bouncer (#1038).
+    ///
+    /// The same recovery applies when a statement pgshift prepared on this server has vanished
+    /// from it (26000 for the Bind of a proxy-wide statement: server-side code ran DEALLOCATE):
+    /// it is prepared again and the batch re-run, so its owner never sees the error.
     fn rerun_stale_plan(&mut self, e: &frame::ErrorFields<'_>) -> bool {
-        if e.code != b"0A000" || e.message != b"cached plan must not change result type" {
+        let stale = e.code == b"0A000" && e.message == b"cached plan must not change result type";
+        let vanished = e.code == b"26000";
+        if !stale && !vanished {
             return false;
         }
         let a = &mut *self.att;
@@ -192,7 +198,12 @@ impl Reply<'_> {
         let def = def.clone();
         let describes_portal =
             frames(&a.last_batch).any(|f| f.first() == Some(&tag::DESCRIBE) && frame::body(f).first() == Some(&b'P'));
-        if a.reran || a.batch_executed || a.server_status != b'I' || !a.last_batch_rerunnable || !describes_portal {
+        if a.reran
+            || a.batch_executed
+            || a.server_status != b'I'
+            || !a.last_batch_rerunnable
+            || (stale && !describes_portal)
+        {
             return false;
         }
         for id in a.queue.skip_to_sync() {

@@ -36,6 +36,9 @@ pub fn scan(buf: &[u8]) -> Result<Option<Request>, WireError> {
         let Some((t, total)) = frame::peek_header(&buf[at..])? else {
             return Ok(partial(at));
         };
+        if !frame::is_frontend_tag(t) {
+            return Err(WireError::UnknownMessage(t));
+        }
         if buf.len() - at < total {
             // A huge frame is routed once what precedes it is here; it streams after.
             let routable = at >= MAX_GATHER || total > MAX_GATHER;

@@ -368,7 +368,12 @@ impl Session {
             att.mirror_to_target = !phase.target_serves();
         }
         let conn = att.lease.conn();
-        self.handle.set_server(Some(ServerRef { peer: conn.peer, key: conn.cancel_key, conn_id: conn.id }));
+        self.handle.set_server(Some(ServerRef {
+            peer: conn.peer,
+            key: conn.cancel_key,
+            conn_id: conn.id,
+            gate: conn.cancel_gate.clone(),
+        }));
         if let Some(sql) = settings_diff(&conn.state.settings, &self.state.settings) {
             conn.state.settings = self.state.settings.clone();
             messages::put_query(&mut att.sout, &sql);
@@ -454,6 +459,9 @@ impl Session {
         traffic.bytes_out.fetch_add(att.bytes_out + unflushed, std::sync::atomic::Ordering::Relaxed);
         self.handle.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.handle.set_server(None);
+        if self.rt.config.proxy.server_reset_query_always {
+            att.lease.conn().residue = crate::server::Residue::Unknown;
+        }
         let pool = att.lease.pool().clone();
         pool.checkin(att.lease);
     }

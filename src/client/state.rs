@@ -195,6 +195,9 @@ pub struct Attached {
     /// An extended-protocol error came before the client's Sync: the server discards frames
     /// until that Sync, so they owe no replies.
     pub skipping: bool,
+    /// pgshift refused a frame of the current batch with its own error: the client's frames up
+    /// to its Sync are dropped, as a server drops them after an error.
+    pub refusing: bool,
     /// The last client frame forwarded was a Flush (the client waits without a Sync).
     pub flushed: bool,
     /// A portal was suspended (Execute with a row limit): it lives until Sync.
@@ -278,6 +281,7 @@ impl Attached {
             mirror_to_target: true,
             committed: Vec::new(),
             skipping: false,
+            refusing: false,
             flushed: false,
             suspended: false,
             unnamed_parsed: false,

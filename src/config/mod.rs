@@ -87,6 +87,12 @@ pub struct ProxyConfig {
     pub server_check_delay: Dur,
     /// Query run on a server before another client gets it in session mode.
     pub server_reset_query: String,
+    /// Transaction mode: reset every server session after every transaction, not only after
+    /// transactions that ran something not proven free of session effects.
+    pub server_reset_query_always: bool,
+    /// Longest a server connection waits for a cancel request toward it to be processed before
+    /// another client may have it; past it the connection is closed.
+    pub cancel_wait_timeout: Dur,
     /// Bound on the whole client login dialogue.
     pub client_login_timeout: Dur,
     /// Cancel a query that runs longer than this (0 = off).
@@ -99,6 +105,9 @@ pub struct ProxyConfig {
     pub shutdown_timeout: Dur,
     /// Protocol-level prepared statements kept per server connection (0 disables tracking).
     pub max_prepared_statements: usize,
+    /// Named prepared statements one client may hold at once in transaction mode; a Parse past
+    /// it is refused with 53400 (0 = no limit).
+    pub max_client_prepared_statements: usize,
     /// What to do with session-only features in transaction mode: "pin" or "reject".
     pub session_features: SessionFeatures,
 }
@@ -121,12 +130,15 @@ impl Default for ProxyConfig {
             server_connect_retry: Dur::secs(2),
             server_check_delay: Dur::secs(30),
             server_reset_query: "DISCARD ALL".into(),
+            server_reset_query_always: false,
+            cancel_wait_timeout: Dur::secs(10),
             client_login_timeout: Dur::secs(60),
             query_timeout: Dur::secs(0),
             idle_transaction_timeout: Dur::secs(0),
             client_idle_timeout: Dur::secs(0),
             shutdown_timeout: Dur::secs(30),
             max_prepared_statements: 200,
+            max_client_prepared_statements: 1000,
             session_features: SessionFeatures::Pin,
         }
     }

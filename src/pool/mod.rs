@@ -1,11 +1,13 @@
 //! Server connection pools: one per (backend, user, database), the registry that keeps them
 //! across reloads, and the backends with their health.
 
+mod clean;
 pub mod cluster;
 pub mod health;
 #[allow(clippy::module_inception)]
 mod pool;
 
+pub use clean::SESSION_RESET;
 pub use cluster::{Backend, Role};
 pub use pool::{Lease, Pool, PoolSettings, PoolSnapshot};
 

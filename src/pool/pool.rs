@@ -43,6 +43,9 @@ pub struct PoolSettings {
     /// Keep retrying a refused connection this long before failing the client (primary pools:
     /// a short wait across a restart beats an error; replica pools fail over instead).
     pub connect_retry: Duration,
+    /// Longest a connection waits for a cancel in flight before another client may have it;
+    /// past it the connection is closed.
+    pub cancel_wait: Duration,
 }
 
 /// What checkout does with a connection taken from the idle stack.
@@ -323,13 +326,19 @@ impl Pool {
     }
 
     /// Returns a leased connection; it goes to the oldest waiter, or onto the idle stack.
-    pub fn checkin(&self, mut lease: Lease) {
-        if let Some(c) = lease.conn.take() {
-            self.return_conn(c);
+    /// A connection with a cancel in flight or an unproven session is cleaned first (see
+    /// [`super::clean`]), off the caller's path.
+    pub fn checkin(self: &Arc<Self>, mut lease: Lease) {
+        let Some(c) = lease.conn.take() else { return };
+        if super::clean::needs_cleaning(&c) && !c.broken {
+            let wait = self.settings.load().cancel_wait;
+            tokio::spawn(super::clean::clean_then_return(self.clone(), c, wait));
+            return;
         }
+        self.return_conn(c);
     }
 
-    fn return_conn(&self, mut c: Box<ServerConn>) {
+    pub(super) fn return_conn(&self, mut c: Box<ServerConn>) {
         let s = self.settings.load();
         let now = Instant::now();
         let expired = s.lifetime.is_some_and(|l| now.saturating_duration_since(c.created) > l);

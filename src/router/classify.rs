@@ -75,6 +75,9 @@ pub enum SessionEffect {
     ResetAll,
     /// `DISCARD ALL`.
     DiscardAll,
+    /// `PREPARE`, `EXECUTE` or `DEALLOCATE` of a name in pgshift's own namespace (`pgshift_...`):
+    /// refused, so no client can reach or plant the statements pgshift prepares for everyone.
+    ReservedName,
     /// `DEALLOCATE [PREPARE] name | ALL`; `None` means ALL.
     Deallocate {
         /// Prepared statement name, folded like an identifier.
@@ -109,6 +112,11 @@ pub struct Statement {
     pub tx: TxControl,
     /// Session-wide effect.
     pub session: SessionEffect,
+    /// Proven to leave nothing in the server session beyond the transaction except the tracked
+    /// `session` effect: no call outside PostgreSQL's built-in side-effect-free functions, no
+    /// DO/CALL/DDL/COPY, nothing the classifier was unsure of. A server that ran anything else
+    /// is reset before another client gets it.
+    pub pure: bool,
 }
 
 /// The decision for a whole query string.
@@ -126,6 +134,14 @@ pub struct Classification {
     pub hint: Option<Target>,
     /// One entry per non-empty statement, in order.
     pub statements: Vec<Statement>,
+}
+
+impl Classification {
+    /// True when every statement is proven free of untracked session effects (see
+    /// [`Statement::pure`]); an empty string is pure.
+    pub fn pure(&self) -> bool {
+        self.statements.iter().all(|s| s.pure)
+    }
 }
 
 /// Deployment knowledge the classifier cannot infer from SQL.
@@ -190,7 +206,19 @@ pub mod reasons {
 
 impl Statement {
     pub(super) fn primary(reason: &'static str, kind: StatementKind) -> Self {
-        Statement { target: Target::Primary, reason, kind, tx: TxControl::None, session: SessionEffect::None }
+        Statement {
+            target: Target::Primary,
+            reason,
+            kind,
+            tx: TxControl::None,
+            session: SessionEffect::None,
+            pure: false,
+        }
+    }
+
+    pub(super) fn proven_pure(mut self) -> Self {
+        self.pure = true;
+        self
     }
 
     pub(super) fn replica(reason: &'static str, kind: StatementKind) -> Self {
@@ -221,6 +249,10 @@ pub fn classify(sql: &str, cfg: &ClassifierConfig) -> Classification {
         if cur.take_broken() {
             st.target = Target::Primary;
             st.reason = reasons::UNSURE;
+            st.pure = false;
+        }
+        if matches!(st.session, SessionEffect::Pin(_)) {
+            st.pure = false;
         }
         statements.push(st);
     }
@@ -230,6 +262,7 @@ pub fn classify(sql: &str, cfg: &ClassifierConfig) -> Classification {
     if let (true, Some(last)) = (broken, statements.last_mut()) {
         last.target = Target::Primary;
         last.reason = reasons::UNSURE;
+        last.pure = false;
     }
     summarize(statements, cur.hint(), broken)
 }
@@ -266,10 +299,10 @@ pub(super) fn statement(cur: &mut Cursor, cfg: &ClassifierConfig, nest: u8) -> S
     let write = |kind| Statement::primary(reasons::WRITE, kind);
     match kw {
         Some(Kw::Select | Kw::Values | Kw::Table | Kw::With) => query::analyze(cur, cfg, first, base),
-        Some(Kw::Insert) => write(StatementKind::Insert),
-        Some(Kw::Update) => write(StatementKind::Update),
-        Some(Kw::Delete) => write(StatementKind::Delete),
-        Some(Kw::Show) => Statement::replica(reasons::READ, StatementKind::Other),
+        Some(Kw::Insert) => query::analyze_write(cur, cfg, base, StatementKind::Insert),
+        Some(Kw::Update) => query::analyze_write(cur, cfg, base, StatementKind::Update),
+        Some(Kw::Delete) => query::analyze_write(cur, cfg, base, StatementKind::Delete),
+        Some(Kw::Show) => Statement::replica(reasons::READ, StatementKind::Other).proven_pure(),
         Some(Kw::Explain) => explain(cur, cfg, nest),
         Some(Kw::Copy) => copy(cur, cfg, nest),
         Some(Kw::Create) => create(cur),

@@ -221,6 +221,17 @@ pub fn is_builtin_safe(name: &[u8]) -> bool {
     in_sorted(SAFE_FUNCTIONS, name)
 }
 
+/// Whether calling `name` is proven to leave no state in the session: one of PostgreSQL's own
+/// side-effect-free functions, unqualified or as `pg_catalog.x`. Functions declared safe in the
+/// config are safe to run on a replica, not proven to leave the session alone.
+pub fn is_pure_call(name: &FoldedName) -> bool {
+    let builtin_scope = match name.qualifier() {
+        None => true,
+        Some(q) => q == b"pg_catalog",
+    };
+    !name.overflow && name.parts > 0 && builtin_scope && is_builtin_safe(name.last())
+}
+
 /// Classifies a call of `name`.
 ///
 /// Built-ins count only unqualified or as `pg_catalog.x`: `myschema.lower` is somebody

@@ -7,6 +7,8 @@ mod cursor;
 mod functions;
 mod keywords;
 mod lexer;
+#[cfg(test)]
+mod purity_tests;
 mod query;
 mod session;
 #[cfg(test)]
@@ -16,9 +18,11 @@ pub use cache::ClassifierCache;
 pub use classify::{
     classify, reasons, Classification, ClassifierConfig, SessionEffect, Statement, StatementKind, Target, TxControl,
 };
+pub use session::{is_reserved_name, RESERVED_PREFIX};
 
 /// A quick look that proves a simple query is one plain SELECT, INSERT, UPDATE or DELETE that
-/// changes no session state (no advisory lock, set_config, or temporary table anywhere in it):
+/// changes no session state (no function call, advisory lock, set_config, or temporary table
+/// anywhere in it):
 /// its kind, or `None` when only a full classification can tell. Conservative by construction:
 /// comments, several statements, or any suspicious word send it to the classifier. Works on the
 /// raw bytes (it only looks at ASCII), so it needs no UTF-8 check either.
@@ -46,7 +50,8 @@ pub fn plain_statement(sql: &[u8]) -> Option<StatementKind> {
             continue;
         }
         let suspect = match b {
-            b';' => true,
+            // A call may be of a function that changes the session: let the classifier see it.
+            b';' | b'(' => true,
             b'-' => body.get(i + 1) == Some(&b'-'),
             b'/' => body.get(i + 1) == Some(&b'*'),
             // the second letter first: most a/s/t in SQL text start none of these words
@@ -64,7 +69,7 @@ pub fn plain_statement(sql: &[u8]) -> Option<StatementKind> {
 /// Bytes [`plain_statement`] must look at more closely.
 static INTERESTING: [bool; 256] = {
     let mut t = [false; 256];
-    let bytes = b";-/aAsStT";
+    let bytes = b";-/aAsStT(";
     let mut i = 0;
     while i < bytes.len() {
         t[bytes[i] as usize] = true;

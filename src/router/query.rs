@@ -44,37 +44,50 @@ struct Scan<'c> {
     reason: Option<&'static str>,
     kind: StatementKind,
     pin: Option<&'static str>,
+    /// Nothing seen so far can leave state in the session (see `Statement::pure`).
+    pure: bool,
 }
 
 /// Analyses a query whose first token `first` (at parenthesis depth `base`) has been
 /// consumed; reads to the end of the statement.
 pub(super) fn analyze(cur: &mut Cursor, cfg: &ClassifierConfig, first: Token, base: u32) -> Statement {
-    let mut scan = Scan {
-        cfg,
-        base,
-        prev: Prev::Start,
-        from: 0,
-        with: 0,
-        saw_with: false,
-        reason: None,
-        kind: StatementKind::Select,
-        pin: None,
-    };
+    let mut scan = Scan::new(cfg, base, StatementKind::Select, Prev::Start);
     scan.feed(cur, first);
     while let Some(t) = cur.advance() {
         scan.feed(cur, t);
     }
-    let mut st = match scan.reason {
+    let st = match scan.reason {
         Some(reason) => Statement::primary(reason, scan.kind),
         None => Statement::replica(reasons::READ, scan.kind),
     };
-    if let Some(pin) = scan.pin {
-        st.session = SessionEffect::Pin(pin);
-    }
-    st
+    scan.finish(st)
 }
 
-impl Scan<'_> {
+/// Analyses an INSERT, UPDATE or DELETE whose keyword has been consumed, for what it calls:
+/// it always goes to the primary, but is pure only when every call is a built-in
+/// side-effect-free function.
+pub(super) fn analyze_write(cur: &mut Cursor, cfg: &ClassifierConfig, base: u32, kind: StatementKind) -> Statement {
+    // `INSERT INTO t (cols)`: the name after INTO is a table, not a call.
+    let mut scan = Scan::new(cfg, base, kind, Prev::Kw(Kw::Into));
+    while let Some(t) = cur.advance() {
+        scan.feed(cur, t);
+    }
+    scan.finish(Statement::primary(reasons::WRITE, kind))
+}
+
+impl<'c> Scan<'c> {
+    fn new(cfg: &'c ClassifierConfig, base: u32, kind: StatementKind, prev: Prev) -> Self {
+        Scan { cfg, base, prev, from: 0, with: 0, saw_with: false, reason: None, kind, pin: None, pure: true }
+    }
+
+    fn finish(self, mut st: Statement) -> Statement {
+        st.pure = self.pure && self.pin.is_none();
+        if let Some(pin) = self.pin {
+            st.session = SessionEffect::Pin(pin);
+        }
+        st
+    }
+
     fn feed(&mut self, cur: &mut Cursor, t: Token) {
         self.prev = match t.kind {
             TokenKind::Ident => return self.word(cur, t),
@@ -98,6 +111,9 @@ impl Scan<'_> {
     }
 
     fn flag(&mut self, reason: &'static str) {
+        if reason == reasons::UNSURE {
+            self.pure = false;
+        }
         self.reason.get_or_insert(reason);
     }
 
@@ -207,8 +223,9 @@ impl Scan<'_> {
     /// Whether `name(` at `depth` after `self.prev` is a function call. When in doubt it
     /// says yes: a call of an unknown function only costs a trip to the primary.
     fn call_position(&self, depth: u32) -> bool {
-        // Types (`::numeric(10,2)`, `AS varchar(20)`), aliases (`AS t(a)`), sample methods.
-        if matches!(self.prev, Prev::DoubleColon | Prev::Kw(Kw::As) | Prev::Kw(Kw::Tablesample)) {
+        // Types (`::numeric(10,2)`, `AS varchar(20)`), aliases (`AS t(a)`), sample methods,
+        // the target of INSERT INTO / SELECT INTO.
+        if matches!(self.prev, Prev::DoubleColon | Prev::Kw(Kw::As | Kw::Tablesample | Kw::Into)) {
             return false;
         }
         if self.has(Flag::With, depth) {
@@ -226,13 +243,18 @@ impl Scan<'_> {
             FnClass::SideEffect => self.flag(reasons::SIDE_EFFECT_FUNCTION),
             FnClass::Unknown => self.flag(reasons::UNKNOWN_FUNCTION),
         }
-        match functions::session_call(name.last()) {
+        let session = functions::session_call(name.last());
+        if !functions::is_pure_call(name) && session != SessionCall::SetConfig {
+            self.pure = false;
+        }
+        match session {
             SessionCall::None => false,
             SessionCall::AdvisoryLock => {
                 self.pin("advisory_lock");
                 false
             }
             SessionCall::SetConfig => {
+                // set_config(name, value, true) lasts for the transaction only.
                 if let Some(pin) = set_config_pin(cur) {
                     self.pin(pin);
                 }
@@ -304,6 +326,7 @@ impl Scan<'_> {
             return;
         }
         self.flag(reasons::SELECT_INTO);
+        self.pure = false;
         let temp =
             cur.peek().is_some_and(|n| ["temp", "temporary", "local", "global"].iter().any(|w| cur.is_word(n, w)));
         if temp {

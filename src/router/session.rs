@@ -21,9 +21,12 @@ pub(super) fn utility(cur: &mut Cursor, kw: Kw) -> Option<Statement> {
         Kw::Deallocate => deallocate(cur),
         Kw::Listen => listen(cur),
         Kw::Unlisten => unlisten(cur),
-        Kw::Notify => Statement::primary(reasons::LISTEN_NOTIFY, StatementKind::Other),
+        Kw::Notify => Statement::primary(reasons::LISTEN_NOTIFY, StatementKind::Other).proven_pure(),
         Kw::Prepare => prepare(cur),
-        Kw::Execute => session(SessionEffect::None),
+        Kw::Execute => match cur.advance().and_then(|t| ident_text(cur, t)) {
+            Some(name) if is_reserved_name(&name) => session(SessionEffect::ReservedName),
+            _ => session(SessionEffect::None),
+        },
         Kw::Declare => declare(cur),
         Kw::Load => session(SessionEffect::Pin("load")),
         // Cursors live inside the transaction that declared them.
@@ -34,11 +37,22 @@ pub(super) fn utility(cur: &mut Cursor, kw: Kw) -> Option<Statement> {
 }
 
 fn tx(tx: TxControl) -> Statement {
-    Statement { tx, ..Statement::primary(reasons::TRANSACTION, StatementKind::Other) }
+    Statement { tx, ..Statement::primary(reasons::TRANSACTION, StatementKind::Other) }.proven_pure()
 }
 
+/// A session statement: pure when pgshift tracks its effect (SET, RESET, DISCARD ALL,
+/// DEALLOCATE are replayed or answered per client), not when it pins or is only passed on.
 fn session(effect: SessionEffect) -> Statement {
-    Statement::primary(reasons::SESSION, StatementKind::Other).with_session(effect)
+    let tracked = matches!(
+        effect,
+        SessionEffect::Set { .. } | SessionEffect::Reset { .. } | SessionEffect::ResetAll | SessionEffect::DiscardAll
+    );
+    let st = Statement::primary(reasons::SESSION, StatementKind::Other).with_session(effect);
+    if tracked {
+        st.proven_pure()
+    } else {
+        st
+    }
 }
 
 /// `BEGIN [WORK|TRANSACTION] [modes]` / `START TRANSACTION [modes]`.
@@ -114,7 +128,11 @@ fn set(cur: &mut Cursor) -> Statement {
             None => return Statement::unsure(),
         }
     };
-    session(if local { SessionEffect::None } else { effect })
+    if local {
+        // Lasts until the transaction ends: nothing for the next client to see.
+        return session(SessionEffect::None).proven_pure();
+    }
+    session(effect)
 }
 
 /// `name {TO|=} value`, `TIME ZONE value`, `SCHEMA 'x'`, `NAMES 'x'`, `XML OPTION x`.
@@ -199,10 +217,19 @@ fn deallocate(cur: &mut Cursor) -> Statement {
         return session(SessionEffect::Deallocate { name: None });
     }
     match ident_text(cur, t) {
+        Some(name) if is_reserved_name(&name) => session(SessionEffect::ReservedName),
         Some(name) => session(SessionEffect::Deallocate { name: Some(name) }),
         None => Statement::unsure(),
     }
 }
+
+/// Statement names pgshift uses on servers: `pgshift_` and anything after it.
+pub fn is_reserved_name(name: &str) -> bool {
+    name.as_bytes().get(..RESERVED_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes()))
+}
+
+/// The prefix of every statement name pgshift prepares on a server.
+pub const RESERVED_PREFIX: &str = "pgshift_";
 
 fn listen(cur: &mut Cursor) -> Statement {
     match cur.advance().and_then(|t| ident_text(cur, t)) {
@@ -232,6 +259,9 @@ fn prepare(cur: &mut Cursor) -> Statement {
     if cur.eat_word("transaction") {
         return tx(TxControl::None);
     }
+    if cur.advance().and_then(|t| ident_text(cur, t)).is_some_and(|n| is_reserved_name(&n)) {
+        return session(SessionEffect::ReservedName);
+    }
     session(SessionEffect::Pin("sql_prepare"))
 }
 
@@ -245,7 +275,8 @@ fn declare(cur: &mut Cursor) -> Statement {
             return session(SessionEffect::Pin("with_hold_cursor"));
         }
     }
-    tx(TxControl::None)
+    // The cursor's query is not analysed here: it may call anything.
+    Statement { pure: false, ..tx(TxControl::None) }
 }
 
 /// `a.b.c` as a setting name: unquoted parts lower-cased, quoted parts kept.

@@ -52,6 +52,27 @@ pub mod tag {
 /// Bytes in a frame header: the tag and the 4-byte length.
 pub const HEADER_LEN: usize = 5;
 
+/// True for the message types a logged-in client may send. Anything else is answered with
+/// 08P01 by the proxy itself, as PostgreSQL answers it, and never reaches a server.
+pub fn is_frontend_tag(t: u8) -> bool {
+    matches!(
+        t,
+        tag::QUERY
+            | tag::PARSE
+            | tag::BIND
+            | tag::DESCRIBE
+            | tag::EXECUTE
+            | tag::CLOSE
+            | tag::SYNC
+            | tag::FLUSH
+            | tag::FUNCTION_CALL
+            | tag::TERMINATE
+            | tag::COPY_DATA
+            | tag::COPY_DONE
+            | tag::COPY_FAIL
+    )
+}
+
 /// PostgreSQL refuses messages of 1 GiB or more (`PQ_LARGE_MESSAGE_LIMIT`); so do we, so that a
 /// forged length can never make us wait for, or buffer toward, more than the server would accept.
 pub const MAX_FRAME_LEN: usize = (1 << 30) - 1;

@@ -32,4 +32,7 @@ pub enum WireError {
     /// The peer sent something that is not allowed at this point of the dialogue.
     #[error("{0}")]
     Unexpected(&'static str),
+    /// A client message type the protocol does not have (PostgreSQL's wording).
+    #[error("invalid frontend message type {0}")]
+    UnknownMessage(u8),
 }

@@ -1,0 +1,73 @@
+//! Which statements are proven free of session effects (and so need no reset after them).
+
+use super::{classify, ClassifierConfig};
+
+fn pure(sql: &str) -> bool {
+    let mut cfg = ClassifierConfig::with_safe_functions(["my_safe_fn"]);
+    cfg.standard_conforming_strings = true;
+    classify(sql, &cfg).pure()
+}
+
+#[test]
+fn plain_reads_writes_and_tracked_settings_are_pure() {
+    for sql in [
+        "select abalance from pgbench_accounts where aid = 1",
+        "select count(*), lower(x), now() from t where y = any($1)",
+        "insert into pgbench_history (tid, bid, aid, delta, mtime) values (1, 2, 3, 4, current_timestamp)",
+        "update pgbench_accounts set abalance = abalance + 1 where aid = 2",
+        "delete from t where id in (select id from u where v = coalesce($1, 0))",
+        "begin; select 1; commit",
+        "set search_path = a, b",
+        "set local statement_timeout = '1s'",
+        "select set_config('app.tenant', '42', true)",
+        "show work_mem",
+        "select * from t for update",
+        "",
+    ] {
+        assert!(pure(sql), "should be pure: {sql}");
+    }
+}
+
+#[test]
+fn anything_that_may_change_the_session_is_not() {
+    for sql in [
+        "select set_tenant('42')",
+        "select my_safe_fn(1)",
+        "select myschema.lower('x')",
+        "do $$ begin execute 'set role x'; end $$",
+        "call p()",
+        "create table pg_temp.x (a int)",
+        "create temp table x (a int)",
+        "copy (select f()) to stdout",
+        "copy t from stdin",
+        "select * into temp t from u",
+        "select set_config('app.tenant', '42', false)",
+        "select pg_advisory_lock(1)",
+        "insert into t select f(x) from u",
+        "update t set a = nextval('s')",
+        "execute stmt(1)",
+        "declare c cursor for select f()",
+        "load 'auto_explain'",
+        "listen ch",
+        "set role other",
+        "select 1; select f()",
+    ] {
+        assert!(!pure(sql), "should not be pure: {sql}");
+    }
+}
+
+#[test]
+fn pgshift_statement_names_are_reserved() {
+    use super::SessionEffect;
+    let cfg = ClassifierConfig::default();
+    for sql in [
+        "deallocate pgshift_0123",
+        "DEALLOCATE PREPARE PGSHIFT_x",
+        "prepare pgshift_x as select 1",
+        "execute pgshift_1(2)",
+    ] {
+        let c = classify(sql, &cfg);
+        assert_eq!(c.statements[0].session, SessionEffect::ReservedName, "{sql}");
+    }
+    assert_ne!(classify("deallocate mine", &cfg).statements[0].session, SessionEffect::ReservedName);
+}
