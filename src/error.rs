@@ -47,6 +47,14 @@ impl ClientError {
     pub fn protocol(message: impl Into<String>) -> Self {
         Self::fatal("08P01", message)
     }
+
+    /// A framing error from a client: 54000 for a message over the size limit, else 08P01.
+    pub fn from_wire(e: &crate::wire::WireError) -> Self {
+        match e {
+            crate::wire::WireError::TooLarge { .. } => Self::fatal("54000", e.to_string()),
+            _ => Self::protocol(e.to_string()),
+        }
+    }
 }
 
 impl From<&ServerError> for ClientError {

@@ -145,7 +145,7 @@ impl Runtime {
             check_delay: p.server_check_delay.enabled(),
             max_prepared: p.max_prepared_statements,
             connect_retry: if primary { p.server_connect_retry.0 } else { Duration::ZERO },
-            cancel_wait: p.cancel_wait_timeout.0,
+            cancel_wait: p.cancel_wait_timeout.enabled().unwrap_or(Duration::from_secs(365 * 86_400)),
         }
     }
 

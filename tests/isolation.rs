@@ -225,3 +225,27 @@ async fn a_clients_named_statements_are_bounded() {
     assert_eq!(c.query_one(&kept[4], &[&1i32]).await.unwrap().get::<_, i32>(0), 5);
     assert_eq!(scalar(&c, "select 1").await.as_deref(), Some("1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_cannot_take_unbounded_memory() {
+    use tokio::io::AsyncWriteExt;
+    let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
+    cfg.proxy.default_pool_size = 1;
+    cfg.proxy.max_packet_size = 1024 * 1024;
+    let p = proxy::start(cfg).await;
+    let port = proxy::port(&p);
+    // A Query declaring 300 MB: refused from its header, before pgshift buffers any of it.
+    let mut s = common::raw::login(port, "app", "app", "app").await;
+    let mut head = vec![b'Q'];
+    head.extend_from_slice(&(300_000_000u32).to_be_bytes());
+    head.extend_from_slice(b"select '");
+    s.write_all(&head).await.unwrap();
+    let frames = common::raw::read_frames(&mut s, b'E').await;
+    let (_, body) = frames.iter().find(|(t, _)| *t == b'E').expect("an ErrorResponse");
+    let text = String::from_utf8_lossy(body);
+    assert!(text.contains("54000") && text.contains("max_packet_size"), "{text}");
+    // Under the limit, a large statement still runs.
+    let c = common::connect(port, "app", "app", "app").await;
+    let big = format!("select length('{}')", "x".repeat(900_000));
+    assert_eq!(scalar(&c, &big).await.as_deref(), Some("900000"));
+}

@@ -44,7 +44,7 @@ impl Session {
             if let Some(done) = self.attachment_done() {
                 return Ok(done);
             }
-            if self.process_client_input(tm).map_err(|e| End::Close(ClientError::protocol(e.to_string())))? {
+            if self.process_client_input(tm).map_err(|e| End::Close(ClientError::from_wire(&e)))? {
                 return Err(End::ClientGone);
             }
             self.sync_after_flush(tm);
@@ -311,6 +311,10 @@ impl Session {
             };
             if !frame::is_frontend_tag(t) {
                 return Err(WireError::UnknownMessage(t));
+            }
+            let max = self.rt.config.proxy.max_packet_size;
+            if total > max && t != tag::COPY_DATA {
+                return Err(WireError::TooLarge { len: total, max });
             }
             if self.cin.len() < total {
                 if total > STREAM_OVER && t == tag::COPY_DATA {

@@ -29,7 +29,7 @@ pub struct Request {
 }
 
 /// Looks for a request at the front of `buf`; `Ok(None)` means not even one whole frame.
-pub fn scan(buf: &[u8]) -> Result<Option<Request>, WireError> {
+pub fn scan(buf: &[u8], max_packet: usize) -> Result<Option<Request>, WireError> {
     let mut at = 0;
     let partial = |at: usize| (at > 0).then_some(Request { len: at, terminate: false, complete: false });
     loop {
@@ -38,6 +38,9 @@ pub fn scan(buf: &[u8]) -> Result<Option<Request>, WireError> {
         };
         if !frame::is_frontend_tag(t) {
             return Err(WireError::UnknownMessage(t));
+        }
+        if total > max_packet {
+            return Err(WireError::TooLarge { len: total, max: max_packet });
         }
         if buf.len() - at < total {
             // A huge frame is routed once what precedes it is here; it streams after.
@@ -142,11 +145,14 @@ mod tests {
         let mut buf = q("select 1");
         let one = buf.len();
         buf.extend_from_slice(&q("select 2"));
-        assert_eq!(scan(&buf).unwrap(), Some(Request { len: one, terminate: false, complete: true }));
-        assert_eq!(scan(&buf[..one - 1]).unwrap(), None);
-        assert_eq!(scan(b"X\0\0\0\x04").unwrap(), Some(Request { len: 5, terminate: true, complete: true }));
+        assert_eq!(scan(&buf, usize::MAX).unwrap(), Some(Request { len: one, terminate: false, complete: true }));
+        assert_eq!(scan(&buf[..one - 1], usize::MAX).unwrap(), None);
+        assert_eq!(
+            scan(b"X\0\0\0\x04", usize::MAX).unwrap(),
+            Some(Request { len: 5, terminate: true, complete: true })
+        );
         // Parse without Sync: whole frames, no boundary yet
         let ext = b"P\0\0\0\x09\0x\0\0\0";
-        assert_eq!(scan(ext).unwrap(), Some(Request { len: 10, terminate: false, complete: false }));
+        assert_eq!(scan(ext, usize::MAX).unwrap(), Some(Request { len: 10, terminate: false, complete: false }));
     }
 }

@@ -250,7 +250,7 @@ impl Session {
                         "terminating connection: pgshift is shutting down",
                     )));
                 }
-                match request::scan(&self.cin) {
+                match request::scan(&self.cin, self.rt.config.proxy.max_packet_size) {
                     Ok(Some(r)) if r.complete => return Ok(r),
                     Ok(Some(r)) => {
                         if !self.read_now()? {
@@ -259,7 +259,7 @@ impl Session {
                         continue;
                     }
                     Ok(None) => {}
-                    Err(e) => return Err(End::Close(ClientError::protocol(e.to_string()))),
+                    Err(e) => return Err(End::Close(ClientError::from_wire(&e))),
                 }
                 self.release_idle_buffers();
             }

@@ -105,6 +105,9 @@ pub struct ProxyConfig {
     pub shutdown_timeout: Dur,
     /// Protocol-level prepared statements kept per server connection (0 disables tracking).
     pub max_prepared_statements: usize,
+    /// Largest client message accepted, in bytes (COPY data streams and is not bounded by it); a
+    /// larger one ends the session with 54000. It bounds what one client can make pgshift buffer.
+    pub max_packet_size: usize,
     /// Named prepared statements one client may hold at once in transaction mode; a Parse past
     /// it is refused with 53400 (0 = no limit).
     pub max_client_prepared_statements: usize,
@@ -139,6 +142,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: Dur::secs(30),
             max_prepared_statements: 200,
             max_client_prepared_statements: 1000,
+            max_packet_size: 64 * 1024 * 1024,
             session_features: SessionFeatures::Pin,
         }
     }

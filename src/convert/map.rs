@@ -77,6 +77,7 @@ fn settings(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
             | "min_pool_size"
             | "reserve_pool_size"
             | "max_client_conn"
+            | "max_packet_size"
             | "max_prepared_statements" => match e.value.parse::<i64>() {
                 Ok(n) if n >= 0 => out.set(Sect::Proxy, static_key(&key), Value::Integer(n), from(at, e)),
                 _ => out.note(NoteKind::NotMapped, &at(e), shown(e), "not a whole number"),
@@ -86,7 +87,17 @@ fn settings(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
             | "query_timeout"
             | "client_idle_timeout"
             | "idle_transaction_timeout"
+            | "cancel_wait_timeout"
             | "client_login_timeout" => duration(e, &key, Zero::Same, at, out),
+            "server_reset_query_always" => match e.value.trim() {
+                "1" | "yes" | "on" | "true" => {
+                    out.set(Sect::Proxy, "server_reset_query_always", Value::Boolean(true), from(at, e))
+                }
+                "0" | "no" | "off" | "false" => {
+                    out.set(Sect::Proxy, "server_reset_query_always", Value::Boolean(false), from(at, e))
+                }
+                _ => out.note(NoteKind::NotMapped, &at(e), shown(e), "not a boolean"),
+            },
             "query_wait_timeout" => duration(
                 e,
                 &key,
@@ -147,6 +158,8 @@ fn static_key(key: &str) -> &'static str {
         "reserve_pool_size",
         "max_client_conn",
         "max_prepared_statements",
+        "max_packet_size",
+        "cancel_wait_timeout",
         "reserve_pool_timeout",
         "server_idle_timeout",
         "query_timeout",

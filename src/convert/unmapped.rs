@@ -15,13 +15,9 @@ pub fn unmappable(key: &str) -> Option<&'static str> {
         "server_round_robin" => {
             "no equivalent: idle server connections are reused most recent first (PgBouncer's default)"
         }
-        "server_reset_query_always" => {
-            "no equivalent: in transaction mode pgshift replays each client's SET instead of resetting"
-        }
         "server_check_query" => "no equivalent: pgshift's check is an empty query (\";\")",
         "server_fast_close"
         | "server_login_retry"
-        | "cancel_wait_timeout"
         | "query_wait_notify"
         | "transaction_timeout"
         | "application_name_add_host"
@@ -39,9 +35,10 @@ pub fn unmappable(key: &str) -> Option<&'static str> {
             "no per-database or per-user cap: default_pool_size and [[auth.users]] pool_size bound each pool"
         }
         "autodb_idle_timeout" => "not needed: pools are made on demand and shrink with server_idle_timeout",
-        "pkt_buf" | "max_packet_size" | "sbuf_loopcnt" | "suspend_timeout" | "tcp_defer_accept"
-        | "tcp_socket_buffer" | "tcp_keepalive" | "tcp_keepcnt" | "tcp_keepidle" | "tcp_keepintvl"
-        | "tcp_user_timeout" => "no equivalent: buffers and sockets are not tunable in pgshift",
+        "pkt_buf" | "sbuf_loopcnt" | "suspend_timeout" | "tcp_defer_accept" | "tcp_socket_buffer" | "tcp_keepalive"
+        | "tcp_keepcnt" | "tcp_keepidle" | "tcp_keepintvl" | "tcp_user_timeout" => {
+            "no equivalent: buffers and sockets are not tunable in pgshift"
+        }
         "client_tls_protocols"
         | "client_tls_ciphers"
         | "client_tls_ecdhcurve"

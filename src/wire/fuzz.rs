@@ -83,7 +83,7 @@ fn parsers_survive_random_input() {
                 let _ = frame::command_tag(f);
                 let _ = request::sql_of(f[0], f);
             }
-            let _ = request::scan(slice);
+            let _ = request::scan(slice, usize::MAX);
             let _ = request::executes(slice);
         }
     }

@@ -35,4 +35,12 @@ pub enum WireError {
     /// A client message type the protocol does not have (PostgreSQL's wording).
     #[error("invalid frontend message type {0}")]
     UnknownMessage(u8),
+    /// A client message larger than `max_packet_size`.
+    #[error("message of {len} bytes is larger than max_packet_size ({max} bytes)")]
+    TooLarge {
+        /// The declared length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
