@@ -38,7 +38,7 @@ impl Session {
     /// per thread than connections would otherwise deadlock: PQprepare blocks the whole thread).
     pub(super) fn answer_locally(&mut self, req: Request) -> bool {
         use crate::wire::{frame, tag};
-        if !self.state.track_prepared || self.state.tx_status != b'I' || req.terminate {
+        if !self.state.track_prepared || self.state.tx_status != b'I' || req.terminate || req.len == 0 {
             return false;
         }
         let mut plan = Vec::new();

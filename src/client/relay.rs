@@ -321,6 +321,10 @@ impl Session {
                     att.c2s_passthrough = total;
                     continue;
                 }
+                if total > super::request::STREAM_QUERY_OVER && t == tag::QUERY && stream_query(att) {
+                    att.c2s_passthrough = total;
+                    continue;
+                }
                 break;
             }
             if t == tag::TERMINATE {
@@ -382,6 +386,23 @@ impl QueryTimer {
 
 /// More may be read into `buf`: below the high-water mark, or a frame at its head that is larger
 /// and must arrive whole.
+/// Starts streaming a simple Query too large to buffer, if this attachment allows it (a primary,
+/// no dual-write capture, no error pending in the batch): notes what forwarding it owes, since the
+/// frame never goes through `Fwd`. Unclassified, it may write and may change the session.
+fn stream_query(att: &mut super::state::Attached) -> bool {
+    if att.target != crate::router::Target::Primary || att.capture.is_some() || att.skipping || att.refusing {
+        return false;
+    }
+    att.req_started.get_or_insert_with(std::time::Instant::now);
+    att.flushed = false;
+    att.batch_rerunnable = false;
+    att.wrote = true;
+    att.lease.conn().residue = crate::server::Residue::Unknown;
+    att.effects.push_back(Vec::new());
+    att.queue.push(super::expect::Expect::Query);
+    true
+}
+
 fn room(buf: &bytes::BytesMut) -> bool {
     if buf.len() < HIGH_WATER {
         return true;

@@ -15,6 +15,11 @@ use crate::wire::{frame, tag, WireError};
 /// Past this many buffered bytes without a boundary, route with what has arrived.
 const MAX_GATHER: usize = 64 * 1024;
 
+/// A simple Query longer than this is not buffered whole: it goes to the primary unclassified and
+/// streams through as it arrives (see `Session::stream_query`), so one huge statement costs the
+/// proxy a few buffers, not its size.
+pub const STREAM_QUERY_OVER: usize = 1024 * 1024;
+
 /// A request found at the front of the client's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
@@ -43,6 +48,10 @@ pub fn scan(buf: &[u8], max_packet: usize) -> Result<Option<Request>, WireError>
             return Err(WireError::TooLarge { len: total, max: max_packet });
         }
         if buf.len() - at < total {
+            if at == 0 && t == tag::QUERY && total > STREAM_QUERY_OVER {
+                // Routed before any of its text is looked at; `len` 0 says "streams".
+                return Ok(Some(Request { len: 0, terminate: false, complete: true }));
+            }
             // A huge frame is routed once what precedes it is here; it streams after.
             let routable = at >= MAX_GATHER || total > MAX_GATHER;
             return Ok(partial(at).map(|r| Request { complete: routable, ..r }));

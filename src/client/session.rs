@@ -198,6 +198,12 @@ impl Session {
                 return End::ClientGone;
             }
             if self.skip_to_sync {
+                if req.len == 0 {
+                    // A huge Query the server would discard: it cannot be skipped without reading it.
+                    return End::Close(ClientError::protocol(
+                        "a large Query arrived while an extended-protocol batch awaited its Sync",
+                    ));
+                }
                 self.skip_request(req);
                 continue;
             }
@@ -218,7 +224,10 @@ impl Session {
     /// Takes a server for the request and relays until the transaction ends; `None` when no
     /// server could be had and the client got an error in its place.
     async fn transaction(&mut self, req: Request) -> Result<Option<Relayed>, End> {
-        if let Err(e) = self.attach(req).await {
+        if let Err(mut e) = self.attach(req).await {
+            if req.len == 0 {
+                e.severity = "FATAL"; // the rest of a streaming Query is still on its way
+            }
             if e.is_fatal() {
                 return Err(End::Close(e));
             }
