@@ -263,7 +263,8 @@ async fn psql_console_speaks_pgbouncer() {
     assert_eq!(
         header,
         "database|user|cl_active|cl_waiting|cl_active_cancel_req|cl_waiting_cancel_req|sv_active|sv_active_cancel|\
-         sv_being_canceled|sv_idle|sv_used|sv_tested|sv_login|maxwait|maxwait_us|pool_mode|load_balance_hosts"
+         sv_being_canceled|sv_idle|sv_used|sv_tested|sv_login|maxwait|maxwait_us|pool_mode|load_balance_hosts|\
+         session_resets|cancel_holds|cancels_dropped"
     );
     assert!(stdout.lines().any(|l| l.starts_with("app|app|1|0|")), "{stdout}");
 

@@ -8,6 +8,7 @@
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -195,7 +196,8 @@ pub(super) async fn read_password_frame(stream: &mut Stream, buf: &mut BytesMut)
 /// Routes a CancelRequest to the client holding the key and counts a dropped one against the
 /// client's pool toward the primary (SHOW POOLS, /metrics).
 pub async fn forward_cancel(shared: &Shared, pid: i32, secret: i32) {
-    let wait = shared.runtime.load().config.proxy.cancel_wait_timeout.0;
+    let wait =
+        shared.runtime.load().config.proxy.cancel_wait_timeout.enabled().unwrap_or(Duration::from_secs(365 * 86_400));
     if let CancelOutcome::Dropped { user, database } = shared.sessions.cancel(pid, secret, wait).await {
         let primary = shared.runtime.load().primary.address.clone();
         let pool = shared.pools.all().into_iter().find(|p| {

@@ -233,10 +233,14 @@ impl Session {
         let conn = att.lease.conn();
         let (peer, key, gate) = (conn.peer, conn.cancel_key, conn.cancel_gate.clone());
         tracing::info!(client = self.handle.id, "query_timeout reached: cancelling the running query");
+        // The session goes on (its timer's grace period bounds the wait for the server); the
+        // gate keeps the connection from other clients until the server has taken the cancel.
         gate.begin();
-        let wait = self.rt.config.proxy.cancel_wait_timeout.0;
-        let _ = tokio::time::timeout(wait, super::registry::send_cancel(peer, key)).await;
-        gate.end();
+        let wait = self.rt.config.proxy.cancel_wait_timeout.enabled().unwrap_or(Duration::from_secs(365 * 86_400));
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(wait, super::registry::send_cancel(peer, key)).await;
+            gate.end();
+        });
     }
 
     /// Moves whole server frames into the client's output, as far as back-pressure allows.
