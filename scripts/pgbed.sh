@@ -176,6 +176,11 @@ stop_node() {
   as_pg "$PGBIN/pg_ctl" -D "$(node_dir "$i")" -m "$mode" -w -t 30 stop >/dev/null
 }
 
+# Promotes replica $1 to a primary (pg_ctl promote, waits until it accepts writes).
+promote_node() {
+  as_pg "$PGBIN/pg_ctl" -D "$(node_dir "$1")" -w -t 60 promote >/dev/null
+}
+
 # PIDs of the children of process $1 (read from /proc: no procps needed).
 child_pids() {
   local f line pid ppid
@@ -430,7 +435,7 @@ cmd_status() {
 }
 
 cmd_node() {
-  local i="${1:?node DIR I ACTION}" action="${2:?node DIR I start|stop|kill|pause|resume}"
+  local i="${1:?node DIR I ACTION}" action="${2:?node DIR I start|stop|kill|pause|resume|promote}"
   require_bed
   node_exists "$i" || die "node$i does not exist in $DIR"
   case "$action" in
@@ -439,7 +444,8 @@ cmd_node() {
     kill) signal_node "$i" KILL ;;
     pause) signal_node "$i" STOP ;;
     resume) signal_node "$i" CONT ;;
-    *) die "node: unknown action '$action' (start|stop|kill|pause|resume)" ;;
+    promote) promote_node "$i" ;;
+    *) die "node: unknown action '$action' (start|stop|kill|pause|resume|promote)" ;;
   esac
   say "node$i: $action done"
 }

@@ -53,6 +53,7 @@ impl Proxy {
         let mut tasks = vec![
             tokio::spawn(crate::client::listener::serve(shared.clone(), listener, stop_rx.clone())),
             tokio::spawn(upkeep(shared.clone(), stop_rx.clone())),
+            tokio::spawn(crate::topology::watch(shared.clone(), stop_rx.clone())),
         ];
         let admin_addr = match crate::admin::start(shared.clone(), config_path.clone(), stop_rx).await {
             Ok(Some((a, task))) => {

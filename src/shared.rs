@@ -189,6 +189,8 @@ pub struct Shared {
     pub migration: crate::migration::Migration,
     /// Admin port and console state (config path for RELOAD, last readiness probe).
     pub admin: crate::admin::AdminShared,
+    /// Role discovery: failovers, the current state, and the wake-up for clients waiting on it.
+    pub failovers: crate::pool::cluster::Failovers,
 }
 
 impl Shared {
@@ -212,6 +214,7 @@ impl Shared {
             auth_cache: Default::default(),
             notify: Default::default(),
             admin: Default::default(),
+            failovers: Default::default(),
         })
     }
 

@@ -5,6 +5,7 @@ pub mod forward;
 pub mod handshake;
 mod io;
 pub mod listener;
+mod failover;
 mod local;
 pub mod login;
 mod mirroring;

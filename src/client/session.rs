@@ -366,7 +366,7 @@ impl Session {
         }
         // One phase for the whole transaction: a switch happens between transactions.
         let phase = self.shared.migration.phase();
-        let (lease, backend, target) = self.lease_for(req, phase).await?;
+        let (lease, backend, target) = self.lease_through_failover(req, phase).await?;
         backend.health.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut att = Attached::new(lease, backend, target);
         if target == Target::Replica {
@@ -395,7 +395,7 @@ impl Session {
     /// Routes the request and leases a connection. A replica that cannot be connected to is
     /// banned and the request routed again (another replica, else the primary): reads fail over
     /// instead of failing.
-    async fn lease_for(&mut self, req: Request, phase: Phase) -> Result<(Lease, Arc<Backend>, Target), ClientError> {
+    pub(super) async fn lease_for(&mut self, req: Request, phase: Phase) -> Result<(Lease, Arc<Backend>, Target), ClientError> {
         use crate::pool::PoolError;
         let ban = self.rt.config.routing.ban_time.0;
         for _ in 0..=self.rt.replicas.len() + self.rt.targets.len() {

@@ -340,6 +340,12 @@ pub struct RoutingConfig {
     pub health_check_database: String,
     /// User functions that are read-only (safe on a replica), e.g. "myschema.lookup".
     pub safe_functions: Vec<String>,
+    /// Find the primary among `[primary]` and `[[replicas]]` from what they report
+    /// (`pg_is_in_recovery()`, timeline) and follow promotions; false: the roles are as declared.
+    pub role_discovery: bool,
+    /// While no primary answers (a failover), clients that need one wait this long for a promoted
+    /// node before they get an error.
+    pub failover_timeout: Dur,
 }
 
 impl Default for RoutingConfig {
@@ -355,6 +361,8 @@ impl Default for RoutingConfig {
             health_check_user: String::new(),
             health_check_database: "postgres".into(),
             safe_functions: Vec::new(),
+            role_discovery: true,
+            failover_timeout: Dur::secs(30),
         }
     }
 }

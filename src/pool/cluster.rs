@@ -59,6 +59,57 @@ pub struct Health {
     pub last_error: Mutex<Option<String>>,
     /// Statements routed here.
     pub routed: AtomicU64,
+    /// The timeline a node out of recovery writes on, from the last probe (0: unknown or in
+    /// recovery). After a promotion the new primary's timeline is higher than the old one's.
+    pub timeline: AtomicU64,
+}
+
+/// Role discovery's view of the cluster, for the admin port and `/ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TopologyState {
+    /// The primary is known and answers.
+    #[default]
+    Primary,
+    /// No node out of recovery answers: writes wait for one (failover in progress).
+    NoPrimary,
+    /// Several nodes out of recovery on the same, highest timeline: pgshift refuses to pick.
+    SplitBrain,
+}
+
+/// Failovers seen and the current state, written by the topology watcher.
+#[derive(Debug, Default)]
+pub struct Failovers {
+    /// Primary changes made by role discovery.
+    pub count: AtomicU64,
+    /// Unix ms of the last one (0: none).
+    pub last_at_ms: AtomicU64,
+    /// How long the last one took, from the primary's first failed probe to the switch.
+    pub last_duration_ms: AtomicU64,
+    /// [`TopologyState`] as a number (0 primary, 1 none, 2 split brain).
+    state: std::sync::atomic::AtomicU8,
+    /// Wakes clients waiting for a primary.
+    pub changed: tokio::sync::Notify,
+}
+
+impl Failovers {
+    /// The current state.
+    pub fn state(&self) -> TopologyState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => TopologyState::NoPrimary,
+            2 => TopologyState::SplitBrain,
+            _ => TopologyState::Primary,
+        }
+    }
+    /// Records the state.
+    pub fn set_state(&self, s: TopologyState) {
+        let v = match s {
+            TopologyState::Primary => 0,
+            TopologyState::NoPrimary => 1,
+            TopologyState::SplitBrain => 2,
+        };
+        self.state.store(v, Ordering::Relaxed);
+    }
 }
 
 /// A PostgreSQL server the proxy can send to.

@@ -20,7 +20,8 @@ use crate::shared::{Runtime, Shared};
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END, \
      CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-          ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END";
+          ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END, \
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
 
 /// Starts a probe task for every backend of the runtime that has none yet.
 pub fn spawn_probes(shared: &Arc<Shared>, stop: &watch::Receiver<bool>) {
@@ -105,6 +106,8 @@ fn record(rt: &Runtime, backend: &Backend, row: &[Option<String>], sent_at: u64)
             h.lag_bytes.store(primary.saturating_sub(lsn), Ordering::Relaxed);
         }
     }
+    let timeline = text(3).and_then(|t| u64::from_str_radix(t, 16).ok()).unwrap_or(0);
+    h.timeline.store(timeline, Ordering::Relaxed);
     let lag_s: f64 = text(2).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     h.lag_ms.store((lag_s.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
     let was_up = h.up.swap(true, Ordering::Relaxed);

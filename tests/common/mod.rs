@@ -157,6 +157,11 @@ impl PrivateCluster {
         self.node(i, "resume");
     }
 
+    /// Promotes replica `i` (`pg_ctl promote`, waits until it accepts writes).
+    pub fn promote_node(&self, i: usize) {
+        self.node(i, "promote");
+    }
+
     fn node(&self, i: usize, action: &str) {
         self.check(i);
         pgbed(&["node", path_str(&self.dir), &i.to_string(), action]);

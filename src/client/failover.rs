@@ -1,0 +1,84 @@
+//! A client that needs the primary while there is none (a failover) waits for one instead of
+//! failing: bounded by `failover_timeout`, woken as soon as role discovery switches to a promoted
+//! node or the primary answers again. Reads keep flowing from replicas meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::request::Request;
+use super::session::Session;
+use crate::error::ClientError;
+use crate::migration::Phase;
+use crate::pool::cluster::TopologyState;
+use crate::pool::{Backend, Lease};
+use crate::router::Target;
+
+/// The error a request that needs the primary gets while discovery has none.
+pub(super) fn no_primary(state: TopologyState) -> ClientError {
+    let why = match state {
+        TopologyState::SplitBrain => "several nodes claim to be the primary (split brain); pgshift writes to none",
+        _ => "no primary is answering (failover in progress)",
+    };
+    ClientError::error("08006", format!("server unavailable: {why}"))
+}
+
+/// True if `e` says the primary cannot be reached or is not a primary right now.
+fn primary_gone(e: &ClientError) -> bool {
+    matches!(e.code.as_str(), "08006" | "57P03" | "25006")
+}
+
+impl Session {
+    /// [`Session::lease_for`], waiting through a failover when role discovery is on.
+    pub(super) async fn lease_through_failover(
+        &mut self,
+        req: Request,
+        phase: Phase,
+    ) -> Result<(Lease, Arc<Backend>, Target), ClientError> {
+        if !self.rt.config.routing.role_discovery {
+            return self.lease_for(req, phase).await;
+        }
+        let limit = self.rt.config.routing.failover_timeout.0;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self.lease_for(req, phase).await {
+                Err(e) if primary_gone(&e) && tokio::time::Instant::now() < deadline => {
+                    self.wait_for_primary(deadline).await;
+                    let rt = self.shared.runtime.load_full();
+                    if rt.generation != self.rt.generation {
+                        self.pools = super::route::SessionPools::resolve(&self.shared, &rt, &self.user, &self.database);
+                        self.rt = rt;
+                    }
+                }
+                Err(mut e) if primary_gone(&e) => {
+                    e.message = format!("{} (waited failover_timeout = {}s for a primary)", e.message, limit.as_secs());
+                    return Err(e);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits until discovery reports a primary again (a switch, or the old one back), or `deadline`.
+    async fn wait_for_primary(&mut self, deadline: tokio::time::Instant) {
+        let f = &self.shared.failovers;
+        let interval = self.rt.config.routing.health_check_interval.0.max(Duration::from_millis(10));
+        let generation = self.rt.generation;
+        loop {
+            let changed = f.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            let rt = self.shared.runtime.load();
+            if rt.generation != generation || f.state() == TopologyState::Primary {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            let tick = tokio::time::sleep(interval.min(deadline.saturating_duration_since(tokio::time::Instant::now())));
+            tokio::select! {
+                _ = changed => {}
+                _ = tick => {}
+            }
+        }
+    }
+}
