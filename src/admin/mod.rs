@@ -32,13 +32,20 @@ pub struct AdminShared {
     pub config_path: OnceLock<PathBuf>,
     /// Outcome of the last readiness probe, exported as `pgshift_ready`.
     pub last_ready: ready::LastProbe,
+    /// The last `/ready` answer, reused within `[admin] ready_probe_interval`.
+    pub ready_cache: ready::ProbeCache,
     /// Process start, for the console's per-second averages.
     pub started: Instant,
 }
 
 impl Default for AdminShared {
     fn default() -> Self {
-        AdminShared { config_path: OnceLock::new(), last_ready: ready::LastProbe::default(), started: Instant::now() }
+        AdminShared {
+            config_path: OnceLock::new(),
+            last_ready: ready::LastProbe::default(),
+            ready_cache: ready::ProbeCache::default(),
+            started: Instant::now(),
+        }
     }
 }
 

@@ -353,11 +353,20 @@ pub struct AdminConfig {
     pub token: String,
     /// Users allowed on the PgBouncer-style console (database "pgbouncer").
     pub admin_users: Vec<String>,
+    /// `GET /ready` probes PostgreSQL at most once per this interval; requests in between (and
+    /// requests arriving while a probe runs) get that probe's answer. 0: no reuse beyond the
+    /// probe in flight.
+    pub ready_probe_interval: Dur,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:6480".into(), token: String::new(), admin_users: Vec::new() }
+        AdminConfig {
+            listen: "127.0.0.1:6480".into(),
+            token: String::new(),
+            admin_users: Vec::new(),
+            ready_probe_interval: Dur::secs(1),
+        }
     }
 }
 
