@@ -1,4 +1,5 @@
-//! The admin port under abuse: a flood of /ready costs PostgreSQL one login per interval.
+//! The admin port under abuse: a flood of /ready costs PostgreSQL one login per interval, and
+//! control requests a browser could have sent (Origin, foreign Host) are refused.
 //!
 //! HTTP requests are written by hand (as in tests/admin.rs), so headers are exactly what is sent.
 
@@ -6,6 +7,9 @@ mod common;
 
 use common::proxy;
 use pgshift::proxy::Proxy;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -24,6 +28,13 @@ async fn request(addr: &str, method: &str, path: &str, headers: &str) -> (u16, S
 
 fn admin(p: &Proxy) -> String {
     p.admin_addr.clone().expect("the test config enables the admin port")
+}
+
+async fn paused(p: &Proxy) -> bool {
+    let (status, body) = request(&admin(p), "GET", "/stats", "Host: localhost\r\n").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["paused"].as_bool().expect("paused in /stats")
 }
 
 /// PostgreSQL's count of sessions ever opened to database `app`, once no `app` backend is left
@@ -79,4 +90,120 @@ async fn a_flood_of_ready_requests_costs_one_login_per_interval() {
     let bound = 2 + elapsed.as_secs() as i64;
     assert!(logins >= 1, "the probe really asks PostgreSQL ({before} -> {after})");
     assert!(logins <= bound, "{logins} logins for 350 /ready requests in {elapsed:?} (at most {bound})");
+}
+
+/// A proxy whose admin port takes control requests without a token (loopback, empty token).
+async fn tokenless() -> Proxy {
+    let mut config = proxy::config(common::shared_bed().primary_port, &[]);
+    config.admin.token = String::new();
+    proxy::start(config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_requests_from_a_browser_are_refused() {
+    let p = tokenless().await;
+    let addr = admin(&p);
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let refused = [
+        "Host: localhost\r\nOrigin: http://evil.example\r\n".to_string(),
+        "Host: localhost\r\nOrigin: null\r\n".to_string(),
+        "Host: evil.example\r\n".to_string(),
+        format!("Host: evil.example:{port}\r\n"),
+        "Host: localhost\r\nSec-Fetch-Site: cross-site\r\n".to_string(),
+    ];
+    for headers in &refused {
+        for path in ["/pause?timeout=1s", "/reload", "/reconnect", "/migration/phase"] {
+            let (status, body) = request(&addr, "POST", path, headers).await;
+            assert_eq!(status, 403, "POST {path} with {headers:?}: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("a JSON error");
+            assert!(v["error"].as_str().is_some_and(|e| e.starts_with("refused: ")), "{body}");
+        }
+        assert!(!paused(&p).await, "a refused request changed nothing ({headers:?})");
+    }
+    let (status, _) = request(&addr, "GET", "/stats", "Host: evil.example\r\nOrigin: http://evil.example\r\n").await;
+    assert_eq!(status, 200, "reading stays open");
+
+    // What curl sends from this host still works without a token.
+    for host in [format!("127.0.0.1:{port}"), "localhost".into(), format!("[::1]:{port}")] {
+        let (status, body) = request(&addr, "POST", "/pause?timeout=1s", &format!("Host: {host}\r\n")).await;
+        assert_eq!(status, 200, "POST /pause with Host {host}: {body}");
+        assert!(paused(&p).await);
+        let (status, body) = request(&addr, "POST", "/resume", &format!("Host: {host}\r\n")).await;
+        assert_eq!(status, 200, "POST /resume with Host {host}: {body}");
+        assert!(!paused(&p).await);
+    }
+    let (status, body) = request(&addr, "POST", "/reconnect", "").await;
+    assert_eq!(status, 200, "HTTP/1.1 without Host is not a browser: {body}");
+}
+
+/// The `pgshift` binary, stopped and reaped when dropped.
+struct Child_(Child);
+
+impl Drop for Child_ {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary on `config` text, logging to `log`, and waits for `port` to accept.
+fn spawn(dir: &Path, text: &str, log: &Path, port: u16, wrap: &[&str]) -> Child_ {
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    let (program, args): (&str, Vec<&str>) = match wrap.split_first() {
+        Some((first, rest)) => (first, rest.iter().copied().chain([env!("CARGO_BIN_EXE_pgshift")]).collect()),
+        None => (env!("CARGO_BIN_EXE_pgshift"), Vec::new()),
+    };
+    let child = Command::new(program)
+        .args(args)
+        .args(["--config", path.to_str().unwrap()])
+        .env("PGSHIFT_LOG", "pgshift=info")
+        .env_remove("PGSHIFT_ADMIN_TOKEN")
+        .stderr(std::fs::File::create(log).unwrap())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Child_(child);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("pgshift did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+}
+
+fn config_text(port: u16, admin_port: u16, admin_extra: &str) -> String {
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\ndefault_pool_size = 5\n[auth]\n[[auth.users]]\nname = \"app\"\n\
+         password = \"app\"\n[primary]\nhost = \"127.0.0.1\"\nport = {}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+         {admin_extra}",
+        common::shared_bed().primary_port
+    )
+}
+
+fn read_log(log: &Path) -> String {
+    let mut text = String::new();
+    std::fs::File::open(log).unwrap().read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn startup_warns_when_control_needs_no_token() {
+    let dir = common::TempDir::new("admin-warn");
+    let log = dir.join("pgshift.log");
+    let (port, admin_port) = (common::free_port(), common::free_port());
+    let child = spawn(&dir, &config_text(port, admin_port, "token = \"\"\n"), &log, admin_port, &[]);
+    drop(child);
+    let text = read_log(&log);
+    let warn = text.lines().find(|l| l.contains("WARN") && l.contains("without a token"));
+    let warn = warn.unwrap_or_else(|| panic!("no WARN about the missing token in:\n{text}"));
+    assert!(warn.contains("[admin] token") && warn.contains("PGSHIFT_ADMIN_TOKEN"), "{warn}");
+
+    let (port, admin_port) = (common::free_port(), common::free_port());
+    let child = spawn(&dir, &config_text(port, admin_port, "token = \"s3cret\"\n"), &log, admin_port, &[]);
+    drop(child);
+    let text = read_log(&log);
+    assert!(!text.contains("without a token"), "no warning once a token is set:\n{text}");
+    assert!(!text.contains("s3cret"), "the token is never logged:\n{text}");
 }

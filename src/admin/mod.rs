@@ -5,6 +5,7 @@
 //! PAUSE from psql and a `POST /pause` behave alike. Nothing here is on the data path: every
 //! number is read from counters the sessions already keep.
 
+mod browser;
 pub mod console;
 mod console_clients;
 mod console_show;
@@ -57,6 +58,8 @@ pub struct AdminState {
     /// True when the admin listener is reachable only from this host (loopback or a unix socket):
     /// then an empty token lets mutating requests through.
     pub local_only: bool,
+    /// The TCP listener's own IP (`None` on a unix socket): a `Host` naming it is local.
+    pub listen_ip: Option<std::net::IpAddr>,
 }
 
 /// Binds the admin listener (TCP or `unix:/path`) and serves until `stop`; `None` if disabled.
@@ -79,7 +82,9 @@ pub async fn start(
     if let Some(path) = listen.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);
         let l = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
-        let app = http::router(AdminState { shared, local_only: true });
+        let state = AdminState { shared, local_only: true, listen_ip: None };
+        warn_if_tokenless(&state, &listen);
+        let app = http::router(state);
         let task = tokio::spawn(async move {
             let _ = axum::serve(l, app).with_graceful_shutdown(shutdown).await;
         });
@@ -87,9 +92,22 @@ pub async fn start(
     }
     let l = tokio::net::TcpListener::bind(&listen).await.map_err(bind_err)?;
     let local = l.local_addr().map_err(bind_err)?;
-    let app = http::router(AdminState { shared, local_only: local.ip().is_loopback() });
+    let state = AdminState { shared, local_only: local.ip().is_loopback(), listen_ip: Some(local.ip()) };
+    warn_if_tokenless(&state, &local.to_string());
+    let app = http::router(state);
     let task = tokio::spawn(async move {
         let _ = axum::serve(l, app).with_graceful_shutdown(shutdown).await;
     });
     Ok(Some((local.to_string(), task)))
+}
+
+/// One WARN at startup when any local process may pause, reload or reconfigure pgshift.
+fn warn_if_tokenless(state: &AdminState, addr: &str) {
+    if state.local_only && state.shared.runtime.load().config.admin.token.is_empty() {
+        tracing::warn!(
+            "admin port {addr} accepts control requests (POST /pause, /reload, /kill_client...) from any \
+             local process without a token; set [admin] token, or PGSHIFT_ADMIN_TOKEN / \
+             PGSHIFT_ADMIN_TOKEN_FILE, to require Authorization: Bearer <token>"
+        );
+    }
 }
