@@ -1,4 +1,5 @@
-//! The admin port under abuse: a flood of /ready costs PostgreSQL one login per interval, and
+//! The admin port under abuse: a flood of /ready costs PostgreSQL one login per interval; slow,
+//! idle and surplus connections are closed, and an admin flood never starves the client port;
 //! control requests a browser could have sent (Origin, foreign Host) are refused.
 //!
 //! HTTP requests are written by hand (as in tests/admin.rs), so headers are exactly what is sent.
@@ -6,6 +7,7 @@
 mod common;
 
 use common::proxy;
+use pgshift::config::Dur;
 use pgshift::proxy::Proxy;
 use std::io::Read;
 use std::path::Path;
@@ -24,6 +26,23 @@ async fn request(addr: &str, method: &str, path: &str, headers: &str) -> (u16, S
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status code");
     (status, body.to_string())
+}
+
+/// Like [`request`], but `None` when the connection is closed without an HTTP answer.
+async fn try_request(addr: &str, path: &str) -> Option<u16> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.ok()?;
+    String::from_utf8_lossy(&raw).split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits (with a generous bound against hangs, not a timing check) until the server closes `s`.
+async fn closed_eventually(s: &mut tokio::net::TcpStream, what: &str) {
+    let mut sink = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut sink)).await;
+    assert!(r.is_ok(), "{what}: still open after 30s");
 }
 
 fn admin(p: &Proxy) -> String {
@@ -71,7 +90,8 @@ async fn a_flood_of_ready_requests_costs_one_login_per_interval() {
     let cluster = tokio::task::block_in_place(|| common::PrivateCluster::start(0));
     let pg = cluster.primary_port();
     let mut config = proxy::config(pg, &[]);
-    config.admin.ready_probe_interval = pgshift::config::Dur::secs(1);
+    config.admin.ready_probe_interval = Dur::secs(1);
+    config.admin.max_connections = 512;
     let p = proxy::start(config).await;
     let addr = admin(&p);
     let before = tokio::task::block_in_place(|| app_sessions(pg));
@@ -206,4 +226,92 @@ fn startup_warns_when_control_needs_no_token() {
     let text = read_log(&log);
     assert!(!text.contains("without a token"), "no warning once a token is set:\n{text}");
     assert!(!text.contains("s3cret"), "the token is never logged:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed() {
+    let mut config = proxy::config(common::shared_bed().primary_port, &[]);
+    config.admin.header_timeout = Dur::secs(1);
+    config.admin.idle_timeout = Dur::secs(2);
+    let p = proxy::start(config).await;
+    let addr = admin(&p);
+    let mut slow = Vec::new();
+    for i in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        if i % 2 == 0 {
+            s.write_all(b"GET /hea").await.unwrap(); // half a request line, then nothing
+        }
+        slow.push(s);
+    }
+    for (i, s) in slow.iter_mut().enumerate() {
+        closed_eventually(s, &format!("slowloris connection {i}")).await;
+    }
+    assert_eq!(try_request(&addr, "/health").await, Some(200), "complete requests are served");
+
+    // A kept-alive connection: served, then closed once idle.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"ok\n") {
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before answering: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    closed_eventually(&mut s, "idle kept-alive connection").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_are_closed_at_once() {
+    let mut config = proxy::config(common::shared_bed().primary_port, &[]);
+    config.admin.max_connections = 5;
+    config.admin.header_timeout = Dur::secs(3600); // only the cap can close anything here
+    config.admin.idle_timeout = Dur::secs(3600);
+    let p = proxy::start(config).await;
+    let addr = admin(&p);
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    for i in 0..3 {
+        let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        closed_eventually(&mut extra, &format!("connection {} past max_connections = 5", 6 + i)).await;
+    }
+    // The five in the slots are served.
+    let mut first = held.remove(0);
+    first.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut raw = Vec::new();
+    first.read_to_end(&mut raw).await.unwrap();
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+    drop(held);
+    // Their slots come back once the server sees them close.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while try_request(&addr, "/health").await != Some(200) {
+        assert!(Instant::now() < deadline, "GET /health still refused after the holders left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// pgshift with 256 file descriptors and no useful admin cap: 300 admin connections must not
+/// take the descriptors the client port needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_flood_does_not_starve_the_client_port() {
+    let dir = common::TempDir::new("admin-fds");
+    let log = dir.join("pgshift.log");
+    let (port, admin_port) = (common::free_port(), common::free_port());
+    let extra = "token = \"t\"\nmax_connections = 1000\nheader_timeout = \"1h\"\nidle_timeout = \"1h\"\n";
+    let text = config_text(port, admin_port, extra);
+    let _child = tokio::task::block_in_place(|| spawn(&dir, &text, &log, admin_port, &["prlimit", "--nofile=256:256"]));
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await {
+            flood.push(s);
+        }
+    }
+    let c = common::try_connect(port, "app", "app", "app").await;
+    let c = c.unwrap_or_else(|e| panic!("client port while the admin port is flooded: {e}\n{}", read_log(&log)));
+    let row = c.query_one("select 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert!(read_log(&log).contains("open-file limit"), "the refusal is logged:\n{}", read_log(&log));
 }

@@ -6,14 +6,17 @@
 //! number is read from counters the sessions already keep.
 
 mod browser;
+mod conn_clock;
 pub mod console;
 mod console_clients;
 mod console_show;
 pub mod control;
+mod fd_reserve;
 mod http;
 pub mod metrics;
 pub mod ready;
 mod routing;
+mod serve;
 pub mod view;
 
 use std::path::PathBuf;
@@ -66,7 +69,7 @@ pub struct AdminState {
 pub async fn start(
     shared: Arc<Shared>,
     config_path: Option<PathBuf>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<Option<(String, JoinHandle<()>)>, StartError> {
     if let Some(p) = config_path {
         let _ = shared.admin.config_path.set(p);
@@ -76,18 +79,14 @@ pub async fn start(
         return Ok(None);
     }
     let bind_err = |source| StartError::Bind { addr: listen.clone(), source };
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
+    let limits = serve::Limits::from_config(&shared);
     if let Some(path) = listen.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);
         let l = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
         let state = AdminState { shared, local_only: true, listen_ip: None };
         warn_if_tokenless(&state, &listen);
         let app = http::router(state);
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(l, app).with_graceful_shutdown(shutdown).await;
-        });
+        let task = tokio::spawn(serve::run(serve::Listener::Unix(l), app, limits, stop));
         return Ok(Some((listen.clone(), task)));
     }
     let l = tokio::net::TcpListener::bind(&listen).await.map_err(bind_err)?;
@@ -95,9 +94,7 @@ pub async fn start(
     let state = AdminState { shared, local_only: local.ip().is_loopback(), listen_ip: Some(local.ip()) };
     warn_if_tokenless(&state, &local.to_string());
     let app = http::router(state);
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(l, app).with_graceful_shutdown(shutdown).await;
-    });
+    let task = tokio::spawn(serve::run(serve::Listener::Tcp(l), app, limits, stop));
     Ok(Some((local.to_string(), task)))
 }
 
