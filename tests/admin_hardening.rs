@@ -302,16 +302,59 @@ async fn an_admin_flood_does_not_starve_the_client_port() {
     let (port, admin_port) = (common::free_port(), common::free_port());
     let extra = "token = \"t\"\nmax_connections = 1000\nheader_timeout = \"1h\"\nidle_timeout = \"1h\"\n";
     let text = config_text(port, admin_port, extra);
-    let _child = tokio::task::block_in_place(|| spawn(&dir, &text, &log, admin_port, &["prlimit", "--nofile=256:256"]));
+    let child = tokio::task::block_in_place(|| spawn(&dir, &text, &log, admin_port, &["prlimit", "--nofile=256:256"]));
     let mut flood = Vec::new();
     for _ in 0..300 {
         if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await {
             flood.push(s);
         }
     }
-    let c = common::try_connect(port, "app", "app", "app").await;
+    // Let pgshift take in the flood before the client comes (prlimit execs it: same pid).
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", child.0.id())).map_or(0, |d| d.count());
+    let (mut last, mut unchanged) = (0, 0);
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let n = fds();
+        (last, unchanged) = if n == last { (n, unchanged + 1) } else { (n, 0) };
+        if unchanged == 5 {
+            break;
+        }
+    }
+    assert!(last <= 256 - 32, "pgshift holds {last} descriptors of 256: none kept for clients\n{}", read_log(&log));
+    // A bound against a hang (a starved client port never answers the login), not a timing check.
+    let c = tokio::time::timeout(Duration::from_secs(30), common::try_connect(port, "app", "app", "app")).await;
+    let c = c.unwrap_or_else(|_| panic!("client port hangs while the admin port is flooded\n{}", read_log(&log)));
     let c = c.unwrap_or_else(|e| panic!("client port while the admin port is flooded: {e}\n{}", read_log(&log)));
     let row = c.query_one("select 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 1);
     assert!(read_log(&log).contains("open-file limit"), "the refusal is logged:\n{}", read_log(&log));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_socket_listener_serves_and_guards_too() {
+    let dir = common::TempDir::new("admin-unix");
+    let sock = dir.join("admin.sock");
+    let mut config = proxy::config(common::shared_bed().primary_port, &[]);
+    config.admin.listen = format!("unix:{}", sock.display());
+    config.admin.token = String::new();
+    let p = proxy::start(config).await;
+    let ask = |req: &'static str| {
+        let sock = sock.clone();
+        async move {
+            let mut s = tokio::net::UnixStream::connect(&sock).await.expect("connect to the admin socket");
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw).await.unwrap();
+            String::from_utf8_lossy(&raw).into_owned()
+        }
+    };
+    let health = ask("GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    assert!(health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"), "{health}");
+    let evil = "POST /pause HTTP/1.1\r\nHost: localhost\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\n\
+                Connection: close\r\n\r\n";
+    assert!(ask(evil).await.starts_with("HTTP/1.1 403"));
+    let curl = "POST /reconnect HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let r = ask(curl).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    drop(p);
 }
