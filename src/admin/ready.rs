@@ -43,26 +43,35 @@ impl LastProbe {
 
 /// The last probe's answer and when it came, shared by every `/ready` request.
 #[derive(Debug, Default)]
-pub struct ProbeCache(Mutex<Option<(Instant, Result<Duration, String>)>>);
+pub struct ProbeCache(Arc<Mutex<Option<Answer>>>);
+
+/// When a probe answered, and what.
+type Answer = (Instant, Result<Duration, String>);
 
 /// The readiness answer, probing PostgreSQL only when no probe answered since this request
 /// arrived and the last answer is older than `[admin] ready_probe_interval`.
-pub async fn cached(shared: &Shared) -> Result<Duration, String> {
+pub async fn cached(shared: &Arc<Shared>) -> Result<Duration, String> {
     if shared.is_draining() {
         return Err(DRAINING.to_string());
     }
     let arrived = Instant::now();
     let interval = shared.runtime.load().config.admin.ready_probe_interval.0;
     // Held across the probe: requests arriving meanwhile queue here and then read its answer.
-    let mut last = shared.admin.ready_cache.0.lock().await;
+    let mut last = shared.admin.ready_cache.0.clone().lock_owned().await;
     if let Some((at, answer)) = &*last {
         if *at >= arrived || at.elapsed() < interval {
             return answer.clone();
         }
     }
-    let answer = probe(shared).await;
-    *last = Some((Instant::now(), answer.clone()));
-    answer
+    // In a task of its own, holding the lock: a requester that hangs up does not cancel the probe
+    // (and so cannot make the next request start another).
+    let shared = shared.clone();
+    let probing = tokio::spawn(async move {
+        let answer = probe(&shared).await;
+        *last = Some((Instant::now(), answer.clone()));
+        answer
+    });
+    probing.await.unwrap_or_else(|e| Err(format!("the readiness probe failed: {e}")))
 }
 
 const DRAINING: &str = "pgshift is shutting down (draining)";

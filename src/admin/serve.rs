@@ -55,7 +55,7 @@ impl Limits {
 
 /// Accepts and serves admin connections until `stop` turns true.
 pub async fn run(listener: Listener, app: Router, limits: Limits, mut stop: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
     let fds = super::fd_reserve::FdReserve::for_this_process();
     let mut refusing = false;
     loop {
