@@ -369,11 +369,31 @@ pub struct AdminConfig {
     pub token: String,
     /// Users allowed on the PgBouncer-style console (database "pgbouncer").
     pub admin_users: Vec<String>,
+    /// `GET /ready` probes PostgreSQL at most once per this interval; requests in between (and
+    /// requests arriving while a probe runs) get that probe's answer. 0: no reuse beyond the
+    /// probe in flight.
+    pub ready_probe_interval: Dur,
+    /// A request's headers must arrive within this after the connection opens (or after the first
+    /// byte of a later request); 0 = no bound.
+    pub header_timeout: Dur,
+    /// A kept-alive connection with no request under way is closed after this long without a
+    /// byte either way; 0 = no bound.
+    pub idle_timeout: Dur,
+    /// Admin connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:6480".into(), token: String::new(), admin_users: Vec::new() }
+        AdminConfig {
+            listen: "127.0.0.1:6480".into(),
+            token: String::new(),
+            admin_users: Vec::new(),
+            ready_probe_interval: Dur::secs(1),
+            header_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(60),
+            max_connections: 64,
+        }
     }
 }
 

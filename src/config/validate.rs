@@ -118,6 +118,9 @@ impl Config {
             }
         }
         let a = &self.admin;
+        if a.max_connections == 0 {
+            problems.push("[admin] max_connections must be at least 1".into());
+        }
         if !a.listen.is_empty() && !a.listen.starts_with("unix:") {
             match a.listen.parse::<std::net::SocketAddr>() {
                 Err(_) => problems.push(format!("[admin] listen = {:?} is not an address or unix:/path", a.listen)),
