@@ -43,6 +43,14 @@ impl ClientError {
         Self::fatal("28P01", format!("password authentication failed for user \"{user}\""))
     }
 
+    /// 28000 for a client that no `auth_hba_file` line lets in, worded as PostgreSQL words it
+    /// (`rejected`: a `reject` line matched; otherwise no line did).
+    pub fn hba_refused(rejected: bool, host: &str, user: &str, database: &str, tls: bool) -> Self {
+        let ssl = if tls { "on" } else { "off" };
+        let what = if rejected { "pg_hba.conf rejects connection for" } else { "no pg_hba.conf entry for" };
+        Self::fatal("28000", format!("{what} host \"{host}\", user \"{user}\", database \"{database}\", SSL {ssl}"))
+    }
+
     /// 08P01 protocol violation.
     pub fn protocol(message: impl Into<String>) -> Self {
         Self::fatal("08P01", message)

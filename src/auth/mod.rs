@@ -1,6 +1,7 @@
 //! Who may connect and with what secret: the user registry, client-facing checks, backend credentials.
 
 pub mod cert;
+pub mod hba;
 pub mod query;
 pub mod scram;
 pub mod userlist;

@@ -181,6 +181,9 @@ pub struct AuthConfig {
     pub auth_database: String,
     /// How long an `auth_query` answer (found or not) is reused.
     pub auth_query_ttl: Dur,
+    /// A pg_hba.conf-format file: per connection type, database, user and address, the method
+    /// (or reject) that replaces `type`; empty: no host-based rules.
+    pub auth_hba_file: String,
 }
 
 impl Default for AuthConfig {
@@ -193,6 +196,7 @@ impl Default for AuthConfig {
             auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into(),
             auth_database: "postgres".into(),
             auth_query_ttl: Dur::secs(60),
+            auth_hba_file: String::new(),
         }
     }
 }

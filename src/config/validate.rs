@@ -166,8 +166,19 @@ impl Config {
         if !a.auth_user.is_empty() && !a.auth_query.contains("$1") {
             problems.push("[auth] auth_query must take the user name as $1".into());
         }
-        if a.kind == AuthType::Cert && (self.tls.client_ca.is_empty() || self.tls.mode == super::TlsMode::Disable) {
+        let no_client_certs = self.tls.client_ca.is_empty() || self.tls.mode == super::TlsMode::Disable;
+        if a.kind == AuthType::Cert && no_client_certs {
             problems.push("[auth] type = \"cert\" needs [tls] mode other than disable and client_ca".into());
+        }
+        if !a.auth_hba_file.is_empty() {
+            match crate::auth::hba::Hba::load(&a.auth_hba_file) {
+                Ok(hba) if hba.uses_cert() && no_client_certs => problems.push(format!(
+                    "[auth] auth_hba_file {} has cert lines: they need [tls] mode other than disable and client_ca",
+                    a.auth_hba_file
+                )),
+                Ok(_) => {}
+                Err(p) => problems.extend(p),
+            }
         }
     }
 }
