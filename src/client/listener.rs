@@ -56,7 +56,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::
         let guard = ConnGuard(shared.clone());
         if count > max {
             tokio::spawn(async move {
-                refuse(tcp, ClientError::fatal("53300", "sorry, too many clients already")).await;
+                refuse(&guard.0, tcp, ClientError::fatal("53300", "sorry, too many clients already")).await;
                 drop(guard);
             });
             continue;
@@ -94,8 +94,9 @@ async fn handle(guard: ConnGuard, tcp: TcpStream, peer: SocketAddr) {
 }
 
 /// Reads the opening packets (declining TLS) just far enough to answer with an error, as
-/// PostgreSQL does when it is full.
-pub async fn refuse(mut tcp: TcpStream, e: ClientError) {
+/// PostgreSQL does when it is full. A CancelRequest is still carried out: it is one short packet,
+/// and a full proxy is when a runaway query most needs stopping.
+pub async fn refuse(shared: &Shared, mut tcp: TcpStream, e: ClientError) {
     let answer = async {
         let mut buf = bytes::BytesMut::with_capacity(256);
         loop {
@@ -104,7 +105,10 @@ pub async fn refuse(mut tcp: TcpStream, e: ClientError) {
                     let _ = buf.split_to(n);
                     tcp.write_all(b"N").await?;
                 }
-                Ok(Some((StartupPacket::Cancel { .. }, _))) => return Ok(()),
+                Ok(Some((StartupPacket::Cancel { pid, secret }, _))) => {
+                    shared.sessions.cancel(pid, secret).await;
+                    return Ok(());
+                }
                 Ok(Some(_)) | Err(_) => break,
                 Ok(None) => {
                     if tcp.read_buf(&mut buf).await? == 0 {
