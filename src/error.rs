@@ -51,6 +51,12 @@ impl ClientError {
         Self::fatal("28000", format!("{what} host \"{host}\", user \"{user}\", database \"{database}\", SSL {ssl}"))
     }
 
+    /// 08006 when `auth_query` could not say whether the user exists: the client learns the
+    /// login failed for want of the lookup, not for its password (the detail is in the log).
+    pub fn auth_lookup_failed(what: &str) -> Self {
+        Self::fatal("08006", format!("authentication lookup failed: {what}"))
+    }
+
     /// 08P01 protocol violation.
     pub fn protocol(message: impl Into<String>) -> Self {
         Self::fatal("08P01", message)

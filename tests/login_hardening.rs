@@ -40,3 +40,37 @@ async fn cancel_works_when_max_client_conn_is_reached() {
     let err = sleeping.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_failures_are_not_reported_as_wrong_passwords() {
+    let login_error = |port: u16, user: &'static str| async move {
+        let Err(err) = common::try_connect(port, user, "whatever", "app").await else { panic!("login should fail") };
+        let db = err.as_db_error().unwrap_or_else(|| panic!("no server error: {err}"));
+        (db.code().code().to_string(), db.message().to_string())
+    };
+    // PostgreSQL unreachable: nothing listens on the primary's port
+    let mut cfg = proxy::config(common::free_port(), &[]);
+    cfg.auth.auth_user = "app".into();
+    cfg.proxy.server_connect_retry = pgshift::config::Dur::secs(0);
+    let p = proxy::start(cfg).await;
+    let (code, msg) = login_error(proxy::port(&p), "aq_nobody").await;
+    assert_eq!(code, "08006", "{msg}");
+    assert_eq!(msg, "authentication lookup failed: could not reach the auth_query server");
+    drop(p);
+
+    // the query fails
+    let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
+    cfg.auth.auth_user = "app".into();
+    cfg.auth.auth_query = "SELECT usename, passwd FROM no_such_table WHERE usename = $1".into();
+    let p = proxy::start(cfg).await;
+    let (code, msg) = login_error(proxy::port(&p), "aq_nobody").await;
+    assert_eq!((code.as_str(), msg.as_str()), ("08006", "authentication lookup failed: auth_query failed"));
+    drop(p);
+
+    // a user auth_query does not find is still a wrong password
+    let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
+    cfg.auth.auth_user = "app".into();
+    let p = proxy::start(cfg).await;
+    let (code, msg) = login_error(proxy::port(&p), "aq_nobody").await;
+    assert_eq!(code, "28P01", "{msg}");
+}

@@ -47,7 +47,10 @@ pub async fn authenticate(
     let rt = shared.runtime.load_full();
     let entry = match rt.users.get(user) {
         Some(e) => Some(e),
-        None => shared.auth_cache.lookup(&rt, user).await,
+        None => shared.auth_cache.lookup(&rt, user).await.map_err(|e| match e {
+            AuthError::Lookup(what) => ClientError::auth_lookup_failed(what),
+            other => ClientError::fatal("08006", other.to_string()),
+        })?,
     };
     let denied = || ClientError::bad_password(user);
     match method {
