@@ -74,3 +74,50 @@ async fn auth_query_failures_are_not_reported_as_wrong_passwords() {
     let (code, msg) = login_error(proxy::port(&p), "aq_nobody").await;
     assert_eq!(code, "28P01", "{msg}");
 }
+
+/// Waits until `f` holds (no timing assertion: up to 10 s, then fails).
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not reached in 10s: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_unauthenticated_sockets_do_not_lock_clients_out() {
+    let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
+    cfg.proxy.max_client_conn = 2;
+    cfg.proxy.max_pending_logins = 3;
+    let p = proxy::start(cfg).await;
+    let port = proxy::port(&p);
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    let counts = &p.shared.conn_count;
+    eventually("two sockets logging in", || counts.logging_in() == 2).await;
+    // max_client_conn = 2 sockets that send nothing: real clients still log in
+    let a = common::connect(port, "app", "app", "app").await;
+    let b = common::connect(port, "app", "app", "app").await;
+    assert_eq!((counts.logged_in(), counts.logging_in()), (2, 2));
+    // the third logged-in client is over max_client_conn
+    let err = common::try_connect(port, "app", "app", "app").await.err().unwrap();
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
+    assert!(err.as_db_error().unwrap().message().contains("too many clients"), "{err}");
+    drop(b);
+
+    // logins in progress have their own cap
+    idle.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    eventually("three sockets logging in", || counts.logging_in() == 3).await;
+    let err = common::try_connect(port, "app", "app", "app").await.err().unwrap();
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
+    assert!(err.as_db_error().unwrap().message().contains("max_pending_logins"), "{err}");
+    drop(idle);
+    eventually("idle sockets gone", || counts.logging_in() == 0).await;
+    let c = common::connect(port, "app", "app", "app").await;
+    assert_eq!(c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    drop(a);
+}

@@ -68,8 +68,11 @@ pub struct ProxyConfig {
     pub reserve_pool_size: usize,
     /// Wait before the reserve pool may be used.
     pub reserve_pool_timeout: Dur,
-    /// Clients beyond this are refused with 53300.
+    /// Logged-in clients beyond this are refused with 53300.
     pub max_client_conn: usize,
+    /// Connections still logging in (TLS, startup, password) beyond this are refused with 53300,
+    /// counted apart from `max_client_conn` so idle unauthenticated sockets cannot lock clients out.
+    pub max_pending_logins: usize,
     /// Longest wait for a server connection; the client then gets an error and is disconnected.
     pub query_wait_timeout: Dur,
     /// Idle server connections older than this are closed (down to `min_pool_size`).
@@ -113,6 +116,7 @@ impl Default for ProxyConfig {
             reserve_pool_size: 0,
             reserve_pool_timeout: Dur::secs(5),
             max_client_conn: 10_000,
+            max_pending_logins: 1000,
             query_wait_timeout: Dur::secs(120),
             server_idle_timeout: Dur::secs(600),
             server_lifetime: Dur::secs(3600),

@@ -94,6 +94,9 @@ impl Config {
         if p.max_client_conn == 0 {
             problems.push("[proxy] max_client_conn must be at least 1".into());
         }
+        if p.max_pending_logins == 0 {
+            problems.push("[proxy] max_pending_logins must be at least 1".into());
+        }
         if p.query_wait_timeout.0.is_zero() {
             problems.push("[proxy] query_wait_timeout must be above 0".into());
         }
