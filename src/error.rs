@@ -57,6 +57,16 @@ impl ClientError {
         Self::fatal("08006", format!("authentication lookup failed: {what}"))
     }
 
+    /// 28000 for an address past `max_failed_logins` (like fail2ban in front of PostgreSQL, which
+    /// has no such limit itself): an authorization refusal, not a capacity one, so drivers do not
+    /// retry it as they would 53300.
+    pub fn too_many_failed_logins(host: &str) -> Self {
+        Self::fatal(
+            "28000",
+            format!("too many failed logins from host \"{host}\": refused until failed_login_window has passed"),
+        )
+    }
+
     /// 08P01 protocol violation.
     pub fn protocol(message: impl Into<String>) -> Self {
         Self::fatal("08P01", message)

@@ -195,6 +195,8 @@ pub struct Shared {
     pub stop: watch::Sender<bool>,
     /// Users looked up with auth_query.
     pub auth_cache: crate::auth::query::AuthCache,
+    /// Failed logins by client address (`max_failed_logins`), kept across reloads.
+    pub failed_logins: crate::auth::limit::FailedLogins,
     /// LISTEN fan-out.
     pub notify: Arc<crate::notify::NotifyHub>,
     /// The migration-phase switch.
@@ -222,6 +224,7 @@ impl Shared {
             conn_count: Default::default(),
             stop: watch::channel(false).0,
             auth_cache: Default::default(),
+            failed_logins: Default::default(),
             notify: Default::default(),
             admin: Default::default(),
         })

@@ -121,3 +121,48 @@ async fn idle_unauthenticated_sockets_do_not_lock_clients_out() {
     assert_eq!(c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
     drop(a);
 }
+
+/// Logs in as app from the local address `from` (127.0.0.0/8 is all loopback on Linux).
+async fn login_from(from: &str, port: u16, password: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let conn = common::conn_str(port, "app", password, "app");
+    let (client, connection) =
+        conn.parse::<tokio_postgres::Config>().unwrap().connect_raw(tcp, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_per_address_are_limited() {
+    let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
+    cfg.auth.max_failed_logins = 3;
+    cfg.auth.failed_login_window = pgshift::config::Dur::secs(2);
+    let p = proxy::start(cfg).await;
+    let port = proxy::port(&p);
+    for _ in 0..3 {
+        let err = login_from("127.0.0.1", port, "wrong").await.err().unwrap();
+        assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+    }
+    // the right password from the same address is refused now
+    let err = login_from("127.0.0.1", port, "app").await.err().unwrap();
+    assert_eq!(err.code(), Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION), "{err}");
+    assert_eq!(
+        err.as_db_error().unwrap().message(),
+        "too many failed logins from host \"127.0.0.1\": refused until failed_login_window has passed"
+    );
+    // another address is not affected
+    let c = login_from("127.0.0.2", port, "app").await.unwrap();
+    assert_eq!(c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    // once the window has passed, the first address logs in again
+    let mut ok = false;
+    for _ in 0..100 {
+        if login_from("127.0.0.1", port, "app").await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "still refused 10s after a 2s window");
+}

@@ -2,6 +2,7 @@
 
 pub mod cert;
 pub mod hba;
+pub mod limit;
 pub mod query;
 pub mod scram;
 pub mod userlist;

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::handshake::{self, Opening};
 use super::session;
+use crate::auth::limit::Limit;
 use crate::error::ClientError;
 use crate::shared::Shared;
 use crate::wire::startup::{parse_startup, StartupPacket};
@@ -92,18 +93,31 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::
             }
         };
         let _ = tcp.set_nodelay(true);
-        let max = shared.runtime.load().config.proxy.max_pending_logins;
+        let rt = shared.runtime.load();
+        let (max, limit) = (rt.config.proxy.max_pending_logins, failed_login_limit(&rt));
         let (slot, pending) = Slot::logging_in(shared.clone());
-        if pending > max {
-            tokio::spawn(async move {
-                let e = ClientError::fatal("53300", "too many connections are logging in (max_pending_logins)");
+        let refusal = if pending > max {
+            Some(ClientError::fatal("53300", "too many connections are logging in (max_pending_logins)"))
+        } else if shared.failed_logins.blocked(peer.ip(), limit) {
+            Some(ClientError::too_many_failed_logins(&peer.ip().to_canonical().to_string()))
+        } else {
+            None
+        };
+        match refusal {
+            Some(e) => tokio::spawn(async move {
+                tracing::info!(%peer, code = %e.code, "connection refused: {}", e.message);
                 refuse(&slot.shared, tcp, e).await;
                 drop(slot);
-            });
-            continue;
-        }
-        tokio::spawn(handle(slot, tcp, peer));
+            }),
+            None => tokio::spawn(handle(slot, tcp, peer)),
+        };
     }
+}
+
+/// `[auth] max_failed_logins` per `failed_login_window`, as now configured.
+fn failed_login_limit(rt: &crate::shared::Runtime) -> Limit {
+    let a = &rt.config.auth;
+    Limit { max: a.max_failed_logins, window: a.failed_login_window.0 }
 }
 
 /// One client connection, counted by `slot` until it ends.
@@ -122,6 +136,10 @@ async fn handle(mut slot: Slot, tcp: TcpStream, peer: SocketAddr) {
             shared.stats.login_failures.fetch_add(1, Ordering::Relaxed);
             if let Some(e) = e {
                 tracing::info!(%peer, code = %e.code, "connection refused: {}", e.message);
+                // Authentication failures only: not protocol errors, unknown databases or full pools.
+                if e.code == "28P01" || e.code == "28000" {
+                    shared.failed_logins.record(peer.ip(), failed_login_limit(&shared.runtime.load()));
+                }
             }
             return;
         }

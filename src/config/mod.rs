@@ -188,6 +188,11 @@ pub struct AuthConfig {
     /// A pg_hba.conf-format file: per connection type, database, user and address, the method
     /// (or reject) that replaces `type`; empty: no host-based rules.
     pub auth_hba_file: String,
+    /// Failed logins (wrong password, refused by the rules) allowed per client address within
+    /// `failed_login_window`; past it the address is refused at once until the window ends (0 = off).
+    pub max_failed_logins: u32,
+    /// The window of `max_failed_logins`, from an address's first failure in it.
+    pub failed_login_window: Dur,
 }
 
 impl Default for AuthConfig {
@@ -201,6 +206,8 @@ impl Default for AuthConfig {
             auth_database: "postgres".into(),
             auth_query_ttl: Dur::secs(60),
             auth_hba_file: String::new(),
+            max_failed_logins: 20,
+            failed_login_window: Dur::secs(60),
         }
     }
 }

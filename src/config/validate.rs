@@ -173,6 +173,9 @@ impl Config {
         if a.kind == AuthType::Cert && no_client_certs {
             problems.push("[auth] type = \"cert\" needs [tls] mode other than disable and client_ca".into());
         }
+        if a.max_failed_logins > 0 && a.failed_login_window.0.is_zero() {
+            problems.push("[auth] failed_login_window must be above 0 when max_failed_logins is set".into());
+        }
         if !a.auth_hba_file.is_empty() {
             match crate::auth::hba::Hba::load(&a.auth_hba_file) {
                 Ok(hba) if hba.uses_cert() && no_client_certs => problems.push(format!(
