@@ -165,3 +165,77 @@ async fn hostssl_lines_admit_only_tls_clients() {
     let msg = err.as_db_error().unwrap().message().to_string();
     assert_eq!(msg, "no pg_hba.conf entry for host \"127.0.0.1\", user \"app\", database \"postgres\", SSL on");
 }
+
+/// Kills the pgshift binary when the test ends, a panic included.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The binary as operators run it: --check-config lists every bad line; the file is read at start
+/// and again on SIGHUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reads_the_file_at_start_and_on_sighup() {
+    let dir = common::TempDir::new("hba-bin");
+    let port = common::free_port();
+    let hba = dir.join("pg_hba.conf");
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[auth]\nauth_hba_file = {:?}\n[[auth.users]]\nname = \"app\"\n\
+             password = \"app\"\n[primary]\nhost = \"127.0.0.1\"\nport = {}\n[admin]\nlisten = \"\"\n",
+            hba.display().to_string(),
+            common::shared_bed().primary_port
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_pgshift");
+    std::fs::write(&hba, "host all all 127.0.0.1/32 scram-sha-256\nhost all all myhost md5\nhost all +g all md5\n")
+        .unwrap();
+    let out = std::process::Command::new(bin).args(["--check-config", "-c"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 2: host names") && stderr.contains("line 3: group names"), "{stderr}");
+
+    std::fs::write(&hba, "host app app 127.0.0.1/32 scram-sha-256\n").unwrap();
+    let child = std::process::Command::new(bin)
+        .arg("-c")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = Running(child);
+    let mut up = false;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(up, "pgshift did not start");
+    common::connect(port, "app", "app", "app").await;
+    assert_eq!(refused(port, "app", "app", "postgres").await.0, "28000");
+
+    std::fs::write(&hba, "host app app 127.0.0.1/32 reject\n").unwrap();
+    let pid = running.0.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let mut code = String::new();
+    for _ in 0..200 {
+        code = match common::try_connect(port, "app", "app", "app").await {
+            Ok(_) => "ok".into(),
+            Err(e) => e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_default(),
+        };
+        if code == "28000" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(code, "28000", "the reject line was not applied after SIGHUP");
+}
