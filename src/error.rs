@@ -43,6 +43,30 @@ impl ClientError {
         Self::fatal("28P01", format!("password authentication failed for user \"{user}\""))
     }
 
+    /// 28000 for a client that no `auth_hba_file` line lets in, worded as PostgreSQL words it
+    /// (`rejected`: a `reject` line matched; otherwise no line did).
+    pub fn hba_refused(rejected: bool, host: &str, user: &str, database: &str, tls: bool) -> Self {
+        let ssl = if tls { "on" } else { "off" };
+        let what = if rejected { "pg_hba.conf rejects connection for" } else { "no pg_hba.conf entry for" };
+        Self::fatal("28000", format!("{what} host \"{host}\", user \"{user}\", database \"{database}\", SSL {ssl}"))
+    }
+
+    /// 08006 when `auth_query` could not say whether the user exists: the client learns the
+    /// login failed for want of the lookup, not for its password (the detail is in the log).
+    pub fn auth_lookup_failed(what: &str) -> Self {
+        Self::fatal("08006", format!("authentication lookup failed: {what}"))
+    }
+
+    /// 28000 for an address past `max_failed_logins` (like fail2ban in front of PostgreSQL, which
+    /// has no such limit itself): an authorization refusal, not a capacity one, so drivers do not
+    /// retry it as they would 53300.
+    pub fn too_many_failed_logins(host: &str) -> Self {
+        Self::fatal(
+            "28000",
+            format!("too many failed logins from host \"{host}\": refused until failed_login_window has passed"),
+        )
+    }
+
     /// 08P01 protocol violation.
     pub fn protocol(message: impl Into<String>) -> Self {
         Self::fatal("08P01", message)

@@ -26,6 +26,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// Users and their secrets.
     pub users: Users,
+    /// Host-based access rules from `auth_hba_file` (read at each build, so reload re-reads it).
+    pub hba: Option<Arc<crate::auth::hba::Hba>>,
     /// The primary.
     pub primary: Arc<Backend>,
     /// Replicas, in config order.
@@ -69,6 +71,16 @@ impl Runtime {
             .map(|(i, r)| reuse(Role::Replica, r.address(), format!("replica{i}")))
             .collect();
         let cert_auth = config.auth.kind == crate::config::AuthType::Cert;
+        let hba = match config.auth.auth_hba_file.as_str() {
+            "" => None,
+            path => match crate::auth::hba::Hba::load(path) {
+                Ok(h) => Some(Arc::new(h)),
+                Err(p) => {
+                    problems.extend(p);
+                    None
+                }
+            },
+        };
         let targets = match &config.migration {
             Some(m) => std::iter::once(reuse(Role::TargetPrimary, m.target.address(), "target".into()))
                 .chain(
@@ -105,6 +117,7 @@ impl Runtime {
                 ..ClassifierConfig::with_safe_functions(&config.routing.safe_functions)
             },
             users,
+            hba,
             primary,
             replicas,
             targets,
@@ -183,6 +196,8 @@ pub struct Shared {
     pub stop: watch::Sender<bool>,
     /// Users looked up with auth_query.
     pub auth_cache: crate::auth::query::AuthCache,
+    /// Failed logins by client address (`max_failed_logins`), kept across reloads.
+    pub failed_logins: crate::auth::limit::FailedLogins,
     /// LISTEN fan-out.
     pub notify: Arc<crate::notify::NotifyHub>,
     /// The migration-phase switch.
@@ -212,6 +227,7 @@ impl Shared {
             conn_count: Default::default(),
             stop: watch::channel(false).0,
             auth_cache: Default::default(),
+            failed_logins: Default::default(),
             notify: Default::default(),
             admin: Default::default(),
             failovers: Default::default(),

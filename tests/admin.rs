@@ -143,8 +143,16 @@ async fn ready_follows_the_primary() {
     assert_eq!(status, 200, "{body}");
 
     tokio::task::block_in_place(|| cluster.stop_node(0));
-    let (status, body) = http(&p, "GET", "/ready", None).await;
-    assert_eq!(status, 503, "{body}");
+    // The answer is reused for [admin] ready_probe_interval (1s): the next probe sees the stop.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (status, body) = http(&p, "GET", "/ready", None).await;
+        if status == 503 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "still ready after the primary stopped: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert!(body.contains("not ready"), "{body}");
     let (_, metrics) = http(&p, "GET", "/metrics", None).await;
     assert!(metrics.lines().any(|l| l == "pgshift_ready 0.0"), "pgshift_ready follows the probe: {metrics}");

@@ -249,3 +249,24 @@ async fn one_message_cannot_take_unbounded_memory() {
     let big = format!("select length('{}')", "x".repeat(900_000));
     assert_eq!(scalar(&c, &big).await.as_deref(), Some("900000"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_replaced_under_pgshifts_name_never_runs_for_its_owner() {
+    let p = one_connection().await;
+    let port = proxy::port(&p);
+    let owner = common::connect(port, "app", "app", "app").await;
+    let attacker = common::connect(port, "app", "app", "app").await;
+    let stmt = owner.prepare("select $1::int * 2").await.unwrap();
+    assert_eq!(owner.query_one(&stmt, &[&21i32]).await.unwrap().get::<_, i32>(0), 42);
+    let name = scalar(&attacker, "select name from pg_prepared_statements where statement like 'select $1::int * 2%'")
+        .await
+        .expect("the statement is on the shared server");
+    // Same shape, other meaning, planted under pgshift's name from server-side code.
+    attacker
+        .batch_execute(&format!(
+            "DO $$ BEGIN EXECUTE 'DEALLOCATE {name}'; EXECUTE 'PREPARE {name}(int) AS select $1 * 0 - 666'; END $$"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(owner.query_one(&stmt, &[&21i32]).await.unwrap().get::<_, i32>(0), 42, "the planted statement ran");
+}

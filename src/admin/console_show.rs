@@ -360,7 +360,7 @@ fn lists(shared: &Shared) -> Table {
         ("pools", groups.len()),
         ("free_clients", 0),
         ("used_clients", clients),
-        ("login_clients", shared.conn_count.get().saturating_sub(clients)),
+        ("login_clients", shared.conn_count.logging_in()),
         ("free_servers", 0),
         ("used_servers", servers),
         ("dns_names", 0),

@@ -29,6 +29,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/reconnect", post(reconnect))
         .route("/kill_client", post(kill_client))
         .merge(super::routing::router())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), super::browser::guard))
         .with_state(state)
 }
 
@@ -71,7 +72,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn ready_handler(State(s): State<AdminState>) -> Response {
-    match ready::probe(&s.shared).await {
+    match ready::cached(&s.shared).await {
         Ok(took) => (StatusCode::OK, format!("ready: primary answered in {} ms\n", took.as_millis())).into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
     }

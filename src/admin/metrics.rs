@@ -156,6 +156,7 @@ impl Snapshot {
         }
         family(enc, "pgshift_clients", "Logged-in clients", g(v.clients as f64))?;
         family(enc, "pgshift_client_sockets", "Open client sockets, logged in or not", g(v.client_sockets as f64))?;
+        family(enc, "pgshift_pending_logins", "Client sockets still logging in", g(v.pending_logins as f64))?;
         family(enc, "pgshift_logins", "Client logins", c(v.logins))?;
         family(enc, "pgshift_login_failures", "Refused client logins", c(v.login_failures))?;
         family(enc, "pgshift_reconnects", "RECONNECT commands", c(v.reconnects))?;

@@ -5,10 +5,16 @@
 //! takes a connection a client is waiting for. It logs in as a pool toward the primary does
 //! (same user and database), or, before any client came, as the first configured user to the
 //! database of the same name, and runs `;`.
+//!
+//! `GET /ready` goes through [`cached`]: at most one probe runs at a time, requests arriving while
+//! it runs wait for its answer, and requests within `[admin] ready_probe_interval` after it reuse
+//! that answer. So a flood of readiness requests costs PostgreSQL one login per interval.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
 
 use crate::auth::UserEntry;
 use crate::server::{LoginSpec, ServerConn, ServerError};
@@ -34,6 +40,41 @@ impl LastProbe {
         self.0.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
     }
 }
+
+/// The last probe's answer and when it came, shared by every `/ready` request.
+#[derive(Debug, Default)]
+pub struct ProbeCache(Arc<Mutex<Option<Answer>>>);
+
+/// When a probe answered, and what.
+type Answer = (Instant, Result<Duration, String>);
+
+/// The readiness answer, probing PostgreSQL only when no probe answered since this request
+/// arrived and the last answer is older than `[admin] ready_probe_interval`.
+pub async fn cached(shared: &Arc<Shared>) -> Result<Duration, String> {
+    if shared.is_draining() {
+        return Err(DRAINING.to_string());
+    }
+    let arrived = Instant::now();
+    let interval = shared.runtime.load().config.admin.ready_probe_interval.0;
+    // Held across the probe: requests arriving meanwhile queue here and then read its answer.
+    let mut last = shared.admin.ready_cache.0.clone().lock_owned().await;
+    if let Some((at, answer)) = &*last {
+        if *at >= arrived || at.elapsed() < interval {
+            return answer.clone();
+        }
+    }
+    // In a task of its own, holding the lock: a requester that hangs up does not cancel the probe
+    // (and so cannot make the next request start another).
+    let shared = shared.clone();
+    let probing = tokio::spawn(async move {
+        let answer = probe(&shared).await;
+        *last = Some((Instant::now(), answer.clone()));
+        answer
+    });
+    probing.await.unwrap_or_else(|e| Err(format!("the readiness probe failed: {e}")))
+}
+
+const DRAINING: &str = "pgshift is shutting down (draining)";
 
 /// Whom the probe logs in as: a primary pool's identity, or the first configured user.
 fn probe_spec(shared: &Shared, rt: &Runtime) -> LoginSpec {
@@ -77,11 +118,11 @@ async fn run_probe(spec: &LoginSpec) -> Result<(), String> {
     }
 }
 
-/// Probes the primary; `Ok(elapsed)` if it answered within [`PROBE_TIMEOUT`], else why not.
+/// Probes the primary now (one new PostgreSQL session); `Ok(elapsed)` if it answered within [`PROBE_TIMEOUT`], else why not.
 pub async fn probe(shared: &Shared) -> Result<Duration, String> {
     let outcome = async {
         if shared.is_draining() {
-            return Err("pgshift is shutting down (draining)".to_string());
+            return Err(DRAINING.to_string());
         }
         let rt = shared.runtime.load_full();
         let spec = probe_spec(shared, &rt);

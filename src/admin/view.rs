@@ -149,6 +149,8 @@ pub struct StatsView {
     pub clients: u64,
     /// Open client sockets, logged in or not.
     pub client_sockets: usize,
+    /// Sockets still logging in, against `max_pending_logins`.
+    pub pending_logins: usize,
     /// Logins since start.
     pub logins: u64,
     /// Refused logins since start.
@@ -315,6 +317,7 @@ pub fn stats_with(shared: &Shared, merged: &MergedStats) -> StatsView {
         paused: *shared.paused.borrow(),
         clients: s.clients.load(Ordering::Relaxed),
         client_sockets: shared.conn_count.get(),
+        pending_logins: shared.conn_count.logging_in(),
         logins: s.logins.load(Ordering::Relaxed),
         login_failures: s.login_failures.load(Ordering::Relaxed),
         reconnects: shared.reconnect_epoch.load(Ordering::Relaxed),

@@ -1,6 +1,8 @@
 //! Who may connect and with what secret: the user registry, client-facing checks, backend credentials.
 
 pub mod cert;
+pub mod hba;
+pub mod limit;
 pub mod query;
 pub mod scram;
 pub mod userlist;
@@ -24,6 +26,9 @@ pub enum AuthError {
     /// The backend asked for a method we cannot satisfy with what we hold.
     #[error("cannot log into the server: {0}")]
     NoBackendSecret(&'static str),
+    /// `auth_query` could not answer (PostgreSQL unreachable, auth_user refused, query error).
+    #[error("authentication lookup failed: {0}")]
+    Lookup(&'static str),
     /// A verifier-only user whose verifier differs from the one PostgreSQL holds.
     #[error("the SCRAM verifier in the proxy config does not match the server's")]
     BackendSecretMismatch,

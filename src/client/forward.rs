@@ -64,7 +64,12 @@ impl Fwd<'_> {
             tag::DESCRIBE => self.describe_or_close(t, f, Expect::Describe),
             tag::CLOSE => self.describe_or_close(t, f, Expect::Close),
             tag::EXECUTE => {
-                match self.state.unnamed_portal.clone() {
+                // Only the unnamed portal's statement is remembered: a named portal may run anything.
+                let named_portal = frame::cstr(frame::body(f)).is_none_or(|(portal, _)| !portal.is_empty());
+                if named_portal {
+                    self.att.lease.conn().residue = Residue::Unknown;
+                }
+                match self.state.unnamed_portal.clone().filter(|_| !named_portal) {
                     Some(c) => {
                         self.note_statement(&c);
                         self.att.batch_effects.extend(effects(&c));

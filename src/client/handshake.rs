@@ -119,7 +119,11 @@ pub async fn open(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Res
     }
     let database = StartupPacket::param(&params, "database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
 
-    let entry = match super::login::authenticate(shared, &mut stream, &mut buf, &user).await {
+    let method = match super::login::method_for(&rt, peer, stream.is_tls(), &user, &database) {
+        Ok(m) => m,
+        Err(e) => return fail(&mut stream, e).await,
+    };
+    let entry = match super::login::authenticate(shared, &mut stream, &mut buf, &user, method).await {
         Ok(e) => e,
         Err(e) => return fail(&mut stream, e).await,
     };

@@ -1,5 +1,5 @@
-//! The accept loop: one task per client, bounded by `max_client_conn`, each login bounded by
-//! `client_login_timeout`.
+//! The accept loop: one task per client; logins in progress bounded by `max_pending_logins`
+//! and each by `client_login_timeout`, logged-in clients by `max_client_conn`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,26 +11,68 @@ use tokio::sync::watch;
 
 use super::handshake::{self, Opening};
 use super::session;
+use crate::auth::limit::Limit;
 use crate::error::ClientError;
 use crate::shared::Shared;
 use crate::wire::startup::{parse_startup, StartupPacket};
 
-/// Counts open client sockets (logged in or not) against `max_client_conn`.
+/// Client sockets against the limits: those still logging in (bounded by `max_pending_logins`)
+/// apart from those logged in (bounded by `max_client_conn`), so sockets that never finish a
+/// login cannot take the places of clients that do.
 #[derive(Default)]
-pub struct ConnCount(AtomicUsize);
-
-struct ConnGuard(Arc<Shared>);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.conn_count.0.fetch_sub(1, Ordering::Relaxed);
-    }
+pub struct ConnCount {
+    logging_in: AtomicUsize,
+    logged_in: AtomicUsize,
 }
 
 impl ConnCount {
-    /// Current count.
+    /// Open client sockets, logged in or not.
     pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.logging_in() + self.logged_in()
+    }
+
+    /// Sockets still in their opening (TLS, startup, authentication), refused ones included.
+    pub fn logging_in(&self) -> usize {
+        self.logging_in.load(Ordering::Relaxed)
+    }
+
+    /// Logged-in clients (sessions and console), against `max_client_conn`.
+    pub fn logged_in(&self) -> usize {
+        self.logged_in.load(Ordering::Relaxed)
+    }
+}
+
+/// One counted socket; gives its place back when dropped.
+struct Slot {
+    shared: Arc<Shared>,
+    logged_in: bool,
+}
+
+impl Slot {
+    /// Counts a new socket as logging in; returns it with the number logging in now.
+    fn logging_in(shared: Arc<Shared>) -> (Slot, usize) {
+        let n = shared.conn_count.logging_in.fetch_add(1, Ordering::Relaxed) + 1;
+        (Slot { shared, logged_in: false }, n)
+    }
+
+    /// Moves the socket to the logged-in count; false (and unchanged) if `max` are logged in.
+    fn log_in(&mut self, max: usize) -> bool {
+        let c = &self.shared.conn_count;
+        if c.logged_in.fetch_add(1, Ordering::Relaxed) >= max {
+            c.logged_in.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        c.logging_in.fetch_sub(1, Ordering::Relaxed);
+        self.logged_in = true;
+        true
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let c = &self.shared.conn_count;
+        let n = if self.logged_in { &c.logged_in } else { &c.logging_in };
+        n.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -51,51 +93,84 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::
             }
         };
         let _ = tcp.set_nodelay(true);
-        let max = shared.runtime.load().config.proxy.max_client_conn;
-        let count = shared.conn_count.0.fetch_add(1, Ordering::Relaxed) + 1;
-        let guard = ConnGuard(shared.clone());
-        if count > max {
-            tokio::spawn(async move {
-                refuse(tcp, ClientError::fatal("53300", "sorry, too many clients already")).await;
-                drop(guard);
-            });
-            continue;
-        }
-        tokio::spawn(handle(guard, tcp, peer));
+        let rt = shared.runtime.load();
+        let (max, limit) = (rt.config.proxy.max_pending_logins, failed_login_limit(&rt));
+        let (slot, pending) = Slot::logging_in(shared.clone());
+        let refusal = if pending > max {
+            Some(ClientError::fatal("53300", "too many connections are logging in (max_pending_logins)"))
+        } else if shared.failed_logins.blocked(peer.ip(), limit) {
+            Some(ClientError::too_many_failed_logins(&peer.ip().to_canonical().to_string()))
+        } else {
+            None
+        };
+        match refusal {
+            Some(e) => tokio::spawn(async move {
+                tracing::info!(%peer, code = %e.code, "connection refused: {}", e.message);
+                refuse(&slot.shared, tcp, e).await;
+                drop(slot);
+            }),
+            None => tokio::spawn(handle(slot, tcp, peer)),
+        };
     }
 }
 
-/// One client connection, counted by `guard` until it ends.
-async fn handle(guard: ConnGuard, tcp: TcpStream, peer: SocketAddr) {
-    let shared = guard.0.clone();
+/// `[auth] max_failed_logins` per `failed_login_window`, as now configured.
+fn failed_login_limit(rt: &crate::shared::Runtime) -> Limit {
+    let a = &rt.config.auth;
+    Limit { max: a.max_failed_logins, window: a.failed_login_window.0 }
+}
+
+/// One client connection, counted by `slot` until it ends.
+async fn handle(mut slot: Slot, tcp: TcpStream, peer: SocketAddr) {
+    let shared = slot.shared.clone();
     // 0 turns the bound off, as in PgBouncer.
     let timeout =
         shared.runtime.load().config.proxy.client_login_timeout.enabled().unwrap_or(Duration::from_secs(86_400 * 365));
     // Boxed: the login's state (TLS handshake, SCRAM) is freed once it is done instead of
     // sizing the task of every idle client.
     let opening = tokio::time::timeout(timeout, Box::pin(handshake::open(&shared, tcp, peer))).await;
-    match opening {
-        Ok(Ok(Opening::Session(login))) if crate::admin::console::is_console_database(&login.database) => {
-            Box::pin(crate::admin::console::run(shared, *login)).await
-        }
-        Ok(Ok(Opening::Session(login))) => session::run(shared, login).await,
-        Ok(Ok(Opening::Cancelled)) => {}
+    let mut login = match opening {
+        Ok(Ok(Opening::Session(login))) => login,
+        Ok(Ok(Opening::Cancelled)) => return,
         Ok(Err(e)) => {
             shared.stats.login_failures.fetch_add(1, Ordering::Relaxed);
             if let Some(e) = e {
                 tracing::info!(%peer, code = %e.code, "connection refused: {}", e.message);
+                // Authentication failures only: not protocol errors, unknown databases or full pools.
+                if e.code == "28P01" || e.code == "28000" {
+                    shared.failed_logins.record(peer.ip(), failed_login_limit(&shared.runtime.load()));
+                }
             }
+            return;
         }
         Err(_) => {
             shared.stats.login_failures.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, "client_login_timeout: closing a connection that did not log in");
+            return;
         }
+    };
+    // Checked once the client has logged in, as PostgreSQL counts backends, so sockets that
+    // never log in cannot lock clients out.
+    if !slot.log_in(shared.runtime.load().config.proxy.max_client_conn) {
+        shared.stats.login_failures.fetch_add(1, Ordering::Relaxed);
+        let e = ClientError::fatal("53300", "sorry, too many clients already");
+        tracing::info!(%peer, code = %e.code, "connection refused: {}", e.message);
+        let _ = login.stream.write_all(&e.frame()).await;
+        let _ = login.stream.shutdown().await;
+        return;
     }
+    if crate::admin::console::is_console_database(&login.database) {
+        Box::pin(crate::admin::console::run(shared, *login)).await
+    } else {
+        session::run(shared, login).await
+    }
+    drop(slot);
 }
 
 /// Reads the opening packets (declining TLS) just far enough to answer with an error, as
-/// PostgreSQL does when it is full.
-pub async fn refuse(mut tcp: TcpStream, e: ClientError) {
+/// PostgreSQL does when it is full. A CancelRequest is still carried out: it is one short packet,
+/// and a full proxy is when a runaway query most needs stopping.
+pub async fn refuse(shared: &Shared, mut tcp: TcpStream, e: ClientError) {
     let answer = async {
         let mut buf = bytes::BytesMut::with_capacity(256);
         loop {
@@ -104,7 +179,10 @@ pub async fn refuse(mut tcp: TcpStream, e: ClientError) {
                     let _ = buf.split_to(n);
                     tcp.write_all(b"N").await?;
                 }
-                Ok(Some((StartupPacket::Cancel { .. }, _))) => return Ok(()),
+                Ok(Some((StartupPacket::Cancel { pid, secret }, _))) => {
+                    shared.sessions.cancel(pid, secret).await;
+                    return Ok(());
+                }
                 Ok(Some(_)) | Err(_) => break,
                 Ok(None) => {
                     if tcp.read_buf(&mut buf).await? == 0 {

@@ -67,6 +67,12 @@ impl Session {
         if at != req.len {
             return false;
         }
+        // Past max_client_prepared_statements the server path refuses the Parse.
+        let max = self.rt.config.proxy.max_client_prepared_statements;
+        let added = plan.iter().filter(|(t, n, _)| *t == tag::PARSE && !self.state.statements.contains_key(n)).count();
+        if max > 0 && self.state.statements.len() + added > max {
+            return false;
+        }
         for (t, name, def) in plan {
             match (t, def) {
                 (tag::PARSE, Some(def)) => {

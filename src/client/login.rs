@@ -3,31 +3,57 @@
 //! same dialogue as known ones and fail the same way (PostgreSQL's mock authentication).
 
 use bytes::BytesMut;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::handshake::{read_password_frame, write};
+use crate::auth::hba::Method;
 use crate::auth::scram::{ScramSecret, ScramServer};
 use crate::auth::{md5_response, AuthError, UserEntry};
 use crate::config::AuthType;
 use crate::error::ClientError;
-use crate::shared::Shared;
+use crate::shared::{Runtime, Shared};
 use crate::stream::Stream;
 use crate::wire::{frame, messages};
 
-/// Authenticates `user`; returns its entry (for logging into PostgreSQL) or the error to send.
+/// The method that authenticates this client: the first matching line of `auth_hba_file`, or
+/// `[auth] type` when there is no such file. A `reject` line or no matching line refuses it (28000).
+pub fn method_for(
+    rt: &Runtime,
+    peer: SocketAddr,
+    tls: bool,
+    user: &str,
+    database: &str,
+) -> Result<AuthType, ClientError> {
+    let Some(hba) = &rt.hba else { return Ok(rt.users.kind) };
+    match hba.lookup(peer.ip(), tls, user, database) {
+        Some(Method::Auth(m)) => Ok(m),
+        found => {
+            let host = peer.ip().to_canonical().to_string();
+            Err(ClientError::hba_refused(found.is_some(), &host, user, database, tls))
+        }
+    }
+}
+
+/// Authenticates `user` with `method`; returns its entry (for logging into PostgreSQL) or the
+/// error to send.
 pub async fn authenticate(
     shared: &Arc<Shared>,
     stream: &mut Stream,
     buf: &mut BytesMut,
     user: &str,
+    method: AuthType,
 ) -> Result<Arc<UserEntry>, ClientError> {
     let rt = shared.runtime.load_full();
     let entry = match rt.users.get(user) {
         Some(e) => Some(e),
-        None => shared.auth_cache.lookup(&rt, user).await,
+        None => shared.auth_cache.lookup(&rt, user).await.map_err(|e| match e {
+            AuthError::Lookup(what) => ClientError::auth_lookup_failed(what),
+            other => ClientError::fatal("08006", other.to_string()),
+        })?,
     };
     let denied = || ClientError::bad_password(user);
-    match rt.users.kind {
+    match method {
         AuthType::Trust => Ok(entry.unwrap_or_else(|| Arc::new(UserEntry::new(user, None, None)))),
         AuthType::Cert => {
             let cn = peer_common_name(stream);

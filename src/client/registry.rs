@@ -270,11 +270,21 @@ impl Sessions {
         let Some(s) = server else {
             return CancelOutcome::Dropped { user: h.user.clone(), database: h.database.clone() };
         };
+        // Ends the gate even if this future is dropped (the connection's login timeout).
+        let _open = GateOpen(s.gate.clone());
         if let Err(e) = tokio::time::timeout(wait, send_cancel(s.peer, s.key)).await.unwrap_or(Ok(())) {
             tracing::warn!(client = h.id, "forwarding a cancel request failed: {e}");
         }
-        s.gate.end();
         CancelOutcome::Forwarded
+    }
+}
+
+/// Ends a cancel's hold on its server connection when dropped.
+struct GateOpen(Arc<CancelGate>);
+
+impl Drop for GateOpen {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 

@@ -327,6 +327,11 @@ impl Session {
                 }
                 if total > super::request::STREAM_QUERY_OVER && t == tag::QUERY && stream_query(att) {
                     att.c2s_passthrough = total;
+                    // Unread, it may hold SET, locks or anything else: the client keeps this server.
+                    if tm && self.state.pinned.is_none() {
+                        self.state.pinned = Some("large_query");
+                        self.shared.stats.record_pin("large_query");
+                    }
                     continue;
                 }
                 break;

@@ -68,8 +68,11 @@ pub struct ProxyConfig {
     pub reserve_pool_size: usize,
     /// Wait before the reserve pool may be used.
     pub reserve_pool_timeout: Dur,
-    /// Clients beyond this are refused with 53300.
+    /// Logged-in clients beyond this are refused with 53300.
     pub max_client_conn: usize,
+    /// Connections still logging in (TLS, startup, password) beyond this are refused with 53300,
+    /// counted apart from `max_client_conn` so idle unauthenticated sockets cannot lock clients out.
+    pub max_pending_logins: usize,
     /// Longest wait for a server connection; the client then gets an error and is disconnected.
     pub query_wait_timeout: Dur,
     /// Idle server connections older than this are closed (down to `min_pool_size`).
@@ -125,6 +128,7 @@ impl Default for ProxyConfig {
             reserve_pool_size: 0,
             reserve_pool_timeout: Dur::secs(5),
             max_client_conn: 10_000,
+            max_pending_logins: 1000,
             query_wait_timeout: Dur::secs(120),
             server_idle_timeout: Dur::secs(600),
             server_lifetime: Dur::secs(3600),
@@ -197,6 +201,14 @@ pub struct AuthConfig {
     pub auth_database: String,
     /// How long an `auth_query` answer (found or not) is reused.
     pub auth_query_ttl: Dur,
+    /// A pg_hba.conf-format file: per connection type, database, user and address, the method
+    /// (or reject) that replaces `type`; empty: no host-based rules.
+    pub auth_hba_file: String,
+    /// Failed logins (wrong password, refused by the rules) allowed per client address within
+    /// `failed_login_window`; past it the address is refused at once until the window ends (0 = off).
+    pub max_failed_logins: u32,
+    /// The window of `max_failed_logins`, from an address's first failure in it.
+    pub failed_login_window: Dur,
 }
 
 impl Default for AuthConfig {
@@ -209,6 +221,9 @@ impl Default for AuthConfig {
             auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into(),
             auth_database: "postgres".into(),
             auth_query_ttl: Dur::secs(60),
+            auth_hba_file: String::new(),
+            max_failed_logins: 20,
+            failed_login_window: Dur::secs(60),
         }
     }
 }
@@ -377,11 +392,31 @@ pub struct AdminConfig {
     pub token: String,
     /// Users allowed on the PgBouncer-style console (database "pgbouncer").
     pub admin_users: Vec<String>,
+    /// `GET /ready` probes PostgreSQL at most once per this interval; requests in between (and
+    /// requests arriving while a probe runs) get that probe's answer. 0: no reuse beyond the
+    /// probe in flight.
+    pub ready_probe_interval: Dur,
+    /// A request's headers must arrive within this after the connection opens (or after the first
+    /// byte of a later request); 0 = no bound.
+    pub header_timeout: Dur,
+    /// A kept-alive connection with no request under way is closed after this long without a
+    /// byte either way; 0 = no bound.
+    pub idle_timeout: Dur,
+    /// Admin connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:6480".into(), token: String::new(), admin_users: Vec::new() }
+        AdminConfig {
+            listen: "127.0.0.1:6480".into(),
+            token: String::new(),
+            admin_users: Vec::new(),
+            ready_probe_interval: Dur::secs(1),
+            header_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(60),
+            max_connections: 64,
+        }
     }
 }
 

@@ -94,6 +94,9 @@ impl Config {
         if p.max_client_conn == 0 {
             problems.push("[proxy] max_client_conn must be at least 1".into());
         }
+        if p.max_pending_logins == 0 {
+            problems.push("[proxy] max_pending_logins must be at least 1".into());
+        }
         if p.query_wait_timeout.0.is_zero() {
             problems.push("[proxy] query_wait_timeout must be above 0".into());
         }
@@ -118,6 +121,9 @@ impl Config {
             }
         }
         let a = &self.admin;
+        if a.max_connections == 0 {
+            problems.push("[admin] max_connections must be at least 1".into());
+        }
         if !a.listen.is_empty() && !a.listen.starts_with("unix:") {
             match a.listen.parse::<std::net::SocketAddr>() {
                 Err(_) => problems.push(format!("[admin] listen = {:?} is not an address or unix:/path", a.listen)),
@@ -166,8 +172,22 @@ impl Config {
         if !a.auth_user.is_empty() && !a.auth_query.contains("$1") {
             problems.push("[auth] auth_query must take the user name as $1".into());
         }
-        if a.kind == AuthType::Cert && (self.tls.client_ca.is_empty() || self.tls.mode == super::TlsMode::Disable) {
+        let no_client_certs = self.tls.client_ca.is_empty() || self.tls.mode == super::TlsMode::Disable;
+        if a.kind == AuthType::Cert && no_client_certs {
             problems.push("[auth] type = \"cert\" needs [tls] mode other than disable and client_ca".into());
+        }
+        if a.max_failed_logins > 0 && a.failed_login_window.0.is_zero() {
+            problems.push("[auth] failed_login_window must be above 0 when max_failed_logins is set".into());
+        }
+        if !a.auth_hba_file.is_empty() {
+            match crate::auth::hba::Hba::load(&a.auth_hba_file) {
+                Ok(hba) if hba.uses_cert() && no_client_certs => problems.push(format!(
+                    "[auth] auth_hba_file {} has cert lines: they need [tls] mode other than disable and client_ca",
+                    a.auth_hba_file
+                )),
+                Ok(_) => {}
+                Err(p) => problems.extend(p),
+            }
         }
     }
 }

@@ -124,7 +124,16 @@ fn settings(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
             "server_reset_query" => {
                 out.set(Sect::Proxy, "server_reset_query", Value::String(e.value.clone()), from(at, e))
             }
-            "auth_type" => auth_type(e, at, out),
+            "auth_type" => auth_type(e, hba_file(ini).is_some(), at, out),
+            "auth_hba_file" => {
+                if hba_file(ini).is_some() {
+                    out.set(Sect::Auth, "auth_hba_file", Value::String(e.value.clone()), from(at, e));
+                } else {
+                    let why = "PgBouncer reads auth_hba_file only with auth_type = hba; pgshift applies it \
+                               whenever it is set, so it is left out";
+                    out.note(NoteKind::NotMapped, &at(e), shown(e), why);
+                }
+            }
             "auth_file" => {
                 if out.users.is_empty() {
                     out.set(Sect::Auth, "auth_file", Value::String(e.value.clone()), from(at, e));
@@ -191,7 +200,18 @@ fn list(v: &str) -> Value {
     Value::Array(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.into())).collect())
 }
 
-fn auth_type(e: &Entry, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
+/// `auth_hba_file`, when PgBouncer uses it (auth_type = hba).
+fn hba_file(ini: &Ini) -> Option<&Entry> {
+    let hba = ini.section("pgbouncer").any(|e| e.setting() == "auth_type" && e.value == "hba");
+    ini.section("pgbouncer").find(|e| e.setting() == "auth_hba_file" && !e.value.is_empty()).filter(|_| hba)
+}
+
+fn auth_type(e: &Entry, hba_file: bool, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
+    if e.value == "hba" && hba_file {
+        let why = "the methods come from auth_hba_file; [auth] type is kept at scram-sha-256 and unused \
+                   while auth_hba_file is set";
+        return out.note(NoteKind::Different, &at(e), shown(e), why);
+    }
     let (kind, why) = match e.value.as_str() {
         "scram-sha-256" | "trust" | "cert" => (e.value.as_str(), None),
         "md5" => ("md5", None),

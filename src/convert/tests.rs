@@ -118,6 +118,31 @@ fn zero_timeouts_that_mean_something_else() {
 }
 
 #[test]
+fn auth_hba_file_is_mapped_with_auth_type_hba() {
+    let dir = std::env::temp_dir().join(format!("pgshift-convert-hba-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hba = dir.join("pg_hba.conf");
+    std::fs::write(&hba, "host all all 127.0.0.1/32 scram-sha-256\n").unwrap();
+    let ini = format!(
+        "[databases]\napp = host=db\n[pgbouncer]\nauth_type = hba\nauth_hba_file = {}\nauth_user = app\n\
+         auth_file = /etc/pgbouncer/userlist.txt\n",
+        hba.display()
+    );
+    let c = convert("pgbouncer.ini", &ini, Some(("userlist.txt", "\"app\" \"pw\"\n"))).unwrap();
+    let cfg = Config::from_toml(&c.toml);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(c.problems.is_empty(), "{:?}\n{}", c.problems, c.toml);
+    let cfg = cfg.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.auth.auth_hba_file, hba.display().to_string());
+    assert_eq!(notes_about(&c, "auth_type")[0].kind, NoteKind::Different);
+    // without auth_type = hba PgBouncer ignores the file, and so does the conversion
+    let ini = "[databases]\napp = host=db\n[pgbouncer]\nauth_type = trust\nauth_hba_file = /etc/pg_hba.conf\n";
+    let c = convert("pgbouncer.ini", ini, None).unwrap();
+    assert_eq!(Config::from_toml(&c.toml).unwrap().auth.auth_hba_file, "", "{}", c.toml);
+    assert_eq!(notes_about(&c, "auth_hba_file")[0].kind, NoteKind::NotMapped);
+}
+
+#[test]
 fn listen_addresses() {
     let listen = |lines: &str| {
         let ini = format!("[databases]\napp = host=db\n[pgbouncer]\nauth_type = trust\n{lines}");

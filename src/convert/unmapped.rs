@@ -30,7 +30,7 @@ pub fn unmappable(key: &str) -> Option<&'static str> {
         }
         "track_extra_parameters" => "not needed: pgshift tracks every setting a client changes and replays it",
         "stats_users" => "no equivalent: statistics are served over HTTP on the admin port (/stats, /metrics)",
-        "auth_hba_file" | "auth_ident_file" => "pgshift has no hba or ident file",
+        "auth_ident_file" => "pgshift has no ident file (the hba method ident is not supported)",
         "max_db_connections" | "max_user_connections" | "max_db_client_connections" | "max_user_client_connections" => {
             "no per-database or per-user cap: default_pool_size and [[auth.users]] pool_size bound each pool"
         }

@@ -9,12 +9,11 @@ use std::time::Duration;
 use super::pool::Pool;
 use crate::server::{Residue, ServerConn};
 
-/// Undoes whatever a session can hold beyond its transaction, as `DISCARD ALL` does, except the
-/// prepared statements: they are pgshift's own (shared by text), and the clients' names for them
-/// live in pgshift. Cursors, role and session authorization, every setting, LISTENs, session
-/// advisory locks, temporary tables and sequence caches go.
-pub const SESSION_RESET: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; \
-SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+/// Undoes whatever a session can hold beyond its transaction: role and session authorization,
+/// every setting, cursors, LISTENs, session advisory locks, temporary tables, sequence caches and
+/// prepared statements. pgshift's own statements go too (server-side code may have replaced one
+/// under its name); they are prepared again on first use.
+pub const SESSION_RESET: &str = "DISCARD ALL";
 
 /// Bound on running [`SESSION_RESET`]; a server that takes longer is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,6 +43,7 @@ pub(super) async fn clean_then_return(pool: Arc<Pool>, mut c: Box<ServerConn>, c
             Ok(Ok(None)) if !c.broken => {
                 c.residue = Residue::None;
                 c.state.settings.clear();
+                c.state.clear_prepared();
             }
             outcome => {
                 let why = match outcome {

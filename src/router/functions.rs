@@ -201,7 +201,7 @@ impl FoldedName {
     }
 
     /// The qualifier, if any (`pg_catalog` in `pg_catalog.lower`).
-    fn qualifier(&self) -> Option<&[u8]> {
+    pub(super) fn qualifier(&self) -> Option<&[u8]> {
         let end = self.last_start.checked_sub(1)?;
         self.buf.get(..end)
     }
@@ -219,6 +219,36 @@ pub fn is_side_effect(name: &[u8]) -> bool {
 /// Whether `name` (folded, unqualified) is a built-in read-only function.
 pub fn is_builtin_safe(name: &[u8]) -> bool {
     in_sorted(SAFE_FUNCTIONS, name)
+}
+
+/// PostgreSQL's reserved and column-name keywords: before `(` they are syntax (`IN (`, `ROW (`,
+/// `COALESCE (`), never a user function. Other keywords (`freeze`, `filter`, `over`...) may name
+/// one. Sorted for `binary_search` (`purity_tests.rs` checks it).
+#[rustfmt::skip]
+pub(super) const NOT_FUNCTION_NAMES: &[&str] = &[
+    "all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric", "between",
+    "bigint", "bit", "boolean", "both", "case", "cast", "char", "character", "check", "coalesce",
+    "collate", "column", "constraint", "create", "current_catalog", "current_date", "current_role",
+    "current_time", "current_timestamp", "current_user", "dec", "decimal", "default", "deferrable",
+    "desc", "distinct", "do", "else", "end", "except", "exists", "extract", "false", "fetch",
+    "float", "for", "foreign", "from", "grant", "greatest", "group", "grouping", "having", "in",
+    "initially", "inout", "int", "integer", "intersect", "interval", "into", "json", "json_array",
+    "json_arrayagg", "json_exists", "json_object", "json_objectagg", "json_query", "json_scalar",
+    "json_serialize", "json_table", "json_value", "lateral", "leading", "least", "limit",
+    "localtime", "localtimestamp", "merge_action", "national", "nchar", "none", "normalize", "not",
+    "null", "nullif", "numeric", "offset", "on", "only", "or", "order", "out", "overlay", "placing",
+    "position", "precision", "primary", "real", "references", "returning", "row", "select",
+    "session_user", "setof", "smallint", "some", "substring", "symmetric", "system_user", "table",
+    "then", "time", "timestamp", "to", "trailing", "treat", "trim", "true", "union", "unique",
+    "user", "using", "values", "varchar", "variadic", "when", "where", "window", "with",
+    "xmlattributes", "xmlconcat", "xmlelement", "xmlexists", "xmlforest", "xmlnamespaces",
+    "xmlparse", "xmlpi", "xmlroot", "xmlserialize", "xmltable",
+];
+
+/// Whether a keyword followed by `(` cannot be a call of a user function.
+pub fn is_syntax_before_paren(word: &[u8]) -> bool {
+    let lower = word.to_ascii_lowercase();
+    in_sorted(NOT_FUNCTION_NAMES, &lower)
 }
 
 /// Whether calling `name` is proven to leave no state in the session: one of PostgreSQL's own

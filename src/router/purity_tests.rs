@@ -20,6 +20,9 @@ fn plain_reads_writes_and_tracked_settings_are_pure() {
         "set search_path = a, b",
         "set local statement_timeout = '1s'",
         "select set_config('app.tenant', '42', true)",
+        "select set_config('app.tenant', $1, true)",
+        "select pg_catalog.set_config('app.tenant', $1, true)",
+        "select * from t where a in (1, 2) and exists (select 1) and b = coalesce($1, row(1, 2))",
         "show work_mem",
         "select * from t for update",
         "",
@@ -51,6 +54,13 @@ fn anything_that_may_change_the_session_is_not() {
         "listen ch",
         "set role other",
         "select 1; select f()",
+        "select freeze(1)",
+        "update t set a = freeze(1)",
+        "select count(*) filter (where x) from t",
+        "select set_config('a.b', evil(1)::text, true)",
+        "select set_config('a.b', $1::mytype, true)",
+        "select s.set_config('a', 'b', true)",
+        "set standard_conforming_strings = off",
     ] {
         assert!(!pure(sql), "should not be pure: {sql}");
     }
@@ -70,4 +80,10 @@ fn pgshift_statement_names_are_reserved() {
         assert_eq!(c.statements[0].session, SessionEffect::ReservedName, "{sql}");
     }
     assert_ne!(classify("deallocate mine", &cfg).statements[0].session, SessionEffect::ReservedName);
+}
+
+#[test]
+fn not_function_names_are_sorted() {
+    let l = super::functions::NOT_FUNCTION_NAMES;
+    assert!(l.windows(2).all(|w| w[0] < w[1]));
 }

@@ -169,7 +169,13 @@ impl<'c> Scan<'c> {
         let entry = keyword(cur.bytes(t)).filter(|_| !matches!(self.prev, Prev::Kw(Kw::As) | Prev::Dot));
         let mut prev = entry.map_or(Prev::Word, |e| Prev::Kw(e.kw));
         let grammar = entry.is_some_and(|e| e.not_func);
-        if next == Some(TokenKind::LParen) && !grammar && self.call_position(cur.depth()) {
+        let call_pos = next == Some(TokenKind::LParen) && self.call_position(cur.depth());
+        if call_pos && grammar && !functions::is_syntax_before_paren(cur.bytes(t)) {
+            // A keyword the classifier reads as grammar that PostgreSQL lets name a function
+            // (`freeze(1)`, `filter (...)`): fine for routing, not proven pure.
+            self.pure = false;
+        }
+        if call_pos && !grammar {
             let mut name = FoldedName::default();
             name.push(cur.bytes(t), false);
             if self.call(cur, &name) {
@@ -254,9 +260,15 @@ impl<'c> Scan<'c> {
                 false
             }
             SessionCall::SetConfig => {
-                // set_config(name, value, true) lasts for the transaction only.
-                if let Some(pin) = set_config_pin(cur) {
+                // set_config(name, value, true) lasts for the transaction only; its arguments
+                // are not scanned for calls here, so only literals and parameters keep it pure.
+                let builtin = name.qualifier().is_none_or(|q| q == b"pg_catalog");
+                let (pin, calls) = set_config_scan(cur);
+                if let Some(pin) = pin {
                     self.pin(pin);
+                }
+                if !builtin || calls {
+                    self.pure = false;
                 }
                 true
             }
@@ -339,12 +351,18 @@ impl<'c> Scan<'c> {
 /// third argument is literally true (transaction-local). Also spots advisory locks
 /// nested in the arguments.
 pub(super) fn set_config_pin(cur: &mut Cursor) -> Option<&'static str> {
+    set_config_scan(cur).0
+}
+
+/// [`set_config_pin`], and whether the arguments contain anything that may be a call (a `(`
+/// after a name).
+fn set_config_scan(cur: &mut Cursor) -> (Option<&'static str>, bool) {
     if !cur.peek().is_some_and(|t| t.kind == TokenKind::LParen) {
-        return Some("set_config");
+        return (Some("set_config"), true);
     }
     cur.advance();
     let inside = cur.depth();
-    let (mut arg, mut third_len, mut local, mut lock) = (0u32, 0u32, false, false);
+    let (mut arg, mut third_len, mut local, mut lock, mut calls) = (0u32, 0u32, false, false, false);
     while let Some(t) = cur.peek() {
         if t.kind == TokenKind::RParen && cur.depth() == inside {
             cur.advance();
@@ -360,12 +378,16 @@ pub(super) fn set_config_pin(cur: &mut Cursor) -> Option<&'static str> {
             local = is_true_literal(cur, t);
         }
         lock |= is_call_of(cur, t, SessionCall::AdvisoryLock);
+        calls |= matches!(t.kind, TokenKind::Ident | TokenKind::QuotedIdent | TokenKind::DoubleColon)
+            && cur.peek().is_some_and(|n| n.kind == TokenKind::LParen);
+        // A cast may run a user function too.
+        calls |= t.kind == TokenKind::DoubleColon;
     }
     if lock {
-        return Some("advisory_lock");
+        return (Some("advisory_lock"), true);
     }
     let transaction_local = arg == 2 && third_len == 1 && local;
-    (!transaction_local).then_some("set_config")
+    ((!transaction_local).then_some("set_config"), calls)
 }
 
 fn is_call_of(cur: &mut Cursor, t: Token, what: SessionCall) -> bool {

@@ -132,6 +132,12 @@ fn set(cur: &mut Cursor) -> Statement {
         // Lasts until the transaction ends: nothing for the next client to see.
         return session(SessionEffect::None).proven_pure();
     }
+    // With standard_conforming_strings off, PostgreSQL splits statements into other tokens than
+    // the classifier does: such a client keeps its server, and its statements prove nothing.
+    if matches!(&effect, SessionEffect::Set { name, .. } if name == "standard_conforming_strings" || name == "backslash_quote")
+    {
+        return session(SessionEffect::Pin("standard_conforming_strings"));
+    }
     session(effect)
 }
 

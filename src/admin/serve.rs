@@ -1,0 +1,144 @@
+//! The admin port's accept loop: HTTP/1 through hyper, with bounds an abusive client cannot lift.
+//!
+//! - `[admin] max_connections`: connections beyond it are closed at once, not queued.
+//! - A file-descriptor reserve: while fewer than max(64, 10% of RLIMIT_NOFILE) descriptors are
+//!   free, new admin connections are closed, so the admin port never starves the client port.
+//! - `[admin] header_timeout`: a request's headers must arrive within it, counted from the
+//!   connection's opening, or from the first byte of a later request on a kept-alive connection.
+//! - `[admin] idle_timeout`: a kept-alive connection with no request under way (or a response the
+//!   client stopped reading) is closed after it; a running handler is never cut short.
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{watch, Semaphore};
+
+use super::conn_clock::{Clock, InFlight, Watched};
+use crate::shared::Shared;
+
+/// Where admin connections come from.
+pub enum Listener {
+    /// `host:port`.
+    Tcp(TcpListener),
+    /// `unix:/path`.
+    Unix(UnixListener),
+}
+
+/// The bounds, read from `[admin]` when the listener starts.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    header: Duration,
+    idle: Duration,
+    max_connections: usize,
+}
+
+/// A bound that 0 turns off.
+const FOREVER: Duration = Duration::from_secs(86_400 * 365);
+
+impl Limits {
+    /// From the current `[admin]` section.
+    pub fn from_config(shared: &Shared) -> Limits {
+        let a = &shared.runtime.load().config.admin;
+        Limits {
+            header: a.header_timeout.enabled().unwrap_or(FOREVER),
+            idle: a.idle_timeout.enabled().unwrap_or(FOREVER),
+            max_connections: a.max_connections,
+        }
+    }
+}
+
+/// Accepts and serves admin connections until `stop` turns true.
+pub async fn run(listener: Listener, app: Router, limits: Limits, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
+    let fds = super::fd_reserve::FdReserve::for_this_process();
+    let mut refusing = false;
+    loop {
+        let accepted = tokio::select! {
+            a = accept(&listener) => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let conn = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("admin port: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let why = match slots.clone().try_acquire_owned() {
+            Ok(permit) if fds.has_room() => {
+                if std::mem::take(&mut refusing) {
+                    tracing::info!("admin port: accepting connections again");
+                }
+                let (app, stop) = (app.clone(), stop.clone());
+                match conn {
+                    Conn::Tcp(s) => drop(tokio::spawn(serve_one(s, app, limits, stop, permit))),
+                    Conn::Unix(s) => drop(tokio::spawn(serve_one(s, app, limits, stop, permit))),
+                }
+                continue;
+            }
+            Ok(_) => "the process is close to its open-file limit (kept free for clients)",
+            Err(_) => "[admin] max_connections are open",
+        };
+        // Dropping `conn` closes it at once.
+        if !std::mem::replace(&mut refusing, true) {
+            tracing::warn!("admin port: closing new connections: {why}");
+        }
+    }
+}
+
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(l: &Listener) -> std::io::Result<Conn> {
+    match l {
+        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+    }
+}
+
+/// One connection, holding its slot until it ends.
+async fn serve_one<IO>(
+    io: IO,
+    app: Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let clock = Arc::new(Clock::default());
+    let io = TokioIo::new(Watched::new(io, clock.clone(), limits.header, limits.idle));
+    let tower = TowerToHyperService::new(app);
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let flight = InFlight::start(&clock);
+        let answer = hyper::service::Service::call(&tower, req);
+        async move {
+            let r = answer.await;
+            drop(flight);
+            r
+        }
+    });
+    let conn = http1::Builder::new().serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return log_end(r),
+        _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+    }
+    log_end(conn.await);
+}
+
+fn log_end(r: Result<(), hyper::Error>) {
+    if let Err(e) = r {
+        tracing::debug!("admin connection closed: {e}");
+    }
+}
