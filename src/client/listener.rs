@@ -180,7 +180,7 @@ pub async fn refuse(shared: &Shared, mut tcp: TcpStream, e: ClientError) {
                     tcp.write_all(b"N").await?;
                 }
                 Ok(Some((StartupPacket::Cancel { pid, secret }, _))) => {
-                    shared.sessions.cancel(pid, secret).await;
+                    super::handshake::forward_cancel(shared, pid, secret).await;
                     return Ok(());
                 }
                 Ok(Some(_)) | Err(_) => break,
