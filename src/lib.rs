@@ -42,6 +42,6 @@ pub mod session_state;
 pub mod shared;
 pub mod stats;
 pub mod stream;
-pub mod topology;
 pub mod tls;
+pub mod topology;
 pub mod wire;

@@ -80,8 +80,12 @@ pub async fn watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 fn step(shared: &Arc<Shared>, rt: &Runtime, lost_at: &mut Option<u64>) {
     let nodes: Vec<&Arc<Backend>> = std::iter::once(&rt.primary).chain(rt.replicas.iter()).collect();
     let views: Vec<NodeView> = nodes.iter().map(|b| view(b)).collect();
-    // Before every node has been probed once, a missing answer is no evidence.
-    if nodes.iter().any(|b| !b.health.probed.load(Ordering::Relaxed)) {
+    // Before every node has been probed once, a missing answer is no evidence; and when no node
+    // answers at all (every probe fails, or probes cannot log in), discovery is blind: clients
+    // go on to the primary as configured and see its own errors.
+    if nodes.iter().any(|b| !b.health.probed.load(Ordering::Relaxed)) || views.iter().all(|v| !v.up) {
+        *lost_at = None;
+        shared.failovers.set_state(TopologyState::Primary);
         return;
     }
     let f = &shared.failovers;

@@ -19,9 +19,11 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_gets_none() {
     proxy::wait_healthy(&p).await;
     let port = proxy::port(&p);
     let c = common::connect(port, "app", "app", "app").await;
-    c.batch_execute("drop table if exists fo_t; create table fo_t (id bigint primary key, at timestamptz default now())")
-        .await
-        .unwrap();
+    c.batch_execute(
+        "drop table if exists fo_t; create table fo_t (id bigint primary key, at timestamptz default now())",
+    )
+    .await
+    .unwrap();
 
     // Writers: each commit that was acknowledged is remembered.
     let stop = Arc::new(AtomicBool::new(false));
@@ -35,7 +37,12 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_gets_none() {
             while !stop.load(Ordering::Relaxed) {
                 let id = w * 1_000_000 + i;
                 i += 1;
-                match tokio::time::timeout(Duration::from_secs(40), c.execute("insert into fo_t (id) values ($1)", &[&id])).await {
+                match tokio::time::timeout(
+                    Duration::from_secs(40),
+                    c.execute("insert into fo_t (id) values ($1)", &[&id]),
+                )
+                .await
+                {
                     Ok(Ok(_)) => acked.push((id, Instant::now())),
                     Ok(Err(e)) => {
                         errors.push(e.code().map(|c| c.code().to_string()).unwrap_or_else(|| e.to_string()));
@@ -56,7 +63,10 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_gets_none() {
     let cl = cluster.clone();
     tokio::task::spawn_blocking(move || cl.promote_node(1)).await.unwrap();
     let promoted = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Long enough for every writer to be through, even on a loaded machine (no timing asserted).
+    let probe = common::connect(port, "app", "app", "app").await;
+    probe.execute("insert into fo_t (id) values (-1)", &[]).await.expect("a write after the promotion");
+    tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();
     let mut errors = Vec::new();
@@ -80,6 +90,12 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_gets_none() {
     // lose the last ones, as it would for a direct client: count them).
     let c = common::connect(port, "app", "app", "app").await;
     let n: i64 = c.query_one("select count(*) from fo_t where id = any($1)", &[&acked]).await.unwrap().get(0);
+    let after: Vec<_> = first_after.iter().map(|d| d.as_millis()).collect();
+    eprintln!(
+        "failover drill: first write after promote (ms) {after:?}, errors {}, lost {}",
+        errors.len(),
+        acked.len() as i64 - n
+    );
     eprintln!("lost commits (asynchronous replication): {}", acked.len() as i64 - n);
 
     // The old primary comes back, out of recovery on its old timeline: it gets no writes.

@@ -103,8 +103,11 @@ async fn split_off_sends_everything_to_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_in_recovery_never_gets_a_write() {
     let bed = common::shared_bed();
-    // misconfigured: a replica named as the primary (a failover pgshift was not told about)
-    let p = proxy::start(proxy::config(bed.replica_ports[0], &[])).await;
+    // misconfigured: a replica named as the primary (a failover pgshift was not told about), roles
+    // as declared
+    let mut cfg = proxy::config(bed.replica_ports[0], &[]);
+    cfg.routing.role_discovery = false;
+    let p = proxy::start(cfg).await;
     for _ in 0..100 {
         if p.shared.runtime.load().primary.health.in_recovery.load(std::sync::atomic::Ordering::Relaxed) {
             break;
@@ -117,6 +120,23 @@ async fn a_primary_in_recovery_never_gets_a_write() {
     assert_eq!(db.code().code(), "25006");
     assert!(db.message().contains("in recovery"), "{}", db.message());
     assert_eq!(port_of(&c, "select inet_server_port()").await, bed.replica_ports[0], "reads still work");
+
+    // With role discovery, no node is out of recovery: writes wait for a primary, then fail
+    // saying so; the write never reaches the node in recovery.
+    let mut cfg = proxy::config(bed.replica_ports[0], &[]);
+    cfg.routing.failover_timeout = pgshift::config::Dur::secs(1);
+    let p = proxy::start(cfg).await;
+    for _ in 0..100 {
+        if p.shared.failovers.state() != pgshift::pool::cluster::TopologyState::Primary {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    let err = c.batch_execute("create table rt_never(id int)").await.unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "08006");
+    assert!(db.message().contains("failover"), "{}", db.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

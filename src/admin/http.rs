@@ -72,6 +72,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn ready_handler(State(s): State<AdminState>) -> Response {
+    if s.shared.failovers.state() == crate::pool::cluster::TopologyState::SplitBrain {
+        let why = "split brain: several nodes are out of recovery on the same timeline; pgshift writes to none";
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response();
+    }
     match ready::cached(&s.shared).await {
         Ok(took) => (StatusCode::OK, format!("ready: primary answered in {} ms\n", took.as_millis())).into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),

@@ -160,6 +160,9 @@ impl Snapshot {
         family(enc, "pgshift_logins", "Client logins", c(v.logins))?;
         family(enc, "pgshift_login_failures", "Refused client logins", c(v.login_failures))?;
         family(enc, "pgshift_reconnects", "RECONNECT commands", c(v.reconnects))?;
+        family(enc, "pgshift_failovers", "Primary changes made by role discovery", c(v.topology.failovers))?;
+        let split = f64::from(u8::from(v.topology.state == crate::pool::cluster::TopologyState::SplitBrain));
+        family(enc, "pgshift_split_brain", "1 while several nodes claim to be the primary", g(split))?;
         let errors = v.errors.iter().map(|(k, n)| (vec![("class", k.clone())], Value::Counter(*n as f64))).collect();
         family(enc, "pgshift_errors", "Errors sent to clients, by SQLSTATE class", errors)?;
         let pins = v.pins.iter().map(|(k, n)| (vec![("reason", k.to_string())], Value::Counter(*n as f64))).collect();

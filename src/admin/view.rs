@@ -169,6 +169,32 @@ pub struct StatsView {
     pub latency: Latencies,
     /// Sessions pinned to their server, by reason.
     pub pins: BTreeMap<&'static str, u64>,
+    /// Role discovery: current state and failovers.
+    pub topology: TopologyView,
+}
+
+/// Role discovery as the admin port shows it.
+#[derive(Debug, Serialize)]
+pub struct TopologyView {
+    /// primary | no_primary | split_brain.
+    pub state: crate::pool::cluster::TopologyState,
+    /// Primary changes made by role discovery.
+    pub failovers: u64,
+    /// Unix ms of the last one (0: none).
+    pub last_failover_at_ms: u64,
+    /// How long the last one took, from the primary's loss to the switch (ms).
+    pub last_failover_ms: u64,
+}
+
+/// The topology part of `/stats`.
+pub fn topology(shared: &Shared) -> TopologyView {
+    let f = &shared.failovers;
+    TopologyView {
+        state: f.state(),
+        failovers: f.count.load(Ordering::Relaxed),
+        last_failover_at_ms: f.last_at_ms.load(Ordering::Relaxed),
+        last_failover_ms: f.last_duration_ms.load(Ordering::Relaxed),
+    }
 }
 
 /// The backend a pool talks to, by address.
@@ -327,5 +353,6 @@ pub fn stats_with(shared: &Shared, merged: &MergedStats) -> StatsView {
         errors: merged.errors.clone(),
         pins: s.pins.lock().map(|p| p.clone()).unwrap_or_default(),
         pools,
+        topology: topology(shared),
     }
 }

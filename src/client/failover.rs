@@ -40,8 +40,12 @@ impl Session {
         let limit = self.rt.config.routing.failover_timeout.0;
         let deadline = tokio::time::Instant::now() + limit;
         loop {
+            // Only a failover discovery has seen is waited out: with the primary reported fine
+            // (or discovery blind), its errors are the client's answer, as before.
+            let shared = self.shared.clone();
+            let failing_over = || shared.failovers.state() != TopologyState::Primary;
             match self.lease_for(req, phase).await {
-                Err(e) if primary_gone(&e) && tokio::time::Instant::now() < deadline => {
+                Err(e) if primary_gone(&e) && failing_over() && tokio::time::Instant::now() < deadline => {
                     self.wait_for_primary(deadline).await;
                     let rt = self.shared.runtime.load_full();
                     if rt.generation != self.rt.generation {
@@ -49,7 +53,7 @@ impl Session {
                         self.rt = rt;
                     }
                 }
-                Err(mut e) if primary_gone(&e) => {
+                Err(mut e) if primary_gone(&e) && failing_over() => {
                     e.message = format!("{} (waited failover_timeout = {}s for a primary)", e.message, limit.as_secs());
                     return Err(e);
                 }
@@ -74,7 +78,8 @@ impl Session {
             if tokio::time::Instant::now() >= deadline {
                 return;
             }
-            let tick = tokio::time::sleep(interval.min(deadline.saturating_duration_since(tokio::time::Instant::now())));
+            let tick =
+                tokio::time::sleep(interval.min(deadline.saturating_duration_since(tokio::time::Instant::now())));
             tokio::select! {
                 _ = changed => {}
                 _ = tick => {}

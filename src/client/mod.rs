@@ -1,11 +1,11 @@
 //! The client side: accepting connections, the login dialogue, and each client's session.
 
 pub mod expect;
+mod failover;
 pub mod forward;
 pub mod handshake;
 mod io;
 pub mod listener;
-mod failover;
 mod local;
 pub mod login;
 mod mirroring;

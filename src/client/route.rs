@@ -139,7 +139,10 @@ impl Session {
         let decision = decide(&rt, self.state.route, &classes);
         if decision.target == Target::Primary {
             let state = self.shared.failovers.state();
-            if rt.config.routing.role_discovery && !serving_target && state != crate::pool::cluster::TopologyState::Primary {
+            if rt.config.routing.role_discovery
+                && !serving_target
+                && state != crate::pool::cluster::TopologyState::Primary
+            {
                 return Err(super::failover::no_primary(state));
             }
             let writes = classes.is_empty() || classes.iter().any(|c| c.target == Target::Primary);

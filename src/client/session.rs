@@ -395,7 +395,11 @@ impl Session {
     /// Routes the request and leases a connection. A replica that cannot be connected to is
     /// banned and the request routed again (another replica, else the primary): reads fail over
     /// instead of failing.
-    pub(super) async fn lease_for(&mut self, req: Request, phase: Phase) -> Result<(Lease, Arc<Backend>, Target), ClientError> {
+    pub(super) async fn lease_for(
+        &mut self,
+        req: Request,
+        phase: Phase,
+    ) -> Result<(Lease, Arc<Backend>, Target), ClientError> {
         use crate::pool::PoolError;
         let ban = self.rt.config.routing.ban_time.0;
         for _ in 0..=self.rt.replicas.len() + self.rt.targets.len() {
