@@ -24,7 +24,7 @@ under fuzz/artifacts/TARGET/). New corpus entries go to fuzz/corpus/TARGET/
 
 --ci: only a crash fails. A missing nightly toolchain, a cargo-fuzz that
 cannot be installed, a build that fails or takes longer than
-FUZZ_CI_BUILD_TIMEOUT seconds (default 240) print "SKIP" and exit 0.
+FUZZ_CI_BUILD_TIMEOUT seconds (default 200) print "SKIP" and exit 0.
 
 Environment: FUZZ_NICE (default 10), FUZZ_MAX_LEN (default 4096 bytes per
 input), FUZZ_TIMEOUT (seconds one input may take, default 30),
@@ -86,7 +86,7 @@ trap 'rm -f "$BUILD_LOG"' EXIT
 # All targets in one cargo call: they share the build of pgshift and its dependencies.
 BUILD=(nice -n "$NICE" cargo "${FUZZ_FLAGS[@]}" build "${BUILD_FLAGS[@]}")
 if ((CI)); then
-  BUILD_TIMEOUT="${FUZZ_CI_BUILD_TIMEOUT:-240}"
+  BUILD_TIMEOUT="${FUZZ_CI_BUILD_TIMEOUT:-200}"
   timeout --kill-after=10 "$BUILD_TIMEOUT" "${BUILD[@]}" >"$BUILD_LOG" 2>&1
   rc=$?
   if ((rc == 124 || rc == 137)); then
