@@ -14,7 +14,11 @@ Runs the whole pgshift test suite: installs PostgreSQL 15 if missing, starts
 two throwaway clusters (scripts/pgbed.sh), runs `cargo nextest run
 --no-fail-fast ARGS...` (or `cargo test --no-fail-fast ARGS...` with
 --cargo-test or when cargo-nextest is missing), then tests/drivers/run.sh if it
-exists and is executable, and always tears the clusters down.
+exists and is executable, then (whole-suite runs only, i.e. without ARGS) a
+20 s-per-target fuzzing smoke run, `scripts/fuzz.sh --ci 20`, and always tears
+the clusters down. The fuzzing run fails the suite only on a crash; it skips,
+saying why, without a nightly toolchain or cargo-fuzz, or when building
+fuzz/target takes more than 200 s (a cold build). PGSHIFT_SKIP_FUZZ=1 leaves it out.
 
   scripts/test.sh                      everything
   scripts/test.sh -- routing           only tests whose name contains "routing"
@@ -138,6 +142,16 @@ if [[ -x "$DRIVERS" ]]; then
   "$DRIVERS" || DSTATUS=$?
   phase_done "driver tests (exit $DSTATUS)"
   if ((STATUS == 0)); then STATUS="$DSTATUS"; fi
+fi
+
+# 5. A short fuzzing run of every libFuzzer target (fuzz/). Only a crash fails it: no nightly,
+# no cargo-fuzz, or a cold build too slow for CI make it print SKIP and exit 0.
+if ((${#ARGS[@]} == 0)) && [[ "${PGSHIFT_SKIP_FUZZ:-0}" != 1 ]]; then
+  say "running: scripts/fuzz.sh --ci 20"
+  FSTATUS=0
+  "$ROOT/scripts/fuzz.sh" --ci 20 || FSTATUS=$?
+  phase_done "fuzz smoke run (exit $FSTATUS)"
+  if ((STATUS == 0)); then STATUS="$FSTATUS"; fi
 fi
 
 exit "$STATUS"
