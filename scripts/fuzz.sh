@@ -24,9 +24,10 @@ under fuzz/artifacts/TARGET/). New corpus entries go to fuzz/corpus/TARGET/
 
 --ci: only a crash fails. A missing nightly toolchain, a cargo-fuzz that
 cannot be installed, a build that fails or takes longer than
-FUZZ_CI_BUILD_TIMEOUT seconds (default 200) print "SKIP" and exit 0.
+FUZZ_CI_BUILD_TIMEOUT seconds (default 480) print "SKIP" and exit 0.
 
-Environment: FUZZ_NICE (default 10), FUZZ_MAX_LEN (default 4096 bytes per
+Environment: PGSHIFT_FUZZ_TARGET_DIR (where the targets are built, default
+~/.cache/pgshift/fuzz-target, kept across clones), FUZZ_NICE (default 10), FUZZ_MAX_LEN (default 4096 bytes per
 input), FUZZ_TIMEOUT (seconds one input may take, default 30),
 FUZZ_RSS_LIMIT_MB (default 2048).
 EOF
@@ -77,7 +78,10 @@ fi
 # pgshift forbids unsafe code, and without ASan the targets run several times faster; overflow
 # checks and debug assertions stay on (cargo fuzz's default release build).
 FUZZ_FLAGS=(+nightly fuzz)
-BUILD_FLAGS=(--sanitizer none)
+# Outside the checkout, so a fresh clone on the same machine (CI) reuses what was built before.
+FUZZ_TARGET_DIR="${PGSHIFT_FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pgshift/fuzz-target}"
+mkdir -p "$FUZZ_TARGET_DIR"
+BUILD_FLAGS=(--sanitizer none --target-dir "$FUZZ_TARGET_DIR")
 
 T0=$(date +%s)
 say "building fuzz targets: ${TARGETS[*]}"
@@ -86,11 +90,11 @@ trap 'rm -f "$BUILD_LOG"' EXIT
 # All targets in one cargo call: they share the build of pgshift and its dependencies.
 BUILD=(nice -n "$NICE" cargo "${FUZZ_FLAGS[@]}" build "${BUILD_FLAGS[@]}")
 if ((CI)); then
-  BUILD_TIMEOUT="${FUZZ_CI_BUILD_TIMEOUT:-200}"
+  BUILD_TIMEOUT="${FUZZ_CI_BUILD_TIMEOUT:-480}"
   timeout --kill-after=10 "$BUILD_TIMEOUT" "${BUILD[@]}" >"$BUILD_LOG" 2>&1
   rc=$?
   if ((rc == 124 || rc == 137)); then
-    not_a_crash "building the fuzz targets took longer than ${BUILD_TIMEOUT}s (FUZZ_CI_BUILD_TIMEOUT; a warm fuzz/target builds in seconds, and what was built is kept for the next run)"
+    not_a_crash "building the fuzz targets took longer than ${BUILD_TIMEOUT}s (FUZZ_CI_BUILD_TIMEOUT; a warm build (PGSHIFT_FUZZ_TARGET_DIR, default ~/.cache/pgshift/fuzz-target) takes seconds, and what was built is kept for the next run)"
   fi
 else
   "${BUILD[@]}" >"$BUILD_LOG" 2>&1
