@@ -181,6 +181,16 @@ async fn pgshift_statement_names_are_out_of_reach() {
     }
     let err = other.simple_query("PREPARE pgshift_planted AS select 1").await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("42501"));
+    // Through the extended protocol too, and inside a transaction the refusal fails it as any
+    // error would (the insert before it is rolled back).
+    let err = other.execute(&format!("DEALLOCATE {name}"), &[]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    other.batch_execute("drop table if exists iso_names_tx; create table iso_names_tx (v int)").await.unwrap();
+    other.batch_execute("begin; insert into iso_names_tx values (1)").await.unwrap();
+    let err = other.simple_query(&format!("DEALLOCATE {name}")).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"));
+    other.batch_execute("commit").await.unwrap();
+    assert_eq!(scalar(&other, "select count(*) from iso_names_tx").await.as_deref(), Some("0"));
     assert_eq!(owner.query_one(&stmt, &[&1i32]).await.unwrap().get::<_, i32>(0), 42);
 
     // Server-side code can still drop it: the owner does not notice.

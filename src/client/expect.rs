@@ -29,8 +29,6 @@ pub enum Synth {
     Ready,
     /// ErrorResponse 0A000 for a session-only feature refused in transaction mode.
     Refused(&'static str),
-    /// ErrorResponse 42501 for SQL naming a statement in pgshift's own namespace.
-    ReservedName,
     /// ErrorResponse 53400 for a Parse past `max_client_prepared_statements` (the limit).
     StatementLimit(usize),
 }
@@ -162,16 +160,6 @@ impl ExpectQueue {
                     "ERROR",
                     "0A000",
                     &format!("{what} is not supported in transaction pooling mode (session_features = \"reject\")"),
-                ),
-                Synth::ReservedName => messages::put_error(
-                    out,
-                    tag::ERROR_RESPONSE,
-                    "ERROR",
-                    "42501",
-                    &format!(
-                        "prepared statement names starting with \"{}\" are reserved by pgshift; choose another name",
-                        crate::router::RESERVED_PREFIX
-                    ),
                 ),
                 Synth::StatementLimit(max) => messages::put_error(
                     out,

@@ -199,10 +199,12 @@ impl Fwd<'_> {
             self.att.queue.push(Expect::Synthetic(Synth::Ready));
             return;
         }
-        if class.statements.iter().any(|s| s.session == SessionEffect::ReservedName) {
-            self.att.queue.push(Expect::Synthetic(Synth::ReservedName));
-            self.att.queue.push(Expect::Synthetic(Synth::Ready));
-            return;
+        if reserved(&class) {
+            // The server raises the error, so a transaction block fails as it would directly.
+            let mut q = BytesMut::new();
+            crate::wire::messages::put_query(&mut q, RESERVED_REFUSAL);
+            self.att.effects.push_back(Vec::new());
+            return self.send(&q, Some(Expect::Query));
         }
         if self.deallocate_locally(&class) {
             return;
@@ -249,6 +251,17 @@ impl Fwd<'_> {
             Some(sql) => classify(self.shared, self.rt, &sql),
             None => return self.send(f, Some(Expect::Parse { stmt: None })),
         };
+        if reserved(&class) {
+            // Prepared as a statement that raises the refusal when it is executed.
+            let types = frame::cstr(tail).map_or(&b""[..], |(_, rest)| rest);
+            let mut p = BytesMut::new();
+            put_frame(&mut p, tag::PARSE, |b| {
+                put_cstr(b, name);
+                put_cstr(b, RESERVED_REFUSAL.as_bytes());
+                b.put_slice(types);
+            });
+            return self.parse(&p);
+        }
         if name.is_empty() || !self.state.track_prepared {
             self.state.unnamed = name.is_empty().then_some(class);
             if name.is_empty() && self.state.track_prepared {
@@ -394,6 +407,16 @@ impl Fwd<'_> {
         self.send(&out, Some(expect));
     }
 }
+
+/// SQL naming a statement in pgshift's namespace (`PREPARE`/`EXECUTE`/`DEALLOCATE pgshift_...`).
+fn reserved(class: &Classification) -> bool {
+    class.statements.iter().any(|s| s.session == SessionEffect::ReservedName)
+}
+
+/// What runs in place of SQL that names one of pgshift's statements: PostgreSQL raises the error,
+/// so the transaction state the client sees is the one it would see for any failed statement.
+const RESERVED_REFUSAL: &str = "DO $pgshift$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = \
+'prepared statement names starting with \"pgshift_\" are reserved by pgshift; choose another name'; END $pgshift$";
 
 /// What a client's Bind, Describe or Close of a name in pgshift's namespace that it did not
 /// prepare reaches instead: a name no statement has, so the server answers "does not exist" (or
