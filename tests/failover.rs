@@ -30,7 +30,7 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_gets_none() {
     let mut workers = Vec::new();
     for w in 0..3i64 {
         let stop = stop.clone();
-        let c = common::connect(port, "app", "app", "app").await;
+        let mut c = common::connect(port, "app", "app", "app").await;
         workers.push(tokio::spawn(async move {
             let (mut acked, mut errors) = (Vec::new(), Vec::new());
             let mut i = 0i64;
@@ -46,8 +46,10 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_gets_none() {
                     Ok(Ok(_)) => acked.push((id, Instant::now())),
                     Ok(Err(e)) => {
                         errors.push(e.code().map(|c| c.code().to_string()).unwrap_or_else(|| e.to_string()));
-                        if e.is_closed() {
-                            break;
+                        // A transaction cut by the primary's death may end its client's connection
+                        // (the server's FATAL reaches it): reconnect, as an application pool does.
+                        if c.is_closed() {
+                            c = common::connect(port, "app", "app", "app").await;
                         }
                     }
                     Err(_) => panic!("a write hung for 40 s"),
