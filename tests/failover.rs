@@ -32,7 +32,7 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_gets_none() {
         let stop = stop.clone();
         let mut c = common::connect(port, "app", "app", "app").await;
         workers.push(tokio::spawn(async move {
-            let (mut acked, mut errors) = (Vec::new(), Vec::new());
+            let (mut acked, mut errors, mut closed) = (Vec::new(), Vec::new(), 0usize);
             let mut i = 0i64;
             while !stop.load(Ordering::Relaxed) {
                 let id = w * 1_000_000 + i;
@@ -45,16 +45,21 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_gets_none() {
                 {
                     Ok(Ok(_)) => acked.push((id, Instant::now())),
                     Ok(Err(e)) => {
-                        errors.push(e.code().map(|c| c.code().to_string()).unwrap_or_else(|| e.to_string()));
-                        // A transaction cut by the primary's death may end its client's connection
-                        // (the server's FATAL reaches it): reconnect, as an application pool does.
-                        if c.is_closed() {
+                        // A transaction cut by the primary's death ends its client's connection
+                        // (the server's FATAL reaches it); the next call on it says "closed":
+                        // reconnect, as an application pool does.
+                        match e.code() {
+                            Some(code) => errors.push(code.code().to_string()),
+                            None => closed += 1,
+                        }
+                        if c.is_closed() || e.code().is_none() {
                             c = common::connect(port, "app", "app", "app").await;
                         }
                     }
                     Err(_) => panic!("a write hung for 40 s"),
                 }
             }
+            assert!(closed <= 1, "a writer's connection closed {closed} times");
             (acked, errors)
         }));
     }
