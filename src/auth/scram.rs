@@ -16,6 +16,10 @@ use super::AuthError;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Most PBKDF2 rounds pgshift computes for a server's SCRAM challenge (PostgreSQL's default is 4096;
+/// a million takes about a second).
+pub const MAX_BACKEND_ITERATIONS: u32 = 1_000_000;
+
 /// PostgreSQL's default iteration count.
 pub const DEFAULT_ITERATIONS: u32 = 4096;
 
@@ -262,6 +266,11 @@ impl ScramClient {
         let salt = attr(msg, 's').and_then(|s| B64.decode(s).ok()).ok_or(AuthError::Protocol("SCRAM salt missing"))?;
         let iterations: u32 =
             attr(msg, 'i').and_then(|i| i.parse().ok()).ok_or(AuthError::Protocol("SCRAM iterations missing"))?;
+        // PBKDF2 runs on a runtime thread: a server (or whoever sits between us on a plain link)
+        // asking for billions of rounds would stall it for hours.
+        if !(1..=MAX_BACKEND_ITERATIONS).contains(&iterations) {
+            return Err(AuthError::Protocol("SCRAM iteration count from the server is outside 1..=1000000"));
+        }
         let (client_key, server_key) = match &self.credential {
             ClientCredential::Password(pw) => {
                 let salted = salted_password(pw.as_bytes(), &salt, iterations);
@@ -298,6 +307,15 @@ impl ScramClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_cannot_ask_for_unbounded_rounds() {
+        for i in ["0", "4000000000"] {
+            let (mut c, _) = ScramClient::new(ClientCredential::Password("pw".into()));
+            let first = format!("r={}xyz,s=c2FsdA==,i={i}", c.client_nonce);
+            assert!(matches!(c.respond(first.as_bytes()), Err(AuthError::Protocol(_))), "i={i}");
+        }
+    }
 
     #[test]
     fn verifier_round_trip_and_parse() {
