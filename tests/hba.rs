@@ -125,21 +125,6 @@ async fn reload_rereads_the_file_and_keeps_the_old_rules_on_error() {
     assert!(err.contains("line 2:") && err.contains("line 3:"), "{err}");
 }
 
-fn rustls_connector(ca: &Path) -> tokio_postgres_rustls::MakeRustlsConnect {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(ca).unwrap();
-    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(cfg)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostssl_lines_admit_only_tls_clients() {
     let dir = common::TempDir::new("hba-ssl");
@@ -155,13 +140,14 @@ async fn hostssl_lines_admit_only_tls_clients() {
     assert!(msg.ends_with("SSL off") && msg.contains("rejects connection"), "{msg}");
 
     let conn = format!("host=localhost port={port} user=app password=app dbname=app sslmode=require");
-    let (c, connection) = tokio_postgres::connect(&conn, rustls_connector(&certs().join("ca.crt"))).await.unwrap();
+    let (c, connection) =
+        tokio_postgres::connect(&conn, common::rustls_connector(&certs().join("ca.crt"))).await.unwrap();
     tokio::spawn(connection);
     assert_eq!(c.query_one("select 7", &[]).await.unwrap().get::<_, i32>(0), 7);
 
     // over TLS, a database no line names
     let conn = format!("host=localhost port={port} user=app password=app dbname=postgres sslmode=require");
-    let err = tokio_postgres::connect(&conn, rustls_connector(&certs().join("ca.crt"))).await.err().unwrap();
+    let err = tokio_postgres::connect(&conn, common::rustls_connector(&certs().join("ca.crt"))).await.err().unwrap();
     let msg = err.as_db_error().unwrap().message().to_string();
     assert_eq!(msg, "no pg_hba.conf entry for host \"127.0.0.1\", user \"app\", database \"postgres\", SSL on");
 }

@@ -10,14 +10,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_postgres::SimpleQueryMessage;
 
-/// A proxy in front of the primary whose pool has a single connection, so every client runs on
-/// the server connection the previous one used.
-async fn one_connection() -> pgshift::proxy::Proxy {
-    let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
-    cfg.proxy.default_pool_size = 1;
-    proxy::start(cfg).await
-}
-
 /// The first column of the first row of a simple query, as text (None for NULL).
 async fn scalar(c: &tokio_postgres::Client, sql: &str) -> Option<String> {
     for m in c.simple_query(sql).await.unwrap() {
@@ -60,7 +52,7 @@ fn setup_objects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_changed_inside_server_code_never_reaches_the_next_client() {
     setup_objects();
-    let p = one_connection().await;
+    let p = proxy::with_pool(1).await;
     let port = proxy::port(&p);
     let a = common::connect(port, "app", "app", "app").await;
     let b = common::connect(port, "app", "app", "app").await;
@@ -110,7 +102,7 @@ async fn state_changed_inside_server_code_never_reaches_the_next_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_cancel_never_hits_the_next_clients_query() {
-    let p = one_connection().await;
+    let p = proxy::with_pool(1).await;
     let port = proxy::port(&p);
     let canceller = common::connect(port, "app", "app", "app").await;
     let victim = common::connect(port, "app", "app", "app").await;
@@ -164,7 +156,7 @@ async fn a_late_cancel_never_hits_the_next_clients_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgshift_statement_names_are_out_of_reach() {
-    let p = one_connection().await;
+    let p = proxy::with_pool(1).await;
     let port = proxy::port(&p);
     let owner = common::connect(port, "app", "app", "app").await;
     let other = common::connect(port, "app", "app", "app").await;
@@ -201,7 +193,7 @@ async fn pgshift_statement_names_are_out_of_reach() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_frontend_messages_are_refused_at_the_proxy() {
     use tokio::io::AsyncWriteExt;
-    let p = one_connection().await;
+    let p = proxy::with_pool(1).await;
     let port = proxy::port(&p);
     let mut s = common::raw::login(port, "app", "app", "app").await;
     s.write_all(&[b'Y', 0, 0, 0, 4]).await.unwrap();
@@ -262,7 +254,7 @@ async fn one_message_cannot_take_unbounded_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_replaced_under_pgshifts_name_never_runs_for_its_owner() {
-    let p = one_connection().await;
+    let p = proxy::with_pool(1).await;
     let port = proxy::port(&p);
     let owner = common::connect(port, "app", "app", "app").await;
     let attacker = common::connect(port, "app", "app", "app").await;

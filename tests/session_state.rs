@@ -8,16 +8,9 @@ use common::proxy;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-/// A proxy in front of the primary with a small pool so clients really share servers.
-async fn small_pool(size: usize) -> pgshift::proxy::Proxy {
-    let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
-    cfg.proxy.default_pool_size = size;
-    proxy::start(cfg).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_follow_their_client_and_never_leak() {
-    let p = small_pool(3).await;
+    let p = proxy::with_pool(3).await;
     let port = proxy::port(&p);
     let setter = common::connect(port, "app", "app", "app").await;
     setter.batch_execute("set application_name = 'leaky'; set search_path = 'pg_catalog', 'public'").await.unwrap();
@@ -58,7 +51,7 @@ async fn settings_follow_their_client_and_never_leak() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_statements_across_servers_and_sql_level_commands() {
-    let p = small_pool(2).await;
+    let p = proxy::with_pool(2).await;
     let port = proxy::port(&p);
     let mut clients = Vec::new();
     for _ in 0..6 {
@@ -100,7 +93,7 @@ async fn prepared_statements_across_servers_and_sql_level_commands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_plan_after_ddl_is_reprepared_once() {
-    let p = small_pool(1).await;
+    let p = proxy::with_pool(1).await;
     let port = proxy::port(&p);
     let admin = common::connect(port, "app", "app", "app").await;
     admin
@@ -135,7 +128,7 @@ async fn stale_plan_after_ddl_is_reprepared_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_notify_fans_out_without_holding_a_server() {
     use futures_util::StreamExt;
-    let p = small_pool(2).await;
+    let p = proxy::with_pool(2).await;
     let port = proxy::port(&p);
     let (listener, mut conn) =
         tokio_postgres::connect(&common::conn_str(port, "app", "app", "app"), tokio_postgres::NoTls).await.unwrap();
@@ -171,7 +164,7 @@ async fn listen_notify_fans_out_without_holding_a_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_only_features_pin_or_are_rejected() {
-    let p = small_pool(2).await;
+    let p = proxy::with_pool(2).await;
     let c = common::connect(proxy::port(&p), "app", "app", "app").await;
     c.batch_execute("select pg_advisory_lock(4242)").await.unwrap();
     let pid: i32 = c.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
@@ -210,7 +203,7 @@ async fn pgbench_prepared_64_clients_on_a_pool_of_10() {
         .await
         .unwrap();
     assert!(init.status.success());
-    let p = small_pool(10).await;
+    let p = proxy::with_pool(10).await;
     let out = tokio::process::Command::new("pgbench")
         .args(["-n", "-S", "-M", "prepared", "-c", "64", "-j", "2", "-T", "5", "-h", "127.0.0.1"])
         .args(["-p", &proxy::port(&p).to_string(), "-U", "app", "app"])

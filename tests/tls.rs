@@ -6,7 +6,7 @@ mod common;
 
 use common::proxy;
 use pgshift::config::{AuthType, Config, ServerTlsMode, TlsMode};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -39,21 +39,6 @@ fn psql_conn(conninfo: &str, password: &str, sql: &str) -> (bool, String, String
 
 async fn psql_async(conninfo: String, password: &'static str, sql: &'static str) -> (bool, String, String) {
     tokio::task::spawn_blocking(move || psql_conn(&conninfo, password, sql)).await.unwrap()
-}
-
-fn rustls_connector(ca: &Path) -> tokio_postgres_rustls::MakeRustlsConnect {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(ca).unwrap();
-    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(cfg)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +74,8 @@ async fn libpq_require_and_verify_full() {
 async fn tokio_postgres_over_rustls() {
     let p = proxy::start(tls_config(common::shared_bed().primary_port, TlsMode::Require)).await;
     let conn = format!("host=localhost port={} user=app password=app dbname=app sslmode=require", proxy::port(&p));
-    let (client, connection) = tokio_postgres::connect(&conn, rustls_connector(&certs().join("ca.crt"))).await.unwrap();
+    let (client, connection) =
+        tokio_postgres::connect(&conn, common::rustls_connector(&certs().join("ca.crt"))).await.unwrap();
     tokio::spawn(connection);
     let v: i32 = client.query_one("select $1::int", &[&7i32]).await.unwrap().get(0);
     assert_eq!(v, 7);
@@ -212,7 +198,8 @@ async fn certificate_reload_keeps_connected_clients() {
     std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
     let p = pgshift::proxy::Proxy::start(cfg, Some(path.clone())).await.unwrap();
     let conn = format!("host=localhost port={} user=app password=app dbname=app sslmode=require", proxy::port(&p));
-    let (old, connection) = tokio_postgres::connect(&conn, rustls_connector(&certs().join("ca.crt"))).await.unwrap();
+    let (old, connection) =
+        tokio_postgres::connect(&conn, common::rustls_connector(&certs().join("ca.crt"))).await.unwrap();
     tokio::spawn(connection);
     old.query_one("select 1", &[]).await.unwrap();
 
@@ -223,11 +210,12 @@ async fn certificate_reload_keeps_connected_clients() {
     std::fs::copy(new.join("server.crt"), dir.join("server.crt")).unwrap();
     std::fs::copy(new.join("server.key"), dir.join("server.key")).unwrap();
     p.reload().expect("reload with a good certificate");
-    let (fresh, connection) = tokio_postgres::connect(&conn, rustls_connector(&new.join("ca.crt"))).await.unwrap();
+    let (fresh, connection) =
+        tokio_postgres::connect(&conn, common::rustls_connector(&new.join("ca.crt"))).await.unwrap();
     tokio::spawn(connection);
     fresh.query_one("select 2", &[]).await.unwrap();
     assert!(
-        tokio_postgres::connect(&conn, rustls_connector(&certs().join("ca.crt"))).await.is_err(),
+        tokio_postgres::connect(&conn, common::rustls_connector(&certs().join("ca.crt"))).await.is_err(),
         "old CA no longer matches"
     );
     old.query_one("select 3", &[]).await.expect("the client connected before the reload keeps working");
@@ -236,7 +224,8 @@ async fn certificate_reload_keeps_connected_clients() {
     std::fs::write(dir.join("server.crt"), "not a certificate").unwrap();
     let problems = p.reload().expect_err("a broken certificate must be refused");
     assert!(problems.join(" ").contains("certificate"), "{problems:?}");
-    let (after, connection) = tokio_postgres::connect(&conn, rustls_connector(&new.join("ca.crt"))).await.unwrap();
+    let (after, connection) =
+        tokio_postgres::connect(&conn, common::rustls_connector(&new.join("ca.crt"))).await.unwrap();
     tokio::spawn(connection);
     after.query_one("select 4", &[]).await.unwrap();
     old.query_one("select 5", &[]).await.unwrap();

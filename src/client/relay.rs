@@ -296,6 +296,7 @@ impl Session {
         let Some(att) = self.attached.as_mut() else {
             return Ok(false);
         };
+        let max = self.rt.config.proxy.max_packet_size;
         loop {
             if att.c2s_passthrough > 0 {
                 let n = att.c2s_passthrough.min(self.cin.len());
@@ -316,7 +317,6 @@ impl Session {
             if !frame::is_frontend_tag(t) {
                 return Err(WireError::UnknownMessage(t));
             }
-            let max = self.rt.config.proxy.max_packet_size;
             if total > max && t != tag::COPY_DATA {
                 return Err(WireError::TooLarge { len: total, max });
             }

@@ -30,6 +30,14 @@ pub async fn primary_only() -> Proxy {
     start(config(super::shared_bed().primary_port, &[])).await
 }
 
+/// A proxy in front of the shared bed's primary with a pool of `size` connections, so clients
+/// really share servers (1: each runs on the server the previous one used).
+pub async fn with_pool(size: usize) -> Proxy {
+    let mut cfg = config(super::shared_bed().primary_port, &[]);
+    cfg.proxy.default_pool_size = size;
+    start(cfg).await
+}
+
 /// The proxy's client port.
 pub fn port(p: &Proxy) -> u16 {
     p.addr.port()
