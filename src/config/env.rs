@@ -10,7 +10,8 @@
 use super::Config;
 use toml::{Table, Value};
 
-/// Sections a `PGSHIFT_<SECTION>_<KEY>` variable may name.
+/// Sections a `PGSHIFT_<SECTION>_<KEY>` variable may name (named sections such as `[databases]`
+/// have no variables: a name cannot be spelled in one).
 const SECTIONS: &[&str] = &["proxy", "auth", "tls", "primary", "routing", "admin", "migration"];
 
 /// Applies every recognised variable of `vars` to `tree`, noting problems.
@@ -88,16 +89,56 @@ fn coerce(template: &Value, raw: &str) -> Result<Value, String> {
     })
 }
 
-/// `postgres://[user[:password]@]host[:port][/db]` -> host and port of the backend at `path`.
+/// `postgres://[user[:password]@]host[:port][,host[:port]...][/db]` -> the backend at `path`.
+/// For `[primary]`, a multi-host URL (libpq's way to name an HA cluster) also sets
+/// `[[replicas]]` to the other hosts: role discovery then finds which one is the primary.
 fn set_url(tree: &mut Table, path: &[&str], name: &str, url: &str, problems: &mut Vec<String>) {
-    match parse_host_port(url) {
-        Some((host, port)) => {
-            let t = table_at(tree, path);
-            t.insert("host".into(), Value::String(host));
-            t.insert("port".into(), Value::Integer(i64::from(port)));
-        }
+    let Some(hosts) = parse_hosts_url(url) else {
         // The URL may hold a password: never echo it.
-        None => problems.push(format!("{name}: not a postgres://host:port URL")),
+        problems.push(format!("{name}: not a postgres://host[:port][,host[:port]...] URL"));
+        return;
+    };
+    let backend = |(host, port): (String, u16)| {
+        let mut t = Table::new();
+        t.insert("host".into(), Value::String(host));
+        t.insert("port".into(), Value::Integer(i64::from(port)));
+        t
+    };
+    let mut hosts = hosts.into_iter();
+    if let Some(first) = hosts.next() {
+        let t = table_at(tree, path);
+        t.extend(backend(first));
+    }
+    let rest: Vec<Value> = hosts.map(|h| Value::Table(backend(h))).collect();
+    match (path, rest.is_empty()) {
+        (_, true) => {}
+        (["primary"], false) => {
+            tree.insert("replicas".into(), Value::Array(rest));
+        }
+        _ => problems.push(format!("{name}: names several hosts; only PGSHIFT_PRIMARY_URL takes a multi-host URL")),
+    }
+}
+
+/// Every host of a postgres:// URL, libpq multi-host form included (`h1:5432,h2,h3:5433`);
+/// a host without a port gets 5432.
+pub fn parse_hosts_url(url: &str) -> Option<Vec<(String, u16)>> {
+    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"))?;
+    let authority = rest.split(['/', '?']).next()?;
+    let hostports = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    hostports.split(',').map(|hp| parse_host_port(&format!("postgres://{hp}"))).collect()
+}
+
+/// A postgres:// URL with its password replaced, for showing a configuration.
+pub fn redact_url(s: &str) -> String {
+    let Some((scheme, rest)) = s.split_once("://") else { return s.to_string() };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:<redacted>@{hosts}{tail}")
+        }
+        _ => s.to_string(),
     }
 }
 
@@ -168,5 +209,22 @@ mod tests {
         assert_eq!(parse_host_port("postgres://u:p@db/app"), Some(("db".into(), 5432)));
         assert_eq!(parse_host_port("postgresql://[::1]:6000/x"), Some(("::1".into(), 6000)));
         assert_eq!(parse_host_port("mysql://x"), None);
+        let multi = parse_hosts_url("postgres://u:p@h1:5433,h2,[::1]:7/app?target_session_attrs=any").unwrap();
+        assert_eq!(multi, [("h1".into(), 5433), ("h2".into(), 5432), ("::1".into(), 7)]);
+        assert_eq!(parse_hosts_url("postgres://h1,/x"), None);
+        assert_eq!(redact_url("postgres://u:pw@h1,h2/db"), "postgres://u:<redacted>@h1,h2/db");
+    }
+
+    #[test]
+    fn a_multi_host_primary_url_makes_the_others_replicas() {
+        let mut tree = Table::new();
+        let mut problems = Vec::new();
+        let vars = [("PGSHIFT_PRIMARY_URL".to_string(), "postgres://a:1,b:2,c:3/app".to_string())];
+        apply_overrides(&mut tree, vars, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(tree["primary"]["host"].as_str(), Some("a"));
+        let replicas = tree["replicas"].as_array().unwrap();
+        assert_eq!(replicas.len(), 2);
+        assert_eq!(replicas[1]["port"].as_integer(), Some(3));
     }
 }

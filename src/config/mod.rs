@@ -6,9 +6,11 @@
 
 mod duration;
 mod env;
+mod topology;
 mod validate;
 
 pub use duration::Dur;
+pub use topology::{parse_hosts, ClusterConfig, DatabaseConfig, UserSettings, ANY_DATABASE, DEFAULT_CLUSTER};
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -39,6 +41,15 @@ pub struct Config {
     /// An online migration to a new database; absent means none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationConfig>,
+    /// More clusters besides `default` (`[primary]` + `[[replicas]]`), by name.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub clusters: std::collections::BTreeMap<String, ClusterConfig>,
+    /// Client-facing database names; empty: every name goes to `default` unchanged.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub databases: std::collections::BTreeMap<String, DatabaseConfig>,
+    /// Per-user pool settings and limits.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub users: std::collections::BTreeMap<String, UserSettings>,
 }
 
 /// How long a client keeps its server connection.
@@ -116,6 +127,15 @@ pub struct ProxyConfig {
     pub max_client_prepared_statements: usize,
     /// What to do with session-only features in transaction mode: "pin" or "reject".
     pub session_features: SessionFeatures,
+    /// Server connections per database (all users and hosts together); a client that would need
+    /// more waits up to `query_wait_timeout`, then gets 53300 (0 = no limit).
+    pub max_db_connections: usize,
+    /// Server connections per user (all databases and hosts together), as above (0 = no limit).
+    pub max_user_connections: usize,
+    /// Clients connected to one database at once; more are refused with 53300 (0 = no limit).
+    pub max_db_client_connections: usize,
+    /// Clients connected as one user at once; more are refused with 53300 (0 = no limit).
+    pub max_user_client_connections: usize,
 }
 
 impl Default for ProxyConfig {
@@ -148,6 +168,10 @@ impl Default for ProxyConfig {
             max_client_prepared_statements: 1000,
             max_packet_size: 64 * 1024 * 1024,
             session_features: SessionFeatures::Pin,
+            max_db_connections: 0,
+            max_user_connections: 0,
+            max_db_client_connections: 0,
+            max_user_client_connections: 0,
         }
     }
 }
@@ -518,6 +542,14 @@ impl Config {
         }
         if !c.admin.token.is_empty() {
             c.admin.token = "<redacted>".into();
+        }
+        for d in c.databases.values_mut() {
+            if d.password.is_some() {
+                d.password = Some("<redacted>".into());
+            }
+        }
+        for cl in c.clusters.values_mut() {
+            cl.hosts = cl.hosts.iter().map(|h| crate::config::env::redact_url(h)).collect();
         }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }

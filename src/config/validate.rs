@@ -1,6 +1,6 @@
 //! Finds every problem in a configuration: unknown keys, wrong types (per section), bad values.
 
-use super::{AuthType, BackendConfig, Config, UserConfig};
+use super::{AuthType, BackendConfig, ClusterConfig, Config, DatabaseConfig, UserConfig, UserSettings};
 use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
@@ -16,8 +16,40 @@ fn schema() -> Table {
     c.replicas = vec![BackendConfig::default()];
     c.migration =
         Some(crate::config::MigrationConfig { target_replicas: vec![BackendConfig::default()], ..Default::default() });
+    // Named tables: the entry "*" stands for every name (see `walk`).
+    c.clusters.insert("*".into(), ClusterConfig { hosts: vec!["h".into()] });
+    c.databases.insert(
+        "*".into(),
+        DatabaseConfig {
+            cluster: Some("c".into()),
+            dbname: Some("d".into()),
+            user: Some("u".into()),
+            password: Some("p".into()),
+            pool_size: Some(Default::default()),
+            min_pool_size: Some(Default::default()),
+            reserve_pool_size: Some(Default::default()),
+            pool_mode: Some(Default::default()),
+            server_lifetime: Some(Default::default()),
+            query_timeout: Some(Default::default()),
+            max_db_connections: Some(Default::default()),
+            max_db_client_connections: Some(Default::default()),
+        },
+    );
+    c.users.insert(
+        "*".into(),
+        UserSettings {
+            pool_mode: Some(Default::default()),
+            pool_size: Some(Default::default()),
+            query_timeout: Some(Default::default()),
+            max_user_connections: Some(Default::default()),
+            max_user_client_connections: Some(Default::default()),
+        },
+    );
     Table::try_from(&c).unwrap_or_default()
 }
+
+/// Sections whose keys are names chosen by the user, each entry checked against one schema.
+const NAMED: &[&str] = &["clusters", "databases", "users"];
 
 /// Notes every key of `tree` that the schema does not have, with its full path.
 pub fn unknown_keys(tree: &Table, problems: &mut Vec<String>) {
@@ -32,6 +64,15 @@ fn walk(tree: &Table, schema: &Table, path: &str, problems: &mut Vec<String>) {
             continue;
         };
         match (v, known) {
+            (Value::Table(t), Value::Table(s)) if path.is_empty() && NAMED.contains(&k.as_str()) => {
+                let entry = s.get("*").and_then(Value::as_table).cloned().unwrap_or_default();
+                for (name, item) in t {
+                    match item {
+                        Value::Table(e) => walk(e, &entry, &format!("{here}.{name}"), problems),
+                        _ => problems.push(format!("[{here}] {name} must be a table ([{here}.{name}])")),
+                    }
+                }
+            }
             (Value::Table(t), Value::Table(s)) => walk(t, s, &here, problems),
             (Value::Array(items), Value::Array(s)) => {
                 if let Some(Value::Table(s)) = s.first() {
@@ -60,6 +101,9 @@ pub fn typed(tree: Table, problems: &mut Vec<String>) -> Option<Config> {
             "replicas" => section(&k, v, problems, &mut c.replicas),
             "routing" => section(&k, v, problems, &mut c.routing),
             "admin" => section(&k, v, problems, &mut c.admin),
+            "clusters" => section(&k, v, problems, &mut c.clusters),
+            "databases" => section(&k, v, problems, &mut c.databases),
+            "users" => section(&k, v, problems, &mut c.users),
             "migration" => {
                 let mut m = Default::default();
                 section(&k, v, problems, &mut m);
@@ -104,6 +148,7 @@ impl Config {
             problems.push("[proxy] server_connect_timeout must be above 0".into());
         }
         self.validate_auth(problems);
+        self.validate_topology(problems);
         validate_backend("primary", &self.primary, problems);
         for (i, r) in self.replicas.iter().enumerate() {
             validate_backend(&format!("replicas[{i}]"), r, problems);
