@@ -23,6 +23,16 @@ impl ClientError {
         ClientError { severity: "FATAL", code: code.into(), message: message.into() }
     }
 
+    /// 3D000 for a database name pgshift does not serve (no `[databases]` entry and no `*`).
+    pub fn unknown_database(name: &str) -> Self {
+        Self::fatal("3D000", format!("database \"{name}\" does not exist (pgshift serves no database by that name)"))
+    }
+
+    /// 53300 for a client over `max_db_client_connections` or `max_user_client_connections`.
+    pub fn too_many_clients(limit: &str) -> Self {
+        Self::fatal("53300", format!("too many client connections: {limit} reached"))
+    }
+
     /// An ERROR: the session goes on.
     pub fn error(code: &str, message: impl Into<String>) -> Self {
         ClientError { severity: "ERROR", code: code.into(), message: message.into() }
@@ -110,6 +120,13 @@ impl From<&PoolError> for ClientError {
             PoolError::Canceled => ClientError::error("57014", "canceling statement due to user request"),
             PoolError::Server(s) => s.into(),
             PoolError::Closed => ClientError::fatal("57P01", "terminating connection: pool closed"),
+            PoolError::Limit { limit, waited } => ClientError::fatal(
+                "53300",
+                format!(
+                    "too many server connections: {limit} reached, and none became free within {}s",
+                    waited.as_secs()
+                ),
+            ),
         }
     }
 }

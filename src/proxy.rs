@@ -139,24 +139,36 @@ pub fn reload_with(shared: &Arc<Shared>, config: Config) -> Result<(), Vec<Strin
         tracing::warn!("[proxy] listen changed: it takes effect at the next restart");
     }
     let rt = Runtime::build(config, Some(&old))?;
-    let addresses: Vec<String> =
-        std::iter::once(&rt.primary).chain(rt.replicas.iter()).map(|b| b.address.clone()).collect();
-    shared.pools.retain(|k, _| addresses.contains(&k.address) && rt.users.get(&k.user).is_some());
-    for pool in shared.pools.all() {
+    // A pool stays if its database is still served from the same server database on a cluster
+    // (or migration target) that still has its node, and its user can still log in.
+    let placed = |k: &crate::pool::PoolKey| {
+        let db = rt.databases.resolve(&k.name).filter(|d| d.server_db == k.database)?;
+        let user = match &db.forced_user {
+            Some(u) if u.name == k.user => u.clone(),
+            Some(_) => return None,
+            None => rt.users.get(&k.user)?,
+        };
+        let on_default = db.cluster.name == crate::config::DEFAULT_CLUSTER;
+        let extra = rt.targets.iter().filter(|_| on_default);
+        let node = db.cluster.nodes().chain(extra).find(|b| b.address == k.address)?.clone();
+        Some((db, user, node))
+    };
+    shared.pools.retain(|k, _| placed(k).is_some());
+    for (key, pool) in shared.pools.entries() {
+        let Some((db, user, node)) = placed(&key) else { continue };
+        pool.settings.store(Arc::new(rt.pool_settings(&db, &user, node.role)));
         let spec = pool.spec.load();
-        if let Some(user) = rt.users.get(&spec.user.name) {
-            let role = rt.role_of(&spec.address).unwrap_or(crate::pool::Role::Replica);
-            pool.settings.store(Arc::new(rt.pool_settings(user.pool_size, role)));
-            let new_spec = crate::server::LoginSpec {
-                address: spec.address.clone(),
-                backend_name: spec.backend_name.clone(),
-                user,
-                database: spec.database.clone(),
-                connect_timeout: rt.config.proxy.server_connect_timeout.0,
-                tls: rt.server_tls.clone(),
-            };
-            pool.spec.store(Arc::new(new_spec));
-        }
+        let new_spec = crate::server::LoginSpec {
+            address: spec.address.clone(),
+            backend_name: node.name.clone(),
+            user,
+            database: spec.database.clone(),
+            connect_timeout: rt.config.proxy.server_connect_timeout.0,
+            tls: rt.server_tls.clone(),
+        };
+        pool.spec.store(Arc::new(new_spec));
+        shared.pools.limits.db_conns(&db.name, rt.max_db_connections(&db));
+        shared.pools.limits.user_conns(&key.user, rt.max_user_connections(&key.user));
     }
     shared.runtime.store(Arc::new(rt));
     crate::pool::health::spawn_probes_shared(shared);

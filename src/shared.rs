@@ -10,10 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
+use crate::auth::UserEntry;
 use crate::auth::Users;
 use crate::client::registry::Sessions;
+use crate::config::DEFAULT_CLUSTER;
 use crate::config::{Config, PoolMode};
-use crate::pool::cluster::RoundRobin;
+use crate::pool::cluster::{Cluster, Failovers, RoundRobin};
+use crate::pool::databases::{Databases, DbRoute};
 use crate::pool::{Backend, PoolSettings, Pools, Role};
 use crate::router::{ClassifierCache, ClassifierConfig};
 use crate::session_state::PreparedRegistry;
@@ -28,13 +31,17 @@ pub struct Runtime {
     pub users: Users,
     /// Host-based access rules from `auth_hba_file` (read at each build, so reload re-reads it).
     pub hba: Option<Arc<crate::auth::hba::Hba>>,
-    /// The primary.
+    /// The `default` cluster's primary (`[primary]`, or the node discovery promoted).
     pub primary: Arc<Backend>,
-    /// Replicas, in config order.
+    /// The `default` cluster's replicas, in config order.
     pub replicas: Vec<Arc<Backend>>,
+    /// Every cluster, `default` first.
+    pub clusters: Vec<Arc<Cluster>>,
+    /// Client-facing database names.
+    pub databases: Databases,
     /// A migration's target backends (primary first), if a migration is configured.
     pub targets: Vec<Arc<Backend>>,
-    /// Round-robin cursor over replicas.
+    /// Round-robin cursor over the migration target's replicas.
     pub rr: RoundRobin,
     /// Extra read-only functions for the classifier.
     pub classifier: ClassifierConfig,
@@ -55,21 +62,20 @@ impl Runtime {
             users.inherit_learned(&p.users);
         }
         let reuse = |role: Role, address: String, name: String| -> Arc<Backend> {
-            let old = previous
-                .into_iter()
-                .flat_map(|p| std::iter::once(&p.primary).chain(p.replicas.iter()).chain(p.targets.iter()));
+            let old = previous.into_iter().flat_map(|p| p.targets.iter());
             old.clone()
                 .find(|b| b.address == address && b.role == role)
                 .cloned()
                 .unwrap_or_else(|| Arc::new(Backend::new(role, address, name)))
         };
-        let primary = reuse(Role::Primary, config.primary.address(), "primary".into());
-        let replicas = config
-            .replicas
-            .iter()
-            .enumerate()
-            .map(|(i, r)| reuse(Role::Replica, r.address(), format!("replica{i}")))
-            .collect();
+        let clusters = build_clusters(&config, previous, &mut problems);
+        let Some(default) = clusters.first().cloned() else {
+            return Err(problems);
+        };
+        let databases = Databases::build(&config.databases, &clusters, &users).unwrap_or_else(|p| {
+            problems.extend(p);
+            Databases::default()
+        });
         let cert_auth = config.auth.kind == crate::config::AuthType::Cert;
         let hba = match config.auth.auth_hba_file.as_str() {
             "" => None,
@@ -118,8 +124,10 @@ impl Runtime {
             },
             users,
             hba,
-            primary,
-            replicas,
+            primary: default.primary.clone(),
+            replicas: default.replicas.clone(),
+            clusters,
+            databases,
             targets,
             rr: RoundRobin::default(),
             client_tls,
@@ -129,13 +137,14 @@ impl Runtime {
         })
     }
 
-    /// The role of the backend at `address`, if it is in this runtime.
-    pub fn role_of(&self, address: &str) -> Option<Role> {
-        std::iter::once(&self.primary)
-            .chain(self.replicas.iter())
-            .chain(self.targets.iter())
-            .find(|b| b.address == address)
-            .map(|b| b.role)
+    /// Every backend: each cluster's nodes, then the migration target's.
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.clusters.iter().flat_map(|c| c.nodes()).chain(self.targets.iter())
+    }
+
+    /// The cluster a backend belongs to (`None` for a migration target's).
+    pub fn cluster_of(&self, b: &Backend) -> Option<&Arc<Cluster>> {
+        self.clusters.iter().find(|c| c.nodes().any(|n| std::ptr::eq(n.as_ref(), b)))
     }
 
     /// The migration target's backends (empty without a migration).
@@ -143,18 +152,22 @@ impl Runtime {
         self.targets.iter()
     }
 
-    /// Pool limits for a user's pool toward a backend of `role`.
-    pub fn pool_settings(&self, pool_size: Option<usize>, role: Role) -> PoolSettings {
+    /// Pool limits for `user`'s pool of database `db` toward a backend of `role`. A pool size
+    /// comes from `[users]`, then `[[auth.users]]`, then `[databases]`, then `[proxy]`.
+    pub fn pool_settings(&self, db: &DbRoute, user: &UserEntry, role: Role) -> PoolSettings {
         let p = &self.config.proxy;
+        let d = &db.settings;
+        let u = self.config.users.get(&user.name);
         let primary = matches!(role, Role::Primary | Role::TargetPrimary);
+        let size = u.and_then(|u| u.pool_size).or(user.pool_size).or(d.pool_size).unwrap_or(p.default_pool_size);
         PoolSettings {
-            size: pool_size.unwrap_or(p.default_pool_size),
-            min: p.min_pool_size,
-            reserve: p.reserve_pool_size,
+            size,
+            min: d.min_pool_size.unwrap_or(p.min_pool_size).min(size),
+            reserve: d.reserve_pool_size.unwrap_or(p.reserve_pool_size),
             reserve_timeout: p.reserve_pool_timeout.0,
             wait_timeout: p.query_wait_timeout.0,
             idle_timeout: p.server_idle_timeout.enabled(),
-            lifetime: p.server_lifetime.enabled(),
+            lifetime: d.server_lifetime.unwrap_or(p.server_lifetime).enabled(),
             check_delay: p.server_check_delay.enabled(),
             max_prepared: p.max_prepared_statements,
             connect_retry: if primary { p.server_connect_retry.0 } else { Duration::ZERO },
@@ -162,10 +175,73 @@ impl Runtime {
         }
     }
 
-    /// Transaction or session pooling.
-    pub fn pool_mode(&self) -> PoolMode {
-        self.config.proxy.pool_mode
+    /// Transaction or session pooling for a user of a database: `[users]`, then `[databases]`,
+    /// then `[proxy]`.
+    pub fn pool_mode_for(&self, db: &DbRoute, user: &str) -> PoolMode {
+        let u = self.config.users.get(user).and_then(|u| u.pool_mode);
+        u.or(db.settings.pool_mode).unwrap_or(self.config.proxy.pool_mode)
     }
+
+    /// `query_timeout` for a user of a database, in the same order (`None`: off).
+    pub fn query_timeout_for(&self, db: &DbRoute, user: &str) -> Option<Duration> {
+        let u = self.config.users.get(user).and_then(|u| u.query_timeout);
+        u.or(db.settings.query_timeout).unwrap_or(self.config.proxy.query_timeout).enabled()
+    }
+
+    /// `max_db_connections` of a database (0 = none).
+    pub fn max_db_connections(&self, db: &DbRoute) -> usize {
+        db.settings.max_db_connections.unwrap_or(self.config.proxy.max_db_connections)
+    }
+
+    /// `max_user_connections` of a user (0 = none).
+    pub fn max_user_connections(&self, user: &str) -> usize {
+        let u = self.config.users.get(user).and_then(|u| u.max_user_connections);
+        u.unwrap_or(self.config.proxy.max_user_connections)
+    }
+
+    /// `max_db_client_connections` of a database (0 = none).
+    pub fn max_db_client_connections(&self, db: &DbRoute) -> usize {
+        db.settings.max_db_client_connections.unwrap_or(self.config.proxy.max_db_client_connections)
+    }
+
+    /// `max_user_client_connections` of a user (0 = none).
+    pub fn max_user_client_connections(&self, user: &str) -> usize {
+        let u = self.config.users.get(user).and_then(|u| u.max_user_client_connections);
+        u.unwrap_or(self.config.proxy.max_user_client_connections)
+    }
+}
+
+/// The clusters of a configuration, `default` first. A node keeps its health (and a cluster its
+/// failover record) from `previous` when it is still there in the same role.
+fn build_clusters(
+    config: &crate::config::Config,
+    previous: Option<&Runtime>,
+    problems: &mut Vec<String>,
+) -> Vec<Arc<Cluster>> {
+    let names = std::iter::once(DEFAULT_CLUSTER.to_string()).chain(config.clusters.keys().cloned());
+    let mut out = Vec::new();
+    for name in names {
+        let Some(hosts) = config.cluster_hosts(&name) else {
+            problems.push(format!("[clusters.{name}]: no usable hosts"));
+            continue;
+        };
+        let old = previous.and_then(|p| p.clusters.iter().find(|c| c.name == name));
+        let prefix = if name == DEFAULT_CLUSTER { String::new() } else { format!("{name}.") };
+        let node = |role: Role, address: String, label: String| {
+            old.and_then(|c| c.nodes().find(|b| b.address == address && b.role == role).cloned())
+                .unwrap_or_else(|| Arc::new(Backend::new(role, address, format!("{prefix}{label}"))))
+        };
+        let mut hosts = hosts.into_iter();
+        let Some(first) = hosts.next() else { continue };
+        out.push(Arc::new(Cluster {
+            primary: node(Role::Primary, first.address(), "primary".into()),
+            replicas: hosts.enumerate().map(|(i, h)| node(Role::Replica, h.address(), format!("replica{i}"))).collect(),
+            rr: RoundRobin::default(),
+            failovers: old.map_or_else(|| Arc::new(Failovers::default()), |c| c.failovers.clone()),
+            name,
+        }));
+    }
+    out
 }
 
 /// The process-wide state handed to every task.
@@ -204,8 +280,6 @@ pub struct Shared {
     pub migration: crate::migration::Migration,
     /// Admin port and console state (config path for RELOAD, last readiness probe).
     pub admin: crate::admin::AdminShared,
-    /// Role discovery: failovers, the current state, and the wake-up for clients waiting on it.
-    pub failovers: crate::pool::cluster::Failovers,
 }
 
 impl Shared {
@@ -230,8 +304,13 @@ impl Shared {
             failed_logins: Default::default(),
             notify: Default::default(),
             admin: Default::default(),
-            failovers: Default::default(),
         })
+    }
+
+    /// The `default` cluster's role discovery state and failover record.
+    pub fn failovers(&self) -> Arc<Failovers> {
+        let rt = self.runtime.load();
+        rt.clusters.first().map_or_else(Default::default, |c| c.failovers.clone())
     }
 
     /// True once a drain has started.

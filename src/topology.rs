@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use crate::pool::cluster::{now_ms, Backend, TopologyState};
+use std::collections::HashMap;
+
+use crate::config::{BackendConfig, Config, DEFAULT_CLUSTER};
+use crate::pool::cluster::{now_ms, Backend, Cluster, TopologyState};
 use crate::shared::{Runtime, Shared};
 
 /// What one node reported, as discovery needs it.
@@ -60,14 +63,24 @@ fn view(b: &Backend) -> NodeView {
     }
 }
 
-/// Watches the probes' results every `health_check_interval` and follows the primary, until `stop`.
+/// Watches the probes' results every `health_check_interval` and follows each cluster's
+/// primary, until `stop`.
 pub async fn watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut lost_at: Option<u64> = None;
+    let mut lost_at: HashMap<String, u64> = HashMap::new();
     loop {
         let rt = shared.runtime.load_full();
         let interval = rt.config.routing.health_check_interval.0.max(Duration::from_millis(10));
         if rt.config.routing.role_discovery {
-            step(&shared, &rt, &mut lost_at);
+            for cluster in &rt.clusters {
+                let mut lost = lost_at.get(&cluster.name).copied();
+                if step(&shared, &rt, cluster, &mut lost) {
+                    break; // the runtime changed: look at the new one next time
+                }
+                match lost {
+                    Some(t) => lost_at.insert(cluster.name.clone(), t),
+                    None => lost_at.remove(&cluster.name),
+                };
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -76,19 +89,20 @@ pub async fn watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// One look at the nodes; `lost_at` remembers when the primary was first seen gone.
-fn step(shared: &Arc<Shared>, rt: &Runtime, lost_at: &mut Option<u64>) {
-    let nodes: Vec<&Arc<Backend>> = std::iter::once(&rt.primary).chain(rt.replicas.iter()).collect();
+/// One look at a cluster's nodes; `lost_at` remembers when the primary was first seen gone.
+/// True if it switched the primary (the runtime was replaced).
+fn step(shared: &Arc<Shared>, rt: &Runtime, cluster: &Cluster, lost_at: &mut Option<u64>) -> bool {
+    let nodes: Vec<&Arc<Backend>> = cluster.nodes().collect();
     let views: Vec<NodeView> = nodes.iter().map(|b| view(b)).collect();
     // Before every node has been probed once, a missing answer is no evidence; and when no node
     // answers at all (every probe fails, or probes cannot log in), discovery is blind: clients
     // go on to the primary as configured and see its own errors.
     if nodes.iter().any(|b| !b.health.probed.load(Ordering::Relaxed)) || views.iter().all(|v| !v.up) {
         *lost_at = None;
-        shared.failovers.set_state(TopologyState::Primary);
-        return;
+        cluster.failovers.set_state(TopologyState::Primary);
+        return false;
     }
-    let f = &shared.failovers;
+    let f = &cluster.failovers;
     let before = f.state();
     match decide(&views) {
         Decision::Keep => {
@@ -99,7 +113,7 @@ fn step(shared: &Arc<Shared>, rt: &Runtime, lost_at: &mut Option<u64>) {
             lost_at.get_or_insert_with(now_ms);
             f.set_state(TopologyState::NoPrimary);
             if before != TopologyState::NoPrimary {
-                tracing::warn!("no node is out of recovery and answering: writes wait for a primary");
+                tracing::warn!(cluster = %cluster.name, "no node is out of recovery and answering: writes wait for a primary");
             }
         }
         Decision::SplitBrain => {
@@ -107,27 +121,28 @@ fn step(shared: &Arc<Shared>, rt: &Runtime, lost_at: &mut Option<u64>) {
             f.set_state(TopologyState::SplitBrain);
             if before != TopologyState::SplitBrain {
                 tracing::error!(
+                    cluster = %cluster.name,
                     "split brain: several nodes are out of recovery on the same timeline; pgshift sends writes to none of them"
                 );
             }
         }
-        Decision::Switch(i) => switch(shared, rt, nodes[i], lost_at.take()),
+        Decision::Switch(i) => return switch(shared, rt, cluster, nodes[i], lost_at.take()),
     }
+    false
 }
 
-/// Makes `to` the primary (and every other node a replica) by swapping in a new runtime.
-fn switch(shared: &Arc<Shared>, rt: &Runtime, to: &Backend, lost_at: Option<u64>) {
+/// Makes `to` its cluster's primary (and every other node a replica) by swapping in a new runtime.
+fn switch(shared: &Arc<Shared>, rt: &Runtime, cluster: &Cluster, to: &Backend, lost_at: Option<u64>) -> bool {
     let mut config = (*rt.config).clone();
-    let Some(i) = config.replicas.iter().position(|r| r.address() == to.address) else {
-        return;
-    };
-    std::mem::swap(&mut config.primary, &mut config.replicas[i]);
-    let from = rt.primary.address.clone();
-    if let Err(problems) = crate::proxy::reload_with(shared, config) {
-        tracing::error!("failover to {} failed: {}", to.name, problems.join("; "));
-        return;
+    if !promote_in_config(&mut config, &cluster.name, &to.address) {
+        return false;
     }
-    let f = &shared.failovers;
+    let from = cluster.primary.address.clone();
+    if let Err(problems) = crate::proxy::reload_with(shared, config) {
+        tracing::error!(cluster = %cluster.name, "failover to {} failed: {}", to.name, problems.join("; "));
+        return false;
+    }
+    let f = &cluster.failovers;
     let now = now_ms();
     f.count.fetch_add(1, Ordering::Relaxed);
     f.last_at_ms.store(now, Ordering::Relaxed);
@@ -135,12 +150,44 @@ fn switch(shared: &Arc<Shared>, rt: &Runtime, to: &Backend, lost_at: Option<u64>
     f.set_state(TopologyState::Primary);
     f.changed.notify_waiters();
     tracing::warn!(
+        cluster = %cluster.name,
         old = %from,
         new = %to.address,
         timeline = to.health.timeline.load(Ordering::Relaxed),
         "failover: the primary is now the node that was {}",
         to.name
     );
+    true
+}
+
+/// Puts the node at `address` first in its cluster's configuration (the primary's place).
+fn promote_in_config(config: &mut Config, cluster: &str, address: &str) -> bool {
+    if cluster == DEFAULT_CLUSTER {
+        let Some(i) = config.replicas.iter().position(|r| r.address() == address) else {
+            return false;
+        };
+        std::mem::swap(&mut config.primary, &mut config.replicas[i]);
+        return true;
+    }
+    let Some(hosts) = config.cluster_hosts(cluster) else { return false };
+    let Some(i) = hosts.iter().position(|h| h.address() == address) else { return false };
+    let mut order = hosts;
+    let promoted = order.remove(i);
+    order.insert(0, promoted);
+    let spelled = |h: &BackendConfig| {
+        if h.host.contains(':') {
+            format!("[{}]:{}", h.host, h.port)
+        } else {
+            h.address()
+        }
+    };
+    match config.clusters.get_mut(cluster) {
+        Some(c) => {
+            c.hosts = order.iter().map(spelled).collect();
+            true
+        }
+        None => false,
+    }
 }
 
 #[cfg(test)]

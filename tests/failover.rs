@@ -88,7 +88,7 @@ async fn a_promoted_replica_takes_the_writes_and_the_old_primary_gets_none() {
     }
     eprintln!("acked {} writes, client errors {errors:?}, first write after promote {first_after:?}", acked.len());
     assert_eq!(first_after.len(), 3, "every writer wrote again after the promotion");
-    assert!(p.shared.failovers.count.load(Ordering::Relaxed) >= 1);
+    assert!(p.shared.failovers().count.load(Ordering::Relaxed) >= 1);
     // Errors: only the transactions in flight on the dead primary (at most one per writer).
     assert!(errors.len() <= 3, "errors beyond the in-flight transactions: {errors:?}");
     assert!(errors.iter().all(|c| c == "08006" || c == "57P01"), "{errors:?}");
@@ -133,7 +133,7 @@ async fn declared_roles_stay_when_discovery_is_off() {
     let cl = cluster.clone();
     tokio::task::spawn_blocking(move || cl.promote_node(1)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(p.shared.failovers.count.load(Ordering::Relaxed), 0);
+    assert_eq!(p.shared.failovers().count.load(Ordering::Relaxed), 0);
     assert!(p.shared.runtime.load().primary.address.ends_with(&format!(":{}", cluster.port(0))));
     drop(p);
     drop(cluster);

@@ -127,7 +127,7 @@ async fn a_primary_in_recovery_never_gets_a_write() {
     cfg.routing.failover_timeout = pgshift::config::Dur::secs(1);
     let p = proxy::start(cfg).await;
     for _ in 0..100 {
-        if p.shared.failovers.state() != pgshift::pool::cluster::TopologyState::Primary {
+        if p.shared.failovers().state() != pgshift::pool::cluster::TopologyState::Primary {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -90,7 +90,7 @@ pub fn show(shared: &Shared, what: &str) -> Option<Table> {
 }
 
 fn pool_mode(shared: &Shared) -> &'static str {
-    match shared.runtime.load().pool_mode() {
+    match shared.runtime.load().config.proxy.pool_mode {
         PoolMode::Transaction => "transaction",
         PoolMode::Session => "session",
     }
@@ -284,41 +284,56 @@ fn databases(shared: &Shared) -> Table {
         ("current_client_connections", I),
         ("paused", I),
         ("disabled", I),
+        ("cluster", T),
     ];
     let rt = shared.runtime.load_full();
-    let (c, p) = (&rt.config, &rt.config.proxy);
+    let p = &rt.config.proxy;
     let paused = u8::from(*shared.paused.borrow());
-    let mut dbs: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for g in view::pool_groups(shared) {
-        let e = dbs.entry(g.database).or_default();
-        e.0 += g.sv_active + g.sv_idle + g.sv_login;
-        e.1 += g.cl_active + g.cl_waiting;
-    }
-    let rows = dbs
+    // Listed entries, and every name served through "*" that has clients or pools now.
+    let mut names: std::collections::BTreeSet<String> = rt.databases.listed().map(|d| d.name.clone()).collect();
+    names.extend(view::pool_groups(shared).into_iter().map(|g| g.database));
+    let rows = names
         .into_iter()
-        .map(|(db, (servers, clients))| {
+        .filter_map(|name| rt.databases.resolve(&name))
+        .map(|db| {
+            let d = &db.settings;
+            let (host, port) = split_address(&db.cluster.primary.address);
+            let (servers, clients) = shared.pools.limits.db_counts(&db.name);
             vec![
-                v(&db),
-                v(&c.primary.host),
-                v(c.primary.port),
-                v(&db),
+                v(&db.name),
+                v(host),
+                v(port),
+                v(&db.server_db),
+                db.forced_user.as_ref().map(|u| u.name.clone()),
+                v(d.pool_size.unwrap_or(p.default_pool_size)),
+                v(d.min_pool_size.unwrap_or(p.min_pool_size)),
+                v(d.reserve_pool_size.unwrap_or(p.reserve_pool_size)),
+                v(d.server_lifetime.unwrap_or(p.server_lifetime).0.as_secs()),
+                v(mode_name(d.pool_mode.unwrap_or(p.pool_mode))),
                 None,
-                v(p.default_pool_size),
-                v(p.min_pool_size),
-                v(p.reserve_pool_size),
-                v(p.server_lifetime.0.as_secs()),
-                v(pool_mode(shared)),
-                None,
-                v(0),
+                v(rt.max_db_connections(&db)),
                 v(servers),
-                v(0),
+                v(rt.max_db_client_connections(&db)),
                 v(clients),
                 v(paused),
                 v(0),
+                v(&db.cluster.name),
             ]
         })
         .collect();
     Table { cols: COLS, rows }
+}
+
+/// `host:port` (IPv6 hosts included) as separate columns.
+fn split_address(a: &str) -> (&str, &str) {
+    a.rsplit_once(':').unwrap_or((a, ""))
+}
+
+fn mode_name(m: crate::config::PoolMode) -> &'static str {
+    match m {
+        crate::config::PoolMode::Session => "session",
+        crate::config::PoolMode::Transaction => "transaction",
+    }
 }
 
 fn users(shared: &Shared) -> Table {
@@ -334,16 +349,28 @@ fn users(shared: &Shared) -> Table {
     ];
     let rt = shared.runtime.load_full();
     let groups = view::pool_groups(shared);
-    let rows = rt
-        .config
-        .auth
-        .users
-        .iter()
-        .map(|u| {
-            let mine = groups.iter().filter(|g| g.user == u.name);
+    let mut names: std::collections::BTreeSet<String> = rt.config.auth.users.iter().map(|u| u.name.clone()).collect();
+    names.extend(rt.config.users.keys().cloned());
+    let rows = names
+        .into_iter()
+        .map(|name| {
+            let settings = rt.config.users.get(&name);
+            let configured = rt.config.auth.users.iter().find(|u| u.name == name).and_then(|u| u.pool_size);
+            let pool_size = settings.and_then(|u| u.pool_size).or(configured);
+            let mode = settings.and_then(|u| u.pool_mode).map(mode_name);
+            let mine = groups.iter().filter(|g| g.user == name);
             let servers: usize = mine.clone().map(|g| g.sv_active + g.sv_idle + g.sv_login).sum();
             let clients: usize = mine.map(|g| g.cl_active + g.cl_waiting).sum();
-            vec![v(&u.name), u.pool_size.map(|s| s.to_string()), None, None, v(0), v(servers), v(0), v(clients)]
+            vec![
+                v(&name),
+                pool_size.map(|s| s.to_string()),
+                None,
+                mode.map(str::to_string),
+                v(rt.max_user_connections(&name)),
+                v(servers),
+                v(rt.max_user_client_connections(&name)),
+                v(clients),
+            ]
         })
         .collect();
     Table { cols: COLS, rows }

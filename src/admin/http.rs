@@ -72,7 +72,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn ready_handler(State(s): State<AdminState>) -> Response {
-    if s.shared.failovers.state() == crate::pool::cluster::TopologyState::SplitBrain {
+    let rt = s.shared.runtime.load();
+    if rt.clusters.iter().any(|c| c.failovers.state() == crate::pool::cluster::TopologyState::SplitBrain) {
         let why = "split brain: several nodes are out of recovery on the same timeline; pgshift writes to none";
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response();
     }

@@ -163,10 +163,48 @@ impl Snapshot {
         family(enc, "pgshift_failovers", "Primary changes made by role discovery", c(v.topology.failovers))?;
         let split = f64::from(u8::from(v.topology.state == crate::pool::cluster::TopologyState::SplitBrain));
         family(enc, "pgshift_split_brain", "1 while several nodes claim to be the primary", g(split))?;
+        self.clusters(enc)?;
         let errors = v.errors.iter().map(|(k, n)| (vec![("class", k.clone())], Value::Counter(*n as f64))).collect();
         family(enc, "pgshift_errors", "Errors sent to clients, by SQLSTATE class", errors)?;
         let pins = v.pins.iter().map(|(k, n)| (vec![("reason", k.to_string())], Value::Counter(*n as f64))).collect();
         family(enc, "pgshift_pins", "Sessions pinned to their server connection, by reason", pins)
+    }
+
+    /// Per cluster: failovers and split brain; per node: the role it reports and its timeline.
+    fn clusters(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let clusters = &self.view.topology.clusters;
+        let cl = |c: &view::ClusterView| vec![("cluster", c.name.clone())];
+        let failovers = clusters.iter().map(|c| (cl(c), Value::Counter(c.failovers as f64))).collect();
+        family(enc, "pgshift_cluster_failovers", "Primary changes made by role discovery, per cluster", failovers)?;
+        let split =
+            |c: &view::ClusterView| f64::from(u8::from(c.state == crate::pool::cluster::TopologyState::SplitBrain));
+        let splits = clusters.iter().map(|c| (cl(c), Value::Gauge(split(c)))).collect();
+        family(
+            enc,
+            "pgshift_cluster_split_brain",
+            "1 while several nodes of the cluster claim to be the primary",
+            splits,
+        )?;
+        let per_node = |f: &dyn Fn(&view::NodeView) -> f64| -> Vec<(Labels, Value)> {
+            clusters
+                .iter()
+                .flat_map(|c| c.nodes.iter().map(move |n| (c, n)))
+                .map(|(c, n)| (vec![("cluster", c.name.clone()), ("node", n.name.clone())], Value::Gauge(f(n))))
+                .collect()
+        };
+        let reports_primary = |n: &view::NodeView| f64::from(u8::from(n.reports == "primary"));
+        family(
+            enc,
+            "pgshift_node_reports_primary",
+            "1 if the node reports being out of recovery",
+            per_node(&reports_primary),
+        )?;
+        family(
+            enc,
+            "pgshift_node_timeline",
+            "Timeline the node writes on (0 in recovery)",
+            per_node(&|n| n.timeline as f64),
+        )
     }
 
     fn pools(&self, enc: &mut DescriptorEncoder) -> fmt::Result {

@@ -173,7 +173,8 @@ pub struct StatsView {
     pub topology: TopologyView,
 }
 
-/// Role discovery as the admin port shows it.
+/// Role discovery as the admin port shows it: the `default` cluster's state at the top, every
+/// cluster in `clusters`.
 #[derive(Debug, Serialize)]
 pub struct TopologyView {
     /// primary | no_primary | split_brain.
@@ -184,22 +185,100 @@ pub struct TopologyView {
     pub last_failover_at_ms: u64,
     /// How long the last one took, from the primary's loss to the switch (ms).
     pub last_failover_ms: u64,
+    /// Every cluster, `default` first.
+    pub clusters: Vec<ClusterView>,
+}
+
+/// One cluster: its role discovery state, failovers and nodes.
+#[derive(Debug, Serialize)]
+pub struct ClusterView {
+    /// `default` or the `[clusters]` key.
+    pub name: String,
+    /// primary | no_primary | split_brain.
+    pub state: crate::pool::cluster::TopologyState,
+    /// Primary changes made by role discovery.
+    pub failovers: u64,
+    /// Unix ms of the last one (0: none).
+    pub last_failover_at_ms: u64,
+    /// How long the last one took (ms).
+    pub last_failover_ms: u64,
+    /// The node writes go to.
+    pub primary: String,
+    /// Its nodes with what they last reported.
+    pub nodes: Vec<NodeView>,
+}
+
+/// A node as its probe saw it.
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    /// Backend name.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// What the node reports: primary (out of recovery), replica (in recovery), or unknown.
+    pub reports: &'static str,
+    /// The timeline it writes on (out of recovery; 0 otherwise).
+    pub timeline: u64,
+    /// Replay lag (replicas), ms.
+    pub lag_ms: u64,
+    /// WAL bytes behind the cluster's primary (replicas).
+    pub lag_bytes: u64,
+    /// Answered its last probe.
+    pub up: bool,
 }
 
 /// The topology part of `/stats`.
 pub fn topology(shared: &Shared) -> TopologyView {
-    let f = &shared.failovers;
+    let rt = shared.runtime.load_full();
+    let clusters: Vec<ClusterView> = rt.clusters.iter().map(|c| cluster_view(c)).collect();
+    let first = clusters.first();
     TopologyView {
+        state: first.map_or(Default::default(), |c| c.state),
+        failovers: first.map_or(0, |c| c.failovers),
+        last_failover_at_ms: first.map_or(0, |c| c.last_failover_at_ms),
+        last_failover_ms: first.map_or(0, |c| c.last_failover_ms),
+        clusters,
+    }
+}
+
+fn cluster_view(c: &crate::pool::cluster::Cluster) -> ClusterView {
+    let f = &c.failovers;
+    let nodes = c
+        .nodes()
+        .map(|b| {
+            let h = &b.health;
+            let probed = h.probed.load(Ordering::Relaxed);
+            let up = probed && h.up.load(Ordering::Relaxed);
+            let reports = match (up, h.in_recovery.load(Ordering::Relaxed)) {
+                (false, _) => "unknown",
+                (true, true) => "replica",
+                (true, false) => "primary",
+            };
+            NodeView {
+                name: b.name.clone(),
+                address: b.address.clone(),
+                reports,
+                timeline: h.timeline.load(Ordering::Relaxed),
+                lag_ms: h.lag_ms.load(Ordering::Relaxed),
+                lag_bytes: h.lag_bytes.load(Ordering::Relaxed),
+                up,
+            }
+        })
+        .collect();
+    ClusterView {
+        name: c.name.clone(),
         state: f.state(),
         failovers: f.count.load(Ordering::Relaxed),
         last_failover_at_ms: f.last_at_ms.load(Ordering::Relaxed),
         last_failover_ms: f.last_duration_ms.load(Ordering::Relaxed),
+        primary: c.primary.name.clone(),
+        nodes,
     }
 }
 
 /// The backend a pool talks to, by address.
 fn backend_of<'a>(rt: &'a Runtime, address: &str) -> Option<&'a Arc<Backend>> {
-    std::iter::once(&rt.primary).chain(rt.replicas.iter()).chain(rt.targets.iter()).find(|b| b.address == address)
+    rt.backends().find(|b| b.address == address)
 }
 
 /// Client counts (cl_active, cl_waiting) by (database, user).
@@ -235,10 +314,8 @@ fn pool_on_backend(rt: &Runtime, pool: &Pool) -> PoolOnBackend {
 pub fn pool_groups(shared: &Shared) -> Vec<PoolGroup> {
     let rt = shared.runtime.load_full();
     let mut groups: BTreeMap<(String, String), Vec<PoolOnBackend>> = BTreeMap::new();
-    for pool in shared.pools.all() {
-        let spec = pool.spec.load();
-        let key = (spec.database.clone(), spec.user.name.clone());
-        groups.entry(key).or_default().push(pool_on_backend(&rt, &pool));
+    for (key, pool) in shared.pools.entries() {
+        groups.entry((key.name, key.user)).or_default().push(pool_on_backend(&rt, &pool));
     }
     let clients = client_counts(shared);
     for key in clients.keys() {
@@ -285,9 +362,7 @@ pub fn pool_groups(shared: &Shared) -> Vec<PoolGroup> {
 pub fn backends(shared: &Shared) -> Vec<BackendView> {
     let rt = shared.runtime.load_full();
     let max_lag = rt.config.routing.max_replica_lag.0.as_millis() as u64;
-    std::iter::once(&rt.primary)
-        .chain(rt.replicas.iter())
-        .chain(rt.targets.iter())
+    rt.backends()
         .map(|b| {
             let h = &b.health;
             let lag_ms = h.lag_ms.load(Ordering::Relaxed);

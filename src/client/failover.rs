@@ -42,14 +42,15 @@ impl Session {
         loop {
             // Only a failover discovery has seen is waited out: with the primary reported fine
             // (or discovery blind), its errors are the client's answer, as before.
-            let shared = self.shared.clone();
-            let failing_over = || shared.failovers.state() != TopologyState::Primary;
+            let failovers = self.pools.cluster().failovers.clone();
+            let failing_over = || failovers.state() != TopologyState::Primary;
             match self.lease_for(req, phase).await {
                 Err(e) if primary_gone(&e) && failing_over() && tokio::time::Instant::now() < deadline => {
                     self.wait_for_primary(deadline).await;
                     let rt = self.shared.runtime.load_full();
                     if rt.generation != self.rt.generation {
-                        self.pools = super::route::SessionPools::resolve(&self.shared, &rt, &self.user, &self.database);
+                        self.pools =
+                            super::route::SessionPools::resolve(&self.shared, &rt, &self.user, &self.database)?;
                         self.rt = rt;
                     }
                 }
@@ -64,7 +65,7 @@ impl Session {
 
     /// Waits until discovery reports a primary again (a switch, or the old one back), or `deadline`.
     async fn wait_for_primary(&mut self, deadline: tokio::time::Instant) {
-        let f = &self.shared.failovers;
+        let f = self.pools.cluster().failovers.clone();
         let interval = self.rt.config.routing.health_check_interval.0.max(Duration::from_millis(10));
         let generation = self.rt.generation;
         loop {

@@ -33,6 +33,8 @@ pub struct Fwd<'a> {
     pub transaction_mode: bool,
     /// The client's database (statement definitions are per database).
     pub database: &'a str,
+    /// The database's cluster has replicas (reads need classifying).
+    pub has_replicas: bool,
 }
 
 impl Fwd<'_> {
@@ -177,7 +179,7 @@ impl Fwd<'_> {
             None => {
                 // Without replicas or a migration, only session effects matter here: a plain
                 // SELECT/INSERT/UPDATE/DELETE has none, and the check is far cheaper than a parse.
-                let need_all = !self.rt.replicas.is_empty() || self.att.capture.is_some();
+                let need_all = self.has_replicas || self.att.capture.is_some();
                 let text = frame::cstr(frame::body(f)).map_or(&b""[..], |(t, _)| t);
                 if let Some(kind) = crate::router::plain_statement(text).filter(|_| !need_all) {
                     if self.att.queue.is_empty() || self.att.kind == crate::router::StatementKind::Other {

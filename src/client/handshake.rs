@@ -203,12 +203,14 @@ pub async fn forward_cancel(shared: &Shared, pid: i32, secret: i32) {
     let wait =
         shared.runtime.load().config.proxy.cancel_wait_timeout.enabled().unwrap_or(Duration::from_secs(365 * 86_400));
     if let CancelOutcome::Dropped { user, database } = shared.sessions.cancel(pid, secret, wait).await {
-        let primary = shared.runtime.load().primary.address.clone();
-        let pool = shared.pools.all().into_iter().find(|p| {
-            let spec = p.spec.load();
-            spec.user.name == user && *spec.database == *database && spec.address == primary
+        let rt = shared.runtime.load();
+        let primary = rt.databases.resolve(&database).map(|d| d.cluster.primary.address.clone());
+        let pool = shared.pools.entries().into_iter().find(|(k, _)| {
+            k.name == *database
+                && Some(&k.address) == primary.as_ref()
+                && (k.user == user || rt.databases.resolve(&database).is_some_and(|d| d.forced_user.is_some()))
         });
-        if let Some(p) = pool {
+        if let Some((_, p)) = pool {
             p.stats.cancels_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         tracing::debug!(%user, "cancel request dropped: the client had no query running");

@@ -94,7 +94,7 @@ impl Session {
     /// most requests are not, and this says so from the raw bytes, without a parse.
     pub(super) fn may_listen_locally(&self, req: Request) -> bool {
         use crate::wire::{frame, tag};
-        let tm = self.rt.pool_mode() == PoolMode::Transaction && self.state.pinned.is_none();
+        let tm = self.pools.mode == PoolMode::Transaction && self.state.pinned.is_none();
         if !tm || self.state.tx_status != b'I' || req.terminate {
             return false;
         }

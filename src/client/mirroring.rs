@@ -30,8 +30,8 @@ impl Session {
             let txn = CapturedTxn {
                 seq,
                 toward_target,
-                user: self.user.clone(),
-                database: self.database.to_string(),
+                user: self.pools.db.forced_user.clone().unwrap_or_else(|| self.user.clone()),
+                database: self.pools.db.server_db.clone(),
                 settings: self.state.settings.clone(),
                 defs: c.defs,
                 frames: c.frames,

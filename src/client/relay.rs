@@ -26,11 +26,11 @@ const STREAM_OVER: usize = 64 * 1024;
 impl Session {
     /// Relays until the transaction ends (`Ok`) or the session must end (`Err`).
     pub(super) async fn relay(&mut self) -> Result<Relayed, End> {
-        let tm = self.rt.pool_mode() == PoolMode::Transaction && self.state.pinned.is_none();
+        let tm = self.pools.mode == PoolMode::Transaction && self.state.pinned.is_none();
         let handle = self.handle.clone();
         // Kill always; a drain once (afterwards the idle check below looks at it every turn).
         let mut signal_mask = Signals::KILL | Signals::DRAIN;
-        let mut timer = QueryTimer::new(self.rt.config.proxy.query_timeout.enabled());
+        let mut timer = QueryTimer::new(self.pools.query_timeout);
         let mut timeout = OptionalSleep::new(None);
         let idle_limit = self.rt.config.proxy.idle_transaction_timeout.enabled();
         let mut idle_since: Option<tokio::time::Instant> = None;
@@ -346,6 +346,7 @@ impl Session {
                 att: &mut *att,
                 transaction_mode: tm,
                 database: &self.database,
+                has_replicas: !self.pools.cluster().replicas.is_empty(),
             };
             fwd.frame(t, &self.cin[..total]);
             self.cin.advance(total);

@@ -9,8 +9,11 @@ use super::request;
 use super::session::Session;
 use super::state::RouteOverride;
 use crate::auth::UserEntry;
+use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::migration::Phase;
+use crate::pool::cluster::Cluster;
+use crate::pool::databases::DbRoute;
 use crate::pool::{Backend, Pool, PoolParams, Role};
 use crate::router::{Classification, Target};
 use crate::shared::{Runtime, Shared};
@@ -25,32 +28,63 @@ pub struct StorePools {
 
 /// The pools a client uses, resolved once per runtime generation.
 pub struct SessionPools {
-    /// The source (the current database).
+    /// Where the client's database is served: its cluster, server-side name and settings.
+    pub db: Arc<DbRoute>,
+    /// Transaction or session pooling for this user and database.
+    pub mode: PoolMode,
+    /// `query_timeout` for this user and database.
+    pub query_timeout: Option<std::time::Duration>,
+    /// The source (the database's cluster).
     pub source: StorePools,
-    /// The migration target, when one is configured.
+    /// The migration target, when one is configured and the database is on the `default` cluster
+    /// (the one a migration moves).
     pub target: Option<StorePools>,
 }
 
 impl SessionPools {
-    /// Looks up (or creates) the client's pools in the runtime.
-    pub fn resolve(shared: &Shared, rt: &Runtime, user: &Arc<UserEntry>, database: &str) -> SessionPools {
+    /// Looks up (or creates) the client's pools in the runtime; 3D000 for a database name
+    /// pgshift does not serve.
+    pub fn resolve(
+        shared: &Shared,
+        rt: &Runtime,
+        user: &Arc<UserEntry>,
+        database: &str,
+    ) -> Result<SessionPools, ClientError> {
+        let db = rt.databases.resolve(database).ok_or_else(|| ClientError::unknown_database(database))?;
+        let server_user = db.forced_user.as_ref().unwrap_or(user);
         let pool = |b: &Arc<Backend>| {
             let p = PoolParams {
-                settings: rt.pool_settings(user.pool_size, b.role),
+                settings: rt.pool_settings(&db, server_user, b.role),
                 tls: rt.server_tls.clone(),
                 connect_timeout: rt.config.proxy.server_connect_timeout.0,
-                user,
+                user: server_user,
+                database: &db.server_db,
+                name: &db.name,
+                max_db_connections: rt.max_db_connections(&db),
+                max_user_connections: rt.max_user_connections(&server_user.name),
             };
-            shared.pools.get(b, database, p)
+            shared.pools.get(b, p)
         };
+        let on_default = db.cluster.name == crate::config::DEFAULT_CLUSTER;
         let target = rt
             .targets
             .split_first()
+            .filter(|_| on_default)
             .map(|(p, replicas)| StorePools { primary: pool(p), replicas: replicas.iter().map(pool).collect() });
-        SessionPools {
-            source: StorePools { primary: pool(&rt.primary), replicas: rt.replicas.iter().map(pool).collect() },
+        let source =
+            StorePools { primary: pool(&db.cluster.primary), replicas: db.cluster.replicas.iter().map(pool).collect() };
+        Ok(SessionPools {
+            mode: rt.pool_mode_for(&db, &user.name),
+            query_timeout: rt.query_timeout_for(&db, &user.name),
+            source,
             target,
-        }
+            db,
+        })
+    }
+
+    /// The database's cluster.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.db.cluster
     }
 
     /// The serving store's primary pool for a phase.
@@ -124,10 +158,10 @@ impl Session {
                     .unwrap_or_else(|| self.pools.source.primary.clone()),
             )
         } else {
-            (rt.primary.clone(), self.pools.source.primary.clone())
+            (self.pools.cluster().primary.clone(), self.pools.source.primary.clone())
         };
         let may_read_elsewhere = rt.config.routing.read_write_split
-            && (!rt.replicas.is_empty() || rt.targets.len() > 1 || phase == Phase::ShiftReads);
+            && (!self.pools.cluster().replicas.is_empty() || rt.targets.len() > 1 || phase == Phase::ShiftReads);
         let classes = if may_read_elsewhere || primary_b.health.in_recovery.load(Ordering::Relaxed) {
             request::classifications(&self.shared, &rt, &self.state, &self.cin[..len])
         } else {
@@ -138,7 +172,7 @@ impl Session {
         }
         let decision = decide(&rt, self.state.route, &classes);
         if decision.target == Target::Primary {
-            let state = self.shared.failovers.state();
+            let state = self.pools.cluster().failovers.state();
             if rt.config.routing.role_discovery
                 && !serving_target
                 && state != crate::pool::cluster::TopologyState::Primary
@@ -191,25 +225,26 @@ impl Session {
 
     /// A healthy source replica that has replayed the client's own writes, if any.
     fn pick_source_read(&mut self, rt: &Runtime, executes: bool) -> Option<Choice> {
-        if rt.replicas.is_empty() {
+        let cluster = self.pools.cluster().clone();
+        if cluster.replicas.is_empty() {
             return None;
         }
-        let needed = match self.read_your_writes_lsn(rt) {
+        let needed = match self.read_your_writes_lsn(rt, &cluster) {
             Ok(n) => n,
             Err(()) => {
-                rt.primary.health.ryw_fallbacks.fetch_add(1, Ordering::Relaxed);
+                cluster.primary.health.ryw_fallbacks.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
         };
         let usable = |i: usize| {
-            let b = &rt.replicas[i];
+            let b = &cluster.replicas[i];
             b.serves_reads(rt) && needed.is_none_or(|lsn| b.replayed(lsn))
         };
-        match rt.rr.pick(rt.replicas.len(), executes, usable) {
-            Some(i) => Some((rt.replicas[i].clone(), self.pools.source.replicas[i].clone(), Target::Replica)),
+        match cluster.rr.pick(cluster.replicas.len(), executes, usable) {
+            Some(i) => Some((cluster.replicas[i].clone(), self.pools.source.replicas[i].clone(), Target::Replica)),
             None => {
                 if needed.is_some() {
-                    rt.primary.health.ryw_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    cluster.primary.health.ryw_fallbacks.fetch_add(1, Ordering::Relaxed);
                 }
                 None
             }
@@ -219,19 +254,19 @@ impl Session {
     /// The WAL position a replica must have replayed to serve this client's reads: `Ok(None)`
     /// if there is no recent write to read back, `Err` if it is not known yet (no primary sample
     /// taken after the write): then only the primary is safe.
-    fn read_your_writes_lsn(&mut self, rt: &Runtime) -> Result<Option<u64>, ()> {
+    fn read_your_writes_lsn(&mut self, rt: &Runtime, cluster: &Cluster) -> Result<Option<u64>, ()> {
         if !rt.config.routing.read_your_writes || self.state.last_write_at == 0 {
             return Ok(None);
         }
         if self.state.ryw_lsn == 0 {
-            let p = &rt.primary.health;
+            let p = &cluster.primary.health;
             if p.lsn_sampled_at.load(Ordering::Relaxed) <= self.state.last_write_at {
                 return Err(());
             }
             self.state.ryw_lsn = p.lsn.load(Ordering::Relaxed);
         }
         let lsn = self.state.ryw_lsn;
-        if rt.replicas.iter().all(|r| r.replayed(lsn)) {
+        if cluster.replicas.iter().all(|r| r.replayed(lsn)) {
             self.state.last_write_at = 0; // every replica has it: no constraint any more
             self.state.ryw_lsn = 0;
             return Ok(None);

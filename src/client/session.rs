@@ -17,6 +17,7 @@ use crate::auth::UserEntry;
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::migration::Phase;
+use crate::pool::limit::ClientSlot;
 use crate::pool::{Backend, Lease};
 use crate::router::Target;
 use crate::session_state::{settings_diff, startup_settings};
@@ -88,6 +89,9 @@ pub struct Session {
     pub(super) user: Arc<UserEntry>,
     /// Database name, shared with the session's handle.
     pub(super) database: Arc<str>,
+    /// Places under `max_db_client_connections` and `max_user_client_connections`, held while
+    /// the client is connected.
+    _client_slots: [ClientSlot; 2],
     pub(super) rt: Arc<Runtime>,
     pub(super) pools: SessionPools,
     pub(super) state: ClientState,
@@ -131,7 +135,14 @@ impl Session {
     async fn start(shared: Arc<Shared>, login: Login) -> Result<Session, (crate::stream::Stream, ClientError)> {
         let Login { mut stream, rbuf, user, database, params, peer } = login;
         let rt = shared.runtime.load_full();
-        let pools = SessionPools::resolve(&shared, &rt, &user, &database);
+        let pools = match SessionPools::resolve(&shared, &rt, &user, &database) {
+            Ok(p) => p,
+            Err(e) => return Err((stream, e)),
+        };
+        let client_slots = match client_slots(&shared, &rt, &pools, &user.name) {
+            Ok(s) => s,
+            Err(e) => return Err((stream, e)),
+        };
         let server_params = match pools.server_params(shared.migration.phase()).await {
             Ok(p) => p,
             Err(e) => return Err((stream, e)),
@@ -140,7 +151,7 @@ impl Session {
         let handle = shared.sessions.register(&user.name, database.clone(), peer);
         let mut state = ClientState {
             tx_status: b'I',
-            track_prepared: rt.pool_mode() == PoolMode::Transaction && rt.config.proxy.max_prepared_statements > 0,
+            track_prepared: pools.mode == PoolMode::Transaction && rt.config.proxy.max_prepared_statements > 0,
             ..ClientState::default()
         };
         state.route = crate::wire::startup::StartupPacket::param(&params, "pgshift.route")
@@ -178,6 +189,7 @@ impl Session {
             cflush: false,
             user,
             database,
+            _client_slots: client_slots,
             rt,
             pools,
             state,
@@ -358,7 +370,7 @@ impl Session {
     async fn attach(&mut self, req: Request) -> Result<(), ClientError> {
         let rt = self.shared.runtime.load_full();
         if rt.generation != self.rt.generation {
-            self.pools = SessionPools::resolve(&self.shared, &rt, &self.user, &self.database);
+            self.pools = SessionPools::resolve(&self.shared, &rt, &self.user, &self.database)?;
             self.rt = rt;
         }
         if *self.shared.paused.borrow() {
@@ -372,7 +384,7 @@ impl Session {
         if target == Target::Replica {
             att.replay = Some(BytesMut::from(&self.cin[..req.len]));
         }
-        if phase.mirrors() && target == Target::Primary && !self.rt.targets.is_empty() {
+        if phase.mirrors() && target == Target::Primary && self.pools.target.is_some() {
             att.capture = Some(crate::migration::mirror::Capture::default());
             att.mirror_to_target = !phase.target_serves();
         }
@@ -402,7 +414,7 @@ impl Session {
     ) -> Result<(Lease, Arc<Backend>, Target), ClientError> {
         use crate::pool::PoolError;
         let ban = self.rt.config.routing.ban_time.0;
-        for _ in 0..=self.rt.replicas.len() + self.rt.targets.len() {
+        for _ in 0..=self.pools.cluster().replicas.len() + self.rt.targets.len() {
             let (backend, pool, target) = self.route(req.len, phase)?;
             self.handle.set_state(Activity::Waiting);
             let result = pool.checkout(&self.handle.cancel).await;
@@ -491,7 +503,7 @@ impl Session {
         }
         if let Some(att) = self.attached.take() {
             self.handle.set_server(None);
-            cleanup_server(att, &self.rt, self.state.pinned.is_some()).await;
+            cleanup_server(att, &self.rt, self.pools.mode, self.state.pinned.is_some()).await;
         }
         self.shared.sessions.unregister(&self.handle);
         self.shared.notify.leave(self.handle.id);
@@ -501,11 +513,27 @@ impl Session {
     }
 }
 
+/// The client's places under the client limits of its database and user, or 53300 naming the
+/// limit it would pass.
+fn client_slots(
+    shared: &Shared,
+    rt: &Runtime,
+    pools: &SessionPools,
+    user: &str,
+) -> Result<[ClientSlot; 2], ClientError> {
+    let limits = &shared.pools.limits;
+    let db = limits.db_clients(&pools.db.name, rt.max_db_client_connections(&pools.db));
+    let by_user = limits.user_clients(user, rt.max_user_client_connections(user));
+    let db_slot = db.enter().map_err(|l| ClientError::too_many_clients(&l))?;
+    let user_slot = by_user.enter().map_err(|l| ClientError::too_many_clients(&l))?;
+    Ok([db_slot, user_slot])
+}
+
 /// A server whose client left: back to the pool if it is idle and owes nothing — after ROLLBACK
 /// if it was in a transaction, and after a full reset if the client had session state on it
 /// (session mode, or a transaction-mode client pinned by SET ROLE, advisory locks, temp tables,
 /// WITH HOLD cursors, SQL PREPARE, LISTEN...); otherwise closed.
-async fn cleanup_server(mut att: Box<Attached>, rt: &Runtime, pinned: bool) {
+async fn cleanup_server(mut att: Box<Attached>, rt: &Runtime, mode: PoolMode, pinned: bool) {
     let pool = att.lease.pool().clone();
     let clean = att.queue.is_empty() && att.sout.is_empty() && att.s2c_passthrough == 0 && att.c2s_passthrough == 0;
     if !clean || att.lease.conn().broken {
@@ -516,7 +544,7 @@ async fn cleanup_server(mut att: Box<Attached>, rt: &Runtime, pinned: bool) {
         steps.push("ROLLBACK".to_string());
     }
     let reset = &rt.config.proxy.server_reset_query;
-    match (rt.pool_mode(), pinned) {
+    match (mode, pinned) {
         (PoolMode::Session, _) if !reset.is_empty() => steps.push(reset.clone()),
         // A pinned client may have left anything behind; DISCARD ALL undoes all of it
         // (role, settings, advisory locks, temp tables, cursors, prepared statements, LISTEN).

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What a backend is for.
@@ -153,6 +153,29 @@ impl Backend {
     /// Lifts a ban (a probe succeeded again).
     pub fn unban(&self) {
         self.health.banned_until_ms.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A primary and its replicas: the `default` cluster (`[primary]` + `[[replicas]]`) or a
+/// `[clusters.NAME]`. Rebuilt with each runtime; its failover record carries over by name.
+#[derive(Debug)]
+pub struct Cluster {
+    /// `default` or the `[clusters]` key.
+    pub name: String,
+    /// The node writes go to (as declared, or as role discovery found it).
+    pub primary: Arc<Backend>,
+    /// The others, serving reads.
+    pub replicas: Vec<Arc<Backend>>,
+    /// Round-robin cursor over the replicas.
+    pub rr: RoundRobin,
+    /// Role discovery's state and failover record for this cluster.
+    pub failovers: Arc<Failovers>,
+}
+
+impl Cluster {
+    /// The primary, then the replicas.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        std::iter::once(&self.primary).chain(self.replicas.iter())
     }
 }
 

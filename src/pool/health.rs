@@ -26,7 +26,7 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
 /// Starts a probe task for every backend of the runtime that has none yet.
 pub fn spawn_probes(shared: &Arc<Shared>, stop: &watch::Receiver<bool>) {
     let rt = shared.runtime.load_full();
-    for b in std::iter::once(&rt.primary).chain(rt.replicas.iter()).chain(rt.target_backends()) {
+    for b in rt.backends() {
         if !b.health.probing.swap(true, Ordering::Relaxed) {
             tokio::spawn(probe_loop(shared.clone(), b.clone(), stop.clone()));
         }
@@ -39,7 +39,7 @@ pub fn spawn_probes_shared(shared: &Arc<Shared>) {
 }
 
 fn in_runtime(rt: &Runtime, b: &Arc<Backend>) -> bool {
-    std::iter::once(&rt.primary).chain(rt.replicas.iter()).chain(rt.target_backends()).any(|x| Arc::ptr_eq(x, b))
+    rt.backends().any(|x| Arc::ptr_eq(x, b))
 }
 
 async fn probe_loop(shared: Arc<Shared>, backend: Arc<Backend>, mut stop: watch::Receiver<bool>) {
@@ -102,7 +102,11 @@ fn record(rt: &Runtime, backend: &Backend, row: &[Option<String>], sent_at: u64)
         h.lsn.store(lsn, Ordering::Relaxed);
         h.lsn_sampled_at.store(sent_at, Ordering::Relaxed);
         if matches!(backend.role, Role::Replica | Role::TargetReplica) {
-            let primary = rt.primary.health.lsn.load(Ordering::Relaxed);
+            let primary = match rt.cluster_of(backend) {
+                Some(c) => &c.primary,
+                None => rt.targets.first().unwrap_or(&rt.primary),
+            };
+            let primary = primary.health.lsn.load(Ordering::Relaxed);
             h.lag_bytes.store(primary.saturating_sub(lsn), Ordering::Relaxed);
         }
     }

@@ -3,7 +3,9 @@
 
 mod clean;
 pub mod cluster;
+pub mod databases;
 pub mod health;
+pub mod limit;
 #[allow(clippy::module_inception)]
 mod pool;
 
@@ -35,6 +37,14 @@ pub enum PoolError {
     /// The pool was shut down.
     #[error("pool closed")]
     Closed,
+    /// A database or user limit stayed full for `query_wait_timeout`.
+    #[error("no server connection within {waited:?}: {limit} reached")]
+    Limit {
+        /// The setting, its value and its subject.
+        limit: String,
+        /// How long the client waited.
+        waited: Duration,
+    },
 }
 
 /// Identity of a pool.
@@ -44,8 +54,10 @@ pub struct PoolKey {
     pub address: String,
     /// Role name.
     pub user: String,
-    /// Database name.
+    /// Database name on the server.
     pub database: String,
+    /// The client-facing database name (`[databases]` key) the pool serves.
+    pub name: String,
 }
 
 /// Every pool in the process, kept across reloads so warm connections survive them.
@@ -53,6 +65,8 @@ pub struct PoolKey {
 pub struct Pools {
     map: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     conn_ids: Arc<AtomicU64>,
+    /// Limits per database and per user, spanning pools.
+    pub limits: limit::Limits,
 }
 
 /// What a pool needs besides its key: limits, TLS, and the user entry to log in with.
@@ -63,14 +77,29 @@ pub struct PoolParams<'a> {
     pub tls: Option<Arc<ServerTls>>,
     /// Bound on connect + login.
     pub connect_timeout: Duration,
-    /// The user's entry.
+    /// The user's entry (the role server connections log in as).
     pub user: &'a Arc<UserEntry>,
+    /// The database name on the server.
+    pub database: &'a str,
+    /// The client-facing database name.
+    pub name: &'a str,
+    /// `max_db_connections` for `name` (0 = none).
+    pub max_db_connections: usize,
+    /// `max_user_connections` for the user (0 = none).
+    pub max_user_connections: usize,
 }
 
 impl Pools {
     /// The pool for (backend, user, database), created on first use.
-    pub fn get(&self, backend: &Backend, database: &str, p: PoolParams<'_>) -> Arc<Pool> {
-        let key = PoolKey { address: backend.address.clone(), user: p.user.name.clone(), database: database.into() };
+    pub fn get(&self, backend: &Backend, p: PoolParams<'_>) -> Arc<Pool> {
+        let key = PoolKey {
+            address: backend.address.clone(),
+            user: p.user.name.clone(),
+            database: p.database.into(),
+            name: p.name.into(),
+        };
+        let db_limit = self.limits.db_conns(p.name, p.max_db_connections);
+        let user_limit = self.limits.user_conns(&p.user.name, p.max_user_connections);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(pool) = map.get(&key) {
             return pool.clone();
@@ -79,13 +108,18 @@ impl Pools {
             address: backend.address.clone(),
             backend_name: backend.name.clone(),
             user: p.user.clone(),
-            database: database.into(),
+            database: p.database.into(),
             connect_timeout: p.connect_timeout,
             tls: p.tls,
         };
-        let pool = Pool::new(spec, p.settings, self.conn_ids.clone());
+        let pool = Pool::new(spec, p.settings, self.conn_ids.clone(), vec![db_limit, user_limit]);
         map.insert(key, pool.clone());
         pool
+    }
+
+    /// Every pool with its key.
+    pub fn entries(&self) -> Vec<(PoolKey, Arc<Pool>)> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, p)| (k.clone(), p.clone())).collect()
     }
 
     /// Every pool.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
+use super::limit::ConnLimit;
 use super::PoolError;
 use crate::server::{LoginSpec, ServerConn};
 use crate::stats::PoolStats;
@@ -69,15 +70,15 @@ struct Waiter {
 }
 
 #[derive(Default)]
-struct Inner {
+pub(super) struct Inner {
     /// Idle connections, most recently used last (LIFO keeps a hot working set). Boxed: a
     /// connection moves through checkout and check-in as a pointer, not a few hundred bytes.
     #[allow(clippy::vec_box)]
-    idle: Vec<Box<ServerConn>>,
+    pub(super) idle: Vec<Box<ServerConn>>,
     /// Connections counted against the size: idle + leased + being opened.
-    open: usize,
+    pub(super) open: usize,
     /// Of `open`, those being opened right now.
-    connecting: usize,
+    pub(super) connecting: usize,
     /// Clients waiting, oldest first, with when they started.
     waiters: VecDeque<(Waiter, Instant)>,
     /// Set when the backend left the configuration: check-ins close instead.
@@ -95,6 +96,8 @@ pub struct Pool {
     /// Counters for the admin port.
     pub stats: PoolStats,
     inner: Mutex<Inner>,
+    /// Limits spanning pools (per database, per user) that every connection here counts against.
+    pub(super) limits: Vec<Arc<ConnLimit>>,
     next_waiter: AtomicU64,
     conn_ids: Arc<AtomicU64>,
     /// Parameters PostgreSQL reported at login, cached from the first connection.
@@ -132,19 +135,29 @@ impl Drop for Lease {
 
 impl Pool {
     /// A new, empty pool.
-    pub fn new(spec: LoginSpec, settings: PoolSettings, conn_ids: Arc<AtomicU64>) -> Arc<Pool> {
-        Arc::new(Pool {
+    pub fn new(
+        spec: LoginSpec,
+        settings: PoolSettings,
+        conn_ids: Arc<AtomicU64>,
+        limits: Vec<Arc<ConnLimit>>,
+    ) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
             spec: ArcSwap::from_pointee(spec),
             settings: ArcSwap::from_pointee(settings),
             stats: PoolStats::default(),
             inner: Mutex::new(Inner::default()),
+            limits,
             next_waiter: AtomicU64::new(0),
             conn_ids,
             server_params: Mutex::new(None),
-        })
+        });
+        for l in &pool.limits {
+            l.join(&pool);
+        }
+        pool
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock leaves only counters behind; keep serving.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -189,7 +202,7 @@ impl Pool {
         if let Some(c) = inner.idle.pop() {
             return Ok(Some(c));
         }
-        if inner.open < s.size {
+        if inner.open < s.size && self.take_limits() {
             inner.open += 1;
             inner.connecting += 1;
             return Ok(None);
@@ -211,15 +224,36 @@ impl Pool {
         let reserve_at = tokio::time::Instant::from_std(started + s.reserve_timeout);
         let mut reserve_tried = s.reserve == 0;
         let outcome = loop {
+            // A pool with room whose clients wait only because a database or user limit is full.
+            let blocker = self.blocking_limit(s);
+            let freed = async {
+                match &blocker {
+                    Some(l) => {
+                        if !l.evict_idle(self) {
+                            // A connection elsewhere may close just before we listen: look again soon.
+                            let _ = tokio::time::timeout(LIMIT_RECHECK, l.freed.notified()).await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 g = &mut rx => return g.map_err(|_| PoolError::Closed),
+                _ = freed => {
+                    if self.take_limited_slot(s) {
+                        break Ok(Grant::Slot);
+                    }
+                }
                 _ = tokio::time::sleep_until(reserve_at), if !reserve_tried => {
                     reserve_tried = true;
                     if self.take_reserve_slot(s) {
                         break Ok(Grant::Slot);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => break Err(PoolError::WaitTimeout(s.wait_timeout)),
+                _ = tokio::time::sleep_until(deadline) => break Err(match blocker {
+                    Some(l) => PoolError::Limit { limit: l.describe(), waited: s.wait_timeout },
+                    None => PoolError::WaitTimeout(s.wait_timeout),
+                }),
                 _ = cancel.notified() => break Err(PoolError::Canceled),
             }
         };
@@ -231,7 +265,7 @@ impl Pool {
             return outcome;
         };
         match outcome {
-            Err(PoolError::WaitTimeout(_)) => Ok(granted), // it arrived just in time: use it
+            Err(PoolError::WaitTimeout(_) | PoolError::Limit { .. }) => Ok(granted), // just in time: use it
             other => {
                 self.give_back(granted);
                 other
@@ -249,7 +283,7 @@ impl Pool {
 
     fn take_reserve_slot(&self, s: &PoolSettings) -> bool {
         let mut inner = self.lock();
-        if inner.open < s.size + s.reserve {
+        if inner.open < s.size + s.reserve && self.take_limits() {
             inner.open += 1;
             inner.connecting += 1;
             self.stats.reserve_used.fetch_add(1, Ordering::Relaxed);
@@ -383,6 +417,8 @@ impl Pool {
             }
         }
         inner.open = inner.open.saturating_sub(1);
+        drop(inner);
+        self.release_limits();
     }
 
     /// Periodic upkeep: close connections idle too long or too old, open up to `min`.
@@ -423,7 +459,7 @@ impl Pool {
         {
             let s = self.settings.load();
             let mut inner = self.lock();
-            if inner.open >= s.min.max(1).min(s.size) {
+            if inner.open >= s.min.max(1).min(s.size) || !self.take_limits() {
                 return;
             }
             inner.open += 1;
@@ -471,6 +507,9 @@ impl Pool {
         format!("{}@{}/{}", spec.user.name, spec.database, spec.backend_name)
     }
 }
+
+/// How often a client blocked by a database or user limit looks again, besides being woken.
+const LIMIT_RECHECK: Duration = Duration::from_millis(50);
 
 /// Failures that go away by themselves when a server restarts: refused or reset connections, and
 /// PostgreSQL saying it is starting up or shutting down.
