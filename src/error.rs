@@ -61,6 +61,25 @@ impl ClientError {
         Self::fatal("28000", format!("{what} host \"{host}\", user \"{user}\", database \"{database}\", SSL {ssl}"))
     }
 
+    /// 08006 for a client whose server connection died under it. Its connection is closed: an
+    /// open transaction is gone, and a COMMIT in flight may or may not have taken effect. On a
+    /// primary with role discovery on, that is what a failover looks like, and the message says so.
+    pub fn server_lost(primary_failover: bool) -> Self {
+        if primary_failover {
+            Self::fatal(
+                "08006",
+                "server connection lost: the primary closed the connection (failover: it failed or was \
+                 stopped; new transactions go to the primary role discovery finds); this transaction \
+                 did not finish: reconnect and retry it",
+            )
+        } else {
+            Self::fatal(
+                "08006",
+                "server connection lost: PostgreSQL closed the connection (it may have restarted); reconnect and retry",
+            )
+        }
+    }
+
     /// 08006 when `auth_query` could not say whether the user exists: the client learns the
     /// login failed for want of the lookup, not for its password (the detail is in the log).
     pub fn auth_lookup_failed(what: &str) -> Self {

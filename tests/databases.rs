@@ -67,7 +67,7 @@ async fn names_on_two_clusters_an_alias_and_any_other_name_through_one_port() {
     let any = connect(port, "app", "app", "postgres").await;
     assert_eq!(reached(&any).await, (primary, "postgres".into()));
     // "*" passes the name through: PostgreSQL's own 3D000 for a database it does not have
-    let e = try_connect(port, "app", "app", "no_such_db_here").await.err().expect("refused");
+    let e = try_connect(port, "app", "app", "no_such_db_here").await.expect_err("refused");
     assert_eq!(sqlstate(&e), "3D000");
 
     // SHOW DATABASES lists each entry with its cluster and server database
@@ -93,7 +93,7 @@ async fn names_on_two_clusters_an_alias_and_any_other_name_through_one_port() {
 #[tokio::test]
 async fn without_a_star_entry_an_unlisted_name_is_3d000_from_pgshift() {
     let p = proxy::start(config("[databases.app]\n")).await;
-    let e = try_connect(proxy::port(&p), "app", "app", "postgres").await.err().expect("refused");
+    let e = try_connect(proxy::port(&p), "app", "app", "postgres").await.expect_err("refused");
     assert_eq!(sqlstate(&e), "3D000");
     assert!(message(&e).contains("pgshift serves no database"), "{}", message(&e));
     connect(proxy::port(&p), "app", "app", "app").await;
@@ -154,7 +154,7 @@ async fn server_connection_limits_refuse_with_53300_naming_the_limit() {
         let holder = connect(port, user, "app", db).await;
         holder.batch_execute("BEGIN; SELECT 1").await.expect("hold a server");
         let waiter = connect(port, user, "app", db).await;
-        let e = waiter.query_one("SELECT 1", &[]).await.err().expect("over the limit");
+        let e = waiter.query_one("SELECT 1", &[]).await.expect_err("over the limit");
         assert_eq!(sqlstate(&e), "53300", "{user}@{db}");
         assert!(message(&e).contains(limit), "message names the limit: {}", message(&e));
         // once the holder is done, a new client gets the slot
@@ -197,7 +197,7 @@ async fn client_limits_refuse_at_login_with_53300() {
         [("app", "few", "max_db_client_connections = 1"), ("dbuser_b", "app", "max_user_client_connections = 1")]
     {
         let first = connect(port, user, "app", db).await;
-        let e = try_connect(port, user, "app", db).await.err().expect("second client refused");
+        let e = try_connect(port, user, "app", db).await.expect_err("second client refused");
         assert_eq!(sqlstate(&e), "53300");
         assert!(message(&e).contains(limit), "{}", message(&e));
         drop(first);
@@ -256,12 +256,12 @@ async fn per_database_pool_mode_and_query_timeout_apply() {
     let s = connect(port, "app", "app", "sess").await;
     s.query_one("SELECT 1", &[]).await.expect("first client");
     let other = connect(port, "app", "app", "sess").await;
-    let e = other.query_one("SELECT 1", &[]).await.err().expect("no server for the second client");
+    let e = other.query_one("SELECT 1", &[]).await.expect_err("no server for the second client");
     assert_eq!(sqlstate(&e), "53300");
     s.query_one("SELECT 1", &[]).await.expect("first client keeps its server");
     // query_timeout for one database only
     let q = connect(port, "app", "app", "quick").await;
-    let e = q.query_one("SELECT pg_sleep(5)", &[]).await.err().expect("cancelled by query_timeout");
+    let e = q.query_one("SELECT pg_sleep(5)", &[]).await.expect_err("cancelled by query_timeout");
     assert_eq!(sqlstate(&e), "57014");
     let a = connect(port, "app", "app", "app").await;
     a.query_one("SELECT pg_sleep(0.5)", &[]).await.expect("no query_timeout on app");

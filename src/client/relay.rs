@@ -212,17 +212,16 @@ impl Session {
     /// The server went away mid-request. A read on a replica that nothing was forwarded from
     /// yet is retried elsewhere; otherwise the client is told, and the connection is not reused.
     fn server_lost(&mut self) -> Result<Relayed, End> {
+        let mut on_primary = false;
         if let Some(att) = self.attached.as_mut() {
             att.lease.conn().broken = true;
             if att.replay.is_some() && !att.forwarded {
                 return Ok(Relayed::Retry);
             }
             att.backend.ban(Duration::from_millis(500), "connection lost");
+            on_primary = att.backend.role == crate::pool::cluster::Role::Primary;
         }
-        Err(End::Close(ClientError::fatal(
-            "08006",
-            "server connection lost: PostgreSQL closed the connection (it may have restarted); reconnect and retry",
-        )))
+        Err(End::Close(ClientError::server_lost(on_primary && self.rt.config.routing.role_discovery)))
     }
 
     /// `query_timeout`: ask the server to cancel what it is running.

@@ -82,9 +82,9 @@ pub(super) struct Inner {
     /// Clients waiting, oldest first, with when they started.
     waiters: VecDeque<(Waiter, Instant)>,
     /// Set when the backend left the configuration: check-ins close instead.
-    retired: bool,
+    pub(super) retired: bool,
     /// When RECONNECT was last issued: connections opened before it close at check-in.
-    reconnect_at: Option<Instant>,
+    pub(super) reconnect_at: Option<Instant>,
 }
 
 /// A pool for one (backend, user, database).
@@ -303,7 +303,7 @@ impl Pool {
         }
     }
 
-    async fn open_in_slot(&self) -> Result<Box<ServerConn>, PoolError> {
+    pub(super) async fn open_in_slot(&self) -> Result<Box<ServerConn>, PoolError> {
         let id = self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1;
         let max_prepared = self.settings.load().max_prepared;
         let spec = self.spec.load_full();
@@ -419,73 +419,6 @@ impl Pool {
         inner.open = inner.open.saturating_sub(1);
         drop(inner);
         self.release_limits();
-    }
-
-    /// Periodic upkeep: close connections idle too long or too old, open up to `min`.
-    /// Returns how many connections to open.
-    pub fn maintain(&self) -> usize {
-        let s = self.settings.load();
-        let mut closed = Vec::new();
-        let deficit = {
-            let mut inner = self.lock();
-            let mut keep = Vec::with_capacity(inner.idle.len());
-            let idle_count = inner.idle.len();
-            for (i, c) in std::mem::take(&mut inner.idle).into_iter().enumerate() {
-                let too_idle = s.idle_timeout.is_some_and(|t| c.last_used.elapsed() > t)
-                    && inner.open - closed.len() > s.min
-                    && i < idle_count;
-                let too_old = s.lifetime.is_some_and(|l| c.created.elapsed() > l);
-                if too_idle || too_old || inner.retired {
-                    closed.push(c);
-                } else {
-                    keep.push(c);
-                }
-            }
-            inner.idle = keep;
-            if inner.retired {
-                0
-            } else {
-                s.min.saturating_sub(inner.open - closed.len())
-            }
-        };
-        for c in closed {
-            self.discard(c);
-        }
-        deficit
-    }
-
-    /// Opens one connection into the idle stack (to keep `min_pool_size` warm).
-    pub async fn warm_one(self: &Arc<Self>) {
-        {
-            let s = self.settings.load();
-            let mut inner = self.lock();
-            if inner.open >= s.min.max(1).min(s.size) || !self.take_limits() {
-                return;
-            }
-            inner.open += 1;
-            inner.connecting += 1;
-        }
-        if let Ok(c) = self.open_in_slot().await {
-            self.return_conn(c);
-        }
-    }
-
-    /// Closes idle connections now and those in use at their next check-in.
-    pub fn reconnect(&self) {
-        let idle = {
-            let mut inner = self.lock();
-            inner.reconnect_at = Some(Instant::now());
-            std::mem::take(&mut inner.idle)
-        };
-        for c in idle {
-            self.discard(c);
-        }
-    }
-
-    /// Marks the pool as leaving: idle connections close now, leased ones at check-in.
-    pub fn retire(&self) {
-        self.lock().retired = true;
-        self.reconnect();
     }
 
     /// A snapshot of sizes for the admin port.
