@@ -61,6 +61,11 @@ impl ClientError {
         Self::fatal("28000", format!("{what} host \"{host}\", user \"{user}\", database \"{database}\", SSL {ssl}"))
     }
 
+    /// 22023 for a startup parameter PostgreSQL would refuse, worded as PostgreSQL words it.
+    pub fn invalid_parameter(name: &str, value: &str) -> Self {
+        Self::fatal("22023", format!("invalid value for parameter \"{name}\": \"{value}\""))
+    }
+
     /// 08006 for a client whose server connection died under it. Its connection is closed: an
     /// open transaction is gone, and a COMMIT in flight may or may not have taken effect. On a
     /// primary with role discovery on, that is what a failover looks like, and the message says so.

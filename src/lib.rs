@@ -30,6 +30,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod convert;
+pub mod encoding;
 pub mod error;
 pub mod healthcheck;
 pub mod migration;

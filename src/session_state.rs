@@ -114,6 +114,18 @@ pub fn startup_settings(params: &[(String, String)]) -> Settings {
     s
 }
 
+/// Rewrites a startup `client_encoding` in the server's spelling (`utf-8` becomes `UTF8`), as
+/// PostgreSQL reports it back; `Err(value)` when PostgreSQL knows no such encoding.
+pub fn canonical_startup_encoding(params: &mut [(String, String)]) -> Result<(), String> {
+    for (_, v) in params.iter_mut().filter(|(k, _)| k.eq_ignore_ascii_case("client_encoding")) {
+        match crate::encoding::canonical(v) {
+            Some(c) => *v = c.to_string(),
+            None => return Err(v.clone()),
+        }
+    }
+    Ok(())
+}
+
 /// `-c name=value` and `--name=value` pairs; backslash escapes a space.
 fn parse_options(options: &str, out: &mut Settings) {
     let mut words = Vec::new();
@@ -137,7 +149,9 @@ fn parse_options(options: &str, out: &mut Settings) {
     while let Some(w) = it.next() {
         let pair = if w == "-c" { it.next() } else { w.strip_prefix("--").map(str::to_string) };
         if let Some((k, v)) = pair.as_deref().and_then(|p| p.split_once('=')) {
-            out.insert(guc_name(&k.replace('-', "_")), quote_literal(v));
+            let k = guc_name(&k.replace('-', "_"));
+            let v = if k == "client_encoding" { crate::encoding::canonical(v).unwrap_or(v) } else { v };
+            out.insert(k, quote_literal(v));
         }
     }
 }

@@ -61,7 +61,7 @@ impl ScramSecret {
     pub fn from_password(password: &str, iterations: u32) -> ScramSecret {
         let mut salt = vec![0u8; 16];
         rand::thread_rng().fill_bytes(&mut salt);
-        let salted = salted_password(password.as_bytes(), &salt, iterations);
+        let salted = salted_password(saslprep(password).as_bytes(), &salt, iterations);
         let client_key = hmac(&salted, b"Client Key");
         ScramSecret { iterations, salt, stored_key: sha256(&client_key), server_key: hmac(&salted, b"Server Key") }
     }
@@ -86,6 +86,14 @@ impl ScramSecret {
             B64.encode(self.server_key)
         )
     }
+}
+
+/// A password as SCRAM hashes it: normalised by SASLprep (RFC 4013), so that a password typed
+/// with a combining accent or a no-break space matches the one PostgreSQL stored. As in
+/// PostgreSQL (and libpq), a password SASLprep refuses (a prohibited character) is used as is.
+/// The `stringprep` crate is the one tokio-postgres itself uses for this.
+pub fn saslprep(password: &str) -> std::borrow::Cow<'_, str> {
+    stringprep::saslprep(password).unwrap_or(std::borrow::Cow::Borrowed(password))
 }
 
 /// PBKDF2-HMAC-SHA256 with a 32-byte output (SCRAM's `Hi()`).
@@ -273,7 +281,7 @@ impl ScramClient {
         }
         let (client_key, server_key) = match &self.credential {
             ClientCredential::Password(pw) => {
-                let salted = salted_password(pw.as_bytes(), &salt, iterations);
+                let salted = salted_password(saslprep(pw).as_bytes(), &salt, iterations);
                 (hmac(&salted, b"Client Key"), hmac(&salted, b"Server Key"))
             }
             ClientCredential::Keys { salt: s, iterations: i, client_key, server_key } => {

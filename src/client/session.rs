@@ -133,7 +133,10 @@ async fn open(shared: Arc<Shared>, login: Box<Login>) -> Option<Session> {
 
 impl Session {
     async fn start(shared: Arc<Shared>, login: Login) -> Result<Session, (crate::stream::Stream, ClientError)> {
-        let Login { mut stream, rbuf, user, database, params, peer } = login;
+        let Login { mut stream, rbuf, user, database, mut params, peer } = login;
+        if let Err(v) = crate::session_state::canonical_startup_encoding(&mut params) {
+            return Err((stream, ClientError::invalid_parameter("client_encoding", &v)));
+        }
         let rt = shared.runtime.load_full();
         let pools = match SessionPools::resolve(&shared, &rt, &user, &database) {
             Ok(p) => p,

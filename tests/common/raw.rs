@@ -71,13 +71,29 @@ pub async fn read_frames(s: &mut TcpStream, until: u8) -> Vec<(u8, Vec<u8>)> {
     }
 }
 
-/// Logs in with cleartext... no: with SCRAM, through tokio-postgres's own protocol code, then
-/// hands back the socket positioned after the first ReadyForQuery.
+/// Logs in with SCRAM, through tokio-postgres's own protocol code, then hands back the socket
+/// positioned after the first ReadyForQuery.
 pub async fn login(port: u16, user: &str, password: &str, db: &str) -> TcpStream {
+    match login_with(port, user, password, db, &[]).await {
+        Ok((s, _)) => s,
+        Err(e) => panic!("login refused: {e:?}"),
+    }
+}
+
+/// [`login`] with more startup parameters; also the frames from AuthenticationOk to the first
+/// ReadyForQuery (ParameterStatus, BackendKeyData), or the ErrorResponse's fields if refused.
+pub async fn login_with(
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+    params: &[(&str, &str)],
+) -> Result<(TcpStream, Vec<(u8, Vec<u8>)>), Vec<(u8, String)>> {
     use postgres_protocol::authentication::sasl;
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
     let mut pkt = vec![0, 0, 0, 0, 0, 3, 0, 0];
-    for kv in ["user", user, "database", db] {
+    let pairs = [("user", user), ("database", db)].into_iter().chain(params.iter().copied());
+    for kv in pairs.flat_map(|(k, v)| [k, v]) {
         pkt.extend_from_slice(kv.as_bytes());
         pkt.push(0);
     }
@@ -87,7 +103,10 @@ pub async fn login(port: u16, user: &str, password: &str, db: &str) -> TcpStream
     s.write_all(&pkt).await.unwrap();
     let mut scram: Option<sasl::ScramSha256> = None;
     loop {
-        let frames = read_frames(&mut s, b'R').await;
+        let mut frames = read_frames_or_error(&mut s, b'R').await;
+        if frames.last().is_some_and(|(t, _)| *t == b'E') {
+            return Err(error_fields(&frames.pop().unwrap().1));
+        }
         let (_, body) = frames.last().unwrap();
         let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
         match code {
@@ -113,6 +132,47 @@ pub async fn login(port: u16, user: &str, password: &str, db: &str) -> TcpStream
             other => panic!("unexpected auth request {other}"),
         }
     }
-    read_frames(&mut s, b'Z').await;
-    s
+    let frames = read_frames_or_error(&mut s, b'Z').await;
+    match frames.last() {
+        Some((b'E', body)) => Err(error_fields(body)),
+        _ => Ok((s, frames)),
+    }
+}
+
+/// [`read_frames`], stopping early at an ErrorResponse.
+async fn read_frames_or_error(s: &mut TcpStream, until: u8) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        let mut h = [0u8; 5];
+        s.read_exact(&mut h).await.expect("frame header");
+        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).await.expect("frame body");
+        out.push((h[0], body));
+        if h[0] == until || h[0] == b'E' {
+            return out;
+        }
+    }
+}
+
+/// An ErrorResponse's fields: (code, value), e.g. (b'C', "22023").
+pub fn error_fields(body: &[u8]) -> Vec<(u8, String)> {
+    body.split(|&b| b == 0)
+        .filter(|f| !f.is_empty())
+        .map(|f| (f[0], String::from_utf8_lossy(&f[1..]).into_owned()))
+        .collect()
+}
+
+/// The ParameterStatus values among `frames`.
+pub fn parameter_status(frames: &[(u8, Vec<u8>)]) -> Vec<(String, String)> {
+    frames
+        .iter()
+        .filter(|(t, _)| *t == b'S')
+        .filter_map(|(_, b)| {
+            let mut it = b.split(|&c| c == 0);
+            let k = String::from_utf8_lossy(it.next()?).into_owned();
+            let v = String::from_utf8_lossy(it.next()?).into_owned();
+            Some((k, v))
+        })
+        .collect()
 }

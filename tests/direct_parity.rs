@@ -1,0 +1,91 @@
+//! What a client sees through pgshift matches what it sees connected directly to PostgreSQL:
+//! `client_encoding` reported in the server's spelling, and SCRAM passwords beyond ASCII
+//! (SASLprep) accepted as PostgreSQL accepts them.
+
+mod common;
+
+use common::{proxy, raw};
+
+/// ParameterStatus `client_encoding` after logging in with `given`, or the refusal's SQLSTATE.
+async fn reported_encoding(port: u16, given: &str) -> Result<String, String> {
+    match raw::login_with(port, "app", "app", "app", &[("client_encoding", given)]).await {
+        Ok((_, frames)) => Ok(raw::parameter_status(&frames)
+            .into_iter()
+            .find(|(k, _)| k == "client_encoding")
+            .map(|(_, v)| v)
+            .expect("client_encoding reported")),
+        Err(fields) => Err(fields.into_iter().find(|(c, _)| *c == b'C').map(|(_, v)| v).unwrap_or_default()),
+    }
+}
+
+#[tokio::test]
+async fn client_encoding_is_reported_as_the_server_spells_it() {
+    let direct = common::shared_bed().primary_port;
+    let p = proxy::primary_only().await;
+    let port = proxy::port(&p);
+    for given in ["utf8", "utf-8", "UTF8", "unicode", "euc-jp", "eucjp", "latin1", "iso-8859-15", "sql_ascii"] {
+        let want = reported_encoding(direct, given).await;
+        let got = reported_encoding(port, given).await;
+        assert_eq!(got, want, "client_encoding={given}: through pgshift vs direct");
+        assert!(want.is_ok(), "{given} is accepted directly");
+    }
+    // An encoding PostgreSQL does not know is refused at login, with the same SQLSTATE.
+    let want = reported_encoding(direct, "klingon").await;
+    assert_eq!(reported_encoding(port, "klingon").await, want);
+    assert_eq!(want, Err("22023".to_string()));
+
+    // The session really uses the encoding it was told: a non-ASCII text round-trips in EUC_JP.
+    let (mut s, _) = raw::login_with(port, "app", "app", "app", &[("client_encoding", "euc-jp")]).await.unwrap();
+    let mut out = Vec::new();
+    raw::query(&mut out, "SELECT current_setting('client_encoding')");
+    tokio::io::AsyncWriteExt::write_all(&mut s, &out).await.unwrap();
+    let frames = raw::read_frames(&mut s, b'Z').await;
+    let row = frames.iter().find(|(t, _)| *t == b'D').expect("a row");
+    assert!(row.1.ends_with(b"EUC_JP"), "{:?}", String::from_utf8_lossy(&row.1));
+}
+
+/// Creates (or resets) a role whose password needs SASLprep.
+fn role_with_password(name: &str, password: &str) {
+    let bed = common::shared_bed();
+    let lit = password.replace('\'', "''");
+    common::superuser_exec(
+        bed.primary_port,
+        &format!(
+            "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN \
+             CREATE ROLE {name} LOGIN; END IF; END$$; \
+             SET password_encryption = 'scram-sha-256'; ALTER ROLE {name} PASSWORD '{lit}'; \
+             GRANT ALL ON DATABASE app TO {name};"
+        ),
+    );
+}
+
+#[tokio::test]
+async fn passwords_beyond_ascii_log_in_as_they_do_directly() {
+    // A combining accent (SASLprep composes it) and a no-break space (SASLprep maps it to a space).
+    let cases = [("sasl_accent", "cafe\u{301}-pw"), ("sasl_nbsp", "open\u{a0}sesame")];
+    let bed = common::shared_bed();
+    let mut cfg = proxy::config(bed.primary_port, &[]);
+    for (name, pw) in cases {
+        role_with_password(name, pw);
+        // The password as the user typed it, unnormalised, is in pgshift's config.
+        cfg.auth.users.push(pgshift::config::UserConfig {
+            name: name.into(),
+            password: Some(pw.into()),
+            ..Default::default()
+        });
+    }
+    let p = proxy::start(cfg).await;
+    let port = proxy::port(&p);
+    for (name, pw) in cases {
+        for typed in [pw.to_string(), stringprep::saslprep(pw).unwrap().into_owned()] {
+            let direct = common::connect(bed.primary_port, name, &typed, "app").await;
+            let via = common::try_connect(port, name, &typed, "app")
+                .await
+                .unwrap_or_else(|e| panic!("{name} with {typed:?} through pgshift: {e}"));
+            let q = "SELECT current_user::text";
+            let (a, b) = (direct.query_one(q, &[]).await.unwrap(), via.query_one(q, &[]).await.unwrap());
+            assert_eq!(a.get::<_, String>(0), b.get::<_, String>(0));
+        }
+        assert!(common::try_connect(port, name, "wrong", "app").await.is_err());
+    }
+}
