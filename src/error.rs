@@ -6,6 +6,8 @@ use crate::server::ServerError;
 use crate::wire::messages;
 use bytes::BytesMut;
 
+const CLIENT_LEFT_LOGIN: &str = "connection closed during login";
+
 /// An error as the client will see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientError {
@@ -31,6 +33,17 @@ impl ClientError {
     /// 53300 for a client over `max_db_client_connections` or `max_user_client_connections`.
     pub fn too_many_clients(limit: &str) -> Self {
         Self::fatal("53300", format!("too many client connections: {limit} reached"))
+    }
+
+    /// The client closed its connection during login (a port check, `pg_isready`, psql going
+    /// back to ask for a password): nothing to answer, and not a failed login.
+    pub fn client_left_login() -> Self {
+        Self::fatal("08006", CLIENT_LEFT_LOGIN)
+    }
+
+    /// True for [`ClientError::client_left_login`].
+    pub fn is_client_left_login(&self) -> bool {
+        self.code == "08006" && self.message == CLIENT_LEFT_LOGIN
     }
 
     /// An ERROR: the session goes on.

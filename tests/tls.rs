@@ -290,3 +290,46 @@ async fn tls_toward_postgres_with_verify_full() {
     assert!(!db.message().contains("127.0.0.1"), "no host in client errors: {}", db.message());
     drop(cluster);
 }
+
+/// `login_failures` counts refusals only: a port check, a client that hangs up in the middle of
+/// its TLS handshake or while asked for its password (psql does that to prompt) is no failed
+/// login; a wrong password is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_failures_count_refusals_not_clients_that_hang_up() {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = proxy::start(tls_config(common::shared_bed().primary_port, TlsMode::Prefer)).await;
+    let failures = || p.shared.stats.login_failures.load(Ordering::Relaxed);
+    assert_eq!(failures(), 0, "a fresh proxy has no failed login");
+
+    // A TCP port check.
+    drop(tokio::net::TcpStream::connect(p.addr).await.unwrap());
+    // SSLRequest answered 'S', then a ClientHello cut short and a hang-up.
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"S");
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x40, 0x01]).await.unwrap();
+    drop(s);
+    // psql without a password: asked for one, it hangs up (-w: it does not prompt).
+    let conninfo = format!("host=127.0.0.1 port={} user=app dbname=app sslmode=disable", proxy::port(&p));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("psql").args(["-X", "-w", &conninfo, "-c", "select 1"]).env_remove("PGPASSWORD").output()
+    })
+    .await
+    .unwrap()
+    .expect("psql runs");
+    assert!(!out.status.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(failures(), 0, "clients that hung up are not failed logins");
+
+    assert!(common::try_connect(proxy::port(&p), "app", "wrong", "app").await.is_err());
+    for _ in 0..50 {
+        if failures() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(failures(), 1, "a wrong password is one failed login");
+}

@@ -29,6 +29,9 @@ pub enum AuthError {
     /// `auth_query` could not answer (PostgreSQL unreachable, auth_user refused, query error).
     #[error("authentication lookup failed: {0}")]
     Lookup(&'static str),
+    /// The client hung up during the exchange (libpq with no password to give does).
+    #[error("the client closed the connection during authentication")]
+    ClientLeft,
     /// A verifier-only user whose verifier differs from the one PostgreSQL holds.
     #[error("the SCRAM verifier in the proxy config does not match the server's")]
     BackendSecretMismatch,

@@ -125,6 +125,7 @@ pub async fn open(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Res
     };
     let entry = match super::login::authenticate(shared, &mut stream, &mut buf, &user, method).await {
         Ok(e) => e,
+        Err(e) if e.is_client_left_login() => return Err(None),
         Err(e) => return fail(&mut stream, e).await,
     };
     write(&mut stream, &messages::auth_ok()).await?;
@@ -153,7 +154,10 @@ async fn accept_tls(
     };
     let s = tls.acceptor.accept(tcp).await.map_err(|e| {
         tracing::debug!("TLS handshake failed: {e}");
-        None
+        // The client hanging up mid-handshake is not a refusal; a certificate or protocol the
+        // handshake rejected is (and counts as a failed login). No ErrorResponse can be sent.
+        let left = matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset);
+        (!left).then(|| ClientError::fatal("08P01", format!("TLS handshake failed: {e}")))
     })?;
     if direct && s.get_ref().1.alpn_protocol() != Some(b"postgresql") {
         return Err(None); // PostgreSQL requires ALPN for direct TLS
@@ -185,14 +189,16 @@ pub(super) async fn read_password_frame(stream: &mut Stream, buf: &mut BytesMut)
     loop {
         match frame::complete_frame(buf) {
             Ok(Some((tag::PASSWORD, n))) if n <= MAX_LOGIN_FRAME => return Ok(buf.split_to(n)),
+            // libpq says goodbye this way when it has no password to give (psql then prompts).
+            Ok(Some((tag::TERMINATE, _))) => return Err(ClientError::client_left_login()),
             Ok(Some(_)) => return Err(ClientError::protocol("expected a password response")),
             Ok(None) if buf.len() > MAX_LOGIN_FRAME => return Err(ClientError::protocol("password packet too large")),
             Ok(None) => {}
             Err(e) => return Err(ClientError::protocol(e.to_string())),
         }
-        let n = stream.read_buf(buf).await.map_err(|_| ClientError::protocol("connection lost during login"))?;
+        let n = stream.read_buf(buf).await.map_err(|_| ClientError::client_left_login())?;
         if n == 0 {
-            return Err(ClientError::protocol("connection closed during login"));
+            return Err(ClientError::client_left_login());
         }
     }
 }

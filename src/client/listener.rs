@@ -132,6 +132,9 @@ async fn handle(mut slot: Slot, tcp: TcpStream, peer: SocketAddr) {
     let mut login = match opening {
         Ok(Ok(Opening::Session(login))) => login,
         Ok(Ok(Opening::Cancelled)) => return,
+        // A client that went away by itself (a port check, an aborted TLS handshake, psql
+        // closing to ask for a password) did not fail a login: only refusals count.
+        Ok(Err(None)) => return,
         Ok(Err(e)) => {
             shared.stats.login_failures.fetch_add(1, Ordering::Relaxed);
             if let Some(e) = e {

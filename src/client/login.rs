@@ -81,6 +81,7 @@ pub async fn authenticate(
             let cbind = rt.client_tls.as_ref().filter(|_| stream.is_tls()).map(|t| t.cert_hash.clone());
             let key = scram_exchange(stream, buf, secret, cbind).await.map_err(|e| match e {
                 AuthError::BadPassword => denied(),
+                AuthError::ClientLeft => ClientError::client_left_login(),
                 other => ClientError::fatal("28000", other.to_string()),
             })?;
             let entry = entry.ok_or_else(denied)?;
@@ -97,10 +98,17 @@ async fn scram_exchange(
     cbind: Option<Vec<u8>>,
 ) -> Result<[u8; 32], AuthError> {
     let io = |_| AuthError::Protocol("connection lost during SCRAM");
+    let bad_response = |e: ClientError| {
+        if e.is_client_left_login() {
+            AuthError::ClientLeft
+        } else {
+            AuthError::Protocol("bad SASL response")
+        }
+    };
     let mechs: &[&str] = if cbind.is_some() { &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] } else { &["SCRAM-SHA-256"] };
     write(stream, &messages::auth_sasl(mechs)).await.map_err(io)?;
     let mut server = ScramServer::new(secret, cbind);
-    let f = read_password_frame(stream, buf).await.map_err(|_| AuthError::Protocol("bad SASL response"))?;
+    let f = read_password_frame(stream, buf).await.map_err(bad_response)?;
     let (mech, rest) = frame::cstr(frame::body(&f)).ok_or(AuthError::Protocol("malformed SASLInitialResponse"))?;
     let data = rest.get(4..).ok_or(AuthError::Protocol("malformed SASLInitialResponse"))?;
     let mech = std::str::from_utf8(mech).map_err(|_| AuthError::Protocol("bad SASL mechanism"))?;
@@ -109,7 +117,7 @@ async fn scram_exchange(
     }
     let server_first = server.first(mech, data)?;
     write(stream, &messages::auth_sasl_continue(server_first.as_bytes())).await.map_err(io)?;
-    let f = read_password_frame(stream, buf).await.map_err(|_| AuthError::Protocol("bad SASL response"))?;
+    let f = read_password_frame(stream, buf).await.map_err(bad_response)?;
     let ok = server.finish(frame::body(&f))?;
     write(stream, &messages::auth_sasl_final(ok.server_final.as_bytes())).await.map_err(io)?;
     Ok(ok.client_key)
