@@ -145,6 +145,7 @@ port = $REPLICA_PORT
 read_write_split = true
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
+admin_users = ["app"]
 EOF
 
 LOG="$WORK/pgshift.log"
@@ -179,6 +180,7 @@ $LINE
    try:   psql "$URL"
    TLS:   psql "postgres://app:app@localhost:$PORT/app?sslmode=verify-full&sslrootcert=$ROOT/certs/ca.crt"
    stats: http://127.0.0.1:$ADMIN_PORT/stats
+   console: psql "postgres://app:app@127.0.0.1:$PORT/pgbouncer" -c "SHOW POOLS"
    logs:  $LOG
 
  Ctrl-C stops everything.
