@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pgshift::cli;
-use pgshift::config::Config;
+use pgshift::config::{Config, LogFormat};
 use pgshift::proxy::Proxy;
 
 /// The command line. Its help text is a manual page: see `pgshift::cli` for the sections.
@@ -42,7 +42,6 @@ fn main() -> ExitCode {
     if let Some(command) = cli.command {
         return cli::run(command);
     }
-    init_logging();
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -50,7 +49,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(config.log.format);
     if cli.check_config {
+        if let Err(problems) = pgshift::proxy::check(&config) {
+            eprintln!("pgshift: invalid configuration:\n  - {}", problems.join("\n  - "));
+            return ExitCode::from(2);
+        }
         if cli.print {
             print!("{}", config.redacted_toml());
         }
@@ -71,14 +75,20 @@ fn main() -> ExitCode {
     runtime.block_on(serve(config, cli.config))
 }
 
-fn init_logging() {
+/// Logs to standard error: `PGSHIFT_LOG` (or `RUST_LOG`) filters; colour only on a terminal, so
+/// files and log collectors get plain text; `json` writes one object per line.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter =
         std::env::var("PGSHIFT_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info".to_string());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
 }
 
 async fn serve(config: Config, path: PathBuf) -> ExitCode {

@@ -67,6 +67,7 @@ impl Proxy {
             }
         };
         tracing::info!(%addr, admin = admin_addr.as_deref().unwrap_or("off"), "pgshift listening");
+        log_startup_summary(&shared.runtime.load());
         Ok(Proxy { shared, addr, admin_addr, tasks, config_path })
     }
 
@@ -190,5 +191,53 @@ async fn upkeep(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 tokio::spawn(async move { p.warm_one().await });
             }
         }
+    }
+}
+
+/// Everything start checks short of binding its ports: the configuration and the files it names
+/// (TLS certificates, keys and CA, `auth_file`, `auth_hba_file`), every problem listed.
+pub fn check(config: &Config) -> Result<(), Vec<String>> {
+    Runtime::build(config.clone(), None).map(|_| ())
+}
+
+/// The effective setup in a few log lines: TLS, pooling, each cluster's hosts and each database.
+fn log_startup_summary(rt: &Runtime) {
+    let p = &rt.config.proxy;
+    tracing::info!(
+        client_tls = %spelled(&rt.config.tls.mode),
+        server_tls = %spelled(&rt.config.tls.server_mode),
+        pool_mode = %spelled(&p.pool_mode),
+        default_pool_size = p.default_pool_size,
+        max_client_conn = p.max_client_conn,
+        role_discovery = rt.config.routing.role_discovery,
+        read_write_split = rt.config.routing.read_write_split,
+        "effective settings"
+    );
+    for c in &rt.clusters {
+        let replicas: Vec<&str> = c.replicas.iter().map(|b| b.address.as_str()).collect();
+        tracing::info!(cluster = %c.name, primary = %c.primary.address, replicas = %replicas.join(","), "cluster");
+    }
+    for d in rt.databases.listed() {
+        let s = &d.settings;
+        tracing::info!(
+            database = %d.name,
+            cluster = %d.cluster.name,
+            server_database = %d.server_db,
+            pool_size = s.pool_size.unwrap_or(p.default_pool_size),
+            pool_mode = %spelled(&s.pool_mode.unwrap_or(p.pool_mode)),
+            "database"
+        );
+    }
+    match rt.databases.any() {
+        Some((_, c)) => tracing::info!(cluster = %c.name, "database *: any other name, the same name on the server"),
+        None => tracing::info!("no \"*\" database: other database names are refused"),
+    }
+}
+
+/// A setting's value as proxy.toml spells it (`verify-full`, `transaction`).
+fn spelled<T: serde::Serialize>(v: &T) -> String {
+    match toml::Value::try_from(v) {
+        Ok(toml::Value::String(s)) => s,
+        _ => String::new(),
     }
 }

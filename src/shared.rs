@@ -53,11 +53,53 @@ pub struct Runtime {
     pub generation: u64,
 }
 
+/// The files a configuration names: `auth_hba_file`, the client TLS certificate, key and CA, and
+/// the TLS files toward PostgreSQL. Each one that cannot be loaded is a problem.
+type Files = (Option<Arc<crate::auth::hba::Hba>>, Option<Arc<ClientTls>>, Option<Arc<ServerTls>>);
+
+fn load_files(config: &Config, problems: &mut Vec<String>) -> Files {
+    let cert_auth = config.auth.kind == crate::config::AuthType::Cert;
+    let hba = match config.auth.auth_hba_file.as_str() {
+        "" => None,
+        path => match crate::auth::hba::Hba::load(path) {
+            Ok(h) => Some(Arc::new(h)),
+            Err(p) => {
+                problems.extend(p);
+                None
+            }
+        },
+    };
+    let client_tls = match crate::tls::ClientTls::from_config(&config.tls, cert_auth) {
+        Ok(t) => t.map(Arc::new),
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
+    let server_tls = match crate::tls::ServerTls::from_config(&config.tls) {
+        Ok(t) => t.map(Arc::new),
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
+    (hba, client_tls, server_tls)
+}
+
 impl Runtime {
     /// Builds a runtime; `previous` lends backends (with their health) and learned keys.
     pub fn build(config: Config, previous: Option<&Runtime>) -> Result<Runtime, Vec<String>> {
         let mut problems = Vec::new();
-        let users = Users::from_config(&config.auth).map_err(|e| vec![e])?;
+        // Files first (pg_hba, TLS certificates and keys, then auth_file), so that one missing
+        // file does not hide the others: --check-config lists them all.
+        let (hba, client_tls, server_tls) = load_files(&config, &mut problems);
+        let users = match Users::from_config(&config.auth) {
+            Ok(u) => u,
+            Err(e) => {
+                problems.push(e);
+                return Err(problems);
+            }
+        };
         if let Some(p) = previous {
             users.inherit_learned(&p.users);
         }
@@ -76,17 +118,6 @@ impl Runtime {
             problems.extend(p);
             Databases::default()
         });
-        let cert_auth = config.auth.kind == crate::config::AuthType::Cert;
-        let hba = match config.auth.auth_hba_file.as_str() {
-            "" => None,
-            path => match crate::auth::hba::Hba::load(path) {
-                Ok(h) => Some(Arc::new(h)),
-                Err(p) => {
-                    problems.extend(p);
-                    None
-                }
-            },
-        };
         let targets = match &config.migration {
             Some(m) => std::iter::once(reuse(Role::TargetPrimary, m.target.address(), "target".into()))
                 .chain(
@@ -97,20 +128,6 @@ impl Runtime {
                 )
                 .collect(),
             None => Vec::new(),
-        };
-        let client_tls = match crate::tls::ClientTls::from_config(&config.tls, cert_auth) {
-            Ok(t) => t.map(Arc::new),
-            Err(e) => {
-                problems.push(e);
-                None
-            }
-        };
-        let server_tls = match crate::tls::ServerTls::from_config(&config.tls) {
-            Ok(t) => t.map(Arc::new),
-            Err(e) => {
-                problems.push(e);
-                None
-            }
         };
         if !problems.is_empty() {
             return Err(problems);

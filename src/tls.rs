@@ -51,8 +51,15 @@ impl ClientTls {
         if c.mode == TlsMode::Disable {
             return Ok(None);
         }
-        let certs = load_certs(&c.cert)?;
-        let key = load_key(&c.key)?;
+        // Each file is read before any is refused, so one report names every missing one.
+        let ca = (!c.client_ca.is_empty()).then(|| load_certs(&c.client_ca));
+        let (certs, key) = match (load_certs(&c.cert), load_key(&c.key), ca.as_ref().and_then(|r| r.as_ref().err())) {
+            (Ok(certs), Ok(key), None) => (certs, key),
+            (certs, key, ca) => {
+                let errors = [certs.err(), key.err(), ca.cloned()];
+                return Err(errors.into_iter().flatten().collect::<Vec<_>>().join("\n  - "));
+            }
+        };
         let cert_hash = crate::auth::scram::sha256(&certs[0]).to_vec();
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -61,7 +68,7 @@ impl ClientTls {
             builder.with_no_client_auth()
         } else {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in load_certs(&c.client_ca)? {
+            for cert in ca.unwrap_or_else(|| load_certs(&c.client_ca))? {
                 roots.add(cert).map_err(|e| format!("[tls] bad CA certificate in client_ca: {e}"))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());

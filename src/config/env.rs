@@ -2,7 +2,8 @@
 //!
 //! Values are coerced to the type the key has in the defaults (integer, boolean, list, string), so
 //! `PGSHIFT_PROXY_DEFAULT_POOL_SIZE=40` works and `PGSHIFT_ADMIN_TOKEN=1234` stays a string.
-//! Variables whose section is not a config section (`PGSHIFT_LOG`, `PGSHIFT_TEST_*`) are not ours.
+//! Variables whose section is not a config section (`PGSHIFT_LOG` itself, the log filter, and
+//! `PGSHIFT_TEST_*`) are not ours; `PGSHIFT_LOG_FORMAT` is `[log] format`.
 //! Besides: `PGSHIFT_PRIMARY_URL` / `PGSHIFT_MIGRATION_TARGET_URL` (a backend from a URL),
 //! `PGSHIFT_REPLICAS=host:port,...` (the whole `[[replicas]]` array), and
 //! `PGSHIFT_<SECTION>_<KEY>_FILE` (the key's value from the first line of a file, for secrets).
@@ -12,7 +13,7 @@ use toml::{Table, Value};
 
 /// Sections a `PGSHIFT_<SECTION>_<KEY>` variable may name (named sections such as `[databases]`
 /// have no variables: a name cannot be spelled in one).
-const SECTIONS: &[&str] = &["proxy", "auth", "tls", "primary", "routing", "admin", "migration"];
+const SECTIONS: &[&str] = &["proxy", "auth", "tls", "primary", "routing", "admin", "migration", "log"];
 
 /// Applies every recognised variable of `vars` to `tree`, noting problems.
 pub fn apply_overrides(tree: &mut Table, vars: impl IntoIterator<Item = (String, String)>, problems: &mut Vec<String>) {

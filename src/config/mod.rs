@@ -6,10 +6,13 @@
 
 mod duration;
 mod env;
+mod log;
 mod topology;
 mod validate;
+mod words;
 
 pub use duration::Dur;
+pub use log::{LogConfig, LogFormat};
 pub use topology::{parse_hosts, ClusterConfig, DatabaseConfig, UserSettings, ANY_DATABASE, DEFAULT_CLUSTER};
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +44,8 @@ pub struct Config {
     /// An online migration to a new database; absent means none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationConfig>,
+    /// The log's format.
+    pub log: LogConfig,
     /// More clusters besides `default` (`[primary]` + `[[replicas]]`), by name.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub clusters: std::collections::BTreeMap<String, ClusterConfig>,

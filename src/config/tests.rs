@@ -154,3 +154,23 @@ fn secrets_from_files_named_by_the_environment() {
     assert!(all.contains("PGSHIFT_ADMIN_NOPE_FILE: [admin] has no key \"nope_file\""), "{all}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn every_mistake_of_a_section_is_listed_in_plain_words() {
+    let text = "[proxy]\npool_mode = \"transacton\"\ndefault_pool_size = -5\ndefualt_pool_size = 3\n\
+                [routing]\nread_write_split = 3\n[databases.app]\npool_size = -1\npool_mod = \"session\"\n\
+                [[replicas]]\nport = \"x\"\n";
+    let e = super::Config::from_toml(text).unwrap_err().0;
+    let want = [
+        "[proxy] pool_mode = \"transacton\": must be one of transaction, session (did you mean \"transaction\"?)",
+        "[proxy] default_pool_size = -5: must be a whole number, 0 or more",
+        "unknown key `proxy.defualt_pool_size` (did you mean `default_pool_size`?)",
+        "[routing] read_write_split = 3: must be true or false",
+        "[databases.app] pool_size = -1: must be a whole number, 0 or more",
+        "unknown key `databases.app.pool_mod` (did you mean `pool_mode`?)",
+        "[[replicas]] #1 port = \"x\": must be a whole number from 0 to 65535",
+    ];
+    for w in want {
+        assert!(e.iter().any(|p| p == w), "missing {w:?} in {e:#?}");
+    }
+}

@@ -60,7 +60,10 @@ fn walk(tree: &Table, schema: &Table, path: &str, problems: &mut Vec<String>) {
     for (k, v) in tree {
         let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
         let Some(known) = schema.get(k) else {
-            problems.push(format!("unknown key `{here}`"));
+            let hint = super::words::did_you_mean(k, schema.keys().map(String::as_str).filter(|s| *s != "*"))
+                .map(|m| format!(" (did you mean `{m}`?)"))
+                .unwrap_or_default();
+            problems.push(format!("unknown key `{here}`{hint}"));
             continue;
         };
         match (v, known) {
@@ -98,12 +101,13 @@ pub fn typed(tree: Table, problems: &mut Vec<String>) -> Option<Config> {
             "auth" => section(&k, v, problems, &mut c.auth),
             "tls" => section(&k, v, problems, &mut c.tls),
             "primary" => section(&k, v, problems, &mut c.primary),
-            "replicas" => section(&k, v, problems, &mut c.replicas),
+            "replicas" => list(&k, v, problems, &mut c.replicas),
             "routing" => section(&k, v, problems, &mut c.routing),
             "admin" => section(&k, v, problems, &mut c.admin),
-            "clusters" => section(&k, v, problems, &mut c.clusters),
-            "databases" => section(&k, v, problems, &mut c.databases),
-            "users" => section(&k, v, problems, &mut c.users),
+            "log" => section(&k, v, problems, &mut c.log),
+            "clusters" => named(&k, v, problems, &mut c.clusters),
+            "databases" => named(&k, v, problems, &mut c.databases),
+            "users" => named(&k, v, problems, &mut c.users),
             "migration" => {
                 let mut m = Default::default();
                 section(&k, v, problems, &mut m);
@@ -116,9 +120,63 @@ pub fn typed(tree: Table, problems: &mut Vec<String>) -> Option<Config> {
 }
 
 fn section<T: DeserializeOwned>(name: &str, v: Value, problems: &mut Vec<String>, out: &mut T) {
-    match v.try_into::<T>() {
-        Ok(t) => *out = t,
-        Err(e) => problems.push(format!("[{name}]: {}", e.to_string().trim())),
+    if let Some(t) = checked(&format!("[{name}]"), v, problems) {
+        *out = t;
+    }
+}
+
+/// `v` as a `T`, or a problem line for each key whose value does not fit (not only the first).
+fn checked<T: DeserializeOwned>(at: &str, v: Value, problems: &mut Vec<String>) -> Option<T> {
+    let e = match v.clone().try_into::<T>() {
+        Ok(t) => return Some(t),
+        Err(e) => e,
+    };
+    let before = problems.len();
+    if let Value::Table(t) = v {
+        // Every section's struct takes defaults for absent keys, so each key can be tried alone.
+        for (k, item) in t {
+            let shown = item.to_string();
+            let mut one = Table::new();
+            one.insert(k.clone(), item);
+            if let Err(e) = Value::Table(one).try_into::<T>() {
+                problems.push(format!("{at} {k} = {shown}: {}", super::words::plain(&e.to_string())));
+            }
+        }
+    }
+    if problems.len() == before {
+        problems.push(format!("{at}: {}", super::words::plain(&e.to_string())));
+    }
+    None
+}
+
+/// `[clusters]`, `[databases]`, `[users]`: each entry checked on its own, key by key.
+fn named<E: DeserializeOwned>(
+    name: &str,
+    v: Value,
+    problems: &mut Vec<String>,
+    out: &mut std::collections::BTreeMap<String, E>,
+) {
+    let Value::Table(t) = v else {
+        problems.push(format!("[{name}] must be a table of entries ([{name}.NAME])"));
+        return;
+    };
+    for (entry, item) in t {
+        if let Some(e) = checked(&format!("[{name}.{entry}]"), item, problems) {
+            out.insert(entry, e);
+        }
+    }
+}
+
+/// `[[replicas]]`: each element checked on its own, key by key.
+fn list<E: DeserializeOwned>(name: &str, v: Value, problems: &mut Vec<String>, out: &mut Vec<E>) {
+    let Value::Array(items) = v else {
+        problems.push(format!("{name} must be an array of tables ([[{name}]])"));
+        return;
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        if let Some(e) = checked(&format!("[[{name}]] #{}", i + 1), item, problems) {
+            out.push(e);
+        }
     }
 }
 
