@@ -74,26 +74,6 @@ fn settings(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
                 }
                 _ => out.note(NoteKind::NotMapped, &at(e), shown(e), "pgshift pools in transaction or session mode"),
             },
-            "default_pool_size"
-            | "min_pool_size"
-            | "reserve_pool_size"
-            | "max_client_conn"
-            | "max_packet_size"
-            | "max_prepared_statements"
-            | "max_db_connections"
-            | "max_user_connections"
-            | "max_db_client_connections"
-            | "max_user_client_connections" => match e.value.parse::<i64>() {
-                Ok(n) if n >= 0 => out.set(Sect::Proxy, static_key(&key), Value::Integer(n), from(at, e)),
-                _ => out.note(NoteKind::NotMapped, &at(e), shown(e), "not a whole number"),
-            },
-            "reserve_pool_timeout"
-            | "server_idle_timeout"
-            | "query_timeout"
-            | "client_idle_timeout"
-            | "idle_transaction_timeout"
-            | "cancel_wait_timeout"
-            | "client_login_timeout" => duration(e, &key, Zero::Same, at, out),
             "server_reset_query_always" => match e.value.trim() {
                 "1" | "yes" | "on" | "true" => {
                     out.set(Sect::Proxy, "server_reset_query_always", Value::Boolean(true), from(at, e))
@@ -103,65 +83,97 @@ fn settings(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
                 }
                 _ => out.note(NoteKind::NotMapped, &at(e), shown(e), "not a boolean"),
             },
-            "query_wait_timeout" => duration(
-                e,
-                &key,
-                Zero::Unmappable("0 waits forever in PgBouncer; pgshift needs a bound above 0"),
-                at,
-                out,
-            ),
-
-            "server_connect_timeout" => duration(e, &key, Zero::Unmappable("pgshift needs a bound above 0"), at, out),
-            "server_lifetime" => duration(
-                e,
-                &key,
-                Zero::Unmappable("0 uses each server connection once in PgBouncer; in pgshift 0 is no limit"),
-                at,
-                out,
-            ),
-            "server_check_delay" => duration(
-                e,
-                &key,
-                Zero::Unmappable("0 checks before every use in PgBouncer; in pgshift 0 turns the check off"),
-                at,
-                out,
-            ),
             "server_reset_query" => {
                 out.set(Sect::Proxy, "server_reset_query", Value::String(e.value.clone()), from(at, e))
             }
-            "auth_type" => auth_type(e, hba_file(ini).is_some(), at, out),
-            "auth_hba_file" => {
-                if hba_file(ini).is_some() {
-                    out.set(Sect::Auth, "auth_hba_file", Value::String(e.value.clone()), from(at, e));
-                } else {
-                    let why = "PgBouncer reads auth_hba_file only with auth_type = hba; pgshift applies it \
-                               whenever it is set, so it is left out";
+            _ => {
+                if !pools_and_timeouts(e, &key, at, out) && !security(ini, e, &key, at, out) {
+                    let why = unmappable(&key).unwrap_or("no pgshift equivalent");
                     out.note(NoteKind::NotMapped, &at(e), shown(e), why);
                 }
-            }
-            "auth_file" => {
-                if out.users.is_empty() {
-                    out.set(Sect::Auth, "auth_file", Value::String(e.value.clone()), from(at, e));
-                }
-            }
-            "auth_user" | "auth_query" => {
-                out.set(Sect::Auth, static_key(&key), Value::String(e.value.clone()), from(at, e))
-            }
-            "auth_dbname" => out.set(Sect::Auth, "auth_database", Value::String(e.value.clone()), from(at, e)),
-            "admin_users" => out.set(Sect::Admin, "admin_users", list(&e.value), from(at, e)),
-            "client_tls_sslmode" => client_tls(e, at, out),
-            "client_tls_cert_file" => out.set(Sect::Tls, "cert", Value::String(e.value.clone()), from(at, e)),
-            "client_tls_key_file" => out.set(Sect::Tls, "key", Value::String(e.value.clone()), from(at, e)),
-            "client_tls_ca_file" => out.set(Sect::Tls, "client_ca", Value::String(e.value.clone()), from(at, e)),
-            "server_tls_sslmode" => server_tls(e, at, out),
-            "server_tls_ca_file" => out.set(Sect::Tls, "server_ca", Value::String(e.value.clone()), from(at, e)),
-            _ => {
-                let why = unmappable(&key).unwrap_or("no pgshift equivalent");
-                out.note(NoteKind::NotMapped, &at(e), shown(e), why);
             }
         }
     }
     listen(addr, port, at, out);
+}
+
+/// The `[pgbouncer]` pool sizes, limits and timeouts (`[proxy]`, same names); false: not one.
+fn pools_and_timeouts(e: &Entry, key: &str, at: &dyn Fn(&Entry) -> String, out: &mut Output) -> bool {
+    match key {
+        "default_pool_size"
+        | "min_pool_size"
+        | "reserve_pool_size"
+        | "max_client_conn"
+        | "max_packet_size"
+        | "max_prepared_statements"
+        | "max_db_connections"
+        | "max_user_connections"
+        | "max_db_client_connections"
+        | "max_user_client_connections" => match e.value.parse::<i64>() {
+            Ok(n) if n >= 0 => out.set(Sect::Proxy, static_key(key), Value::Integer(n), from(at, e)),
+            _ => out.note(NoteKind::NotMapped, &at(e), shown(e), "not a whole number"),
+        },
+        "reserve_pool_timeout"
+        | "server_idle_timeout"
+        | "query_timeout"
+        | "client_idle_timeout"
+        | "idle_transaction_timeout"
+        | "cancel_wait_timeout"
+        | "client_login_timeout" => duration(e, key, Zero::Same, at, out),
+        "query_wait_timeout" => {
+            duration(e, key, Zero::Unmappable("0 waits forever in PgBouncer; pgshift needs a bound above 0"), at, out)
+        }
+
+        "server_connect_timeout" => duration(e, key, Zero::Unmappable("pgshift needs a bound above 0"), at, out),
+        "server_lifetime" => duration(
+            e,
+            key,
+            Zero::Unmappable("0 uses each server connection once in PgBouncer; in pgshift 0 is no limit"),
+            at,
+            out,
+        ),
+        "server_check_delay" => duration(
+            e,
+            key,
+            Zero::Unmappable("0 checks before every use in PgBouncer; in pgshift 0 turns the check off"),
+            at,
+            out,
+        ),
+        _ => return false,
+    }
+    true
+}
+
+/// The `[pgbouncer]` settings of `[auth]`, `[tls]` and `[admin]`; false: not one of them.
+fn security(ini: &Ini, e: &Entry, key: &str, at: &dyn Fn(&Entry) -> String, out: &mut Output) -> bool {
+    match key {
+        "auth_type" => auth_type(e, hba_file(ini).is_some(), at, out),
+        "auth_hba_file" => {
+            if hba_file(ini).is_some() {
+                out.set(Sect::Auth, "auth_hba_file", Value::String(e.value.clone()), from(at, e));
+            } else {
+                let why = "PgBouncer reads auth_hba_file only with auth_type = hba; pgshift applies it \
+                           whenever it is set, so it is left out";
+                out.note(NoteKind::NotMapped, &at(e), shown(e), why);
+            }
+        }
+        "auth_file" => {
+            if out.users.is_empty() {
+                out.set(Sect::Auth, "auth_file", Value::String(e.value.clone()), from(at, e));
+            }
+        }
+        "auth_user" | "auth_query" => out.set(Sect::Auth, static_key(key), Value::String(e.value.clone()), from(at, e)),
+        "auth_dbname" => out.set(Sect::Auth, "auth_database", Value::String(e.value.clone()), from(at, e)),
+        "admin_users" => out.set(Sect::Admin, "admin_users", list(&e.value), from(at, e)),
+        "client_tls_sslmode" => client_tls(e, at, out),
+        "client_tls_cert_file" => out.set(Sect::Tls, "cert", Value::String(e.value.clone()), from(at, e)),
+        "client_tls_key_file" => out.set(Sect::Tls, "key", Value::String(e.value.clone()), from(at, e)),
+        "client_tls_ca_file" => out.set(Sect::Tls, "client_ca", Value::String(e.value.clone()), from(at, e)),
+        "server_tls_sslmode" => server_tls(e, at, out),
+        "server_tls_ca_file" => out.set(Sect::Tls, "server_ca", Value::String(e.value.clone()), from(at, e)),
+        _ => return false,
+    }
+    true
 }
 
 /// The `'static` pgshift key of a same-named PgBouncer setting.
