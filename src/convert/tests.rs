@@ -295,9 +295,7 @@ fn entries_that_cannot_be_mapped_are_left_out_with_a_reason() {
     );
     assert_eq!(cfg.databases.keys().collect::<Vec<_>>(), ["app", "my db"]);
     assert!(c.toml.contains("[databases.\"my db\"]"), "{}", c.toml);
-    for (name, why) in
-        [("bad", "port"), ("many", "number of ports"), ("pgbouncer", "admin console"), ("quoted", "")]
-    {
+    for (name, why) in [("bad", "port"), ("many", "number of ports"), ("pgbouncer", "admin console"), ("quoted", "")] {
         let n = notes_about(&c, &format!("[databases] {name}"));
         assert!(n.iter().any(|n| n.kind == NoteKind::NotMapped && n.reason.contains(why)), "{name}: {n:?}");
     }
@@ -355,7 +353,8 @@ fn an_output_with_a_forced_password_is_private() {
     std::fs::write(&out, "old").unwrap();
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
     let c = convert("pgbouncer.ini", "[databases]\napp = host=db user=svc password=pw\n", None).unwrap();
-    let args = crate::cli::ConvertArgs { ini: dir.join("x.ini"), userlist: None, output: Some(out.clone()), force: true };
+    let args =
+        crate::cli::ConvertArgs { ini: dir.join("x.ini"), userlist: None, output: Some(out.clone()), force: true };
     let written = write_output(&args, &c);
     let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
     let text = std::fs::read_to_string(&out).unwrap();

@@ -298,10 +298,15 @@ fn database_key(d: &DbEntry, k: &str, v: &str, item: &Item, t: &mut Table, out: 
              itself: list the names that need it as entries of their own"
         }
         "dbname" if v == d.name => return,
-        "dbname" | "user" => return item.put(t, if k == "user" { "user" } else { "dbname" }, text(v), out),
+        "dbname" => return item.put(t, "dbname", text(v), out),
+        "user" => return item.put(t, "user", text(v), out),
         "password" if d.get("user").is_some() => return item.put(t, "password", text(v), out),
         "password" => "used only with user= (a forced user): clients log in with their own passwords",
-        "pool_size" | "min_pool_size" | "reserve_pool" | "reserve_pool_size" | "max_db_connections"
+        "pool_size"
+        | "min_pool_size"
+        | "reserve_pool"
+        | "reserve_pool_size"
+        | "max_db_connections"
         | "max_db_client_connections" => return item.put(t, count_key(k), number(v), out),
         "pool_mode" => return item.put(t, "pool_mode", pool_mode(v), out),
         "server_lifetime" => {
