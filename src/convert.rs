@@ -10,6 +10,7 @@ mod ini;
 mod map;
 #[cfg(test)]
 mod tests;
+mod topology;
 mod unmapped;
 
 use std::io::Write;
@@ -61,8 +62,41 @@ struct Line {
 struct User {
     name: String,
     secret: String,
-    pool_size: Option<i64>,
     from: String,
+}
+
+/// One `key = value` of a [`Table`].
+#[derive(Debug, Clone)]
+struct TableLine {
+    key: &'static str,
+    value: Value,
+    from: String,
+}
+
+/// A table of the output besides the fixed sections: `[[replicas]]`, `[clusters.NAME]`,
+/// `[databases.NAME]` or `[users.NAME]`, written in the order they were added.
+#[derive(Debug, Clone)]
+struct Table {
+    /// The header as written: `[databases."*"]`, `[[replicas]]`.
+    header: String,
+    /// Where the table came from ("pgbouncer.ini:5 [databases] app").
+    from: String,
+    lines: Vec<TableLine>,
+}
+
+impl Table {
+    fn new(header: String, from: String) -> Table {
+        Table { header, from, lines: Vec::new() }
+    }
+
+    /// Sets a key (a later value replaces the earlier one, as in PgBouncer's connection strings).
+    fn set(&mut self, key: &'static str, value: Value, from: impl Into<String>) {
+        let from = from.into();
+        match self.lines.iter_mut().find(|l| l.key == key) {
+            Some(l) => (l.value, l.from) = (value, from),
+            None => self.lines.push(TableLine { key, value, from }),
+        }
+    }
 }
 
 /// Whether a setting was left out or carried over with a difference.
@@ -92,6 +126,8 @@ pub struct Note {
 struct Output {
     lines: Vec<Line>,
     users: Vec<User>,
+    /// `[[replicas]]`, `[clusters]`, `[databases]` and `[users]` tables, written after `[primary]`.
+    tables: Vec<Table>,
     notes: Vec<Note>,
 }
 
@@ -112,6 +148,11 @@ impl Output {
     fn note(&mut self, kind: NoteKind, origin: &str, setting: String, reason: impl Into<String>) {
         self.notes.push(Note { kind, origin: origin.to_string(), setting, reason: reason.into() });
     }
+
+    /// Whether the output holds a password (a userlist.txt secret or a forced user's password).
+    fn has_secrets(&self) -> bool {
+        !self.users.is_empty() || self.tables.iter().flat_map(|t| &t.lines).any(|l| l.key == "password")
+    }
 }
 
 /// The result of a conversion.
@@ -123,7 +164,8 @@ pub struct Conversion {
     pub notes: Vec<Note>,
     /// What pgshift's loader says about `toml` (empty: valid).
     pub problems: Vec<String>,
-    /// The text holds passwords (users inlined from userlist.txt).
+    /// The text holds passwords (users inlined from userlist.txt, or a `[databases]` entry's
+    /// `password=`): the file is written readable by its owner only.
     pub has_secrets: bool,
 }
 
@@ -145,7 +187,8 @@ pub fn convert(ini_name: &str, ini_text: &str, userlist: Option<(&str, &str)>) -
         Ok(_) => Vec::new(),
         Err(e) => e.0,
     };
-    Ok(Conversion { toml, notes: out.notes, problems, has_secrets: !out.users.is_empty() })
+    let has_secrets = out.has_secrets();
+    Ok(Conversion { toml, notes: out.notes, problems, has_secrets })
 }
 
 /// Keys in the order of the example proxy.toml and the operator guide.
@@ -168,6 +211,10 @@ const KEY_ORDER: &[&str] = &[
     "idle_transaction_timeout",
     "client_idle_timeout",
     "max_prepared_statements",
+    "max_db_connections",
+    "max_user_connections",
+    "max_db_client_connections",
+    "max_user_client_connections",
     "type",
     "auth_file",
     "auth_user",
@@ -184,6 +231,27 @@ const KEY_ORDER: &[&str] = &[
     "admin_users",
 ];
 
+/// Keys of the `[clusters]`, `[databases]` and `[users]` tables, in the operator guide's order.
+const TABLE_KEY_ORDER: &[&str] = &[
+    "hosts",
+    "host",
+    "port",
+    "cluster",
+    "dbname",
+    "user",
+    "password",
+    "pool_mode",
+    "pool_size",
+    "min_pool_size",
+    "reserve_pool_size",
+    "server_lifetime",
+    "query_timeout",
+    "max_db_connections",
+    "max_db_client_connections",
+    "max_user_connections",
+    "max_user_client_connections",
+];
+
 /// `key = value` padded so comments line up as in the example proxy.toml.
 fn kv_line(key: &str, value: &Value, from: &str) -> String {
     let kv = format!("{key} = {value}");
@@ -196,10 +264,13 @@ fn render(out: &Output, ini_name: &str) -> String {
          # Each value names its origin. Settings that could not be mapped are listed at the end.\n\
          # Check it with: pgshift --check-config --print --config THIS_FILE\n"
     );
-    if !out.users.is_empty() {
-        s.push_str("# It holds the passwords of userlist.txt: keep it as private as that file.\n");
+    if out.has_secrets() {
+        s.push_str("# It holds passwords: keep it as private as the files they came from.\n");
     }
     for sect in [Sect::Proxy, Sect::Auth, Sect::Tls, Sect::Primary, Sect::Admin] {
+        if sect == Sect::Admin {
+            render_tables(&out.tables, &mut s);
+        }
         let mut lines: Vec<_> = out.lines.iter().filter(|l| l.sect == sect).collect();
         lines.sort_by_key(|l| KEY_ORDER.iter().position(|k| *k == l.key).unwrap_or(usize::MAX));
         let has_users = sect == Sect::Auth && !out.users.is_empty();
@@ -217,22 +288,34 @@ fn render(out: &Output, ini_name: &str) -> String {
                 s.push_str("[[auth.users]]\n");
                 s.push_str(&kv_line("name", &Value::String(u.name.clone()), &u.from));
                 s.push_str(&format!("password = {}\n", Value::String(u.secret.clone())));
-                if let Some(n) = u.pool_size {
-                    s.push_str(&kv_line("pool_size", &Value::Integer(n), "[users] pool_size"));
-                }
             }
         }
     }
-    let mut first = true;
-    for n in &out.notes {
-        if first {
-            s.push_str("\n# Not mapped, or mapped with a difference (see docs/migrating-from-pgbouncer.md):\n");
-            first = false;
+    render_notes(&out.notes, &mut s);
+    s
+}
+
+/// `[[replicas]]`, `[clusters.*]`, `[databases.*]` and `[users.*]`, each headed by its origin.
+fn render_tables(tables: &[Table], s: &mut String) {
+    for t in tables {
+        s.push('\n');
+        s.push_str(&format!("{:<34} # {}\n", t.header, t.from));
+        let mut lines: Vec<_> = t.lines.iter().collect();
+        lines.sort_by_key(|l| TABLE_KEY_ORDER.iter().position(|k| *k == l.key).unwrap_or(usize::MAX));
+        for l in lines {
+            s.push_str(&kv_line(l.key, &l.value, &l.from));
         }
+    }
+}
+
+fn render_notes(notes: &[Note], s: &mut String) {
+    if !notes.is_empty() {
+        s.push_str("\n# Not mapped, or mapped with a difference (see docs/migrating-from-pgbouncer.md):\n");
+    }
+    for n in notes {
         let tag = if n.kind == NoteKind::Different { "differs" } else { "not mapped" };
         s.push_str(&format!("#   {} {}: {}: {}\n", n.origin, n.setting, tag, n.reason));
     }
-    s
 }
 
 /// Prints the notes and problems on standard error.
@@ -305,12 +388,18 @@ fn write_output(args: &ConvertArgs, c: &Conversion) -> Result<(), String> {
         opts.create_new(true);
     }
     if c.has_secrets {
-        opts.mode(0o600); // it holds userlist.txt's secrets
+        opts.mode(0o600); // it holds passwords (userlist.txt's, or a forced user's)
     }
     let mut f = opts.open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::AlreadyExists => format!("{} exists (--force overwrites it)", path.display()),
         _ => format!("cannot write {}: {e}", path.display()),
     })?;
+    if c.has_secrets {
+        // `mode` above applies only to a new file; an overwritten one is narrowed here.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot make {} private: {e}", path.display()))?;
+    }
     f.write_all(c.toml.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     eprintln!("pgshift convert-pgbouncer: wrote {}", path.display());
     Ok(())

@@ -2,7 +2,8 @@
 
 use toml::Value;
 
-use super::ini::{parse_connstr, Entry, Ini};
+use super::ini::{Entry, Ini};
+use super::topology;
 use super::unmapped::unmappable;
 use super::{NoteKind, Output, Sect, User};
 use crate::config::Dur;
@@ -41,12 +42,12 @@ pub fn map(ini: &Ini, ini_name: &str, users: Option<(&str, Vec<(String, String)>
     }
     if let Some((name, list)) = users {
         for (n, (user, secret)) in list.into_iter().enumerate() {
-            out.users.push(User { name: user, secret, pool_size: None, from: format!("{name} entry {}", n + 1) });
+            out.users.push(User { name: user, secret, from: format!("{name} entry {}", n + 1) });
         }
     }
     settings(ini, &at, out);
-    databases(ini, &at, out);
-    user_overrides(ini, &at, out);
+    topology::databases(ini, &at, out);
+    topology::users(ini, &at, out);
     pgbouncer_defaults(out);
 }
 
@@ -73,22 +74,6 @@ fn settings(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
                 }
                 _ => out.note(NoteKind::NotMapped, &at(e), shown(e), "pgshift pools in transaction or session mode"),
             },
-            "default_pool_size"
-            | "min_pool_size"
-            | "reserve_pool_size"
-            | "max_client_conn"
-            | "max_packet_size"
-            | "max_prepared_statements" => match e.value.parse::<i64>() {
-                Ok(n) if n >= 0 => out.set(Sect::Proxy, static_key(&key), Value::Integer(n), from(at, e)),
-                _ => out.note(NoteKind::NotMapped, &at(e), shown(e), "not a whole number"),
-            },
-            "reserve_pool_timeout"
-            | "server_idle_timeout"
-            | "query_timeout"
-            | "client_idle_timeout"
-            | "idle_transaction_timeout"
-            | "cancel_wait_timeout"
-            | "client_login_timeout" => duration(e, &key, Zero::Same, at, out),
             "server_reset_query_always" => match e.value.trim() {
                 "1" | "yes" | "on" | "true" => {
                     out.set(Sect::Proxy, "server_reset_query_always", Value::Boolean(true), from(at, e))
@@ -98,65 +83,97 @@ fn settings(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
                 }
                 _ => out.note(NoteKind::NotMapped, &at(e), shown(e), "not a boolean"),
             },
-            "query_wait_timeout" => duration(
-                e,
-                &key,
-                Zero::Unmappable("0 waits forever in PgBouncer; pgshift needs a bound above 0"),
-                at,
-                out,
-            ),
-
-            "server_connect_timeout" => duration(e, &key, Zero::Unmappable("pgshift needs a bound above 0"), at, out),
-            "server_lifetime" => duration(
-                e,
-                &key,
-                Zero::Unmappable("0 uses each server connection once in PgBouncer; in pgshift 0 is no limit"),
-                at,
-                out,
-            ),
-            "server_check_delay" => duration(
-                e,
-                &key,
-                Zero::Unmappable("0 checks before every use in PgBouncer; in pgshift 0 turns the check off"),
-                at,
-                out,
-            ),
             "server_reset_query" => {
                 out.set(Sect::Proxy, "server_reset_query", Value::String(e.value.clone()), from(at, e))
             }
-            "auth_type" => auth_type(e, hba_file(ini).is_some(), at, out),
-            "auth_hba_file" => {
-                if hba_file(ini).is_some() {
-                    out.set(Sect::Auth, "auth_hba_file", Value::String(e.value.clone()), from(at, e));
-                } else {
-                    let why = "PgBouncer reads auth_hba_file only with auth_type = hba; pgshift applies it \
-                               whenever it is set, so it is left out";
+            _ => {
+                if !pools_and_timeouts(e, &key, at, out) && !security(ini, e, &key, at, out) {
+                    let why = unmappable(&key).unwrap_or("no pgshift equivalent");
                     out.note(NoteKind::NotMapped, &at(e), shown(e), why);
                 }
-            }
-            "auth_file" => {
-                if out.users.is_empty() {
-                    out.set(Sect::Auth, "auth_file", Value::String(e.value.clone()), from(at, e));
-                }
-            }
-            "auth_user" | "auth_query" => {
-                out.set(Sect::Auth, static_key(&key), Value::String(e.value.clone()), from(at, e))
-            }
-            "auth_dbname" => out.set(Sect::Auth, "auth_database", Value::String(e.value.clone()), from(at, e)),
-            "admin_users" => out.set(Sect::Admin, "admin_users", list(&e.value), from(at, e)),
-            "client_tls_sslmode" => client_tls(e, at, out),
-            "client_tls_cert_file" => out.set(Sect::Tls, "cert", Value::String(e.value.clone()), from(at, e)),
-            "client_tls_key_file" => out.set(Sect::Tls, "key", Value::String(e.value.clone()), from(at, e)),
-            "client_tls_ca_file" => out.set(Sect::Tls, "client_ca", Value::String(e.value.clone()), from(at, e)),
-            "server_tls_sslmode" => server_tls(e, at, out),
-            "server_tls_ca_file" => out.set(Sect::Tls, "server_ca", Value::String(e.value.clone()), from(at, e)),
-            _ => {
-                let why = unmappable(&key).unwrap_or("no pgshift equivalent");
-                out.note(NoteKind::NotMapped, &at(e), shown(e), why);
             }
         }
     }
     listen(addr, port, at, out);
+}
+
+/// The `[pgbouncer]` pool sizes, limits and timeouts (`[proxy]`, same names); false: not one.
+fn pools_and_timeouts(e: &Entry, key: &str, at: &dyn Fn(&Entry) -> String, out: &mut Output) -> bool {
+    match key {
+        "default_pool_size"
+        | "min_pool_size"
+        | "reserve_pool_size"
+        | "max_client_conn"
+        | "max_packet_size"
+        | "max_prepared_statements"
+        | "max_db_connections"
+        | "max_user_connections"
+        | "max_db_client_connections"
+        | "max_user_client_connections" => match e.value.parse::<i64>() {
+            Ok(n) if n >= 0 => out.set(Sect::Proxy, static_key(key), Value::Integer(n), from(at, e)),
+            _ => out.note(NoteKind::NotMapped, &at(e), shown(e), "not a whole number"),
+        },
+        "reserve_pool_timeout"
+        | "server_idle_timeout"
+        | "query_timeout"
+        | "client_idle_timeout"
+        | "idle_transaction_timeout"
+        | "cancel_wait_timeout"
+        | "client_login_timeout" => duration(e, key, Zero::Same, at, out),
+        "query_wait_timeout" => {
+            duration(e, key, Zero::Unmappable("0 waits forever in PgBouncer; pgshift needs a bound above 0"), at, out)
+        }
+
+        "server_connect_timeout" => duration(e, key, Zero::Unmappable("pgshift needs a bound above 0"), at, out),
+        "server_lifetime" => duration(
+            e,
+            key,
+            Zero::Unmappable("0 uses each server connection once in PgBouncer; in pgshift 0 is no limit"),
+            at,
+            out,
+        ),
+        "server_check_delay" => duration(
+            e,
+            key,
+            Zero::Unmappable("0 checks before every use in PgBouncer; in pgshift 0 turns the check off"),
+            at,
+            out,
+        ),
+        _ => return false,
+    }
+    true
+}
+
+/// The `[pgbouncer]` settings of `[auth]`, `[tls]` and `[admin]`; false: not one of them.
+fn security(ini: &Ini, e: &Entry, key: &str, at: &dyn Fn(&Entry) -> String, out: &mut Output) -> bool {
+    match key {
+        "auth_type" => auth_type(e, hba_file(ini).is_some(), at, out),
+        "auth_hba_file" => {
+            if hba_file(ini).is_some() {
+                out.set(Sect::Auth, "auth_hba_file", Value::String(e.value.clone()), from(at, e));
+            } else {
+                let why = "PgBouncer reads auth_hba_file only with auth_type = hba; pgshift applies it \
+                           whenever it is set, so it is left out";
+                out.note(NoteKind::NotMapped, &at(e), shown(e), why);
+            }
+        }
+        "auth_file" => {
+            if out.users.is_empty() {
+                out.set(Sect::Auth, "auth_file", Value::String(e.value.clone()), from(at, e));
+            }
+        }
+        "auth_user" | "auth_query" => out.set(Sect::Auth, static_key(key), Value::String(e.value.clone()), from(at, e)),
+        "auth_dbname" => out.set(Sect::Auth, "auth_database", Value::String(e.value.clone()), from(at, e)),
+        "admin_users" => out.set(Sect::Admin, "admin_users", list(&e.value), from(at, e)),
+        "client_tls_sslmode" => client_tls(e, at, out),
+        "client_tls_cert_file" => out.set(Sect::Tls, "cert", Value::String(e.value.clone()), from(at, e)),
+        "client_tls_key_file" => out.set(Sect::Tls, "key", Value::String(e.value.clone()), from(at, e)),
+        "client_tls_ca_file" => out.set(Sect::Tls, "client_ca", Value::String(e.value.clone()), from(at, e)),
+        "server_tls_sslmode" => server_tls(e, at, out),
+        "server_tls_ca_file" => out.set(Sect::Tls, "server_ca", Value::String(e.value.clone()), from(at, e)),
+        _ => return false,
+    }
+    true
 }
 
 /// The `'static` pgshift key of a same-named PgBouncer setting.
@@ -168,6 +185,10 @@ fn static_key(key: &str) -> &'static str {
         "max_client_conn",
         "max_prepared_statements",
         "max_packet_size",
+        "max_db_connections",
+        "max_user_connections",
+        "max_db_client_connections",
+        "max_user_client_connections",
         "cancel_wait_timeout",
         "reserve_pool_timeout",
         "server_idle_timeout",
@@ -295,122 +316,6 @@ fn listen(addr: Option<&Entry>, port: Option<&Entry>, at: &dyn Fn(&Entry) -> Str
         }
     };
     out.set(Sect::Proxy, "listen", Value::String(listen), origin);
-}
-
-/// `[databases]`: the first database's host and port become `[primary]`; everything else is
-/// either the same server (nothing to write) or noted.
-fn databases(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
-    let mut primary: Option<(String, u16)> = None;
-    for e in ini.section("databases") {
-        let kv = match parse_connstr(&e.value) {
-            Ok(kv) => kv,
-            Err(why) => {
-                out.note(NoteKind::NotMapped, &at(e), format!("[databases] {}", e.key), why);
-                continue;
-            }
-        };
-        let get = |k: &str| kv.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-        let shown_db = format!("[databases] {} = {}", e.key, redact_connstr(&kv));
-        let Some(hosts) = get("host") else {
-            out.note(NoteKind::NotMapped, &at(e), shown_db, "no host= (a unix socket): give [primary] a TCP host");
-            continue;
-        };
-        let mut hosts = hosts.split(',').map(str::trim);
-        let host = hosts.next().unwrap_or_default().to_string();
-        if hosts.next().is_some() {
-            out.note(
-                NoteKind::Different,
-                &at(e),
-                shown_db.clone(),
-                format!("several hosts: only {host} is used; list replicas as [[replicas]]"),
-            );
-        }
-        if host.starts_with('/') {
-            out.note(NoteKind::NotMapped, &at(e), shown_db, "a unix socket directory: give [primary] a TCP host");
-            continue;
-        }
-        let port = match get("port").map(str::parse::<u16>) {
-            None => 5432,
-            Some(Ok(p)) => p,
-            Some(Err(_)) => {
-                out.note(NoteKind::NotMapped, &at(e), shown_db, "port= is not a port number");
-                continue;
-            }
-        };
-        match &primary {
-            None => {
-                out.set(Sect::Primary, "host", Value::String(host.clone()), format!("{} [databases] {}", at(e), e.key));
-                out.set(
-                    Sect::Primary,
-                    "port",
-                    Value::Integer(i64::from(port)),
-                    format!("{} [databases] {}", at(e), e.key),
-                );
-                primary = Some((host, port));
-            }
-            Some((h, p)) if *h == host && *p == port => {}
-            Some((h, p)) => {
-                let why = format!(
-                    "pgshift serves every database from [primary] {h}:{p}; if {host}:{port} is a streaming replica of it, \
-                     list it under [[replicas]] (reads are routed there automatically)"
-                );
-                out.note(NoteKind::NotMapped, &at(e), shown_db.clone(), why);
-            }
-        }
-        for (k, v) in &kv {
-            let why = match k.as_str() {
-                "host" | "port" => continue,
-                "dbname" if v == &e.key || e.key == "*" => continue,
-                "dbname" => "pgshift connects to the database the client names: rename it in the client's DATABASE_URL",
-                "user" | "password" => "no forced user: pgshift logs in to PostgreSQL as the client's own user",
-                "pool_size" | "min_pool_size" | "reserve_pool_size" => {
-                    "pools are sized per user ([[auth.users]] pool_size) or by [proxy], not per database"
-                }
-                "auth_user" | "auth_query" | "auth_dbname" => "auth_user/auth_query are global in pgshift ([auth])",
-                "client_encoding" | "datestyle" | "timezone" | "application_name" => {
-                    "not forced: clients' own startup settings are applied; set a default on the role or database"
-                }
-                _ => "no per-database equivalent in pgshift",
-            };
-            let setting = format!("[databases] {} {k}={}", e.key, if k == "password" { "<redacted>" } else { v });
-            out.note(NoteKind::NotMapped, &at(e), setting, why);
-        }
-    }
-    if primary.is_none() {
-        out.note(
-            NoteKind::NotMapped,
-            "(no [databases] host)",
-            "[primary]".into(),
-            "no TCP database found: set [primary] host and port",
-        );
-    }
-}
-
-fn redact_connstr(kv: &[(String, String)]) -> String {
-    kv.iter()
-        .map(|(k, v)| if k == "password" { format!("{k}=<redacted>") } else { format!("{k}={v}") })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// `[users]`: pool_size onto the inlined user; the rest noted.
-fn user_overrides(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
-    for e in ini.section("users") {
-        let kv = parse_connstr(&e.value).unwrap_or_default();
-        for (k, v) in kv {
-            let setting = format!("[users] {} {k}={v}", e.key);
-            if k == "pool_size" {
-                if let (Some(u), Ok(n)) = (out.users.iter_mut().find(|u| u.name == e.key), v.parse::<i64>()) {
-                    u.pool_size = Some(n);
-                    continue;
-                }
-                let why = "pool_size needs the user in [[auth.users]]: give userlist.txt, or add it by hand";
-                out.note(NoteKind::NotMapped, &at(e), setting, why);
-            } else {
-                out.note(NoteKind::NotMapped, &at(e), setting, "no per-user equivalent in pgshift (only pool_size)");
-            }
-        }
-    }
 }
 
 /// Where PgBouncer's default differs from pgshift's, write PgBouncer's so behaviour is kept.

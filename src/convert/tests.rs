@@ -47,18 +47,55 @@ fn fixture_pair() {
     assert_eq!(cfg.tls.server_mode, ServerTlsMode::VerifyFull);
     assert_eq!(cfg.tls.server_ca, "/etc/ssl/certs/db-ca.pem");
     assert_eq!(cfg.primary.address(), "10.20.0.11:5432");
+    assert!(cfg.replicas.is_empty());
+    assert_eq!((p.max_db_connections, p.max_user_client_connections), (100, 500));
+    fixture_topology(&cfg);
 
     // What could not be mapped is reported with a reason.
     assert_eq!(notes_about(&c, "logfile")[0].kind, NoteKind::NotMapped);
-    assert!(notes_about(&c, "orders_ro")[0].reason.contains("[[replicas]]"));
-    assert!(notes_about(&c, "reporting pool_size")[0].reason.contains("per user"));
-    assert!(notes_about(&c, "reporter pool_mode")[0].origin == "pgbouncer.ini:11");
-    for key in ["stats_users", "max_db_connections", "server_login_retry", "client_tls_protocols", "so_reuseport"] {
+    assert_eq!(notes_about(&c, "billing host=")[0].kind, NoteKind::Different, "multi-host: roles are discovered");
+    assert!(notes_about(&c, "billing connect_query")[0].reason.contains("ALTER"));
+    assert!(notes_about(&c, "batch reserve_pool_size")[0].reason.contains("per-user"));
+    assert!(notes_about(&c, "batch idle_transaction_timeout")[0].reason.contains("[proxy] idle_transaction_timeout"));
+    for key in ["stats_users", "server_login_retry", "client_tls_protocols", "so_reuseport"] {
         assert_eq!(notes_about(&c, key).len(), 1, "{key}: {:?}", c.notes);
     }
-    // Mapped settings are not reported.
-    assert!(notes_about(&c, "max_client_conn").is_empty());
-    assert!(notes_about(&c, "server_tls_sslmode").is_empty());
+    // Mapped settings are not reported, and no note says a database is served from [primary].
+    for key in ["max_client_conn", "server_tls_sslmode", "max_db_connections", "orders_ro", "reporting", "reporter"] {
+        assert!(notes_about(&c, key).is_empty(), "{key}: {:?}", notes_about(&c, key));
+    }
+    assert!(!c.notes.iter().any(|n| n.reason.contains("[primary]")), "{:?}", c.notes);
+}
+
+/// The fixture's `[databases]` and `[users]` as pgshift loads them.
+fn fixture_topology(cfg: &Config) {
+    assert_eq!(cfg.clusters.len(), 2, "{:?}", cfg.clusters);
+    assert_eq!(cfg.clusters["10-20-0-12"].hosts, ["10.20.0.12:5432"]);
+    assert_eq!(cfg.clusters["10-30-0-5-5433"].hosts, ["10.30.0.5:5433", "10.30.0.6:5433"]);
+    let db = &cfg.databases;
+    let names: Vec<&str> = db.keys().map(String::as_str).collect();
+    assert_eq!(names, ["*", "billing", "orders", "orders_batch", "orders_ro", "reporting"]);
+    assert_eq!(db["orders"], Default::default(), "same name on the default cluster: nothing to say");
+    assert_eq!(db["orders_ro"].cluster.as_deref(), Some("10-20-0-12"));
+    assert_eq!(db["orders_ro"].dbname.as_deref(), Some("orders"));
+    assert_eq!((db["reporting"].dbname.as_deref(), db["reporting"].pool_size), (None, Some(5)));
+    let batch = &db["orders_batch"];
+    assert_eq!((batch.cluster.as_deref(), batch.dbname.as_deref()), (None, Some("orders")));
+    assert_eq!(batch.pool_mode, Some(PoolMode::Session));
+    assert_eq!(batch.server_lifetime, Some(Dur::secs(600)));
+    assert_eq!(batch.max_db_connections, Some(20));
+    let billing = &db["billing"];
+    assert_eq!(billing.cluster.as_deref(), Some("10-30-0-5-5433"));
+    assert_eq!(billing.dbname.as_deref(), Some("billing_prod"));
+    assert_eq!((billing.user.as_deref(), billing.password.as_deref()), (Some("billing_svc"), None));
+    assert_eq!(billing.reserve_pool_size, Some(2));
+    assert_eq!(db["*"].max_db_client_connections, Some(200));
+    assert_eq!(db["*"].cluster, None);
+    let reporter = &cfg.users["reporter"];
+    assert_eq!((reporter.pool_mode, reporter.max_user_connections), (Some(PoolMode::Session), Some(10)));
+    let batch = &cfg.users["batch"];
+    assert_eq!((batch.pool_size, batch.query_timeout), (Some(4), Some(Dur::secs(600))));
+    assert_eq!(batch.max_user_client_connections, Some(20));
 }
 
 #[test]
@@ -74,7 +111,7 @@ fn userlist_users_are_inlined() {
     let cfg = Config::from_toml(&c.toml).unwrap();
     assert_eq!(cfg.auth.users.len(), 3);
     assert_eq!(cfg.auth.users[0].password.as_deref(), Some("app-secret"));
-    assert_eq!(cfg.auth.users[0].pool_size, Some(30));
+    assert_eq!(cfg.users["app"].pool_size, Some(30), "[users] pool_size is [users.app] pool_size");
     assert_eq!(cfg.auth.auth_user, "pgbouncer");
     assert!(cfg.auth.auth_query.contains("rolvaliduntil"), "PgBouncer's default auth_query");
     // md5 with SCRAM secrets: PgBouncer would use SCRAM for those users; pgshift uses it for all.
@@ -163,8 +200,15 @@ fn secrets_stay_out_of_notes() {
     let c = convert("pgbouncer.ini", ini, None).unwrap();
     let all: String = c.notes.iter().map(|n| format!("{} {}\n", n.setting, n.reason)).collect();
     assert!(!all.contains("hunter2") && !all.contains("x y"), "{all}");
-    assert!(!c.toml.contains("hunter2"), "{}", c.toml);
     assert!(all.contains("password=<redacted>"), "{all}");
+    // A forced user's password is carried over: the output is a secret file.
+    assert!(c.has_secrets);
+    assert!(c.toml.contains("It holds passwords"), "{}", c.toml);
+    let cfg = Config::from_toml(&c.toml).unwrap();
+    assert_eq!(cfg.databases["app"].user.as_deref(), Some("svc"));
+    assert_eq!(cfg.databases["app"].password.as_deref(), Some("hunter2"));
+    assert_eq!(cfg.databases["other"].password, None, "password= without user= is not used");
+    assert!(!c.toml.contains("x y"), "{}", c.toml);
 }
 
 #[test]
@@ -187,4 +231,135 @@ fn unreadable_input_is_an_error() {
         .unwrap_err()
         .contains("pgbouncer.ini: line 2"));
     assert!(convert("x.ini", "[pgbouncer]\n", Some(("userlist.txt", "app secret\n"))).is_err());
+}
+
+/// Converts `[databases]` lines (auth trust, so no users are needed) and loads the result.
+fn convert_databases(lines: &str) -> (Conversion, Config) {
+    let ini = format!("[databases]\n{lines}[pgbouncer]\nauth_type = trust\nlisten_addr = *\n");
+    let c = convert("pgbouncer.ini", &ini, None).unwrap();
+    assert!(c.problems.is_empty(), "{:?}\n{}", c.problems, c.toml);
+    let cfg = Config::from_toml(&c.toml).unwrap();
+    (c, cfg)
+}
+
+#[test]
+fn the_host_set_most_entries_use_is_the_default_cluster() {
+    let (_, cfg) = convert_databases(
+        "a = host=first.example.com\nb = host=db1,db2 port=5433,5434\nc = host=db2 port=5434\n\
+         d = host=db2,db1 port=5434,5433 dbname=x\n",
+    );
+    // b and d name the same two servers (in another order): most used, so [primary] + [[replicas]].
+    assert_eq!(cfg.primary.address(), "db1:5433");
+    let replicas: Vec<String> = cfg.replicas.iter().map(|r| r.address()).collect();
+    assert_eq!(replicas, ["db2:5434"]);
+    assert_eq!(cfg.clusters["first"].hosts, ["first.example.com:5432"]);
+    assert_eq!(cfg.clusters["db2-5434"].hosts, ["db2:5434"]);
+    let db = &cfg.databases;
+    assert_eq!((db["b"].cluster.as_deref(), db["d"].cluster.as_deref()), (None, None));
+    assert_eq!(db["a"].cluster.as_deref(), Some("first"));
+    assert_eq!(db["c"].cluster.as_deref(), Some("db2-5434"));
+    // On a tie the first entry's hosts are the default cluster.
+    let (_, cfg) = convert_databases("a = host=10.0.0.1\nb = host=10.0.0.2\n");
+    assert_eq!(cfg.primary.address(), "10.0.0.1:5432");
+    assert_eq!(cfg.databases["b"].cluster.as_deref(), Some("10-0-0-2"));
+}
+
+#[test]
+fn cluster_names_are_readable_and_unique() {
+    let (_, cfg) =
+        convert_databases("main = host=m\na = host=db.east\nb = host=db.west\nc = host=db.north\nd = host=::1\n");
+    let names: Vec<&str> = cfg.clusters.keys().map(String::as_str).collect();
+    assert_eq!(names, ["1", "db", "db-2", "db-3"]);
+    assert_eq!(cfg.clusters["1"].hosts, ["[::1]:5432"]);
+    assert_eq!(cfg.cluster_hosts("1").unwrap()[0].host, "::1");
+}
+
+#[test]
+fn entries_without_a_tcp_host_connect_to_localhost() {
+    let (c, cfg) = convert_databases("app = dbname=app_prod\nlocal = host=/var/run/postgresql port=6000\n");
+    assert_eq!(cfg.primary.address(), "127.0.0.1:5432");
+    assert_eq!(cfg.clusters["127-0-0-1-6000"].hosts, ["127.0.0.1:6000"]);
+    for name in ["[databases] app =", "[databases] local ="] {
+        let n = notes_about(&c, name);
+        assert_eq!(n[0].kind, NoteKind::Different, "{name}: {:?}", c.notes);
+        assert!(n[0].reason.contains("127.0.0.1"));
+    }
+    assert_eq!(cfg.databases["app"].dbname.as_deref(), Some("app_prod"));
+}
+
+#[test]
+fn entries_that_cannot_be_mapped_are_left_out_with_a_reason() {
+    let (c, cfg) = convert_databases(
+        "app = host=db dbname=app\nbad = host=db port=none\nmany = host=a,b,c port=1,2\n\
+         pgbouncer = host=db\nquoted = host=db 'open\n\"my db\" = host=db dbname=app\n",
+    );
+    assert_eq!(cfg.databases.keys().collect::<Vec<_>>(), ["app", "my db"]);
+    assert!(c.toml.contains("[databases.\"my db\"]"), "{}", c.toml);
+    for (name, why) in [("bad", "port"), ("many", "number of ports"), ("pgbouncer", "admin console"), ("quoted", "")] {
+        let n = notes_about(&c, &format!("[databases] {name}"));
+        assert!(n.iter().any(|n| n.kind == NoteKind::NotMapped && n.reason.contains(why)), "{name}: {n:?}");
+    }
+}
+
+#[test]
+fn per_database_settings_and_the_star_entry() {
+    let (c, cfg) = convert_databases(
+        "app = host=db pool_size=7 min_pool_size=2 reserve_pool_size=3 pool_mode=statement \
+         server_lifetime=0 max_db_client_connections=9 auth_user=x timezone=UTC load_balance_hosts=disable\n\
+         * = host=db dbname=fallback\n",
+    );
+    let app = &cfg.databases["app"];
+    assert_eq!((app.pool_size, app.min_pool_size, app.reserve_pool_size), (Some(7), Some(2), Some(3)));
+    assert_eq!(app.max_db_client_connections, Some(9));
+    assert_eq!((app.pool_mode, app.server_lifetime), (None, None), "statement mode and lifetime 0 are noted");
+    for key in ["app pool_mode", "app server_lifetime", "app auth_user", "app timezone", "app load_balance_hosts"] {
+        assert_eq!(notes_about(&c, key)[0].kind, NoteKind::NotMapped, "{key}");
+    }
+    assert_eq!(cfg.databases["*"].dbname, None);
+    assert!(notes_about(&c, "* dbname")[0].reason.contains("each name as itself"));
+}
+
+#[test]
+fn users_map_onto_users_tables() {
+    let ini = "[databases]\napp = host=db\n[users]\nbatch = pool_mode=session pool_size=3 query_timeout=0 \
+               max_user_connections=4 max_user_client_connections=5 client_idle_timeout=9 x=1\n\
+               odd = pool_mode=statement\n[pgbouncer]\nauth_type = trust\nmax_user_connections = 50\n";
+    let c = convert("pgbouncer.ini", ini, None).unwrap();
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    let cfg = Config::from_toml(&c.toml).unwrap();
+    let b = &cfg.users["batch"];
+    assert_eq!((b.pool_mode, b.pool_size), (Some(PoolMode::Session), Some(3)));
+    assert_eq!(b.query_timeout, Some(Dur::secs(0)), "0 is off in both");
+    assert_eq!((b.max_user_connections, b.max_user_client_connections), (Some(4), Some(5)));
+    assert_eq!(cfg.proxy.max_user_connections, 50);
+    assert!(!cfg.users.contains_key("odd"), "nothing mapped: no table");
+    for key in ["batch client_idle_timeout", "batch x=1", "odd pool_mode"] {
+        assert_eq!(notes_about(&c, key)[0].kind, NoteKind::NotMapped, "{key}");
+    }
+}
+
+#[test]
+fn no_databases_at_all_is_noted() {
+    let c = convert("pgbouncer.ini", "[pgbouncer]\nauth_type = trust\n", None).unwrap();
+    assert!(c.notes.iter().any(|n| n.setting == "[primary]"), "{:?}", c.notes);
+}
+
+#[test]
+fn an_output_with_a_forced_password_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("pgshift-convert-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("proxy.toml");
+    std::fs::write(&out, "old").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let c = convert("pgbouncer.ini", "[databases]\napp = host=db user=svc password=pw\n", None).unwrap();
+    let args =
+        crate::cli::ConvertArgs { ini: dir.join("x.ini"), userlist: None, output: Some(out.clone()), force: true };
+    let written = write_output(&args, &c);
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    let text = std::fs::read_to_string(&out).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    written.unwrap();
+    assert_eq!(mode, 0o600, "an overwritten file is narrowed too");
+    assert!(text.contains("password = \"pw\""), "{text}");
 }

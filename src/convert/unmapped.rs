@@ -31,9 +31,6 @@ pub fn unmappable(key: &str) -> Option<&'static str> {
         "track_extra_parameters" => "not needed: pgshift tracks every setting a client changes and replays it",
         "stats_users" => "no equivalent: statistics are served over HTTP on the admin port (/stats, /metrics)",
         "auth_ident_file" => "pgshift has no ident file (the hba method ident is not supported)",
-        "max_db_connections" | "max_user_connections" | "max_db_client_connections" | "max_user_client_connections" => {
-            "no per-database or per-user cap: default_pool_size and [[auth.users]] pool_size bound each pool"
-        }
         "autodb_idle_timeout" => "not needed: pools are made on demand and shrink with server_idle_timeout",
         "pkt_buf" | "sbuf_loopcnt" | "suspend_timeout" | "tcp_defer_accept" | "tcp_socket_buffer" | "tcp_keepalive"
         | "tcp_keepcnt" | "tcp_keepidle" | "tcp_keepintvl" | "tcp_user_timeout" => {
