@@ -183,8 +183,9 @@ pub fn convert(ini_name: &str, ini_text: &str, userlist: Option<(&str, &str)>) -
     out.notes
         .sort_by_key(|n| n.origin.rsplit_once(':').and_then(|(_, l)| l.parse::<usize>().ok()).unwrap_or(usize::MAX));
     let toml = render(&out, ini_name);
+    // Valid means what start would accept: the loader's checks, then the files it names.
     let problems = match Config::from_toml(&toml) {
-        Ok(_) => Vec::new(),
+        Ok(c) => crate::proxy::check(&c).err().unwrap_or_default(),
         Err(e) => e.0,
     };
     let has_secrets = out.has_secrets();
