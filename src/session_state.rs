@@ -286,8 +286,10 @@ impl PreparedRegistry {
 pub struct ServerSessionState {
     /// Settings as we last set them (baseline: the reported parameters at login).
     pub settings: Settings,
-    /// Statement id -> last-use tick, bounded by `max_prepared`.
-    prepared: HashMap<u64, u64>,
+    /// Statement id -> last-use tick and its definition, bounded by `max_prepared`. Holding the
+    /// definition keeps it in the registry while some server has it, so the next client that
+    /// prepares the same text gets the same name and no second copy is made on this server.
+    prepared: HashMap<u64, (u64, Arc<StmtDef>)>,
     tick: u64,
     max_prepared: usize,
 }
@@ -302,7 +304,7 @@ impl ServerSessionState {
     pub fn has_prepared(&mut self, id: u64) -> bool {
         self.tick += 1;
         match self.prepared.get_mut(&id) {
-            Some(t) => {
+            Some((t, _)) => {
                 *t = self.tick;
                 true
             }
@@ -310,18 +312,18 @@ impl ServerSessionState {
         }
     }
 
-    /// Records `id` as prepared; returns the id evicted to stay within the bound, to be closed.
-    pub fn add_prepared(&mut self, id: u64) -> Option<u64> {
+    /// Records `def` as prepared; returns the id evicted to stay within the bound, to be closed.
+    pub fn add_prepared(&mut self, def: &Arc<StmtDef>) -> Option<u64> {
         self.tick += 1;
         let evict = if self.prepared.len() >= self.max_prepared.max(1) {
-            let oldest = self.prepared.iter().min_by_key(|(_, &t)| t).map(|(&k, _)| k);
+            let oldest = self.prepared.iter().min_by_key(|(_, (t, _))| *t).map(|(&k, _)| k);
             oldest.inspect(|k| {
                 self.prepared.remove(k);
             })
         } else {
             None
         };
-        self.prepared.insert(id, self.tick);
+        self.prepared.insert(def.id, (self.tick, def.clone()));
         evict
     }
 
@@ -389,11 +391,28 @@ mod tests {
 
     #[test]
     fn lru_evicts_oldest() {
+        let r = PreparedRegistry::default();
+        let cfg = crate::router::ClassifierConfig::default();
+        let def = |sql: &str| r.intern("db", sql.as_bytes(), || Arc::new(crate::router::classify(sql, &cfg)));
+        let (d1, d2, d3) = (def("select 1"), def("select 2"), def("select 3"));
         let mut s = ServerSessionState::new(2);
-        assert_eq!(s.add_prepared(1), None);
-        assert_eq!(s.add_prepared(2), None);
-        assert!(s.has_prepared(1));
-        assert_eq!(s.add_prepared(3), Some(2));
-        assert!(!s.has_prepared(2));
+        assert_eq!(s.add_prepared(&d1), None);
+        assert_eq!(s.add_prepared(&d2), None);
+        assert!(s.has_prepared(d1.id));
+        assert_eq!(s.add_prepared(&d3), Some(d2.id));
+        assert!(!s.has_prepared(d2.id));
+    }
+
+    #[test]
+    fn a_statement_a_server_holds_keeps_its_name() {
+        let r = PreparedRegistry::default();
+        let cfg = crate::router::ClassifierConfig::default();
+        let def = || r.intern("db", b"select $1\0\0\0", || Arc::new(crate::router::classify("select $1", &cfg)));
+        let mut s = ServerSessionState::new(8);
+        let first = def();
+        s.add_prepared(&first);
+        let id = first.id;
+        drop(first); // the client that prepared it is gone; the server still has it
+        assert_eq!(def().id, id, "the next client gets the statement the server already has");
     }
 }

@@ -89,3 +89,35 @@ async fn passwords_beyond_ascii_log_in_as_they_do_directly() {
         assert!(common::try_connect(port, name, "wrong", "app").await.is_err());
     }
 }
+
+/// Copies of `sql` prepared on the one server connection of a pool of 1.
+async fn server_copies(port: u16, sql: &str) -> i64 {
+    let c = common::connect(port, "app", "app", "app").await;
+    let q = "SELECT count(*) FROM pg_prepared_statements WHERE statement = $1";
+    c.query_one(q, &[&sql]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn one_server_statement_per_statement_text() {
+    let p = proxy::with_pool(1).await;
+    let port = proxy::port(&p);
+    let sql = "select $1::int + 41";
+    // Four clients at once.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let c = common::connect(port, "app", "app", "app").await;
+        let st = c.prepare(sql).await.unwrap();
+        let n: i32 = c.query_one(&st, &[&1i32]).await.unwrap().get(0);
+        assert_eq!(n, 42);
+        clients.push((c, st));
+    }
+    assert_eq!(server_copies(port, sql).await, 1, "four clients at once");
+    drop(clients);
+    // Four clients one after the other, each gone before the next prepares.
+    for _ in 0..4 {
+        let c = common::connect(port, "app", "app", "app").await;
+        let st = c.prepare(sql).await.unwrap();
+        let _ = c.query_one(&st, &[&1i32]).await.unwrap();
+    }
+    assert_eq!(server_copies(port, sql).await, 1, "four clients in turn");
+}

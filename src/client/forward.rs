@@ -293,7 +293,7 @@ impl Fwd<'_> {
 
     /// Sends a proxy-wide Parse, closing whatever the server's LRU evicts to make room.
     fn prepare_on_server(&mut self, def: &Arc<StmtDef>, silent: bool) {
-        if let Some(evicted) = self.att.lease.conn().state.add_prepared(def.id) {
+        if let Some(evicted) = self.att.lease.conn().state.add_prepared(def) {
             self.att.sout.extend_from_slice(&close_statement_frame(evicted));
             self.att.queue.push(Expect::SilentClose);
         }

@@ -217,7 +217,7 @@ impl Reply<'_> {
         a.queue.push(Expect::SilentClose);
         a.sout.extend_from_slice(&def.parse_frame);
         a.queue.push(Expect::SilentParse { stmt: def.clone() });
-        a.lease.conn().state.add_prepared(def.id);
+        a.lease.conn().state.add_prepared(&def);
         for f in frames(&a.last_batch) {
             match f.first().copied() {
                 Some(tag::BIND) => a.queue.push(Expect::Bind { stmt: None }),

@@ -238,7 +238,7 @@ async fn apply(
     let mut prepares = 0u32;
     for def in &txn.defs {
         if !conn.state.has_prepared(def.id) {
-            if let Some(evicted) = conn.state.add_prepared(def.id) {
+            if let Some(evicted) = conn.state.add_prepared(def) {
                 out.extend_from_slice(&crate::session_state::close_statement_frame(evicted));
             }
             out.extend_from_slice(&def.parse_frame);
