@@ -27,6 +27,7 @@
 #                         pgbench with PGSSLMODE=require; 0: direct stays plain
 #   PGSHIFT_ADMIN [0]     1: the default pgshift instance gets an admin port (named instances choose)
 #   ADMIN_TOKEN [random]  bearer token of the admin ports
+#   PGBOUNCER_EXTRA       lines appended to PgBouncer's [pgbouncer] section (e.g. server_login_retry = 1)
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH_DIR/.." && pwd)"
@@ -355,6 +356,7 @@ logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
 server_tls_sslmode = disable
 EOF
+  if [[ -n "${PGBOUNCER_EXTRA:-}" ]]; then printf '%s\n' "$PGBOUNCER_EXTRA" >>"$dir/pgbouncer.ini"; fi
   if ((TLS)); then
     printf 'client_tls_sslmode = require\nclient_tls_cert_file = %s\nclient_tls_key_file = %s\n' \
       "$WORK/tls/server.crt" "$WORK/tls/server.key" >>"$dir/pgbouncer.ini"

@@ -162,6 +162,45 @@ impl PrivateCluster {
         self.node(i, "promote");
     }
 
+    /// Sets how the primary commits: with `Some(i)`, every commit waits until replica `i` has
+    /// flushed it (`synchronous_standby_names` naming its `application_name`, which is its
+    /// `cluster_name`, `node{i}`); with `None`, replication is asynchronous. Either way
+    /// `synchronous_commit = on` (PostgreSQL's default; the bed's own is off). Returns once the
+    /// primary reports the replicas' sync state accordingly.
+    pub fn set_synchronous_replica(&self, replica: Option<usize>) {
+        let name = replica.map(|i| {
+            assert!((1..=self.replica_ports.len()).contains(&i), "replica {i} does not exist");
+            format!("node{i}")
+        });
+        let port = self.primary_port;
+        superuser_exec(port, "ALTER SYSTEM SET synchronous_commit = on");
+        superuser_exec(
+            port,
+            &format!("ALTER SYSTEM SET synchronous_standby_names = '{}'", name.clone().unwrap_or_default()),
+        );
+        superuser_exec(port, "SELECT pg_reload_conf()");
+        let want = match &name {
+            Some(n) => format!(
+                "select count(*) from pg_stat_replication where application_name = '{n}' and sync_state = 'sync'"
+            ),
+            None => "select count(*) from pg_stat_replication where sync_state = 'async'".to_string(),
+        };
+        let expected = if name.is_some() { 1 } else { self.replica_ports.len() };
+        for _ in 0..200 {
+            if superuser_exec(port, &want) == expected.to_string() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "the primary did not report its replicas as {name:?} within 10 s: {}",
+            superuser_exec(
+                port,
+                "select string_agg(application_name || '=' || sync_state, ', ') from pg_stat_replication"
+            )
+        );
+    }
+
     fn node(&self, i: usize, action: &str) {
         self.check(i);
         pgbed(&["node", path_str(&self.dir), &i.to_string(), action]);
