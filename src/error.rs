@@ -87,8 +87,9 @@ impl ClientError {
             Self::fatal(
                 "08006",
                 "server connection lost: the primary closed the connection (failover: it failed or was \
-                 stopped; new transactions go to the primary role discovery finds); this transaction \
-                 did not finish: reconnect and retry it",
+                 stopped; new transactions go to the primary role discovery finds); the transaction \
+                 was cut off: nothing of it is committed unless its COMMIT was already sent, in which \
+                 case it may or may not have taken effect; reconnect, and check before retrying a COMMIT",
             )
         } else {
             Self::fatal(

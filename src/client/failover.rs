@@ -39,12 +39,23 @@ impl Session {
         }
         let limit = self.rt.config.routing.failover_timeout.0;
         let deadline = tokio::time::Instant::now() + limit;
+        let mut asked_discovery = false;
         loop {
             // Only a failover discovery has seen is waited out: with the primary reported fine
             // (or discovery blind), its errors are the client's answer, as before.
             let failovers = self.pools.cluster().failovers.clone();
             let failing_over = || failovers.state() != TopologyState::Primary;
             match self.lease_for(req, phase).await {
+                // The primary just failed and discovery has not looked yet: give it the time of
+                // a probe or two to see it (then this is a failover, and waited out), rather
+                // than failing the first transactions after the primary's death.
+                Err(e) if primary_gone(&e) && !failing_over() && !asked_discovery => {
+                    asked_discovery = true;
+                    self.wait_for_discovery(deadline).await;
+                    if !failing_over() {
+                        return Err(e);
+                    }
+                }
                 Err(e) if primary_gone(&e) && failing_over() && tokio::time::Instant::now() < deadline => {
                     self.wait_for_primary(deadline).await;
                     let rt = self.shared.runtime.load_full();
@@ -59,6 +70,21 @@ impl Session {
                     return Err(e);
                 }
                 other => return other,
+            }
+        }
+    }
+
+    /// Waits until discovery says the primary is gone, for at most three probe rounds (a
+    /// primary that is fine costs its failing client that much), or `deadline`.
+    async fn wait_for_discovery(&mut self, deadline: tokio::time::Instant) {
+        let interval = self.rt.config.routing.health_check_interval.0.max(Duration::from_millis(10));
+        let until = deadline.min(tokio::time::Instant::now() + 3 * interval);
+        let f = self.pools.cluster().failovers.clone();
+        while tokio::time::Instant::now() < until && f.state() == TopologyState::Primary {
+            let changed = f.changed.notified();
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep(interval.min(Duration::from_millis(50))) => {}
             }
         }
     }
