@@ -214,6 +214,13 @@ impl Session {
     fn server_lost(&mut self) -> Result<Relayed, End> {
         let mut on_primary = false;
         if let Some(att) = self.attached.as_mut() {
+            // The server said why it ended the session (a FATAL such as 57P01, already passed on
+            // to the client): a second FATAL of ours would reach a driver with nothing pending
+            // and read as a bare close, so the client gets PostgreSQL's word alone.
+            if att.lease.conn().broken && att.req_errored && !(att.replay.is_some() && !att.forwarded) {
+                att.backend.ban(Duration::from_millis(500), "connection lost");
+                return Err(End::ClientGone);
+            }
             att.lease.conn().broken = true;
             if att.replay.is_some() && !att.forwarded {
                 return Ok(Relayed::Retry);
