@@ -217,7 +217,7 @@ impl Session {
             // The server said why it ended the session (a FATAL such as 57P01, already passed on
             // to the client): a second FATAL of ours would reach a driver with nothing pending
             // and read as a bare close, so the client gets PostgreSQL's word alone.
-            if att.lease.conn().broken && att.req_errored && !(att.replay.is_some() && !att.forwarded) {
+            if (att.forwarded || att.replay.is_none()) && att.req_errored && att.lease.conn().broken {
                 att.backend.ban(Duration::from_millis(500), "connection lost");
                 return Err(End::ClientGone);
             }
