@@ -30,6 +30,10 @@ enum Cmd {
     /// Answered once every command before it has run (a client's LISTEN is acknowledged only
     /// when the shared connection really listens, or NOTIFYs sent right after could be missed).
     Ack(tokio::sync::oneshot::Sender<()>),
+    /// Answered after a round trip on the listener connection: every notification committed
+    /// before it was sent has been delivered by then (PostgreSQL sends pending notifications
+    /// when it reads the next query, before running it).
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// One listener connection's channels and subscribers.
@@ -101,6 +105,20 @@ impl NotifyHub {
         }
     }
 
+    /// Asks each listener connection client `id` subscribes through for a [`Cmd::Barrier`]; the
+    /// receivers fire once every notification committed so far has been fanned out.
+    pub fn barrier(&self, id: u64) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+        let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        listeners
+            .values()
+            .filter(|l| l.channels.values().any(|subs| subs.contains(&id)))
+            .filter_map(|l| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                l.cmds.send(Cmd::Barrier(tx)).ok().map(|_| rx)
+            })
+            .collect()
+    }
+
     /// Forgets a client that left.
     pub fn leave(&self, id: u64) {
         self.unlisten(id, None);
@@ -148,18 +166,23 @@ async fn run_listener(hub: Arc<NotifyHub>, pool: Arc<Pool>, mut cmds: mpsc::Unbo
             }
         };
         for ch in &listening {
-            let _ = conn.run_internal(&format!("LISTEN {}", quote_ident(ch))).await;
+            let _ = run(&mut conn, &format!("LISTEN {}", quote_ident(ch)), &hub, key).await;
         }
         loop {
             tokio::select! {
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { return };
-                    let sql = match cmd {
-                        Cmd::Listen(ch) => { let q = format!("LISTEN {}", quote_ident(&ch)); listening.insert(ch); q }
-                        Cmd::Unlisten(ch) => { let q = format!("UNLISTEN {}", quote_ident(&ch)); listening.remove(&ch); q }
+                    let (sql, done) = match cmd {
+                        Cmd::Listen(ch) => { let q = format!("LISTEN {}", quote_ident(&ch)); listening.insert(ch); (q, None) }
+                        Cmd::Unlisten(ch) => { let q = format!("UNLISTEN {}", quote_ident(&ch)); listening.remove(&ch); (q, None) }
                         Cmd::Ack(tx) => { let _ = tx.send(()); continue; }
+                        Cmd::Barrier(tx) => (String::new(), Some(tx)),
                     };
-                    if conn.run_internal(&sql).await.is_err() {
+                    let ok = run(&mut conn, &sql, &hub, key).await.is_ok();
+                    if let Some(tx) = done {
+                        let _ = tx.send(());
+                    }
+                    if !ok {
                         break;
                     }
                 }
@@ -176,6 +199,41 @@ async fn run_listener(hub: Arc<NotifyHub>, pool: Arc<Pool>, mut cmds: mpsc::Unbo
         }
         tracing::warn!(pool = %pool.label(), "LISTEN connection lost; reconnecting");
     }
+}
+
+/// Runs `sql` (empty: a bare round trip) on the listener connection, fanning out every
+/// notification that arrives meanwhile instead of dropping it.
+async fn run(conn: &mut ServerConn, sql: &str, hub: &NotifyHub, key: usize) -> Result<(), crate::server::ServerError> {
+    let mut q = BytesMut::new();
+    messages::put_query(&mut q, sql);
+    tokio::io::AsyncWriteExt::write_all(&mut conn.stream, &q).await?;
+    loop {
+        let f = conn.read_frame().await?;
+        match f[0] {
+            tag::NOTIFICATION_RESPONSE => {
+                if let Some(ch) = notification_channel(&f) {
+                    hub.deliver(key, &ch, f.freeze());
+                }
+            }
+            tag::READY_FOR_QUERY => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
+/// A NotificationResponse whose sender pid is `pid` instead.
+pub fn with_pid(f: &[u8], pid: i32) -> Bytes {
+    let mut out = BytesMut::from(f);
+    if out.len() >= 9 {
+        out[5..9].copy_from_slice(&pid.to_be_bytes());
+    }
+    out.freeze()
+}
+
+/// The sender pid of a NotificationResponse.
+pub fn sender_pid(f: &[u8]) -> Option<i32> {
+    let b = f.get(5..9)?;
+    Some(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// The channel name of a NotificationResponse (pid, channel, payload).

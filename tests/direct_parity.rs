@@ -121,3 +121,62 @@ async fn one_server_statement_per_statement_text() {
     }
     assert_eq!(server_copies(port, sql).await, 1, "four clients in turn");
 }
+
+/// The pid in a session's BackendKeyData.
+fn backend_pid(frames: &[(u8, Vec<u8>)]) -> i32 {
+    let (_, k) = frames.iter().find(|(t, _)| *t == b'K').expect("BackendKeyData");
+    i32::from_be_bytes([k[0], k[1], k[2], k[3]])
+}
+
+/// Sends a simple query and returns the tags up to its ReadyForQuery, with each notification's
+/// sender pid and payload.
+async fn query_notes(s: &mut tokio::net::TcpStream, sql: &str) -> (Vec<u8>, Vec<(i32, String)>) {
+    let mut out = Vec::new();
+    raw::query(&mut out, sql);
+    tokio::io::AsyncWriteExt::write_all(s, &out).await.unwrap();
+    let frames = raw::read_frames(s, b'Z').await;
+    let notes = frames
+        .iter()
+        .filter(|(t, _)| *t == b'A')
+        .map(|(_, b)| {
+            let pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+            let rest: Vec<&[u8]> = b[4..].split(|&c| c == 0).collect();
+            (pid, String::from_utf8_lossy(rest[1]).into_owned())
+        })
+        .collect();
+    (frames.iter().map(|(t, _)| *t).collect(), notes)
+}
+
+/// Own notifications arrive before the ReadyForQuery of the statement that committed them, with
+/// the session's own pid, through pgshift as directly; another client's carry that client's pid.
+#[tokio::test]
+async fn own_notifications_come_before_ready_with_the_clients_pid() {
+    let direct = common::shared_bed().primary_port;
+    let p = proxy::with_pool(2).await;
+    for (port, via) in [(direct, "direct"), (proxy::port(&p), "pgshift")] {
+        let (mut a, fa) = raw::login_with(port, "app", "app", "app", &[]).await.unwrap();
+        let (mut b, fb) = raw::login_with(port, "app", "app", "app", &[]).await.unwrap();
+        let (pid_a, pid_b) = (backend_pid(&fa), backend_pid(&fb));
+        query_notes(&mut a, "LISTEN parity_ch").await;
+        for sql in [
+            "NOTIFY parity_ch, 'plain'",
+            "DO $$ BEGIN PERFORM pg_notify('parity_ch', 'from a function'); END $$",
+            "BEGIN; NOTIFY parity_ch, 'in a transaction'; COMMIT",
+        ] {
+            let (tags, notes) = query_notes(&mut a, sql).await;
+            assert_eq!(notes.len(), 1, "{via}: {sql}: one notification before ReadyForQuery, got {tags:?}");
+            assert_eq!(notes[0].0, pid_a, "{via}: {sql}: the sender is this session");
+        }
+        // Another session notifies: a's next round trip brings it, with b's pid.
+        query_notes(&mut b, "NOTIFY parity_ch, 'from b'").await;
+        let mut notes = Vec::new();
+        for _ in 0..50 {
+            notes.extend(query_notes(&mut a, "SELECT 1").await.1);
+            if !notes.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(notes, vec![(pid_b, "from b".to_string())], "{via}");
+    }
+}

@@ -9,6 +9,7 @@ pub mod listener;
 mod local;
 pub mod login;
 mod mirroring;
+mod notifications;
 pub mod registry;
 mod relay;
 pub mod reply;

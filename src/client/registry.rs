@@ -166,11 +166,21 @@ pub struct ClientInfo {
     pub xacts: u64,
 }
 
+/// The pids pgshift gives its clients start above the largest process id Linux hands out
+/// (`pid_max` is at most 2^22), so a pid tells a pgshift client from a PostgreSQL backend.
+pub const CLIENT_PID_FLOOR: i32 = 1 << 22;
+
+/// Server backends remembered with the client that last held them (bounded; see `note_holder`).
+const HOLDERS_MAX: usize = 65_536;
+
 /// All connected clients.
 #[derive(Default)]
 pub struct Sessions {
     by_pid: Mutex<HashMap<i32, Arc<SessionHandle>>>,
     next_id: AtomicU64,
+    /// Server backend pid -> pid of the client that last held that server (for the sender pid
+    /// of notifications: the client's, which it can compare with its BackendKeyData).
+    holders: Mutex<HashMap<i32, i32>>,
 }
 
 impl Sessions {
@@ -179,7 +189,7 @@ impl Sessions {
         let mut map = self.by_pid.lock().unwrap_or_else(|e| e.into_inner());
         let mut rng = rand::thread_rng();
         let pid = loop {
-            let p = rng.gen_range(1..i32::MAX);
+            let p = rng.gen_range(CLIENT_PID_FLOOR..i32::MAX);
             if !map.contains_key(&p) {
                 break p;
             }
@@ -199,6 +209,21 @@ impl Sessions {
         });
         map.insert(pid, h.clone());
         h
+    }
+
+    /// Records that client `client_pid` now holds the server backend `server_pid`.
+    pub fn note_holder(&self, server_pid: i32, client_pid: i32) {
+        if let Ok(mut m) = self.holders.lock() {
+            if m.len() >= HOLDERS_MAX && !m.contains_key(&server_pid) {
+                m.clear(); // server pids of long-closed connections; a rare reset is harmless
+            }
+            m.insert(server_pid, client_pid);
+        }
+    }
+
+    /// The client that last held server backend `server_pid`, if any.
+    pub fn holder(&self, server_pid: i32) -> Option<i32> {
+        self.holders.lock().ok().and_then(|m| m.get(&server_pid).copied())
     }
 
     /// Forgets a client.

@@ -98,7 +98,7 @@ impl Session {
                 [timeout.as_mut(), idle.as_mut()];
             let signals = (&handle.signals, signal_mask);
             match next_event(client, Some(server), self.notify_rx.as_mut(), signals, &mut extra).await {
-                Event::Notification(Some(f)) => self.cout.extend_from_slice(&f),
+                Event::Notification(Some(f)) => self.push_notification(&f),
                 Event::Notification(None) => self.notify_rx = None,
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
                 Event::ClientRead(Ok(_)) | Event::ServerRead(Ok(1..)) => {}

@@ -228,7 +228,12 @@ impl Session {
             // Boxed: the attached phase's state exists only while a transaction runs, so the task
             // of an idle client stays small (one short-lived allocation per transaction).
             match Box::pin(self.transaction(req)).await {
-                Ok(Some(Relayed::Released)) => self.release(),
+                Ok(Some(Relayed::Released)) => {
+                    self.release();
+                    if self.notify_rx.is_some() {
+                        Box::pin(self.own_notifications_first()).await;
+                    }
+                }
                 Ok(Some(Relayed::Retry)) => self.retry_elsewhere(),
                 Ok(None) => {}
                 Err(end) => return end,
@@ -299,7 +304,7 @@ impl Session {
             let signals = (&handle.signals, Signals::KILL | Signals::DRAIN);
             let ev = next_event(side, None, self.notify_rx.as_mut(), signals, &mut extra).await;
             match ev {
-                Event::Notification(Some(f)) => self.cout.extend_from_slice(&f),
+                Event::Notification(Some(f)) => self.push_notification(&f),
                 Event::Notification(None) => self.notify_rx = None,
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
                 Event::ClientRead(Ok(_)) => {}
@@ -398,6 +403,7 @@ impl Session {
             conn_id: conn.id,
             gate: conn.cancel_gate.clone(),
         }));
+        self.shared.sessions.note_holder(conn.cancel_key.0, self.handle.key.0);
         if let Some(sql) = settings_diff(&conn.state.settings, &self.state.settings) {
             conn.state.settings = self.state.settings.clone();
             messages::put_query(&mut att.sout, &sql);
