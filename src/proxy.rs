@@ -213,9 +213,10 @@ fn log_startup_summary(rt: &Runtime) {
         read_write_split = rt.config.routing.read_write_split,
         "effective settings"
     );
+    // Node names, not addresses: the log names no database host (the admin port's /stats does).
     for c in &rt.clusters {
-        let replicas: Vec<&str> = c.replicas.iter().map(|b| b.address.as_str()).collect();
-        tracing::info!(cluster = %c.name, primary = %c.primary.address, replicas = %replicas.join(","), "cluster");
+        let replicas: Vec<&str> = c.replicas.iter().map(|b| b.name.as_str()).collect();
+        tracing::info!(cluster = %c.name, primary = %c.primary.name, replicas = %replicas.join(","), "cluster");
     }
     for d in rt.databases.listed() {
         let s = &d.settings;
