@@ -180,3 +180,59 @@ async fn own_notifications_come_before_ready_with_the_clients_pid() {
         assert_eq!(notes, vec![(pid_b, "from b".to_string())], "{via}");
     }
 }
+
+/// The bool a `select pg_*_backend(..)` answered, and any notice, over the raw protocol.
+async fn signal(s: &mut tokio::net::TcpStream, sql: &str, param: Option<i32>) -> (Option<bool>, Vec<u8>) {
+    let mut out = Vec::new();
+    match param {
+        None => raw::query(&mut out, sql),
+        Some(pid) => {
+            raw::parse(&mut out, "", sql);
+            raw::bind(&mut out, "", &[pid.to_string().as_bytes()]);
+            raw::describe_execute_sync(&mut out);
+        }
+    }
+    tokio::io::AsyncWriteExt::write_all(s, &out).await.unwrap();
+    let frames = raw::read_frames(s, b'Z').await;
+    let value = frames.iter().find(|(t, _)| *t == b'D').map(|(_, b)| b[6] == b't');
+    (value, frames.iter().map(|(t, _)| *t).collect())
+}
+
+/// `pg_cancel_backend` / `pg_terminate_backend` with the pid a pgshift client got act on that
+/// client; real backend pids keep their meaning.
+#[tokio::test]
+async fn signalling_a_client_by_its_pid() {
+    let p = proxy::with_pool(3).await;
+    let port = proxy::port(&p);
+    let (mut victim, fv) = raw::login_with(port, "app", "app", "app", &[]).await.unwrap();
+    let pid = backend_pid(&fv);
+    assert!(pid > 1 << 22, "client pids are above Linux's pid range: {pid}");
+    let (mut admin, _) = raw::login_with(port, "app", "app", "app", &[]).await.unwrap();
+
+    // Cancel: the victim's running query ends with 57014; its session goes on.
+    let mut q = Vec::new();
+    raw::query(&mut q, "SELECT pg_sleep(20)");
+    tokio::io::AsyncWriteExt::write_all(&mut victim, &q).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(signal(&mut admin, "select pg_cancel_backend($1)", Some(pid)).await.0, Some(true));
+    let frames = raw::read_frames(&mut victim, b'Z').await;
+    let (_, e) = frames.iter().find(|(t, _)| *t == b'E').expect("the sleep was cancelled");
+    assert!(raw::error_fields(e).contains(&(b'C', "57014".into())), "{:?}", raw::error_fields(e));
+    assert_eq!(query_notes(&mut victim, "SELECT 1").await.0.last(), Some(&b'Z'));
+
+    // An unknown pgshift-range pid: false and PostgreSQL's warning, as PostgreSQL answers it.
+    let (v, tags) = signal(&mut admin, "SELECT pg_terminate_backend(2147483000)", None).await;
+    assert_eq!(v, Some(false));
+    assert!(tags.contains(&b'N'), "{tags:?}");
+
+    // Terminate: the victim's session ends with 57P01.
+    assert_eq!(signal(&mut admin, &format!("SELECT pg_terminate_backend({pid})"), None).await.0, Some(true));
+    let frames = raw::read_frames(&mut victim, b'E').await;
+    let e = raw::error_fields(&frames.last().unwrap().1);
+    assert!(e.contains(&(b'C', "57P01".into())), "{e:?}");
+
+    // A real backend pid goes to PostgreSQL.
+    let direct = common::connect(common::shared_bed().primary_port, "app", "app", "app").await;
+    let real: i32 = direct.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+    assert_eq!(signal(&mut admin, "select pg_cancel_backend($1)", Some(real)).await.0, Some(true));
+}

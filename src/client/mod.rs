@@ -16,4 +16,5 @@ pub mod reply;
 pub mod request;
 pub mod route;
 pub mod session;
+mod signal_backend;
 pub mod state;

@@ -211,6 +211,11 @@ impl Sessions {
         h
     }
 
+    /// The client with BackendKeyData pid `pid`.
+    pub fn get(&self, pid: i32) -> Option<Arc<SessionHandle>> {
+        self.by_pid.lock().ok().and_then(|m| m.get(&pid).cloned())
+    }
+
     /// Records that client `client_pid` now holds the server backend `server_pid`.
     pub fn note_holder(&self, server_pid: i32, client_pid: i32) {
         if let Ok(mut m) = self.holders.lock() {

@@ -222,7 +222,11 @@ impl Session {
                 self.skip_request(req);
                 continue;
             }
-            if self.answer_locally(req) || (self.may_listen_locally(req) && Box::pin(self.listen_locally(req)).await) {
+            if self.answer_locally(req)
+                || (self.may_listen_locally(req) && Box::pin(self.listen_locally(req)).await)
+                || (super::signal_backend::may_signal(&self.cin[..req.len.min(self.cin.len())])
+                    && Box::pin(self.signal_client_locally(req)).await)
+            {
                 continue;
             }
             // Boxed: the attached phase's state exists only while a transaction runs, so the task

@@ -176,3 +176,10 @@ pub fn parameter_status(frames: &[(u8, Vec<u8>)]) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Appends Describe of the unnamed portal, Execute of it and Sync.
+pub fn describe_execute_sync(out: &mut Vec<u8>) {
+    frame(out, b'D', b"P\0");
+    frame(out, b'E', b"\0\0\0\0\0");
+    frame(out, b'S', b"");
+}
