@@ -100,18 +100,26 @@ pub fn guc_name(name: &str) -> String {
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options", "pgshift.route"];
 
-/// Settings asked for in a startup packet, including `-c name=value` pairs of `options`.
+/// Settings asked for in a startup packet, in PostgreSQL's order: the `-c name=value` pairs of
+/// `options` first, then the other parameters, a later one replacing an earlier one (asyncpg
+/// sends `client_encoding` twice when `server_settings` names it too).
 pub fn startup_settings(params: &[(String, String)]) -> Settings {
     let mut s = Settings::new();
+    for (_, v) in params.iter().filter(|(k, _)| k.eq_ignore_ascii_case("options")) {
+        parse_options(v, &mut s);
+    }
     for (k, v) in params {
         let k = guc_name(k);
-        if k == "options" {
-            parse_options(v, &mut s);
-        } else if !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_.") {
+        if !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_.") {
             s.insert(k, quote_literal(v));
         }
     }
     s
+}
+
+/// The raw value of a literal made by [`quote_literal`]; `None` for other SQL text.
+pub fn unquote_literal(lit: &str) -> Option<String> {
+    lit.strip_prefix('\'')?.strip_suffix('\'').map(|s| s.replace("''", "'"))
 }
 
 /// Rewrites a startup `client_encoding` in the server's spelling (`utf-8` becomes `UTF8`), as
@@ -375,6 +383,21 @@ mod tests {
         assert_eq!(s.get("statement_timeout").unwrap(), "'5s'");
         assert_eq!(s.get("x").unwrap(), "'it''s'");
         assert!(!s.contains_key("user"));
+    }
+
+    #[test]
+    fn startup_parameters_override_options_and_the_last_one_wins() {
+        let p = [
+            ("client_encoding", "UTF8"),
+            ("options", "-c client_encoding=euc-jp -c application_name=from-options"),
+            ("client_encoding", "LATIN1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let s = startup_settings(&p);
+        assert_eq!(s.get("client_encoding").unwrap(), "'LATIN1'");
+        assert_eq!(s.get("application_name").unwrap(), "'from-options'");
+        assert_eq!(unquote_literal(&quote_literal("it's")).as_deref(), Some("it's"));
+        assert_eq!(unquote_literal("myschema, public"), None);
     }
 
     #[test]

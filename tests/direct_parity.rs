@@ -8,7 +8,12 @@ use common::{proxy, raw};
 
 /// ParameterStatus `client_encoding` after logging in with `given`, or the refusal's SQLSTATE.
 async fn reported_encoding(port: u16, given: &str) -> Result<String, String> {
-    match raw::login_with(port, "app", "app", "app", &[("client_encoding", given)]).await {
+    reported_encoding_with(port, &[("client_encoding", given)]).await
+}
+
+/// ParameterStatus `client_encoding` after logging in with startup parameters `params`.
+async fn reported_encoding_with(port: u16, params: &[(&str, &str)]) -> Result<String, String> {
+    match raw::login_with(port, "app", "app", "app", params).await {
         Ok((_, frames)) => Ok(raw::parameter_status(&frames)
             .into_iter()
             .find(|(k, _)| k == "client_encoding")
@@ -33,6 +38,20 @@ async fn client_encoding_is_reported_as_the_server_spells_it() {
     let want = reported_encoding(direct, "klingon").await;
     assert_eq!(reported_encoding(port, "klingon").await, want);
     assert_eq!(want, Err("22023".to_string()));
+
+    // `-c client_encoding=` in `options` counts; a startup parameter overrides it, and of two
+    // startup parameters the last one counts (asyncpg sends its own before `server_settings`).
+    let mixes: [&[(&str, &str)]; 4] = [
+        &[("options", "-c client_encoding=euc-jp")],
+        &[("options", "-c client_encoding=latin1"), ("client_encoding", "utf-8")],
+        &[("client_encoding", "utf-8"), ("options", "-c client_encoding=latin1")],
+        &[("client_encoding", "'utf-8'"), ("client_encoding", "euc-jp")],
+    ];
+    for params in mixes {
+        let want = reported_encoding_with(direct, params).await;
+        assert!(want.is_ok(), "{params:?} is accepted directly");
+        assert_eq!(reported_encoding_with(port, params).await, want, "{params:?}: through pgshift vs direct");
+    }
 
     // The session really uses the encoding it was told: a non-ASCII text round-trips in EUC_JP.
     let (mut s, _) = raw::login_with(port, "app", "app", "app", &[("client_encoding", "euc-jp")]).await.unwrap();

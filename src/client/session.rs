@@ -20,7 +20,7 @@ use crate::migration::Phase;
 use crate::pool::limit::ClientSlot;
 use crate::pool::{Backend, Lease};
 use crate::router::Target;
-use crate::session_state::{settings_diff, startup_settings};
+use crate::session_state::{guc_name, settings_diff, startup_settings, unquote_literal};
 use crate::shared::{Runtime, Shared};
 use crate::wire::messages;
 
@@ -160,7 +160,8 @@ impl Session {
         state.route = crate::wire::startup::StartupPacket::param(&params, "pgshift.route")
             .map_or(RouteOverride::Auto, RouteOverride::parse);
         // Settings equal to the server's own defaults need no replay.
-        let mut settings = startup_settings(&params);
+        let requested = startup_settings(&params);
+        let mut settings = requested.clone();
         settings.retain(|k, v| {
             !server_params
                 .iter()
@@ -170,10 +171,11 @@ impl Session {
         state.settings = settings;
 
         let mut out = BytesMut::with_capacity(512);
+        // Reported as the server reports them: what the session asked for (the value replayed on
+        // every server it lands on), else the server's own value.
         for (k, v) in server_params.iter() {
-            let requested = crate::wire::startup::StartupPacket::param(&params, k)
-                .or_else(|| params.iter().find(|(pk, _)| pk.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str()));
-            messages::put_parameter_status(&mut out, k.as_bytes(), requested.unwrap_or(v).as_bytes());
+            let asked = requested.get(&guc_name(k)).and_then(|lit| unquote_literal(lit));
+            messages::put_parameter_status(&mut out, k.as_bytes(), asked.as_deref().unwrap_or(v).as_bytes());
         }
         messages::put_backend_key_data(&mut out, handle.key.0, handle.key.1);
         messages::put_ready_for_query(&mut out, b'I');

@@ -508,6 +508,9 @@ public class JdbcTest {
     tests.put("autocommit_off_transactions", JdbcTest::autocommitOffTransactions);
     tests.put("metadata_without_parse", JdbcTest::metadataWithoutParse);
     tests.put("cancel", JdbcTest::cancel);
+    tests.put("client_encoding_as_the_server_spells_it", JdbcParity::clientEncoding);
+    tests.put("saslprep_passwords_log_in", JdbcParity::saslprepPasswords);
+    tests.put("one_server_statement_per_statement_text", JdbcParity::sharedStatements);
     List<String> only = Arrays.asList(args);
     int passed = 0, failed = 0;
     long tAll = System.nanoTime();

@@ -24,6 +24,14 @@ USER = PASSWORD = DB = "app"
 PROXY_URL = os.environ.get("DATABASE_URL", f"postgresql://app:app@{HOST}:{PORT}/app")
 PRIMARY_URL = f"postgresql://app:app@{HOST}:{PRIMARY_PORT}/app"
 TEST_TIMEOUT = float(os.environ.get("PGSHIFT_DRV_TEST_TIMEOUT", "60"))
+# A pgshift with one server connection, to the primary alone: what it prepared is all on it.
+ONE_PORT = int(os.environ.get("PGSHIFT_DRV_ONE_PORT", str(PORT)))
+ONE_URL = f"postgresql://app:app@{HOST}:{ONE_PORT}/app"
+# Roles whose SCRAM passwords need SASLprep (run.sh puts the same list in pgshift's config): a
+# combining acute accent (composed into U+00E9) and a no-break space (mapped to a space).
+SASL_ROLES = [("drv_sasl_accent", "cafe\u0301-pw"), ("drv_sasl_nbsp", "open\u00a0sesame")]
+# The statement text several clients prepare (as the server sees it, placeholders as $n).
+SHARED_SQL = "select $1::int + 41"
 
 _TESTS = []
 
@@ -47,6 +55,26 @@ def eq(got, want, what):
 def primary():
     """A direct connection to the bed's primary (not through pgshift), for setup and checks."""
     return psycopg.connect(PRIMARY_URL, autocommit=True)
+
+
+def saslprep(password):
+    """SASLprep of the passwords in SASL_ROLES: non-ASCII spaces to a space, then NFKC."""
+    import unicodedata
+
+    return unicodedata.normalize("NFKC", password.replace("\u00a0", " "))
+
+
+def create_sasl_roles():
+    """Creates (or resets) the SASL_ROLES on the primary, SCRAM passwords as typed."""
+    with primary() as c:
+        c.execute("set password_encryption = 'scram-sha-256'")
+        for name, pw in SASL_ROLES:
+            c.execute(
+                f"do $$ begin if not exists (select from pg_roles where rolname = '{name}') "
+                f"then create role {name} login; end if; end $$"
+            )
+            c.execute(f"alter role {name} password '{pw}'")
+            c.execute(f"grant all on database app to {name}")
 
 
 def sync_replicas(timeout=10.0):

@@ -19,7 +19,8 @@ usage() {
 Usage: tests/drivers/run.sh [--no-install] [SUITE[:TEST,TEST...]...]
 
 Starts pgshift (transaction pooling, read/write split over the bed's primary and
-replicas, default_pool_size = 4) and runs real client drivers through it.
+replicas, default_pool_size = 4) and runs real client drivers through it; the driver
+suites also get a pgshift with one server connection to the primary alone.
 SUITE: psycopg asyncpg node jdbc pgbench (default: all). SUITE:TEST,TEST runs only those
 tests of a suite (names as printed in its output), e.g. run.sh psycopg:listen_notify.
 
@@ -64,24 +65,25 @@ T0="$(now_ms)"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/pgshift-drivers.XXXXXX")"
 chmod 0755 "$WORK"
 OWN_BED=""
-PROXY_PID="" # the running pgshift (one at a time)
+PROXY_PIDS=() # the running pgshift instances (those of one suite)
 
-# Stops the running pgshift (SIGINT: at once), waiting for it to exit.
-stop_proxy() {
-  local pid="$PROXY_PID" i
-  [[ -n "$pid" ]] || return 0
-  PROXY_PID=""
-  kill -INT "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+# Stops the running pgshift instances (SIGINT: at once), waiting for each to exit.
+stop_proxies() {
+  local pid i
+  for pid in "${PROXY_PIDS[@]}"; do
+    kill -INT "$pid" 2>/dev/null || continue
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  PROXY_PIDS=()
 }
 
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  stop_proxy
+  stop_proxies
   if [[ -n "$OWN_BED" ]]; then "$PGBED" destroy "$OWN_BED" >/dev/null || rc=1; fi
   if [[ "${PGSHIFT_DRV_KEEP:-0}" == 1 ]]; then say "work dir kept: $WORK"; else rm -rf "$WORK"; fi
   exit "$rc"
@@ -207,25 +209,36 @@ wait_replicas() {
 
 # ---- 4. proxies -----------------------------------------------------------------------------
 
-# start_proxy NAME POOL_SIZE: starts pgshift in front of the bed; sets PROXY_PORT.
+# Roles whose SCRAM passwords need SASLprep, as NAME PASSWORD pairs (UTF-8 bytes): a combining
+# acute accent (SASLprep composes "e" + U+0301 into U+00E9) and a no-break space U+00A0 (mapped
+# to a space). The suites create the roles with these passwords (drvcommon.py SASL_ROLES,
+# test_node.js, JdbcTest.java hold the same list); pgshift's config holds them as typed.
+SASL_ROLES=(drv_sasl_accent $'cafe\xcc\x81-pw' drv_sasl_nbsp $'open\xc2\xa0sesame')
+
+# start_proxy NAME POOL_SIZE [primary-only]: starts pgshift in front of the bed (the primary
+# and the replicas, or the primary alone); sets PROXY_PORT.
 start_proxy() {
-  local name="$1" pool="$2" conf="$WORK/$1.toml" r pid i
+  local name="$1" pool="$2" conf="$WORK/$1.toml" r pid i replicas=("${REPLICAS[@]}")
+  if [[ "${3:-}" == primary-only ]]; then replicas=(); fi
   for _ in 1 2 3; do
     PROXY_PORT="$(pick_port)"
     {
       printf '[proxy]\nlisten = "127.0.0.1:%s"\npool_mode = "transaction"\n' "$PROXY_PORT"
       printf 'default_pool_size = %s\nquery_wait_timeout = "60s"\n' "$pool"
       printf '[auth]\ntype = "scram-sha-256"\n[[auth.users]]\nname = "app"\npassword = "app"\n'
+      for ((i = 0; i < ${#SASL_ROLES[@]}; i += 2)); do
+        printf '[[auth.users]]\nname = "%s"\npassword = "%s"\n' "${SASL_ROLES[i]}" "${SASL_ROLES[i + 1]}"
+      done
       printf '[primary]\nhost = "127.0.0.1"\nport = %s\n' "$PRIMARY"
-      for r in "${REPLICAS[@]}"; do printf '[[replicas]]\nhost = "127.0.0.1"\nport = %s\n' "$r"; done
-      printf '[routing]\nread_write_split = true\n'
+      for r in "${replicas[@]}"; do printf '[[replicas]]\nhost = "127.0.0.1"\nport = %s\n' "$r"; done
+      if ((${#replicas[@]})); then printf '[routing]\nread_write_split = true\n'; fi
       printf '[admin]\nlisten = ""\n'
     } >"$conf"
     "$BIN" --check-config --config "$conf" >"$WORK/$name.check" 2>&1 ||
       { cat "$WORK/$name.check" >&2; die "pgshift rejected $conf"; }
     NO_COLOR=1 PGSHIFT_LOG="${PGSHIFT_LOG:-info}" "$BIN" --config "$conf" >"$WORK/$name.log" 2>&1 &
     pid=$!
-    PROXY_PID="$pid"
+    PROXY_PIDS+=("$pid")
     for ((i = 0; i < 100; i++)); do
       kill -0 "$pid" 2>/dev/null || break
       if port_in_use "$PROXY_PORT" && psql_at "$PROXY_PORT" "select 1" >/dev/null 2>&1; then
@@ -233,7 +246,9 @@ start_proxy() {
       fi
       sleep 0.1
     done
-    stop_proxy
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset 'PROXY_PIDS[-1]'
     if ! grep -qi 'address already in use\|addrinuse' "$WORK/$name.log"; then break; fi
   done
   tail -n 30 "$WORK/$name.log" >&2
@@ -295,7 +310,7 @@ suite_pgbench() {
 
 suite_jdbc() {
   mkdir -p "$WORK/jdbc"
-  bounded javac -nowarn -d "$WORK/jdbc" -cp "$JDBC_JAR" "$DRV/JdbcTest.java" || { echo "javac failed"; return 1; }
+  bounded javac -nowarn -d "$WORK/jdbc" -cp "$JDBC_JAR" "$DRV/JdbcTest.java" "$DRV/JdbcParity.java" || { echo "javac failed"; return 1; }
   bounded java -cp "$WORK/jdbc:$JDBC_JAR" JdbcTest "$@"
 }
 
@@ -305,12 +320,19 @@ say "setup done in $(secs $(($(now_ms) - T0)))s; suites: ${SUITES[*]}"
 say "each suite gets its own pgshift: transaction pooling, read/write split over primary $PRIMARY and replicas ${REPLICAS[*]:-none}, default_pool_size $POOL_SIZE (pgbench: $PGBENCH_POOL_SIZE)"
 
 # Each suite gets its own pgshift, so that what one suite leaves on pooled server connections
-# cannot fail another.
+# cannot fail another. The driver suites get a second one with one server connection, to the
+# primary alone (PGSHIFT_DRV_ONE_PORT), on which a test sees every statement pgshift prepared.
 PY="$DRV/.venv/bin/python"
 for s in "${SUITES[@]}"; do
   ONLY=()
   if [[ -n "${TESTS_OF[$s]:-}" ]]; then IFS=, read -r -a ONLY <<<"${TESTS_OF[$s]}"; fi
-  if [[ "$s" == pgbench ]]; then start_proxy "$s" "$PGBENCH_POOL_SIZE"; else start_proxy "$s" "$POOL_SIZE"; fi
+  if [[ "$s" == pgbench ]]; then
+    start_proxy "$s" "$PGBENCH_POOL_SIZE"
+  else
+    start_proxy "$s-one" 1 primary-only
+    export PGSHIFT_DRV_ONE_PORT="$PROXY_PORT"
+    start_proxy "$s" "$POOL_SIZE"
+  fi
   export PGSHIFT_DRV_PORT="$PROXY_PORT" DATABASE_URL="postgresql://app:app@127.0.0.1:$PROXY_PORT/app"
   case "$s" in
     psycopg) run_suite psycopg bounded "$PY" "$DRV/test_psycopg.py" "${ONLY[@]}" ;;
@@ -319,11 +341,13 @@ for s in "${SUITES[@]}"; do
     jdbc) run_suite jdbc suite_jdbc "${ONLY[@]}" ;;
     pgbench) run_suite pgbench suite_pgbench ;;
   esac
-  stop_proxy
-  if [[ "${SUMMARY[-1]}" != "$s "*PASS* ]] && grep -q ' WARN \| ERROR ' "$WORK/$s.log"; then
-    say "     pgshift ($s) warnings and errors, last 20:"
-    grep ' WARN \| ERROR ' "$WORK/$s.log" | tail -n 20 | cut -c1-240 | sed 's/^/    /'
-  fi
+  stop_proxies
+  for log in "$s" "$s-one"; do
+    if [[ "${SUMMARY[-1]}" != "$s "*PASS* && -f "$WORK/$log.log" ]] && grep -q ' WARN \| ERROR ' "$WORK/$log.log"; then
+      say "     pgshift ($log) warnings and errors, last 20:"
+      grep ' WARN \| ERROR ' "$WORK/$log.log" | tail -n 20 | cut -c1-240 | sed 's/^/    /'
+    fi
+  done
 done
 
 say "summary (total $(secs $(($(now_ms) - T0)))s):"

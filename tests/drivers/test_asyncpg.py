@@ -14,8 +14,14 @@ import time
 import asyncpg
 
 from drvcommon import (
+    ONE_URL,
     POOL_SIZE,
+    PRIMARY_URL,
     PROXY_URL,
+    SASL_ROLES,
+    SHARED_SQL,
+    create_sasl_roles,
+    saslprep,
     check_primary_pool_free,
     check,
     check_multiplexing,
@@ -408,6 +414,84 @@ async def listen_with_add_listener():
         eq(await listener.fetchval("select $1::int", 6), 6, "listener query after notifications")
     finally:
         await listener.close()
+
+
+JAPANESE = "\u65e5\u672c\u8a9e \u00e9"  # in EUC_JP too
+
+
+@test
+async def client_encoding_as_the_server_spells_it():
+    """asyncpg sends client_encoding 'utf-8' itself, and again when server_settings names it (the
+    last one counts): pgshift reports what PostgreSQL reports, so asyncpg picks the same codec,
+    and a non-ASCII text round-trips on every server the connection lands on."""
+    seen = []
+    for ss in (None, {"client_encoding": "unicode"}, {"client_encoding": "euc-jp"}):
+        got = {}
+        for where, url in (("direct", PRIMARY_URL), ("pgshift", PROXY_URL)):
+            c = await asyncpg.connect(url, server_settings=ss)
+            try:
+                q = "select $1::text, chr(26085), current_setting('client_encoding')"
+                rows = {tuple(await c.fetchrow(q, JAPANESE)) for _ in range(12)}
+                got[where] = (c.get_settings().client_encoding, sorted(rows))
+            finally:
+                await c.close()
+        eq(got["pgshift"], got["direct"], f"server_settings {ss}: (reported, rows) through pgshift vs direct")
+        seen.append(got["pgshift"][0])
+    eq(seen, ["UTF8", "UTF8", "EUC_JP"], "client_encoding reported")
+    return ", ".join(seen)
+
+
+@test
+async def saslprep_passwords_log_in():
+    """Roles whose SCRAM passwords hold a combining accent or a no-break space log in through
+    pgshift as they do directly (asyncpg applies SASLprep itself); a wrong password gets 28P01."""
+    await asyncio.to_thread(create_sasl_roles)
+    for name, pw in SASL_ROLES:
+        for typed in (pw, saslprep(pw)):
+            for url in (PRIMARY_URL, PROXY_URL):
+                c = await asyncpg.connect(url, user=name, password=typed)
+                try:
+                    eq(await c.fetchval("select current_user::text"), name, f"{name} typed {typed!r}")
+                finally:
+                    await c.close()
+        for url in (PRIMARY_URL, PROXY_URL):
+            try:
+                await (await asyncpg.connect(url, user=name, password=pw + "x")).close()
+                raise AssertionError(f"{name}: a wrong password was accepted ({url})")
+            except asyncpg.InvalidPasswordError:
+                pass
+
+
+async def shared_copies():
+    """Rows of pg_prepared_statements for SHARED_SQL on the one server connection behind ONE_URL."""
+    c = await asyncpg.connect(ONE_URL)
+    try:
+        return await c.fetchval("select count(*)::int from pg_prepared_statements where statement = $1", SHARED_SQL)
+    finally:
+        await c.close()
+
+
+@test
+async def one_server_statement_per_statement_text():
+    """Four connections prepare SHARED_SQL (asyncpg names it __asyncpg_stmt_N__) through a
+    pgshift with one server connection, at once, then one after another (each closed before the
+    next): one row for that text in pg_prepared_statements on the server connection."""
+
+    async def prepare():
+        c = await asyncpg.connect(ONE_URL)
+        st = await c.prepare(SHARED_SQL)
+        eq(await st.fetchval(1), 42, "through pgshift")
+        return c, st
+
+    held = await asyncio.gather(*(prepare() for _ in range(4)))
+    at_once = await shared_copies()
+    for c, _ in held:
+        await c.close()
+    eq(at_once, 1, "copies on the server after four connections prepared at once")
+    for _ in range(4):
+        c, _ = await prepare()
+        await c.close()
+    eq(await shared_copies(), 1, "copies on the server after four connections prepared in turn")
 
 
 if __name__ == "__main__":

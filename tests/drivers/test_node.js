@@ -15,6 +15,12 @@ const POOL_SIZE = Number(process.env.PGSHIFT_DRV_POOL_SIZE || 4);
 const TEST_TIMEOUT_MS = 60000;
 const base = { host: '127.0.0.1', user: 'app', password: 'app', database: 'app' };
 const proxyConfig = { ...base, port: PORT };
+const primaryConfig = { ...base, port: PRIMARY_PORT };
+// A pgshift with one server connection, to the primary alone (run.sh).
+const oneConfig = { ...base, port: Number(process.env.PGSHIFT_DRV_ONE_PORT || PORT) };
+// Same list as run.sh SASL_ROLES: a combining acute accent, a no-break space.
+const SASL_ROLES = [['drv_sasl_accent', 'cafe\u0301-pw'], ['drv_sasl_nbsp', 'open\u00a0sesame']];
+const SHARED_SQL = 'select $1::int + 41';
 
 const tests = [];
 const test = (name, fn) => tests.push({ name, fn });
@@ -253,6 +259,101 @@ test('listen_notify_after_a_pause', async () => {
     await n.end();
     await listener.end();
   }
+});
+
+// The ParameterStatus values a client received at login (node-postgres keeps none itself).
+async function loginStatus(config) {
+  const c = new Client(config);
+  const status = {};
+  c.connection.on('parameterStatus', (m) => {
+    status[m.parameterName] = m.parameterValue;
+  });
+  await c.connect();
+  return { c, status };
+}
+
+test('client_encoding_as_the_server_spells_it', async () => {
+  // node-postgres sends no client_encoding of its own (it decodes UTF-8); through options it can.
+  const seen = [];
+  for (const extra of [{}, { client_encoding: 'utf-8' }, { options: '-c client_encoding=unicode' }]) {
+    const got = {};
+    for (const [where, config] of [['direct', primaryConfig], ['pgshift', proxyConfig]]) {
+      const { c, status } = await loginStatus({ ...config, ...extra });
+      try {
+        const rows = new Set();
+        for (let i = 0; i < 12; i++) {
+          const r = await c.query({
+            text: "select $1::text as t, chr(26085) as ch, current_setting('client_encoding') as enc",
+            values: ['\u65e5\u672c\u8a9e \u00e9'],
+          });
+          rows.add(JSON.stringify(r.rows[0]));
+        }
+        got[where] = [status.client_encoding, [...rows].sort()];
+      } finally {
+        await c.end();
+      }
+    }
+    eq(got.pgshift, got.direct, `${JSON.stringify(extra)}: (reported, rows) through pgshift vs direct`);
+    seen.push(got.pgshift[0]);
+  }
+  eq(seen, ['UTF8', 'UTF8', 'UTF8'], 'client_encoding reported');
+});
+
+test('saslprep_passwords_log_in', async () => {
+  const p = await connect(primaryConfig);
+  try {
+    await p.query("set password_encryption = 'scram-sha-256'");
+    for (const [name, pw] of SASL_ROLES) {
+      await p.query(`do $$ begin if not exists (select from pg_roles where rolname = '${name}') then create role ${name} login; end if; end $$`);
+      await p.query(`alter role ${name} password '${pw}'`);
+      await p.query(`grant all on database app to ${name}`);
+    }
+  } finally {
+    await p.end();
+  }
+  for (const [name, pw] of SASL_ROLES) {
+    for (const config of [primaryConfig, proxyConfig]) {
+      const c = await connect({ ...config, user: name, password: pw });
+      try {
+        eq((await c.query('select current_user::text as u')).rows[0].u, name, `${name} on port ${config.port}`);
+      } finally {
+        await c.end();
+      }
+      let err = null;
+      try {
+        await (await connect({ ...config, user: name, password: pw + 'x' })).end();
+      } catch (e) {
+        err = e;
+      }
+      eq(err && err.code, '28P01', `${name}: a wrong password on port ${config.port}`);
+    }
+  }
+});
+
+async function sharedCopies() {
+  const c = await connect(oneConfig);
+  try {
+    const q = 'select count(*)::int as n from pg_prepared_statements where statement = $1';
+    return (await c.query(q, [SHARED_SQL])).rows[0].n;
+  } finally {
+    await c.end();
+  }
+}
+
+test('one_server_statement_per_statement_text', async () => {
+  // Named queries of four clients, through a pgshift with one server connection, at once and
+  // then in turn: one row for the text in pg_prepared_statements on the server connection.
+  const prepare = async () => {
+    const c = await connect(oneConfig);
+    eq((await c.query({ name: 'drv_shared', text: SHARED_SQL, values: [1] })).rows[0], { '?column?': 42 }, 'result');
+    return c;
+  };
+  const held = await Promise.all([0, 1, 2, 3].map(prepare));
+  const atOnce = await sharedCopies();
+  for (const c of held) await c.end();
+  eq(atOnce, 1, 'copies on the server after four clients prepared at once');
+  for (let k = 0; k < 4; k++) await (await prepare()).end();
+  eq(await sharedCopies(), 1, 'copies on the server after four clients prepared in turn');
 });
 
 async function main() {

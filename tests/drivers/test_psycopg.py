@@ -15,10 +15,16 @@ import psycopg
 from psycopg import errors
 
 from drvcommon import (
+    ONE_URL,
     POOL_SIZE,
+    PRIMARY_URL,
     check_primary_pool_free,
     PROXY_URL,
     REPLICA_PORTS,
+    SASL_ROLES,
+    SHARED_SQL,
+    create_sasl_roles,
+    saslprep,
     check,
     check_multiplexing,
     eq,
@@ -670,6 +676,90 @@ def session_features_pin_and_do_not_leak():
             problems.add(f"advisory lock 4242 still held by server pid {holder} after its client left")
     check(not problems, "a pinned client's session state leaked to later clients: " + "; ".join(sorted(problems)))
     return f"pinned pids {pids}, {n} churn queries, later clients checked {len(seen)} primary conns"
+
+
+ENCODING_PROBE = "select %s::text, chr(26085), current_setting('client_encoding')"
+JAPANESE = "\u65e5\u672c\u8a9e \u00e9"  # in EUC_JP too
+
+
+@test
+def client_encoding_as_the_server_spells_it():
+    """client_encoding given as a startup parameter (utf-8, unicode, euc-jp), in options, or both
+    (the startup parameter wins): pgshift reports what PostgreSQL reports (UTF8, EUC_JP), so
+    psycopg picks the same codec, and a non-ASCII text round-trips on every server the client
+    lands on."""
+    cases = [
+        {"client_encoding": "utf-8"},
+        {"client_encoding": "unicode"},
+        {"client_encoding": "euc-jp"},
+        {"options": "-c client_encoding=euc-jp"},
+        {"options": "-c client_encoding=latin1", "client_encoding": "utf-8"},
+    ]
+    seen = {}
+    for kw in cases:
+        got = {}
+        for where, url in (("direct", PRIMARY_URL), ("pgshift", PROXY_URL)):
+            with psycopg.connect(url, autocommit=True, prepare_threshold=0, **kw) as c:
+                rows = {tuple(c.execute(ENCODING_PROBE, (JAPANESE,), prepare=True).fetchone()) for _ in range(12)}
+                got[where] = (c.info.parameter_status("client_encoding"), c.info.encoding, sorted(rows))
+        eq(got["pgshift"], got["direct"], f"{kw}: (reported, codec, rows) through pgshift vs direct")
+        seen[str(kw)] = got["pgshift"][0]
+    eq(got["direct"][2], [(JAPANESE, "\u65e5", "UTF8")], "rows")
+    eq(seen[str({"client_encoding": "euc-jp"})], "EUC_JP", "euc-jp reported as")
+    return ", ".join(sorted(set(seen.values())))
+
+
+@test
+def saslprep_passwords_log_in():
+    """Roles whose SCRAM passwords hold a combining accent or a no-break space log in through
+    pgshift (which holds the password as typed) as they do directly: typed as is or already
+    normalised; a wrong password is refused with 28P01 both ways."""
+    create_sasl_roles()
+    for name, pw in SASL_ROLES:
+        for typed in (pw, saslprep(pw)):
+            for url in (PRIMARY_URL, PROXY_URL):
+                with psycopg.connect(url, user=name, password=typed, autocommit=True) as c:
+                    eq(c.execute("select current_user::text").fetchone()[0], name, f"{name} typed {typed!r}")
+        for url in (PRIMARY_URL, PROXY_URL):
+            try:
+                psycopg.connect(url, user=name, password=pw + "x").close()
+                raise AssertionError(f"{name}: a wrong password was accepted ({url})")
+            except psycopg.OperationalError as e:
+                check("password authentication failed" in str(e), f"{name}: wrong password: {e}")
+
+
+def shared_copies():
+    """Rows of pg_prepared_statements for SHARED_SQL on the one server connection behind ONE_URL."""
+    with psycopg.connect(ONE_URL, autocommit=True) as c:
+        q = "select count(*)::int from pg_prepared_statements where statement = %s"
+        return c.execute(q, (SHARED_SQL,)).fetchone()[0]
+
+
+@test
+def one_server_statement_per_statement_text():
+    """Four clients prepare `select %s::int + 41` (prepare=True: psycopg names it _pg3_N) through
+    a pgshift with one server connection, first at once, then one after another (each gone
+    before the next): one row for that text in pg_prepared_statements on the server connection.
+    Directly, each connection holds its own copy."""
+    with psycopg.connect(PRIMARY_URL, autocommit=True) as c:
+        eq(c.execute("select %s::int + 41", (1,), prepare=True).fetchone()[0], 42, "direct")
+        q = "select count(*)::int from pg_prepared_statements where statement = %s"
+        eq(c.execute(q, (SHARED_SQL,)).fetchone()[0], 1, "directly: the statement text as the server sees it")
+
+    def prepare(_):
+        c = psycopg.connect(ONE_URL, autocommit=True, prepare_threshold=0)
+        eq(c.execute("select %s::int + 41", (1,), prepare=True).fetchone()[0], 42, "through pgshift")
+        eq(prepared_count(c), 1, "statements psycopg prepared")
+        return c
+
+    conns = parallel(4, prepare)
+    at_once = shared_copies()
+    for c in conns:
+        c.close()
+    eq(at_once, 1, "copies on the server after four clients prepared at once")
+    for k in range(4):
+        prepare(k).close()
+    eq(shared_copies(), 1, "copies on the server after four clients prepared in turn")
 
 
 if __name__ == "__main__":
