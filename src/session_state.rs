@@ -131,7 +131,12 @@ pub fn canonical_startup_encoding(params: &mut [(String, String)]) -> Result<(),
             None => return Err(v.clone()),
         }
     }
-    Ok(())
+    // `-c client_encoding=...` in `options` (made canonical there when PostgreSQL knows it).
+    let from_options = startup_settings(params).get("client_encoding").and_then(|l| unquote_literal(l));
+    match from_options {
+        Some(v) if crate::encoding::canonical(&v).is_none() => Err(v),
+        _ => Ok(()),
+    }
 }
 
 /// `-c name=value` and `--name=value` pairs; backslash escapes a space.

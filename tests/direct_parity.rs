@@ -38,6 +38,13 @@ async fn client_encoding_is_reported_as_the_server_spells_it() {
     let want = reported_encoding(direct, "klingon").await;
     assert_eq!(reported_encoding(port, "klingon").await, want);
     assert_eq!(want, Err("22023".to_string()));
+    let opts = [("options", "-c client_encoding=klingon")];
+    let code = |r: Result<_, Vec<(u8, String)>>| r.err().and_then(|f| f.into_iter().find(|(c, _)| *c == b'C'));
+    let (d, v) = (
+        raw::login_with(direct, "app", "app", "app", &opts).await,
+        raw::login_with(port, "app", "app", "app", &opts).await,
+    );
+    assert_eq!(code(v), code(d), "an unknown encoding in options is refused as directly");
 
     // `-c client_encoding=` in `options` counts; a startup parameter overrides it, and of two
     // startup parameters the last one counts (asyncpg sends its own before `server_settings`).
