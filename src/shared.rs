@@ -69,6 +69,7 @@ fn load_files(config: &Config, problems: &mut Vec<String>) -> Files {
             }
         },
     };
+    check_unix_socket_dir(&config.proxy.unix_socket_dir, problems);
     let client_tls = match crate::tls::ClientTls::from_config(&config.tls, cert_auth) {
         Ok(t) => t.map(Arc::new),
         Err(e) => {
@@ -84,6 +85,18 @@ fn load_files(config: &Config, problems: &mut Vec<String>) -> Files {
         }
     };
     (hba, client_tls, server_tls)
+}
+
+/// `[proxy] unix_socket_dir`, when set, must be an existing directory.
+fn check_unix_socket_dir(dir: &str, problems: &mut Vec<String>) {
+    if dir.is_empty() {
+        return;
+    }
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => problems.push(format!("[proxy] unix_socket_dir {dir} is not a directory")),
+        Err(e) => problems.push(format!("[proxy] cannot use unix_socket_dir {dir}: {e}")),
+    }
 }
 
 impl Runtime {
