@@ -54,6 +54,7 @@ impl Proxy {
         let shared = Shared::new(runtime);
         let listener = TcpListener::bind(&listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: String::new(), source })?;
+        let _ = shared.listen_addr.set(addr);
         let (unix, socket_file) = bind_unix_socket(&shared, addr.port())?.unzip();
         let unix_socket = shared.runtime.load().config.proxy.unix_socket_path(addr.port()).filter(|_| unix.is_some());
         let stop_rx = shared.stop.subscribe();

@@ -298,6 +298,8 @@ pub struct Shared {
     pub reconnect_epoch: AtomicU64,
     /// Open client sockets, against `max_client_conn`.
     pub conn_count: crate::client::listener::ConnCount,
+    /// The client listener's address once bound (its real port when `listen` names port 0).
+    pub listen_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Turns true when the proxy stops: listeners and background tasks end.
     pub stop: watch::Sender<bool>,
     /// Users looked up with auth_query.
@@ -328,6 +330,7 @@ impl Shared {
             drain_notify: Notify::new(),
             paused: watch::channel(false).0,
             reconnect_epoch: AtomicU64::new(0),
+            listen_addr: std::sync::OnceLock::new(),
             conn_count: Default::default(),
             stop: watch::channel(false).0,
             auth_cache: Default::default(),

@@ -35,7 +35,7 @@ const SOCKET_COLS: Cols = &[
 
 /// One row per logged-in client (console sessions are not registered, so not listed).
 pub fn clients(shared: &Shared) -> Table {
-    let listen: Option<std::net::SocketAddr> = shared.runtime.load().config.proxy.listen.parse().ok();
+    let listen = shared.listen_addr.get().copied().or_else(|| shared.runtime.load().config.proxy.listen.parse().ok());
     let mut handles = shared.sessions.all();
     handles.sort_by_key(|h| h.id);
     let rows = handles
