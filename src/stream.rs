@@ -2,7 +2,7 @@
 //! (clients of `[proxy] unix_socket_dir`), behind one type.
 //!
 //! An enum rather than `Box<dyn AsyncRead + AsyncWrite>` so the hot path has no virtual calls and
-//! the plain case can use TCP-only tricks (non-blocking liveness checks, readiness waits).
+//! the plain cases can use socket tricks (non-blocking liveness checks, readiness waits).
 
 use std::io;
 use std::pin::Pin;

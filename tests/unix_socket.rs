@@ -153,7 +153,7 @@ async fn no_tls_on_the_socket_even_when_tcp_requires_it() {
 
     // a plain login through the socket is let in; over TCP it is refused
     assert_eq!(ok(psql_unix(&dir, port, "app", "app", "app", "select 'plain'")), "plain");
-    let tcp = common::try_connect(port, "app", "app", "app").await.err().expect("plain TCP is refused");
+    let tcp = common::try_connect(port, "app", "app", "app").await.expect_err("plain TCP is refused");
     let message = tcp.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
     assert!(message.contains("TLS is required"), "{tcp}: {message}");
     p.stop().await;
@@ -172,7 +172,7 @@ async fn hba_local_lines_decide_for_socket_clients() {
 
     // trust by the local line (any password), while TCP clients meet the reject line
     assert_eq!(ok(psql_unix(&dir, port, "app", "not-checked", "app", "select 'trusted'")), "trusted");
-    let tcp = common::try_connect(port, "app", "app", "app").await.err().expect("TCP is rejected");
+    let tcp = common::try_connect(port, "app", "app", "app").await.expect_err("TCP is rejected");
     assert!(tcp.as_db_error().unwrap().message().contains("rejects connection for host \"127.0.0.1\""), "{tcp}");
 
     // no local line for this user: refused, named the way PostgreSQL names a socket client
@@ -194,7 +194,7 @@ async fn max_client_conn_counts_socket_and_tcp_clients_together() {
     let p = proxy::start(cfg).await;
     let port = proxy::port(&p);
     let tcp = common::connect(port, "app", "app", "app").await;
-    let err = connect_unix(&dir, port, "app").await.err().expect("the limit applies to the socket too");
+    let err = connect_unix(&dir, port, "app").await.expect_err("the limit applies to the socket too");
     assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS), "{err}");
     drop(tcp);
     p.stop().await;

@@ -34,7 +34,8 @@ impl FailedLogins {
             return false;
         }
         let Ok(map) = self.map.lock() else { return false };
-        map.get(&ip.map(|i| i.to_canonical())).is_some_and(|(start, n)| *n >= limit.max && start.elapsed() < limit.window)
+        map.get(&ip.map(|i| i.to_canonical()))
+            .is_some_and(|(start, n)| *n >= limit.max && start.elapsed() < limit.window)
     }
 
     /// Counts one failed login from `ip` (`None`: the Unix socket).

@@ -61,17 +61,7 @@ pub async fn open(shared: &Arc<Shared>, mut stream: Stream, peer: Peer) -> Resul
     let tls = if stream.is_unix() { None } else { rt.client_tls.clone() };
     let mut buf = BytesMut::with_capacity(1024);
 
-    // PostgreSQL 17 direct TLS: the first byte is a TLS handshake record (0x16).
-    if let Some(tcp) = stream.tcp() {
-        let mut first = [0u8; 1];
-        let n = tcp.peek(&mut first).await.map_err(|_| None)?;
-        if n == 0 {
-            return Err(None);
-        }
-        if first[0] == 0x16 {
-            stream = accept_tls(stream, tls.as_deref(), true).await?;
-        }
-    }
+    stream = direct_tls(stream, tls.as_deref()).await?;
 
     let (minor, params) = loop {
         let packet = match read_startup(&mut stream, &mut buf).await {
@@ -146,6 +136,20 @@ async fn fail<T>(stream: &mut Stream, e: ClientError) -> Result<T, Option<Client
 pub(super) async fn write(stream: &mut Stream, bytes: &[u8]) -> Result<(), Option<ClientError>> {
     stream.write_all(bytes).await.map_err(|_| None)?;
     stream.flush().await.map_err(|_| None)
+}
+
+/// PostgreSQL 17 direct TLS, on TCP: a first byte that is a TLS handshake record (0x16) starts
+/// the handshake at once, without an SSLRequest.
+async fn direct_tls(stream: Stream, tls: Option<&crate::tls::ClientTls>) -> Result<Stream, Option<ClientError>> {
+    let Some(tcp) = stream.tcp() else { return Ok(stream) };
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await.map_err(|_| None)? == 0 {
+        return Err(None);
+    }
+    if first[0] == 0x16 {
+        return accept_tls(stream, tls, true).await;
+    }
+    Ok(stream)
 }
 
 async fn accept_tls(

@@ -20,13 +20,7 @@ use crate::wire::{frame, messages};
 /// `[auth] type` when there is no such file. A `reject` line or no matching line refuses it (28000).
 /// A Unix-socket client matches `local` lines only, a TCP client `host*` lines only, as in
 /// PostgreSQL.
-pub fn method_for(
-    rt: &Runtime,
-    peer: Peer,
-    tls: bool,
-    user: &str,
-    database: &str,
-) -> Result<AuthType, ClientError> {
+pub fn method_for(rt: &Runtime, peer: Peer, tls: bool, user: &str, database: &str) -> Result<AuthType, ClientError> {
     let Some(hba) = &rt.hba else { return Ok(rt.users.kind) };
     match hba.lookup(peer.ip(), tls, user, database) {
         Some(Method::Auth(m)) => Ok(m),

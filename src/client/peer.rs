@@ -39,9 +39,3 @@ impl fmt::Display for Peer {
         }
     }
 }
-
-impl From<SocketAddr> for Peer {
-    fn from(a: SocketAddr) -> Peer {
-        Peer::Tcp(a)
-    }
-}

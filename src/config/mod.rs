@@ -192,8 +192,7 @@ impl ProxyConfig {
     /// The Unix socket's path for clients of a listener on `port`: `<unix_socket_dir>/.s.PGSQL.<port>`,
     /// the name libpq looks for; `None` when `unix_socket_dir` is empty.
     pub fn unix_socket_path(&self, port: u16) -> Option<std::path::PathBuf> {
-        (!self.unix_socket_dir.is_empty())
-            .then(|| Path::new(&self.unix_socket_dir).join(format!(".s.PGSQL.{port}")))
+        (!self.unix_socket_dir.is_empty()).then(|| Path::new(&self.unix_socket_dir).join(format!(".s.PGSQL.{port}")))
     }
 
     /// `unix_socket_mode` as permission bits (octal, as chmod takes it); `None` if it is not

@@ -39,16 +39,22 @@ fn first_matching_line_wins() {
 
 #[test]
 fn unix_socket_clients_match_local_lines_only() {
-    let hba = Hba::parse("host all all all trust
+    let hba = Hba::parse(
+        "host all all all trust
 hostnossl all all 0.0.0.0/0 trust
 local db all md5
-").unwrap();
+",
+    )
+    .unwrap();
     assert_eq!(hba.lookup(None, false, "u", "db"), Some(Method::Auth(AuthType::Md5)));
     // no local line for this database: refused, even though host lines match every address
     assert_eq!(hba.lookup(None, false, "u", "other"), None);
     assert_eq!(hba.lookup(ip("1.2.3.4"), false, "u", "db"), Some(Method::Auth(AuthType::Trust)));
-    let tcp_only = Hba::parse("host all all 0.0.0.0/0 trust
-").unwrap();
+    let tcp_only = Hba::parse(
+        "host all all 0.0.0.0/0 trust
+",
+    )
+    .unwrap();
     assert_eq!(tcp_only.lookup(None, false, "u", "db"), None);
 }
 
