@@ -88,12 +88,28 @@ fn remove_if_stale(path: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    /// A fresh directory of this test's own (short: socket paths are bounded).
-    fn dir(name: &str) -> PathBuf {
+    /// A fresh directory of this test's own (short: socket paths are bounded), removed when
+    /// dropped, a failed assertion included.
+    struct Dir(PathBuf);
+
+    impl std::ops::Deref for Dir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir(name: &str) -> Dir {
         let d = std::env::temp_dir().join(format!("pgshift-sf-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        d
+        Dir(d)
     }
 
     #[tokio::test]
@@ -111,7 +127,6 @@ mod tests {
         assert!(!path.exists());
         std::fs::write(&path, b"x").unwrap();
         assert_eq!(bind(&path, 0o777).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
@@ -126,6 +141,5 @@ mod tests {
         std::fs::rename(dir.join("other"), &path).unwrap();
         file.remove();
         assert!(path.exists());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
