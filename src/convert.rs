@@ -195,6 +195,8 @@ pub fn convert(ini_name: &str, ini_text: &str, userlist: Option<(&str, &str)>) -
 /// Keys in the order of the example proxy.toml and the operator guide.
 const KEY_ORDER: &[&str] = &[
     "listen",
+    "unix_socket_dir",
+    "unix_socket_mode",
     "pool_mode",
     "default_pool_size",
     "min_pool_size",

@@ -5,7 +5,7 @@
 //! - [`wire`]: raw frames, startup packets, encoders for what the proxy says itself.
 //! - [`config`]: proxy.toml, environment overrides, validation.
 //! - [`auth`]: users, SCRAM/md5 on both sides.
-//! - [`client`]: accept loop, login, and each client's session (route, relay, give back).
+//! - [`client`]: accept loops (TCP and the Unix socket), login, and each client's session (route, relay, give back).
 //! - [`server`]: one PostgreSQL connection; [`pool`]: pools of them, backends and health.
 //! - [`router`]: the SQL classifier; [`session_state`]: settings and prepared statements that
 //!   follow a client across server connections.

@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::client::listener::ClientListener;
+use crate::client::socket_file::SocketFile;
 use crate::config::{Config, ConfigError};
 use crate::shared::{Runtime, Shared};
 
@@ -36,6 +38,10 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// Where the admin HTTP port listens, if enabled.
     pub admin_addr: Option<String>,
+    /// The Unix socket clients may connect to (`[proxy] unix_socket_dir`), if enabled.
+    pub unix_socket: Option<PathBuf>,
+    /// Removes the Unix socket's file at drain, stop, or drop.
+    socket_file: Option<SocketFile>,
     tasks: Vec<JoinHandle<()>>,
     config_path: Option<PathBuf>,
 }
@@ -48,13 +54,16 @@ impl Proxy {
         let shared = Shared::new(runtime);
         let listener = TcpListener::bind(&listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: String::new(), source })?;
+        let _ = shared.listen_addr.set(addr);
+        let (unix, socket_file) = bind_unix_socket(&shared, addr.port())?.unzip();
+        let unix_socket = shared.runtime.load().config.proxy.unix_socket_path(addr.port()).filter(|_| unix.is_some());
         let stop_rx = shared.stop.subscribe();
         crate::pool::health::spawn_probes(&shared, &stop_rx);
-        let mut tasks = vec![
-            tokio::spawn(crate::client::listener::serve(shared.clone(), listener, stop_rx.clone())),
-            tokio::spawn(upkeep(shared.clone(), stop_rx.clone())),
-            tokio::spawn(crate::topology::watch(shared.clone(), stop_rx.clone())),
-        ];
+        let serve = |l| tokio::spawn(crate::client::listener::serve(shared.clone(), l, stop_rx.clone()));
+        let mut tasks = vec![serve(ClientListener::Tcp(listener))];
+        tasks.extend(unix.map(|l| serve(ClientListener::Unix(l))));
+        tasks.push(tokio::spawn(upkeep(shared.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(crate::topology::watch(shared.clone(), stop_rx.clone())));
         let admin_addr = match crate::admin::start(shared.clone(), config_path.clone(), stop_rx).await {
             Ok(Some((a, task))) => {
                 tasks.push(task);
@@ -66,9 +75,10 @@ impl Proxy {
                 return Err(e);
             }
         };
-        tracing::info!(%addr, admin = admin_addr.as_deref().unwrap_or("off"), "pgshift listening");
+        let unix_shown = unix_socket.as_ref().map_or("off".into(), |p| p.display().to_string());
+        tracing::info!(%addr, unix_socket = %unix_shown, admin = admin_addr.as_deref().unwrap_or("off"), "pgshift listening");
         log_startup_summary(&shared.runtime.load());
-        Ok(Proxy { shared, addr, admin_addr, tasks, config_path })
+        Ok(Proxy { shared, addr, admin_addr, unix_socket, socket_file, tasks, config_path })
     }
 
     /// Re-reads the config file (SIGHUP).
@@ -80,6 +90,9 @@ impl Proxy {
     /// true if every client left within `timeout`.
     pub async fn drain(&self, timeout: Duration) -> bool {
         let _ = self.shared.stop.send(true);
+        if let Some(f) = &self.socket_file {
+            f.remove();
+        }
         drain(&self.shared, timeout).await
     }
 
@@ -99,10 +112,25 @@ impl Drop for Proxy {
     /// Stops listening and background tasks; clients already connected finish on their own.
     fn drop(&mut self) {
         let _ = self.shared.stop.send(true);
+        if let Some(f) = &self.socket_file {
+            f.remove();
+        }
         for t in &self.tasks {
             t.abort();
         }
     }
+}
+
+/// Binds `[proxy] unix_socket_dir`'s socket for a listener on `port`; `None` when not set.
+fn bind_unix_socket(shared: &Shared, port: u16) -> Result<Option<(tokio::net::UnixListener, SocketFile)>, StartError> {
+    let rt = shared.runtime.load();
+    let p = &rt.config.proxy;
+    let Some(path) = p.unix_socket_path(port) else { return Ok(None) };
+    // validate() has checked the mode; 0777 is its default.
+    let mode = p.unix_socket_mode_bits().unwrap_or(0o777);
+    crate::client::socket_file::bind(&path, mode)
+        .map(Some)
+        .map_err(|source| StartError::Bind { addr: path.display().to_string(), source })
 }
 
 /// Stops accepting is the caller's job; this marks the drain and waits for clients to leave.
@@ -138,6 +166,10 @@ pub fn reload_with(shared: &Arc<Shared>, config: Config) -> Result<(), Vec<Strin
     let old = shared.runtime.load_full();
     if config.proxy.listen != old.config.proxy.listen {
         tracing::warn!("[proxy] listen changed: it takes effect at the next restart");
+    }
+    let (new_p, old_p) = (&config.proxy, &old.config.proxy);
+    if new_p.unix_socket_dir != old_p.unix_socket_dir || new_p.unix_socket_mode != old_p.unix_socket_mode {
+        tracing::warn!("[proxy] unix_socket_dir / unix_socket_mode changed: it takes effect at the next restart");
     }
     let rt = Runtime::build(config, Some(&old))?;
     // A pool stays if its database is still served from the same server database on a cluster
@@ -195,7 +227,8 @@ async fn upkeep(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Everything start checks short of binding its ports: the configuration and the files it names
-/// (TLS certificates, keys and CA, `auth_file`, `auth_hba_file`), every problem listed.
+/// (TLS certificates, keys and CA, `auth_file`, `auth_hba_file`, `unix_socket_dir`), every
+/// problem listed.
 pub fn check(config: &Config) -> Result<(), Vec<String>> {
     Runtime::build(config.clone(), None).map(|_| ())
 }

@@ -69,6 +69,7 @@ fn load_files(config: &Config, problems: &mut Vec<String>) -> Files {
             }
         },
     };
+    check_unix_socket_dir(&config.proxy.unix_socket_dir, problems);
     let client_tls = match crate::tls::ClientTls::from_config(&config.tls, cert_auth) {
         Ok(t) => t.map(Arc::new),
         Err(e) => {
@@ -84,6 +85,18 @@ fn load_files(config: &Config, problems: &mut Vec<String>) -> Files {
         }
     };
     (hba, client_tls, server_tls)
+}
+
+/// `[proxy] unix_socket_dir`, when set, must be an existing directory.
+fn check_unix_socket_dir(dir: &str, problems: &mut Vec<String>) {
+    if dir.is_empty() {
+        return;
+    }
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => problems.push(format!("[proxy] unix_socket_dir {dir} is not a directory")),
+        Err(e) => problems.push(format!("[proxy] cannot use unix_socket_dir {dir}: {e}")),
+    }
 }
 
 impl Runtime {
@@ -285,6 +298,8 @@ pub struct Shared {
     pub reconnect_epoch: AtomicU64,
     /// Open client sockets, against `max_client_conn`.
     pub conn_count: crate::client::listener::ConnCount,
+    /// The client listener's address once bound (its real port when `listen` names port 0).
+    pub listen_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Turns true when the proxy stops: listeners and background tasks end.
     pub stop: watch::Sender<bool>,
     /// Users looked up with auth_query.
@@ -315,6 +330,7 @@ impl Shared {
             drain_notify: Notify::new(),
             paused: watch::channel(false).0,
             reconnect_epoch: AtomicU64::new(0),
+            listen_addr: std::sync::OnceLock::new(),
             conn_count: Default::default(),
             stop: watch::channel(false).0,
             auth_cache: Default::default(),

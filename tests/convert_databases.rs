@@ -83,6 +83,8 @@ async fn every_pgbouncer_database_name_lands_on_its_server() {
     assert_eq!(cfg.databases.len(), 5);
     assert_eq!(cfg.users["app"].pool_size, Some(3));
     assert_eq!(cfg.proxy.max_db_client_connections, 40);
+    assert_eq!(cfg.proxy.unix_socket_dir, "/tmp", "PgBouncer's default socket directory");
+    cfg.proxy.unix_socket_dir = dir.display().to_string(); // keep tests apart
     cfg.admin.listen = "127.0.0.1:0".into(); // PgBouncer has no HTTP admin port; keep tests apart
     let p = proxy::start(cfg).await;
     let port = proxy::port(&p);

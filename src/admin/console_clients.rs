@@ -4,6 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::console_show::{v, Cols, Table, I, T};
+use crate::client::peer::Peer;
 use crate::client::registry::ClientState;
 use crate::shared::Shared;
 
@@ -34,7 +35,7 @@ const SOCKET_COLS: Cols = &[
 
 /// One row per logged-in client (console sessions are not registered, so not listed).
 pub fn clients(shared: &Shared) -> Table {
-    let listen: Option<std::net::SocketAddr> = shared.runtime.load().config.proxy.listen.parse().ok();
+    let listen = shared.listen_addr.get().copied().or_else(|| shared.runtime.load().config.proxy.listen.parse().ok());
     let mut handles = shared.sessions.all();
     handles.sort_by_key(|h| h.id);
     let rows = handles
@@ -53,9 +54,9 @@ pub fn clients(shared: &Shared) -> Table {
                 v(&h.database),
                 v("none"),
                 v(state),
-                v(h.peer.ip()),
-                v(h.peer.port()),
-                listen.map(|l| l.ip().to_string()),
+                v(client_addr(h.peer)),
+                v(client_port(h.peer, listen)),
+                local_addr(h.peer, listen),
                 v(listen.map_or(0, |l| l.port())),
                 v(utc(h.connected_at)),
                 None,
@@ -73,6 +74,27 @@ pub fn clients(shared: &Shared) -> Table {
         })
         .collect();
     Table { cols: SOCKET_COLS, rows }
+}
+
+/// A client's `addr`: its IP, or `unix` on the Unix socket (as PgBouncer shows it).
+fn client_addr(peer: Peer) -> String {
+    peer.ip().map_or_else(|| "unix".into(), |ip| ip.to_string())
+}
+
+/// A client's `port`: its TCP port, or on the Unix socket the listen port (as PgBouncer shows it).
+fn client_port(peer: Peer, listen: Option<std::net::SocketAddr>) -> u16 {
+    match peer {
+        Peer::Tcp(a) => a.port(),
+        Peer::Unix => listen.map_or(0, |l| l.port()),
+    }
+}
+
+/// The `local_addr` a client connected to: the listen IP, or `unix` on the Unix socket.
+fn local_addr(peer: Peer, listen: Option<std::net::SocketAddr>) -> Option<String> {
+    match peer {
+        Peer::Unix => Some("unix".into()),
+        Peer::Tcp(_) => listen.map(|l| l.ip().to_string()),
+    }
 }
 
 /// Leased server connections (the ones a client holds); idle ones are only counted, in POOLS.

@@ -101,9 +101,11 @@ impl Hba {
         }
     }
 
-    /// The method of the first line matching a TCP client, or `None` when no line matches.
-    pub fn lookup(&self, peer: IpAddr, tls: bool, user: &str, database: &str) -> Option<Method> {
-        let peer = peer.to_canonical();
+    /// The method of the first line matching a client, or `None` when no line matches. `peer` is
+    /// the TCP client's address, `None` for a Unix-socket client: that one matches `local` lines,
+    /// and a TCP client `host`, `hostssl` and `hostnossl` lines, as in PostgreSQL.
+    pub fn lookup(&self, peer: Option<IpAddr>, tls: bool, user: &str, database: &str) -> Option<Method> {
+        let peer = peer.map(|p| p.to_canonical());
         self.rules.iter().find(|r| r.matches(peer, tls, user, database)).map(|r| r.method)
     }
 
@@ -114,12 +116,12 @@ impl Hba {
 }
 
 impl Rule {
-    fn matches(&self, peer: IpAddr, tls: bool, user: &str, database: &str) -> bool {
+    fn matches(&self, peer: Option<IpAddr>, tls: bool, user: &str, database: &str) -> bool {
         let conn = match self.conn {
-            ConnType::Local => false, // pgshift has no Unix socket
-            ConnType::Host => true,
-            ConnType::HostSsl => tls,
-            ConnType::HostNoSsl => !tls,
+            ConnType::Local => peer.is_none(),
+            ConnType::Host => peer.is_some(),
+            ConnType::HostSsl => peer.is_some() && tls,
+            ConnType::HostNoSsl => peer.is_some() && !tls,
         };
         let db = self.databases.iter().any(|d| match d {
             Name::All => true,
@@ -136,7 +138,9 @@ impl Rule {
     }
 }
 
-fn address_matches(a: &Address, peer: IpAddr) -> bool {
+/// A `local` line's address is `All`; a Unix-socket client (`None`) matches only that.
+fn address_matches(a: &Address, peer: Option<IpAddr>) -> bool {
+    let Some(peer) = peer else { return *a == Address::All };
     match (a, peer) {
         (Address::All, _) => true,
         (Address::Net { addr: IpAddr::V4(net), prefix }, IpAddr::V4(p)) => {

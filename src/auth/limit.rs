@@ -1,7 +1,8 @@
 //! A per-address limit on failed logins (`[auth] max_failed_logins` per `failed_login_window`):
 //! an address that failed that often within the window is refused at once until the window
 //! passes, as fail2ban would do in front of PostgreSQL. The map is bounded, so an attacker with
-//! many addresses cannot grow it without bound.
+//! many addresses cannot grow it without bound. Clients of the Unix-domain socket have no
+//! address to tell them apart: they count as one address (`None`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -23,26 +24,27 @@ pub struct Limit {
 /// Failed logins by client address.
 #[derive(Default)]
 pub struct FailedLogins {
-    map: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    map: Mutex<HashMap<Option<IpAddr>, (Instant, u32)>>,
 }
 
 impl FailedLogins {
-    /// True if `ip` has used up its failures in its current window.
-    pub fn blocked(&self, ip: IpAddr, limit: Limit) -> bool {
+    /// True if `ip` (`None`: the Unix socket) has used up its failures in its current window.
+    pub fn blocked(&self, ip: Option<IpAddr>, limit: Limit) -> bool {
         if limit.max == 0 {
             return false;
         }
         let Ok(map) = self.map.lock() else { return false };
-        map.get(&ip.to_canonical()).is_some_and(|(start, n)| *n >= limit.max && start.elapsed() < limit.window)
+        map.get(&ip.map(|i| i.to_canonical()))
+            .is_some_and(|(start, n)| *n >= limit.max && start.elapsed() < limit.window)
     }
 
-    /// Counts one failed login from `ip`.
-    pub fn record(&self, ip: IpAddr, limit: Limit) {
+    /// Counts one failed login from `ip` (`None`: the Unix socket).
+    pub fn record(&self, ip: Option<IpAddr>, limit: Limit) {
         if limit.max == 0 {
             return;
         }
         let Ok(mut map) = self.map.lock() else { return };
-        let ip = ip.to_canonical();
+        let ip = ip.map(|i| i.to_canonical());
         if !map.contains_key(&ip) && map.len() >= MAX_ADDRESSES {
             map.retain(|_, (start, _)| start.elapsed() < limit.window);
             if map.len() >= MAX_ADDRESSES {
@@ -77,14 +79,15 @@ mod tests {
     fn blocks_after_max_failures_until_the_window_passes() {
         let f = FailedLogins::default();
         let limit = Limit { max: 2, window: Duration::from_millis(200) };
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
+        let b: Option<IpAddr> = Some("10.0.0.2".parse().unwrap());
         f.record(a, limit);
         assert!(!f.blocked(a, limit));
         f.record(a, limit);
         assert!(f.blocked(a, limit));
-        assert!(f.blocked("::ffff:10.0.0.1".parse().unwrap(), limit), "IPv4 seen through an IPv6 socket");
+        assert!(f.blocked(Some("::ffff:10.0.0.1".parse().unwrap()), limit), "IPv4 seen through an IPv6 socket");
         assert!(!f.blocked(b, limit));
+        assert!(!f.blocked(None, limit), "the Unix socket is an address of its own");
         assert!(!f.blocked(a, Limit { max: 0, ..limit }), "0 is off");
         std::thread::sleep(Duration::from_millis(250));
         assert!(!f.blocked(a, limit));
@@ -97,7 +100,7 @@ mod tests {
         let f = FailedLogins::default();
         let limit = Limit { max: 5, window: Duration::from_secs(60) };
         for i in 0..(MAX_ADDRESSES as u32 + 10) {
-            f.record(IpAddr::from(i.to_be_bytes()), limit);
+            f.record(Some(IpAddr::from(i.to_be_bytes())), limit);
         }
         assert_eq!(f.len(), MAX_ADDRESSES);
     }

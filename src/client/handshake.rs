@@ -6,12 +6,11 @@
 //! arrives after an SSLRequest and before the handshake ends the connection.
 
 use bytes::BytesMut;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use super::peer::Peer;
 use super::registry::CancelOutcome;
 use crate::auth::UserEntry;
 use crate::config::TlsMode;
@@ -40,7 +39,7 @@ pub struct Login {
     /// All startup parameters.
     pub params: Vec<(String, String)>,
     /// Client address.
-    pub peer: SocketAddr,
+    pub peer: Peer,
 }
 
 /// How an opening ends when it does not produce a session.
@@ -51,23 +50,18 @@ pub enum Opening {
     Cancelled,
 }
 
-/// Runs the whole opening. An `Err` has already been sent to the client (if it could be); it
-/// comes back for logging, or `None` when the connection just ended.
-pub async fn open(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) -> Result<Opening, Option<ClientError>> {
+/// Runs the whole opening of a plain TCP or Unix-socket client. An `Err` has already been sent
+/// to the client (if it could be); it comes back for logging, or `None` when the connection just
+/// ended.
+///
+/// On the Unix socket there is no TLS, as in PostgreSQL and PgBouncer: an SSLRequest is answered
+/// 'N', and `[tls] mode = require` does not apply (the socket file's permissions guard it).
+pub async fn open(shared: &Arc<Shared>, mut stream: Stream, peer: Peer) -> Result<Opening, Option<ClientError>> {
     let rt = shared.runtime.load_full();
-    let tls = rt.client_tls.clone();
-    let mut stream = Stream::Plain(tcp);
+    let tls = if stream.is_unix() { None } else { rt.client_tls.clone() };
     let mut buf = BytesMut::with_capacity(1024);
 
-    // PostgreSQL 17 direct TLS: the first byte is a TLS handshake record (0x16).
-    let mut first = [0u8; 1];
-    let n = stream.tcp().peek(&mut first).await.map_err(|_| None)?;
-    if n == 0 {
-        return Err(None);
-    }
-    if first[0] == 0x16 {
-        stream = accept_tls(stream, tls.as_deref(), true).await?;
-    }
+    stream = direct_tls(stream, tls.as_deref()).await?;
 
     let (minor, params) = loop {
         let packet = match read_startup(&mut stream, &mut buf).await {
@@ -142,6 +136,20 @@ async fn fail<T>(stream: &mut Stream, e: ClientError) -> Result<T, Option<Client
 pub(super) async fn write(stream: &mut Stream, bytes: &[u8]) -> Result<(), Option<ClientError>> {
     stream.write_all(bytes).await.map_err(|_| None)?;
     stream.flush().await.map_err(|_| None)
+}
+
+/// PostgreSQL 17 direct TLS, on TCP: a first byte that is a TLS handshake record (0x16) starts
+/// the handshake at once, without an SSLRequest.
+async fn direct_tls(stream: Stream, tls: Option<&crate::tls::ClientTls>) -> Result<Stream, Option<ClientError>> {
+    let Some(tcp) = stream.tcp() else { return Ok(stream) };
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await.map_err(|_| None)? == 0 {
+        return Err(None);
+    }
+    if first[0] == 0x16 {
+        return accept_tls(stream, tls, true).await;
+    }
+    Ok(stream)
 }
 
 async fn accept_tls(

@@ -57,13 +57,11 @@ pub struct Side<'a> {
 
 fn poll_read(side: &mut Side<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
     if side.rbuf.capacity() == 0 {
-        if let Stream::Plain(tcp) = &*side.stream {
-            // An idle client holds no buffer: wait until there is something to read first.
-            match tcp.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
-            }
+        // An idle client holds no buffer: wait until there is something to read first.
+        match side.stream.poll_raw_read_ready(cx) {
+            Some(Poll::Pending) => return Poll::Pending,
+            Some(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+            Some(Poll::Ready(Ok(()))) | None => {}
         }
     }
     if side.rbuf.capacity() - side.rbuf.len() < side.chunk / 4 {

@@ -1,19 +1,21 @@
 //! The accept loop: one task per client; logins in progress bounded by `max_pending_logins`
-//! and each by `client_login_timeout`, logged-in clients by `max_client_conn`.
+//! and each by `client_login_timeout`, logged-in clients by `max_client_conn`. The TCP listener
+//! and the Unix-domain socket each run one loop; both count against the same limits.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 use super::handshake::{self, Opening};
+use super::peer::Peer;
 use super::session;
 use crate::auth::limit::Limit;
 use crate::error::ClientError;
 use crate::shared::Shared;
+use crate::stream::Stream;
 use crate::wire::startup::{parse_startup, StartupPacket};
 
 /// Client sockets against the limits: those still logging in (bounded by `max_pending_logins`)
@@ -76,14 +78,36 @@ impl Drop for Slot {
     }
 }
 
+/// Where clients connect.
+pub enum ClientListener {
+    /// `[proxy] listen`.
+    Tcp(TcpListener),
+    /// `[proxy] unix_socket_dir`.
+    Unix(UnixListener),
+}
+
+impl ClientListener {
+    /// The next client, as a stream ready for its opening and its address.
+    async fn accept(&self) -> std::io::Result<(Stream, Peer)> {
+        match self {
+            ClientListener::Tcp(l) => {
+                let (tcp, peer) = l.accept().await?;
+                let _ = tcp.set_nodelay(true);
+                Ok((Stream::Plain(tcp), Peer::Tcp(peer)))
+            }
+            ClientListener::Unix(l) => Ok((Stream::Unix(l.accept().await?.0), Peer::Unix)),
+        }
+    }
+}
+
 /// Accepts clients until `stop` turns true.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(shared: Arc<Shared>, listener: ClientListener, mut stop: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let (tcp, peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -92,24 +116,23 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
         let rt = shared.runtime.load();
         let (max, limit) = (rt.config.proxy.max_pending_logins, failed_login_limit(&rt));
         let (slot, pending) = Slot::logging_in(shared.clone());
         let refusal = if pending > max {
             Some(ClientError::fatal("53300", "too many connections are logging in (max_pending_logins)"))
         } else if shared.failed_logins.blocked(peer.ip(), limit) {
-            Some(ClientError::too_many_failed_logins(&peer.ip().to_canonical().to_string()))
+            Some(ClientError::too_many_failed_logins(&peer.host()))
         } else {
             None
         };
         match refusal {
             Some(e) => tokio::spawn(async move {
                 tracing::info!(%peer, code = %e.code, "connection refused: {}", e.message);
-                refuse(&slot.shared, tcp, e).await;
+                refuse(&slot.shared, stream, e).await;
                 drop(slot);
             }),
-            None => tokio::spawn(handle(slot, tcp, peer)),
+            None => tokio::spawn(handle(slot, stream, peer)),
         };
     }
 }
@@ -121,14 +144,14 @@ fn failed_login_limit(rt: &crate::shared::Runtime) -> Limit {
 }
 
 /// One client connection, counted by `slot` until it ends.
-async fn handle(mut slot: Slot, tcp: TcpStream, peer: SocketAddr) {
+async fn handle(mut slot: Slot, stream: Stream, peer: Peer) {
     let shared = slot.shared.clone();
     // 0 turns the bound off, as in PgBouncer.
     let timeout =
         shared.runtime.load().config.proxy.client_login_timeout.enabled().unwrap_or(Duration::from_secs(86_400 * 365));
     // Boxed: the login's state (TLS handshake, SCRAM) is freed once it is done instead of
     // sizing the task of every idle client.
-    let opening = tokio::time::timeout(timeout, Box::pin(handshake::open(&shared, tcp, peer))).await;
+    let opening = tokio::time::timeout(timeout, Box::pin(handshake::open(&shared, stream, peer))).await;
     let mut login = match opening {
         Ok(Ok(Opening::Session(login))) => login,
         Ok(Ok(Opening::Cancelled)) => return,
@@ -173,14 +196,14 @@ async fn handle(mut slot: Slot, tcp: TcpStream, peer: SocketAddr) {
 /// Reads the opening packets (declining TLS) just far enough to answer with an error, as
 /// PostgreSQL does when it is full. A CancelRequest is still carried out: it is one short packet,
 /// and a full proxy is when a runaway query most needs stopping.
-pub async fn refuse(shared: &Shared, mut tcp: TcpStream, e: ClientError) {
+pub async fn refuse(shared: &Shared, mut stream: Stream, e: ClientError) {
     let answer = async {
         let mut buf = bytes::BytesMut::with_capacity(256);
         loop {
             match parse_startup(&buf) {
                 Ok(Some((StartupPacket::SslRequest | StartupPacket::GssEncRequest, n))) => {
                     let _ = buf.split_to(n);
-                    tcp.write_all(b"N").await?;
+                    stream.write_all(b"N").await?;
                 }
                 Ok(Some((StartupPacket::Cancel { pid, secret }, _))) => {
                     super::handshake::forward_cancel(shared, pid, secret).await;
@@ -188,14 +211,14 @@ pub async fn refuse(shared: &Shared, mut tcp: TcpStream, e: ClientError) {
                 }
                 Ok(Some(_)) | Err(_) => break,
                 Ok(None) => {
-                    if tcp.read_buf(&mut buf).await? == 0 {
+                    if stream.read_buf(&mut buf).await? == 0 {
                         return Ok(());
                     }
                 }
             }
         }
-        tcp.write_all(&e.frame()).await?;
-        tcp.shutdown().await
+        stream.write_all(&e.frame()).await?;
+        stream.shutdown().await
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
 }

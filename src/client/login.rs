@@ -3,10 +3,10 @@
 //! same dialogue as known ones and fail the same way (PostgreSQL's mock authentication).
 
 use bytes::BytesMut;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::handshake::{read_password_frame, write};
+use super::peer::Peer;
 use crate::auth::hba::Method;
 use crate::auth::scram::{ScramSecret, ScramServer};
 use crate::auth::{md5_response, AuthError, UserEntry};
@@ -18,20 +18,13 @@ use crate::wire::{frame, messages};
 
 /// The method that authenticates this client: the first matching line of `auth_hba_file`, or
 /// `[auth] type` when there is no such file. A `reject` line or no matching line refuses it (28000).
-pub fn method_for(
-    rt: &Runtime,
-    peer: SocketAddr,
-    tls: bool,
-    user: &str,
-    database: &str,
-) -> Result<AuthType, ClientError> {
+/// A Unix-socket client matches `local` lines only, a TCP client `host*` lines only, as in
+/// PostgreSQL.
+pub fn method_for(rt: &Runtime, peer: Peer, tls: bool, user: &str, database: &str) -> Result<AuthType, ClientError> {
     let Some(hba) = &rt.hba else { return Ok(rt.users.kind) };
     match hba.lookup(peer.ip(), tls, user, database) {
         Some(Method::Auth(m)) => Ok(m),
-        found => {
-            let host = peer.ip().to_canonical().to_string();
-            Err(ClientError::hba_refused(found.is_some(), &host, user, database, tls))
-        }
+        found => Err(ClientError::hba_refused(found.is_some(), &peer.host(), user, database, tls)),
     }
 }
 

@@ -108,7 +108,7 @@ pub struct SessionHandle {
     /// Database name.
     pub database: Arc<str>,
     /// Client address.
-    pub peer: SocketAddr,
+    pub peer: super::peer::Peer,
     /// When it logged in.
     pub connected_at: SystemTime,
     /// Wakes the session out of a pool wait (its cancel) .
@@ -185,7 +185,7 @@ pub struct Sessions {
 
 impl Sessions {
     /// Registers a client and gives it a fresh cancel key.
-    pub fn register(&self, user: &str, database: Arc<str>, peer: SocketAddr) -> Arc<SessionHandle> {
+    pub fn register(&self, user: &str, database: Arc<str>, peer: super::peer::Peer) -> Arc<SessionHandle> {
         let mut map = self.by_pid.lock().unwrap_or_else(|e| e.into_inner());
         let mut rng = rand::thread_rng();
         let pid = loop {

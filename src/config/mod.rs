@@ -74,6 +74,11 @@ pub enum PoolMode {
 pub struct ProxyConfig {
     /// Address clients connect to.
     pub listen: String,
+    /// Directory of a Unix-domain socket clients may also connect to, `<dir>/.s.PGSQL.<port>`
+    /// with the port of `listen` (libpq's `host=<dir>`); empty: no Unix socket.
+    pub unix_socket_dir: String,
+    /// Permissions of the socket file, in octal as chmod takes them.
+    pub unix_socket_mode: String,
     /// transaction | session.
     pub pool_mode: PoolMode,
     /// Server connections per (user, database, backend).
@@ -147,6 +152,8 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             listen: "127.0.0.1:6432".into(),
+            unix_socket_dir: String::new(),
+            unix_socket_mode: "0777".into(),
             pool_mode: PoolMode::Transaction,
             default_pool_size: 20,
             min_pool_size: 0,
@@ -178,6 +185,20 @@ impl Default for ProxyConfig {
             max_db_client_connections: 0,
             max_user_client_connections: 0,
         }
+    }
+}
+
+impl ProxyConfig {
+    /// The Unix socket's path for clients of a listener on `port`: `<unix_socket_dir>/.s.PGSQL.<port>`,
+    /// the name libpq looks for; `None` when `unix_socket_dir` is empty.
+    pub fn unix_socket_path(&self, port: u16) -> Option<std::path::PathBuf> {
+        (!self.unix_socket_dir.is_empty()).then(|| Path::new(&self.unix_socket_dir).join(format!(".s.PGSQL.{port}")))
+    }
+
+    /// `unix_socket_mode` as permission bits (octal, as chmod takes it); `None` if it is not
+    /// an octal number within 0777.
+    pub fn unix_socket_mode_bits(&self) -> Option<u32> {
+        u32::from_str_radix(self.unix_socket_mode.trim(), 8).ok().filter(|m| *m <= 0o777)
     }
 }
 

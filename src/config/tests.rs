@@ -174,3 +174,18 @@ fn every_mistake_of_a_section_is_listed_in_plain_words() {
         assert!(e.iter().any(|p| p == w), "missing {w:?} in {e:#?}");
     }
 }
+
+#[test]
+fn unix_socket_settings() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(c.proxy.unix_socket_path(6432), None, "off by default");
+    assert_eq!(c.proxy.unix_socket_mode_bits(), Some(0o777));
+    let vars = env(&[("PGSHIFT_PROXY_UNIX_SOCKET_DIR", "/run/pgshift"), ("PGSHIFT_PROXY_UNIX_SOCKET_MODE", "0770")]);
+    let c = Config::from_toml_with_env(MINIMAL, vars).unwrap();
+    assert_eq!(c.proxy.unix_socket_path(6432), Some("/run/pgshift/.s.PGSQL.6432".into()));
+    assert_eq!(c.proxy.unix_socket_mode_bits(), Some(0o770));
+    let bad = format!("[proxy]\nunix_socket_mode = \"0778\"\nunix_socket_dir = \"/{}\"\n{MINIMAL}", "d".repeat(100));
+    let all = Config::from_toml(&bad).unwrap_err().0.join("\n");
+    assert!(all.contains("unix_socket_mode = \"0778\" is not an octal file mode"), "{all}");
+    assert!(all.contains("unix_socket_dir") && all.contains("too long"), "{all}");
+}

@@ -181,12 +181,37 @@ fn list<E: DeserializeOwned>(name: &str, v: Value, problems: &mut Vec<String>, o
 }
 
 impl Config {
+    /// `unix_socket_mode` is octal within 0777, and the socket's path fits a Unix socket address.
+    fn validate_unix_socket(&self, problems: &mut Vec<String>) {
+        let p = &self.proxy;
+        if p.unix_socket_mode_bits().is_none() {
+            problems.push(format!(
+                "[proxy] unix_socket_mode = {:?} is not an octal file mode like \"0777\" or \"0770\"",
+                p.unix_socket_mode
+            ));
+        }
+        // Port 0 (any free port) is known only once bound: count its longest spelling.
+        let port = p.listen.parse::<std::net::SocketAddr>().map_or(0, |a| a.port());
+        let port = if port == 0 { u16::MAX } else { port };
+        // 108 bytes for sun_path on Linux, its terminating NUL included (104 on the BSDs).
+        if let Some(path) = p.unix_socket_path(port) {
+            if path.as_os_str().len() > 103 {
+                problems.push(format!(
+                    "[proxy] unix_socket_dir = {:?} is too long: the socket path {} must be at most 103 bytes",
+                    p.unix_socket_dir,
+                    path.display()
+                ));
+            }
+        }
+    }
+
     /// Semantic checks; appends a readable line per problem.
     pub fn validate(&self, problems: &mut Vec<String>) {
         let p = &self.proxy;
         if p.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("[proxy] listen = {:?} is not an address like 127.0.0.1:6432", p.listen));
         }
+        self.validate_unix_socket(problems);
         if p.default_pool_size == 0 {
             problems.push("[proxy] default_pool_size must be at least 1".into());
         }

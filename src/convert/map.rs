@@ -86,6 +86,7 @@ fn settings(ini: &Ini, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
             "server_reset_query" => {
                 out.set(Sect::Proxy, "server_reset_query", Value::String(e.value.clone()), from(at, e))
             }
+            "unix_socket_dir" | "unix_socket_mode" => unix_socket(e, &key, at, out),
             _ => {
                 if !pools_and_timeouts(e, &key, at, out) && !security(ini, e, &key, at, out) {
                     let why = unmappable(&key).unwrap_or("no pgshift equivalent");
@@ -202,6 +203,8 @@ fn static_key(key: &str) -> &'static str {
         "server_check_delay",
         "auth_user",
         "auth_query",
+        "unix_socket_dir",
+        "unix_socket_mode",
     ];
     SAME.iter().copied().find(|k| *k == key).unwrap_or("unknown")
 }
@@ -276,6 +279,20 @@ fn server_tls(e: &Entry, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
     out.set(Sect::Tls, "server_mode", Value::String(mode.into()), from(at, e));
 }
 
+/// unix_socket_dir and unix_socket_mode -> `[proxy]`, same names. An empty directory is kept
+/// (off in both, and it keeps PgBouncer's default /tmp from being written).
+fn unix_socket(e: &Entry, key: &str, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
+    let value = e.value.trim();
+    if key == "unix_socket_dir" && value.starts_with('@') {
+        let why = "pgshift has no abstract-namespace socket: set a directory";
+        return out.note(NoteKind::NotMapped, &at(e), shown(e), why);
+    }
+    if key == "unix_socket_mode" && u32::from_str_radix(value, 8).map_or(true, |m| m > 0o777) {
+        return out.note(NoteKind::NotMapped, &at(e), shown(e), "not an octal file mode; 0777 is used");
+    }
+    out.set(Sect::Proxy, static_key(key), Value::String(value.to_string()), from(at, e));
+}
+
 /// listen_addr + listen_port -> `[proxy] listen`.
 fn listen(addr: Option<&Entry>, port: Option<&Entry>, at: &dyn Fn(&Entry) -> String, out: &mut Output) {
     let port_num = match port {
@@ -288,7 +305,8 @@ fn listen(addr: Option<&Entry>, port: Option<&Entry>, at: &dyn Fn(&Entry) -> Str
     let origin = [addr, port].into_iter().flatten().map(|e| from(at, e)).collect::<Vec<_>>().join(", ");
     let Some(a) = addr else {
         let listen = format!("127.0.0.1:{port_num}");
-        let why = "PgBouncer without listen_addr listens on its unix socket only; pgshift needs TCP: 127.0.0.1";
+        let why = "PgBouncer without listen_addr listens on its unix socket only; pgshift listens on TCP too: \
+                   127.0.0.1 (the socket is [proxy] unix_socket_dir)";
         out.set(Sect::Proxy, "listen", Value::String(listen), "no listen_addr in the ini: see the notes");
         return out.note(NoteKind::Different, "(listen_addr not set)", "listen_addr".into(), why);
     };
@@ -326,6 +344,10 @@ fn pgbouncer_defaults(out: &mut Output) {
     }
     if out.get(Sect::Proxy, "server_connect_timeout").is_none() {
         out.set(Sect::Proxy, "server_connect_timeout", Value::String("15s".into()), default);
+    }
+    // PgBouncer listens on /tmp/.s.PGSQL.<port> unless told otherwise; pgshift on no socket.
+    if out.get(Sect::Proxy, "unix_socket_dir").is_none() {
+        out.set(Sect::Proxy, "unix_socket_dir", Value::String("/tmp".into()), default);
     }
     let scram_secrets = out.users.iter().any(|u| u.secret.starts_with("SCRAM-SHA-256$"));
     let md5 = match out.get(Sect::Auth, "type") {

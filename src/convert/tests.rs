@@ -27,12 +27,17 @@ fn fixture_pair() {
     for file in missing {
         assert!(c.problems.iter().any(|p| p.contains(file)), "{file} not reported: {:?}", c.problems);
     }
-    assert!(c.problems.iter().all(|p| p.contains("cannot read")), "{:?}", c.problems);
+    // its socket directory is checked as start checks it: absent on hosts without PostgreSQL
+    let socket_dir_here = std::path::Path::new("/var/run/postgresql").is_dir();
+    let dir_problem = c.problems.iter().any(|p| p.contains("cannot use unix_socket_dir /var/run/postgresql"));
+    assert_eq!(dir_problem, !socket_dir_here, "{:?}", c.problems);
+    assert!(c.problems.iter().all(|p| p.contains("cannot read") || p.contains("unix_socket_dir")), "{:?}", c.problems);
     assert!(!c.has_secrets);
 
     let cfg = Config::from_toml(&c.toml).unwrap();
     let p = &cfg.proxy;
     assert_eq!(p.listen, "0.0.0.0:6432");
+    assert_eq!(p.unix_socket_dir, "/var/run/postgresql");
     assert_eq!(p.pool_mode, PoolMode::Transaction);
     assert_eq!((p.default_pool_size, p.min_pool_size, p.reserve_pool_size), (40, 5, 10));
     assert_eq!(p.max_client_conn, 2000);
@@ -198,6 +203,26 @@ fn listen_addresses() {
     assert_eq!(listen("listen_addr = 10.0.0.1, 10.0.0.2\n"), ("10.0.0.1:6432".into(), 1));
     assert_eq!(listen("listen_addr = ::\n"), ("[::]:6432".into(), 0));
     assert_eq!(listen("listen_addr = localhost\n"), ("127.0.0.1:6432".into(), 0));
+}
+
+#[test]
+fn unix_socket_settings() {
+    let convert_with = |lines: &str| {
+        let ini = format!("[databases]\napp = host=db\n[pgbouncer]\nauth_type = trust\nlisten_addr = *\n{lines}");
+        let c = convert("pgbouncer.ini", &ini, None).unwrap();
+        let p = Config::from_toml(&c.toml).unwrap().proxy;
+        (p.unix_socket_dir, p.unix_socket_mode, c.notes.iter().filter(|n| n.setting.contains("unix_socket")).count())
+    };
+    // PgBouncer's default directory is /tmp; pgshift's is none, so the default is written out
+    assert_eq!(convert_with(""), ("/tmp".into(), "0777".into(), 0));
+    assert_eq!(
+        convert_with("unix_socket_dir = /run/pgbouncer\nunix_socket_mode = 0770\n"),
+        ("/run/pgbouncer".into(), "0770".into(), 0)
+    );
+    assert_eq!(convert_with("unix_socket_dir =\n"), (String::new(), "0777".into(), 0), "off stays off");
+    assert_eq!(convert_with("unix_socket_dir = @pgbouncer\n"), ("/tmp".into(), "0777".into(), 1), "abstract namespace");
+    assert_eq!(convert_with("unix_socket_mode = 999\n"), ("/tmp".into(), "0777".into(), 1));
+    assert_eq!(convert_with("unix_socket_group = pg\n").2, 1);
 }
 
 #[test]

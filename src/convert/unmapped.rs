@@ -9,7 +9,10 @@ pub fn unmappable(key: &str) -> Option<&'static str> {
         }
         "pidfile" => "pgshift runs in the foreground and writes no pid file (use the service manager)",
         "user" => "pgshift does not switch OS user: start it as the user it should run as",
-        "unix_socket_dir" | "unix_socket_mode" | "unix_socket_group" => "pgshift listens on TCP only",
+        "unix_socket_group" => {
+            "no equivalent: the socket file takes pgshift's group (its directory's, when that is setgid): run \
+             pgshift under that group or use such a directory, with unix_socket_mode 0770"
+        }
         "so_reuseport" | "peer_id" => "not needed: one pgshift process uses every core ([proxy] workers)",
         "listen_backlog" => "no equivalent: the listen backlog is the OS default",
         "server_round_robin" => {

@@ -2,8 +2,8 @@
 
 use super::*;
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
+fn ip(s: &str) -> Option<IpAddr> {
+    Some(s.parse().unwrap())
 }
 
 const SCRAM: Option<Method> = Some(Method::Auth(AuthType::ScramSha256));
@@ -33,6 +33,29 @@ fn first_matching_line_wins() {
     // an IPv4 client seen through an IPv6 socket
     assert_eq!(hba.lookup(ip("::ffff:127.0.0.1"), false, "boss", "db"), Some(Method::Auth(AuthType::Trust)));
     assert!(hba.uses_cert());
+    // a Unix-socket client matches the local line only
+    assert_eq!(hba.lookup(None, false, "app", "secret"), Some(Method::Auth(AuthType::Trust)));
+}
+
+#[test]
+fn unix_socket_clients_match_local_lines_only() {
+    let hba = Hba::parse(
+        "host all all all trust
+hostnossl all all 0.0.0.0/0 trust
+local db all md5
+",
+    )
+    .unwrap();
+    assert_eq!(hba.lookup(None, false, "u", "db"), Some(Method::Auth(AuthType::Md5)));
+    // no local line for this database: refused, even though host lines match every address
+    assert_eq!(hba.lookup(None, false, "u", "other"), None);
+    assert_eq!(hba.lookup(ip("1.2.3.4"), false, "u", "db"), Some(Method::Auth(AuthType::Trust)));
+    let tcp_only = Hba::parse(
+        "host all all 0.0.0.0/0 trust
+",
+    )
+    .unwrap();
+    assert_eq!(tcp_only.lookup(None, false, "u", "db"), None);
 }
 
 #[test]
