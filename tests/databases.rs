@@ -266,3 +266,29 @@ async fn per_database_pool_mode_and_query_timeout_apply() {
     let a = connect(port, "app", "app", "app").await;
     a.query_one("SELECT pg_sleep(0.5)", &[]).await.expect("no query_timeout on app");
 }
+
+#[tokio::test]
+async fn per_user_pool_mode_size_and_query_timeout_apply() {
+    superuser_exec(
+        shared_bed().primary_port,
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dbuser_b') THEN \
+         CREATE ROLE dbuser_b LOGIN PASSWORD 'app'; END IF; END $$; GRANT CONNECT ON DATABASE app TO dbuser_b",
+    );
+    let extra = "[users.dbuser_b]\npool_mode = \"session\"\npool_size = 1\nquery_timeout = \"300ms\"\n";
+    let p = proxy::start(config(extra)).await;
+    let port = proxy::port(&p);
+    // dbuser_b: session mode on one server, so a second client of it waits and times out.
+    let b1 = connect(port, "dbuser_b", "app", "app").await;
+    b1.query_one("SELECT 1", &[]).await.expect("first client of dbuser_b");
+    let b2 = connect(port, "dbuser_b", "app", "app").await;
+    let e = b2.query_one("SELECT 1", &[]).await.expect_err("no server for dbuser_b's second client");
+    assert_eq!(sqlstate(&e), "53300");
+    // ... and its query_timeout.
+    let e = b1.query_one("SELECT pg_sleep(5)", &[]).await.expect_err("cancelled by dbuser_b's query_timeout");
+    assert_eq!(sqlstate(&e), "57014");
+    // app keeps [proxy]'s transaction mode, pool size and no query_timeout.
+    let a1 = connect(port, "app", "app", "app").await;
+    let a2 = connect(port, "app", "app", "app").await;
+    a1.query_one("SELECT 1", &[]).await.expect("app 1");
+    a2.query_one("SELECT pg_sleep(0.5)", &[]).await.expect("app 2: no query_timeout");
+}
