@@ -9,9 +9,9 @@ use bytes::BytesMut;
 
 use super::expect::Expect;
 use super::state::{apply_to_server, Attached, ClientState};
+use crate::notify;
 use crate::shared::Shared;
 use crate::stats::TrafficCounters;
-use crate::notify;
 use crate::wire::{frame, tag};
 use std::sync::atomic::Ordering;
 
