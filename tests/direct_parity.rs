@@ -203,6 +203,20 @@ async fn own_notifications_come_before_ready_with_the_clients_pid() {
     }
 }
 
+/// A client whose LISTEN ran inside a transaction is pinned to its server, which sends it the
+/// notifications itself: the sender pid is still the client's own, as directly.
+#[tokio::test]
+async fn a_pinned_listener_sees_its_own_pid_as_sender() {
+    let direct = common::shared_bed().primary_port;
+    let p = proxy::with_pool(2).await;
+    for (port, via) in [(direct, "direct"), (proxy::port(&p), "pgshift")] {
+        let (mut a, fa) = raw::login_with(port, "app", "app", "app", &[]).await.unwrap();
+        query_notes(&mut a, "BEGIN; LISTEN pinned_ch; COMMIT").await;
+        let (tags, notes) = query_notes(&mut a, "NOTIFY pinned_ch, 'own'").await;
+        assert_eq!(notes, vec![(backend_pid(&fa), "own".to_string())], "{via}: {tags:?}");
+    }
+}
+
 /// The bool a `select pg_*_backend(..)` answered, and any notice, over the raw protocol.
 async fn signal(s: &mut tokio::net::TcpStream, sql: &str, param: Option<i32>) -> (Option<bool>, Vec<u8>) {
     let mut out = Vec::new();

@@ -9,6 +9,7 @@ use bytes::BytesMut;
 
 use super::expect::Expect;
 use super::state::{apply_to_server, Attached, ClientState};
+use crate::notify;
 use crate::shared::Shared;
 use crate::stats::TrafficCounters;
 use crate::wire::{frame, tag};
@@ -91,10 +92,23 @@ impl Reply<'_> {
                     self.att.batch_executed = true;
                 }
             }
+            tag::NOTIFICATION_RESPONSE => {
+                self.notification(f);
+                return self.after_pop();
+            }
             _ => {}
         }
         self.out.extend_from_slice(f);
         self.after_pop();
+    }
+
+    /// A notification from the server itself (a pinned client that LISTENs on it): the sender
+    /// pid the client can relate to, as for those the listener connection passes on.
+    fn notification(&mut self, f: &[u8]) {
+        match notify::sender_pid(f).and_then(|pid| self.shared.sessions.holder(pid)) {
+            Some(client_pid) => self.out.extend_from_slice(&notify::with_pid(f, client_pid)),
+            None => self.out.extend_from_slice(f),
+        }
     }
 
     /// Pops the head if it is the entry this reply answers; otherwise the server and our queue
@@ -135,7 +149,7 @@ impl Reply<'_> {
                 self.att.server_status = frame::ready_status(f);
                 self.after_pop();
             }
-            tag::NOTIFICATION_RESPONSE => self.out.extend_from_slice(f),
+            tag::NOTIFICATION_RESPONSE => self.notification(f),
             _ => {}
         }
     }

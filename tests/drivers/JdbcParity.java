@@ -1,5 +1,6 @@
 // pgJDBC checks that compare pgshift with a direct connection to the primary: the reported
-// client_encoding, SCRAM passwords that need SASLprep, and one server-side statement per text.
+// client_encoding, SCRAM passwords that need SASLprep, one server-side statement per text, a
+// listener's own notifications and their sender pid, pg_cancel/terminate_backend by pid.
 // Compiled and run with JdbcTest.java (whose main registers these tests).
 
 import java.sql.Connection;
@@ -12,6 +13,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Properties;
 import org.postgresql.PGConnection;
+import org.postgresql.PGNotification;
 
 final class JdbcParity {
   private JdbcParity() {}
@@ -119,6 +121,146 @@ final class JdbcParity {
     JdbcTest.eq(atOnce, 1, "copies on the server after four connections prepared at once");
     for (int k = 0; k < 4; k++) prepareShared().close();
     JdbcTest.eq(sharedCopies(), 1, "copies on the server after four connections prepared in turn");
+    return null;
+  }
+
+  /** Notifications already received, as "payload:sender is pid" (getNotifications() does not wait). */
+  static List<String> notes(PGNotification[] ns, int pid) {
+    List<String> out = new ArrayList<>();
+    for (PGNotification n : ns == null ? new PGNotification[0] : ns) out.add(n.getParameter() + ":" + (n.getPID() == pid));
+    return out;
+  }
+
+  /** What a listening connection had received when each statement returned: its own
+   * notifications, then another connection's (waited for with getNotifications(5000)). */
+  static List<String> ownNotifications(int port, String extra) throws Exception {
+    List<String> out = new ArrayList<>();
+    try (Connection c = login(port, "app", "app", extra); Connection other = login(port, "app", "app", extra);
+        Statement s = c.createStatement(); Statement so = other.createStatement()) {
+      PGConnection pg = c.unwrap(PGConnection.class);
+      int me = pg.getBackendPID();
+      s.execute("LISTEN drv_jdbc_own");
+      s.execute("NOTIFY drv_jdbc_own, 'plain'");
+      out.add("notify " + notes(pg.getNotifications(), me));
+      s.execute("DO $$ BEGIN PERFORM pg_notify('drv_jdbc_own', 'do'); END $$");
+      out.add("do " + notes(pg.getNotifications(), me));
+      try (PreparedStatement ps = c.prepareStatement("select pg_notify(?, ?)")) {
+        ps.setString(1, "drv_jdbc_own");
+        ps.setString(2, "param");
+        ps.executeQuery().close();
+      }
+      out.add("pg_notify(?, ?) " + notes(pg.getNotifications(), me));
+      c.setAutoCommit(false);
+      s.execute("NOTIFY drv_jdbc_own, 'tx'");
+      out.add("in transaction " + notes(pg.getNotifications(), me));
+      c.commit();
+      out.add("commit " + notes(pg.getNotifications(), me));
+      c.setAutoCommit(true);
+      so.execute("NOTIFY drv_jdbc_own, 'other'");
+      out.add("other " + notes(pg.getNotifications(5000), other.unwrap(PGConnection.class).getBackendPID()));
+    }
+    return out;
+  }
+
+  /** After stmt.execute("NOTIFY ..."), getNotifications() holds the connection's own notification
+   * with getPID() == getBackendPID(), through pgshift as directly; the default prepareThreshold
+   * and prepareThreshold=1 (a named statement from the first execution, LISTEN included). */
+  static String ownNotificationsFirst() throws Exception {
+    List<String> want = List.of("notify [plain:true]", "do [do:true]", "pg_notify(?, ?) [param:true]",
+        "in transaction []", "commit [tx:true]", "other [other:true]");
+    for (String extra : new String[] {"", "?prepareThreshold=1"}) {
+      List<String> direct = ownNotifications(JdbcTest.PRIMARY_PORT, extra);
+      JdbcTest.eq(direct, want, "directly " + extra);
+      JdbcTest.eq(ownNotifications(JdbcTest.PORT, extra), direct, "through pgshift vs directly " + extra);
+    }
+    return null;
+  }
+
+  /** Waits until a statement containing marker runs on some node of the bed (pgshift may route a
+   * read to a replica), so that a cancel or terminate sent next finds it running. */
+  static void waitRunning(String marker) throws Exception {
+    List<Integer> ports = new ArrayList<>(List.of(JdbcTest.PRIMARY_PORT));
+    for (String r : JdbcTest.REPLICA_PORTS) ports.add(Integer.parseInt(r));
+    for (int i = 0; i < 500; i++) {
+      for (int port : ports) {
+        try (Connection c = JdbcTest.direct(port); PreparedStatement ps = c.prepareStatement(
+            "select count(*) from pg_stat_activity where state = 'active' and pid <> pg_backend_pid() and strpos(query, ?) > 0")) {
+          ps.setString(1, marker);
+          try (ResultSet rs = ps.executeQuery()) {
+            if (rs.next() && rs.getInt(1) > 0) return;
+          }
+        }
+      }
+      Thread.sleep(20);
+    }
+    throw new AssertionError("no statement with " + marker + " ran within 10 s");
+  }
+
+  static String outcome(java.util.concurrent.Callable<Object> f) {
+    try {
+      return "returned " + f.call();
+    } catch (SQLException e) {
+      return "SQLState " + e.getSQLState();
+    } catch (Exception e) {
+      return e.getClass().getSimpleName();
+    }
+  }
+
+  static boolean signal(Connection admin, String kind, int pid) throws SQLException {
+    try (PreparedStatement ps = admin.prepareStatement("select pg_" + kind + "_backend(?)")) {
+      ps.setInt(1, pid);
+      try (ResultSet rs = ps.executeQuery()) {
+        rs.next();
+        return rs.getBoolean(1);
+      }
+    }
+  }
+
+  /** A victim runs pg_sleep(20); another connection cancels it, then terminates it, by the pid of
+   * PGConnection.getBackendPID() (the call a PreparedStatement with the default prepareThreshold:
+   * one unnamed Parse/Bind/Describe/Execute/Sync batch). */
+  static List<String> signalVictim(int port) throws Exception {
+    List<String> out = new ArrayList<>();
+    try (Connection victim = login(port, "app", "app", ""); Connection admin = login(port, "app", "app", "")) {
+      int pid = victim.unwrap(PGConnection.class).getBackendPID();
+      java.util.concurrent.ExecutorService ex = java.util.concurrent.Executors.newSingleThreadExecutor();
+      try {
+        for (String kind : new String[] {"cancel", "terminate"}) {
+          String marker = "drv_jdbc_victim_" + kind + "_" + System.nanoTime();
+          java.util.concurrent.Future<String> running = ex.submit(() -> outcome(() -> {
+            try (Statement s = victim.createStatement(); ResultSet rs = s.executeQuery("select pg_sleep(20) /* " + marker + " */")) {
+              return rs.next();
+            }
+          }));
+          waitRunning(marker);
+          out.add(kind + " " + signal(admin, kind, pid));
+          out.add(kind + ": victim " + running.get(15, java.util.concurrent.TimeUnit.SECONDS));
+          out.add("after " + kind + " " + outcome(() -> {
+            try (Statement s = victim.createStatement(); ResultSet rs = s.executeQuery("select 41 + 1")) {
+              rs.next();
+              return rs.getInt(1);
+            }
+          }));
+        }
+      } finally {
+        ex.shutdownNow();
+      }
+      out.add("unknown pid " + signal(admin, "terminate", 2147483000));
+      java.sql.SQLWarning w = admin.getWarnings();
+      out.add("unknown pid: warning " + (w == null ? null : w.getMessage()));
+    }
+    return out;
+  }
+
+  /** pg_cancel_backend(getBackendPID()) cancels the victim's pg_sleep(20) (57014) and it goes on;
+   * pg_terminate_backend ends its session (57P01); both true; an unknown pid false with
+   * PostgreSQL's warning. The same through pgshift as directly. */
+  static String signalByPid() throws Exception {
+    List<String> direct = signalVictim(JdbcTest.PRIMARY_PORT);
+    JdbcTest.eq(direct.subList(0, 4), List.of("cancel true", "cancel: victim SQLState 57014", "after cancel returned 42",
+        "terminate true"), "directly");
+    JdbcTest.eq(direct.get(4), "terminate: victim SQLState 57P01", "directly: terminated");
+    JdbcTest.eq(signalVictim(JdbcTest.PORT), direct, "through pgshift vs directly");
     return null;
   }
 }

@@ -511,6 +511,8 @@ public class JdbcTest {
     tests.put("client_encoding_as_the_server_spells_it", JdbcParity::clientEncoding);
     tests.put("saslprep_passwords_log_in", JdbcParity::saslprepPasswords);
     tests.put("one_server_statement_per_statement_text", JdbcParity::sharedStatements);
+    tests.put("own_notifications_before_execute_returns", JdbcParity::ownNotificationsFirst);
+    tests.put("terminate_and_cancel_a_client_by_its_pid", JdbcParity::signalByPid);
     List<String> only = Arrays.asList(args);
     int passed = 0, failed = 0;
     long tAll = System.nanoTime();

@@ -95,6 +95,27 @@ def sync_replicas(timeout=10.0):
                 time.sleep(0.02)
 
 
+# A pid no PostgreSQL backend and no pgshift client has (pgshift's client pids are above 4194304).
+UNKNOWN_PID = 2147483000
+
+
+def wait_running(marker, timeout=10.0):
+    """Waits until a statement containing `marker` is running on some node of the bed (the
+    primary or a replica: pgshift may route a read to either), so that a cancel or terminate
+    sent next finds it running."""
+    deadline = time.monotonic() + timeout
+    q = ("select count(*)::int from pg_stat_activity "
+         "where state = 'active' and pid <> pg_backend_pid() and strpos(query, %s) > 0")
+    while True:
+        for port in [PRIMARY_PORT, *REPLICA_PORTS]:
+            with psycopg.connect(f"postgresql://app:app@{HOST}:{port}/app", autocommit=True) as c:
+                if c.execute(q, (marker,)).fetchone()[0]:
+                    return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no statement with {marker!r} ran within {timeout}s")
+        time.sleep(0.02)
+
+
 def check_multiplexing(seen, nclients, what):
     """seen: set of (server_port, backend_pid) a test's clients observed. Each backend has a pool
     of POOL_SIZE connections: more distinct pids than that on one port means pgshift opened extra

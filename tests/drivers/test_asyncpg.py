@@ -20,6 +20,7 @@ from drvcommon import (
     PROXY_URL,
     SASL_ROLES,
     SHARED_SQL,
+    UNKNOWN_PID,
     create_sasl_roles,
     saslprep,
     check_primary_pool_free,
@@ -30,6 +31,7 @@ from drvcommon import (
     primary,
     sync_replicas,
     test,
+    wait_running,
 )
 
 
@@ -492,6 +494,118 @@ async def one_server_statement_per_statement_text():
         c, _ = await prepare()
         await c.close()
     eq(await shared_copies(), 1, "copies on the server after four connections prepared in turn")
+
+
+async def own_notifications(url):
+    """What a listening connection's add_listener callback saw when each statement returned (and
+    the loop ran once, as asyncpg dispatches callbacks through it): its own notifications, as
+    (payload, sender is this connection), then another connection's."""
+    out = []
+    c = await asyncpg.connect(url)
+    other = await asyncpg.connect(url)
+    try:
+        seen = []
+        await c.add_listener("drv_apg_own", lambda _c, pid, _ch, payload: seen.append((pid, payload)))
+        me = c.get_server_pid()
+
+        async def step(label, coro):
+            seen.clear()
+            await coro
+            await asyncio.sleep(0)
+            out.append((label, [(p, pid == me) for pid, p in seen]))
+
+        await step("notify", c.execute("notify drv_apg_own, 'plain'"))
+        await step("do", c.execute("DO $$ BEGIN PERFORM pg_notify('drv_apg_own', 'do'); END $$"))
+        await step("pg_notify($1, $2)", c.fetchval("select pg_notify($1, $2)", "drv_apg_own", "param"))
+        seen.clear()
+        async with c.transaction():
+            await c.execute("notify drv_apg_own, 'tx'")
+            await asyncio.sleep(0)
+            out.append(("in transaction", list(seen)))
+        await asyncio.sleep(0)
+        out.append(("commit", [(p, pid == me) for pid, p in seen]))
+        seen.clear()
+        # Waiting without a statement of its own meanwhile (see the README).
+        await other.execute("notify drv_apg_own, 'other'")
+        for _ in range(250):
+            if seen:
+                break
+            await asyncio.sleep(0.02)
+        out.append(("other", [(p, pid == other.get_server_pid()) for pid, p in seen]))
+    finally:
+        await c.close()
+        await other.close()
+    return out
+
+
+@test
+async def own_notifications_before_execute_returns():
+    """A listening connection's own NOTIFY, pg_notify() in a DO block, a prepared
+    pg_notify($1, $2), and a NOTIFY committed by `async with conn.transaction()` have reached its
+    add_listener callback once the statement returned and the loop ran once (asyncio.sleep(0)),
+    with pid == conn.get_server_pid(): through pgshift as directly. Another connection's carries
+    that connection's pid."""
+    direct = await own_notifications(PRIMARY_URL)
+    eq(direct, [
+        ("notify", [("plain", True)]),
+        ("do", [("do", True)]),
+        ("pg_notify($1, $2)", [("param", True)]),
+        ("in transaction", []),
+        ("commit", [("tx", True)]),
+        ("other", [("other", True)]),
+    ], "directly")
+    eq(await own_notifications(PROXY_URL), direct, "through pgshift vs directly")
+
+
+async def outcome(coro):
+    """(exception class, SQLSTATE) of awaiting coro, or ('returned', value)."""
+    try:
+        return ("returned", await coro)
+    except asyncpg.PostgresError as e:
+        return (type(e).__name__, e.sqlstate)
+    except asyncpg.InterfaceError as e:
+        return (type(e).__name__, None)
+
+
+async def signal_a_victim(url):
+    """A victim runs pg_sleep(20); another connection cancels it, then terminates it, by
+    conn.get_server_pid(). The calls go as simple queries (execute() without arguments): asyncpg
+    prepares anything with arguments in a round trip of its own, which pgshift does not take (a
+    prepared call reaches PostgreSQL, which knows no such pid)."""
+    out = {}
+    victim = await asyncpg.connect(url)
+    admin = await asyncpg.connect(url)
+    notices = []
+    admin.add_log_listener(lambda _c, m: notices.append((m.severity_en or m.severity, m.message)))
+    pid = victim.get_server_pid()
+    for kind in ("cancel", "terminate"):
+        marker = f"drv_apg_victim_{kind}_{time.monotonic_ns()}"
+        task = asyncio.ensure_future(outcome(victim.fetchval(f"select pg_sleep(20) /* {marker} */")))
+        await asyncio.to_thread(wait_running, marker)
+        out[kind] = await admin.execute(f"select pg_{kind}_backend({pid})")
+        out[f"{kind}: victim"] = await asyncio.wait_for(task, 15)
+        out[f"after {kind}"] = await outcome(victim.fetchval("select 41 + 1"))
+        out[f"after {kind}: closed"] = victim.is_closed()
+    await victim.close()
+    await admin.execute(f"select pg_terminate_backend({UNKNOWN_PID})")
+    await asyncio.sleep(0)
+    out["unknown pid: notices"] = notices
+    await admin.close()
+    return out
+
+
+@test
+async def terminate_and_cancel_a_client_by_its_pid():
+    """pg_cancel_backend(victim's get_server_pid()) cancels its pg_sleep(20) (QueryCanceledError,
+    57014) and the victim goes on; pg_terminate_backend ends its session (asyncpg reports
+    ConnectionDoesNotExistError, the connection closed); an unknown pid
+    gets PostgreSQL's WARNING. The same through pgshift as directly."""
+    direct = await signal_a_victim(PRIMARY_URL)
+    eq(direct["cancel: victim"], ("QueryCanceledError", "57014"), "directly: cancelled")
+    # asyncpg turns the FATAL 57P01 that ends the session into "connection was closed in the
+    # middle of operation".
+    eq(direct["terminate: victim"], ("ConnectionDoesNotExistError", "08003"), "directly: terminated")
+    eq(await signal_a_victim(PROXY_URL), direct, "through pgshift vs directly")
 
 
 if __name__ == "__main__":

@@ -356,6 +356,112 @@ test('one_server_statement_per_statement_text', async () => {
   eq(await sharedCopies(), 1, 'copies on the server after four clients prepared in turn');
 });
 
+// What a listening client's 'notification' handler saw when each query's promise resolved: its
+// own notifications as [payload, sender is this client], then another client's.
+async function ownNotifications(config) {
+  const out = [];
+  const c = await connect(config);
+  const other = await connect(config);
+  const seen = [];
+  c.on('notification', (m) => seen.push(m));
+  const mine = (m) => [m.payload, m.processId === c.processID];
+  try {
+    await c.query('LISTEN drv_node_own');
+    const step = async (label, q) => {
+      seen.length = 0;
+      await c.query(q);
+      out.push([label, seen.map(mine)]);
+    };
+    await step('notify', "NOTIFY drv_node_own, 'plain'");
+    await step('do', "DO $$ BEGIN PERFORM pg_notify('drv_node_own', 'do'); END $$");
+    await step('pg_notify($1, $2)', { text: 'select pg_notify($1, $2)', values: ['drv_node_own', 'param'] });
+    await step('named', { name: 'drv_own_notify', text: 'select pg_notify($1, $2)', values: ['drv_node_own', 'named'] });
+    await c.query('BEGIN');
+    await step('in transaction', "NOTIFY drv_node_own, 'tx'");
+    await step('commit', 'COMMIT');
+    // Waiting without a query of its own meanwhile (see the README).
+    seen.length = 0;
+    await other.query("NOTIFY drv_node_own, 'other'");
+    for (let i = 0; i < 250 && !seen.length; i++) await sleep(20);
+    out.push(['other', seen.map((m) => [m.payload, m.processId === other.processID])]);
+  } finally {
+    await c.end();
+    await other.end();
+  }
+  return out;
+}
+
+test('own_notifications_before_query_resolves', async () => {
+  // A listening client's own NOTIFY, pg_notify() in a DO block, select pg_notify($1, $2) (unnamed
+  // and named) and a NOTIFY committed by COMMIT fire 'notification' before the query's promise
+  // resolves, with msg.processId === client.processID: through pgshift as directly.
+  const direct = await ownNotifications(primaryConfig);
+  eq(direct, [
+    ['notify', [['plain', true]]],
+    ['do', [['do', true]]],
+    ['pg_notify($1, $2)', [['param', true]]],
+    ['named', [['named', true]]],
+    ['in transaction', []],
+    ['commit', [['tx', true]]],
+    ['other', [['other', true]]],
+  ], 'directly');
+  eq(await ownNotifications(proxyConfig), direct, 'through pgshift vs directly');
+});
+
+// Waits until a statement containing `marker` runs on some node of the bed (pgshift may route a
+// read to a replica), so that a cancel or terminate sent next finds it running.
+async function waitRunning(marker) {
+  const q = "select count(*)::int as n from pg_stat_activity where state = 'active' and pid <> pg_backend_pid() and strpos(query, $1) > 0";
+  for (let i = 0; i < 500; i++) {
+    for (const port of [PRIMARY_PORT, ...REPLICA_PORTS]) {
+      const c = await connect({ ...base, port });
+      try {
+        if ((await c.query(q, [marker])).rows[0].n) return;
+      } finally {
+        await c.end();
+      }
+    }
+    await sleep(20);
+  }
+  throw new Error(`no statement with ${marker} ran within 10 s`);
+}
+
+const UNKNOWN_PID = 2147483000;
+const outcome = (p) => p.then((r) => ['returned', r.rows[0]], (e) => ['error', e.code || null]);
+
+// A victim runs pg_sleep(20); another client cancels it, then terminates it, by client.processID
+// (the calls with the pid as $1: one unnamed Parse/Bind/Describe/Execute/Sync batch).
+async function signalVictim(config) {
+  const out = {};
+  const victim = await connect(config);
+  victim.on('error', () => {}); // the terminated session ends with an 'error' event
+  const admin = await connect(config);
+  const notices = [];
+  admin.on('notice', (m) => notices.push([m.severity, m.message]));
+  const pid = victim.processID;
+  for (const kind of ['cancel', 'terminate']) {
+    const marker = `drv_node_victim_${kind}_${Date.now()}`;
+    const running = outcome(victim.query(`select pg_sleep(20) /* ${marker} */`));
+    await waitRunning(marker);
+    out[kind] = (await admin.query(`select pg_${kind}_backend($1)`, [pid])).rows[0][`pg_${kind}_backend`];
+    out[`${kind}: victim`] = await running;
+    out[`after ${kind}`] = await outcome(victim.query('select 41 + 1 as n'));
+  }
+  out['unknown pid'] = (await admin.query(`select pg_terminate_backend(${UNKNOWN_PID})`)).rows[0].pg_terminate_backend;
+  out['unknown pid: notices'] = notices;
+  await admin.end();
+  return out;
+}
+
+test('terminate_and_cancel_a_client_by_its_pid', async () => {
+  // pg_cancel_backend(victim.processID) cancels its pg_sleep(20) (57014) and the victim goes on;
+  // pg_terminate_backend ends its session (57P01, then the client is closed); both return true;
+  // an unknown pid returns false with PostgreSQL's WARNING. The same through pgshift as directly.
+  const direct = await signalVictim(primaryConfig);
+  eq([direct['cancel: victim'], direct['terminate: victim']], [['error', '57014'], ['error', '57P01']], 'directly');
+  eq(await signalVictim(proxyConfig), direct, 'through pgshift vs directly');
+});
+
 async function main() {
   const only = process.argv.slice(2);
   const run = tests.filter((t) => !only.length || only.includes(t.name));

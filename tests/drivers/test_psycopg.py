@@ -23,6 +23,7 @@ from drvcommon import (
     REPLICA_PORTS,
     SASL_ROLES,
     SHARED_SQL,
+    UNKNOWN_PID,
     create_sasl_roles,
     saslprep,
     check,
@@ -32,6 +33,7 @@ from drvcommon import (
     primary,
     sync_replicas,
     test,
+    wait_running,
 )
 
 NBACKENDS = 1 + len(REPLICA_PORTS)
@@ -760,6 +762,112 @@ def one_server_statement_per_statement_text():
     for k in range(4):
         prepare(k).close()
     eq(shared_copies(), 1, "copies on the server after four clients prepared in turn")
+
+
+def own_notifications(url, threshold):
+    """What a listening connection's notify handler saw when each statement returned: its own
+    notifications (as (payload, sender is this connection)) and then another connection's."""
+    out = []
+    with psycopg.connect(url, autocommit=True, prepare_threshold=threshold) as c, \
+            psycopg.connect(url, autocommit=True) as other:
+        seen = []
+        c.add_notify_handler(seen.append)
+        c.execute("listen drv_own_chan")
+        me = c.info.backend_pid
+
+        def step(label, run):
+            seen.clear()
+            run()
+            out.append((label, [(n.channel, n.payload, n.pid == me) for n in seen]))
+
+        step("notify", lambda: c.execute("notify drv_own_chan, 'plain'"))
+        step("do", lambda: c.execute("DO $$ BEGIN PERFORM pg_notify('drv_own_chan', 'do'); END $$"))
+        step("pg_notify", lambda: c.execute("select pg_notify('drv_own_chan', %s)", ("param",)))
+        with c.transaction():
+            step("in transaction", lambda: c.execute("notify drv_own_chan, 'tx'"))
+            seen.clear()
+        out.append(("commit", [(n.channel, n.payload, n.pid == me) for n in seen]))
+        # Waiting in notifies() (no statement of its own meanwhile): see the README on why.
+        other.execute("notify drv_own_chan, 'other'")
+        got = list(c.notifies(timeout=5, stop_after=1))
+        out.append(("other", [(n.payload, n.pid == other.info.backend_pid) for n in got]))
+    return out
+
+
+@test
+def own_notifications_before_execute_returns():
+    """A listening connection's own NOTIFY, pg_notify() in a DO block, select pg_notify(), and a
+    NOTIFY committed by `with conn.transaction()` have reached its notify handler by the time the
+    statement (or the COMMIT) returns, with Notify.pid == conn.info.backend_pid: through pgshift
+    as directly (prepared and not). Another connection's carries that connection's pid."""
+    want = [
+        ("notify", [("drv_own_chan", "plain", True)]),
+        ("do", [("drv_own_chan", "do", True)]),
+        ("pg_notify", [("drv_own_chan", "param", True)]),
+        ("in transaction", []),
+        ("commit", [("drv_own_chan", "tx", True)]),
+        ("other", [("other", True)]),
+    ]
+    for threshold in (None, 0):
+        direct = own_notifications(PRIMARY_URL, threshold)
+        eq(direct, want, f"directly (prepare_threshold={threshold})")
+        eq(own_notifications(PROXY_URL, threshold), direct, f"through pgshift (prepare_threshold={threshold})")
+
+
+def outcome(fn):
+    """(exception class, SQLSTATE) of fn(), or ('returned', value)."""
+    try:
+        return ("returned", fn())
+    except psycopg.Error as e:
+        return (type(e).__name__, e.sqlstate)
+
+
+def signal_a_victim(url):
+    """A victim runs pg_sleep(20); another connection cancels it, then terminates it, by the pid
+    psycopg reports (conn.info.backend_pid); also an idle victim, and an unknown pid."""
+    out = {}
+    victim = psycopg.connect(url, autocommit=True)
+    admin = psycopg.connect(url, autocommit=True)
+    notices = []
+    admin.add_notice_handler(lambda d: notices.append((d.severity_nonlocalized, d.message_primary)))
+    pid = victim.info.backend_pid
+    sig = "select pg_{}_backend(%s)"
+    for kind in ("cancel", "terminate"):
+        marker = f"drv_psy_victim_{kind}_{time.monotonic_ns()}"
+        got = {}
+        t = threading.Thread(target=lambda: got.update(
+            r=outcome(lambda: victim.execute(f"select pg_sleep(20) /* {marker} */").fetchone()[0])))
+        t.start()
+        wait_running(marker)
+        out[kind] = admin.execute(sig.format(kind), (pid,)).fetchone()[0]
+        t.join(15)
+        check(not t.is_alive(), f"{kind}: pg_sleep(20) went on")
+        out[f"{kind}: victim"] = got["r"]
+        out[f"after {kind}"] = outcome(lambda: victim.execute("select 41 + 1").fetchone()[0])
+        out[f"after {kind}: closed"] = victim.closed
+    victim.close()
+    with psycopg.connect(url, autocommit=True) as idle:
+        out["terminate idle"] = admin.execute(sig.format("terminate"), (idle.info.backend_pid,)).fetchone()[0]
+        # The session has ended: its next use fails (how depends on when libpq sees the FATAL).
+        next_use = outcome(lambda: [idle.execute("select 1") for _ in range(50) if not time.sleep(0.02)])
+        out["idle: next use fails"] = next_use[0] in ("AdminShutdown", "OperationalError")
+    out["unknown pid"] = admin.execute(sig.format("terminate"), (UNKNOWN_PID,)).fetchone()[0]
+    out["unknown pid: notices"] = notices
+    admin.close()
+    return out
+
+
+@test
+def terminate_and_cancel_a_client_by_its_pid():
+    """pg_cancel_backend(victim's backend_pid) cancels its pg_sleep(20) (QueryCanceled, 57014) and
+    the victim goes on; pg_terminate_backend ends its session (AdminShutdown, 57P01); both return
+    true; an unknown pid returns false with PostgreSQL's WARNING. The same through pgshift (the
+    pid is the one pgshift gave the client, the call an unnamed Parse/Bind/Execute batch) as
+    directly."""
+    direct = signal_a_victim(PRIMARY_URL)
+    eq(direct["cancel: victim"], ("QueryCanceled", "57014"), "directly: cancelled")
+    eq(direct["terminate: victim"], ("AdminShutdown", "57P01"), "directly: terminated")
+    eq(signal_a_victim(PROXY_URL), direct, "through pgshift vs directly")
 
 
 if __name__ == "__main__":
