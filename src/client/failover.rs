@@ -74,11 +74,13 @@ impl Session {
         }
     }
 
-    /// Waits until discovery says the primary is gone, for at most three probe rounds (a
-    /// primary that is fine costs its failing client that much), or `deadline`.
+    /// Waits until discovery says the primary is gone, for at most three probe rounds and never
+    /// more than a second (a primary that is fine costs its failing client that much), or
+    /// `deadline`.
     async fn wait_for_discovery(&mut self, deadline: tokio::time::Instant) {
         let interval = self.rt.config.routing.health_check_interval.0.max(Duration::from_millis(10));
-        let until = deadline.min(tokio::time::Instant::now() + 3 * interval);
+        let grace = (3 * interval).min(Duration::from_secs(1));
+        let until = deadline.min(tokio::time::Instant::now() + grace);
         let f = self.pools.cluster().failovers.clone();
         while tokio::time::Instant::now() < until && f.state() == TopologyState::Primary {
             let changed = f.changed.notified();
