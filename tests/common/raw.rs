@@ -3,7 +3,8 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+/// Appends one frame (tag, length, body).
+pub fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.push(tag);
     out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
     out.extend_from_slice(body);
@@ -181,5 +182,25 @@ pub fn parameter_status(frames: &[(u8, Vec<u8>)]) -> Vec<(String, String)> {
 pub fn describe_execute_sync(out: &mut Vec<u8>) {
     frame(out, b'D', b"P\0");
     frame(out, b'E', b"\0\0\0\0\0");
+    frame(out, b'S', b"");
+}
+
+/// Appends Describe of the unnamed portal.
+pub fn describe_portal(out: &mut Vec<u8>) {
+    frame(out, b'D', b"P\0");
+}
+
+/// Appends Execute of the unnamed portal, all rows.
+pub fn execute(out: &mut Vec<u8>) {
+    frame(out, b'E', b"\0\0\0\0\0");
+}
+
+/// Appends Flush.
+pub fn flush(out: &mut Vec<u8>) {
+    frame(out, b'H', b"");
+}
+
+/// Appends Sync.
+pub fn sync(out: &mut Vec<u8>) {
     frame(out, b'S', b"");
 }
