@@ -323,3 +323,139 @@ async fn server_fatal_reaches_the_client_alone() {
     assert_pool_sound(&fake, &p, 2).await;
     p.stop().await;
 }
+
+/// A prepare the asyncpg way (Parse, Describe statement, Flush, and nothing more until the next
+/// query): the client gets its replies, pgshift ends the server's implicit transaction with a
+/// Sync of its own so the server goes back to the pool, and the later Bind/Execute/Sync runs
+/// after the unnamed statement is parsed again (its reply to that Parse not shown to the client).
+#[tokio::test]
+async fn prepare_with_flush_gives_the_server_back() {
+    let (fake, p) = setup().await;
+    let mut described = Vec::new();
+    be::frame(&mut described, b'1', b"");
+    be::frame(&mut described, b't', &0i16.to_be_bytes());
+    be::row_description(&mut described, &["n"]);
+    let mut ready = Vec::new();
+    be::ready(&mut ready, b'I');
+    let mut result = Vec::new();
+    be::frame(&mut result, b'2', b"");
+    be::data_row(&mut result, &[Some("1")]);
+    be::command_complete(&mut result, "SELECT 1");
+    be::ready(&mut result, b'I');
+    let mut reparsed = Vec::new();
+    be::frame(&mut reparsed, b'1', b"");
+    fake.script([
+        Step::on(b"PDH").reply(described.clone()),
+        Step::on(b"S").reply(ready),
+        Step::on(b"PBES").reply([reparsed, result.clone()].concat()),
+    ]);
+
+    let mut s = client(&p).await;
+    let mut req = Vec::new();
+    raw::parse(&mut req, "", "select 1 as n");
+    raw::describe_statement(&mut req, "");
+    raw::flush(&mut req);
+    send(&mut s, &req).await;
+    assert_eq!(read_bytes(&mut s, described.len()).await, described);
+
+    let mut req = Vec::new();
+    raw::bind(&mut req, "", &[]);
+    raw::execute(&mut req);
+    raw::sync(&mut req);
+    send(&mut s, &req).await;
+    assert_eq!(read_bytes(&mut s, result.len()).await, result);
+    assert_pool_sound(&fake, &p, 1).await;
+    p.stop().await;
+}
+
+/// An error in a Flush-ended batch: the server skips everything up to the client's Sync, so the
+/// frames the client pipelines before that Sync get no reply and the Sync gets ReadyForQuery.
+#[tokio::test]
+async fn error_before_flush_skips_to_the_clients_sync() {
+    let (fake, p) = setup().await;
+    let mut failed = Vec::new();
+    be::frame(&mut failed, b'1', b"");
+    be::frame(&mut failed, b'2', b"");
+    be::error(&mut failed, "ERROR", "22012", "division by zero");
+    let mut ready = Vec::new();
+    be::ready(&mut ready, b'I');
+    fake.script([Step::on(b"PBEH").reply(failed.clone()), Step::on(b"BES").reply(ready.clone())]);
+
+    let mut s = client(&p).await;
+    let mut req = Vec::new();
+    raw::parse(&mut req, "", "select 1/0");
+    raw::bind(&mut req, "", &[]);
+    raw::execute(&mut req);
+    raw::flush(&mut req);
+    send(&mut s, &req).await;
+    assert_eq!(read_bytes(&mut s, failed.len()).await, failed);
+
+    let mut req = Vec::new();
+    raw::bind(&mut req, "", &[]);
+    raw::execute(&mut req);
+    raw::sync(&mut req);
+    send(&mut s, &req).await;
+    assert_eq!(read_frame(&mut s).await, ready);
+    assert_pool_sound(&fake, &p, 1).await;
+    p.stop().await;
+}
+
+/// A portal run a row at a time across Flushes (PortalSuspended): pgshift keeps the server and
+/// adds no Sync of its own while the portal is open.
+#[tokio::test]
+async fn suspended_portal_keeps_its_server_across_flushes() {
+    let (fake, p) = setup().await;
+    let mut first = Vec::new();
+    be::frame(&mut first, b'1', b"");
+    be::frame(&mut first, b'2', b"");
+    be::data_row(&mut first, &[Some("1")]);
+    be::frame(&mut first, b's', b"");
+    let mut rest = Vec::new();
+    be::data_row(&mut rest, &[Some("2")]);
+    be::command_complete(&mut rest, "SELECT 2");
+    be::ready(&mut rest, b'I');
+    fake.script([Step::on(b"PBEH").reply(first.clone()), Step::on(b"ES").reply(rest.clone())]);
+
+    let mut s = client(&p).await;
+    let mut req = Vec::new();
+    raw::parse(&mut req, "", "select n from generate_series(1, 2) n");
+    raw::bind(&mut req, "", &[]);
+    raw::frame(&mut req, b'E', b"\0\0\0\0\x01"); // one row
+    raw::flush(&mut req);
+    send(&mut s, &req).await;
+    assert_eq!(read_bytes(&mut s, first.len()).await, first);
+
+    let mut req = Vec::new();
+    raw::execute(&mut req);
+    raw::sync(&mut req);
+    send(&mut s, &req).await;
+    assert_eq!(read_bytes(&mut s, rest.len()).await, rest);
+    assert_pool_sound(&fake, &p, 1).await;
+    p.stop().await;
+}
+
+/// A result far larger than the relay's buffers (rows above the streaming threshold, several
+/// MB in all) arrives byte for byte.
+#[tokio::test]
+async fn large_result_is_byte_exact() {
+    let (fake, p) = setup().await;
+    let wide: String = (0..150_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let mut reply = Vec::new();
+    be::row_description(&mut reply, &["n", "wide"]);
+    for i in 0..40 {
+        be::data_row(&mut reply, &[Some(&i.to_string()), Some(&wide)]);
+        be::data_row(&mut reply, &[Some(&i.to_string()), None]);
+    }
+    be::command_complete(&mut reply, "SELECT 80");
+    be::ready(&mut reply, b'I');
+    fake.script([Step::on(b"Q").reply(reply.clone())]);
+
+    let mut s = client(&p).await;
+    let mut q = Vec::new();
+    raw::query(&mut q, "select n, wide from t");
+    send(&mut s, &q).await;
+    let got = read_bytes(&mut s, reply.len()).await;
+    assert!(got == reply, "the {} bytes relayed differ from what the server sent", reply.len());
+    assert_pool_sound(&fake, &p, 1).await;
+    p.stop().await;
+}
