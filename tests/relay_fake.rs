@@ -56,6 +56,18 @@ async fn read_frame(s: &mut TcpStream) -> Vec<u8> {
     f
 }
 
+/// Reads whole frames up to and including ReadyForQuery, as raw bytes.
+async fn read_bytes_until_ready(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let f = read_frame(s).await;
+        out.extend_from_slice(&f);
+        if f[0] == b'Z' {
+            return out;
+        }
+    }
+}
+
 /// Asserts that pgshift closes the connection with nothing more to say.
 async fn assert_closed(s: &mut TcpStream) {
     let mut b = [0u8; 64];
@@ -457,5 +469,46 @@ async fn large_result_is_byte_exact() {
     let got = read_bytes(&mut s, reply.len()).await;
     assert!(got == reply, "the {} bytes relayed differ from what the server sent", reply.len());
     assert_pool_sound(&fake, &p, 1).await;
+    p.stop().await;
+}
+
+/// COPY FROM STDIN that the server fails part-way (ErrorResponse, ReadyForQuery) while the
+/// client, not having read that yet, goes on sending CopyData and CopyDone, as libpq does until
+/// PQputCopyEnd. PostgreSQL drops such stray copy messages without a reply, and so does pgshift
+/// (the transaction is over): it takes no server for them, so other clients still get one while
+/// this client sits idle.
+#[tokio::test]
+async fn copy_data_after_a_failed_copy_holds_no_server() {
+    let (fake, p) = setup().await;
+    let mut copy_in = Vec::new();
+    be::copy_response(&mut copy_in, b'G', 1);
+    let mut failed = Vec::new();
+    be::error(&mut failed, "ERROR", "22P02", "invalid input syntax for type integer: \"x\"");
+    be::ready(&mut failed, b'I');
+    fake.script([Step::on(b"Q").reply(copy_in.clone()), Step::on(b"dH").reply(failed.clone())]);
+
+    let mut s = client(&p).await;
+    let mut q = Vec::new();
+    raw::query(&mut q, "COPY t (a) FROM STDIN");
+    send(&mut s, &q).await;
+    assert_eq!(read_frame(&mut s).await, copy_in);
+    let mut data = Vec::new();
+    raw::frame(&mut data, b'd', b"x\n");
+    raw::flush(&mut data);
+    send(&mut s, &data).await;
+    assert_eq!(read_bytes(&mut s, failed.len()).await, failed);
+    let mut stray = Vec::new();
+    raw::frame(&mut stray, b'd', b"2\n");
+    raw::frame(&mut stray, b'c', b"");
+    send(&mut s, &stray).await;
+
+    // This client now sits idle; another one must still get the (only) server connection, and
+    // the stray messages reach no server (the fake would report them as unscripted).
+    assert_pool_sound(&fake, &p, 1).await;
+    let mut q = Vec::new();
+    raw::query(&mut q, WHICH_CONN);
+    send(&mut s, &q).await;
+    assert_eq!(tags(&read_bytes_until_ready(&mut s).await), b"TDCZ", "the client goes on after its failed COPY");
+    drop(s);
     p.stop().await;
 }
