@@ -6,15 +6,10 @@
 mod common;
 
 use common::fake_pg::{be, tags, FakePg, Step, WHICH_CONN};
+use common::raw::{assert_closed, read_bytes, read_bytes_until_ready, read_frame, send, HANG};
 use common::{proxy, raw};
 use pgshift::proxy::Proxy;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Bound on any one read: a relay that waits for something that never comes fails the test
-/// instead of hanging it. Not a performance limit.
-const HANG: Duration = Duration::from_secs(10);
 
 /// The fake and a proxy in front of it: one server connection per pool (so the next client
 /// reuses the previous one's), no role discovery, everything to the primary, no admin port.
@@ -32,50 +27,6 @@ async fn setup() -> (FakePg, Proxy) {
 
 async fn client(p: &Proxy) -> TcpStream {
     raw::login(proxy::port(p), "app", "app", "app").await
-}
-
-async fn send(s: &mut TcpStream, bytes: &[u8]) {
-    s.write_all(bytes).await.expect("write to pgshift");
-}
-
-/// Reads exactly `n` bytes.
-async fn read_bytes(s: &mut TcpStream, n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    match tokio::time::timeout(HANG, s.read_exact(&mut buf)).await {
-        Ok(Ok(_)) => buf,
-        Ok(Err(e)) => panic!("reading {n} bytes from pgshift: {e}"),
-        Err(_) => panic!("pgshift sent fewer than {n} bytes within {HANG:?}"),
-    }
-}
-
-/// Reads one whole frame, as raw bytes.
-async fn read_frame(s: &mut TcpStream) -> Vec<u8> {
-    let mut f = read_bytes(s, 5).await;
-    let len = u32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize;
-    f.extend(read_bytes(s, len - 4).await);
-    f
-}
-
-/// Reads whole frames up to and including ReadyForQuery, as raw bytes.
-async fn read_bytes_until_ready(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let f = read_frame(s).await;
-        out.extend_from_slice(&f);
-        if f[0] == b'Z' {
-            return out;
-        }
-    }
-}
-
-/// Asserts that pgshift closes the connection with nothing more to say.
-async fn assert_closed(s: &mut TcpStream) {
-    let mut b = [0u8; 64];
-    match tokio::time::timeout(HANG, s.read(&mut b)).await {
-        Ok(Ok(0)) | Ok(Err(_)) => {}
-        Ok(Ok(n)) => panic!("expected the connection closed, got {:?}", &b[..n]),
-        Err(_) => panic!("pgshift kept the connection open"),
-    }
 }
 
 /// The fake's number of the server connection a new client's simple query runs on.
