@@ -1,5 +1,6 @@
 //! Requests answered without a server: Parse/Close/Sync of known statements, LISTEN/UNLISTEN
-//! through the shared listener, and errors in place of requests that could not be sent anywhere.
+//! through the shared listener, copy messages left over from a failed COPY, and errors in place
+//! of requests that could not be sent anywhere.
 
 use bytes::Buf;
 
@@ -10,6 +11,31 @@ use crate::error::ClientError;
 use crate::wire::messages;
 
 impl Session {
+    /// Drops a request made only of CopyData, CopyDone and CopyFail, as PostgreSQL drops them
+    /// outside a COPY: they are what a client was still sending when its COPY failed (the server
+    /// answered ErrorResponse and ReadyForQuery, and the transaction ended). No COPY can be under
+    /// way here (one keeps its server attached), and nothing answers such messages, so a server
+    /// taken for them would stay with this client until its next request.
+    pub(super) fn drop_stray_copy(&mut self, req: Request) -> bool {
+        use crate::wire::{frame, tag};
+        if req.len == 0 || req.terminate {
+            return false;
+        }
+        let mut at = 0;
+        while let Ok(Some((t, total))) = frame::complete_frame(&self.cin[at..req.len]) {
+            if !matches!(t, tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL) {
+                return false;
+            }
+            at += total;
+        }
+        if at != req.len {
+            return false;
+        }
+        tracing::debug!(client = self.handle.id, bytes = at, "dropped copy messages sent after their COPY ended");
+        self.cin.advance(at);
+        true
+    }
+
     /// Drops a request's frames up to and including Sync, answering the Sync (extended-protocol
     /// error recovery when the batch could not be sent anywhere).
     pub(super) fn skip_request(&mut self, req: Request) {

@@ -224,7 +224,8 @@ impl Session {
                 self.skip_request(req);
                 continue;
             }
-            if self.answer_locally(req)
+            if self.drop_stray_copy(req)
+                || self.answer_locally(req)
                 || (self.may_listen_locally(req) && Box::pin(self.listen_locally(req)).await)
                 || (super::signal_backend::may_signal(&self.cin[..req.len.min(self.cin.len())])
                     && Box::pin(self.signal_client_locally(req)).await)

@@ -392,5 +392,6 @@ pub fn rustls_connector(ca: &Path) -> tokio_postgres_rustls::MakeRustlsConnect {
     tokio_postgres_rustls::MakeRustlsConnect::new(cfg)
 }
 
+pub mod fake_pg;
 pub mod proxy;
 pub mod raw;

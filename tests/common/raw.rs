@@ -3,7 +3,8 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
+/// Appends one frame (tag, length, body).
+pub fn frame(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.push(tag);
     out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
     out.extend_from_slice(body);
@@ -182,4 +183,73 @@ pub fn describe_execute_sync(out: &mut Vec<u8>) {
     frame(out, b'D', b"P\0");
     frame(out, b'E', b"\0\0\0\0\0");
     frame(out, b'S', b"");
+}
+
+/// Appends Describe of the unnamed portal.
+pub fn describe_portal(out: &mut Vec<u8>) {
+    frame(out, b'D', b"P\0");
+}
+
+/// Appends Execute of the unnamed portal, all rows.
+pub fn execute(out: &mut Vec<u8>) {
+    frame(out, b'E', b"\0\0\0\0\0");
+}
+
+/// Appends Flush.
+pub fn flush(out: &mut Vec<u8>) {
+    frame(out, b'H', b"");
+}
+
+/// Appends Sync.
+pub fn sync(out: &mut Vec<u8>) {
+    frame(out, b'S', b"");
+}
+
+/// Bound on any one read: a relay that waits for something that never comes fails the test
+/// instead of hanging it. Not a performance limit.
+pub const HANG: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writes `bytes` to pgshift.
+pub async fn send(s: &mut TcpStream, bytes: &[u8]) {
+    s.write_all(bytes).await.expect("write to pgshift");
+}
+
+/// Reads exactly `n` bytes.
+pub async fn read_bytes(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    match tokio::time::timeout(HANG, s.read_exact(&mut buf)).await {
+        Ok(Ok(_)) => buf,
+        Ok(Err(e)) => panic!("reading {n} bytes from pgshift: {e}"),
+        Err(_) => panic!("pgshift sent fewer than {n} bytes within {HANG:?}"),
+    }
+}
+
+/// Reads one whole frame, as raw bytes.
+pub async fn read_frame(s: &mut TcpStream) -> Vec<u8> {
+    let mut f = read_bytes(s, 5).await;
+    let len = u32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize;
+    f.extend(read_bytes(s, len - 4).await);
+    f
+}
+
+/// Reads whole frames up to and including ReadyForQuery, as raw bytes.
+pub async fn read_bytes_until_ready(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let f = read_frame(s).await;
+        out.extend_from_slice(&f);
+        if f[0] == b'Z' {
+            return out;
+        }
+    }
+}
+
+/// Asserts that pgshift closes the connection with nothing more to say.
+pub async fn assert_closed(s: &mut TcpStream) {
+    let mut b = [0u8; 64];
+    match tokio::time::timeout(HANG, s.read(&mut b)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("expected the connection closed, got {:?}", &b[..n]),
+        Err(_) => panic!("pgshift kept the connection open"),
+    }
 }
