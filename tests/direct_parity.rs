@@ -272,3 +272,30 @@ async fn signalling_a_client_by_its_pid() {
     let real: i32 = direct.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
     assert_eq!(signal(&mut admin, "select pg_cancel_backend($1)", Some(real)).await.0, Some(true));
 }
+
+/// A client may not signal another role's client (unless it is in admin_users): 42501, and the
+/// other client is untouched.
+#[tokio::test]
+async fn signalling_another_roles_client_is_refused() {
+    role_with_password("sig_other", "sig-other-pw");
+    let bed = common::shared_bed();
+    let mut cfg = proxy::config(bed.primary_port, &[]);
+    cfg.admin.admin_users = vec![];
+    cfg.auth.users.push(pgshift::config::UserConfig {
+        name: "sig_other".into(),
+        password: Some("sig-other-pw".into()),
+        ..Default::default()
+    });
+    let p = proxy::start(cfg).await;
+    let port = proxy::port(&p);
+    let (mut victim, fv) = raw::login_with(port, "app", "app", "app", &[]).await.unwrap();
+    let (mut other, _) = raw::login_with(port, "sig_other", "sig-other-pw", "app", &[]).await.unwrap();
+    let sql = format!("SELECT pg_terminate_backend({})", backend_pid(&fv));
+    let mut out = Vec::new();
+    raw::query(&mut out, &sql);
+    tokio::io::AsyncWriteExt::write_all(&mut other, &out).await.unwrap();
+    let frames = raw::read_frames(&mut other, b'Z').await;
+    let (_, e) = frames.iter().find(|(t, _)| *t == b'E').expect("refused");
+    assert!(raw::error_fields(e).contains(&(b'C', "42501".into())), "{:?}", raw::error_fields(e));
+    assert_eq!(query_notes(&mut victim, "SELECT 1").await.0.last(), Some(&b'Z'), "the victim goes on");
+}
