@@ -141,6 +141,11 @@ pub struct ServerConn {
     pub residue: Residue,
     /// Cancels in flight toward this connection.
     pub cancel_gate: Arc<CancelGate>,
+    /// Pid (BackendKeyData) of the client that holds it or held it last; 0 none. Notifications
+    /// this backend sends are reported to their listeners with that pid.
+    pub holder: Arc<std::sync::atomic::AtomicI32>,
+    /// `holder` is known to the session registry.
+    pub holder_listed: bool,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -181,6 +186,8 @@ impl ServerConn {
             broken: false,
             residue: Residue::None,
             cancel_gate: Arc::new(CancelGate::default()),
+            holder: Arc::default(),
+            holder_listed: false,
         };
         conn.login(spec).await?;
         Ok(conn)

@@ -170,7 +170,7 @@ pub struct ClientInfo {
 /// (`pid_max` is at most 2^22), so a pid tells a pgshift client from a PostgreSQL backend.
 pub const CLIENT_PID_FLOOR: i32 = 1 << 22;
 
-/// Server backends remembered with the client that last held them (bounded; see `note_holder`).
+/// Server connections listed for notification pids before closed ones are swept out (see `list_server`).
 const HOLDERS_MAX: usize = 65_536;
 
 /// All connected clients.
@@ -178,9 +178,10 @@ const HOLDERS_MAX: usize = 65_536;
 pub struct Sessions {
     by_pid: Mutex<HashMap<i32, Arc<SessionHandle>>>,
     next_id: AtomicU64,
-    /// Server backend pid -> pid of the client that last held that server (for the sender pid
-    /// of notifications: the client's, which it can compare with its BackendKeyData).
-    holders: Mutex<HashMap<i32, i32>>,
+    /// Server backend pid -> the cell holding the pid of the client that holds or last held
+    /// that server (for the sender pid of notifications: the client's, which it can compare with
+    /// its BackendKeyData). Listed once per server connection; a lease only stores into the cell.
+    holders: Mutex<HashMap<i32, std::sync::Weak<std::sync::atomic::AtomicI32>>>,
 }
 
 impl Sessions {
@@ -216,19 +217,20 @@ impl Sessions {
         self.by_pid.lock().ok().and_then(|m| m.get(&pid).cloned())
     }
 
-    /// Records that client `client_pid` now holds the server backend `server_pid`.
-    pub fn note_holder(&self, server_pid: i32, client_pid: i32) {
+    /// Lists a server connection's holder cell under its backend pid (once per connection).
+    pub fn list_server(&self, server_pid: i32, cell: &Arc<std::sync::atomic::AtomicI32>) {
         if let Ok(mut m) = self.holders.lock() {
-            if m.len() >= HOLDERS_MAX && !m.contains_key(&server_pid) {
-                m.clear(); // server pids of long-closed connections; a rare reset is harmless
+            if m.len() >= HOLDERS_MAX {
+                m.retain(|_, w| w.strong_count() > 0); // connections closed since
             }
-            m.insert(server_pid, client_pid);
+            m.insert(server_pid, Arc::downgrade(cell));
         }
     }
 
-    /// The client that last held server backend `server_pid`, if any.
+    /// The client that holds or last held server backend `server_pid`, if it is pgshift's.
     pub fn holder(&self, server_pid: i32) -> Option<i32> {
-        self.holders.lock().ok().and_then(|m| m.get(&server_pid).copied())
+        let cell = self.holders.lock().ok().and_then(|m| m.get(&server_pid).and_then(std::sync::Weak::upgrade))?;
+        Some(cell.load(Ordering::Relaxed)).filter(|&pid| pid != 0)
     }
 
     /// Forgets a client.

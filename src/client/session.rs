@@ -410,7 +410,11 @@ impl Session {
             conn_id: conn.id,
             gate: conn.cancel_gate.clone(),
         }));
-        self.shared.sessions.note_holder(conn.cancel_key.0, self.handle.key.0);
+        conn.holder.store(self.handle.key.0, std::sync::atomic::Ordering::Relaxed);
+        if !conn.holder_listed {
+            conn.holder_listed = true;
+            self.shared.sessions.list_server(conn.cancel_key.0, &conn.holder);
+        }
         if let Some(sql) = settings_diff(&conn.state.settings, &self.state.settings) {
             conn.state.settings = self.state.settings.clone();
             messages::put_query(&mut att.sout, &sql);
