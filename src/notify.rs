@@ -30,16 +30,18 @@ enum Cmd {
     /// Answered once every command before it has run (a client's LISTEN is acknowledged only
     /// when the shared connection really listens, or NOTIFYs sent right after could be missed).
     Ack(tokio::sync::oneshot::Sender<()>),
-    /// Answered after a round trip on the listener connection: every notification committed
-    /// before it was sent has been delivered by then (PostgreSQL sends pending notifications
-    /// when it reads the next query, before running it).
-    Barrier(tokio::sync::oneshot::Sender<()>),
 }
+
+/// Answered after a round trip on the listener connection: every notification committed before
+/// it was asked for has been delivered by then (PostgreSQL sends pending notifications when it
+/// reads the next query, before running it). One round trip answers all that are waiting.
+type Barrier = tokio::sync::oneshot::Sender<()>;
 
 /// One listener connection's channels and subscribers.
 struct Listener {
     channels: HashMap<String, HashSet<u64>>,
     cmds: mpsc::UnboundedSender<Cmd>,
+    barriers: mpsc::UnboundedSender<Barrier>,
 }
 
 /// All listeners, and every subscribed client.
@@ -75,8 +77,9 @@ impl NotifyHub {
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         let l = listeners.entry(pool_key(pool)).or_insert_with(|| {
             let (cmds, rx) = mpsc::unbounded_channel();
-            tokio::spawn(run_listener(self.clone(), pool.clone(), rx));
-            Listener { channels: HashMap::new(), cmds }
+            let (barriers, brx) = mpsc::unbounded_channel();
+            tokio::spawn(run_listener(self.clone(), pool.clone(), rx, brx));
+            Listener { channels: HashMap::new(), cmds, barriers }
         });
         let subs = l.channels.entry(channel.to_string()).or_default();
         if subs.is_empty() {
@@ -105,7 +108,7 @@ impl NotifyHub {
         }
     }
 
-    /// Asks each listener connection client `id` subscribes through for a [`Cmd::Barrier`]; the
+    /// Asks each listener connection client `id` subscribes through for a [`Barrier`]; the
     /// receivers fire once every notification committed so far has been fanned out.
     pub fn barrier(&self, id: u64) -> Vec<tokio::sync::oneshot::Receiver<()>> {
         let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
@@ -114,7 +117,7 @@ impl NotifyHub {
             .filter(|l| l.channels.values().any(|subs| subs.contains(&id)))
             .filter_map(|l| {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                l.cmds.send(Cmd::Barrier(tx)).ok().map(|_| rx)
+                l.barriers.send(tx).ok().map(|_| rx)
             })
             .collect()
     }
@@ -152,7 +155,12 @@ impl NotifyHub {
 }
 
 /// The listener task: (re)connects, applies LISTEN/UNLISTEN commands, and fans out notifications.
-async fn run_listener(hub: Arc<NotifyHub>, pool: Arc<Pool>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+async fn run_listener(
+    hub: Arc<NotifyHub>,
+    pool: Arc<Pool>,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    mut barriers: mpsc::UnboundedReceiver<Barrier>,
+) {
     let key = pool_key(&pool);
     let mut listening: HashSet<String> = HashSet::new();
     loop {
@@ -172,15 +180,23 @@ async fn run_listener(hub: Arc<NotifyHub>, pool: Arc<Pool>, mut cmds: mpsc::Unbo
             tokio::select! {
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { return };
-                    let (sql, done) = match cmd {
-                        Cmd::Listen(ch) => { let q = format!("LISTEN {}", quote_ident(&ch)); listening.insert(ch); (q, None) }
-                        Cmd::Unlisten(ch) => { let q = format!("UNLISTEN {}", quote_ident(&ch)); listening.remove(&ch); (q, None) }
+                    let sql = match cmd {
+                        Cmd::Listen(ch) => { let q = format!("LISTEN {}", quote_ident(&ch)); listening.insert(ch); q }
+                        Cmd::Unlisten(ch) => { let q = format!("UNLISTEN {}", quote_ident(&ch)); listening.remove(&ch); q }
                         Cmd::Ack(tx) => { let _ = tx.send(()); continue; }
-                        Cmd::Barrier(tx) => (String::new(), Some(tx)),
                     };
-                    let ok = run(&mut conn, &sql, &hub, key).await.is_ok();
-                    if let Some(tx) = done {
-                        let _ = tx.send(());
+                    if run(&mut conn, &sql, &hub, key).await.is_err() {
+                        break;
+                    }
+                }
+                Some(first) = barriers.recv() => {
+                    let mut waiting = vec![first];
+                    while let Ok(b) = barriers.try_recv() {
+                        waiting.push(b);
+                    }
+                    let ok = run(&mut conn, "", &hub, key).await.is_ok();
+                    for b in waiting {
+                        let _ = b.send(());
                     }
                     if !ok {
                         break;
