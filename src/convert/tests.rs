@@ -20,18 +20,24 @@ fn fixture_pair() {
         std::fs::write(path, &c.toml).unwrap();
     }
     assert_eq!(c.toml, FIXTURE_EXPECTED, "output differs from tests/fixtures/pgbouncer.expected.toml");
-    // The fixture names PgBouncer's own files under /etc, absent here: "valid" means what start
-    // accepts, so each missing file is a problem (and nothing else is).
-    let missing = ["/etc/pgbouncer/tls/server.crt", "/etc/pgbouncer/tls/server.key", "/etc/pgbouncer/tls/ca.crt"];
-    let missing = missing.iter().chain(&["/etc/ssl/certs/db-ca.pem", "/etc/pgbouncer/userlist.txt"]);
-    for file in missing {
-        assert!(c.problems.iter().any(|p| p.contains(file)), "{file} not reported: {:?}", c.problems);
+    // The fixture names PgBouncer's own files under /etc: "valid" means what start accepts, so each
+    // file this host cannot read is a problem. A host with Debian's pgbouncer package has a (empty)
+    // userlist.txt: then the user it lacks is the problem instead.
+    let files = ["/etc/pgbouncer/tls/server.crt", "/etc/pgbouncer/tls/server.key", "/etc/pgbouncer/tls/ca.crt"];
+    let files = files.iter().chain(&["/etc/ssl/certs/db-ca.pem", "/etc/pgbouncer/userlist.txt"]);
+    for file in files {
+        let reported = c.problems.iter().any(|p| p.contains(file));
+        assert_eq!(reported, std::fs::read(file).is_err(), "{file}: {:?}", c.problems);
     }
+    let userlist_here = std::fs::read("/etc/pgbouncer/userlist.txt").is_ok();
+    let user_problem = c.problems.iter().any(|p| p.contains("billing_svc\" has no password here"));
+    assert_eq!(user_problem, userlist_here, "{:?}", c.problems);
     // its socket directory is checked as start checks it: absent on hosts without PostgreSQL
     let socket_dir_here = std::path::Path::new("/var/run/postgresql").is_dir();
     let dir_problem = c.problems.iter().any(|p| p.contains("cannot use unix_socket_dir /var/run/postgresql"));
     assert_eq!(dir_problem, !socket_dir_here, "{:?}", c.problems);
-    assert!(c.problems.iter().all(|p| p.contains("cannot read") || p.contains("unix_socket_dir")), "{:?}", c.problems);
+    let expected = |p: &String| p.contains("cannot read") || p.contains("unix_socket_dir") || p.contains("billing_svc");
+    assert!(c.problems.iter().all(expected), "{:?}", c.problems);
     assert!(!c.has_secrets);
 
     let cfg = Config::from_toml(&c.toml).unwrap();
