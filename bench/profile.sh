@@ -14,11 +14,13 @@
 # PgBouncer's: the part both spend in the kernel on the same socket I/O.
 #
 # Knobs: CLIENTS=16  JOBS=2  TX=4000 (per client, runs 1-2)  REPEATS=3  PROTOCOL=simple  CG_TX=500
-#        CG_CLIENTS=4  TOP=15  NOTE  RESULTS  OUTDIR  and bench/lib.sh's
+#        CG_CLIENTS=4  TOP=15  TARGETS="pgbouncer pgshift" (or one of them)  NOTE  RESULTS  OUTDIR
+#        and bench/lib.sh's: PGBOUNCER_BIN picks the PgBouncer (e.g. a 1.25 build), PGBOUNCER_EXTRA
+#        adds lines to its ini (PROTOCOL=prepared needs 1.21+ with "max_prepared_statements = 200")
 set -uo pipefail
 
 BENCH_NAME=profile
-case "${1:-}" in -h | --help) sed -n '2,19p' "$0"; exit 0 ;; "") ;; *) echo "profile.sh: no arguments (see --help)" >&2; exit 2 ;; esac
+case "${1:-}" in -h | --help) sed -n '2,21p' "$0"; exit 0 ;; "") ;; *) echo "profile.sh: no arguments (see --help)" >&2; exit 2 ;; esac
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -36,8 +38,9 @@ OUTDIR=${OUTDIR:-$BENCH_DIR/out/profile-$(date +%Y%m%d-%H%M%S)}
 command -v strace >/dev/null || as_root apt-get install -y -q strace >/dev/null || die "strace is missing"
 command -v valgrind >/dev/null || as_root apt-get install -y -q valgrind >/dev/null || die "valgrind is missing"
 mkdir -p "$OUTDIR" || die "cannot create $OUTDIR"
+TARGETS=${TARGETS:-"pgbouncer pgshift"}
+for t in $TARGETS; do [[ " pgbouncer pgshift " == *" $t "* ]] || die "bad target '$t' (pgbouncer, pgshift)"; done
 setup_all 10
-TARGETS="pgbouncer pgshift"
 
 # utime and stime of a process in clock ticks: "U S".
 ticks_us() { local s; s=$(cat /proc/"$1"/stat) && s=${s##*) } && awk '{print $12, $13}' <<<"$s"; }
@@ -126,6 +129,7 @@ done
   echo "- settings: pgbench -n -S -M $PROTOCOL -c $CLIENTS -j $JOBS -t $TX x $REPEATS repeats, interleaved; strace" \
     "run -t $((TX / 4)); callgrind runs -c $CG_CLIENTS -t $CG_TX and $((2 * CG_TX)) (pgshift workers = 1); pool $POOL_SIZE;" \
     "logs in ${OUTDIR#"$ROOT"/}"
+  [[ -n "${PGBOUNCER_EXTRA:-}" ]] && echo "- PgBouncer ini adds: \`$(paste -sd';' <<<"$PGBOUNCER_EXTRA")\`"
   echo
 } >"$OUTDIR/section.md"
 strace_args=()

@@ -23,7 +23,8 @@
 #           DIRECT_TLS=0 keeps direct plain. The section header says "TLS" and which.
 #   NOTE="..." (a line for RESULTS.md, e.g. "smoke run, machine busy")
 #   RESULTS=bench/RESULTS.md (where to append; RESULTS=none: do not)  OUTDIR=bench/out/run-<time>
-#   PGSHIFT_BIN, PGSHIFT_LOG, PGBOUNCER_BIN, KEEP, NOFILE: see bench/lib.sh
+#   PGSHIFT_BIN, PGSHIFT_LOG, PGBOUNCER_BIN, PGBOUNCER_EXTRA, KEEP, NOFILE: see bench/lib.sh
+#           (e.g. PGBOUNCER_BIN=/path/pgbouncer-1.25.2 PGBOUNCER_EXTRA="max_prepared_statements = 200")
 set -uo pipefail
 
 BENCH_NAME=run
@@ -95,6 +96,7 @@ SETTINGS="scale $SCALE; pgbench -T $DURATION s x $REPEATS repeats, -j $JOBS, -n;
 SETTINGS+=" pool $POOL_SIZE server connections toward the primary in both poolers (transaction mode);"
 SETTINGS+=" pgshift workers $WORKERS$( ((WORKERS == 0)) && echo " (= $(nproc) threads)"); replicas $REPLICAS"
 ((REPLICAS > 0)) && SETTINGS+=" (pgshift sends the reads there; PgBouncer and direct use the primary)"
+[[ -n "${PGBOUNCER_EXTRA:-}" ]] && SETTINGS+="; PgBouncer ini adds \`$(paste -sd';' <<<"$PGBOUNCER_EXTRA")\`"
 SETTINGS+="; warmup ${WARMUP}s per target; per-run logs in ${OUTDIR#"$ROOT"/}"
 if ((TLS)); then
   TLS_LINE="client TLS on: pgshift [tls] mode = \"require\", PgBouncer client_tls_sslmode = require (certs/server.crt,"
