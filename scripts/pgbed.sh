@@ -120,7 +120,8 @@ retry_clone() {
     || { cat "$DIR/logs/basebackup$i.log" >&2; die "pg_basebackup for node$i failed"; }
 }
 
-# Settings of a fast throwaway test server, plus the node's own port.
+# Settings of a fast throwaway test server, plus the node's own port. wal_level = logical: migration
+# tests replicate logically from the source to the target and back.
 write_conf() {
   local i="$1" port="$2"
   as_pg tee "$(node_dir "$i")/pgbed.conf" >/dev/null <<EOF
@@ -134,7 +135,7 @@ synchronous_commit = off
 full_page_writes = off
 max_connections = 300
 shared_buffers = 128MB
-wal_level = replica
+wal_level = logical
 max_wal_senders = 10
 max_replication_slots = 10
 # Two concurrent pg_basebackup -c fast each force a checkpoint; without kept
