@@ -30,6 +30,17 @@ pub struct MigrationConfig {
     pub verify_full_below: i64,
     /// The sample's share of rows, in percent.
     pub verify_sample_percent: u8,
+    /// How the target is kept in step: PostgreSQL's logical replication, or statement replay.
+    pub sync: SyncChoice,
+    /// The role (one of `[[auth.users]]`, with a plaintext password) that creates publications
+    /// and subscriptions on both servers in logical sync; empty: none (statement replay).
+    pub admin_user: String,
+    /// Databases logical sync moves (a publication and a subscription in each); empty: the
+    /// `[databases]` entries of the default cluster.
+    pub databases: Vec<String>,
+    /// How long a write-target flip waits for the other server to apply everything the serving
+    /// one committed, before it gives up and stays where it was.
+    pub catchup_timeout: Dur,
 }
 
 impl Default for MigrationConfig {
@@ -45,6 +56,10 @@ impl Default for MigrationConfig {
             verify_database: "postgres".into(),
             verify_full_below: 1_000_000,
             verify_sample_percent: 10,
+            sync: SyncChoice::Auto,
+            admin_user: String::new(),
+            databases: Vec::new(),
+            catchup_timeout: Dur::secs(10),
         }
     }
 }
@@ -58,4 +73,18 @@ pub enum MirrorMode {
     Async,
     /// COMMIT answered once replayed on the other store.
     Sync,
+}
+
+/// `[migration] sync`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncChoice {
+    /// Logical replication when the source has `wal_level = logical` and `admin_user` is set,
+    /// statement replay otherwise.
+    #[default]
+    Auto,
+    /// PostgreSQL's logical replication (publication on the source, subscription on the target).
+    Logical,
+    /// pgshift replays each committed write transaction on the other server.
+    Statement,
 }

@@ -14,7 +14,7 @@ mod words;
 
 pub use duration::Dur;
 pub use log::{LogConfig, LogFormat};
-pub use migration::{MigrationConfig, MirrorMode};
+pub use migration::{MigrationConfig, MirrorMode, SyncChoice};
 pub use topology::{parse_hosts, ClusterConfig, DatabaseConfig, UserSettings, ANY_DATABASE, DEFAULT_CLUSTER};
 
 use serde::{Deserialize, Serialize};

@@ -247,6 +247,7 @@ impl Config {
             if m.verify_sample_percent == 0 || m.verify_sample_percent > 100 {
                 problems.push("[migration] verify_sample_percent must be between 1 and 100".into());
             }
+            self.validate_migration_sync(m, problems);
         }
         let a = &self.admin;
         if a.max_connections == 0 {
@@ -260,6 +261,28 @@ impl Config {
                 }
                 Ok(_) => {}
             }
+        }
+    }
+
+    fn validate_migration_sync(&self, m: &super::MigrationConfig, problems: &mut Vec<String>) {
+        if m.admin_user.is_empty() {
+            if m.sync == super::SyncChoice::Logical {
+                problems.push("[migration] sync = \"logical\" needs admin_user: the role that creates publications and subscriptions".into());
+            }
+            return;
+        }
+        match self.auth.users.iter().find(|u| u.name == m.admin_user) {
+            None => problems.push(format!("[migration] admin_user {:?} is not one of [[auth.users]]", m.admin_user)),
+            Some(u) if u.password.as_deref().is_some_and(|p| p.starts_with("SCRAM-SHA-256$") || p.starts_with("md5")) => {
+                problems.push(format!(
+                    "[migration] admin_user {:?} needs a plaintext password (password or password_file): a subscription logs in to the other server with it",
+                    m.admin_user
+                ))
+            }
+            Some(_) => {}
+        }
+        if m.catchup_timeout.0.is_zero() {
+            problems.push("[migration] catchup_timeout must be above 0".into());
         }
     }
 

@@ -5,9 +5,11 @@ use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::logical::{self, Direction, SyncMode};
 use super::mirror::MirrorStatus;
 use super::{verify, MigrationError, Phase};
-use crate::shared::Shared;
+use crate::config::{MigrationConfig, SyncChoice};
+use crate::shared::{Runtime, Shared};
 
 /// What `GET /migration` shows.
 #[derive(Debug, Serialize)]
@@ -38,6 +40,46 @@ pub struct Status {
     pub pool_connections: PoolSizes,
     /// The last verification, if any.
     pub last_verify: Option<verify::Report>,
+    /// The engine keeping the target in step: "logical" or "statement".
+    pub sync: SyncMode,
+    /// Logical sync, per database.
+    pub logical: Vec<LogicalStatus>,
+}
+
+/// One database of logical sync, as the monitor last saw it.
+#[derive(Debug, Serialize)]
+pub struct LogicalStatus {
+    /// The database.
+    pub database: String,
+    /// "to_target", "to_source", or "none".
+    pub direction: &'static str,
+    /// Tables in the subscription.
+    pub tables: u32,
+    /// Tables whose initial copy is complete.
+    pub tables_copied: u32,
+    /// Bytes of the serving server's WAL the other one has not applied (null: not sampled).
+    pub lag_bytes: Option<u64>,
+    /// The last sampling error, if the last sample failed.
+    pub error: Option<String>,
+}
+
+fn logical_status(m: &super::Migration) -> Vec<LogicalStatus> {
+    m.logical
+        .all()
+        .iter()
+        .map(|d| LogicalStatus {
+            database: d.database.clone(),
+            direction: match d.direction() {
+                Some(Direction::Forward) => "to_target",
+                Some(Direction::Reverse) => "to_source",
+                None => "none",
+            },
+            tables: d.tables_total.load(Ordering::Relaxed),
+            tables_copied: d.tables_ready.load(Ordering::Relaxed),
+            lag_bytes: d.lag_bytes(),
+            error: d.last_error.lock().ok().and_then(|e| e.clone()),
+        })
+        .collect()
 }
 
 /// Connection counts per store.
@@ -90,6 +132,8 @@ pub fn status(shared: &Shared) -> Result<Status, MigrationError> {
         mirror,
         pool_connections: sizes,
         last_verify: m.last_verify.lock().ok().and_then(|l| l.clone()),
+        sync: m.sync_mode(),
+        logical: logical_status(m),
     })
 }
 
@@ -97,26 +141,107 @@ pub fn status(shared: &Shared) -> Result<Status, MigrationError> {
 /// like PAUSE: new transactions wait, running ones finish, the mirror queue empties; then the
 /// flip, then everything resumes. No transaction spans two phases.
 pub async fn change_phase(shared: &Shared, to: Phase, read_percent: Option<u8>) -> Result<Status, MigrationError> {
-    let drain = {
-        let rt = shared.runtime.load();
-        rt.config.migration.as_ref().ok_or(MigrationError::NotConfigured)?.drain_timeout.0
-    };
+    let rt = shared.runtime.load_full();
+    let cfg = rt.config.migration.as_ref().ok_or(MigrationError::NotConfigured)?;
     let m = &shared.migration;
     let _one_at_a_time = m.changing.lock().await;
     m.check(to, read_percent)?;
     let from = m.phase();
+    if from == Phase::Off && to == Phase::DualWrite {
+        m.set_sync_mode(choose_sync(&rt, cfg).await?);
+    }
+    if m.sync_mode() == SyncMode::Logical {
+        logical_change(shared, &rt, cfg, from, to, read_percent).await?;
+        return status(shared);
+    }
     let flips_writes = from.target_serves() != to.target_serves() || (from.mirrors() && !to.mirrors());
     if !flips_writes {
         m.set(to, read_percent)?;
         return status(shared);
     }
+    fenced(shared, cfg.drain_timeout.0, async {
+        if m.mirror.drained(cfg.drain_timeout.0).await {
+            m.set(to, read_percent)
+        } else {
+            Err(MigrationError::DrainTimeout(cfg.drain_timeout.0.as_secs()))
+        }
+    })
+    .await?;
+    status(shared)
+}
+
+/// The engine for a migration entering dual_write: `sync` as configured; `auto` takes logical
+/// replication when an admin user is configured and the source has `wal_level = logical`.
+async fn choose_sync(rt: &Runtime, cfg: &MigrationConfig) -> Result<SyncMode, MigrationError> {
+    match cfg.sync {
+        SyncChoice::Statement => return Ok(SyncMode::Statement),
+        SyncChoice::Logical => return Ok(SyncMode::Logical),
+        SyncChoice::Auto if cfg.admin_user.is_empty() => return Ok(SyncMode::Statement),
+        SyncChoice::Auto => {}
+    }
+    let databases = logical::databases(rt, cfg);
+    let Some(first) = databases.first() else { return Ok(SyncMode::Statement) };
+    let mut conn = logical::connect(rt, logical::Store::Source, first).await?;
+    let level = conn
+        .query_row("SELECT current_setting('wal_level')")
+        .await
+        .map_err(|e| MigrationError::NotReady(format!("cannot read the source's wal_level: {e}")))?;
+    let logical = level.first().cloned().flatten().as_deref() == Some("logical");
+    tracing::info!(sync = if logical { "logical" } else { "statement" }, "migration sync engine chosen");
+    Ok(if logical { SyncMode::Logical } else { SyncMode::Statement })
+}
+
+/// A phase change with logical sync: what each step does to the publications and subscriptions.
+async fn logical_change(
+    shared: &Shared,
+    rt: &Runtime,
+    cfg: &MigrationConfig,
+    from: Phase,
+    to: Phase,
+    read_percent: Option<u8>,
+) -> Result<(), MigrationError> {
+    let m = &shared.migration;
+    let dbs = logical::databases(rt, cfg);
+    let (drain, catchup) = (cfg.drain_timeout.0, cfg.catchup_timeout.0);
+    match (from, to) {
+        (Phase::Off, Phase::DualWrite) => logical::flip::start(rt, &m.logical, &dbs).await?,
+        (Phase::DualWrite, Phase::ShiftReads) => logical::flip::copy_complete(rt, &dbs).await?,
+        (Phase::DualWrite | Phase::ShiftReads, Phase::Cutover) => {
+            logical::flip::copy_complete(rt, &dbs).await?;
+            let flip = logical::flip::flip(rt, &m.logical, &dbs, Direction::Forward, catchup);
+            return fenced(shared, drain, async { flip.await.and_then(|()| m.set(to, read_percent)) }).await;
+        }
+        (Phase::Cutover, Phase::DualWrite | Phase::ShiftReads) => {
+            let flip = logical::flip::flip(rt, &m.logical, &dbs, Direction::Reverse, catchup);
+            return fenced(shared, drain, async { flip.await.and_then(|()| m.set(to, read_percent)) }).await;
+        }
+        (Phase::Cutover, Phase::Off) => {
+            let flip = logical::flip::flip(rt, &m.logical, &dbs, Direction::Reverse, catchup);
+            let back = async {
+                flip.await?;
+                logical::flip::teardown(rt, &m.logical, &dbs).await?;
+                m.set(to, read_percent)
+            };
+            return fenced(shared, drain, back).await;
+        }
+        (Phase::Cutover, Phase::Done) => logical::flip::finish(rt, &m.logical, &dbs, catchup).await?,
+        (Phase::DualWrite | Phase::ShiftReads, Phase::Off) => logical::flip::teardown(rt, &m.logical, &dbs).await?,
+        _ => {}
+    }
+    m.set(to, read_percent)
+}
+
+/// Runs `work` with new transactions held and none running (like PAUSE), then releases.
+async fn fenced<F>(shared: &Shared, drain: Duration, work: F) -> Result<(), MigrationError>
+where
+    F: std::future::Future<Output = Result<(), MigrationError>>,
+{
     let was_paused = *shared.paused.borrow();
     shared.paused.send_replace(true);
-    let drained = wait_idle(shared, drain).await && m.mirror.drained(drain).await;
-    let result = if drained { m.set(to, read_percent) } else { Err(MigrationError::DrainTimeout(drain.as_secs())) };
+    let result =
+        if wait_idle(shared, drain).await { work.await } else { Err(MigrationError::DrainTimeout(drain.as_secs())) };
     shared.paused.send_replace(was_paused);
-    result?;
-    status(shared)
+    result
 }
 
 /// Waits until no server connection is leased (every transaction in flight has finished).

@@ -5,8 +5,12 @@
 //! the target in commit order) -> `shift_reads` (a sticky share of client sessions reads from the
 //! target) -> `cutover` (the target serves; writes are mirrored back to the source so rollback
 //! stays possible) -> `done` (target only). Any phase may go back to any earlier one.
+//!
+//! The target is kept in step by one of two engines, chosen on entering dual_write: PostgreSQL's
+//! logical replication (`logical`), or pgshift's replay of committed statements (`statement`).
 
 pub mod control;
+pub mod logical;
 pub mod mirror;
 pub mod verify;
 
@@ -89,6 +93,31 @@ pub enum MigrationError {
     /// The drain before a flip of the write target did not finish.
     #[error("in-flight transactions did not finish within {0}s; phase unchanged")]
     DrainTimeout(u64),
+    /// Logical sync cannot start: every reason, one per entry.
+    #[error("logical sync cannot start: {}", .0.join("; "))]
+    Refused(Vec<String>),
+    /// The change needs something that is not there yet.
+    #[error("{0}")]
+    NotReady(String),
+    /// The fence gave up waiting for the other server to apply everything.
+    #[error(
+        "the {other} did not apply everything the {serving} committed within {secs}s ({behind} bytes behind in database {database}); the phase is unchanged and writes stay on the {serving}"
+    )]
+    CatchupTimeout {
+        /// Which database lagged.
+        database: String,
+        /// Bytes of WAL not applied yet.
+        behind: u64,
+        /// The bound waited.
+        secs: f64,
+        /// The server that serves writes.
+        serving: &'static str,
+        /// The one that lagged.
+        other: &'static str,
+    },
+    /// A server refused a logical-sync statement, or could not be reached.
+    #[error(transparent)]
+    Logical(#[from] logical::LogicalError),
 }
 
 /// What the state file holds.
@@ -98,6 +127,9 @@ pub struct Persisted {
     pub phase: Phase,
     /// Share of sessions reading from the target in shift_reads.
     pub read_percent: u8,
+    /// The engine chosen on entering dual_write.
+    #[serde(default)]
+    pub sync: logical::SyncMode,
 }
 
 /// The live switch, shared by every session.
@@ -115,6 +147,10 @@ pub struct Migration {
     pub reads_source: AtomicU64,
     /// Last verification report, for the status endpoint and metrics.
     pub last_verify: Mutex<Option<verify::Report>>,
+    /// The engine in use (a `logical::SyncMode` as u8).
+    sync: AtomicU8,
+    /// Logical sync's databases and their progress.
+    pub logical: logical::Logical,
 }
 
 impl Migration {
@@ -124,7 +160,7 @@ impl Migration {
             .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|t| serde_json::from_str::<Persisted>(&t).ok());
-        let saved = saved.unwrap_or(Persisted { phase: Phase::Off, read_percent: 0 });
+        let saved = saved.unwrap_or(Persisted { phase: Phase::Off, read_percent: 0, sync: Default::default() });
         if saved.phase != Phase::Off {
             tracing::info!(
                 phase = saved.phase.name(),
@@ -141,7 +177,22 @@ impl Migration {
             reads_target: AtomicU64::new(0),
             reads_source: AtomicU64::new(0),
             last_verify: Mutex::new(None),
+            sync: AtomicU8::new(saved.sync as u8),
+            logical: logical::Logical::default(),
         }
+    }
+
+    /// The engine keeping the target in step.
+    pub fn sync_mode(&self) -> logical::SyncMode {
+        match self.sync.load(Ordering::Acquire) {
+            1 => logical::SyncMode::Logical,
+            _ => logical::SyncMode::Statement,
+        }
+    }
+
+    /// Chooses the engine (on entering dual_write); persisted with the next `set`.
+    pub fn set_sync_mode(&self, mode: logical::SyncMode) {
+        self.sync.store(mode as u8, Ordering::Release);
     }
 
     /// The current phase.
@@ -171,7 +222,7 @@ impl Migration {
     /// Sets and persists the phase (the caller has drained if needed).
     pub fn set(&self, to: Phase, read_percent: Option<u8>) -> Result<(), MigrationError> {
         let pct = read_percent.unwrap_or_else(|| if to == Phase::ShiftReads { self.read_percent() } else { 0 });
-        let saved = Persisted { phase: to, read_percent: pct };
+        let saved = Persisted { phase: to, read_percent: pct, sync: self.sync_mode() };
         if let Some(path) = &self.state_file {
             let text = serde_json::to_string_pretty(&saved).map_err(|e| MigrationError::Persist(e.to_string()))?;
             let tmp = path.with_extension("tmp");
