@@ -64,6 +64,8 @@ impl Proxy {
         tasks.extend(unix.map(|l| serve(ClientListener::Unix(l))));
         tasks.push(tokio::spawn(upkeep(shared.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(crate::topology::watch(shared.clone(), stop_rx.clone())));
+        crate::migration::logical::monitor::resume(&shared);
+        tasks.push(tokio::spawn(crate::migration::logical::monitor::run(shared.clone(), stop_rx.clone())));
         let admin_addr = match crate::admin::start(shared.clone(), config_path.clone(), stop_rx).await {
             Ok(Some((a, task))) => {
                 tasks.push(task);

@@ -331,6 +331,32 @@ impl Snapshot {
             "Transactions whose replay differed or was lost",
             c(m.mirror.diverged),
         )?;
+        let per_db = |f: &dyn Fn(&crate::migration::control::LogicalStatus) -> Option<f64>| {
+            m.logical
+                .iter()
+                .filter_map(|d| Some((vec![("database", d.database.clone())], Value::Gauge(f(d)?))))
+                .collect()
+        };
+        if !m.logical.is_empty() {
+            family(
+                enc,
+                "pgshift_migration_sync_lag_bytes",
+                "Logical sync: bytes of the serving server's WAL the other one has not applied",
+                per_db(&|d| d.lag_bytes.map(|b| b as f64)),
+            )?;
+            family(
+                enc,
+                "pgshift_migration_sync_tables",
+                "Logical sync: tables replicated",
+                per_db(&|d| Some(f64::from(d.tables))),
+            )?;
+            family(
+                enc,
+                "pgshift_migration_sync_tables_copied",
+                "Logical sync: tables whose initial copy is complete",
+                per_db(&|d| Some(f64::from(d.tables_copied))),
+            )?;
+        }
         if let Some(v) = &m.last_verify {
             family(
                 enc,

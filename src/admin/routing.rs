@@ -67,10 +67,18 @@ async fn route(State(s): State<AdminState>, Query(q): Query<RouteQuery>) -> Resp
 fn error(e: &MigrationError) -> Response {
     let code = match e {
         MigrationError::NotConfigured => StatusCode::NOT_FOUND,
-        MigrationError::DrainTimeout(_) | MigrationError::Persist(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_REQUEST,
+        MigrationError::DrainTimeout(_) | MigrationError::Persist(_) | MigrationError::CatchupTimeout { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        MigrationError::Refused(_) | MigrationError::NotReady(_) => StatusCode::CONFLICT,
+        MigrationError::Logical(_) => StatusCode::BAD_GATEWAY,
+        MigrationError::BadPercent | MigrationError::BadTransition { .. } => StatusCode::BAD_REQUEST,
     };
-    (code, Json(json!({"error": e.to_string()}))).into_response()
+    let mut body = json!({"error": e.to_string()});
+    if let MigrationError::Refused(differences) = e {
+        body["differences"] = json!(differences);
+    }
+    (code, Json(body)).into_response()
 }
 
 async fn status(State(s): State<AdminState>) -> Response {

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use super::request;
 use super::session::Session;
-use super::state::RouteOverride;
+use super::state::{RouteOverride, TargetRyw};
 use crate::auth::UserEntry;
 use crate::config::PoolMode;
 use crate::error::ClientError;
+use crate::migration::logical::SyncMode;
 use crate::migration::Phase;
 use crate::pool::cluster::Cluster;
 use crate::pool::databases::DbRoute;
@@ -207,10 +208,33 @@ impl Session {
 
     /// shift_reads: this session is in the target's share, and the target has replayed the
     /// client's own last write (read-your-writes across stores).
-    fn reads_from_target(&self) -> bool {
+    fn reads_from_target(&mut self) -> bool {
         let m = &self.shared.migration;
-        m.session_reads_target(self.handle.id)
-            && m.mirror.applied_seq.load(Ordering::Relaxed) >= self.state.last_mirror_seq
+        if !m.session_reads_target(self.handle.id) {
+            return false;
+        }
+        match m.sync_mode() {
+            SyncMode::Statement => m.mirror.applied_seq.load(Ordering::Relaxed) >= self.state.last_mirror_seq,
+            SyncMode::Logical => self.target_applied_my_writes(),
+        }
+    }
+
+    /// Logical sync: whether the target has applied this client's last write, by the monitor's
+    /// samples of the source's WAL position and the subscription's applied position.
+    fn target_applied_my_writes(&mut self) -> bool {
+        let Some(db) = self.shared.migration.logical.get(&self.pools.db.server_db) else { return false };
+        let needed = match self.state.target_ryw {
+            TargetRyw::Clear => return true,
+            TargetRyw::WroteAt(at) if db.sampled_at.load(Ordering::Acquire) <= at => return false,
+            TargetRyw::WroteAt(_) => db.publisher_lsn.load(Ordering::Acquire),
+            TargetRyw::Lsn(lsn) => lsn,
+        };
+        if db.applied_lsn.load(Ordering::Acquire) >= needed {
+            self.state.target_ryw = TargetRyw::Clear;
+            return true;
+        }
+        self.state.target_ryw = TargetRyw::Lsn(needed);
+        false
     }
 
     /// A healthy target replica, else the target primary (as a read).

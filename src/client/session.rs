@@ -399,7 +399,8 @@ impl Session {
         if target == Target::Replica {
             att.replay = Some(BytesMut::from(&self.cin[..req.len]));
         }
-        if phase.mirrors() && target == Target::Primary && self.pools.target.is_some() {
+        let statement_sync = self.shared.migration.sync_mode() == crate::migration::logical::SyncMode::Statement;
+        if phase.mirrors() && statement_sync && target == Target::Primary && self.pools.target.is_some() {
             att.capture = Some(crate::migration::mirror::Capture::default());
             att.mirror_to_target = !phase.target_serves();
         }
@@ -492,6 +493,7 @@ impl Session {
         if att.target == crate::router::Target::Primary && att.wrote {
             self.state.last_write_at = crate::pool::cluster::mono_ms();
             self.state.ryw_lsn = 0;
+            self.state.target_ryw = crate::client::state::TargetRyw::WroteAt(self.state.last_write_at);
         }
         let elapsed = att.since.elapsed();
         self.shared.stats.record_xact(elapsed);

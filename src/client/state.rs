@@ -68,6 +68,9 @@ pub struct ClientState {
     /// Mirror sequence of the client's last replayed write (shift_reads reads the target only
     /// once the target has applied it).
     pub last_mirror_seq: u64,
+    /// Logical sync: the client's last write the target must have applied before this session
+    /// reads from it (shift_reads).
+    pub target_ryw: TargetRyw,
 }
 
 impl ClientState {
@@ -313,4 +316,16 @@ impl Attached {
         }
         .give_back();
     }
+}
+
+/// Read-your-writes toward a migration target kept in step by logical replication.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TargetRyw {
+    /// No write the target may still miss.
+    #[default]
+    Clear,
+    /// A write committed at this time (monotonic ms); its WAL position is not sampled yet.
+    WroteAt(u64),
+    /// The source WAL position the target must have applied.
+    Lsn(u64),
 }

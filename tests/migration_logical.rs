@@ -1,0 +1,322 @@
+//! Migration on PostgreSQL's logical replication, against two real servers (both with
+//! `wal_level = logical`): every phase forward and back under a concurrent write load whose rows
+//! take `now()`, `random()` and sequence values, and at the end source and target identical row
+//! for row, sequences included; a schema that does not match is refused with every difference;
+//! a cutover whose target cannot catch up is aborted and writes stay on the source.
+
+mod common;
+
+use common::proxy;
+use pgshift::migration::control;
+use pgshift::migration::{MigrationError, Phase};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const SCHEMA: &str = "
+    create table items(id bigserial primary key, v bigint not null, note text,
+                       at timestamptz not null default now(), r double precision default random());
+    create table events(id bigint generated always as identity primary key, item bigint not null,
+                        at timestamptz not null default clock_timestamp());
+    create table kv(k text primary key, v text)";
+
+/// A fresh database of this name on both servers, with `SCHEMA`; seed rows on the source.
+async fn fresh_database(name: &str, seed: bool) {
+    let bed = common::shared_bed();
+    drop_databases(name).await;
+    for port in [bed.primary_port, bed.target_port] {
+        let admin = common::connect(port, "app", "app", "app").await;
+        admin.batch_execute(&format!("create database {name}")).await.unwrap();
+        let c = common::connect(port, "app", "app", name).await;
+        c.batch_execute(SCHEMA).await.unwrap();
+    }
+    if seed {
+        let c = common::connect(bed.primary_port, "app", "app", name).await;
+        c.batch_execute("insert into items(v, note) select g, 'seed' from generate_series(1, 5000) g").await.unwrap();
+    }
+}
+
+/// Drops `name` on both servers, with whatever logical replication an earlier, interrupted run
+/// left in it: subscriptions first (their workers hold the slots), then slots, then databases.
+async fn drop_databases(name: &str) {
+    let bed = common::shared_bed();
+    let ports = [bed.primary_port, bed.target_port];
+    for port in ports {
+        let admin = common::connect(port, "app", "app", "app").await;
+        if admin.query_opt("select 1 from pg_database where datname = $1", &[&name]).await.unwrap().is_none() {
+            continue;
+        }
+        let c = common::connect(port, "app", "app", name).await;
+        let subs = "select subname from pg_subscription s join pg_database d on d.oid = s.subdbid where d.datname = $1";
+        for row in c.query(subs, &[&name]).await.unwrap() {
+            let sub: String = row.get(0);
+            c.batch_execute(&format!(
+                "alter subscription {sub} disable; alter subscription {sub} set (slot_name = none); drop subscription {sub}"
+            ))
+            .await
+            .unwrap();
+        }
+    }
+    for port in ports {
+        let admin = common::connect(port, "app", "app", "app").await;
+        let drop_slots = "select pg_drop_replication_slot(slot_name) from pg_replication_slots where database = $1";
+        for _ in 0..100 {
+            match admin.execute(drop_slots, &[&name]).await {
+                Ok(_) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await, // a worker still exiting
+            }
+        }
+        admin.batch_execute(&format!("drop database if exists {name} with (force)")).await.unwrap();
+    }
+}
+
+fn config(database: &str, state: &std::path::Path) -> pgshift::config::Config {
+    let bed = common::shared_bed();
+    let mut cfg = proxy::config(bed.primary_port, &bed.replica_ports);
+    cfg.migration = Some(pgshift::config::MigrationConfig {
+        state_file: state.display().to_string(),
+        target: pgshift::config::BackendConfig { host: "127.0.0.1".into(), port: bed.target_port },
+        verify_database: database.into(),
+        sync: pgshift::config::SyncChoice::Logical,
+        admin_user: "app".into(),
+        databases: vec![database.into()],
+        ..Default::default()
+    });
+    cfg.proxy.default_pool_size = 8;
+    cfg
+}
+
+fn state_file(name: &str) -> std::path::PathBuf {
+    let f = std::env::temp_dir().join(format!("pgshift-miglog-{name}-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&f);
+    f
+}
+
+/// One workload client: inserts (defaults from now(), random() and sequences), updates, deletes,
+/// a transaction over two tables, reads; counts errors.
+async fn worker(port: u16, db: String, n: u64, stop: Arc<AtomicBool>, errors: Arc<AtomicU64>) {
+    let c = common::connect(port, "app", "app", &db).await;
+    let (mut i, mut mine) = (0i64, vec![0i64; 2]); // this worker's last two rows
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let r = async {
+            let id: i64 = c.query_one("insert into items(v, note) values ($1, 'w') returning id", &[&i]).await?.get(0);
+            let (older, previous) = (mine[0], mine[1]);
+            mine = vec![previous, id];
+            if i % 3 == 0 {
+                c.execute("update items set v = v + 1, at = now(), r = random() where id = $1", &[&previous]).await?;
+            }
+            if i % 5 == 0 {
+                c.batch_execute(&format!(
+                    "begin; insert into events(item) values ({id}); delete from items where id = {older}; \
+                     insert into kv values ('w{n}', now()::text) on conflict (k) do update set v = excluded.v; commit"
+                ))
+                .await?;
+            }
+            let seen: i64 = c.query_one("select count(*) from items where id = $1", &[&id]).await?.get(0);
+            Ok::<_, tokio_postgres::Error>(seen)
+        }
+        .await;
+        if let Ok(seen) = r.as_ref().map(|n| *n).map_err(|_| ()) {
+            if seen != 1 {
+                eprintln!("worker {n}: its own row {i} was not there to read back");
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+            continue;
+        }
+        if let Err(e) = r {
+            eprintln!("worker {n}: {e:?}");
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Each table's rows in key order as one digest, and each sequence's position.
+async fn fingerprint(port: u16, db: &str) -> Vec<String> {
+    let c = common::connect(port, "app", "app", db).await;
+    let mut out = Vec::new();
+    for (t, key) in [("items", "id"), ("events", "id"), ("kv", "k")] {
+        let row = c
+            .query_one(&format!("select count(*)::text || ' ' || coalesce(md5(string_agg(t::text, '|' order by {key})), '') from {t} t"), &[])
+            .await
+            .unwrap();
+        out.push(format!("{t}: {}", row.get::<_, String>(0)));
+    }
+    for row in c.query("select sequencename, coalesce(last_value, 0) from pg_sequences order by 1", &[]).await.unwrap()
+    {
+        out.push(format!("sequence {}: {}", row.get::<_, String>(0), row.get::<_, i64>(1)));
+    }
+    out
+}
+
+async fn wait_copied(shared: &pgshift::shared::Shared) {
+    for _ in 0..600 {
+        let s = control::status(shared).unwrap();
+        if s.logical.iter().all(|d| d.tables > 0 && d.tables_copied == d.tables) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the initial copy did not finish: {:?}", control::status(shared).unwrap().logical);
+}
+
+/// (publications, subscriptions, pgshift slots) on a server.
+async fn leftovers(port: u16, db: &str) -> (i64, i64, i64) {
+    let c = common::connect(port, "app", "app", db).await;
+    let row = c
+        .query_one(
+            "select (select count(*) from pg_publication), \
+                    (select count(*) from pg_subscription s join pg_database d on d.oid = s.subdbid where d.datname = current_database()), \
+                    (select count(*) from pg_replication_slots where slot_name like 'pgshift%' and database = current_database())",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_phase_forward_and_back_under_load_leaves_identical_copies() {
+    let bed = common::shared_bed();
+    let db = "miglog_roundtrip";
+    fresh_database(db, true).await;
+    let state = state_file("roundtrip");
+    let p = proxy::start(config(db, &state)).await;
+    proxy::wait_healthy(&p).await;
+    let port = proxy::port(&p);
+    let shared = p.shared.clone();
+    let (stop, errors) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let workers: Vec<_> =
+        (1..=6).map(|n| tokio::spawn(worker(port, db.into(), n, stop.clone(), errors.clone()))).collect();
+    let step = |ms| tokio::time::sleep(Duration::from_millis(ms));
+
+    step(500).await;
+    let s = control::change_phase(&shared, Phase::DualWrite, None).await.unwrap();
+    assert_eq!(s.sync.name(), "logical");
+    wait_copied(&shared).await;
+    step(800).await;
+    control::change_phase(&shared, Phase::ShiftReads, Some(50)).await.unwrap();
+    let mut on_target = 0;
+    for _ in 0..40 {
+        let c = common::connect(port, "app", "app", db).await;
+        let got: i32 = c.query_one("select inet_server_port()", &[]).await.unwrap().get(0);
+        on_target += i32::from(got as u16 == bed.target_port);
+    }
+    assert!((10..=30).contains(&on_target), "{on_target} of 40 sessions read from the target at 50%");
+    step(800).await;
+    let observed = control::status(&shared).unwrap().observed_read_percent.unwrap_or(0.0);
+    assert!(observed > 0.0, "the workers' reads reached the target too ({observed}%)");
+    control::change_phase(&shared, Phase::Cutover, None).await.unwrap();
+    step(1000).await;
+    control::change_phase(&shared, Phase::DualWrite, None).await.unwrap(); // rollback
+    step(800).await;
+    control::change_phase(&shared, Phase::ShiftReads, Some(0)).await.unwrap();
+    control::change_phase(&shared, Phase::Cutover, None).await.unwrap();
+    step(1000).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "clients saw errors");
+
+    // done waits for the source to apply the last writes and brings the sequences back, so the
+    // copy left behind is exact too; then it removes what it created
+    control::change_phase(&shared, Phase::Done, None).await.unwrap();
+    let (source, target) = (fingerprint(bed.primary_port, db).await, fingerprint(bed.target_port, db).await);
+    assert_eq!(source, target, "source and target differ");
+    assert!(source[0].split(' ').nth(1).unwrap().parse::<u64>().unwrap() > 5000, "{source:?}");
+    assert_eq!(leftovers(bed.primary_port, db).await, (0, 0, 0), "left on the source");
+    assert_eq!(leftovers(bed.target_port, db).await, (0, 0, 0), "left on the target");
+    let c = common::connect(port, "app", "app", db).await;
+    let got: i32 = c.query_one("select inet_server_port()", &[]).await.unwrap().get(0);
+    assert_eq!(got as u16, bed.target_port, "done: the target serves");
+    drop((c, p));
+    let _ = std::fs::remove_file(&state);
+    drop_databases(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_that_does_not_match_is_refused_with_every_difference() {
+    let bed = common::shared_bed();
+    let db = "miglog_mismatch";
+    fresh_database(db, true).await;
+    let t = common::connect(bed.target_port, "app", "app", db).await;
+    t.batch_execute(
+        "alter table items drop column note; alter table kv alter column v type varchar(10); \
+         create table extra(id int); insert into kv values ('x', 'y')",
+    )
+    .await
+    .unwrap();
+    let s = common::connect(bed.primary_port, "app", "app", db).await;
+    s.batch_execute("create table nokey(a int)").await.unwrap();
+    t.batch_execute("create table nokey(a int)").await.unwrap();
+    let state = state_file("mismatch");
+    let p = proxy::start(config(db, &state)).await;
+    let err = control::change_phase(&p.shared, Phase::DualWrite, None).await.unwrap_err();
+    let MigrationError::Refused(d) = &err else { panic!("{err:?}") };
+    for want in [
+        "column public.items.note: missing on the target",
+        "column public.kv.v: text on the source, character varying(10) on the target",
+        "table public.extra: only on the target",
+        "table public.nokey: no primary key or replica identity on the source",
+        "table public.kv: holds rows on the target",
+    ] {
+        assert!(d.iter().any(|x| x.contains(want)), "{want:?} not in {d:#?}");
+    }
+    assert_eq!(control::status(&p.shared).unwrap().phase, Phase::Off, "a refusal changes nothing");
+    // the admin endpoint answers 409 with the list
+    let admin = p.admin_addr.clone().unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer test-token", "-H"])
+        .args(["Content-Type: application/json", "-d", r#"{"phase":"dual_write"}"#])
+        .arg(format!("http://{admin}/migration/phase"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "409");
+    assert_eq!(leftovers(bed.primary_port, db).await, (0, 0, 0), "nothing created on the source");
+    assert_eq!(leftovers(bed.target_port, db).await, (0, 0, 0), "nothing created on the target");
+    drop((s, t, p));
+    let _ = std::fs::remove_file(&state);
+    drop_databases(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_whose_target_cannot_catch_up_is_aborted() {
+    let bed = common::shared_bed();
+    let db = "miglog_stuck";
+    fresh_database(db, false).await;
+    let state = state_file("stuck");
+    let mut cfg = config(db, &state);
+    if let Some(m) = cfg.migration.as_mut() {
+        m.catchup_timeout = pgshift::config::Dur::secs(1);
+    }
+    let p = proxy::start(cfg).await;
+    let shared = p.shared.clone();
+    control::change_phase(&shared, Phase::DualWrite, None).await.unwrap();
+    wait_copied(&shared).await;
+    // the target's apply worker blocks behind this lock
+    let mut blocker = common::connect(bed.target_port, "app", "app", db).await;
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("lock table kv in access exclusive mode").await.unwrap();
+    let c = common::connect(proxy::port(&p), "app", "app", db).await;
+    c.execute("insert into kv values ('stuck', 'x')", &[]).await.unwrap();
+    control::change_phase(&shared, Phase::ShiftReads, Some(0)).await.unwrap();
+    let err = control::change_phase(&shared, Phase::Cutover, None).await.unwrap_err();
+    assert!(matches!(err, MigrationError::CatchupTimeout { .. }), "{err:?}");
+    assert!(err.to_string().contains("writes stay on the source"), "{err}");
+    assert_eq!(control::status(&shared).unwrap().phase, Phase::ShiftReads);
+    // clients carry on, on the source
+    let port: i32 =
+        c.query_one("insert into kv values ('after', 'y') returning inet_server_port()", &[]).await.unwrap().get(0);
+    assert_eq!(port as u16, bed.primary_port);
+    lock.rollback().await.unwrap();
+    control::change_phase(&shared, Phase::Cutover, None).await.unwrap();
+    let port: i32 =
+        c.query_one("insert into kv values ('cut', 'z') returning inet_server_port()", &[]).await.unwrap().get(0);
+    assert_eq!(port as u16, bed.target_port, "after the cutover the target takes writes");
+    control::change_phase(&shared, Phase::Done, None).await.unwrap();
+    assert_eq!(fingerprint(bed.primary_port, db).await, fingerprint(bed.target_port, db).await);
+    drop((c, blocker, p));
+    let _ = std::fs::remove_file(&state);
+    drop_databases(db).await;
+}
