@@ -320,3 +320,76 @@ async fn a_cutover_whose_target_cannot_catch_up_is_aborted() {
     let _ = std::fs::remove_file(&state);
     drop_databases(db).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_goes_down_is_reported_not_felt() {
+    let bed = common::shared_bed();
+    let db = "miglog_down";
+    let target = Arc::new(tokio::task::spawn_blocking(|| common::PrivateCluster::start(0)).await.unwrap());
+    let source = common::connect(bed.primary_port, "app", "app", "app").await;
+    drop_databases(db).await;
+    for port in [bed.primary_port, target.primary_port()] {
+        let admin = common::connect(port, "app", "app", "app").await;
+        admin.batch_execute(&format!("create database {db}")).await.unwrap();
+        common::connect(port, "app", "app", db).await.batch_execute(SCHEMA).await.unwrap();
+    }
+    let state = state_file("down");
+    let mut cfg = config(db, &state);
+    if let Some(m) = cfg.migration.as_mut() {
+        m.target.port = target.primary_port();
+        m.catchup_timeout = pgshift::config::Dur::secs(1);
+    }
+    let p = proxy::start(cfg).await;
+    let shared = p.shared.clone();
+    control::change_phase(&shared, Phase::DualWrite, None).await.unwrap();
+    wait_copied(&shared).await;
+    let c = common::connect(proxy::port(&p), "app", "app", db).await;
+    c.execute("insert into kv values ('before', 'x')", &[]).await.unwrap();
+    let t2 = target.clone();
+    tokio::task::spawn_blocking(move || t2.stop_node(0)).await.unwrap();
+    for i in 0..50 {
+        c.execute("insert into kv values ($1, 'y')", &[&format!("down{i}")])
+            .await
+            .expect("a dead target must not fail the client");
+    }
+    // reported: the target's probe fails, the monitor cannot read the copy state, the source's
+    // WAL the target has not applied grows
+    let mut reported = None;
+    for _ in 0..100 {
+        let s = control::status(&shared).unwrap();
+        let d = &s.logical[0];
+        if !s.target_connected && d.error.is_some() && d.lag_bytes.unwrap_or(0) > 0 {
+            reported = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reported.is_some(), "{:?}", control::status(&shared).unwrap());
+    // a cutover toward it is refused and writes stay on the source
+    let err = control::change_phase(&shared, Phase::ShiftReads, Some(0))
+        .await
+        .and(control::change_phase(&shared, Phase::Cutover, None).await)
+        .unwrap_err();
+    eprintln!("cutover with the target down: {err}");
+    let port: i32 =
+        c.query_one("insert into kv values ('after', 'z') returning inet_server_port()", &[]).await.unwrap().get(0);
+    assert_eq!(port as u16, bed.primary_port);
+    // the target comes back and catches up on its own
+    let t2 = target.clone();
+    tokio::task::spawn_blocking(move || t2.start_node(0)).await.unwrap();
+    let t = common::connect(target.primary_port(), "app", "app", db).await;
+    let mut rows = 0i64;
+    for _ in 0..200 {
+        rows = t.query_one("select count(*) from kv", &[]).await.unwrap().get(0);
+        if rows == 52 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows, 52, "the target caught up after coming back");
+    control::change_phase(&shared, Phase::Off, None).await.unwrap();
+    assert_eq!(leftovers(bed.primary_port, db).await, (0, 0, 0), "off removed the slot and the publication");
+    drop((c, t, source, p));
+    let _ = std::fs::remove_file(&state);
+    drop_databases(db).await;
+}

@@ -45,6 +45,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0u32;
+    let mut failing: std::collections::HashSet<String> = Default::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -57,11 +58,15 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         n = n.wrapping_add(1);
         for db in shared.migration.logical.all() {
             let Some(direction) = db.direction() else { continue };
-            let result = sample(&shared, &mut conns, &db, direction, n.is_multiple_of(COPY_EVERY)).await;
-            let error = result.err().map(|e| e.to_string());
+            // a failing database is checked whole every time, so its error stays until it heals
+            let whole = n.is_multiple_of(COPY_EVERY) || failing.contains(&db.database);
+            let error = sample(&shared, &mut conns, &db, direction, whole).await.err().map(|e| e.to_string());
             if let Some(e) = &error {
                 conns.retain(|(d, _), _| d != &db.database);
+                failing.insert(db.database.clone());
                 tracing::debug!(database = %db.database, error = %e, "logical sync sample failed");
+            } else {
+                failing.remove(&db.database);
             }
             if let Ok(mut last) = db.last_error.lock() {
                 *last = error;
@@ -70,24 +75,35 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// One sample of `db`: positions always; with `whole`, the subscriber's copy progress too.
 async fn sample(
     shared: &Shared,
     conns: &mut HashMap<(String, bool), Admin>,
     db: &DbSync,
     direction: Direction,
-    copy: bool,
+    whole: bool,
 ) -> Result<(), super::LogicalError> {
     let sent_at = mono_ms();
     let publisher = admin(shared, conns, &db.database, direction.publisher()).await?;
     let (lsn, applied) = publisher.positions(direction).await?;
     db.publisher_lsn.store(lsn, Ordering::Release);
-    db.applied_lsn.store(applied.unwrap_or(0), Ordering::Release);
+    // without a connected subscriber the last applied position stands, so the lag keeps growing
+    if let Some(applied) = applied {
+        db.applied_lsn.store(applied, Ordering::Release);
+    }
     db.sampled_at.store(sent_at.max(1), Ordering::Release);
-    if copy {
+    if whole {
         let subscriber = admin(shared, conns, &db.database, direction.subscriber()).await?;
         let (total, ready) = subscriber.copy_progress(direction).await?;
         db.tables_total.store(total, Ordering::Relaxed);
         db.tables_ready.store(ready, Ordering::Relaxed);
+    }
+    if applied.is_none() {
+        return Err(super::LogicalError::Connect {
+            store: direction.subscriber().name(),
+            database: db.database.clone(),
+            message: format!("its subscription {} is not connected", direction.subscription(&db.database)),
+        });
     }
     Ok(())
 }
