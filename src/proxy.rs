@@ -66,6 +66,7 @@ impl Proxy {
         tasks.push(tokio::spawn(crate::topology::watch(shared.clone(), stop_rx.clone())));
         crate::migration::logical::monitor::resume(&shared);
         tasks.push(tokio::spawn(crate::migration::logical::monitor::run(shared.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(crate::migration::schedule::run(shared.clone(), stop_rx.clone())));
         let admin_addr = match crate::admin::start(shared.clone(), config_path.clone(), stop_rx).await {
             Ok(Some((a, task))) => {
                 tasks.push(task);

@@ -181,7 +181,11 @@ async fn every_phase_forward_and_back_under_load_leaves_identical_copies() {
     let db = "miglog_roundtrip";
     fresh_database(db, true).await;
     let state = state_file("roundtrip");
-    let p = proxy::start(config(db, &state)).await;
+    let mut cfg = config(db, &state);
+    if let Some(m) = cfg.migration.as_mut() {
+        m.verify_interval = pgshift::config::Dur::secs(1); // scheduled verification runs throughout
+    }
+    let p = proxy::start(cfg).await;
     proxy::wait_healthy(&p).await;
     let port = proxy::port(&p);
     let shared = p.shared.clone();
@@ -218,6 +222,31 @@ async fn every_phase_forward_and_back_under_load_leaves_identical_copies() {
         w.await.unwrap();
     }
     assert_eq!(errors.load(Ordering::Relaxed), 0, "clients saw errors");
+    // the schedule verifies on its own; once the load stops, a run finds the copies equal
+    let stopped_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut clean = None;
+    for _ in 0..600 {
+        let s = control::status(&shared).unwrap();
+        let started_after_stop =
+            |r: &pgshift::migration::verify::Report| r.finished_at as f64 - r.seconds > (stopped_at + 1) as f64;
+        clean = s.verifications.into_iter().find(|r| r.database == db && started_after_stop(r) && r.error.is_none());
+        if clean.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let clean = clean.expect("a scheduled verification after the load");
+    assert_eq!(clean.differences, 0, "{clean:?}");
+    assert!(clean.rows_checked > 5000, "{clean:?}");
+    let url = format!("http://{}/metrics", p.admin_addr.as_deref().unwrap());
+    let metrics =
+        String::from_utf8(std::process::Command::new("curl").args(["-s", &url]).output().unwrap().stdout).unwrap();
+    for series in [
+        "pgshift_migration_verify_last_timestamp_seconds{database=\"miglog_roundtrip\"}",
+        "pgshift_migration_sync_lag_bytes{database=\"miglog_roundtrip\"}",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
+    }
 
     // done waits for the source to apply the last writes and brings the sequences back, so the
     // copy left behind is exact too; then it removes what it created

@@ -357,12 +357,39 @@ impl Snapshot {
                 per_db(&|d| Some(f64::from(d.tables_copied))),
             )?;
         }
-        if let Some(v) = &m.last_verify {
+        let per_report = |f: &dyn Fn(&crate::migration::verify::Report) -> f64| {
+            m.verifications.iter().map(|r| (vec![("database", r.database.clone())], Value::Gauge(f(r)))).collect()
+        };
+        family(
+            enc,
+            "pgshift_migration_verify_interval_seconds",
+            "Scheduled verification interval (0: only when asked)",
+            g(m.verify_interval_seconds as f64),
+        )?;
+        if !m.verifications.is_empty() {
             family(
                 enc,
                 "pgshift_migration_verify_differences",
-                "Differences found by the last verification",
-                g(v.differences as f64),
+                "Differences found by the last verification of the database",
+                per_report(&|r| r.differences as f64),
+            )?;
+            family(
+                enc,
+                "pgshift_migration_verify_rows_checked",
+                "Rows compared one by one by the last verification of the database",
+                per_report(&|r| r.rows_checked as f64),
+            )?;
+            family(
+                enc,
+                "pgshift_migration_verify_last_timestamp_seconds",
+                "When the last verification of the database finished (Unix time)",
+                per_report(&|r| r.finished_at as f64),
+            )?;
+            family(
+                enc,
+                "pgshift_migration_verify_failed",
+                "1 when the last verification of the database could not compare",
+                per_report(&|r| f64::from(u8::from(r.error.is_some()))),
             )?;
         }
         Ok(())

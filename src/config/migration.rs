@@ -30,6 +30,9 @@ pub struct MigrationConfig {
     pub verify_full_below: i64,
     /// The sample's share of rows, in percent.
     pub verify_sample_percent: u8,
+    /// Verify every this often while the other server follows (dual_write, shift_reads,
+    /// cutover); 0: only when asked.
+    pub verify_interval: Dur,
     /// How the target is kept in step: PostgreSQL's logical replication, or statement replay.
     pub sync: SyncChoice,
     /// The role (one of `[[auth.users]]`, with a plaintext password) that creates publications
@@ -56,6 +59,7 @@ impl Default for MigrationConfig {
             verify_database: "postgres".into(),
             verify_full_below: 1_000_000,
             verify_sample_percent: 10,
+            verify_interval: Dur::secs(0),
             sync: SyncChoice::Auto,
             admin_user: String::new(),
             databases: Vec::new(),

@@ -40,6 +40,10 @@ pub struct Status {
     pub pool_connections: PoolSizes,
     /// The last verification, if any.
     pub last_verify: Option<verify::Report>,
+    /// The last verification of each database (scheduled or asked for).
+    pub verifications: Vec<verify::Report>,
+    /// `verify_interval` in seconds (0: verification runs only when asked).
+    pub verify_interval_seconds: u64,
     /// The engine keeping the target in step: "logical" or "statement".
     pub sync: SyncMode,
     /// Logical sync, per database.
@@ -132,6 +136,8 @@ pub fn status(shared: &Shared) -> Result<Status, MigrationError> {
         mirror,
         pool_connections: sizes,
         last_verify: m.last_verify.lock().ok().and_then(|l| l.clone()),
+        verifications: m.verify_reports.lock().map(|r| r.values().cloned().collect()).unwrap_or_default(),
+        verify_interval_seconds: cfg.verify_interval.0.as_secs(),
         sync: m.sync_mode(),
         logical: logical_status(m),
     })
@@ -265,8 +271,6 @@ pub async fn verify_now(shared: &Shared, database: Option<&str>) -> Result<verif
     let cfg = rt.config.migration.as_ref().ok_or(MigrationError::NotConfigured)?;
     let db = database.unwrap_or(&cfg.verify_database).to_string();
     let report = verify::run(&rt, &db, cfg.verify_full_below, cfg.verify_sample_percent).await;
-    if let Ok(mut l) = shared.migration.last_verify.lock() {
-        *l = Some(report.clone());
-    }
+    shared.migration.record_verify(&report);
     Ok(report)
 }

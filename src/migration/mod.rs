@@ -12,6 +12,7 @@
 pub mod control;
 pub mod logical;
 pub mod mirror;
+pub mod schedule;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};
@@ -147,6 +148,8 @@ pub struct Migration {
     pub reads_source: AtomicU64,
     /// Last verification report, for the status endpoint and metrics.
     pub last_verify: Mutex<Option<verify::Report>>,
+    /// The last verification of each database.
+    pub verify_reports: Mutex<std::collections::BTreeMap<String, verify::Report>>,
     /// The engine in use (a `logical::SyncMode` as u8).
     sync: AtomicU8,
     /// Logical sync's databases and their progress.
@@ -177,8 +180,19 @@ impl Migration {
             reads_target: AtomicU64::new(0),
             reads_source: AtomicU64::new(0),
             last_verify: Mutex::new(None),
+            verify_reports: Mutex::new(Default::default()),
             sync: AtomicU8::new(saved.sync as u8),
             logical: logical::Logical::default(),
+        }
+    }
+
+    /// Keeps a verification report (the latest overall, and per database).
+    pub fn record_verify(&self, report: &verify::Report) {
+        if let Ok(mut l) = self.last_verify.lock() {
+            *l = Some(report.clone());
+        }
+        if let Ok(mut m) = self.verify_reports.lock() {
+            m.insert(report.database.clone(), report.clone());
         }
     }
 

@@ -31,6 +31,10 @@ pub struct TableReport {
     pub differing: u64,
     /// A few primary keys of differences.
     pub examples: Vec<String>,
+    /// Rows compared one by one (the source's rows in the sample).
+    pub rows_checked: u64,
+    /// The table differed at first and was compared again after a pause (rows in flight).
+    pub rechecked: bool,
 }
 
 /// A whole verification.
@@ -46,6 +50,10 @@ pub struct Report {
     pub differences: u64,
     /// A failure that stopped the comparison.
     pub error: Option<String>,
+    /// Rows compared one by one, all tables.
+    pub rows_checked: u64,
+    /// When it finished (seconds since the Unix epoch).
+    pub finished_at: u64,
 }
 
 async fn connect(rt: &Runtime, target: bool, database: &str) -> Result<ServerConn, String> {
@@ -77,8 +85,15 @@ fn quote_ident(s: &str) -> String {
 /// Compares every user table of `database` on source and target.
 pub async fn run(rt: &Runtime, database: &str, full_below: i64, sample_percent: u8) -> Report {
     let started = Instant::now();
-    let mut report =
-        Report { database: database.into(), seconds: 0.0, tables: Vec::new(), differences: 0, error: None };
+    let mut report = Report {
+        database: database.into(),
+        seconds: 0.0,
+        tables: Vec::new(),
+        differences: 0,
+        error: None,
+        rows_checked: 0,
+        finished_at: 0,
+    };
     if let Err(e) = compare_all(rt, database, full_below, sample_percent, &mut report).await {
         report.error = Some(e);
     }
@@ -87,9 +102,15 @@ pub async fn run(rt: &Runtime, database: &str, full_below: i64, sample_percent: 
         .iter()
         .map(|t| t.missing_on_target + t.missing_on_source + t.differing + u64::from(t.source_rows != t.target_rows))
         .sum();
+    report.rows_checked = report.tables.iter().map(|t| t.rows_checked).sum();
     report.seconds = started.elapsed().as_secs_f64();
+    report.finished_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     report
 }
+
+/// Pause before a table that differed is compared again: rows committed on one side and still in
+/// flight to the other (replication or replay lag) are not differences.
+const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 const TABLES_SQL: &str = "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
@@ -105,27 +126,45 @@ async fn compare_all(rt: &Runtime, db: &str, full_below: i64, pct: u8, report: &
             continue;
         };
         let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
-        let mut t = TableReport {
-            table: format!("{schema}.{name}"),
-            source_rows: count(&mut src, &qualified).await?,
-            target_rows: -1,
-            sampled_percent: 100,
-            missing_on_target: 0,
-            missing_on_source: 0,
-            differing: 0,
-            examples: Vec::new(),
-        };
+        let mut t = empty_table(format!("{schema}.{name}"), count(&mut src, &qualified).await?);
         if on_target.iter().any(|r| {
             r.first().cloned().flatten() == Some(schema.clone()) && r.get(1).cloned().flatten() == Some(name.clone())
         }) {
             t.target_rows = count(&mut dst, &qualified).await?;
             compare_rows(&mut src, &mut dst, &qualified, full_below, pct, &mut t).await?;
+            if differs(&t) {
+                tokio::time::sleep(RECHECK_AFTER).await;
+                let (name, rows) = (t.table.clone(), t.source_rows);
+                t = TableReport { rechecked: true, ..empty_table(name, rows) };
+                t.source_rows = count(&mut src, &qualified).await?;
+                t.target_rows = count(&mut dst, &qualified).await?;
+                compare_rows(&mut src, &mut dst, &qualified, full_below, pct, &mut t).await?;
+            }
         }
         report.tables.push(t);
     }
     src.close();
     dst.close();
     Ok(())
+}
+
+fn empty_table(table: String, source_rows: i64) -> TableReport {
+    TableReport {
+        table,
+        source_rows,
+        target_rows: -1,
+        sampled_percent: 100,
+        missing_on_target: 0,
+        missing_on_source: 0,
+        differing: 0,
+        examples: Vec::new(),
+        rows_checked: 0,
+        rechecked: false,
+    }
+}
+
+fn differs(t: &TableReport) -> bool {
+    t.missing_on_target + t.missing_on_source + t.differing > 0 || t.source_rows != t.target_rows
 }
 
 async fn count(c: &mut ServerConn, table: &str) -> Result<i64, String> {
@@ -171,6 +210,7 @@ async fn compare_rows(
     let mut source: HashMap<(String, String), i64> = HashMap::new();
     for r in src.query_rows(&sql).await.map_err(|e| e.to_string())? {
         let n = r.get(2).cloned().flatten().and_then(|v| v.parse().ok()).unwrap_or(1);
+        t.rows_checked += n.max(0) as u64;
         source.insert(
             (r.first().cloned().flatten().unwrap_or_default(), r.get(1).cloned().flatten().unwrap_or_default()),
             n,
