@@ -357,6 +357,19 @@ impl Snapshot {
                 per_db(&|d| Some(f64::from(d.tables_copied))),
             )?;
         }
+        let running = m.ramp.state == crate::migration::ramp::RampState::Running;
+        family(
+            enc,
+            "pgshift_migration_ramp_running",
+            "1 while the read-shift autopilot raises the share",
+            g(f64::from(u8::from(running))),
+        )?;
+        family(
+            enc,
+            "pgshift_migration_ramp_breaches",
+            "Times the read-shift autopilot dropped the share to 0% (errors, latency or the target down)",
+            c(m.ramp.breaches),
+        )?;
         let per_report = |f: &dyn Fn(&crate::migration::verify::Report) -> f64| {
             m.verifications.iter().map(|r| (vec![("database", r.database.clone())], Value::Gauge(f(r)))).collect()
         };

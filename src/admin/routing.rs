@@ -92,11 +92,19 @@ async fn status(State(s): State<AdminState>) -> Response {
 struct PhaseRequest {
     phase: Phase,
     read_percent: Option<u8>,
+    /// `shift_reads` only: let the autopilot raise the share.
+    #[serde(default)]
+    ramp: bool,
 }
 
 async fn phase(_: Authorized, State(s): State<AdminState>, Json(req): Json<PhaseRequest>) -> Response {
     let shared: Arc<_> = s.shared.clone();
-    match control::change_phase(&shared, req.phase, req.read_percent).await {
+    let changed = match (req.ramp, req.phase) {
+        (true, Phase::ShiftReads) => control::start_ramp(&shared).await,
+        (true, _) => Err(MigrationError::NotReady("\"ramp\": true goes with \"phase\": \"shift_reads\"".into())),
+        (false, _) => control::change_phase(&shared, req.phase, req.read_percent).await,
+    };
+    match changed {
         Ok(st) => Json(st).into_response(),
         Err(e) => error(&e),
     }

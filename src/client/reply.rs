@@ -175,6 +175,7 @@ impl Reply<'_> {
             self.att.lease.conn().broken = true;
         }
         self.att.req_errored = true;
+        self.att.errored = true;
         match self.att.queue.front() {
             Some(x) if x.is_extended() => {
                 let conn = self.att.lease.conn();

@@ -497,6 +497,12 @@ impl Session {
         }
         let elapsed = att.since.elapsed();
         self.shared.stats.record_xact(elapsed);
+        // the autopilot compares the two stores' reads (a source read may run on its primary)
+        if !att.wrote && self.shared.migration.phase() == crate::migration::Phase::ShiftReads {
+            let ramp = &self.shared.migration.ramp;
+            let store = if crate::client::route::is_target(att.backend.role) { &ramp.target } else { &ramp.source };
+            store.record(elapsed, att.errored);
+        }
         let traffic = att.lease.pool().stats.traffic.local();
         traffic.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         traffic.xact_us.fetch_add(elapsed.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);

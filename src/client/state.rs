@@ -152,6 +152,8 @@ pub struct Attached {
     pub batch_effects: Vec<SessionEffect>,
     /// An ErrorResponse arrived for the request being answered.
     pub req_errored: bool,
+    /// An ErrorResponse arrived at any time during this attachment.
+    pub errored: bool,
     /// A CommandComplete "ROLLBACK" arrived for the request being answered.
     pub saw_rollback: bool,
     /// Bytes of a large server frame still to stream through unbuffered.
@@ -262,6 +264,7 @@ impl Attached {
             effects,
             batch_effects: Vec::new(),
             req_errored: false,
+            errored: false,
             saw_rollback: false,
             s2c_passthrough: 0,
             c2s_passthrough: 0,

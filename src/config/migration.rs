@@ -33,6 +33,16 @@ pub struct MigrationConfig {
     /// Verify every this often while the other server follows (dual_write, shift_reads,
     /// cutover); 0: only when asked.
     pub verify_interval: Dur,
+    /// Read-shift autopilot: the share it starts at, in percent.
+    pub ramp_start_percent: u8,
+    /// ...the step it raises the share by...
+    pub ramp_step_percent: u8,
+    /// ...every this long while the target's reads stay healthy...
+    pub ramp_interval: Dur,
+    /// ...failing less than this share of reads (0.01 = 1%)...
+    pub ramp_max_error_ratio: f64,
+    /// ...with a p95 latency at most this many times the source's.
+    pub ramp_max_latency_factor: f64,
     /// How the target is kept in step: PostgreSQL's logical replication, or statement replay.
     pub sync: SyncChoice,
     /// The role (one of `[[auth.users]]`, with a plaintext password) that creates publications
@@ -60,6 +70,11 @@ impl Default for MigrationConfig {
             verify_full_below: 1_000_000,
             verify_sample_percent: 10,
             verify_interval: Dur::secs(0),
+            ramp_start_percent: 10,
+            ramp_step_percent: 10,
+            ramp_interval: Dur::secs(300),
+            ramp_max_error_ratio: 0.01,
+            ramp_max_latency_factor: 2.0,
             sync: SyncChoice::Auto,
             admin_user: String::new(),
             databases: Vec::new(),

@@ -248,6 +248,17 @@ impl Config {
                 problems.push("[migration] verify_sample_percent must be between 1 and 100".into());
             }
             self.validate_migration_sync(m, problems);
+            if !(1..=100).contains(&m.ramp_start_percent) || !(1..=100).contains(&m.ramp_step_percent) {
+                problems.push("[migration] ramp_start_percent and ramp_step_percent must be between 1 and 100".into());
+            }
+            if !(0.0..1.0).contains(&m.ramp_max_error_ratio)
+                || m.ramp_max_latency_factor < 1.0
+                || m.ramp_interval.0.is_zero()
+            {
+                problems.push(
+                    "[migration] ramp_max_error_ratio must be in [0, 1), ramp_max_latency_factor at least 1, ramp_interval above 0".into(),
+                );
+            }
         }
         let a = &self.admin;
         if a.max_connections == 0 {

@@ -44,6 +44,8 @@ pub struct Status {
     pub verifications: Vec<verify::Report>,
     /// `verify_interval` in seconds (0: verification runs only when asked).
     pub verify_interval_seconds: u64,
+    /// The read-shift autopilot.
+    pub ramp: super::ramp::RampStatus,
     /// The engine keeping the target in step: "logical" or "statement".
     pub sync: SyncMode,
     /// Logical sync, per database.
@@ -138,6 +140,7 @@ pub fn status(shared: &Shared) -> Result<Status, MigrationError> {
         last_verify: m.last_verify.lock().ok().and_then(|l| l.clone()),
         verifications: m.verify_reports.lock().map(|r| r.values().cloned().collect()).unwrap_or_default(),
         verify_interval_seconds: cfg.verify_interval.0.as_secs(),
+        ramp: m.ramp.status(),
         sync: m.sync_mode(),
         logical: logical_status(m),
     })
@@ -152,6 +155,7 @@ pub async fn change_phase(shared: &Shared, to: Phase, read_percent: Option<u8>) 
     let m = &shared.migration;
     let _one_at_a_time = m.changing.lock().await;
     m.check(to, read_percent)?;
+    m.ramp.stop();
     let from = m.phase();
     if from == Phase::Off && to == Phase::DualWrite {
         m.set_sync_mode(choose_sync(&rt, cfg).await?);
@@ -173,6 +177,26 @@ pub async fn change_phase(shared: &Shared, to: Phase, read_percent: Option<u8>) 
         }
     })
     .await?;
+    status(shared)
+}
+
+/// Starts the read-shift autopilot: into `shift_reads` at `ramp_start_percent` (from
+/// `dual_write`, or restarting it in `shift_reads`), then the ramp raises the share on its own.
+pub async fn start_ramp(shared: &Shared) -> Result<Status, MigrationError> {
+    let start = {
+        let rt = shared.runtime.load();
+        rt.config.migration.as_ref().ok_or(MigrationError::NotConfigured)?.ramp_start_percent
+    };
+    let from = shared.migration.phase();
+    if !matches!(from, Phase::DualWrite | Phase::ShiftReads) {
+        return Err(MigrationError::NotReady(format!(
+            "the read-shift ramp starts from dual_write or shift_reads, not {}",
+            from.name()
+        )));
+    }
+    change_phase(shared, Phase::ShiftReads, Some(start)).await?;
+    shared.migration.ramp.start();
+    tracing::info!(read_percent = start, "read-shift ramp started");
     status(shared)
 }
 

@@ -12,6 +12,7 @@
 pub mod control;
 pub mod logical;
 pub mod mirror;
+pub mod ramp;
 pub mod schedule;
 pub mod verify;
 
@@ -154,6 +155,8 @@ pub struct Migration {
     sync: AtomicU8,
     /// Logical sync's databases and their progress.
     pub logical: logical::Logical,
+    /// The read-shift autopilot and the per-store read figures it judges by.
+    pub ramp: ramp::Ramp,
 }
 
 impl Migration {
@@ -183,6 +186,7 @@ impl Migration {
             verify_reports: Mutex::new(Default::default()),
             sync: AtomicU8::new(saved.sync as u8),
             logical: logical::Logical::default(),
+            ramp: ramp::Ramp::default(),
         }
     }
 
