@@ -220,7 +220,10 @@ fn judge(target: &Snap, source: &Snap, target_up: bool, interval_over: bool, max
     if !target_up {
         return Verdict::Breach("the target does not answer its probe".into());
     }
-    if target.reads >= MIN_READS && target.errors as f64 > max_errors * target.reads as f64 {
+    // Errors that fail on either store (a client's own mistakes) do not count against the
+    // target: its ratio must be above the threshold and above the source's by as much.
+    let ratio = |s: &Snap| if s.reads >= MIN_READS { s.errors as f64 / s.reads as f64 } else { 0.0 };
+    if target.reads >= MIN_READS && ratio(target) > max_errors && ratio(target) > ratio(source) + max_errors {
         return Verdict::Breach(format!(
             "{} of {} reads on the target failed (above {}%)",
             target.errors,
@@ -330,6 +333,8 @@ mod tests {
         assert!(matches!(judge(&slow, &fast, true, true, 0.01, 2.0), Verdict::Breach(w) if w.contains("p95")));
         let failing = snap(&[(1, 100)], 2);
         assert!(matches!(judge(&failing, &fast, true, true, 0.01, 2.0), Verdict::Breach(w) if w.contains("2 of 100")));
+        let both_failing = snap(&[(1, 100)], 3);
+        assert_eq!(judge(&both_failing, &both_failing, true, false, 0.01, 2.0), Verdict::Hold, "the clients' own errors");
         let few = snap(&[(1, 5)], 5);
         assert_eq!(judge(&few, &fast, true, true, 0.01, 2.0), Verdict::Hold, "too few reads to judge or step");
     }
