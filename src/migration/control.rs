@@ -38,6 +38,8 @@ pub struct Status {
     pub diverged: bool,
     /// Server connections per store: (source, target) leased + idle.
     pub pool_connections: PoolSizes,
+    /// The same, per database.
+    pub pool_connections_by_database: std::collections::BTreeMap<String, PoolSizes>,
     /// The last verification, if any.
     pub last_verify: Option<verify::Report>,
     /// The last verification of each database (scheduled or asked for).
@@ -105,14 +107,18 @@ pub fn status(shared: &Shared) -> Result<Status, MigrationError> {
     let phase = m.phase();
     let (t, s) = (m.reads_target.load(Ordering::Relaxed), m.reads_source.load(Ordering::Relaxed));
     let mut sizes = PoolSizes::default();
+    let mut per_db: std::collections::BTreeMap<String, PoolSizes> = Default::default();
     for p in shared.pools.all() {
         let snap = p.snapshot();
         let n = snap.sv_active + snap.sv_idle;
-        let address = p.spec.load().address.clone();
-        if rt.targets.iter().any(|b| b.address == address) {
+        let spec = p.spec.load();
+        let db = per_db.entry(spec.database.clone()).or_default();
+        if rt.targets.iter().any(|b| b.address == spec.address) {
             sizes.target += n;
+            db.target += n;
         } else {
             sizes.source += n;
+            db.source += n;
         }
     }
     let mirror = m.mirror.status();
@@ -137,6 +143,7 @@ pub fn status(shared: &Shared) -> Result<Status, MigrationError> {
         diverged: mirror.diverged > 0,
         mirror,
         pool_connections: sizes,
+        pool_connections_by_database: per_db,
         last_verify: m.last_verify.lock().ok().and_then(|l| l.clone()),
         verifications: m.verify_reports.lock().map(|r| r.values().cloned().collect()).unwrap_or_default(),
         verify_interval_seconds: cfg.verify_interval.0.as_secs(),
