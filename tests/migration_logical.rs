@@ -422,3 +422,52 @@ async fn a_target_that_goes_down_is_reported_not_felt() {
     let _ = std::fs::remove_file(&state);
     drop_databases(db).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_database_moves_on_its_own_phase() {
+    let bed = common::shared_bed();
+    let (a, b) = ("miglog_own_a", "miglog_own_b");
+    fresh_database(a, true).await;
+    fresh_database(b, true).await;
+    let state = state_file("own");
+    let mut cfg = config(a, &state);
+    if let Some(m) = cfg.migration.as_mut() {
+        m.databases = vec![a.into(), b.into()];
+    }
+    let p = proxy::start(cfg).await;
+    let shared = p.shared.clone();
+    control::change_phase(&shared, Phase::DualWrite, None).await.unwrap();
+    wait_copied(&shared).await;
+    // a goes ahead alone
+    control::change_phase_of(&shared, Some(a), Phase::ShiftReads, Some(0)).await.unwrap();
+    control::change_phase_of(&shared, Some(a), Phase::Cutover, None).await.unwrap();
+    let proxy_port = proxy::port(&p);
+    let write = |db: &'static str| async move {
+        let c = common::connect(proxy_port, "app", "app", db).await;
+        let sql = "insert into kv values ('own' || random(), 'x') returning inet_server_port()";
+        let port: i32 = c.query_one(sql, &[]).await.unwrap().get(0);
+        port as u16
+    };
+    assert_eq!(write(a).await, bed.target_port, "a is cut over");
+    assert_eq!(write(b).await, bed.primary_port, "b still writes to the source");
+    let s = control::status(&shared).unwrap();
+    let phase_of = |db: &str| s.databases.iter().find(|d| d.database == db).map(|d| (d.phase, d.own_phase));
+    assert_eq!(phase_of(a), Some((Phase::Cutover, true)), "{:?}", s.databases);
+    assert_eq!(phase_of(b), Some((Phase::DualWrite, false)), "{:?}", s.databases);
+    control::change_phase_of(&shared, Some(a), Phase::Done, None).await.unwrap();
+    assert_eq!(leftovers(bed.primary_port, a).await, (0, 0, 0));
+    assert_eq!(leftovers(bed.target_port, b).await.1, 1, "b's subscription is still there");
+    // then b, through the migration's phase (a keeps its own)
+    control::change_phase(&shared, Phase::ShiftReads, Some(0)).await.unwrap();
+    control::change_phase(&shared, Phase::Cutover, None).await.unwrap();
+    assert_eq!(write(b).await, bed.target_port);
+    control::change_phase(&shared, Phase::Done, None).await.unwrap();
+    for db in [a, b] {
+        assert_eq!(fingerprint(bed.primary_port, db).await, fingerprint(bed.target_port, db).await, "{db}");
+        assert_eq!(leftovers(bed.target_port, db).await, (0, 0, 0), "{db}");
+    }
+    drop(p);
+    let _ = std::fs::remove_file(&state);
+    drop_databases(a).await;
+    drop_databases(b).await;
+}

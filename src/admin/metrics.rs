@@ -302,6 +302,19 @@ impl Snapshot {
             .map(|p| (vec![("phase", p.to_string())], Value::Gauge(f64::from(u8::from(*p == current)))))
             .collect();
         family(enc, "pgshift_migration_phase", "1 for the current migration phase", phase)?;
+        let per_db = m
+            .databases
+            .iter()
+            .flat_map(|d| {
+                phases.iter().map(move |p| {
+                    (
+                        vec![("database", d.database.clone()), ("phase", p.to_string())],
+                        Value::Gauge(f64::from(u8::from(*p == d.phase.name()))),
+                    )
+                })
+            })
+            .collect();
+        family(enc, "pgshift_migration_database_phase", "1 for each database's current phase", per_db)?;
         family(
             enc,
             "pgshift_migration_read_percent",

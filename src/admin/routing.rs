@@ -95,14 +95,18 @@ struct PhaseRequest {
     /// `shift_reads` only: let the autopilot raise the share.
     #[serde(default)]
     ramp: bool,
+    /// One database's phase instead of the migration's.
+    database: Option<String>,
 }
 
 async fn phase(_: Authorized, State(s): State<AdminState>, Json(req): Json<PhaseRequest>) -> Response {
     let shared: Arc<_> = s.shared.clone();
-    let changed = match (req.ramp, req.phase) {
-        (true, Phase::ShiftReads) => control::start_ramp(&shared).await,
-        (true, _) => Err(MigrationError::NotReady("\"ramp\": true goes with \"phase\": \"shift_reads\"".into())),
-        (false, _) => control::change_phase(&shared, req.phase, req.read_percent).await,
+    let changed = match (req.ramp, req.phase, req.database.as_deref()) {
+        (true, Phase::ShiftReads, None) => control::start_ramp(&shared).await,
+        (true, _, _) => Err(MigrationError::NotReady(
+            "\"ramp\": true goes with \"phase\": \"shift_reads\" and the migration's phase (no \"database\")".into(),
+        )),
+        (false, _, db) => control::change_phase_of(&shared, db, req.phase, req.read_percent).await,
     };
     match changed {
         Ok(st) => Json(st).into_response(),

@@ -146,7 +146,7 @@ impl Session {
         let hub = self.shared.notify.clone();
         let command = match &stmt.session {
             SessionEffect::Listen { channel } => {
-                let pool = self.pools.primary_for(self.shared.migration.phase()).clone();
+                let pool = self.pools.primary_for(self.shared.migration.phase_of(&self.pools.db.server_db)).clone();
                 let (rx, listening) = hub.listen(&pool, self.handle.id, channel);
                 if let Some(rx) = rx {
                     self.notify_rx = Some(rx);

@@ -210,7 +210,7 @@ impl Session {
     /// client's own last write (read-your-writes across stores).
     fn reads_from_target(&mut self) -> bool {
         let m = &self.shared.migration;
-        if !m.session_reads_target(self.handle.id) {
+        if !m.session_reads_target(&self.pools.db.server_db, self.handle.id) {
             return false;
         }
         match m.sync_mode() {

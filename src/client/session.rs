@@ -146,7 +146,7 @@ impl Session {
             Ok(s) => s,
             Err(e) => return Err((stream, e)),
         };
-        let server_params = match pools.server_params(shared.migration.phase()).await {
+        let server_params = match pools.server_params(shared.migration.phase_of(&pools.db.server_db)).await {
             Ok(p) => p,
             Err(e) => return Err((stream, e)),
         };
@@ -392,7 +392,7 @@ impl Session {
             Box::pin(self.wait_while_paused()).await?;
         }
         // One phase for the whole transaction: a switch happens between transactions.
-        let phase = self.shared.migration.phase();
+        let phase = self.shared.migration.phase_of(&self.pools.db.server_db);
         let (lease, backend, target) = self.lease_through_failover(req, phase).await?;
         backend.health.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut att = Attached::new(lease, backend, target);
@@ -498,7 +498,8 @@ impl Session {
         let elapsed = att.since.elapsed();
         self.shared.stats.record_xact(elapsed);
         // the autopilot compares the two stores' reads (a source read may run on its primary)
-        if !att.wrote && self.shared.migration.phase() == crate::migration::Phase::ShiftReads {
+        if !att.wrote && self.shared.migration.phase_of(&self.pools.db.server_db) == crate::migration::Phase::ShiftReads
+        {
             let ramp = &self.shared.migration.ramp;
             let store = if crate::client::route::is_target(att.backend.role) { &ramp.target } else { &ramp.source };
             store.record(elapsed, att.errored);

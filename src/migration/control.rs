@@ -40,6 +40,8 @@ pub struct Status {
     pub pool_connections: PoolSizes,
     /// The same, per database.
     pub pool_connections_by_database: std::collections::BTreeMap<String, PoolSizes>,
+    /// Each database's phase: its own, or the migration's (`own_phase` false).
+    pub databases: Vec<DatabasePhase>,
     /// The last verification, if any.
     pub last_verify: Option<verify::Report>,
     /// The last verification of each database (scheduled or asked for).
@@ -52,6 +54,40 @@ pub struct Status {
     pub sync: SyncMode,
     /// Logical sync, per database.
     pub logical: Vec<LogicalStatus>,
+}
+
+/// Where one database stands.
+#[derive(Debug, Serialize)]
+pub struct DatabasePhase {
+    /// The database.
+    pub database: String,
+    /// Its phase.
+    pub phase: Phase,
+    /// True when set for this database alone; false when it follows the migration's phase.
+    pub own_phase: bool,
+    /// Its share of sessions reading from the target (shift_reads).
+    pub read_percent: u8,
+    /// Where its writes go.
+    pub write_target: &'static str,
+}
+
+fn database_phases(m: &super::Migration, known: impl Iterator<Item = String>) -> Vec<DatabasePhase> {
+    let own = m.own_phases();
+    let mut names: std::collections::BTreeSet<String> = known.collect();
+    names.extend(own.keys().cloned());
+    names
+        .into_iter()
+        .map(|d| {
+            let phase = m.phase_of(&d);
+            DatabasePhase {
+                own_phase: own.contains_key(&d),
+                read_percent: m.read_percent_of(&d),
+                write_target: if phase.target_serves() { "target" } else { "source" },
+                phase,
+                database: d,
+            }
+        })
+        .collect()
 }
 
 /// One database of logical sync, as the monitor last saw it.
@@ -143,6 +179,7 @@ pub fn status(shared: &Shared) -> Result<Status, MigrationError> {
         diverged: mirror.diverged > 0,
         mirror,
         pool_connections: sizes,
+        databases: database_phases(m, per_db.keys().cloned().chain(logical::databases(&rt, cfg))),
         pool_connections_by_database: per_db,
         last_verify: m.last_verify.lock().ok().and_then(|l| l.clone()),
         verifications: m.verify_reports.lock().map(|r| r.values().cloned().collect()).unwrap_or_default(),
@@ -157,28 +194,49 @@ pub fn status(shared: &Shared) -> Result<Status, MigrationError> {
 /// like PAUSE: new transactions wait, running ones finish, the mirror queue empties; then the
 /// flip, then everything resumes. No transaction spans two phases.
 pub async fn change_phase(shared: &Shared, to: Phase, read_percent: Option<u8>) -> Result<Status, MigrationError> {
+    change_phase_of(shared, None, to, read_percent).await
+}
+
+/// Changes the phase of one database (it then has a phase of its own), or with `database` None
+/// the migration's phase, which every database without its own follows.
+pub async fn change_phase_of(
+    shared: &Shared,
+    database: Option<&str>,
+    to: Phase,
+    read_percent: Option<u8>,
+) -> Result<Status, MigrationError> {
     let rt = shared.runtime.load_full();
     let cfg = rt.config.migration.as_ref().ok_or(MigrationError::NotConfigured)?;
     let m = &shared.migration;
     let _one_at_a_time = m.changing.lock().await;
-    m.check(to, read_percent)?;
+    m.check(database, to, read_percent)?;
     m.ramp.stop();
-    let from = m.phase();
-    if from == Phase::Off && to == Phase::DualWrite {
+    let from = database.map_or_else(|| m.phase(), |d| m.phase_of(d));
+    if from == Phase::Off && to == Phase::DualWrite && m.phase() == Phase::Off && m.own_phases().is_empty() {
         m.set_sync_mode(choose_sync(&rt, cfg).await?);
     }
     if m.sync_mode() == SyncMode::Logical {
-        logical_change(shared, &rt, cfg, from, to, read_percent).await?;
+        let dbs = match database {
+            Some(d) if logical::databases(&rt, cfg).iter().any(|x| x == d) => vec![d.to_string()],
+            Some(d) => {
+                return Err(MigrationError::NotReady(format!("database {d:?} is not one of [migration] databases")))
+            }
+            None => {
+                let own = m.own_phases();
+                logical::databases(&rt, cfg).into_iter().filter(|d| !own.contains_key(d)).collect()
+            }
+        };
+        logical_change(shared, &rt, cfg, (database, &dbs), from, to, read_percent).await?;
         return status(shared);
     }
     let flips_writes = from.target_serves() != to.target_serves() || (from.mirrors() && !to.mirrors());
     if !flips_writes {
-        m.set(to, read_percent)?;
+        m.set_of(database, to, read_percent)?;
         return status(shared);
     }
     fenced(shared, cfg.drain_timeout.0, async {
         if m.mirror.drained(cfg.drain_timeout.0).await {
-            m.set(to, read_percent)
+            m.set_of(database, to, read_percent)
         } else {
             Err(MigrationError::DrainTimeout(cfg.drain_timeout.0.as_secs()))
         }
@@ -233,39 +291,41 @@ async fn logical_change(
     shared: &Shared,
     rt: &Runtime,
     cfg: &MigrationConfig,
+    (database, dbs): (Option<&str>, &[String]),
     from: Phase,
     to: Phase,
     read_percent: Option<u8>,
 ) -> Result<(), MigrationError> {
     let m = &shared.migration;
-    let dbs = logical::databases(rt, cfg);
     let (drain, catchup) = (cfg.drain_timeout.0, cfg.catchup_timeout.0);
     match (from, to) {
-        (Phase::Off, Phase::DualWrite) => logical::flip::start(rt, &m.logical, &dbs).await?,
-        (Phase::DualWrite, Phase::ShiftReads) => logical::flip::copy_complete(rt, &dbs).await?,
+        (Phase::Off, Phase::DualWrite) => logical::flip::start(rt, &m.logical, dbs).await?,
+        (Phase::DualWrite, Phase::ShiftReads) => logical::flip::copy_complete(rt, dbs).await?,
         (Phase::DualWrite | Phase::ShiftReads, Phase::Cutover) => {
-            logical::flip::copy_complete(rt, &dbs).await?;
-            let flip = logical::flip::flip(rt, &m.logical, &dbs, Direction::Forward, catchup);
-            return fenced(shared, drain, async { flip.await.and_then(|()| m.set(to, read_percent)) }).await;
+            logical::flip::copy_complete(rt, dbs).await?;
+            let flip = logical::flip::flip(rt, &m.logical, dbs, Direction::Forward, catchup);
+            return fenced(shared, drain, async { flip.await.and_then(|()| m.set_of(database, to, read_percent)) })
+                .await;
         }
         (Phase::Cutover, Phase::DualWrite | Phase::ShiftReads) => {
-            let flip = logical::flip::flip(rt, &m.logical, &dbs, Direction::Reverse, catchup);
-            return fenced(shared, drain, async { flip.await.and_then(|()| m.set(to, read_percent)) }).await;
+            let flip = logical::flip::flip(rt, &m.logical, dbs, Direction::Reverse, catchup);
+            return fenced(shared, drain, async { flip.await.and_then(|()| m.set_of(database, to, read_percent)) })
+                .await;
         }
         (Phase::Cutover, Phase::Off) => {
-            let flip = logical::flip::flip(rt, &m.logical, &dbs, Direction::Reverse, catchup);
+            let flip = logical::flip::flip(rt, &m.logical, dbs, Direction::Reverse, catchup);
             let back = async {
                 flip.await?;
-                logical::flip::teardown(rt, &m.logical, &dbs).await?;
-                m.set(to, read_percent)
+                logical::flip::teardown(rt, &m.logical, dbs).await?;
+                m.set_of(database, to, read_percent)
             };
             return fenced(shared, drain, back).await;
         }
-        (Phase::Cutover, Phase::Done) => logical::flip::finish(rt, &m.logical, &dbs, catchup).await?,
-        (Phase::DualWrite | Phase::ShiftReads, Phase::Off) => logical::flip::teardown(rt, &m.logical, &dbs).await?,
+        (Phase::Cutover, Phase::Done) => logical::flip::finish(rt, &m.logical, dbs, catchup).await?,
+        (Phase::DualWrite | Phase::ShiftReads, Phase::Off) => logical::flip::teardown(rt, &m.logical, dbs).await?,
         _ => {}
     }
-    m.set(to, read_percent)
+    m.set_of(database, to, read_percent)
 }
 
 /// Runs `work` with new transactions held and none running (like PAUSE), then releases.

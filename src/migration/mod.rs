@@ -17,9 +17,11 @@ pub mod schedule;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 /// A migration phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -122,8 +124,17 @@ pub enum MigrationError {
     Logical(#[from] logical::LogicalError),
 }
 
-/// What the state file holds.
+/// A database's own phase, when it has one (otherwise it follows the migration's phase).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Own {
+    /// Its phase.
+    pub phase: Phase,
+    /// Its share of sessions reading from the target in shift_reads.
+    pub read_percent: u8,
+}
+
+/// What the state file holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Persisted {
     /// The phase.
     pub phase: Phase,
@@ -132,6 +143,9 @@ pub struct Persisted {
     /// The engine chosen on entering dual_write.
     #[serde(default)]
     pub sync: logical::SyncMode,
+    /// Databases with a phase of their own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub databases: BTreeMap<String, Own>,
 }
 
 /// The live switch, shared by every session.
@@ -157,6 +171,9 @@ pub struct Migration {
     pub logical: logical::Logical,
     /// The read-shift autopilot and the per-store read figures it judges by.
     pub ramp: ramp::Ramp,
+    /// Databases with a phase of their own (`has_own` keeps the common case to one load).
+    own: RwLock<BTreeMap<String, Own>>,
+    has_own: AtomicBool,
 }
 
 impl Migration {
@@ -166,7 +183,12 @@ impl Migration {
             .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|t| serde_json::from_str::<Persisted>(&t).ok());
-        let saved = saved.unwrap_or(Persisted { phase: Phase::Off, read_percent: 0, sync: Default::default() });
+        let saved = saved.unwrap_or(Persisted {
+            phase: Phase::Off,
+            read_percent: 0,
+            sync: Default::default(),
+            databases: BTreeMap::new(),
+        });
         if saved.phase != Phase::Off {
             tracing::info!(
                 phase = saved.phase.name(),
@@ -187,7 +209,31 @@ impl Migration {
             sync: AtomicU8::new(saved.sync as u8),
             logical: logical::Logical::default(),
             ramp: ramp::Ramp::default(),
+            has_own: AtomicBool::new(!saved.databases.is_empty()),
+            own: RwLock::new(saved.databases),
         }
+    }
+
+    /// The phase of `database`: its own, or the migration's.
+    pub fn phase_of(&self, database: &str) -> Phase {
+        self.own_of(database).map_or_else(|| self.phase(), |o| o.phase)
+    }
+
+    /// The read share of `database`: its own, or the migration's.
+    pub fn read_percent_of(&self, database: &str) -> u8 {
+        self.own_of(database).map_or_else(|| self.read_percent(), |o| o.read_percent)
+    }
+
+    fn own_of(&self, database: &str) -> Option<Own> {
+        if !self.has_own.load(Ordering::Acquire) {
+            return None;
+        }
+        self.own.read().ok()?.get(database).copied()
+    }
+
+    /// Databases with a phase of their own.
+    pub fn own_phases(&self) -> BTreeMap<String, Own> {
+        self.own.read().map(|o| o.clone()).unwrap_or_default()
     }
 
     /// Keeps a verification report (the latest overall, and per database).
@@ -223,12 +269,13 @@ impl Migration {
         self.read_percent.load(Ordering::Relaxed)
     }
 
-    /// Checks a requested change; the caller drains first when the write target flips.
-    pub fn check(&self, to: Phase, read_percent: Option<u8>) -> Result<(), MigrationError> {
+    /// Checks a requested change of the migration's phase (`database` None) or of one
+    /// database's; the caller drains first when the write target flips.
+    pub fn check(&self, database: Option<&str>, to: Phase, read_percent: Option<u8>) -> Result<(), MigrationError> {
         if read_percent.is_some_and(|p| p > 100) {
             return Err(MigrationError::BadPercent);
         }
-        let from = self.phase();
+        let from = database.map_or_else(|| self.phase(), |d| self.phase_of(d));
         // Forward: one step at a time (the mirror must be running before reads or writes move);
         // staying, or going back to any earlier phase, is always allowed.
         if to > from && to as u8 > from as u8 + 1 {
@@ -237,10 +284,24 @@ impl Migration {
         Ok(())
     }
 
-    /// Sets and persists the phase (the caller has drained if needed).
+    /// Sets and persists the migration's phase (the caller has drained if needed).
     pub fn set(&self, to: Phase, read_percent: Option<u8>) -> Result<(), MigrationError> {
-        let pct = read_percent.unwrap_or_else(|| if to == Phase::ShiftReads { self.read_percent() } else { 0 });
-        let saved = Persisted { phase: to, read_percent: pct, sync: self.sync_mode() };
+        self.set_of(None, to, read_percent)
+    }
+
+    /// Sets and persists the phase of the migration (`database` None) or of one database.
+    pub fn set_of(&self, database: Option<&str>, to: Phase, read_percent: Option<u8>) -> Result<(), MigrationError> {
+        let current = database.map_or_else(|| self.read_percent(), |d| self.read_percent_of(d));
+        let pct = read_percent.unwrap_or(if to == Phase::ShiftReads { current } else { 0 });
+        let mut own = self.own_phases();
+        let (mut phase, mut global_pct) = (self.phase(), self.read_percent());
+        match database {
+            Some(d) => {
+                own.insert(d.to_string(), Own { phase: to, read_percent: pct });
+            }
+            None => (phase, global_pct) = (to, pct),
+        }
+        let saved = Persisted { phase, read_percent: global_pct, sync: self.sync_mode(), databases: own.clone() };
         if let Some(path) = &self.state_file {
             let text = serde_json::to_string_pretty(&saved).map_err(|e| MigrationError::Persist(e.to_string()))?;
             let tmp = path.with_extension("tmp");
@@ -248,21 +309,26 @@ impl Migration {
                 .and_then(|_| std::fs::rename(&tmp, path))
                 .map_err(|e| MigrationError::Persist(e.to_string()))?;
         }
-        self.read_percent.store(pct, Ordering::Relaxed);
-        self.phase.store(to as u8, Ordering::Release);
+        if let Ok(mut o) = self.own.write() {
+            *o = own;
+            self.has_own.store(!o.is_empty(), Ordering::Release);
+        }
+        self.read_percent.store(global_pct, Ordering::Relaxed);
+        self.phase.store(phase as u8, Ordering::Release);
         self.reads_target.store(0, Ordering::Relaxed);
         self.reads_source.store(0, Ordering::Relaxed);
-        tracing::info!(phase = to.name(), read_percent = pct, "migration phase changed");
+        let database = database.unwrap_or("(every database without its own phase)");
+        tracing::info!(phase = to.name(), read_percent = pct, database, "migration phase changed");
         Ok(())
     }
 
     /// Whether a session (by its id) reads from the target in shift_reads: sticky per session,
     /// spread evenly by a hash so the observed share follows `read_percent`.
-    pub fn session_reads_target(&self, session_id: u64) -> bool {
-        match self.phase() {
+    pub fn session_reads_target(&self, database: &str, session_id: u64) -> bool {
+        match self.phase_of(database) {
             Phase::ShiftReads => {
                 let h = session_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
-                (h % 100) < u64::from(self.read_percent())
+                (h % 100) < u64::from(self.read_percent_of(database))
             }
             p => p.target_serves(),
         }
@@ -281,15 +347,18 @@ mod tests {
         let _ = std::fs::remove_file(&file);
         let m = Migration::new(Some(file.clone()));
         assert_eq!(m.phase(), Phase::Off);
-        assert!(m.check(Phase::Cutover, None).is_err(), "no jumping ahead");
-        m.check(Phase::DualWrite, None).unwrap();
+        assert!(m.check(None, Phase::Cutover, None).is_err(), "no jumping ahead");
+        m.check(None, Phase::DualWrite, None).unwrap();
         m.set(Phase::DualWrite, None).unwrap();
         m.set(Phase::ShiftReads, Some(50)).unwrap();
-        assert!(m.check(Phase::ShiftReads, Some(101)).is_err());
-        m.check(Phase::Off, None).unwrap(); // rollback to any earlier phase
+        assert!(m.check(None, Phase::ShiftReads, Some(101)).is_err());
+        m.check(None, Phase::Off, None).unwrap(); // rollback to any earlier phase
+        m.set_of(Some("billing"), Phase::DualWrite, None).unwrap(); // a database of its own
+        assert_eq!((m.phase_of("billing"), m.phase_of("app")), (Phase::DualWrite, Phase::ShiftReads));
         let resumed = Migration::new(Some(file.clone()));
         assert_eq!((resumed.phase(), resumed.read_percent()), (Phase::ShiftReads, 50));
-        let share = (0..10_000u64).filter(|&id| resumed.session_reads_target(id)).count();
+        assert_eq!(resumed.phase_of("billing"), Phase::DualWrite, "own phases are persisted too");
+        let share = (0..10_000u64).filter(|&id| resumed.session_reads_target("app", id)).count();
         assert!((4_500..5_500).contains(&share), "{share}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -334,7 +334,11 @@ mod tests {
         let failing = snap(&[(1, 100)], 2);
         assert!(matches!(judge(&failing, &fast, true, true, 0.01, 2.0), Verdict::Breach(w) if w.contains("2 of 100")));
         let both_failing = snap(&[(1, 100)], 3);
-        assert_eq!(judge(&both_failing, &both_failing, true, false, 0.01, 2.0), Verdict::Hold, "the clients' own errors");
+        assert_eq!(
+            judge(&both_failing, &both_failing, true, false, 0.01, 2.0),
+            Verdict::Hold,
+            "the clients' own errors"
+        );
         let few = snap(&[(1, 5)], 5);
         assert_eq!(judge(&few, &fast, true, true, 0.01, 2.0), Verdict::Hold, "too few reads to judge or step");
     }

@@ -34,7 +34,9 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 fn due(shared: &Shared) -> Option<Duration> {
     let rt = shared.runtime.load();
     let interval = rt.config.migration.as_ref()?.verify_interval.0;
-    let following = matches!(shared.migration.phase(), Phase::DualWrite | Phase::ShiftReads | Phase::Cutover);
+    let follows = |p: Phase| matches!(p, Phase::DualWrite | Phase::ShiftReads | Phase::Cutover);
+    let m = &shared.migration;
+    let following = follows(m.phase()) || m.own_phases().values().any(|o| follows(o.phase));
     (!interval.is_zero() && following).then_some(interval)
 }
 

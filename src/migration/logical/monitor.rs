@@ -29,12 +29,12 @@ pub fn resume(shared: &Shared) {
     if m.sync_mode() != SyncMode::Logical {
         return;
     }
-    let direction = match m.phase() {
-        Phase::DualWrite | Phase::ShiftReads => Some(Direction::Forward),
-        Phase::Cutover => Some(Direction::Reverse),
-        Phase::Off | Phase::Done => None,
-    };
     for db in super::databases(&rt, cfg) {
+        let direction = match m.phase_of(&db) {
+            Phase::DualWrite | Phase::ShiftReads => Some(Direction::Forward),
+            Phase::Cutover => Some(Direction::Reverse),
+            Phase::Off | Phase::Done => None,
+        };
         m.logical.entry(&db).set_direction(direction);
     }
 }
