@@ -64,6 +64,7 @@ impl Proxy {
         tasks.extend(unix.map(|l| serve(ClientListener::Unix(l))));
         tasks.push(tokio::spawn(upkeep(shared.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(crate::topology::watch(shared.clone(), stop_rx.clone())));
+        tasks.extend(crate::backup::spawn(&shared, &stop_rx));
         let admin_addr = match crate::admin::start(shared.clone(), config_path.clone(), stop_rx).await {
             Ok(Some((a, task))) => {
                 tasks.push(task);
