@@ -74,7 +74,7 @@ ENVIRONMENT
         Overrides one key of proxy.toml, e.g. PGSHIFT_PROXY_DEFAULT_POOL_SIZE=40,
         PGSHIFT_ADMIN_LISTEN=0.0.0.0:6480, PGSHIFT_TLS_MODE=require. Lists are comma separated
         (PGSHIFT_ADMIN_ADMIN_USERS=alice,bob). Sections: proxy auth tls primary routing admin
-        migration. An unknown key is an error.
+        migration backup log. An unknown key is an error.
     PGSHIFT_<SECTION>_<KEY>_FILE
         The same, with the value read from a file (first line), for secrets mounted as files:
         PGSHIFT_ADMIN_TOKEN_FILE=/run/secrets/pgshift_admin_token.

@@ -10,6 +10,7 @@
 //! - [`router`]: the SQL classifier; [`session_state`]: settings and prepared statements that
 //!   follow a client across server connections.
 //! - [`stats`]: sharded counters and histograms; [`shared`]: the state every task is handed.
+//! - [`backup`]: scheduled `pg_dump` backups from a replica, retention, the WAL archiver's status.
 //!
 //! # Data path (one transaction)
 //! 1. The session buffers client frames up to a request boundary (Query, Sync, Flush, ...).
@@ -26,6 +27,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -68,6 +68,7 @@ impl Proxy {
         tasks.push(tokio::spawn(crate::migration::logical::monitor::run(shared.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(crate::migration::schedule::run(shared.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(crate::migration::ramp::run(shared.clone(), stop_rx.clone())));
+        tasks.extend(crate::backup::spawn(&shared, &stop_rx));
         let admin_addr = match crate::admin::start(shared.clone(), config_path.clone(), stop_rx).await {
             Ok(Some((a, task))) => {
                 tasks.push(task);

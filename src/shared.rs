@@ -116,6 +116,7 @@ impl Runtime {
         if let Some(p) = previous {
             users.inherit_learned(&p.users);
         }
+        crate::backup::check(&config, &users, &mut problems);
         let reuse = |role: Role, address: String, name: String| -> Arc<Backend> {
             let old = previous.into_iter().flat_map(|p| p.targets.iter());
             old.clone()
@@ -312,6 +313,8 @@ pub struct Shared {
     pub migration: crate::migration::Migration,
     /// Admin port and console state (config path for RELOAD, last readiness probe).
     pub admin: crate::admin::AdminShared,
+    /// The backup lock and what `/metrics` shows of backups and WAL archiving.
+    pub backup: crate::backup::Backups,
 }
 
 impl Shared {
@@ -337,6 +340,7 @@ impl Shared {
             failed_logins: Default::default(),
             notify: Default::default(),
             admin: Default::default(),
+            backup: Default::default(),
         })
     }
 

@@ -239,7 +239,7 @@ async fn mutating_endpoints_need_the_token_and_reload_keeps_a_good_config() {
     let config = pgshift::config::Config::load(&path).unwrap();
     let p = Proxy::start(config, Some(path.clone())).await.expect("proxy starts");
 
-    for ep in ["/pause", "/resume", "/reload", "/reconnect", "/kill_client?id=1"] {
+    for ep in ["/pause", "/resume", "/reload", "/reconnect", "/kill_client?id=1", "/backup"] {
         assert_eq!(http(&p, "POST", ep, None).await.0, 401, "POST {ep} without a token");
         assert_eq!(http(&p, "POST", ep, Some("wrong")).await.0, 401, "POST {ep} with a wrong token");
     }

@@ -132,7 +132,7 @@ async fn control_requests_from_a_browser_are_refused() {
         "Host: localhost\r\nSec-Fetch-Site: cross-site\r\n".to_string(),
     ];
     for headers in &refused {
-        for path in ["/pause?timeout=1s", "/reload", "/reconnect", "/migration/phase"] {
+        for path in ["/pause?timeout=1s", "/reload", "/reconnect", "/migration/phase", "/backup"] {
             let (status, body) = request(&addr, "POST", path, headers).await;
             assert_eq!(status, 403, "POST {path} with {headers:?}: {body}");
             let v: serde_json::Value = serde_json::from_str(&body).expect("a JSON error");

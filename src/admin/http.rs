@@ -29,6 +29,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/reconnect", post(reconnect))
         .route("/kill_client", post(kill_client))
         .merge(super::routing::router())
+        .merge(super::backup::router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), super::browser::guard))
         .with_state(state)
 }

@@ -36,6 +36,7 @@ pub fn render(shared: &Shared) -> Result<String, fmt::Error> {
         ready: shared.admin.last_ready.get(),
         migration: crate::migration::control::status(shared).ok(),
         ryw_fallbacks: ryw,
+        backup: shared.backup.metrics(shared.runtime.load().config.backup.as_ref()),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot));
@@ -51,6 +52,7 @@ struct Snapshot {
     ready: Option<bool>,
     migration: Option<crate::migration::control::Status>,
     ryw_fallbacks: u64,
+    backup: crate::backup::MetricsView,
 }
 
 impl fmt::Debug for Snapshot {
@@ -59,19 +61,27 @@ impl fmt::Debug for Snapshot {
     }
 }
 
-type Labels = Vec<(&'static str, String)>;
+/// A sample's labels.
+pub(super) type Labels = Vec<(&'static str, String)>;
 
 /// A per-pool metric: name, help, counter (else gauge), and how to read it from a pool.
 type PoolMetric<'a> = (&'a str, &'a str, bool, &'a dyn Fn(&view::PoolOnBackend) -> f64);
 
 /// A sample: counters get `_total` appended by the encoder.
-enum Value {
+pub(super) enum Value {
+    /// A counter's value.
     Counter(f64),
+    /// A gauge's value.
     Gauge(f64),
 }
 
 /// One metric family; skipped when it has no samples (an empty family says nothing).
-fn family(enc: &mut DescriptorEncoder, name: &str, help: &str, samples: Vec<(Labels, Value)>) -> fmt::Result {
+pub(super) fn family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: Vec<(Labels, Value)>,
+) -> fmt::Result {
     let Some((_, first)) = samples.first() else { return Ok(()) };
     let ty = match first {
         Value::Counter(_) => MetricType::Counter,
@@ -134,7 +144,8 @@ impl Collector for Snapshot {
         self.pools(&mut enc)?;
         self.backends(&mut enc)?;
         self.latency(&mut enc)?;
-        self.migration(&mut enc)
+        self.migration(&mut enc)?;
+        super::backup::encode_metrics(&self.backup, &mut enc)
     }
 }
 

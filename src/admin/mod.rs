@@ -5,6 +5,7 @@
 //! PAUSE from psql and a `POST /pause` behave alike. Nothing here is on the data path: every
 //! number is read from counters the sessions already keep.
 
+mod backup;
 mod browser;
 mod conn_clock;
 pub mod console;

@@ -13,7 +13,7 @@ use toml::{Table, Value};
 
 /// Sections a `PGSHIFT_<SECTION>_<KEY>` variable may name (named sections such as `[databases]`
 /// have no variables: a name cannot be spelled in one).
-const SECTIONS: &[&str] = &["proxy", "auth", "tls", "primary", "routing", "admin", "migration", "log"];
+const SECTIONS: &[&str] = &["proxy", "auth", "tls", "primary", "routing", "admin", "migration", "backup", "log"];
 
 /// Applies every recognised variable of `vars` to `tree`, noting problems.
 pub fn apply_overrides(tree: &mut Table, vars: impl IntoIterator<Item = (String, String)>, problems: &mut Vec<String>) {
@@ -69,9 +69,9 @@ pub fn apply_overrides(tree: &mut Table, vars: impl IntoIterator<Item = (String,
     }
 }
 
-/// The defaults as a tree, with a sample migration section so its keys are known too.
+/// The defaults as a tree, with sample migration and backup sections so their keys are known too.
 fn defaults_tree() -> Table {
-    let c = Config { migration: Some(Default::default()), ..Config::default() };
+    let c = Config { migration: Some(Default::default()), backup: Some(Default::default()), ..Config::default() };
     Table::try_from(&c).unwrap_or_default()
 }
 

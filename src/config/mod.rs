@@ -4,6 +4,7 @@
 //! `validate()`. Every problem found (unknown keys, bad types per section, inconsistent values) is
 //! collected and reported together, so an operator fixes a config in one pass.
 
+mod backup;
 mod duration;
 mod env;
 mod log;
@@ -12,6 +13,7 @@ mod topology;
 mod validate;
 mod words;
 
+pub use backup::{file_safe_name, BackupConfig, PG_BIN_FALLBACK};
 pub use duration::Dur;
 pub use log::{LogConfig, LogFormat};
 pub use migration::{MigrationConfig, MirrorMode, SyncChoice};
@@ -46,6 +48,9 @@ pub struct Config {
     /// An online migration to a new database; absent means none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationConfig>,
+    /// Logical backups from a replica, with retention; absent means none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupConfig>,
     /// The log's format.
     pub log: LogConfig,
     /// More clusters besides `default` (`[primary]` + `[[replicas]]`), by name.

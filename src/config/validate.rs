@@ -16,6 +16,7 @@ fn schema() -> Table {
     c.replicas = vec![BackendConfig::default()];
     c.migration =
         Some(crate::config::MigrationConfig { target_replicas: vec![BackendConfig::default()], ..Default::default() });
+    c.backup = Some(Default::default());
     // Named tables: the entry "*" stands for every name (see `walk`).
     c.clusters.insert("*".into(), ClusterConfig { hosts: vec!["h".into()] });
     c.databases.insert(
@@ -112,6 +113,11 @@ pub fn typed(tree: Table, problems: &mut Vec<String>) -> Option<Config> {
                 let mut m = Default::default();
                 section(&k, v, problems, &mut m);
                 c.migration = Some(m);
+            }
+            "backup" => {
+                let mut b = Default::default();
+                section(&k, v, problems, &mut b);
+                c.backup = Some(b);
             }
             _ => {} // reported by unknown_keys
         }
@@ -259,6 +265,9 @@ impl Config {
                     "[migration] ramp_max_error_ratio must be in [0, 1), ramp_max_latency_factor at least 1, ramp_interval above 0".into(),
                 );
             }
+        }
+        if let Some(b) = &self.backup {
+            b.validate(self, problems);
         }
         let a = &self.admin;
         if a.max_connections == 0 {
