@@ -22,6 +22,8 @@ fn config(state: &std::path::Path) -> pgshift::config::Config {
         ramp_start_percent: 10,
         ramp_step_percent: 30,
         ramp_interval: pgshift::config::Dur::millis(300),
+        // generous: a loaded test machine makes p95s noisy; the slow target below is far slower
+        ramp_max_latency_factor: 5.0,
         ..Default::default()
     });
     cfg.proxy.default_pool_size = 10;
@@ -88,7 +90,7 @@ async fn the_ramp_climbs_while_healthy_and_drops_to_zero_on_a_breach() {
     stop_readers(&stop, r).await;
 
     // the target's reads get slow: back to 0% at once, with the reason
-    let slow = format!("select pg_sleep(case when inet_server_port() = {} then 0.03 else 0 end)", bed.target_port);
+    let slow = format!("select pg_sleep(case when inet_server_port() = {} then 0.5 else 0 end)", bed.target_port);
     let r = readers(port, slow, stop.clone());
     control::change_phase(&shared, Phase::DualWrite, None).await.unwrap();
     control::start_ramp(&shared).await.unwrap();
