@@ -208,8 +208,13 @@ async fn every_phase_forward_and_back_under_load_leaves_identical_copies() {
     }
     assert!((10..=30).contains(&on_target), "{on_target} of 40 sessions read from the target at 50%");
     step(800).await;
-    let observed = control::status(&shared).unwrap().observed_read_percent.unwrap_or(0.0);
+    let s = control::status(&shared).unwrap();
+    let observed = s.observed_read_percent.unwrap_or(0.0);
     assert!(observed > 0.0, "the workers' reads reached the target too ({observed}%)");
+    let mine = s.databases.iter().find(|d| d.database == db).expect("the database is listed");
+    assert_eq!((mine.read_target, mine.read_percent), ("source+target", 50), "{mine:?}");
+    assert!(mine.observed_read_percent.unwrap_or(0.0) > 0.0 && mine.lag_bytes.is_some(), "{mine:?}");
+    assert!(mine.pool_connections.target > 0, "{mine:?}");
     control::change_phase(&shared, Phase::Cutover, None).await.unwrap();
     step(1000).await;
     control::change_phase(&shared, Phase::DualWrite, None).await.unwrap(); // rollback

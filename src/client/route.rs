@@ -193,12 +193,12 @@ impl Session {
         let executes = request::executes(&self.cin[..len]);
         if phase == Phase::ShiftReads && self.reads_from_target() {
             if let Some(choice) = self.pick_target_read(&rt, executes) {
-                self.shared.migration.reads_target.fetch_add(u64::from(executes), Ordering::Relaxed);
+                self.shared.migration.count_reads(&self.pools.db.server_db, true, u64::from(executes));
                 return Ok(choice);
             }
         }
         if phase == Phase::ShiftReads {
-            self.shared.migration.reads_source.fetch_add(u64::from(executes), Ordering::Relaxed);
+            self.shared.migration.count_reads(&self.pools.db.server_db, false, u64::from(executes));
         }
         if serving_target {
             return Ok(self.pick_target_read(&rt, executes).unwrap_or((primary_b, primary_p, Target::Primary)));

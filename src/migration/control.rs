@@ -56,6 +56,14 @@ pub struct Status {
     pub logical: Vec<LogicalStatus>,
 }
 
+fn read_target(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Off | Phase::DualWrite => "source",
+        Phase::ShiftReads => "source+target",
+        Phase::Cutover | Phase::Done => "target",
+    }
+}
+
 /// Where one database stands.
 #[derive(Debug, Serialize)]
 pub struct DatabasePhase {
@@ -69,11 +77,26 @@ pub struct DatabasePhase {
     pub read_percent: u8,
     /// Where its writes go.
     pub write_target: &'static str,
+    /// Where its reads go.
+    pub read_target: &'static str,
+    /// Share of its reads the target served since its phase last changed (shift_reads).
+    pub observed_read_percent: Option<f64>,
+    /// The engine keeping its copy in step.
+    pub sync: SyncMode,
+    /// Logical sync: bytes of the serving server's WAL the other one has not applied.
+    pub lag_bytes: Option<u64>,
+    /// Its server connections per store.
+    pub pool_connections: PoolSizes,
 }
 
-fn database_phases(m: &super::Migration, known: impl Iterator<Item = String>) -> Vec<DatabasePhase> {
+fn database_phases(
+    m: &super::Migration,
+    pools: &std::collections::BTreeMap<String, PoolSizes>,
+    known: impl Iterator<Item = String>,
+) -> Vec<DatabasePhase> {
     let own = m.own_phases();
     let mut names: std::collections::BTreeSet<String> = known.collect();
+    names.extend(pools.keys().cloned());
     names.extend(own.keys().cloned());
     names
         .into_iter()
@@ -83,6 +106,11 @@ fn database_phases(m: &super::Migration, known: impl Iterator<Item = String>) ->
                 own_phase: own.contains_key(&d),
                 read_percent: m.read_percent_of(&d),
                 write_target: if phase.target_serves() { "target" } else { "source" },
+                read_target: read_target(phase),
+                observed_read_percent: (phase == Phase::ShiftReads).then(|| m.observed_read_percent_of(&d)).flatten(),
+                sync: m.sync_mode(),
+                lag_bytes: m.logical.get(&d).and_then(|s| s.lag_bytes()),
+                pool_connections: pools.get(&d).cloned().unwrap_or_default(),
                 phase,
                 database: d,
             }
@@ -127,7 +155,7 @@ fn logical_status(m: &super::Migration) -> Vec<LogicalStatus> {
 }
 
 /// Connection counts per store.
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Default, Clone)]
 pub struct PoolSizes {
     /// Toward the source (primary and replicas).
     pub source: usize,
@@ -161,11 +189,7 @@ pub fn status(shared: &Shared) -> Result<Status, MigrationError> {
     Ok(Status {
         phase,
         write_target: if phase.target_serves() { "target" } else { "source" },
-        read_target: match phase {
-            Phase::Off | Phase::DualWrite => "source",
-            Phase::ShiftReads => "source+target",
-            Phase::Cutover | Phase::Done => "target",
-        },
+        read_target: read_target(phase),
         read_percent: m.read_percent(),
         observed_read_percent: (phase == Phase::ShiftReads && t + s > 0).then(|| 100.0 * t as f64 / (t + s) as f64),
         dual_write: phase.mirrors(),
@@ -179,7 +203,7 @@ pub fn status(shared: &Shared) -> Result<Status, MigrationError> {
         diverged: mirror.diverged > 0,
         mirror,
         pool_connections: sizes,
-        databases: database_phases(m, per_db.keys().cloned().chain(logical::databases(&rt, cfg))),
+        databases: database_phases(m, &per_db, logical::databases(&rt, cfg).into_iter()),
         pool_connections_by_database: per_db,
         last_verify: m.last_verify.lock().ok().and_then(|l| l.clone()),
         verifications: m.verify_reports.lock().map(|r| r.values().cloned().collect()).unwrap_or_default(),

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A migration phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -174,6 +174,8 @@ pub struct Migration {
     /// Databases with a phase of their own (`has_own` keeps the common case to one load).
     own: RwLock<BTreeMap<String, Own>>,
     has_own: AtomicBool,
+    /// Reads in shift_reads per database: (served by the target, by the source).
+    db_reads: RwLock<BTreeMap<String, Arc<(AtomicU64, AtomicU64)>>>,
 }
 
 impl Migration {
@@ -211,6 +213,7 @@ impl Migration {
             ramp: ramp::Ramp::default(),
             has_own: AtomicBool::new(!saved.databases.is_empty()),
             own: RwLock::new(saved.databases),
+            db_reads: RwLock::new(BTreeMap::new()),
         }
     }
 
@@ -229,6 +232,29 @@ impl Migration {
             return None;
         }
         self.own.read().ok()?.get(database).copied()
+    }
+
+    /// Counts reads served in shift_reads, overall and for `database`.
+    pub fn count_reads(&self, database: &str, on_target: bool, n: u64) {
+        let all = if on_target { &self.reads_target } else { &self.reads_source };
+        all.fetch_add(n, Ordering::Relaxed);
+        let known = self.db_reads.read().ok().and_then(|m| m.get(database).cloned());
+        let cell = match known {
+            Some(c) => c,
+            None => match self.db_reads.write() {
+                Ok(mut m) => m.entry(database.to_string()).or_default().clone(),
+                Err(_) => return,
+            },
+        };
+        let counter = if on_target { &cell.0 } else { &cell.1 };
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The share of `database`'s reads the target served since its phase last changed.
+    pub fn observed_read_percent_of(&self, database: &str) -> Option<f64> {
+        let cell = self.db_reads.read().ok()?.get(database).cloned()?;
+        let (t, s) = (cell.0.load(Ordering::Relaxed), cell.1.load(Ordering::Relaxed));
+        (t + s > 0).then(|| 100.0 * t as f64 / (t + s) as f64)
     }
 
     /// Databases with a phase of their own.
@@ -317,6 +343,12 @@ impl Migration {
         self.phase.store(phase as u8, Ordering::Release);
         self.reads_target.store(0, Ordering::Relaxed);
         self.reads_source.store(0, Ordering::Relaxed);
+        if let Ok(mut m) = self.db_reads.write() {
+            match database {
+                Some(d) => drop(m.remove(d)),
+                None => m.clear(),
+            }
+        }
         let database = database.unwrap_or("(every database without its own phase)");
         tracing::info!(phase = to.name(), read_percent = pct, database, "migration phase changed");
         Ok(())
