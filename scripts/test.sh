@@ -92,6 +92,14 @@ if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
   python3 -m pip install --quiet prometheus_client >/dev/null 2>&1 ||
     say "warning: cannot install Python prometheus_client: the /metrics parser test will skip"
 fi
+# tests/fleet.rs runs HAProxy in front of three pgshift instances; it skips (saying so) without it.
+if ! command -v haproxy >/dev/null 2>&1; then
+  say "haproxy not found: installing it with apt-get"
+  as_root() { if ((EUID == 0)); then "$@"; else sudo -n -- "$@"; fi; }
+  { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy ||
+    { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }; } \
+    >/dev/null 2>&1 || say "warning: cannot install haproxy: the HAProxy fleet test will skip"
+fi
 if ((USE_NEXTEST)) && ! cargo nextest --version >/dev/null 2>&1; then
   say "cargo-nextest not found: falling back to cargo test"
   USE_NEXTEST=0

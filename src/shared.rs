@@ -315,6 +315,8 @@ pub struct Shared {
     pub admin: crate::admin::AdminShared,
     /// The backup lock and what `/metrics` shows of backups and WAL archiving.
     pub backup: crate::backup::Backups,
+    /// Cancel requests passed on to other instances of the fleet, by outcome.
+    pub cancel_forwards: crate::client::fleet::ForwardCounters,
 }
 
 impl Shared {
@@ -341,6 +343,7 @@ impl Shared {
             notify: Default::default(),
             admin: Default::default(),
             backup: Default::default(),
+            cancel_forwards: Default::default(),
         })
     }
 

@@ -37,6 +37,7 @@ pub fn render(shared: &Shared) -> Result<String, fmt::Error> {
         migration: crate::migration::control::status(shared).ok(),
         ryw_fallbacks: ryw,
         backup: shared.backup.metrics(shared.runtime.load().config.backup.as_ref()),
+        cancel_forwards: shared.runtime.load().config.fleet.enabled().then(|| shared.cancel_forwards.snapshot()),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot));
@@ -53,6 +54,8 @@ struct Snapshot {
     migration: Option<crate::migration::control::Status>,
     ryw_fallbacks: u64,
     backup: crate::backup::MetricsView,
+    /// Cancel requests forwarded to fleet peers, by outcome (`None` without a fleet).
+    cancel_forwards: Option<[(&'static str, u64); 3]>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -178,7 +181,15 @@ impl Snapshot {
         let errors = v.errors.iter().map(|(k, n)| (vec![("class", k.clone())], Value::Counter(*n as f64))).collect();
         family(enc, "pgshift_errors", "Errors sent to clients, by SQLSTATE class", errors)?;
         let pins = v.pins.iter().map(|(k, n)| (vec![("reason", k.to_string())], Value::Counter(*n as f64))).collect();
-        family(enc, "pgshift_pins", "Sessions pinned to their server connection, by reason", pins)
+        family(enc, "pgshift_pins", "Sessions pinned to their server connection, by reason", pins)?;
+        let forwards = self.cancel_forwards.iter().flatten();
+        let forwards = forwards.map(|(o, n)| (vec![("outcome", o.to_string())], Value::Counter(*n as f64))).collect();
+        family(
+            enc,
+            "pgshift_cancel_forwarded",
+            "Cancel requests for another fleet instance's clients, by outcome",
+            forwards,
+        )
     }
 
     /// Per cluster: failovers and split brain; per node: the role it reports and its timeline.

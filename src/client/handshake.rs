@@ -89,7 +89,7 @@ pub async fn open(shared: &Arc<Shared>, mut stream: Stream, peer: Peer) -> Resul
                 return fail(&mut stream, ClientError::protocol("unexpected encryption request inside TLS")).await
             }
             StartupPacket::Cancel { pid, secret } => {
-                forward_cancel(shared, pid, secret).await;
+                forward_cancel(shared, pid, secret, Reach::Fleet).await;
                 return Ok(Opening::Cancelled);
             }
             StartupPacket::Startup { minor, params } => break (minor, params),
@@ -211,22 +211,41 @@ pub(super) async fn read_password_frame(stream: &mut Stream, buf: &mut BytesMut)
     }
 }
 
+/// Whether a CancelRequest no local client matches may go on to another fleet instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Local clients only (a connection refused by the listener's limits).
+    Local,
+    /// Local clients, else the configured peer the key names (one forward at most).
+    Fleet,
+}
+
 /// Routes a CancelRequest to the client holding the key and counts a dropped one against the
-/// client's pool toward the primary (SHOW POOLS, /metrics).
-pub async fn forward_cancel(shared: &Shared, pid: i32, secret: i32) {
-    let wait =
-        shared.runtime.load().config.proxy.cancel_wait_timeout.enabled().unwrap_or(Duration::from_secs(365 * 86_400));
-    if let CancelOutcome::Dropped { user, database } = shared.sessions.cancel(pid, secret, wait).await {
-        let rt = shared.runtime.load();
-        let primary = rt.databases.resolve(&database).map(|d| d.cluster.primary.address.clone());
-        let pool = shared.pools.entries().into_iter().find(|(k, _)| {
-            k.name == *database
-                && Some(&k.address) == primary.as_ref()
-                && (k.user == user || rt.databases.resolve(&database).is_some_and(|d| d.forced_user.is_some()))
-        });
-        if let Some((_, p)) = pool {
-            p.stats.cancels_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// client's pool toward the primary (SHOW POOLS, /metrics). A key no local client holds goes to
+/// the fleet peer it names, when `reach` allows and the fleet is on.
+pub async fn forward_cancel(shared: &Shared, pid: i32, secret: i32, reach: Reach) {
+    let rt = shared.runtime.load_full();
+    let wait = rt.config.proxy.cancel_wait_timeout.enabled().unwrap_or(Duration::from_secs(365 * 86_400));
+    let (pid, forwarded) = super::fleet::unmark(&rt.config.fleet, pid);
+    match shared.sessions.cancel(pid, secret, wait).await {
+        CancelOutcome::Dropped { user, database } => count_dropped(shared, &rt, &user, &database),
+        CancelOutcome::NoMatch if reach == Reach::Fleet => {
+            let decision = super::fleet::decide(&rt.config.fleet, pid, forwarded);
+            super::fleet::forward(&shared.cancel_forwards, decision, pid, secret, wait).await;
         }
-        tracing::debug!(%user, "cancel request dropped: the client had no query running");
+        CancelOutcome::NoMatch | CancelOutcome::Forwarded => {}
     }
+}
+
+fn count_dropped(shared: &Shared, rt: &crate::shared::Runtime, user: &str, database: &str) {
+    let primary = rt.databases.resolve(database).map(|d| d.cluster.primary.address.clone());
+    let pool = shared.pools.entries().into_iter().find(|(k, _)| {
+        k.name == *database
+            && Some(&k.address) == primary.as_ref()
+            && (k.user == user || rt.databases.resolve(database).is_some_and(|d| d.forced_user.is_some()))
+    });
+    if let Some((_, p)) = pool {
+        p.stats.cancels_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    tracing::debug!(%user, "cancel request dropped: the client had no query running");
 }

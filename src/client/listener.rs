@@ -206,7 +206,8 @@ pub async fn refuse(shared: &Shared, mut stream: Stream, e: ClientError) {
                     stream.write_all(b"N").await?;
                 }
                 Ok(Some((StartupPacket::Cancel { pid, secret }, _))) => {
-                    super::handshake::forward_cancel(shared, pid, secret).await;
+                    // Refused for the listener's limits: no connection to a fleet peer either.
+                    super::handshake::forward_cancel(shared, pid, secret, handshake::Reach::Local).await;
                     return Ok(());
                 }
                 Ok(Some(_)) | Err(_) => break,

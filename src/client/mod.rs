@@ -2,6 +2,7 @@
 
 pub mod expect;
 mod failover;
+pub mod fleet;
 pub mod forward;
 pub mod handshake;
 mod io;

@@ -185,12 +185,19 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Registers a client and gives it a fresh cancel key.
-    pub fn register(&self, user: &str, database: Arc<str>, peer: super::peer::Peer) -> Arc<SessionHandle> {
+    /// Registers a client and gives it a fresh cancel key, naming `fleet_id` when it is not 0
+    /// (see [`super::fleet`] for the layout).
+    pub fn register(
+        &self,
+        user: &str,
+        database: Arc<str>,
+        peer: super::peer::Peer,
+        fleet_id: u16,
+    ) -> Arc<SessionHandle> {
         let mut map = self.by_pid.lock().unwrap_or_else(|e| e.into_inner());
         let mut rng = rand::thread_rng();
         let pid = loop {
-            let p = rng.gen_range(CLIENT_PID_FLOOR..i32::MAX);
+            let p = super::fleet::new_pid(fleet_id, &mut rng);
             if !map.contains_key(&p) {
                 break p;
             }

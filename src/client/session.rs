@@ -151,7 +151,7 @@ impl Session {
             Err(e) => return Err((stream, e)),
         };
         let database: Arc<str> = database.into();
-        let handle = shared.sessions.register(&user.name, database.clone(), peer);
+        let handle = shared.sessions.register(&user.name, database.clone(), peer, rt.config.fleet.id);
         let mut state = ClientState {
             tx_status: b'I',
             track_prepared: pools.mode == PoolMode::Transaction && rt.config.proxy.max_prepared_statements > 0,

@@ -13,7 +13,8 @@ use toml::{Table, Value};
 
 /// Sections a `PGSHIFT_<SECTION>_<KEY>` variable may name (named sections such as `[databases]`
 /// have no variables: a name cannot be spelled in one).
-const SECTIONS: &[&str] = &["proxy", "auth", "tls", "primary", "routing", "admin", "migration", "backup", "log"];
+const SECTIONS: &[&str] =
+    &["proxy", "auth", "tls", "primary", "routing", "admin", "migration", "backup", "log", "fleet"];
 
 /// Applies every recognised variable of `vars` to `tree`, noting problems.
 pub fn apply_overrides(tree: &mut Table, vars: impl IntoIterator<Item = (String, String)>, problems: &mut Vec<String>) {

@@ -7,6 +7,7 @@
 mod backup;
 mod duration;
 mod env;
+mod fleet;
 mod log;
 mod migration;
 mod topology;
@@ -15,6 +16,7 @@ mod words;
 
 pub use backup::{file_safe_name, BackupConfig, PG_BIN_FALLBACK};
 pub use duration::Dur;
+pub use fleet::{FleetConfig, FleetPeer, MAX_FLEET_CLIENTS, MAX_FLEET_ID};
 pub use log::{LogConfig, LogFormat};
 pub use migration::{MigrationConfig, MirrorMode, SyncChoice};
 pub use topology::{parse_hosts, ClusterConfig, DatabaseConfig, UserSettings, ANY_DATABASE, DEFAULT_CLUSTER};
@@ -53,6 +55,8 @@ pub struct Config {
     pub backup: Option<BackupConfig>,
     /// The log's format.
     pub log: LogConfig,
+    /// Other pgshift instances behind the same load balancer, for cancel requests.
+    pub fleet: FleetConfig,
     /// More clusters besides `default` (`[primary]` + `[[replicas]]`), by name.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub clusters: std::collections::BTreeMap<String, ClusterConfig>,

@@ -189,3 +189,19 @@ fn unix_socket_settings() {
     assert!(all.contains("unix_socket_mode = \"0778\" is not an octal file mode"), "{all}");
     assert!(all.contains("unix_socket_dir") && all.contains("too long"), "{all}");
 }
+
+#[test]
+fn fleet_section_and_its_environment_override() {
+    let text = format!("{MINIMAL}\n[fleet]\nid = 1\n[[fleet.peers]]\nid = 2\naddress = \"10.0.0.12:6432\"\n");
+    let c = Config::from_toml_with_env(&text, env(&[("PGSHIFT_FLEET_ID", "3")])).unwrap();
+    assert_eq!(c.fleet.id, 3);
+    assert_eq!(c.fleet.peer(2), Some("10.0.0.12:6432"));
+    assert!(!Config::from_toml(MINIMAL).unwrap().fleet.enabled(), "no [fleet]: off");
+    let err = Config::from_toml_with_env(&text, env(&[("PGSHIFT_FLEET_ID", "2")])).unwrap_err();
+    assert!(err.0.iter().any(|p| p.contains("own [fleet] id")), "{:?}", err.0);
+    let bad = format!("{MINIMAL}\n[fleet]\nid = 1\nbogus = 1\n[[fleet.peers]]\nid = 2\naddress = \"x\"\n");
+    let err = Config::from_toml(&bad).unwrap_err();
+    assert!(err.0.iter().any(|p| p.contains("fleet.bogus")), "{:?}", err.0);
+    let err = Config::from_toml(&bad.replace("bogus = 1\n", "")).unwrap_err();
+    assert!(err.0.iter().any(|p| p.contains("not host:port")), "{:?}", err.0);
+}

@@ -17,6 +17,7 @@ fn schema() -> Table {
     c.migration =
         Some(crate::config::MigrationConfig { target_replicas: vec![BackendConfig::default()], ..Default::default() });
     c.backup = Some(Default::default());
+    c.fleet.peers = vec![super::FleetPeer::default()];
     // Named tables: the entry "*" stands for every name (see `walk`).
     c.clusters.insert("*".into(), ClusterConfig { hosts: vec!["h".into()] });
     c.databases.insert(
@@ -106,6 +107,7 @@ pub fn typed(tree: Table, problems: &mut Vec<String>) -> Option<Config> {
             "routing" => section(&k, v, problems, &mut c.routing),
             "admin" => section(&k, v, problems, &mut c.admin),
             "log" => section(&k, v, problems, &mut c.log),
+            "fleet" => section(&k, v, problems, &mut c.fleet),
             "clusters" => named(&k, v, problems, &mut c.clusters),
             "databases" => named(&k, v, problems, &mut c.databases),
             "users" => named(&k, v, problems, &mut c.users),
@@ -237,6 +239,7 @@ impl Config {
             problems.push("[proxy] server_connect_timeout must be above 0".into());
         }
         self.validate_auth(problems);
+        self.fleet.validate(p.max_client_conn, problems);
         self.validate_topology(problems);
         validate_backend("primary", &self.primary, problems);
         for (i, r) in self.replicas.iter().enumerate() {

@@ -1,0 +1,155 @@
+//! `[fleet]`: several pgshift instances behind one TCP load balancer, so a CancelRequest that
+//! lands on the wrong instance is passed to the one holding the client.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest fleet id: the id takes the low 14 bits of a client's BackendKeyData pid (PgBouncer's
+/// `peer_id` has the same range).
+pub const MAX_FLEET_ID: u16 = (1 << 14) - 1;
+
+/// Most clients one fleet instance may have: a fleet pid leaves 17 bits (131,072 values, 130,816
+/// of them above the client pid floor) to tell its clients apart, and the registry must always
+/// find a free one quickly.
+pub const MAX_FLEET_CLIENTS: usize = 100_000;
+
+/// `[fleet]`. Absent (or `id = 0`): this instance is alone, and cancel keys are what they always were.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default)]
+pub struct FleetConfig {
+    /// This instance's id, 1..=16383, unique in the fleet; 0 turns the fleet off.
+    pub id: u16,
+    /// The other instances: where a cancel for a client of theirs is forwarded.
+    pub peers: Vec<FleetPeer>,
+}
+
+/// `[[fleet.peers]]`: another instance of the fleet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default)]
+pub struct FleetPeer {
+    /// Its `[fleet] id`.
+    pub id: u16,
+    /// `host:port` of its client listener (its own address, not the load balancer's).
+    pub address: String,
+}
+
+impl FleetConfig {
+    /// True when this instance is part of a fleet.
+    pub fn enabled(&self) -> bool {
+        self.id != 0
+    }
+
+    /// The address of peer `id`, if it is configured.
+    pub fn peer(&self, id: u16) -> Option<&str> {
+        self.peers.iter().find(|p| p.id == id).map(|p| p.address.as_str())
+    }
+
+    /// Notes every problem: ids out of range or repeated, this instance among its peers, peers
+    /// without a fleet id, addresses that are not `host:port`, too many clients for fleet keys.
+    pub fn validate(&self, max_client_conn: usize, problems: &mut Vec<String>) {
+        if self.id > MAX_FLEET_ID {
+            problems.push(format!("[fleet] id = {} must be between 1 and {MAX_FLEET_ID} (0 = no fleet)", self.id));
+        }
+        if !self.enabled() {
+            if !self.peers.is_empty() {
+                problems.push("[fleet] peers are listed but id is not set: give this instance an id".into());
+            }
+            return;
+        }
+        if max_client_conn > MAX_FLEET_CLIENTS {
+            problems.push(format!(
+                "[fleet] a fleet instance takes at most {MAX_FLEET_CLIENTS} clients; lower [proxy] max_client_conn"
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let at = format!("[[fleet.peers]] #{}", i + 1);
+            if p.id == 0 || p.id > MAX_FLEET_ID {
+                problems.push(format!("{at}: id = {} must be between 1 and {MAX_FLEET_ID}", p.id));
+            } else if p.id == self.id {
+                problems.push(format!("{at}: id = {} is this instance's own [fleet] id", p.id));
+            } else if !seen.insert(p.id) {
+                problems.push(format!("{at}: id = {} is listed twice", p.id));
+            }
+            if !is_host_port(&p.address) {
+                problems.push(format!("{at}: address = {:?} is not host:port", p.address));
+            }
+        }
+    }
+}
+
+/// `host:port` with a non-empty host (a name or an IP address, IPv6 in brackets) and a port above 0.
+fn is_host_port(s: &str) -> bool {
+    if s.parse::<std::net::SocketAddr>().is_ok_and(|a| a.port() != 0) {
+        return true;
+    }
+    let Some((host, port)) = s.rsplit_once(':') else { return false };
+    let name_ok =
+        !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
+    name_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: u16, address: &str) -> FleetPeer {
+        FleetPeer { id, address: address.into() }
+    }
+
+    fn problems(f: &FleetConfig) -> Vec<String> {
+        let mut p = Vec::new();
+        f.validate(10_000, &mut p);
+        p
+    }
+
+    #[test]
+    fn absent_fleet_is_valid_and_off() {
+        let f = FleetConfig::default();
+        assert!(!f.enabled());
+        assert!(problems(&f).is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let f = FleetConfig {
+            id: 1,
+            peers: vec![
+                peer(1, "a:1"),
+                peer(2, "b:2"),
+                peer(2, "c:3"),
+                peer(0, "d:4"),
+                peer(3, "nope"),
+                peer(4, "e:0"),
+            ],
+        };
+        let p = problems(&f);
+        assert_eq!(p.len(), 5, "{p:?}");
+        assert!(p[0].contains("own"), "{p:?}");
+        assert!(p[1].contains("twice"), "{p:?}");
+        assert!(p[2].contains("between 1"), "{p:?}");
+        assert!(p[3].contains("nope"), "{p:?}");
+        assert!(p[4].contains("e:0"), "{p:?}");
+    }
+
+    #[test]
+    fn ids_and_addresses_in_range_pass() {
+        let f = FleetConfig {
+            id: MAX_FLEET_ID,
+            peers: vec![peer(1, "10.0.0.12:6432"), peer(2, "[::1]:6432"), peer(3, "pgshift-3.pgshift.svc:6432")],
+        };
+        assert!(problems(&f).is_empty(), "{:?}", problems(&f));
+        assert_eq!(f.peer(2), Some("[::1]:6432"));
+        assert_eq!(f.peer(4), None);
+    }
+
+    #[test]
+    fn out_of_range_id_peers_without_id_and_too_many_clients() {
+        let f = FleetConfig { id: MAX_FLEET_ID + 1, peers: vec![] };
+        assert_eq!(problems(&f).len(), 1);
+        let f = FleetConfig { id: 0, peers: vec![peer(2, "b:2")] };
+        assert_eq!(problems(&f).len(), 1);
+        let mut p = Vec::new();
+        FleetConfig { id: 1, peers: vec![] }.validate(MAX_FLEET_CLIENTS + 1, &mut p);
+        assert_eq!(p.len(), 1, "{p:?}");
+    }
+}
