@@ -8,7 +8,9 @@
 # migration target ([migration.target]); pgbench -i -s SCALE on both, and on both a table for the
 # insert-only workload. Three pgshift instances with the same config and [migration] section but
 # for mirror_mode: "pgshift-off" (phase off), "pgshift-async" and "pgshift-sync", the last two put in
-# phase dual_write through their admin port (POST /migration/phase). Write workloads:
+# phase dual_write through their admin port (POST /migration/phase). All three have sync = "statement"
+# (pgshift replays each committed write transaction; bench/logical.sh measures logical replication,
+# which pgbed's clusters, wal_level = logical, would also allow). Write workloads:
 #   tpcb-simple    pgbench's built-in TPC-B-like, -M simple (5 statements in BEGIN ... END)
 #   insert-simple  one INSERT ... ON CONFLICT DO NOTHING of a random explicit key (no now(), no
 #                  default, no sequence: the row is the same on both stores)
@@ -97,6 +99,7 @@ migration_toml() { # mirror_mode state-file
   cat <<EOF
 [migration]
 state_file = "$2"
+sync = "statement"
 mirror_mode = "$1"
 mirror_queue = $MIRROR_QUEUE
 mirror_timeout = "$MIRROR_TIMEOUT"
