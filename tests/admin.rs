@@ -11,39 +11,13 @@ use pgshift::proxy::Proxy;
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const TOKEN: &str = "test-token";
 
 /// One HTTP/1.1 request to the admin port; returns (status, body).
 async fn http(p: &Proxy, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let addr = p.admin_addr.clone().expect("the test config enables the admin port");
-    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect to the admin port");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let req =
-        format!("{method} {path} HTTP/1.1\r\nHost: pgshift\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status code");
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.into() };
-    (status, body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
+    proxy::admin_http(p, method, path, token, "").await
 }
 
 async fn json(p: &Proxy, path: &str) -> Value {

@@ -367,6 +367,24 @@ impl Migration {
     }
 }
 
+/// A connection of pgshift's own (verification, logical sync) to `backend` as `user`.
+pub(crate) async fn own_connection(
+    rt: &crate::shared::Runtime,
+    backend: &crate::pool::Backend,
+    user: std::sync::Arc<crate::auth::UserEntry>,
+    database: &str,
+) -> Result<crate::server::ServerConn, String> {
+    let spec = crate::server::LoginSpec {
+        address: backend.address.clone(),
+        backend_name: backend.name.clone(),
+        user,
+        database: database.to_string(),
+        connect_timeout: rt.config.proxy.server_connect_timeout.0,
+        tls: rt.server_tls.clone(),
+    };
+    crate::server::ServerConn::connect(&spec, 0, 0).await.map_err(|e| format!("{}: {e}", backend.name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::server::{LoginSpec, ServerConn};
+use crate::server::ServerConn;
 use crate::shared::Runtime;
 
 /// Examples of differing rows kept per table.
@@ -67,15 +67,7 @@ async fn connect(rt: &Runtime, target: bool, database: &str) -> Result<ServerCon
         .filter_map(|u| rt.users.get(&u.name))
         .find(|u| u.has_backend_secret())
         .ok_or("no configured user can log in to verify")?;
-    let spec = LoginSpec {
-        address: backend.address.clone(),
-        backend_name: backend.name.clone(),
-        user,
-        database: database.to_string(),
-        connect_timeout: rt.config.proxy.server_connect_timeout.0,
-        tls: rt.server_tls.clone(),
-    };
-    ServerConn::connect(&spec, 0, 0).await.map_err(|e| format!("{}: {e}", backend.name))
+    super::own_connection(rt, &backend, user, database).await
 }
 
 fn quote_ident(s: &str) -> String {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::MigrationConfig;
-use crate::server::{LoginSpec, ServerConn};
+use crate::server::ServerConn;
 use crate::shared::Runtime;
 
 /// The publication pgshift creates in each moved database, on the source and on the target.
@@ -241,15 +241,7 @@ pub async fn connect(rt: &Runtime, store: Store, database: &str) -> Result<Serve
     };
     let admin = rt.config.migration.as_ref().map(|m| m.admin_user.as_str()).unwrap_or_default();
     let user = rt.users.get(admin).ok_or_else(|| fail(format!("admin_user {admin:?} is not a configured user")))?;
-    let spec = LoginSpec {
-        address: backend.address.clone(),
-        backend_name: backend.name.clone(),
-        user,
-        database: database.to_string(),
-        connect_timeout: rt.config.proxy.server_connect_timeout.0,
-        tls: rt.server_tls.clone(),
-    };
-    ServerConn::connect(&spec, 0, 0).await.map_err(|e| fail(format!("{}: {e}", backend.name)))
+    super::own_connection(rt, &backend, user, database).await.map_err(fail)
 }
 
 /// The libpq connection string a subscriber uses to reach `store` (as pgshift reaches it), with
