@@ -10,6 +10,7 @@
 //! - [`router`]: the SQL classifier; [`session_state`]: settings and prepared statements that
 //!   follow a client across server connections.
 //! - [`stats`]: sharded counters and histograms; [`shared`]: the state every task is handed.
+//! - [`fleet`]: several instances sharing the migration phase and a member list through PostgreSQL.
 //! - [`backup`]: scheduled `pg_dump` backups from a replica, retention, the WAL archiver's status.
 //!
 //! # Data path (one transaction)
@@ -34,6 +35,7 @@ pub mod config;
 pub mod convert;
 pub mod encoding;
 pub mod error;
+pub mod fleet;
 pub mod healthcheck;
 pub mod migration;
 pub mod notify;

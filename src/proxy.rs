@@ -59,9 +59,11 @@ impl Proxy {
         let unix_socket = shared.runtime.load().config.proxy.unix_socket_path(addr.port()).filter(|_| unix.is_some());
         let stop_rx = shared.stop.subscribe();
         crate::pool::health::spawn_probes(&shared, &stop_rx);
+        let fleet = crate::fleet::sync::start(&shared, stop_rx.clone()).await;
         let serve = |l| tokio::spawn(crate::client::listener::serve(shared.clone(), l, stop_rx.clone()));
         let mut tasks = vec![serve(ClientListener::Tcp(listener))];
         tasks.extend(unix.map(|l| serve(ClientListener::Unix(l))));
+        tasks.extend(fleet);
         tasks.push(tokio::spawn(upkeep(shared.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(crate::topology::watch(shared.clone(), stop_rx.clone())));
         crate::migration::logical::monitor::resume(&shared);
@@ -71,6 +73,7 @@ impl Proxy {
         tasks.extend(crate::backup::spawn(&shared, &stop_rx));
         let admin_addr = match crate::admin::start(shared.clone(), config_path.clone(), stop_rx).await {
             Ok(Some((a, task))) => {
+                let _ = shared.admin.bound.set(a.clone());
                 tasks.push(task);
                 Some(a)
             }

@@ -317,6 +317,8 @@ pub struct Shared {
     pub backup: crate::backup::Backups,
     /// Cancel requests passed on to other instances of the fleet, by outcome.
     pub cancel_forwards: crate::client::fleet::ForwardCounters,
+    /// The fleet: shared phase, fences, members.
+    pub fleet: crate::fleet::Fleet,
 }
 
 impl Shared {
@@ -344,6 +346,7 @@ impl Shared {
             admin: Default::default(),
             backup: Default::default(),
             cancel_forwards: Default::default(),
+            fleet: Default::default(),
         })
     }
 

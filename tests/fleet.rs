@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{proxy, raw};
+use common::{haproxy, proxy, raw};
 use pgshift::config::{FleetConfig, FleetPeer};
 use pgshift::proxy::Proxy;
 use std::sync::atomic::Ordering;
@@ -25,7 +25,7 @@ fn fleet_config(port: u16, id: u16, peers: &[(u16, u16)]) -> pgshift::config::Co
     let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
     cfg.proxy.listen = format!("127.0.0.1:{port}");
     let peers = peers.iter().map(|&(id, p)| FleetPeer { id, address: format!("127.0.0.1:{p}") }).collect();
-    cfg.fleet = FleetConfig { id, peers };
+    cfg.fleet = FleetConfig { id, peers, ..Default::default() };
     cfg
 }
 
@@ -184,60 +184,11 @@ async fn only_configured_peers_are_contacted_and_only_once() {
     .expect("cancel requests were handled");
 }
 
-/// HAProxy (TCP mode, round robin, health checks on each admin port's /health), run by the test.
-struct HaProxy {
-    child: std::process::Child,
-    port: u16,
-    _dir: common::TempDir,
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl HaProxy {
-    /// Starts HAProxy in front of `fleet`; `None` (with the reason printed) if it is not installed.
-    async fn start(fleet: &[Proxy]) -> Option<HaProxy> {
-        if std::process::Command::new("haproxy").arg("-v").output().is_err() {
-            eprintln!("skipped: haproxy not found (scripts/test.sh installs it with apt-get)");
-            return None;
-        }
-        let dir = common::TempDir::new("fleet-haproxy");
-        let port = common::free_port();
-        let mut cfg = format!(
-            "global\n  maxconn 256\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 120s\n  \
-             timeout server 120s\nfrontend pg\n  bind 127.0.0.1:{port}\n  default_backend pgshift\n\
-             backend pgshift\n  balance roundrobin\n  option httpchk\n  http-check send meth GET uri /health\n  \
-             http-check expect status 200\n"
-        );
-        for (i, p) in fleet.iter().enumerate() {
-            let admin = p.admin_addr.clone().expect("admin port");
-            let admin_port = admin.rsplit(':').next().unwrap();
-            cfg.push_str(&format!("  server s{i} {} check port {admin_port} inter 1s\n", p.addr));
-        }
-        let file = dir.join("haproxy.cfg");
-        std::fs::write(&file, cfg).unwrap();
-        let child = std::process::Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&file)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("haproxy starts");
-        let h = HaProxy { child, port, _dir: dir };
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Some(h)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_haproxy_every_cancel_lands() {
     let fleet = three().await;
-    let Some(ha) = HaProxy::start(&fleet).await else { return };
+    let backends: Vec<_> = fleet.iter().map(haproxy::backend).collect();
+    let Some(ha) = haproxy::HaProxy::start(&backends).await else { return };
     const N: usize = 4;
     tokio::time::timeout(BOUND, async {
         let mut clients = Vec::new();

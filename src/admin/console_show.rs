@@ -53,7 +53,7 @@ pub(super) fn v(x: impl ToString) -> Option<String> {
 /// SHOW HELP: a NOTICE with the command list, as PgBouncer sends it.
 pub fn help(out: &mut BytesMut) {
     let detail = "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n\
-                  \tSHOW LISTS|STATE\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n\tRELOAD\n\tPAUSE\n\tRESUME\n\
+                  \tSHOW LISTS|STATE|PEERS\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n\tRELOAD\n\tPAUSE\n\tRESUME\n\
                   \tRECONNECT\n\tKILL_CLIENT <client_id>";
     messages::put_frame(out, tag::NOTICE_RESPONSE, |b| {
         for (field, value) in
@@ -81,12 +81,59 @@ pub fn show(shared: &Shared, what: &str) -> Option<Table> {
         "config" => config(shared),
         "lists" => lists(shared),
         "state" => state(shared),
+        "peers" => peers(shared),
         "version" => {
             Table { cols: &[("version", T)], rows: vec![vec![v(format!("pgshift {}", env!("CARGO_PKG_VERSION")))]] }
         }
         _ => return None,
     };
     Some(table)
+}
+
+/// SHOW PEERS: PgBouncer's columns (peer_id, host, port, pool_size), then what the fleet's
+/// heartbeats say of each live member; configured peers not heard from are listed with NULLs.
+fn peers(shared: &Shared) -> Table {
+    const COLS: Cols = &[
+        ("peer_id", I),
+        ("host", T),
+        ("port", I),
+        ("pool_size", I),
+        ("version", T),
+        ("phase", T),
+        ("clients", I),
+        ("servers", I),
+        ("last_seen_ms", I),
+        ("self", T),
+    ];
+    let rt = shared.runtime.load();
+    let me = rt.config.fleet.id;
+    let members = shared.fleet.members();
+    let mut ids: std::collections::BTreeSet<u16> = members.iter().map(|m| m.id).collect();
+    ids.extend(rt.config.fleet.peers.iter().map(|p| p.id));
+    let rows = ids
+        .into_iter()
+        .map(|id| {
+            let m = members.iter().find(|m| m.id == id);
+            let address = m.map(|m| m.listen.clone()).or_else(|| rt.config.fleet.peer(id).map(str::to_string));
+            let (host, port) = match address.as_deref().and_then(|a| a.rsplit_once(':')) {
+                Some((h, p)) => (v(h.trim_matches(['[', ']'])), p.parse::<u16>().ok().map(|p| p.to_string())),
+                None => (None, None),
+            };
+            vec![
+                v(id),
+                host,
+                port,
+                v(0),
+                m.map(|m| m.version.clone()),
+                m.map(|m| m.phase.clone()),
+                m.map(|m| m.clients.to_string()),
+                m.map(|m| m.servers.to_string()),
+                m.map(|m| m.seen_ms_ago.to_string()),
+                v(if id == me { "yes" } else { "no" }),
+            ]
+        })
+        .collect();
+    Table { cols: COLS, rows }
 }
 
 fn pool_mode(shared: &Shared) -> &'static str {

@@ -28,6 +28,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/reload", post(reload))
         .route("/reconnect", post(reconnect))
         .route("/kill_client", post(kill_client))
+        .route("/fleet", get(fleet))
         .merge(super::routing::router())
         .merge(super::backup::router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), super::browser::guard))
@@ -78,10 +79,24 @@ async fn ready_handler(State(s): State<AdminState>) -> Response {
         let why = "split brain: several nodes are out of recovery on the same timeline; pgshift writes to none";
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response();
     }
+    if let Some(why) = s.shared.fleet.not_ready(&s.shared) {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response();
+    }
+    let note = s.shared.fleet.ready_note(&s.shared).map(|n| format!("; {n}")).unwrap_or_default();
     match ready::cached(&s.shared).await {
-        Ok(took) => (StatusCode::OK, format!("ready: primary answered in {} ms\n", took.as_millis())).into_response(),
+        Ok(took) => {
+            (StatusCode::OK, format!("ready: primary answered in {} ms{note}\n", took.as_millis())).into_response()
+        }
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
     }
+}
+
+/// The fleet as this instance sees it (404 when it is not in a fleet).
+async fn fleet(State(s): State<AdminState>) -> Response {
+    if !s.shared.runtime.load().config.fleet.enabled() {
+        return (StatusCode::NOT_FOUND, "not in a fleet: [fleet] id is not set\n").into_response();
+    }
+    Json(s.shared.fleet.status(&s.shared)).into_response()
 }
 
 async fn metrics_handler(State(s): State<AdminState>) -> Response {

@@ -38,6 +38,7 @@ pub fn render(shared: &Shared) -> Result<String, fmt::Error> {
         ryw_fallbacks: ryw,
         backup: shared.backup.metrics(shared.runtime.load().config.backup.as_ref()),
         cancel_forwards: shared.runtime.load().config.fleet.enabled().then(|| shared.cancel_forwards.snapshot()),
+        fleet: shared.runtime.load().config.fleet.enabled().then(|| shared.fleet.status(shared)),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot));
@@ -56,6 +57,8 @@ struct Snapshot {
     backup: crate::backup::MetricsView,
     /// Cancel requests forwarded to fleet peers, by outcome (`None` without a fleet).
     cancel_forwards: Option<[(&'static str, u64); 3]>,
+    /// The fleet as this instance sees it (`None` without a fleet).
+    fleet: Option<crate::fleet::Status>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -189,6 +192,37 @@ impl Snapshot {
             "pgshift_cancel_forwarded",
             "Cancel requests for another fleet instance's clients, by outcome",
             forwards,
+        )?;
+        self.fleet(enc)
+    }
+
+    /// The fleet: members heard from, whether the store answers, whether this instance holds.
+    fn fleet(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(f) = &self.fleet else { return Ok(()) };
+        let g = |x: f64| vec![(Labels::new(), Value::Gauge(x))];
+        family(
+            enc,
+            "pgshift_fleet_members",
+            "Fleet instances heard from within heartbeat_timeout",
+            g(f.members.len() as f64),
+        )?;
+        family(
+            enc,
+            "pgshift_fleet_store_up",
+            "1 while the fleet's control table answers",
+            g(f64::from(u8::from(f.store_reachable))),
+        )?;
+        family(
+            enc,
+            "pgshift_fleet_holding",
+            "1 while this instance holds new transactions for the fleet",
+            g(f64::from(u8::from(f.holding))),
+        )?;
+        family(
+            enc,
+            "pgshift_fleet_state_version",
+            "Version of the fleet's shared state applied here",
+            g(f.state_version as f64),
         )
     }
 

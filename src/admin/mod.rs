@@ -41,6 +41,8 @@ pub struct AdminShared {
     pub ready_cache: ready::ProbeCache,
     /// Process start, for the console's per-second averages.
     pub started: Instant,
+    /// Where the admin port listens, once bound (the fleet's heartbeat reports it).
+    pub bound: OnceLock<String>,
 }
 
 impl Default for AdminShared {
@@ -49,6 +51,7 @@ impl Default for AdminShared {
             config_path: OnceLock::new(),
             last_ready: ready::LastProbe::default(),
             ready_cache: ready::ProbeCache::default(),
+            bound: OnceLock::new(),
             started: Instant::now(),
         }
     }

@@ -72,6 +72,10 @@ fn error(e: &MigrationError) -> Response {
         }
         MigrationError::Refused(_) | MigrationError::NotReady(_) => StatusCode::CONFLICT,
         MigrationError::Logical(_) => StatusCode::BAD_GATEWAY,
+        MigrationError::Fleet(crate::fleet::FleetError::Busy | crate::fleet::FleetError::Unconfirmed(_)) => {
+            StatusCode::CONFLICT
+        }
+        MigrationError::Fleet(_) => StatusCode::SERVICE_UNAVAILABLE,
         MigrationError::BadPercent | MigrationError::BadTransition { .. } => StatusCode::BAD_REQUEST,
     };
     let mut body = json!({"error": e.to_string()});

@@ -144,7 +144,7 @@ mod tests {
 
     fn fleet(id: u16, peers: &[u16]) -> FleetConfig {
         let peers = peers.iter().map(|&id| FleetPeer { id, address: format!("10.0.0.{id}:6432") }).collect();
-        FleetConfig { id, peers }
+        FleetConfig { id, peers, ..Default::default() }
     }
 
     #[test]

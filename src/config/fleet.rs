@@ -1,7 +1,10 @@
-//! `[fleet]`: several pgshift instances behind one TCP load balancer, so a CancelRequest that
-//! lands on the wrong instance is passed to the one holding the client.
+//! `[fleet]`: several pgshift instances behind one TCP load balancer: a CancelRequest that lands
+//! on the wrong instance is passed to the one holding the client, and the instances share the
+//! migration phase and a list of who is alive through a control table in PostgreSQL (the store).
 
 use serde::{Deserialize, Serialize};
+
+use super::Dur;
 
 /// Largest fleet id: the id takes the low 14 bits of a client's BackendKeyData pid (PgBouncer's
 /// `peer_id` has the same range).
@@ -13,13 +16,103 @@ pub const MAX_FLEET_ID: u16 = (1 << 14) - 1;
 pub const MAX_FLEET_CLIENTS: usize = 100_000;
 
 /// `[fleet]`. Absent (or `id = 0`): this instance is alone, and cancel keys are what they always were.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct FleetConfig {
     /// This instance's id, 1..=16383, unique in the fleet; 0 turns the fleet off.
     pub id: u16,
     /// The other instances: where a cancel for a client of theirs is forwarded.
     pub peers: Vec<FleetPeer>,
+    /// Which fleet: instances with the same name share a phase and a member list; two fleets may
+    /// share one store.
+    pub name: String,
+    /// `postgres://user:password@host:port/dbname` of the control table's server. Every part may
+    /// be left out: the host is then the default cluster's primary (following failover), the user
+    /// `[migration] admin_user` or else the first `[auth]` user with a password, the password that
+    /// user's, the database the user's name.
+    pub store: String,
+    /// How often this instance writes its heartbeat and reads the shared phase.
+    pub heartbeat_interval: Dur,
+    /// A member not heard from for this long is gone: it no longer counts for fenced changes.
+    pub heartbeat_timeout: Dur,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            id: 0,
+            peers: Vec::new(),
+            name: "pgshift".into(),
+            store: String::new(),
+            heartbeat_interval: Dur(std::time::Duration::from_secs(1)),
+            heartbeat_timeout: Dur(std::time::Duration::from_secs(5)),
+        }
+    }
+}
+
+/// The parts of a `[fleet] store` URL; `None` where it leaves one out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreUrl {
+    /// Role to log in as.
+    pub user: Option<String>,
+    /// Its password.
+    pub password: Option<String>,
+    /// `host:port` of the server.
+    pub address: Option<String>,
+    /// Database holding the control table.
+    pub dbname: Option<String>,
+}
+
+impl StoreUrl {
+    /// Parses `postgres://[user[:password]@][host[:port]][/dbname]` (percent-encoding allowed in
+    /// user, password and dbname; port 5432 when left out).
+    pub fn parse(s: &str) -> Result<StoreUrl, String> {
+        if s.trim().is_empty() {
+            return Ok(StoreUrl::default());
+        }
+        let rest = s
+            .strip_prefix("postgres://")
+            .or_else(|| s.strip_prefix("postgresql://"))
+            .ok_or("must start with postgres://")?;
+        let rest = rest.split('?').next().unwrap_or_default();
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, host) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (user, password) = match userinfo.map(|u| u.split_once(':').unwrap_or((u, ""))) {
+            Some((u, p)) => (non_empty(decode(u)?), non_empty(decode(p)?)),
+            None => (None, None),
+        };
+        let address = match host {
+            "" => None,
+            h if h.contains(',') => return Err("names one host only".into()),
+            h if is_host_port(h) => Some(h.to_string()),
+            h if is_host_port(&format!("{h}:5432")) => Some(format!("{h}:5432")),
+            h => return Err(format!("host {h:?} is not host[:port]")),
+        };
+        Ok(StoreUrl { user, password, address, dbname: non_empty(decode(path)?) })
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Percent-decoding of one URL part.
+fn decode(s: &str) -> Result<String, String> {
+    let (b, mut out, mut i) = (s.as_bytes(), Vec::with_capacity(s.len()), 0);
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            out.push(hex.ok_or("has a bad %-escape")?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "is not UTF-8 once decoded".to_string())
 }
 
 /// `[[fleet.peers]]`: another instance of the fleet.
@@ -48,6 +141,18 @@ impl FleetConfig {
     pub fn validate(&self, max_client_conn: usize, problems: &mut Vec<String>) {
         if self.id > MAX_FLEET_ID {
             problems.push(format!("[fleet] id = {} must be between 1 and {MAX_FLEET_ID} (0 = no fleet)", self.id));
+        }
+        if let Err(e) = StoreUrl::parse(&self.store) {
+            problems.push(format!("[fleet] store {e}"));
+        }
+        if self.name.is_empty() || self.name.len() > 63 {
+            problems.push("[fleet] name must be 1 to 63 characters".into());
+        }
+        let (every, gone) = (self.heartbeat_interval.0, self.heartbeat_timeout.0);
+        if every.is_zero() || gone < every * 2 {
+            problems.push(format!(
+                "[fleet] heartbeat_timeout ({gone:?}) must be at least twice heartbeat_interval ({every:?}), which is above 0"
+            ));
         }
         if !self.enabled() {
             if !self.peers.is_empty() {
@@ -121,6 +226,7 @@ mod tests {
                 peer(3, "nope"),
                 peer(4, "e:0"),
             ],
+            ..Default::default()
         };
         let p = problems(&f);
         assert_eq!(p.len(), 5, "{p:?}");
@@ -136,6 +242,7 @@ mod tests {
         let f = FleetConfig {
             id: MAX_FLEET_ID,
             peers: vec![peer(1, "10.0.0.12:6432"), peer(2, "[::1]:6432"), peer(3, "pgshift-3.pgshift.svc:6432")],
+            ..Default::default()
         };
         assert!(problems(&f).is_empty(), "{:?}", problems(&f));
         assert_eq!(f.peer(2), Some("[::1]:6432"));
@@ -144,12 +251,35 @@ mod tests {
 
     #[test]
     fn out_of_range_id_peers_without_id_and_too_many_clients() {
-        let f = FleetConfig { id: MAX_FLEET_ID + 1, peers: vec![] };
+        let f = FleetConfig { id: MAX_FLEET_ID + 1, ..Default::default() };
         assert_eq!(problems(&f).len(), 1);
-        let f = FleetConfig { id: 0, peers: vec![peer(2, "b:2")] };
+        let f = FleetConfig { id: 0, peers: vec![peer(2, "b:2")], ..Default::default() };
         assert_eq!(problems(&f).len(), 1);
         let mut p = Vec::new();
-        FleetConfig { id: 1, peers: vec![] }.validate(MAX_FLEET_CLIENTS + 1, &mut p);
+        FleetConfig { id: 1, ..Default::default() }.validate(MAX_FLEET_CLIENTS + 1, &mut p);
         assert_eq!(p.len(), 1, "{p:?}");
+    }
+
+    #[test]
+    fn store_urls() {
+        let u = StoreUrl::parse("postgres://ops:p%40ss@db.internal/control").unwrap();
+        assert_eq!(u.user.as_deref(), Some("ops"));
+        assert_eq!(u.password.as_deref(), Some("p@ss"));
+        assert_eq!(u.address.as_deref(), Some("db.internal:5432"));
+        assert_eq!(u.dbname.as_deref(), Some("control"));
+        assert_eq!(StoreUrl::parse("").unwrap(), StoreUrl::default());
+        let partial = StoreUrl::parse("postgresql:///control").unwrap();
+        assert_eq!((partial.address, partial.dbname.as_deref()), (None, Some("control")));
+        assert!(StoreUrl::parse("mysql://x").is_err());
+        assert!(StoreUrl::parse("postgres://a,b/x").is_err());
+        assert!(StoreUrl::parse("postgres://h/%zz").is_err());
+        let mut p = Vec::new();
+        let f = FleetConfig {
+            store: "http://x".into(),
+            heartbeat_timeout: Dur(std::time::Duration::from_secs(1)),
+            ..Default::default()
+        };
+        f.validate(10, &mut p);
+        assert_eq!(p.len(), 2, "{p:?}");
     }
 }

@@ -16,7 +16,7 @@ mod words;
 
 pub use backup::{file_safe_name, BackupConfig, PG_BIN_FALLBACK};
 pub use duration::Dur;
-pub use fleet::{FleetConfig, FleetPeer, MAX_FLEET_CLIENTS, MAX_FLEET_ID};
+pub use fleet::{FleetConfig, FleetPeer, StoreUrl, MAX_FLEET_CLIENTS, MAX_FLEET_ID};
 pub use log::{LogConfig, LogFormat};
 pub use migration::{MigrationConfig, MirrorMode, SyncChoice};
 pub use topology::{parse_hosts, ClusterConfig, DatabaseConfig, UserSettings, ANY_DATABASE, DEFAULT_CLUSTER};
@@ -524,6 +524,7 @@ impl Config {
         if !c.admin.token.is_empty() {
             c.admin.token = "<redacted>".into();
         }
+        c.fleet.store = crate::config::env::redact_url(&c.fleet.store);
         for d in c.databases.values_mut() {
             if d.password.is_some() {
                 d.password = Some("<redacted>".into());

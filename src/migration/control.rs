@@ -9,6 +9,7 @@ use super::logical::{self, Direction, SyncMode};
 use super::mirror::MirrorStatus;
 use super::{verify, MigrationError, Phase};
 use crate::config::{MigrationConfig, SyncChoice};
+use crate::fleet::change::Change;
 use crate::shared::{Runtime, Shared};
 
 /// What `GET /migration` shows.
@@ -233,40 +234,59 @@ pub async fn change_phase_of(
     let cfg = rt.config.migration.as_ref().ok_or(MigrationError::NotConfigured)?;
     let m = &shared.migration;
     let _one_at_a_time = m.changing.lock().await;
+    let mut fleet = crate::fleet::change::begin(shared).await?;
+    let result = change_locked(shared, &rt, cfg, (database, to, read_percent), &mut fleet).await;
+    if let Some(c) = fleet.as_mut() {
+        match &result {
+            Ok(()) if !c.published() => c.publish(shared).await?,
+            Ok(()) => {}
+            Err(_) => c.abort().await,
+        }
+    }
+    result?;
+    status(shared)
+}
+
+/// The change itself, with `changing` held and the fleet's change lock taken (if in a fleet).
+async fn change_locked(
+    shared: &Shared,
+    rt: &Runtime,
+    cfg: &MigrationConfig,
+    (database, to, read_percent): (Option<&str>, Phase, Option<u8>),
+    fleet: &mut Option<Change>,
+) -> Result<(), MigrationError> {
+    let m = &shared.migration;
     m.check(database, to, read_percent)?;
     m.ramp.stop();
     let from = database.map_or_else(|| m.phase(), |d| m.phase_of(d));
     if from == Phase::Off && to == Phase::DualWrite && m.phase() == Phase::Off && m.own_phases().is_empty() {
-        m.set_sync_mode(choose_sync(&rt, cfg).await?);
+        m.set_sync_mode(choose_sync(rt, cfg).await?);
     }
     if m.sync_mode() == SyncMode::Logical {
         let dbs = match database {
-            Some(d) if logical::databases(&rt, cfg).iter().any(|x| x == d) => vec![d.to_string()],
+            Some(d) if logical::databases(rt, cfg).iter().any(|x| x == d) => vec![d.to_string()],
             Some(d) => {
                 return Err(MigrationError::NotReady(format!("database {d:?} is not one of [migration] databases")))
             }
             None => {
                 let own = m.own_phases();
-                logical::databases(&rt, cfg).into_iter().filter(|d| !own.contains_key(d)).collect()
+                logical::databases(rt, cfg).into_iter().filter(|d| !own.contains_key(d)).collect()
             }
         };
-        logical_change(shared, &rt, cfg, (database, &dbs), from, to, read_percent).await?;
-        return status(shared);
+        return logical_change(shared, rt, cfg, (database, &dbs), (from, to, read_percent), fleet).await;
     }
     let flips_writes = from.target_serves() != to.target_serves() || (from.mirrors() && !to.mirrors());
     if !flips_writes {
-        m.set_of(database, to, read_percent)?;
-        return status(shared);
+        return m.set_of(database, to, read_percent);
     }
-    fenced(shared, cfg.drain_timeout.0, async {
+    fenced(shared, cfg.drain_timeout.0, fleet, async {
         if m.mirror.drained(cfg.drain_timeout.0).await {
             m.set_of(database, to, read_percent)
         } else {
             Err(MigrationError::DrainTimeout(cfg.drain_timeout.0.as_secs()))
         }
     })
-    .await?;
-    status(shared)
+    .await
 }
 
 /// Starts the read-shift autopilot: into `shift_reads` at `ramp_start_percent` (from
@@ -316,9 +336,8 @@ async fn logical_change(
     rt: &Runtime,
     cfg: &MigrationConfig,
     (database, dbs): (Option<&str>, &[String]),
-    from: Phase,
-    to: Phase,
-    read_percent: Option<u8>,
+    (from, to, read_percent): (Phase, Phase, Option<u8>),
+    fleet: &mut Option<Change>,
 ) -> Result<(), MigrationError> {
     let m = &shared.migration;
     let (drain, catchup) = (cfg.drain_timeout.0, cfg.catchup_timeout.0);
@@ -328,13 +347,17 @@ async fn logical_change(
         (Phase::DualWrite | Phase::ShiftReads, Phase::Cutover) => {
             logical::flip::copy_complete(rt, dbs).await?;
             let flip = logical::flip::flip(rt, &m.logical, dbs, Direction::Forward, catchup);
-            return fenced(shared, drain, async { flip.await.and_then(|()| m.set_of(database, to, read_percent)) })
-                .await;
+            return fenced(shared, drain, fleet, async {
+                flip.await.and_then(|()| m.set_of(database, to, read_percent))
+            })
+            .await;
         }
         (Phase::Cutover, Phase::DualWrite | Phase::ShiftReads) => {
             let flip = logical::flip::flip(rt, &m.logical, dbs, Direction::Reverse, catchup);
-            return fenced(shared, drain, async { flip.await.and_then(|()| m.set_of(database, to, read_percent)) })
-                .await;
+            return fenced(shared, drain, fleet, async {
+                flip.await.and_then(|()| m.set_of(database, to, read_percent))
+            })
+            .await;
         }
         (Phase::Cutover, Phase::Off) => {
             let flip = logical::flip::flip(rt, &m.logical, dbs, Direction::Reverse, catchup);
@@ -343,7 +366,7 @@ async fn logical_change(
                 logical::flip::teardown(rt, &m.logical, dbs).await?;
                 m.set_of(database, to, read_percent)
             };
-            return fenced(shared, drain, back).await;
+            return fenced(shared, drain, fleet, back).await;
         }
         (Phase::Cutover, Phase::Done) => logical::flip::finish(rt, &m.logical, dbs, catchup).await?,
         (Phase::DualWrite | Phase::ShiftReads, Phase::Off) => logical::flip::teardown(rt, &m.logical, dbs).await?,
@@ -352,21 +375,35 @@ async fn logical_change(
     m.set_of(database, to, read_percent)
 }
 
-/// Runs `work` with new transactions held and none running (like PAUSE), then releases.
-async fn fenced<F>(shared: &Shared, drain: Duration, work: F) -> Result<(), MigrationError>
+/// Runs `work` with new transactions held and none running (like PAUSE), then releases. In a
+/// fleet, every other live instance holds and confirms too, and the new state is published
+/// before anyone resumes.
+async fn fenced<F>(shared: &Shared, drain: Duration, fleet: &mut Option<Change>, work: F) -> Result<(), MigrationError>
 where
     F: std::future::Future<Output = Result<(), MigrationError>>,
 {
     let was_paused = *shared.paused.borrow();
     shared.paused.send_replace(true);
-    let result =
-        if wait_idle(shared, drain).await { work.await } else { Err(MigrationError::DrainTimeout(drain.as_secs())) };
+    let (local, others) = tokio::join!(wait_idle(shared, drain), async {
+        match fleet.as_mut() {
+            Some(c) => c.fence(drain).await,
+            None => Ok(()),
+        }
+    });
+    let mut result = match (local, others) {
+        (false, _) => Err(MigrationError::DrainTimeout(drain.as_secs())),
+        (true, Err(e)) => Err(e.into()),
+        (true, Ok(())) => work.await,
+    };
+    if let (Ok(()), Some(c)) = (&result, fleet.as_mut()) {
+        result = c.publish(shared).await.map_err(Into::into);
+    }
     shared.paused.send_replace(was_paused);
     result
 }
 
 /// Waits until no server connection is leased (every transaction in flight has finished).
-async fn wait_idle(shared: &Shared, timeout: Duration) -> bool {
+pub(crate) async fn wait_idle(shared: &Shared, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let busy: usize = shared.pools.all().iter().map(|p| p.snapshot().sv_active).sum();

@@ -122,6 +122,9 @@ pub enum MigrationError {
     /// A server refused a logical-sync statement, or could not be reached.
     #[error(transparent)]
     Logical(#[from] logical::LogicalError),
+    /// The fleet's control table refused the change, or could not be reached.
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 /// A database's own phase, when it has one (otherwise it follows the migration's phase).
@@ -176,6 +179,8 @@ pub struct Migration {
     has_own: AtomicBool,
     /// Reads in shift_reads per database: (served by the target, by the source).
     db_reads: RwLock<BTreeMap<String, Arc<(AtomicU64, AtomicU64)>>>,
+    /// Changes made here, counted (see `local_changes`).
+    local_changes: AtomicU64,
 }
 
 impl Migration {
@@ -214,6 +219,7 @@ impl Migration {
             has_own: AtomicBool::new(!saved.databases.is_empty()),
             own: RwLock::new(saved.databases),
             db_reads: RwLock::new(BTreeMap::new()),
+            local_changes: AtomicU64::new(0),
         }
     }
 
@@ -319,28 +325,79 @@ impl Migration {
     pub fn set_of(&self, database: Option<&str>, to: Phase, read_percent: Option<u8>) -> Result<(), MigrationError> {
         let current = database.map_or_else(|| self.read_percent(), |d| self.read_percent_of(d));
         let pct = read_percent.unwrap_or(if to == Phase::ShiftReads { current } else { 0 });
-        let mut own = self.own_phases();
-        let (mut phase, mut global_pct) = (self.phase(), self.read_percent());
+        let mut saved = self.snapshot();
         match database {
             Some(d) => {
-                own.insert(d.to_string(), Own { phase: to, read_percent: pct });
+                saved.databases.insert(d.to_string(), Own { phase: to, read_percent: pct });
             }
-            None => (phase, global_pct) = (to, pct),
+            None => (saved.phase, saved.read_percent) = (to, pct),
         }
-        let saved = Persisted { phase, read_percent: global_pct, sync: self.sync_mode(), databases: own.clone() };
+        self.install(&saved)?;
+        match database {
+            Some(d) => self.reset_reads(Some(d)),
+            None => self.reset_reads(None),
+        }
+        self.local_changes.fetch_add(1, Ordering::AcqRel);
+        let database = database.unwrap_or("(every database without its own phase)");
+        tracing::info!(phase = to.name(), read_percent = pct, database, "migration phase changed");
+        Ok(())
+    }
+
+    /// The whole switch as the state file (and the fleet's control table) holds it.
+    pub fn snapshot(&self) -> Persisted {
+        Persisted {
+            phase: self.phase(),
+            read_percent: self.read_percent(),
+            sync: self.sync_mode(),
+            databases: self.own_phases(),
+        }
+    }
+
+    /// Changes made here (not taken from the fleet) so far: the fleet publishes when this moves.
+    pub fn local_changes(&self) -> u64 {
+        self.local_changes.load(Ordering::Acquire)
+    }
+
+    /// Takes the fleet's shared state, as another instance set it; true if anything changed.
+    pub fn apply_shared(&self, saved: &Persisted) -> Result<bool, MigrationError> {
+        let before = self.snapshot();
+        if &before == saved {
+            return Ok(false);
+        }
+        self.set_sync_mode(saved.sync);
+        self.install(saved)?;
+        if before.phase != saved.phase || before.read_percent != saved.read_percent {
+            self.reset_reads(None);
+        }
+        tracing::info!(
+            phase = saved.phase.name(),
+            read_percent = saved.read_percent,
+            databases = saved.databases.len(),
+            "migration phase taken from the fleet"
+        );
+        Ok(true)
+    }
+
+    /// Persists `saved`, then makes it the live switch.
+    fn install(&self, saved: &Persisted) -> Result<(), MigrationError> {
         if let Some(path) = &self.state_file {
-            let text = serde_json::to_string_pretty(&saved).map_err(|e| MigrationError::Persist(e.to_string()))?;
+            let text = serde_json::to_string_pretty(saved).map_err(|e| MigrationError::Persist(e.to_string()))?;
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, text)
                 .and_then(|_| std::fs::rename(&tmp, path))
                 .map_err(|e| MigrationError::Persist(e.to_string()))?;
         }
         if let Ok(mut o) = self.own.write() {
-            *o = own;
+            *o = saved.databases.clone();
             self.has_own.store(!o.is_empty(), Ordering::Release);
         }
-        self.read_percent.store(global_pct, Ordering::Relaxed);
-        self.phase.store(phase as u8, Ordering::Release);
+        self.read_percent.store(saved.read_percent.min(100), Ordering::Relaxed);
+        self.phase.store(saved.phase as u8, Ordering::Release);
+        Ok(())
+    }
+
+    /// Starts the observed read split afresh (for one database, or all).
+    fn reset_reads(&self, database: Option<&str>) {
         self.reads_target.store(0, Ordering::Relaxed);
         self.reads_source.store(0, Ordering::Relaxed);
         if let Ok(mut m) = self.db_reads.write() {
@@ -349,9 +406,6 @@ impl Migration {
                 None => m.clear(),
             }
         }
-        let database = database.unwrap_or("(every database without its own phase)");
-        tracing::info!(phase = to.name(), read_percent = pct, database, "migration phase changed");
-        Ok(())
     }
 
     /// Whether a session (by its id) reads from the target in shift_reads: sticky per session,

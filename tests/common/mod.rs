@@ -393,5 +393,6 @@ pub fn rustls_connector(ca: &Path) -> tokio_postgres_rustls::MakeRustlsConnect {
 }
 
 pub mod fake_pg;
+pub mod haproxy;
 pub mod proxy;
 pub mod raw;

@@ -60,10 +60,18 @@ pub async fn wait_healthy(p: &Proxy) {
 /// One HTTP/1.1 request to the admin port with an optional bearer token and body; (status, body).
 /// Written by hand (test code only; the product uses axum), chunked answers decoded.
 pub async fn admin_http(p: &Proxy, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = p.admin_addr.clone().expect("the test config enables the admin port");
-    let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect to the admin port");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    admin_http_at(&addr, method, path, token, body).await
+}
+
+/// The same toward an admin port by address (a pgshift process of the test's).
+pub async fn admin_http_at(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the admin port");
+    let mut auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    if body.starts_with('{') {
+        auth.push_str("Content-Type: application/json\r\n");
+    }
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
