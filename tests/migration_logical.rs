@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::proxy;
+use common::{haproxy, proxy};
 use pgshift::migration::control;
 use pgshift::migration::{MigrationError, Phase};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -475,4 +475,89 @@ async fn each_database_moves_on_its_own_phase() {
     let _ = std::fs::remove_file(&state);
     drop_databases(a).await;
     drop_databases(b).await;
+}
+
+/// pgbench through `port` on `db`: inserts for `secs` seconds; its whole output.
+async fn pgbench_inserts(port: u16, db: &str, secs: u64, dir: &std::path::Path) -> (bool, String) {
+    let script = dir.join("insert.sql");
+    std::fs::write(&script, "\\set v random(1, 1000000)\ninsert into items(v, note) values (:v, 'pgbench');\n")
+        .unwrap();
+    let out = tokio::process::Command::new("pgbench")
+        .args(["-n", "-c", "4", "-j", "2", "-T", &secs.to_string(), "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "app", "-f", script.to_str().unwrap(), db])
+        .env("PGPASSWORD", "app")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// A phase change through one instance's admin port; panics unless it succeeds within 30 s (a
+/// 409 while the initial copy runs is retried).
+async fn post_phase(p: &pgshift::proxy::Proxy, body: &str) {
+    for _ in 0..300 {
+        let (code, text) = proxy::admin_http(p, "POST", "/migration/phase", Some("test-token"), body).await;
+        match code {
+            200 => return,
+            409 if text.contains("copy") => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => panic!("{body}: {code} {text}"),
+        }
+    }
+    panic!("{body}: still refused after 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_behind_haproxy_cuts_over_under_load_to_identical_copies() {
+    let bed = common::shared_bed();
+    let db = "miglog_fleet";
+    fresh_database(db, true).await;
+    let dir = common::TempDir::new("miglog-fleet");
+    let name = format!("t{}-miglog", std::process::id());
+    let mut fleet = Vec::new();
+    for id in 1..=3u16 {
+        let mut cfg = config(db, &dir.join(format!("state-{id}.json")));
+        cfg.fleet = pgshift::config::FleetConfig { id, name: name.clone(), ..Default::default() };
+        fleet.push(proxy::start(cfg).await);
+    }
+    let backends: Vec<_> = fleet.iter().map(haproxy::backend).collect();
+    let Some(ha) = haproxy::HaProxy::start(&backends).await else {
+        drop_databases(db).await;
+        return;
+    };
+    let (stop, errors) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let workers: Vec<_> =
+        (1..=3).map(|n| tokio::spawn(worker(ha.port, db.into(), n, stop.clone(), errors.clone()))).collect();
+    let bench = {
+        let (port, path) = (ha.port, dir.to_path_buf());
+        tokio::spawn(async move { pgbench_inserts(port, "miglog_fleet", 12, &path).await })
+    };
+    let step = |ms| tokio::time::sleep(Duration::from_millis(ms));
+    step(500).await;
+    post_phase(&fleet[0], r#"{"phase":"dual_write"}"#).await;
+    wait_copied(&fleet[0].shared).await;
+    step(800).await;
+    post_phase(&fleet[1], r#"{"phase":"shift_reads","read_percent":50}"#).await;
+    step(800).await;
+    post_phase(&fleet[2], r#"{"phase":"cutover"}"#).await;
+    let answered = std::time::Instant::now();
+    while !fleet.iter().all(|p| p.shared.migration.phase() == Phase::Cutover) {
+        assert!(answered.elapsed() < Duration::from_secs(10), "all three cut over");
+        step(2).await;
+    }
+    println!("cutover in force on all three {} ms after the answer", answered.elapsed().as_millis());
+    let (ok, text) = bench.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(ok && text.contains("number of failed transactions: 0"), "pgbench through HAProxy:\n{text}");
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "clients saw errors");
+    post_phase(&fleet[0], r#"{"phase":"done"}"#).await;
+    let (source, target) = (fingerprint(bed.primary_port, db).await, fingerprint(bed.target_port, db).await);
+    assert_eq!(source, target, "source and target differ");
+    let tps = text.lines().find(|l| l.starts_with("tps")).unwrap_or_default().to_string();
+    println!("three instances behind HAProxy cut over under load: {source:?}; pgbench {tps}");
+    drop((ha, fleet));
+    drop_databases(db).await;
 }
