@@ -222,7 +222,7 @@ impl Snapshot {
             enc,
             "pgshift_fleet_state_version",
             "Version of the fleet's shared state applied here",
-            g(f.state_version as f64),
+            vec![(vec![("fleet", f.fleet.clone())], Value::Gauge(f.state_version as f64))],
         )
     }
 
