@@ -46,7 +46,7 @@ MIRROR="${PGSHIFT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PROJECT="pgshiftcheck$$"
 T0=$SECONDS
 PASSED=0 FAILED=0
-STARTED_DOCKERD="" DOCKERD_PID="" UP=0 WORK=""
+STARTED_DOCKERD="" DOCKERD_PID="" HAD_DOCKER0=0 UP=0 WORK=""
 COMPOSE=()
 
 say() { printf '[containers] %s\n' "$*"; }
@@ -109,6 +109,8 @@ stop_dockerd() {
   kill -TERM "$DOCKERD_PID" 2>/dev/null || return 0
   for ((i = 0; i < 300; i++)); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
   if kill -0 "$DOCKERD_PID" 2>/dev/null; then kill -KILL "$DOCKERD_PID" 2>/dev/null || true; fi
+  # dockerd leaves its default bridge behind when it stops: remove it if it made it.
+  if ((!HAD_DOCKER0)) && ip link show docker0 >/dev/null 2>&1; then ip link delete docker0 2>/dev/null || true; fi
   say "stopped the dockerd started here"
 }
 # shellcheck disable=SC2317
@@ -152,6 +154,7 @@ if ! docker info >/dev/null 2>&1; then
   ((EUID == 0)) || skip "no Docker engine could be started: none answers and starting dockerd needs root"
   command -v dockerd >/dev/null 2>&1 || skip "no Docker engine could be started: no dockerd"
   say "starting dockerd (log: $CACHE/dockerd.log)"
+  if ip link show docker0 >/dev/null 2>&1; then HAD_DOCKER0=1; fi
   mkdir -p "$CACHE"
   # nice: builds and containers inherit it, and this machine's cores are shared.
   nice -n 10 dockerd >"$CACHE/dockerd.log" 2>&1 &
