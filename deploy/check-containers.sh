@@ -131,6 +131,8 @@ cleanup() {
   if ((FAILED)) && ((rc == 0)); then rc=1; fi
   if ((rc == 0)); then
     say "all $PASSED checks passed in $(elapsed)"
+  elif ((rc == 130 || rc == 143)); then
+    say "interrupted (exit $rc) after $(elapsed), $PASSED checks passed, $FAILED failed; torn down"
   else
     say "FAILED: $FAILED of $((PASSED + FAILED)) checks failed (exit $rc) after $(elapsed)"
   fi
