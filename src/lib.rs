@@ -11,6 +11,7 @@
 //!   follow a client across server connections.
 //! - [`stats`]: sharded counters and histograms; [`shared`]: the state every task is handed.
 //! - [`backup`]: scheduled `pg_dump` backups from a replica, retention, the WAL archiver's status.
+//! - [`upgrade`]: binary upgrades (SIGUSR2): the new process takes over ports and clients.
 //!
 //! # Data path (one transaction)
 //! 1. The session buffers client frames up to a request boundary (Query, Sync, Flush, ...).
@@ -47,4 +48,5 @@ pub mod stats;
 pub mod stream;
 pub mod tls;
 pub mod topology;
+pub mod upgrade;
 pub mod wire;

@@ -317,6 +317,8 @@ pub struct Shared {
     pub backup: crate::backup::Backups,
     /// Cancel requests passed on to other instances of the fleet, by outcome.
     pub cancel_forwards: crate::client::fleet::ForwardCounters,
+    /// A binary upgrade handing clients to the new process (open only while it runs).
+    pub handover: crate::upgrade::Handover,
 }
 
 impl Shared {
@@ -343,6 +345,7 @@ impl Shared {
             notify: Default::default(),
             admin: Default::default(),
             backup: Default::default(),
+            handover: Default::default(),
             cancel_forwards: Default::default(),
         })
     }

@@ -73,6 +73,23 @@ pub enum End {
     ClientGone,
     /// We close the client, telling it why (FATAL).
     Close(ClientError),
+    /// A binary upgrade: the client moves to the new process (or is closed if it cannot).
+    Handover,
+}
+
+/// What a session is made of, for sessions that did not log in here (handed over).
+pub(super) struct Parts {
+    pub(super) shared: Arc<Shared>,
+    pub(super) handle: Arc<SessionHandle>,
+    pub(super) client: crate::stream::Stream,
+    pub(super) cin: BytesMut,
+    pub(super) user: Arc<UserEntry>,
+    pub(super) database: Arc<str>,
+    pub(super) client_slots: [ClientSlot; 2],
+    pub(super) rt: Arc<Runtime>,
+    pub(super) pools: SessionPools,
+    pub(super) state: ClientState,
+    pub(super) skip_to_sync: bool,
 }
 
 /// A logged-in client.
@@ -107,9 +124,8 @@ pub struct Session {
 pub async fn run(shared: Arc<Shared>, login: Box<Login>) {
     // Login and goodbye are boxed: their states (fetching server parameters, resetting a server)
     // would otherwise size the task of every idle client, which holds only `Session` and `serve`.
-    let Some(mut session) = Box::pin(open(shared, login)).await else { return };
-    let end = session.serve().await;
-    Box::pin(session.finish(end)).await;
+    let Some(session) = Box::pin(open(shared, login)).await else { return };
+    session.drive().await;
 }
 
 /// Starts the session, or tells the client why not.
@@ -132,6 +148,40 @@ async fn open(shared: Arc<Shared>, login: Box<Login>) -> Option<Session> {
 }
 
 impl Session {
+    /// Serves the client until it leaves, is closed, or moves to a new process.
+    pub(super) async fn drive(mut self) {
+        loop {
+            match self.serve().await {
+                End::Handover => match Box::pin(self.hand_over()).await {
+                    Some(stays) => self = stays, // the upgrade was abandoned
+                    None => return,
+                },
+                end => return Box::pin(self.finish(end)).await,
+            }
+        }
+    }
+
+    /// A session from its parts (a client handed over by the process this one upgraded).
+    pub(super) fn assemble(p: Parts) -> Session {
+        Session {
+            shared: p.shared,
+            handle: p.handle,
+            client: p.client,
+            cin: p.cin,
+            cout: BytesMut::new(),
+            cflush: false,
+            user: p.user,
+            database: p.database,
+            _client_slots: p.client_slots,
+            rt: p.rt,
+            pools: p.pools,
+            state: p.state,
+            attached: None,
+            skip_to_sync: p.skip_to_sync,
+            notify_rx: None,
+        }
+    }
+
     async fn start(shared: Arc<Shared>, login: Login) -> Result<Session, (crate::stream::Stream, ClientError)> {
         let Login { mut stream, rbuf, user, database, mut params, peer } = login;
         if let Err(v) = crate::session_state::canonical_startup_encoding(&mut params) {
@@ -280,6 +330,9 @@ impl Session {
                         "terminating connection due to administrator command",
                     )));
                 }
+                if handle.signals.is_set(Signals::HANDOVER) {
+                    return Err(End::Handover);
+                }
                 if self.shared.is_draining() {
                     return Err(End::Close(ClientError::fatal(
                         "57P01",
@@ -299,6 +352,8 @@ impl Session {
                 }
                 self.release_idle_buffers();
             }
+            // A handover waits for the client's output to be flushed (then the loop's top moves it).
+            let handover = if self.cout.is_empty() && !self.cflush { Signals::HANDOVER } else { 0 };
             let side = Side {
                 stream: &mut self.client,
                 rbuf: &mut self.cin,
@@ -308,7 +363,7 @@ impl Session {
                 chunk: super::io::CLIENT_CHUNK,
             };
             let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 1] = [idle.as_mut()];
-            let signals = (&handle.signals, Signals::KILL | Signals::DRAIN);
+            let signals = (&handle.signals, Signals::KILL | Signals::DRAIN | handover);
             let ev = next_event(side, None, self.notify_rx.as_mut(), signals, &mut extra).await;
             match ev {
                 Event::Notification(Some(f)) => self.push_notification(&f),
@@ -326,12 +381,13 @@ impl Session {
                         "terminating connection due to administrator command",
                     )))
                 }
-                Event::Signal(_) => {
+                Event::Signal(f) if f & Signals::DRAIN != 0 => {
                     return Err(End::Close(ClientError::fatal(
                         "57P01",
                         "terminating connection: pgshift is shutting down",
                     )))
                 }
+                Event::Signal(_) => {} // HANDOVER: the loop's top hands the client over
                 Event::Other(_) => {
                     return Err(End::Close(ClientError::fatal(
                         "57P05",
@@ -521,7 +577,7 @@ impl Session {
     }
 
     /// Leaves the server clean (or closes it) and deregisters the client.
-    async fn finish(mut self, end: End) {
+    pub(super) async fn finish(mut self, end: End) {
         if let End::Close(e) = &end {
             self.shared.stats.record_error(e.code.as_bytes());
             self.cout.extend_from_slice(&e.frame());
@@ -544,7 +600,7 @@ impl Session {
 
 /// The client's places under the client limits of its database and user, or 53300 naming the
 /// limit it would pass.
-fn client_slots(
+pub(super) fn client_slots(
     shared: &Shared,
     rt: &Runtime,
     pools: &SessionPools,
