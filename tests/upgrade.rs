@@ -225,3 +225,65 @@ fn two_upgrades_under_pgbench_fail_no_transaction_and_drop_no_client() {
     eprintln!("{}", log.lines().filter(|l| l.contains("upgrade")).collect::<Vec<_>>().join("\n"));
     assert!(!log.contains("SCRAM-SHA-256$") && !log.contains("password = "), "the log shows a secret");
 }
+
+/// Clients inside a transaction when the upgrade starts stay on the old process until their
+/// transaction ends, then move; a CancelRequest for one of them reaches it there although new
+/// connections (the cancel's) land on the new process.
+#[test]
+fn clients_in_a_transaction_move_at_its_end_and_can_be_cancelled_meanwhile() {
+    let dir = common::TempDir::new("upgrade-tx");
+    let (port, admin) = (port(), port());
+    let cfg = write_config(&dir, port, admin);
+    let log = dir.join("pgshift.log");
+    let first = Command::new(bin())
+        .args(["--config", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let first_pid = first.id();
+    let mut fleet = Fleet { first, log: log.clone() };
+    wait_until(
+        "pgshift listens",
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        &log,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (sleeper, in_tx) = rt.block_on(async {
+        let sleeper = common::connect(port, "app", "app", "app").await;
+        let in_tx = common::connect(port, "app", "app", "app").await;
+        in_tx.batch_execute("begin; select 1").await.unwrap();
+        (sleeper, in_tx)
+    });
+    let cancel = sleeper.cancel_token();
+    let sleeping = rt.spawn(async move {
+        let r = sleeper.batch_execute("select pg_sleep(60)").await;
+        (r, sleeper)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    usr2(first_pid);
+    wait_until("the handover starts", Duration::from_secs(10), || fleet.log().contains("handing clients over"), &log);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(matches!(fleet.first.try_wait(), Ok(None)), "the old process waits for the two transactions");
+    rt.block_on(async {
+        // The cancel connects to the new process, which passes it to the old one.
+        cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        let (r, sleeper) = sleeping.await.unwrap();
+        let e = r.expect_err("the sleep was cancelled");
+        assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{e}");
+        in_tx.batch_execute("select 2; commit").await.expect("the open transaction finishes on the old process");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sleeper.batch_execute("select 3").await.expect("the cancelled client moved");
+        in_tx.batch_execute("select 4").await.expect("the client that was in a transaction moved");
+    });
+    wait_until(
+        "the old process exits",
+        Duration::from_secs(10),
+        || matches!(fleet.first.try_wait(), Ok(Some(_))),
+        &log,
+    );
+    let log = fleet.log();
+    assert!(log.contains("handed_over=2") && log.contains("closed=0"), "{log}");
+}

@@ -245,6 +245,11 @@ impl Sessions {
         self.reserved.lock().unwrap_or_else(|e| e.into_inner()).extend(pids.iter().copied());
     }
 
+    /// True if `pid` belongs to a client of the process this one is taking over from.
+    pub fn is_reserved(&self, pid: i32) -> bool {
+        self.reserved.lock().map(|r| r.contains(&pid)).unwrap_or(false)
+    }
+
     /// Frees every reserved pid (the old process is done handing over).
     pub fn release_reserved(&self) {
         self.reserved.lock().unwrap_or_else(|e| e.into_inner()).clear();

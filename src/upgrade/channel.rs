@@ -32,6 +32,9 @@ const LAST: u8 = 0;
 /// rustix's sendmsg/recvmsg in `async_io`.
 pub struct Channel {
     fd: UnixDatagram,
+    /// Held across the pieces of one message, so that two tasks sending at once (the client
+    /// sender and a cancel or pid reservation) never interleave pieces.
+    sending: tokio::sync::Mutex<()>,
 }
 
 /// A new socketpair: (this process's end, the end the new process inherits). Both are
@@ -49,12 +52,13 @@ impl Channel {
     pub fn new(fd: OwnedFd) -> Result<Channel, UpgradeError> {
         let socket = std::os::unix::net::UnixDatagram::from(fd);
         socket.set_nonblocking(true)?;
-        Ok(Channel { fd: UnixDatagram::from_std(socket)? })
+        Ok(Channel { fd: UnixDatagram::from_std(socket)?, sending: tokio::sync::Mutex::new(()) })
     }
 
     /// Sends `msg` with `fds` attached. The descriptors stay open here; the peer gets its own.
     pub async fn send(&self, msg: &Message, fds: &[BorrowedFd<'_>]) -> Result<(), UpgradeError> {
         let body = serde_json::to_vec(msg).map_err(UpgradeError::Encode)?;
+        let _one_at_a_time = self.sending.lock().await;
         let mut pieces = body.chunks(PIECE).peekable();
         let mut first = true;
         if body.is_empty() {

@@ -37,6 +37,14 @@ pub enum Message {
     },
     /// Old to new: every client has been handed over or closed; the old process exits.
     Done,
+    /// New to old: a CancelRequest for a client still on the old process (its pid is reserved
+    /// here), to be carried out there.
+    Cancel {
+        /// The key's pid.
+        pid: i32,
+        /// The key's secret.
+        secret: i32,
+    },
 }
 
 /// A SCRAM ClientKey the old process learned from a client login.

@@ -26,7 +26,7 @@ pub mod sd_notify;
 pub mod spawn;
 
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use message::Handoff;
@@ -86,6 +86,9 @@ pub enum Outgoing {
 #[derive(Default)]
 pub struct Handover {
     outbox: Mutex<Option<mpsc::UnboundedSender<Outgoing>>>,
+    /// In the new process, while the old one is still handing over: the channel back to it,
+    /// for CancelRequests whose client has not arrived yet.
+    predecessor: Mutex<Option<Arc<channel::Channel>>>,
 }
 
 impl Handover {
@@ -104,6 +107,18 @@ impl Handover {
     /// True while a handover is under way.
     pub fn is_open(&self) -> bool {
         self.outbox.lock().map(|o| o.is_some()).unwrap_or(false)
+    }
+
+    /// In the new process: the channel to the old one while it hands over (`None` after).
+    pub fn set_predecessor(&self, chan: Option<Arc<channel::Channel>>) {
+        *self.predecessor.lock().unwrap_or_else(|e| e.into_inner()) = chan;
+    }
+
+    /// Passes a CancelRequest to the old process, if one is still handing over; false if none.
+    pub async fn cancel_on_predecessor(&self, pid: i32, secret: i32) -> bool {
+        let chan = self.predecessor.lock().ok().and_then(|p| p.clone());
+        let Some(chan) = chan else { return false };
+        chan.send(&message::Message::Cancel { pid, secret }, &[]).await.is_ok()
     }
 
     /// Queues `out` for the new process; gives it back when no handover is under way.

@@ -43,14 +43,16 @@ impl Predecessor {
             };
             user.learn_client_key(key);
         }
-        self.chan.send(&Message::Ready { pid: std::process::id() }, &[]).await?;
-        tokio::spawn(receive(shared.clone(), self.chan));
+        let chan = Arc::new(self.chan);
+        shared.handover.set_predecessor(Some(chan.clone()));
+        chan.send(&Message::Ready { pid: std::process::id() }, &[]).await?;
+        tokio::spawn(receive(shared.clone(), chan));
         Ok(())
     }
 }
 
 /// Takes clients until the old process says `Done` or goes away.
-async fn receive(shared: Arc<Shared>, chan: Channel) {
+async fn receive(shared: Arc<Shared>, chan: Arc<Channel>) {
     let mut adopted = 0u64;
     loop {
         let (msg, mut fds) = match chan.recv().await {
@@ -82,5 +84,6 @@ async fn receive(shared: Arc<Shared>, chan: Channel) {
             (_, _) => tracing::warn!("upgrade: unexpected handover message ignored"),
         }
     }
+    shared.handover.set_predecessor(None);
     shared.sessions.release_reserved();
 }

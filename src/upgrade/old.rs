@@ -103,7 +103,7 @@ fn exit_status(child: &mut Child) -> String {
 async fn hand_over(proxy: &Proxy, chan: Arc<Channel>, timeout: Duration) -> Result<Handed, UpgradeError> {
     let shared = &proxy.shared;
     let outbox = shared.handover.open();
-    let sender = tokio::spawn(send_all(chan.clone(), outbox));
+    let sender = tokio::spawn(send_all(shared.clone(), chan.clone(), outbox));
     proxy.stop_listening().await;
     chan.send(&Message::Reserve { pids: shared.sessions.pids() }, &[]).await?;
     let deadline = Instant::now() + timeout;
@@ -143,17 +143,44 @@ async fn abandon(proxy: &Proxy) -> UpgradeError {
     UpgradeError::Closed
 }
 
+/// Carries out the CancelRequests the new process passes back (for clients still here) until
+/// the channel closes, which means the new process died.
+async fn serve_cancels(shared: Arc<Shared>, chan: Arc<Channel>) {
+    loop {
+        match chan.recv().await {
+            Ok(Some((Message::Cancel { pid, secret }, _))) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    crate::client::handshake::forward_cancel(
+                        &shared,
+                        pid,
+                        secret,
+                        crate::client::handshake::Reach::Local,
+                    )
+                    .await
+                });
+            }
+            Ok(Some(_)) => tracing::warn!("upgrade: unexpected message from the new process ignored"),
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
 /// Sends what the outbox receives until it is closed; ends early when the new process closes
 /// the channel (it died). Returns how many connections went over.
-async fn send_all(chan: Arc<Channel>, mut outbox: mpsc::UnboundedReceiver<Outgoing>) -> Result<usize, UpgradeError> {
+async fn send_all(
+    shared: Arc<Shared>,
+    chan: Arc<Channel>,
+    mut outbox: mpsc::UnboundedReceiver<Outgoing>,
+) -> Result<usize, UpgradeError> {
     use std::os::fd::AsFd;
     let mut sent = 0;
-    let peer_closed = chan.recv();
+    let peer_closed = serve_cancels(shared, chan.clone());
     tokio::pin!(peer_closed);
     loop {
         let out = tokio::select! {
             out = outbox.recv() => out,
-            _ = &mut peer_closed => {
+            () = &mut peer_closed => {
                 outbox.close();
                 while let Ok(out) = outbox.try_recv() {
                     crate::client::handoff::refuse_returned(out);
