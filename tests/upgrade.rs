@@ -287,3 +287,38 @@ fn clients_in_a_transaction_move_at_its_end_and_can_be_cancelled_meanwhile() {
     let log = fleet.log();
     assert!(log.contains("handed_over=2") && log.contains("closed=0"), "{log}");
 }
+
+/// A new process that cannot start (here: the config file became invalid) changes nothing: the
+/// old one logs why and keeps its clients and its port.
+#[test]
+fn a_failed_upgrade_leaves_the_old_process_serving() {
+    let dir = common::TempDir::new("upgrade-fail");
+    let (port, admin) = (port(), port());
+    let cfg = write_config(&dir, port, admin);
+    let log = dir.join("pgshift.log");
+    let first = Command::new(bin())
+        .args(["--config", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let first_pid = first.id();
+    let mut fleet = Fleet { first, log: log.clone() };
+    wait_until(
+        "pgshift listens",
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        &log,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let kept = rt.block_on(common::connect(port, "app", "app", "app"));
+    std::fs::write(&cfg, "[proxy]\ndefault_pool_size = \"lots\"\n").unwrap();
+    usr2(first_pid);
+    wait_until("the upgrade is abandoned", Duration::from_secs(10), || fleet.log().contains("upgrade abandoned"), &log);
+    assert!(matches!(fleet.first.try_wait(), Ok(None)), "the old process keeps running");
+    rt.block_on(async {
+        kept.batch_execute("select 1").await.expect("its client is still served");
+        common::connect(port, "app", "app", "app").await.batch_execute("select 2").await.expect("new clients too");
+    });
+}
