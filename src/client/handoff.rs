@@ -138,6 +138,7 @@ fn into_fd(stream: Stream) -> std::io::Result<OwnedFd> {
 
 /// The new process's side: turns a handed-over client into a session and runs it.
 pub async fn adopt(shared: Arc<Shared>, handoff: Box<Handoff>, fd: OwnedFd) {
+    let _counted = super::listener::Slot::adopted(shared.clone());
     let (stream, peer) = match attach_socket(handoff.transport, fd) {
         Ok(s) => s,
         Err(e) => return tracing::warn!("upgrade: cannot take over a client socket: {e}"),

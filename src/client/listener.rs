@@ -45,7 +45,7 @@ impl ConnCount {
 }
 
 /// One counted socket; gives its place back when dropped.
-struct Slot {
+pub struct Slot {
     shared: Arc<Shared>,
     logged_in: bool,
 }
@@ -55,6 +55,13 @@ impl Slot {
     fn logging_in(shared: Arc<Shared>) -> (Slot, usize) {
         let n = shared.conn_count.logging_in.fetch_add(1, Ordering::Relaxed) + 1;
         (Slot { shared, logged_in: false }, n)
+    }
+
+    /// A client handed over by the process this one upgrades: counted as logged in, even past
+    /// `max_client_conn` (the old process let it in under the same limit; it is not refused now).
+    pub fn adopted(shared: Arc<Shared>) -> Slot {
+        shared.conn_count.logged_in.fetch_add(1, Ordering::Relaxed);
+        Slot { shared, logged_in: true }
     }
 
     /// Moves the socket to the logged-in count; false (and unchanged) if `max` are logged in.
