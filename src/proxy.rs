@@ -152,6 +152,8 @@ impl Proxy {
 
     /// Stops everything now (clients are closed with 57P01).
     pub async fn stop(&self) {
+        let _ = self.shared.stop.send(true);
+        self.listening.lock().unwrap_or_else(|e| e.into_inner()).close();
         self.shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         for s in self.shared.sessions.all() {
             s.signals.raise(crate::client::registry::Signals::KILL);
