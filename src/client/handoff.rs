@@ -16,13 +16,16 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::peer::Peer;
+use super::registry::SessionHandle;
 use super::route::SessionPools;
 use super::session::{client_slots, End, Session};
 use super::state::{ClientState, RouteOverride};
 use crate::auth::UserEntry;
 use crate::config::PoolMode;
 use crate::error::ClientError;
+use crate::pool::limit::ClientSlot;
 use crate::session_state::Settings;
+use crate::shared::Runtime;
 use crate::shared::Shared;
 use crate::stream::Stream;
 use crate::upgrade::message::{Handoff, Statement, Transport};
@@ -195,7 +198,7 @@ impl Session {
         let state = unpack_state(&shared, &rt, &h);
         shared.stats.adopted.fetch_add(1, Ordering::Relaxed);
         shared.stats.clients.fetch_add(1, Ordering::Relaxed);
-        Ok(Session::assemble(super::session::Parts {
+        Ok(Session::assemble(Parts {
             shared,
             handle,
             client: stream,
@@ -273,4 +276,42 @@ pub fn refuse_returned(out: Outgoing) {
     };
     let mut s = std::fs::File::from(fd);
     let _ = s.write_all(&restarting().frame());
+}
+
+/// What a session is made of, for sessions that did not log in here (handed over).
+struct Parts {
+    shared: Arc<Shared>,
+    handle: Arc<SessionHandle>,
+    client: crate::stream::Stream,
+    cin: BytesMut,
+    user: Arc<UserEntry>,
+    database: Arc<str>,
+    client_slots: [ClientSlot; 2],
+    rt: Arc<Runtime>,
+    pools: SessionPools,
+    state: ClientState,
+    skip_to_sync: bool,
+}
+
+impl Session {
+    /// A session from its parts (a client handed over by the process this one upgraded).
+    fn assemble(p: Parts) -> Session {
+        Session {
+            shared: p.shared,
+            handle: p.handle,
+            client: p.client,
+            cin: p.cin,
+            cout: BytesMut::new(),
+            cflush: false,
+            user: p.user,
+            database: p.database,
+            _client_slots: p.client_slots,
+            rt: p.rt,
+            pools: p.pools,
+            state: p.state,
+            attached: None,
+            skip_to_sync: p.skip_to_sync,
+            notify_rx: None,
+        }
+    }
 }

@@ -77,21 +77,6 @@ pub enum End {
     Handover,
 }
 
-/// What a session is made of, for sessions that did not log in here (handed over).
-pub(super) struct Parts {
-    pub(super) shared: Arc<Shared>,
-    pub(super) handle: Arc<SessionHandle>,
-    pub(super) client: crate::stream::Stream,
-    pub(super) cin: BytesMut,
-    pub(super) user: Arc<UserEntry>,
-    pub(super) database: Arc<str>,
-    pub(super) client_slots: [ClientSlot; 2],
-    pub(super) rt: Arc<Runtime>,
-    pub(super) pools: SessionPools,
-    pub(super) state: ClientState,
-    pub(super) skip_to_sync: bool,
-}
-
 /// A logged-in client.
 pub struct Session {
     pub(super) shared: Arc<Shared>,
@@ -108,7 +93,7 @@ pub struct Session {
     pub(super) database: Arc<str>,
     /// Places under `max_db_client_connections` and `max_user_client_connections`, held while
     /// the client is connected.
-    _client_slots: [ClientSlot; 2],
+    pub(super) _client_slots: [ClientSlot; 2],
     pub(super) rt: Arc<Runtime>,
     pub(super) pools: SessionPools,
     pub(super) state: ClientState,
@@ -158,27 +143,6 @@ impl Session {
                 },
                 end => return Box::pin(self.finish(end)).await,
             }
-        }
-    }
-
-    /// A session from its parts (a client handed over by the process this one upgraded).
-    pub(super) fn assemble(p: Parts) -> Session {
-        Session {
-            shared: p.shared,
-            handle: p.handle,
-            client: p.client,
-            cin: p.cin,
-            cout: BytesMut::new(),
-            cflush: false,
-            user: p.user,
-            database: p.database,
-            _client_slots: p.client_slots,
-            rt: p.rt,
-            pools: p.pools,
-            state: p.state,
-            attached: None,
-            skip_to_sync: p.skip_to_sync,
-            notify_rx: None,
         }
     }
 
