@@ -66,6 +66,14 @@ SIGNALS
     SIGTERM  Drain: stop accepting, let running transactions finish, close idle clients, exit 0.
              Clients still connected after [proxy] shutdown_timeout (30s) are closed.
     SIGINT   Exit at once; connected clients get 57P01.
+    SIGUSR2  Binary upgrade: start the binary at the path pgshift was started from, with the same
+             arguments; it binds the same ports (SO_REUSEPORT) and, once it listens, this process
+             stops accepting and hands it each client between transactions (socket, cancel key,
+             settings, prepared statements), then exits 0. Plaintext TCP and Unix-socket clients
+             move without noticing; TLS, session-mode and pinned clients are closed at a
+             transaction boundary with 57P01. Clients still in a transaction after
+             [proxy] upgrade_timeout (30s) are closed. If the new process fails to start, this one
+             keeps serving and logs why.
 
 ENVIRONMENT
     Precedence: defaults < configuration file < environment < command-line flags.

@@ -12,6 +12,7 @@
 //! - [`stats`]: sharded counters and histograms; [`shared`]: the state every task is handed.
 //! - [`fleet`]: several instances sharing the migration phase and a member list through PostgreSQL.
 //! - [`backup`]: scheduled `pg_dump` backups from a replica, retention, the WAL archiver's status.
+//! - [`upgrade`]: binary upgrades (SIGUSR2): the new process takes over ports and clients.
 //!
 //! # Data path (one transaction)
 //! 1. The session buffers client frames up to a request boundary (Query, Sync, Flush, ...).
@@ -49,4 +50,5 @@ pub mod stats;
 pub mod stream;
 pub mod tls;
 pub mod topology;
+pub mod upgrade;
 pub mod wire;

@@ -1,13 +1,21 @@
 //! The `pgshift` binary: command line, logging, runtime, signals.
 
 use clap::Parser;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 
 use pgshift::cli;
 use pgshift::config::{Config, LogFormat};
 use pgshift::proxy::Proxy;
+use pgshift::upgrade::listen::Bind;
+use pgshift::upgrade::new::Predecessor;
+use pgshift::upgrade::old::Handed;
+use pgshift::upgrade::spawn::Launch;
+use pgshift::upgrade::{sd_notify, UpgradeError};
 
 /// The command line. Its help text is a manual page: see `pgshift::cli` for the sections.
 #[derive(Parser, Debug)]
@@ -42,6 +50,16 @@ fn main() -> ExitCode {
     if let Some(command) = cli.command {
         return cli::run(command);
     }
+    // Before any thread starts (it edits the environment): a process started by a binary
+    // upgrade takes the handover socket it inherited.
+    let inherited = match pgshift::upgrade::spawn::take_inherited() {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("pgshift: upgrade: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let launch = Launch::of_this_process();
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -72,7 +90,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(config, cli.config))
+    runtime.block_on(serve(config, cli.config, launch, inherited))
 }
 
 /// Logs to standard error: `PGSHIFT_LOG` (or `RUST_LOG`) filters; colour only on a terminal, so
@@ -91,9 +109,35 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn serve(config: Config, path: PathBuf) -> ExitCode {
+/// Starts the proxy: fresh, or taking over from the process that started this one.
+async fn start(config: Config, path: PathBuf, inherited: Option<OwnedFd>) -> Result<Arc<Proxy>, String> {
+    let predecessor = match inherited {
+        Some(fd) => Some(Predecessor::greet(fd).await.map_err(|e| format!("upgrade: {e}"))?),
+        None => None,
+    };
+    let bind = if predecessor.is_some() { Bind::Upgrade } else { Bind::Fresh };
+    let proxy = Arc::new(Proxy::start_as(config, Some(path), bind).await.map_err(|e| e.to_string())?);
+    if let Some(p) = predecessor {
+        // The old process went away meanwhile: it keeps its clients; we serve new ones.
+        if let Err(e) = p.ready(&proxy.shared).await {
+            tracing::warn!("upgrade: cannot take clients from the old process: {e}");
+        }
+    }
+    sd_notify::ready(bind == Bind::Upgrade);
+    Ok(proxy)
+}
+
+/// The running upgrade's outcome, or never when none runs.
+async fn upgrade_done(task: &mut Option<JoinHandle<Result<Handed, UpgradeError>>>) -> Result<Handed, UpgradeError> {
+    match task {
+        Some(t) => t.await.unwrap_or(Err(UpgradeError::Closed)),
+        None => std::future::pending().await,
+    }
+}
+
+async fn serve(config: Config, path: PathBuf, launch: Launch, inherited: Option<OwnedFd>) -> ExitCode {
     let shutdown_timeout = config.proxy.shutdown_timeout.0;
-    let proxy = match Proxy::start(config, Some(path)).await {
+    let proxy = match start(config, path, inherited).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("pgshift: {e}");
@@ -101,20 +145,48 @@ async fn serve(config: Config, path: PathBuf) -> ExitCode {
         }
     };
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut hup), Ok(mut term), Ok(mut int), Ok(mut usr2)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::user_defined2()),
+    ) else {
         eprintln!("pgshift: cannot install signal handlers");
         return ExitCode::FAILURE;
     };
+    let mut upgrade: Option<JoinHandle<Result<Handed, UpgradeError>>> = None;
     loop {
         tokio::select! {
+            _ = usr2.recv() => {
+                if upgrade.is_some() {
+                    tracing::warn!("SIGUSR2: {}", UpgradeError::InProgress);
+                } else {
+                    tracing::info!(exe = %launch.exe.display(), "SIGUSR2: binary upgrade: starting the new process");
+                    upgrade = Some(tokio::spawn(pgshift::upgrade::old::run(proxy.clone(), launch.clone())));
+                }
+            }
+            done = upgrade_done(&mut upgrade) => {
+                upgrade = None;
+                match done {
+                    Ok(h) => {
+                        tracing::info!(handed_over = h.clients, closed = h.closed, "upgrade complete: exiting");
+                        proxy.stop().await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        return ExitCode::SUCCESS;
+                    }
+                    Err(e) => tracing::error!("upgrade abandoned, this process keeps serving: {e}"),
+                }
+            }
             _ = hup.recv() => {
                 if let Err(problems) = proxy.reload() {
                     tracing::error!("reload refused, the previous configuration stays in force:\n  - {}", problems.join("\n  - "));
                 }
             }
             _ = term.recv() => {
+                if let Some(u) = upgrade.take() {
+                    u.abort();
+                    proxy.shared.handover.close();
+                }
                 tracing::info!("SIGTERM: draining (shutdown_timeout {:?})", shutdown_timeout);
                 let clean = proxy.drain(shutdown_timeout).await;
                 if !clean {

@@ -3,9 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -13,6 +12,7 @@ use crate::client::listener::ClientListener;
 use crate::client::socket_file::SocketFile;
 use crate::config::{Config, ConfigError};
 use crate::shared::{Runtime, Shared};
+use crate::upgrade::listen::Bind;
 
 /// Why a proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,38 +40,69 @@ pub struct Proxy {
     pub admin_addr: Option<String>,
     /// The Unix socket clients may connect to (`[proxy] unix_socket_dir`), if enabled.
     pub unix_socket: Option<PathBuf>,
-    /// Removes the Unix socket's file at drain, stop, or drop.
-    socket_file: Option<SocketFile>,
+    /// The client listeners; closed apart from the rest at a binary upgrade (and opened again
+    /// if the new process fails).
+    listening: Mutex<Listening>,
     tasks: Vec<JoinHandle<()>>,
     config_path: Option<PathBuf>,
+}
+
+/// The client listeners running now.
+#[derive(Default)]
+struct Listening {
+    /// Turns true to stop their accept loops.
+    stop: Option<watch::Sender<bool>>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Removes the Unix socket's file at drain, stop, or drop.
+    socket_file: Option<SocketFile>,
+}
+
+impl Listening {
+    /// Stops accepting; the tasks to wait for (each passes on its listen queue first, during a
+    /// handover).
+    fn close(&mut self) -> Vec<JoinHandle<()>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(f) = self.socket_file.take() {
+            f.remove();
+        }
+        std::mem::take(&mut self.tasks)
+    }
 }
 
 impl Proxy {
     /// Builds the runtime, binds the listeners, and starts serving.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Proxy, StartError> {
-        let listen = config.proxy.listen.clone();
+        Proxy::start_as(config, config_path, Bind::Fresh).await
+    }
+
+    /// [`Proxy::start`], sharing the ports of the process being upgraded with `Bind::Upgrade`.
+    pub async fn start_as(config: Config, config_path: Option<PathBuf>, bind: Bind) -> Result<Proxy, StartError> {
         let runtime = Runtime::build(config, None).map_err(ConfigError)?;
         let shared = Shared::new(runtime);
-        let listener = TcpListener::bind(&listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: String::new(), source })?;
-        let _ = shared.listen_addr.set(addr);
-        let (unix, socket_file) = bind_unix_socket(&shared, addr.port())?.unzip();
-        let unix_socket = shared.runtime.load().config.proxy.unix_socket_path(addr.port()).filter(|_| unix.is_some());
         let stop_rx = shared.stop.subscribe();
         crate::pool::health::spawn_probes(&shared, &stop_rx);
+        // A fleet member takes the fleet's migration state before it serves its first client.
         let fleet = crate::fleet::sync::start(&shared, stop_rx.clone()).await;
-        let serve = |l| tokio::spawn(crate::client::listener::serve(shared.clone(), l, stop_rx.clone()));
-        let mut tasks = vec![serve(ClientListener::Tcp(listener))];
-        tasks.extend(unix.map(|l| serve(ClientListener::Unix(l))));
+        let listening = listen_clients(&shared, bind).await?;
+        let addr = *shared
+            .listen_addr
+            .get()
+            .ok_or(StartError::Bind { addr: String::new(), source: std::io::Error::other("no listen address") })?;
+        let unix_socket = listening
+            .socket_file
+            .as_ref()
+            .and_then(|_| shared.runtime.load().config.proxy.unix_socket_path(addr.port()));
+        let mut tasks = vec![tokio::spawn(upkeep(shared.clone(), stop_rx.clone()))];
         tasks.extend(fleet);
-        tasks.push(tokio::spawn(upkeep(shared.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(crate::topology::watch(shared.clone(), stop_rx.clone())));
         crate::migration::logical::monitor::resume(&shared);
         tasks.push(tokio::spawn(crate::migration::logical::monitor::run(shared.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(crate::migration::schedule::run(shared.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(crate::migration::ramp::run(shared.clone(), stop_rx.clone())));
         tasks.extend(crate::backup::spawn(&shared, &stop_rx));
-        let admin_addr = match crate::admin::start(shared.clone(), config_path.clone(), stop_rx).await {
+        let admin_addr = match crate::admin::start(shared.clone(), config_path.clone(), stop_rx, bind).await {
             Ok(Some((a, task))) => {
                 let _ = shared.admin.bound.set(a.clone());
                 tasks.push(task);
@@ -80,13 +111,34 @@ impl Proxy {
             Ok(None) => None,
             Err(e) => {
                 let _ = shared.stop.send(true);
+                let mut listening = listening;
+                listening.close();
                 return Err(e);
             }
         };
         let unix_shown = unix_socket.as_ref().map_or("off".into(), |p| p.display().to_string());
         tracing::info!(%addr, unix_socket = %unix_shown, admin = admin_addr.as_deref().unwrap_or("off"), "pgshift listening");
         log_startup_summary(&shared.runtime.load());
-        Ok(Proxy { shared, addr, admin_addr, unix_socket, socket_file, tasks, config_path })
+        let listening = Mutex::new(listening);
+        Ok(Proxy { shared, addr, admin_addr, unix_socket, listening, tasks, config_path })
+    }
+
+    /// Stops accepting clients, waiting until every accept loop has ended. During a handover
+    /// the loops pass the connections still queued on their sockets to the new process.
+    pub async fn stop_listening(&self) {
+        let tasks = self.listening.lock().unwrap_or_else(|e| e.into_inner()).close();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Accepts clients again after [`Proxy::stop_listening`] (an upgrade whose new process
+    /// failed): the ports are bound anew, shared with whatever still holds them.
+    pub async fn resume_listening(&self) -> Result<(), StartError> {
+        let listening = listen_clients(&self.shared, Bind::Upgrade).await?;
+        let mut old = std::mem::replace(&mut *self.listening.lock().unwrap_or_else(|e| e.into_inner()), listening);
+        old.close();
+        Ok(())
     }
 
     /// Re-reads the config file (SIGHUP).
@@ -98,14 +150,14 @@ impl Proxy {
     /// true if every client left within `timeout`.
     pub async fn drain(&self, timeout: Duration) -> bool {
         let _ = self.shared.stop.send(true);
-        if let Some(f) = &self.socket_file {
-            f.remove();
-        }
+        self.stop_listening().await;
         drain(&self.shared, timeout).await
     }
 
     /// Stops everything now (clients are closed with 57P01).
-    pub async fn stop(self) {
+    pub async fn stop(&self) {
+        let _ = self.shared.stop.send(true);
+        self.listening.lock().unwrap_or_else(|e| e.into_inner()).close();
         self.shared.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         for s in self.shared.sessions.all() {
             s.signals.raise(crate::client::registry::Signals::KILL);
@@ -120,25 +172,47 @@ impl Drop for Proxy {
     /// Stops listening and background tasks; clients already connected finish on their own.
     fn drop(&mut self) {
         let _ = self.shared.stop.send(true);
-        if let Some(f) = &self.socket_file {
-            f.remove();
-        }
-        for t in &self.tasks {
+        let listeners = self.listening.lock().unwrap_or_else(|e| e.into_inner()).close();
+        for t in listeners.iter().chain(&self.tasks) {
             t.abort();
         }
     }
 }
 
-/// Binds `[proxy] unix_socket_dir`'s socket for a listener on `port`; `None` when not set.
-fn bind_unix_socket(shared: &Shared, port: u16) -> Result<Option<(tokio::net::UnixListener, SocketFile)>, StartError> {
+/// Binds the client listeners (`[proxy] listen`, and the Unix socket if set) and starts their
+/// accept loops.
+async fn listen_clients(shared: &Arc<Shared>, bind: Bind) -> Result<Listening, StartError> {
+    let listen = shared.runtime.load().config.proxy.listen.clone();
+    let tcp = crate::upgrade::listen::tcp(&listen, bind)
+        .await
+        .map_err(|source| StartError::Bind { addr: listen.clone(), source })?;
+    let addr = tcp.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
+    let _ = shared.listen_addr.set(addr);
+    let (unix, socket_file) = bind_unix_socket(shared, addr.port(), bind)?.unzip();
+    let (stop, stop_rx) = watch::channel(false);
+    let serve = |l| tokio::spawn(crate::client::listener::serve(shared.clone(), l, stop_rx.clone()));
+    let mut tasks = vec![serve(ClientListener::Tcp(tcp))];
+    tasks.extend(unix.map(|l| serve(ClientListener::Unix(l))));
+    Ok(Listening { stop: Some(stop), tasks, socket_file })
+}
+
+/// Binds `[proxy] unix_socket_dir`'s socket for a listener on `port`; `None` when not set. In an
+/// upgrade the new socket replaces the old process's file atomically.
+fn bind_unix_socket(
+    shared: &Shared,
+    port: u16,
+    bind: Bind,
+) -> Result<Option<(tokio::net::UnixListener, SocketFile)>, StartError> {
     let rt = shared.runtime.load();
     let p = &rt.config.proxy;
     let Some(path) = p.unix_socket_path(port) else { return Ok(None) };
     // validate() has checked the mode; 0777 is its default.
     let mode = p.unix_socket_mode_bits().unwrap_or(0o777);
-    crate::client::socket_file::bind(&path, mode)
-        .map(Some)
-        .map_err(|source| StartError::Bind { addr: path.display().to_string(), source })
+    let bound = match bind {
+        Bind::Fresh => crate::client::socket_file::bind(&path, mode),
+        Bind::Upgrade => crate::client::socket_file::bind_replacing(&path, mode),
+    };
+    bound.map(Some).map_err(|source| StartError::Bind { addr: path.display().to_string(), source })
 }
 
 /// Stops accepting is the caller's job; this marks the drain and waits for clients to leave.

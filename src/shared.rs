@@ -319,6 +319,8 @@ pub struct Shared {
     pub cancel_forwards: crate::client::fleet::ForwardCounters,
     /// The fleet: shared phase, fences, members.
     pub fleet: crate::fleet::Fleet,
+    /// A binary upgrade handing clients to the new process (open only while it runs).
+    pub handover: crate::upgrade::Handover,
 }
 
 impl Shared {
@@ -345,6 +347,7 @@ impl Shared {
             notify: Default::default(),
             admin: Default::default(),
             backup: Default::default(),
+            handover: Default::default(),
             cancel_forwards: Default::default(),
             fleet: Default::default(),
         })

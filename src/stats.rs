@@ -178,6 +178,8 @@ pub struct Stats {
     pub logins: AtomicU64,
     /// Logins refused (bad password, unknown database, too many clients, ...).
     pub login_failures: AtomicU64,
+    /// Clients taken over from the process this one upgraded (no login of their own here).
+    pub adopted: AtomicU64,
     /// Sessions pinned to a server, by reason.
     pub pins: Mutex<BTreeMap<&'static str, u64>>,
 }

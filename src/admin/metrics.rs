@@ -176,6 +176,7 @@ impl Snapshot {
         family(enc, "pgshift_pending_logins", "Client sockets still logging in", g(v.pending_logins as f64))?;
         family(enc, "pgshift_logins", "Client logins", c(v.logins))?;
         family(enc, "pgshift_login_failures", "Refused client logins", c(v.login_failures))?;
+        family(enc, "pgshift_clients_adopted", "Clients handed over by an upgraded process", c(v.clients_adopted))?;
         family(enc, "pgshift_reconnects", "RECONNECT commands", c(v.reconnects))?;
         family(enc, "pgshift_failovers", "Primary changes made by role discovery", c(v.topology.failovers))?;
         let split = f64::from(u8::from(v.topology.state == crate::pool::cluster::TopologyState::SplitBrain));

@@ -74,6 +74,7 @@ pub async fn start(
     shared: Arc<Shared>,
     config_path: Option<PathBuf>,
     stop: watch::Receiver<bool>,
+    bind: crate::upgrade::listen::Bind,
 ) -> Result<Option<(String, JoinHandle<()>)>, StartError> {
     if let Some(p) = config_path {
         let _ = shared.admin.config_path.set(p);
@@ -85,6 +86,8 @@ pub async fn start(
     let bind_err = |source| StartError::Bind { addr: listen.clone(), source };
     let limits = serve::Limits::from_config(&shared);
     if let Some(path) = listen.strip_prefix("unix:") {
+        // Replaced, not shared, in an upgrade too: the old process's admin socket file is
+        // removed and the new process binds its own (the admin port is not client traffic).
         let _ = std::fs::remove_file(path);
         let l = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
         let state = AdminState { shared, local_only: true, listen_ip: None };
@@ -93,7 +96,8 @@ pub async fn start(
         let task = tokio::spawn(serve::run(serve::Listener::Unix(l), app, limits, stop));
         return Ok(Some((listen.clone(), task)));
     }
-    let l = tokio::net::TcpListener::bind(&listen).await.map_err(bind_err)?;
+    // SO_REUSEPORT, as the client port: a binary upgrade's new process binds it beside us.
+    let l = crate::upgrade::listen::tcp(&listen, bind).await.map_err(bind_err)?;
     let local = l.local_addr().map_err(bind_err)?;
     let state = AdminState { shared, local_only: local.ip().is_loopback(), listen_ip: Some(local.ip()) };
     warn_if_tokenless(&state, &local.to_string());

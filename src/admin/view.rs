@@ -155,6 +155,8 @@ pub struct StatsView {
     pub logins: u64,
     /// Refused logins since start.
     pub login_failures: u64,
+    /// Clients handed over by the process this one upgraded (binary upgrade, SIGUSR2).
+    pub clients_adopted: u64,
     /// Times RECONNECT was issued.
     pub reconnects: u64,
     /// Pools by (database, user).
@@ -421,6 +423,7 @@ pub fn stats_with(shared: &Shared, merged: &MergedStats) -> StatsView {
         pending_logins: shared.conn_count.logging_in(),
         logins: s.logins.load(Ordering::Relaxed),
         login_failures: s.login_failures.load(Ordering::Relaxed),
+        clients_adopted: s.adopted.load(Ordering::Relaxed),
         reconnects: shared.reconnect_epoch.load(Ordering::Relaxed),
         backends: backends(shared),
         totals,

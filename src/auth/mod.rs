@@ -94,6 +94,15 @@ impl UserEntry {
         }
     }
 
+    /// The ClientKey learned from a client login, if any (carried to the new process in a
+    /// binary upgrade).
+    pub fn learned_client_key(&self) -> Option<[u8; 32]> {
+        match self.learned.lock().ok()?.as_ref()? {
+            ClientCredential::Keys { client_key, .. } => Some(*client_key),
+            ClientCredential::Password(_) => None,
+        }
+    }
+
     /// True if we hold something PostgreSQL would accept (plaintext, md5 hash, learned key).
     pub fn has_backend_secret(&self) -> bool {
         self.plaintext.is_some() || self.md5.is_some() || self.scram_credential().is_some()
@@ -160,6 +169,11 @@ impl Users {
     /// The entry for `name`, if configured.
     pub fn get(&self, name: &str) -> Option<Arc<UserEntry>> {
         self.map.get(name).cloned()
+    }
+
+    /// Every configured user.
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<UserEntry>> {
+        self.map.values()
     }
 
     /// Carries learned client keys over from the previous registry on reload.

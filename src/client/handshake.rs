@@ -229,6 +229,9 @@ pub async fn forward_cancel(shared: &Shared, pid: i32, secret: i32, reach: Reach
     let (pid, forwarded) = super::fleet::unmark(&rt.config.fleet, pid);
     match shared.sessions.cancel(pid, secret, wait).await {
         CancelOutcome::Dropped { user, database } => count_dropped(shared, &rt, &user, &database),
+        // The client is still on the process this one upgrades: it carries the cancel out.
+        CancelOutcome::NoMatch
+            if shared.sessions.is_reserved(pid) && shared.handover.cancel_on_predecessor(pid, secret).await => {}
         CancelOutcome::NoMatch if reach == Reach::Fleet => {
             let decision = super::fleet::decide(&rt.config.fleet, pid, forwarded);
             super::fleet::forward(&shared.cancel_forwards, decision, pid, secret, wait).await;

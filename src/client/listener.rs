@@ -45,7 +45,7 @@ impl ConnCount {
 }
 
 /// One counted socket; gives its place back when dropped.
-struct Slot {
+pub struct Slot {
     shared: Arc<Shared>,
     logged_in: bool,
 }
@@ -55,6 +55,13 @@ impl Slot {
     fn logging_in(shared: Arc<Shared>) -> (Slot, usize) {
         let n = shared.conn_count.logging_in.fetch_add(1, Ordering::Relaxed) + 1;
         (Slot { shared, logged_in: false }, n)
+    }
+
+    /// A client handed over by the process this one upgrades: counted as logged in, even past
+    /// `max_client_conn` (the old process let it in under the same limit; it is not refused now).
+    pub fn adopted(shared: Arc<Shared>) -> Slot {
+        shared.conn_count.logged_in.fetch_add(1, Ordering::Relaxed);
+        Slot { shared, logged_in: true }
     }
 
     /// Moves the socket to the logged-in count; false (and unchanged) if `max` are logged in.
@@ -100,12 +107,51 @@ impl ClientListener {
     }
 }
 
+impl ClientListener {
+    /// A connection already queued, without waiting; `None` when the queue is empty.
+    fn accept_queued(&self) -> Option<(std::os::fd::OwnedFd, bool)> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let detached = match self {
+            ClientListener::Tcp(l) => match l.poll_accept(&mut cx) {
+                std::task::Poll::Ready(Ok((tcp, _))) => tcp.into_std().map(|s| (s.into(), false)),
+                _ => return None,
+            },
+            ClientListener::Unix(l) => match l.poll_accept(&mut cx) {
+                std::task::Poll::Ready(Ok((unix, _))) => unix.into_std().map(|s| (s.into(), true)),
+                _ => return None,
+            },
+        };
+        detached.ok()
+    }
+
+    /// During a binary upgrade, once this loop stops accepting: the connections still queued on
+    /// the socket go to the new process unread, instead of being reset when the socket closes.
+    fn pass_queue(&self, shared: &Shared) {
+        let mut passed = 0;
+        while let Some((fd, unix)) = self.accept_queued() {
+            if let Err(out) = shared.handover.send(crate::upgrade::Outgoing::Fresh { unix, fd }) {
+                super::handoff::refuse_returned(out);
+                break;
+            }
+            passed += 1;
+        }
+        if passed > 0 {
+            tracing::info!(passed, "upgrade: passed queued connections to the new process");
+        }
+    }
+}
+
 /// Accepts clients until `stop` turns true.
 pub async fn serve(shared: Arc<Shared>, listener: ClientListener, mut stop: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => {
+                if shared.handover.is_open() {
+                    listener.pass_queue(&shared);
+                }
+                return;
+            }
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -116,25 +162,50 @@ pub async fn serve(shared: Arc<Shared>, listener: ClientListener, mut stop: watc
                 continue;
             }
         };
-        let rt = shared.runtime.load();
-        let (max, limit) = (rt.config.proxy.max_pending_logins, failed_login_limit(&rt));
-        let (slot, pending) = Slot::logging_in(shared.clone());
-        let refusal = if pending > max {
-            Some(ClientError::fatal("53300", "too many connections are logging in (max_pending_logins)"))
-        } else if shared.failed_logins.blocked(peer.ip(), limit) {
-            Some(ClientError::too_many_failed_logins(&peer.host()))
-        } else {
-            None
-        };
-        match refusal {
-            Some(e) => tokio::spawn(async move {
-                tracing::info!(%peer, code = %e.code, "connection refused: {}", e.message);
-                refuse(&slot.shared, stream, e).await;
-                drop(slot);
-            }),
-            None => tokio::spawn(handle(slot, stream, peer)),
-        };
+        admit(&shared, stream, peer);
     }
+}
+
+/// A connection the process this one upgrades had accepted but not read (its listen queue):
+/// served here as if accepted here.
+pub fn admit_passed(shared: &Arc<Shared>, fd: std::os::fd::OwnedFd, unix: bool) -> std::io::Result<()> {
+    let (stream, peer) = if unix {
+        let s = std::os::unix::net::UnixStream::from(fd);
+        s.set_nonblocking(true)?;
+        (Stream::Unix(tokio::net::UnixStream::from_std(s)?), Peer::Unix)
+    } else {
+        let s = std::net::TcpStream::from(fd);
+        s.set_nonblocking(true)?;
+        let peer = Peer::Tcp(s.peer_addr()?);
+        let tcp = tokio::net::TcpStream::from_std(s)?;
+        let _ = tcp.set_nodelay(true);
+        (Stream::Plain(tcp), peer)
+    };
+    admit(shared, stream, peer);
+    Ok(())
+}
+
+/// Counts a new connection and starts its task, or refuses it (too many logging in, or its
+/// address is blocked after failed logins).
+fn admit(shared: &Arc<Shared>, stream: Stream, peer: Peer) {
+    let rt = shared.runtime.load();
+    let (max, limit) = (rt.config.proxy.max_pending_logins, failed_login_limit(&rt));
+    let (slot, pending) = Slot::logging_in(shared.clone());
+    let refusal = if pending > max {
+        Some(ClientError::fatal("53300", "too many connections are logging in (max_pending_logins)"))
+    } else if shared.failed_logins.blocked(peer.ip(), limit) {
+        Some(ClientError::too_many_failed_logins(&peer.host()))
+    } else {
+        None
+    };
+    match refusal {
+        Some(e) => tokio::spawn(async move {
+            tracing::info!(%peer, code = %e.code, "connection refused: {}", e.message);
+            refuse(&slot.shared, stream, e).await;
+            drop(slot);
+        }),
+        None => tokio::spawn(handle(slot, stream, peer)),
+    };
 }
 
 /// `[auth] max_failed_logins` per `failed_login_window`, as now configured.

@@ -4,6 +4,7 @@ pub mod expect;
 mod failover;
 pub mod fleet;
 pub mod forward;
+pub mod handoff;
 pub mod handshake;
 mod io;
 pub mod listener;

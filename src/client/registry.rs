@@ -57,11 +57,19 @@ impl Signals {
     pub const KILL: u8 = 1;
     /// A drain started: close at the next idle point.
     pub const DRAIN: u8 = 2;
+    /// A binary upgrade started: hand the client to the new process at the next idle point
+    /// (or close it there, if it cannot move).
+    pub const HANDOVER: u8 = 4;
 
     /// Raises `bit` and wakes the session.
     pub fn raise(&self, bit: u8) {
         self.flags.fetch_or(bit, Ordering::AcqRel);
         self.waker.wake();
+    }
+
+    /// Lowers `bit` again (an upgrade was abandoned: the client stays).
+    pub fn lower(&self, bit: u8) {
+        self.flags.fetch_and(!bit, Ordering::AcqRel);
     }
 
     /// True if `bit` has been raised.
@@ -182,6 +190,9 @@ pub struct Sessions {
     /// that server (for the sender pid of notifications: the client's, which it can compare with
     /// its BackendKeyData). Listed once per server connection; a lease only stores into the cell.
     holders: Mutex<HashMap<i32, std::sync::Weak<std::sync::atomic::AtomicI32>>>,
+    /// Pids of clients still on the process this one is taking over from: never given out here,
+    /// since those clients arrive later with their keys.
+    reserved: Mutex<std::collections::HashSet<i32>>,
 }
 
 impl Sessions {
@@ -196,27 +207,80 @@ impl Sessions {
     ) -> Arc<SessionHandle> {
         let mut map = self.by_pid.lock().unwrap_or_else(|e| e.into_inner());
         let mut rng = rand::thread_rng();
+        let reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
         let pid = loop {
             let p = super::fleet::new_pid(fleet_id, &mut rng);
-            if !map.contains_key(&p) {
+            if !map.contains_key(&p) && !reserved.contains(&p) {
                 break p;
             }
         };
-        let h = Arc::new(SessionHandle {
+        drop(reserved);
+        let h = self.handle((pid, rng.gen()), user, database, peer, SystemTime::now());
+        map.insert(pid, h.clone());
+        h
+    }
+
+    /// Registers a client handed over by the process this one upgrades, under the key it already
+    /// holds; `None` if a client here already has that pid (the key cannot move then).
+    pub fn adopt(
+        &self,
+        key: (i32, i32),
+        user: &str,
+        database: Arc<str>,
+        peer: super::peer::Peer,
+        connected_at: SystemTime,
+    ) -> Option<Arc<SessionHandle>> {
+        let mut map = self.by_pid.lock().unwrap_or_else(|e| e.into_inner());
+        self.reserved.lock().unwrap_or_else(|e| e.into_inner()).remove(&key.0);
+        if map.contains_key(&key.0) {
+            return None;
+        }
+        let h = self.handle(key, user, database, peer, connected_at);
+        map.insert(key.0, h.clone());
+        Some(h)
+    }
+
+    /// Keeps `pids` from being given out (clients of the process being upgraded).
+    pub fn reserve(&self, pids: &[i32]) {
+        self.reserved.lock().unwrap_or_else(|e| e.into_inner()).extend(pids.iter().copied());
+    }
+
+    /// True if `pid` belongs to a client of the process this one is taking over from.
+    pub fn is_reserved(&self, pid: i32) -> bool {
+        self.reserved.lock().map(|r| r.contains(&pid)).unwrap_or(false)
+    }
+
+    /// Frees every reserved pid (the old process is done handing over).
+    pub fn release_reserved(&self) {
+        self.reserved.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The pids of every connected client.
+    pub fn pids(&self) -> Vec<i32> {
+        self.by_pid.lock().map(|m| m.keys().copied().collect()).unwrap_or_default()
+    }
+
+    fn handle(
+        &self,
+        key: (i32, i32),
+        user: &str,
+        database: Arc<str>,
+        peer: super::peer::Peer,
+        connected_at: SystemTime,
+    ) -> Arc<SessionHandle> {
+        Arc::new(SessionHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
-            key: (pid, rng.gen()),
+            key,
             user: user.into(),
             database,
             peer,
-            connected_at: SystemTime::now(),
+            connected_at,
             cancel: Notify::new(),
             signals: Signals::default(),
             server: Mutex::new(None),
             state: AtomicU8::new(0),
             xacts: AtomicU64::new(0),
-        });
-        map.insert(pid, h.clone());
-        h
+        })
     }
 
     /// The client with BackendKeyData pid `pid`.

@@ -29,7 +29,7 @@ impl Session {
         let tm = self.pools.mode == PoolMode::Transaction && self.state.pinned.is_none();
         let handle = self.handle.clone();
         // Kill always; a drain once (afterwards the idle check below looks at it every turn).
-        let mut signal_mask = Signals::KILL | Signals::DRAIN;
+        let mut signal_mask = Signals::KILL | Signals::DRAIN | Signals::HANDOVER;
         let mut timer = QueryTimer::new(self.pools.query_timeout);
         let mut timeout = OptionalSleep::new(None);
         let idle_limit = self.rt.config.proxy.idle_transaction_timeout.enabled();
@@ -56,6 +56,11 @@ impl Session {
                     "57P01",
                     "terminating connection: pgshift is shutting down",
                 )));
+            }
+            // A client that keeps its server between transactions (session mode, pinned) cannot
+            // move in an upgrade: it is closed at a transaction boundary, as a drain does.
+            if handle.signals.is_set(Signals::HANDOVER) && self.idle_between_requests() {
+                return Err(End::Close(super::handoff::restarting()));
             }
             let Some(att) = self.attached.as_mut() else { return Ok(Relayed::Released) };
             if timer.rearm(att.req_started) {

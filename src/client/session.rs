@@ -73,6 +73,8 @@ pub enum End {
     ClientGone,
     /// We close the client, telling it why (FATAL).
     Close(ClientError),
+    /// A binary upgrade: the client moves to the new process (or is closed if it cannot).
+    Handover,
 }
 
 /// A logged-in client.
@@ -91,7 +93,7 @@ pub struct Session {
     pub(super) database: Arc<str>,
     /// Places under `max_db_client_connections` and `max_user_client_connections`, held while
     /// the client is connected.
-    _client_slots: [ClientSlot; 2],
+    pub(super) _client_slots: [ClientSlot; 2],
     pub(super) rt: Arc<Runtime>,
     pub(super) pools: SessionPools,
     pub(super) state: ClientState,
@@ -107,9 +109,8 @@ pub struct Session {
 pub async fn run(shared: Arc<Shared>, login: Box<Login>) {
     // Login and goodbye are boxed: their states (fetching server parameters, resetting a server)
     // would otherwise size the task of every idle client, which holds only `Session` and `serve`.
-    let Some(mut session) = Box::pin(open(shared, login)).await else { return };
-    let end = session.serve().await;
-    Box::pin(session.finish(end)).await;
+    let Some(session) = Box::pin(open(shared, login)).await else { return };
+    session.drive().await;
 }
 
 /// Starts the session, or tells the client why not.
@@ -132,6 +133,19 @@ async fn open(shared: Arc<Shared>, login: Box<Login>) -> Option<Session> {
 }
 
 impl Session {
+    /// Serves the client until it leaves, is closed, or moves to a new process.
+    pub(super) async fn drive(mut self) {
+        loop {
+            match self.serve().await {
+                End::Handover => match Box::pin(self.hand_over()).await {
+                    Some(stays) => self = stays, // the upgrade was abandoned
+                    None => return,
+                },
+                end => return Box::pin(self.finish(end)).await,
+            }
+        }
+    }
+
     async fn start(shared: Arc<Shared>, login: Login) -> Result<Session, (crate::stream::Stream, ClientError)> {
         let Login { mut stream, rbuf, user, database, mut params, peer } = login;
         if let Err(v) = crate::session_state::canonical_startup_encoding(&mut params) {
@@ -280,6 +294,9 @@ impl Session {
                         "terminating connection due to administrator command",
                     )));
                 }
+                if handle.signals.is_set(Signals::HANDOVER) {
+                    return Err(End::Handover);
+                }
                 if self.shared.is_draining() {
                     return Err(End::Close(ClientError::fatal(
                         "57P01",
@@ -299,6 +316,8 @@ impl Session {
                 }
                 self.release_idle_buffers();
             }
+            // A handover waits for the client's output to be flushed (then the loop's top moves it).
+            let handover = if self.cout.is_empty() && !self.cflush { Signals::HANDOVER } else { 0 };
             let side = Side {
                 stream: &mut self.client,
                 rbuf: &mut self.cin,
@@ -308,7 +327,7 @@ impl Session {
                 chunk: super::io::CLIENT_CHUNK,
             };
             let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 1] = [idle.as_mut()];
-            let signals = (&handle.signals, Signals::KILL | Signals::DRAIN);
+            let signals = (&handle.signals, Signals::KILL | Signals::DRAIN | handover);
             let ev = next_event(side, None, self.notify_rx.as_mut(), signals, &mut extra).await;
             match ev {
                 Event::Notification(Some(f)) => self.push_notification(&f),
@@ -326,12 +345,13 @@ impl Session {
                         "terminating connection due to administrator command",
                     )))
                 }
-                Event::Signal(_) => {
+                Event::Signal(f) if f & Signals::DRAIN != 0 => {
                     return Err(End::Close(ClientError::fatal(
                         "57P01",
                         "terminating connection: pgshift is shutting down",
                     )))
                 }
+                Event::Signal(_) => {} // HANDOVER: the loop's top hands the client over
                 Event::Other(_) => {
                     return Err(End::Close(ClientError::fatal(
                         "57P05",
@@ -521,7 +541,7 @@ impl Session {
     }
 
     /// Leaves the server clean (or closes it) and deregisters the client.
-    async fn finish(mut self, end: End) {
+    pub(super) async fn finish(mut self, end: End) {
         if let End::Close(e) = &end {
             self.shared.stats.record_error(e.code.as_bytes());
             self.cout.extend_from_slice(&e.frame());
@@ -544,7 +564,7 @@ impl Session {
 
 /// The client's places under the client limits of its database and user, or 53300 naming the
 /// limit it would pass.
-fn client_slots(
+pub(super) fn client_slots(
     shared: &Shared,
     rt: &Runtime,
     pools: &SessionPools,

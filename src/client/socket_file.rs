@@ -63,6 +63,28 @@ pub fn bind(path: &Path, mode: u32) -> io::Result<(UnixListener, SocketFile)> {
     Ok((listener, SocketFile { bound: Mutex::new(Some((path.to_path_buf(), id))) }))
 }
 
+/// Binds a listener at `path` in place of the socket a live process (the one this process
+/// upgrades) listens on: bound under a temporary name beside it, given `mode`, then renamed over
+/// `path`, so a client connecting at any moment finds one of the two listening. The old
+/// process's socket keeps the clients already queued on it, and its own removal at exit leaves
+/// this file alone (the identity check in [`SocketFile::remove`]).
+pub fn bind_replacing(path: &Path, mode: u32) -> io::Result<(UnixListener, SocketFile)> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.upgrade-{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    let listener = UnixListener::bind(&temp)?;
+    let placed = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&temp, path))
+        .and_then(|()| std::fs::symlink_metadata(path).map(|m| FileId::of(&m)));
+    match placed {
+        Ok(id) => Ok((listener, SocketFile { bound: Mutex::new(Some((path.to_path_buf(), id))) })),
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(e)
+        }
+    }
+}
+
 /// Deletes the file at `path` if it is a socket nobody listens on.
 fn remove_if_stale(path: &Path) -> io::Result<()> {
     let meta = match std::fs::symlink_metadata(path) {

@@ -138,6 +138,9 @@ pub struct ProxyConfig {
     pub client_idle_timeout: Dur,
     /// SIGTERM drain bound: running transactions get this long to finish.
     pub shutdown_timeout: Dur,
+    /// SIGUSR2 binary upgrade bound: how long the new process may take to report ready, and then
+    /// how long clients inside a transaction get to finish it before they are closed.
+    pub upgrade_timeout: Dur,
     /// Protocol-level prepared statements kept per server connection (0 disables tracking).
     pub max_prepared_statements: usize,
     /// Largest client message accepted, in bytes (COPY data streams and is not bounded by it); a
@@ -187,6 +190,7 @@ impl Default for ProxyConfig {
             idle_transaction_timeout: Dur::secs(0),
             client_idle_timeout: Dur::secs(0),
             shutdown_timeout: Dur::secs(30),
+            upgrade_timeout: Dur::secs(30),
             max_prepared_statements: 200,
             max_client_prepared_statements: 1000,
             max_packet_size: 64 * 1024 * 1024,
