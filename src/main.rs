@@ -171,6 +171,7 @@ async fn serve(config: Config, path: PathBuf, launch: Launch, inherited: Option<
                     Ok(h) => {
                         tracing::info!(handed_over = h.clients, closed = h.closed, "upgrade complete: exiting");
                         proxy.stop().await;
+                        proxy.shared.fleet.left(Duration::from_secs(2)).await;
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         return ExitCode::SUCCESS;
                     }
@@ -193,6 +194,7 @@ async fn serve(config: Config, path: PathBuf, launch: Launch, inherited: Option<
                     tracing::warn!("shutdown_timeout reached with clients still connected; closing them");
                 }
                 proxy.stop().await;
+                proxy.shared.fleet.left(Duration::from_secs(2)).await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 return ExitCode::SUCCESS;
             }

@@ -2,7 +2,8 @@
 //! through one instance is in force on all three (the test prints how long that took); `GET
 //! /fleet` and `SHOW PEERS` list the members; a change while another instance holds the change
 //! lock is refused; an instance killed with SIGKILL behind HAProxy: its clients reconnect to the
-//! others, no acknowledged commit is lost, and `/fleet` shows it gone within the heartbeat timeout.
+//! others, no acknowledged commit is lost, and `/fleet` shows it gone within the heartbeat timeout;
+//! one that upgrades (SIGUSR2) or stops (SIGTERM) leaves the list itself.
 //!
 //! Each test uses a fleet name of its own, so tests running at once never see each other.
 
@@ -149,14 +150,14 @@ impl Drop for Process {
 }
 
 /// Starts the pgshift binary as instance `id` of fleet `name`; (process, client addr, admin addr).
-fn spawn_binary(name: &str, id: u16, dir: &common::TempDir) -> (Process, String, String) {
+fn spawn_binary(name: &str, id: u16, dir: &common::TempDir, extra: &str) -> (Process, String, String) {
     let bed = common::shared_bed();
     let (port, admin) = (common::free_port(), common::free_port());
     let text = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\ndefault_pool_size = 5\n\
          [auth]\n[[auth.users]]\nname = \"app\"\npassword = \"app\"\n\
          [primary]\nhost = \"127.0.0.1\"\nport = {}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n\
-         [fleet]\nid = {id}\nname = \"{name}\"\n",
+         [fleet]\nid = {id}\nname = \"{name}\"\n{extra}\n",
         bed.primary_port
     );
     let path = dir.join(format!("proxy-{id}.toml"));
@@ -221,7 +222,7 @@ async fn an_instance_killed_behind_haproxy_loses_no_commit_and_leaves_the_list()
     let mut c = config(&name, 3, &dir);
     c.migration = None;
     let (a, c) = (proxy::start(a).await, proxy::start(c).await);
-    let (victim, b_addr, b_admin) = spawn_binary(&name, 2, &dir);
+    let (victim, b_addr, b_admin) = spawn_binary(&name, 2, &dir, "");
     let backends = vec![
         haproxy::backend(&a),
         (b_addr, b_admin.rsplit(':').next().unwrap().parse().unwrap()),
@@ -274,4 +275,64 @@ async fn an_instance_killed_behind_haproxy_loses_no_commit_and_leaves_the_list()
     assert_eq!(member_ids(&fleet_json(&c).await), [1, 3]);
     drop(ha);
     setup.batch_execute("drop table fleet_kill").await.unwrap();
+}
+
+/// True while `pid` runs (a zombie no longer does).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+/// A process started by a binary upgrade (not our child), killed on drop.
+struct Successor(u32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+    }
+}
+
+/// Waits (at most 30 s) until `done` holds.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
+    let t0 = Instant::now();
+    while !done().await {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An instance that hands over to a new binary (SIGUSR2) or stops (SIGTERM) leaves the member list
+/// itself. With a heartbeat_timeout of two minutes nothing else explains the new process holding
+/// the id (ready) or the stopped one gone from the list within the test's 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_upgrades_or_stops_leaves_the_list_itself() {
+    let dir = common::TempDir::new("fleet-leave");
+    let name = fleet_name("leave");
+    let mut cfg = config(&name, 1, &dir);
+    cfg.fleet.heartbeat_timeout.0 = Duration::from_secs(120);
+    let a = proxy::start(cfg).await;
+    let (old, _, b_admin) = spawn_binary(&name, 2, &dir, "heartbeat_timeout = \"120s\"");
+    until("instance 2 listed", || async { member_ids(&fleet_json(&a).await) == [1, 2] }).await;
+    let old_pid = old.0.id();
+    assert!(std::process::Command::new("kill").args(["-USR2", &old_pid.to_string()]).status().unwrap().success());
+    let log = dir.join("pgshift-2.log");
+    until("the old process exits after the handover", || async move { !alive(old_pid) }).await;
+    drop(old);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let new_pid: u32 = text
+        .lines()
+        .filter(|l| l.contains("started the new binary"))
+        .find_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no successor in the log:\n{text}"));
+    let new = Successor(new_pid);
+    until("the successor holds id 2 and is ready", || async {
+        proxy::admin_http_at(&b_admin, "GET", "/ready", None, "").await.0 == 200
+            && member_ids(&fleet_json(&a).await) == [1, 2]
+    })
+    .await;
+    assert!(std::process::Command::new("kill").args(["-TERM", &new.0.to_string()]).status().unwrap().success());
+    until("the stopped instance leaves the list", || async { member_ids(&fleet_json(&a).await) == [1] }).await;
+    until("the stopped instance exits", || async { !alive(new_pid) }).await;
 }

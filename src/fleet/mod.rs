@@ -46,6 +46,10 @@ pub struct Fleet {
     pub holding: AtomicBool,
     /// Whether an operator had paused when the hold began (restored when it ends).
     pub(crate) paused_before: AtomicBool,
+    /// The fleet loop runs (this instance is a member).
+    pub(crate) member: AtomicBool,
+    /// Signalled when the loop has left the member list at stop.
+    pub(crate) left: tokio::sync::Notify,
     view: Mutex<View>,
 }
 
@@ -87,6 +91,14 @@ pub struct Status {
 }
 
 impl Fleet {
+    /// At exit: waits (at most `timeout`) until this instance has left the fleet's member list,
+    /// so the others stop counting it at once rather than after `heartbeat_timeout`.
+    pub async fn left(&self, timeout: std::time::Duration) {
+        if self.member.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = tokio::time::timeout(timeout, self.left.notified()).await;
+        }
+    }
+
     /// The store answered: remember when, and what it listed.
     pub(crate) fn record_ok(&self, members: Vec<store::Member>, id_taken: bool, changed_by: u16) {
         if let Ok(mut v) = self.view.lock() {

@@ -216,6 +216,14 @@ async fn notify(conn: &mut ServerConn, fleet: &str) -> Result<(), FleetError> {
     Ok(())
 }
 
+/// Removes this instance's member row as it stops (only its own incarnation's: a successor with
+/// the same id may have written it already), so the others stop counting it at once.
+pub async fn leave(conn: &mut ServerConn, fleet: &str, id: u16, incarnation: &str) -> Result<(), FleetError> {
+    let sql = "DELETE FROM pgshift.fleet_members WHERE fleet = $1 AND id = $2::int AND incarnation = $3";
+    conn.query_row_params(sql, &[fleet, &id.to_string(), incarnation]).await.map_err(store)?;
+    Ok(())
+}
+
 /// Takes the fleet's change lock for this connection's session, if no other instance holds it.
 pub async fn try_lock(conn: &mut ServerConn, fleet: &str) -> Result<bool, FleetError> {
     let row =

@@ -48,6 +48,7 @@ pub async fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Option<
     if !store_on(&rt) {
         return None;
     }
+    shared.fleet.member.store(true, Ordering::Release);
     let first = Arc::new(Notify::new());
     let task = tokio::spawn(run(shared.clone(), stop, first.clone()));
     if tokio::time::timeout(rt.config.fleet.heartbeat_timeout.0, first.notified()).await.is_err() {
@@ -70,6 +71,9 @@ struct Looper {
     published_changes: u64,
 }
 
+/// How long a stopping instance tries to remove its member row.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+
 async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>, first: Arc<Notify>) {
     let incarnation = format!("{:016x}", rand::thread_rng().gen::<u64>());
     let published_changes = shared.migration.local_changes();
@@ -83,7 +87,13 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>, first: Arc<No
         published_changes,
     };
     let mut conn: Option<ServerConn> = None;
+    // After the stop signal (SIGTERM's drain, an upgrade's handover) this instance stays a member,
+    // confirming fences, until its last client has left; then it leaves the member list.
+    let mut stopping = false;
     loop {
+        if stopping && l.shared.sessions.is_empty() {
+            break;
+        }
         let rt = l.shared.runtime.load_full();
         if conn.is_none() {
             match connect(&rt).await {
@@ -110,12 +120,16 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>, first: Arc<No
                 l.last_beat = None; // confirm at once
             }
             _ = tokio::time::sleep(wait) => {}
-            _ = stop.wait_for(|s| *s) => {
-                set_hold(&l.shared, false);
-                return;
-            }
+            _ = stop.wait_for(|s| *s), if !stopping => stopping = true,
         }
     }
+    set_hold(&l.shared, false);
+    if let Some(c) = conn.as_mut() {
+        let rt = l.shared.runtime.load_full();
+        let f = &rt.config.fleet;
+        let _ = tokio::time::timeout(LEAVE_TIMEOUT, store::leave(c, &f.name, f.id, &l.incarnation)).await;
+    }
+    l.shared.fleet.left.notify_one();
 }
 
 /// A store connection that LISTENs for changes.
