@@ -64,20 +64,6 @@ for t in $TARGETS; do [[ " pgshift pgbouncer pgbouncer-retry1 " == *" $t "* ]] |
 
 now_s() { date +%s.%N; }
 
-# PgBouncer 1.25.2 from shared/tools when present (with its libc-ares2), else ensure_pgbouncer.
-find_pgbouncer() {
-  local peer="$ROOT/../shared/tools/bin/pgbouncer-1.25.2"
-  if [[ -z "$PGBOUNCER_BIN" && -x "$peer" ]]; then
-    if ldd "$peer" 2>/dev/null | grep -q 'libcares.*not found'; then
-      say "PgBouncer 1.25.2 needs libc-ares2: apt-get install -y libc-ares2"
-      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libc-ares2 >&2 || true
-    fi
-    ldd "$peer" 2>/dev/null | grep -q 'not found' || PGBOUNCER_BIN="$(cd "$(dirname "$peer")" && pwd)/${peer##*/}"
-  fi
-  ensure_pgbouncer
-  say "PgBouncer: $PGBOUNCER_BIN ($("$PGBOUNCER_BIN" --version 2>/dev/null | head -1))"
-}
-
 # Replication mode on the bed's primary: async | sync.
 set_replication() {
   local names='' want

@@ -17,7 +17,10 @@
 #   REPLICAS [0]          streaming replicas (pgshift sends reads there; PgBouncer has only the primary)
 #   PGSHIFT_BIN           run this pgshift binary instead of building target/release/pgshift
 #   PGSHIFT_LOG [info]    pgshift's log filter (its default level)
-#   PGBOUNCER_BIN         PgBouncer binary [pgbouncer on PATH, else /usr/sbin/pgbouncer]
+#   PGBOUNCER_BIN         PgBouncer binary [$PGBOUNCER, else ../shared/tools/bin/pgbouncer-1.25.2
+#                         beside this checkout when present, else pgbouncer on PATH, else
+#                         /usr/sbin/pgbouncer, installed with apt-get when missing]
+#   PGBOUNCER             the same (a PgBouncer binary path); PGBOUNCER_BIN wins when both are set
 #   KEEP [0]              1: keep the temp dir (cluster, configs, logs) on exit
 #   NOFILE [65536]        open-files limit to raise this shell (and so the poolers) to
 #   TLS [0]               1: clients talk TLS to the poolers (pgshift [tls] mode = "require", PgBouncer
@@ -27,7 +30,9 @@
 #                         pgbench with PGSSLMODE=require; 0: direct stays plain
 #   PGSHIFT_ADMIN [0]     1: the default pgshift instance gets an admin port (named instances choose)
 #   ADMIN_TOKEN [random]  bearer token of the admin ports
-#   PGBOUNCER_EXTRA       lines appended to PgBouncer's [pgbouncer] section (e.g. server_login_retry = 1)
+#   PGBOUNCER_EXTRA       lines appended to PgBouncer's [pgbouncer] section (e.g. server_login_retry = 1);
+#                         PgBouncer 1.21 and newer also get max_prepared_statements = 200 unless
+#                         these lines set it
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH_DIR/.." && pwd)"
@@ -100,7 +105,25 @@ ensure_postgres() {
 # Install PgBouncer with apt-get if missing. Debian's package would start its own service on
 # port 6432: a temporary policy-rc.d forbids that (we run the binary ourselves).
 ensure_pgbouncer() {
-  PGBOUNCER_BIN=${PGBOUNCER_BIN:-$(command -v pgbouncer || echo /usr/sbin/pgbouncer)}
+  local beside="$ROOT/../shared/tools/bin/pgbouncer-1.25.2"
+  if [[ -z "$PGBOUNCER_BIN" && -n "${PGBOUNCER:-}" ]]; then PGBOUNCER_BIN=$PGBOUNCER; fi
+  if [[ -z "$PGBOUNCER_BIN" && -x "$beside" ]]; then
+    # The 1.25.2 build links c-ares, which Debian's pgbouncer package would bring.
+    if ldd "$beside" 2>/dev/null | grep -q 'libcares.*not found'; then
+      say "PgBouncer 1.25.2 needs libc-ares2: apt-get install -y libc-ares2"
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libc-ares2 >&2 || true
+    fi
+    if ldd "$beside" 2>/dev/null | grep -q 'not found'; then
+      say "PgBouncer 1.25.2 beside this checkout lacks libraries; using Debian's PgBouncer"
+    else
+      PGBOUNCER_BIN=$(cd "$(dirname "$beside")" && pwd)/pgbouncer-1.25.2
+    fi
+  fi
+  if [[ -n "$PGBOUNCER_BIN" ]]; then
+    [[ -x "$PGBOUNCER_BIN" ]] || die "PgBouncer binary $PGBOUNCER_BIN is not executable"
+    return 0
+  fi
+  PGBOUNCER_BIN=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
   [[ -x "$PGBOUNCER_BIN" ]] && return 0
   say "PgBouncer not found: apt-get install -y pgbouncer"
   local policy=/usr/sbin/policy-rc.d made=0
@@ -115,6 +138,21 @@ ensure_pgbouncer() {
   ((made)) && as_root rm -f "$policy"
   PGBOUNCER_BIN=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
   [[ -x "$PGBOUNCER_BIN" ]] || die "pgbouncer installed but not found"
+}
+
+# ensure_pgbouncer, then say which PgBouncer runs.
+find_pgbouncer() {
+  ensure_pgbouncer
+  say "PgBouncer: $PGBOUNCER_BIN ($("$PGBOUNCER_BIN" --version 2>/dev/null | head -1))"
+}
+
+# True when PGBOUNCER_BIN is 1.21 or newer (it can track prepared statements in transaction mode).
+pgbouncer_tracks_prepared() {
+  local v major minor
+  v=$("$PGBOUNCER_BIN" --version 2>/dev/null | head -1 | awk '{print $2}')
+  major=${v%%.*} minor=${v#*.} minor=${minor%%.*}
+  [[ "$major" =~ ^[0-9]+$ && "$minor" =~ ^[0-9]+$ ]] || return 1
+  ((major > 1 || (major == 1 && minor >= 21)))
 }
 
 # Build pgshift (release) unless PGSHIFT_BIN names a binary; sets PGSHIFT.
@@ -357,6 +395,9 @@ pidfile = $dir/pgbouncer.pid
 server_tls_sslmode = disable
 EOF
   if [[ -n "${PGBOUNCER_EXTRA:-}" ]]; then printf '%s\n' "$PGBOUNCER_EXTRA" >>"$dir/pgbouncer.ini"; fi
+  if pgbouncer_tracks_prepared && [[ "${PGBOUNCER_EXTRA:-}" != *max_prepared_statements* ]]; then
+    printf 'max_prepared_statements = 200\n' >>"$dir/pgbouncer.ini"
+  fi
   if ((TLS)); then
     printf 'client_tls_sslmode = require\nclient_tls_cert_file = %s\nclient_tls_key_file = %s\n' \
       "$WORK/tls/server.crt" "$WORK/tls/server.key" >>"$dir/pgbouncer.ini"

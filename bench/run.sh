@@ -24,7 +24,7 @@
 #   NOTE="..." (a line for RESULTS.md, e.g. "smoke run, machine busy")
 #   RESULTS=bench/RESULTS.md (where to append; RESULTS=none: do not)  OUTDIR=bench/out/run-<time>
 #   PGSHIFT_BIN, PGSHIFT_LOG, PGBOUNCER_BIN, PGBOUNCER_EXTRA, KEEP, NOFILE: see bench/lib.sh
-#           (e.g. PGBOUNCER_BIN=/path/pgbouncer-1.25.2 PGBOUNCER_EXTRA="max_prepared_statements = 200")
+#           (e.g. PGBOUNCER_BIN=/usr/sbin/pgbouncer for Debian's 1.18 as a second column)
 set -uo pipefail
 
 BENCH_NAME=run
