@@ -108,6 +108,17 @@ impl ExpectQueue {
         self.q.iter().any(|e| matches!(e, Expect::Sync | Expect::SilentSync | Expect::Query | Expect::SilentQuery))
     }
 
+    /// True if a reply of the proxy's own is at the head (held back, or about to be emitted).
+    #[inline]
+    pub fn synthetic_at_head(&self) -> bool {
+        matches!(self.q.front(), Some(Expect::Synthetic(_)))
+    }
+
+    /// True if the server owes any reply (not only the proxy's own).
+    pub fn awaits_server(&self) -> bool {
+        self.q.iter().any(|e| !matches!(e, Expect::Synthetic(_)))
+    }
+
     /// Number of owed replies.
     pub fn len(&self) -> usize {
         self.q.len()

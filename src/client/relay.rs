@@ -290,6 +290,7 @@ impl Session {
                 state: &mut self.state,
                 att: &mut *att,
                 out: &mut self.cout,
+                unsent_from: before,
                 transaction_mode: tm,
             };
             reply.frame(t, &buf[..total]);
@@ -362,7 +363,15 @@ impl Session {
             fwd.frame(t, &self.cin[..total]);
             self.cin.advance(total);
         }
-        if att.queue.emit_synthetic(&mut self.cout, self.state.tx_status)
+        // A read that may still be retried on another server shows the client nothing before the
+        // server's first reply: replies of pgshift's own wait for it (Reply emits them first).
+        if att.replay.is_some() && !att.forwarded && att.queue.awaits_server() {
+            return Ok(false);
+        }
+        let before = self.cout.len();
+        let ready = att.queue.emit_synthetic(&mut self.cout, self.state.tx_status);
+        att.forwarded |= self.cout.len() != before;
+        if ready
             && att.queue.is_empty()
             && att.server_status == b'I'
             && self.state.tx_status == b'I'

@@ -25,6 +25,9 @@ pub struct Reply<'a> {
     pub att: &'a mut Attached,
     /// Output to the client.
     pub out: &'a mut BytesMut,
+    /// Length of `out` when this batch of server frames began: what lies beyond it has not
+    /// reached the client yet.
+    pub unsent_from: usize,
     /// Transaction pooling: a ReadyForQuery 'I' with nothing owed gives the server back.
     pub transaction_mode: bool,
 }
@@ -39,6 +42,13 @@ impl Reply<'_> {
         if matches!(self.att.queue.front(), Some(Expect::SilentUnnamedParse)) && t == tag::PARSE_COMPLETE {
             self.att.queue.pop();
             return self.after_pop();
+        }
+        if self.att.queue.synthetic_at_head() {
+            // pgshift's own replies, held back while the read could still be retried elsewhere
+            if t == tag::ERROR_RESPONSE && self.retry_read(&frame::error_fields(f)) {
+                return;
+            }
+            self.after_pop();
         }
         match t {
             tag::READY_FOR_QUERY => return self.ready(f),
@@ -154,14 +164,24 @@ impl Reply<'_> {
         }
     }
 
+    /// A replica ending the session (shutdown, crash) before the client saw any of its answer to
+    /// a read: the read is retried elsewhere, and what this batch put in the client's output is
+    /// taken back (it has not been sent).
+    fn retry_read(&mut self, e: &frame::ErrorFields<'_>) -> bool {
+        if !(e.is_fatal() && self.att.replay.is_some() && !self.att.forwarded) {
+            return false;
+        }
+        self.out.truncate(self.unsent_from);
+        self.att.lease.conn().broken = true;
+        self.att.retry = true;
+        true
+    }
+
     /// Handles an ErrorResponse; false if it must not reach the client (the request is being
     /// retried or re-run instead).
     fn error(&mut self, f: &[u8]) -> bool {
         let e = frame::error_fields(f);
-        if e.is_fatal() && self.att.replay.is_some() && !self.att.forwarded {
-            // A replica ending the session (shutdown, crash) before answering a read: retry it.
-            self.att.lease.conn().broken = true;
-            self.att.retry = true;
+        if self.retry_read(&e) {
             return false;
         }
         if self.rerun_stale_plan(&e) {

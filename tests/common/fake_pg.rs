@@ -62,6 +62,8 @@ struct State {
     script: VecDeque<Step>,
     conns: Vec<ConnLog>,
     problems: Vec<String>,
+    /// Health probes hear that this server is in recovery (a streaming replica).
+    replica: bool,
 }
 
 /// The fake server; dropping it stops accepting (open connections end with the test's runtime).
@@ -81,9 +83,18 @@ impl Drop for FakePg {
 impl FakePg {
     /// Starts listening on 127.0.0.1:0 with an empty script.
     pub async fn start() -> FakePg {
+        Self::start_as(false).await
+    }
+
+    /// The same, as a streaming replica: health probes find it in recovery.
+    pub async fn start_replica() -> FakePg {
+        Self::start_as(true).await
+    }
+
+    async fn start_as(replica: bool) -> FakePg {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the fake server");
         let port = listener.local_addr().expect("fake server address").port();
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State { replica, ..State::default() }));
         let st = state.clone();
         let accept = tokio::spawn(async move {
             let mut next = 0;
@@ -167,7 +178,7 @@ fn answer(st: &mut State, batch: &[u8], id: u32, probe: bool) -> (Vec<u8>, bool)
     if batch_tags == b"X" {
         return (Vec::new(), true);
     }
-    if let Some(reply) = builtin_query(batch, id) {
+    if let Some(reply) = builtin_query(batch, id, st.replica) {
         return (reply, false);
     }
     if !probe && st.script.front().is_some_and(|s| s.on == batch_tags) {
@@ -194,7 +205,7 @@ fn answer(st: &mut State, batch: &[u8], id: u32, probe: bool) -> (Vec<u8>, bool)
 }
 
 /// Answers pgshift's own simple queries, and [`WHICH_CONN`].
-fn builtin_query(batch: &[u8], id: u32) -> Option<Vec<u8>> {
+fn builtin_query(batch: &[u8], id: u32, replica: bool) -> Option<Vec<u8>> {
     let frames = split_frames(batch);
     let [q] = frames.as_slice() else { return None };
     if q[0] != b'Q' {
@@ -204,7 +215,8 @@ fn builtin_query(batch: &[u8], id: u32) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     if sql.starts_with("SELECT pg_is_in_recovery()") {
         be::row_description(&mut out, &["in_recovery", "lsn", "lag", "timeline"]);
-        be::data_row(&mut out, &[Some("f"), Some("0/3000000"), Some("0"), Some("00000001")]);
+        let in_recovery = if replica { "t" } else { "f" };
+        be::data_row(&mut out, &[Some(in_recovery), Some("0/3000000"), Some("0"), Some("00000001")]);
         be::command_complete(&mut out, "SELECT 1");
     } else if sql == WHICH_CONN {
         be::row_description(&mut out, &["?column?"]);
