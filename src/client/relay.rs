@@ -67,7 +67,7 @@ impl Session {
                 timeout.reset(timer.deadline);
             }
             // idle_transaction_timeout: the client holds a transaction open and sends nothing.
-            let idle_in_tx = matches!(self.state.tx_status, b'T' | b'E') && att.queue.is_empty() && self.cin.is_empty();
+            let idle_in_tx = self.state.tx_status.in_block() && att.queue.is_empty() && self.cin.is_empty();
             match (idle_limit, idle_in_tx, idle_since) {
                 (Some(limit), true, None) => {
                     let now = tokio::time::Instant::now();
@@ -172,7 +172,7 @@ impl Session {
     fn sync_after_flush(&mut self, tm: bool) {
         let Some(att) = self.attached.as_mut() else { return };
         let settled = att.flushed && att.queue.is_empty() && att.sout.is_empty() && self.cin.is_empty();
-        let idle = att.server_status == b'I' && self.state.tx_status == b'I';
+        let idle = att.server_status.is_idle() && self.state.tx_status.is_idle();
         let harmless = !att.batch_executed || att.target == crate::router::Target::Replica;
         if tm && settled && idle && harmless && !att.suspended && !att.copy_in && !att.skipping {
             crate::wire::messages::put_empty(&mut att.sout, tag::SYNC);
@@ -184,7 +184,7 @@ impl Session {
     /// Nothing owed in either direction and no transaction open: a safe point to close.
     fn idle_between_requests(&self) -> bool {
         self.attached.as_ref().is_none_or(|a| {
-            a.queue.is_empty() && a.sout.is_empty() && a.server_status == b'I' && self.state.tx_status == b'I'
+            a.queue.is_empty() && a.sout.is_empty() && a.server_status.is_idle() && self.state.tx_status.is_idle()
         }) && self.cin.is_empty()
     }
 
@@ -292,7 +292,7 @@ impl Session {
                 out: &mut self.cout,
                 transaction_mode: tm,
             };
-            reply.frame(t, &buf[..total]);
+            reply.frame(t, &buf[..total])?;
             buf.advance(total);
         })();
         if let Some(att) = self.attached.as_mut() {
@@ -364,8 +364,8 @@ impl Session {
         }
         if att.queue.emit_synthetic(&mut self.cout, self.state.tx_status)
             && att.queue.is_empty()
-            && att.server_status == b'I'
-            && self.state.tx_status == b'I'
+            && att.server_status.is_idle()
+            && self.state.tx_status.is_idle()
             && tm
         {
             att.release = true;
@@ -433,5 +433,5 @@ fn room(buf: &bytes::BytesMut) -> bool {
 
 fn server_protocol_error(e: &WireError) -> End {
     tracing::warn!("server sent invalid data: {e}");
-    End::Close(ClientError::fatal("08P01", "server sent data pgshift cannot parse; connection closed"))
+    End::Close(ClientError::protocol("server sent data pgshift cannot parse; connection closed"))
 }

@@ -12,7 +12,7 @@ use super::state::{apply_to_server, Attached, ClientState};
 use crate::notify;
 use crate::shared::Shared;
 use crate::stats::TrafficCounters;
-use crate::wire::{frame, tag};
+use crate::wire::{frame, tag, TxStatus, WireError};
 use std::sync::atomic::Ordering;
 
 /// What replies need to see besides the frame.
@@ -30,19 +30,20 @@ pub struct Reply<'a> {
 }
 
 impl Reply<'_> {
-    /// Handles one whole server frame.
-    pub fn frame(&mut self, t: u8, f: &[u8]) {
+    /// Handles one whole server frame; an error is a protocol violation by the server.
+    pub fn frame(&mut self, t: u8, f: &[u8]) -> Result<(), WireError> {
         tracing::trace!(tag = %char::from(t), len = f.len(), head = ?self.att.queue.front(), conn = self.att.lease.conn().id, "server frame");
         if matches!(self.att.queue.front(), Some(Expect::SilentQuery)) {
             return self.silent_query_frame(t, f);
         }
         if matches!(self.att.queue.front(), Some(Expect::SilentUnnamedParse)) && t == tag::PARSE_COMPLETE {
             self.att.queue.pop();
-            return self.after_pop();
+            self.after_pop();
+            return Ok(());
         }
         match t {
             tag::READY_FOR_QUERY => return self.ready(f),
-            tag::ERROR_RESPONSE if !self.error(f) => return,
+            tag::ERROR_RESPONSE if !self.error(f) => return Ok(()),
             tag::PARSE_COMPLETE => {
                 if let Some(Expect::Parse { stmt: Some(def) } | Expect::SilentParse { stmt: def }) =
                     self.att.queue.front()
@@ -52,14 +53,16 @@ impl Reply<'_> {
                 let silent = matches!(self.att.queue.front(), Some(Expect::SilentParse { .. }));
                 self.pop_expected(|e| matches!(e, Expect::Parse { .. } | Expect::SilentParse { .. }));
                 if silent {
-                    return self.after_pop();
+                    self.after_pop();
+                    return Ok(());
                 }
             }
             tag::CLOSE_COMPLETE => {
                 let silent = matches!(self.att.queue.front(), Some(Expect::SilentClose));
                 self.pop_expected(|e| matches!(e, Expect::Close | Expect::SilentClose));
                 if silent {
-                    return self.after_pop();
+                    self.after_pop();
+                    return Ok(());
                 }
             }
             tag::BIND_COMPLETE => self.pop_expected(|e| matches!(e, Expect::Bind { .. })),
@@ -94,12 +97,14 @@ impl Reply<'_> {
             }
             tag::NOTIFICATION_RESPONSE => {
                 self.notification(f);
-                return self.after_pop();
+                self.after_pop();
+                return Ok(());
             }
             _ => {}
         }
         self.out.extend_from_slice(f);
         self.after_pop();
+        Ok(())
     }
 
     /// A notification from the server itself (a pinned client that LISTENs on it): the sender
@@ -131,7 +136,7 @@ impl Reply<'_> {
         }
     }
 
-    fn silent_query_frame(&mut self, t: u8, f: &[u8]) {
+    fn silent_query_frame(&mut self, t: u8, f: &[u8]) -> Result<(), WireError> {
         match t {
             tag::ERROR_RESPONSE => {
                 let e = frame::error_fields(f);
@@ -146,12 +151,13 @@ impl Reply<'_> {
             }
             tag::READY_FOR_QUERY => {
                 self.att.queue.pop();
-                self.att.server_status = frame::ready_status(f);
+                self.att.server_status = frame::ready_status(f)?;
                 self.after_pop();
             }
             tag::NOTIFICATION_RESPONSE => self.notification(f),
             _ => {}
         }
+        Ok(())
     }
 
     /// Handles an ErrorResponse; false if it must not reach the client (the request is being
@@ -197,7 +203,7 @@ impl Reply<'_> {
     /// "cached plan must not change result type" (0A000) after DDL: when nothing has run yet,
     /// no transaction is open, and the batch only binds, describes (its portal, so the client
     /// receives the new row shape) and executes, re-prepare the statement on this server and
-    /// re-run the batch once. PgBouncer users otherwise RECONNECT every bouncer (#1038).
+    /// re-run the batch once. Without this, PgBouncer users must RECONNECT every bouncer.
     ///
     /// The same recovery applies when a statement pgshift prepared on this server has vanished
     /// from it (26000 for the Bind of a proxy-wide statement: server-side code ran DEALLOCATE):
@@ -215,7 +221,7 @@ impl Reply<'_> {
             frames(&a.last_batch).any(|f| f.first() == Some(&tag::DESCRIBE) && frame::body(f).first() == Some(&b'P'));
         if a.reran
             || a.batch_executed
-            || a.server_status != b'I'
+            || a.server_status.in_block()
             || !a.last_batch_rerunnable
             || (stale && !describes_portal)
         {
@@ -257,8 +263,8 @@ impl Reply<'_> {
         }
     }
 
-    fn ready(&mut self, f: &[u8]) {
-        let status = frame::ready_status(f);
+    fn ready(&mut self, f: &[u8]) -> Result<(), WireError> {
+        let status = frame::ready_status(f)?;
         self.att.server_status = status;
         self.att.batch_executed = false;
         self.att.suspended = false;
@@ -267,7 +273,8 @@ impl Reply<'_> {
             // being re-run. The client asked for no ReadyForQuery.
             self.att.queue.pop();
             self.after_pop();
-            return self.check_release();
+            self.check_release();
+            return Ok(());
         }
         match self.att.queue.pop() {
             Some(Expect::Query | Expect::Sync) => self.end_of_request(status),
@@ -277,7 +284,7 @@ impl Reply<'_> {
             }
         }
         self.state.tx_status = status;
-        if status == b'I' {
+        if status.is_idle() {
             // A transaction ended: if it wrote, it is now committed (or failed on both sides
             // alike): hand it to the mirror; otherwise forget what was captured.
             if let Some(c) = self.att.capture.as_mut() {
@@ -290,17 +297,18 @@ impl Reply<'_> {
         self.out.extend_from_slice(f);
         self.after_pop();
         self.check_release();
+        Ok(())
     }
 
     /// A client request is fully answered: commit or drop its session effects, record latency.
-    fn end_of_request(&mut self, status: u8) {
+    fn end_of_request(&mut self, status: TxStatus) {
         let effects = self.att.effects.pop_front().unwrap_or_default();
         if self.att.req_errored {
             self.state.tx_effects.clear();
         } else {
             self.state.tx_effects.extend(effects);
         }
-        if status == b'I' {
+        if status == TxStatus::Idle {
             let committed = std::mem::take(&mut self.state.tx_effects);
             if !self.att.saw_rollback {
                 let server = &mut self.att.lease.conn().state.settings;
@@ -309,7 +317,7 @@ impl Reply<'_> {
                     apply_to_server(server, e);
                 }
             }
-        } else if status == b'E' {
+        } else if status == TxStatus::Failed {
             self.state.tx_effects.clear();
         }
         if let Some(t) = self.att.req_started.take() {
@@ -327,7 +335,7 @@ impl Reply<'_> {
     }
 
     fn check_release(&mut self) {
-        let idle = self.att.server_status == b'I' && self.state.tx_status == b'I';
+        let idle = self.att.server_status.is_idle() && self.state.tx_status.is_idle();
         if idle && self.att.queue.is_empty() && self.transaction_mode && self.state.pinned.is_none() {
             self.att.release = true;
         }

@@ -22,7 +22,7 @@ use crate::pool::{Backend, Lease};
 use crate::router::Target;
 use crate::session_state::{guc_name, settings_diff, startup_settings, unquote_literal};
 use crate::shared::{Runtime, Shared};
-use crate::wire::messages;
+use crate::wire::{messages, TxStatus};
 
 /// A timer that may be off: pending forever when off, so it can sit in a poll list without
 /// registering anything with the runtime's timer.
@@ -167,7 +167,7 @@ impl Session {
         let database: Arc<str> = database.into();
         let handle = shared.sessions.register(&user.name, database.clone(), peer, rt.config.fleet.id);
         let mut state = ClientState {
-            tx_status: b'I',
+            tx_status: TxStatus::Idle,
             track_prepared: pools.mode == PoolMode::Transaction && rt.config.proxy.max_prepared_statements > 0,
             ..ClientState::default()
         };
@@ -192,7 +192,7 @@ impl Session {
             messages::put_parameter_status(&mut out, k.as_bytes(), asked.as_deref().unwrap_or(v).as_bytes());
         }
         messages::put_backend_key_data(&mut out, handle.key.0, handle.key.1);
-        messages::put_ready_for_query(&mut out, b'I');
+        messages::put_ready_for_query(&mut out, TxStatus::Idle);
         if stream.write_all(&out).await.is_err() {
             shared.sessions.unregister(&handle);
             return Err((stream, ClientError::fatal("08006", "client went away")));
@@ -589,7 +589,7 @@ async fn cleanup_server(mut att: Box<Attached>, rt: &Runtime, mode: PoolMode, pi
         return; // dropping the lease closes the connection
     }
     let mut steps = Vec::new();
-    if matches!(att.server_status, b'T' | b'E') {
+    if att.server_status.in_block() {
         steps.push("ROLLBACK".to_string());
     }
     let reset = &rt.config.proxy.server_reset_query;

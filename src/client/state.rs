@@ -9,6 +9,7 @@ use super::expect::ExpectQueue;
 use crate::pool::{Backend, Lease};
 use crate::router::{Classification, SessionEffect, StatementKind, Target};
 use crate::session_state::{Settings, StmtDef};
+use crate::wire::TxStatus;
 
 /// A client's override of routing (`SET pgshift.route`, startup parameter `pgshift.route`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,7 +53,7 @@ pub struct ClientState {
     /// lives across requests, and requests can land on different servers).
     pub unnamed_parse: Option<Bytes>,
     /// Transaction status last sent to the client.
-    pub tx_status: u8,
+    pub tx_status: TxStatus,
     /// Why the client keeps its server for the session, if it does.
     pub pinned: Option<&'static str>,
     /// Routing override.
@@ -139,7 +140,7 @@ pub struct Attached {
     /// next request may need another backend, decided only once this one ends the transaction).
     pub hold: bool,
     /// Transaction status in the server's last ReadyForQuery.
-    pub server_status: u8,
+    pub server_status: TxStatus,
     /// When the transaction started (attach time).
     pub since: Instant,
     /// When the oldest unanswered request was sent.
@@ -257,7 +258,7 @@ impl Attached {
             queue,
             sout,
             hold: target == Target::Replica,
-            server_status: b'I',
+            server_status: TxStatus::Idle,
             since,
             req_started: None,
             kind: StatementKind::Other,
