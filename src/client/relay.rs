@@ -14,6 +14,7 @@ use super::io::{next_event, Event, Side};
 use super::registry::Signals;
 use super::reply::Reply;
 use super::session::{End, OptionalSleep, Relayed, Session};
+use super::state::{BatchState, Outcome};
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::wire::{frame, tag, WireError};
@@ -171,13 +172,14 @@ impl Session {
     /// client's own Sync (committing early would change the transaction's meaning).
     fn sync_after_flush(&mut self, tm: bool) {
         let Some(att) = self.attached.as_mut() else { return };
-        let settled = att.flushed && att.queue.is_empty() && att.sout.is_empty() && self.cin.is_empty();
+        let settled = att.batch_state == BatchState::Flushed && att.queue.is_empty() && att.sout.is_empty() && self.cin.is_empty();
         let idle = att.server_status.is_idle() && self.state.tx_status.is_idle();
         let harmless = !att.batch_executed || att.target == crate::router::Target::Replica;
-        if tm && settled && idle && harmless && !att.suspended && !att.copy_in && !att.skipping {
+        // Flushed excludes Skipping: a batch with an error pending waits for the client's Sync.
+        if tm && settled && idle && harmless && !att.suspended && !att.copy_in {
             crate::wire::messages::put_empty(&mut att.sout, tag::SYNC);
             att.queue.push(super::expect::Expect::SilentSync);
-            att.flushed = false;
+            att.batch_state = BatchState::Open;
         }
     }
 
@@ -190,11 +192,10 @@ impl Session {
 
     /// `Some` when the attachment is over: released at a transaction boundary, or to be retried.
     fn attachment_done(&self) -> Option<Relayed> {
-        match self.attached.as_ref() {
-            None => Some(Relayed::Released),
-            Some(a) if a.retry => Some(Relayed::Retry),
-            Some(a) if a.release => Some(Relayed::Released),
-            Some(_) => None,
+        match self.attached.as_ref().map(|a| a.outcome) {
+            None | Some(Outcome::Release) => Some(Relayed::Released),
+            Some(Outcome::Retry) => Some(Relayed::Retry),
+            Some(Outcome::Serving) => None,
         }
     }
 
@@ -272,7 +273,7 @@ impl Session {
                 att.s2c_passthrough -= n;
                 continue;
             }
-            if self.cout.len() >= HIGH_WATER || att.release {
+            if self.cout.len() >= HIGH_WATER || att.outcome != Outcome::Serving {
                 return Ok(());
             }
             let Some((t, total)) = frame::peek_header(&buf)? else {
@@ -319,7 +320,7 @@ impl Session {
                 att.c2s_passthrough -= n;
                 continue;
             }
-            if att.sout.len() >= HIGH_WATER || (att.hold && att.queue.boundary_outstanding()) {
+            if att.sout.len() >= HIGH_WATER || (att.holds_requests() && att.queue.boundary_outstanding()) {
                 break;
             }
             let Some((t, total)) = frame::peek_header(&self.cin)? else {
@@ -368,7 +369,7 @@ impl Session {
             && self.state.tx_status.is_idle()
             && tm
         {
-            att.release = true;
+            att.release();
         }
         Ok(false)
     }
@@ -411,11 +412,12 @@ impl QueryTimer {
 /// no dual-write capture, no error pending in the batch): notes what forwarding it owes, since the
 /// frame never goes through `Fwd`. Unclassified, it may write and may change the session.
 fn stream_query(att: &mut super::state::Attached) -> bool {
-    if att.target != crate::router::Target::Primary || att.capture.is_some() || att.skipping || att.refusing {
+    let refused_or_skipped = matches!(att.batch_state, BatchState::Skipping | BatchState::Refusing);
+    if att.target != crate::router::Target::Primary || att.capture.is_some() || refused_or_skipped {
         return false;
     }
     att.req_started.get_or_insert_with(std::time::Instant::now);
-    att.flushed = false;
+    att.batch_state = BatchState::Open;
     att.batch_rerunnable = false;
     att.wrote = true;
     att.lease.conn().residue = crate::server::Residue::Unknown;

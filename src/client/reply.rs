@@ -8,7 +8,7 @@
 use bytes::BytesMut;
 
 use super::expect::Expect;
-use super::state::{apply_to_server, Attached, ClientState};
+use super::state::{apply_to_server, Attached, ClientState, Outcome, Rerun};
 use crate::notify;
 use crate::shared::Shared;
 use crate::stats::TrafficCounters;
@@ -167,7 +167,7 @@ impl Reply<'_> {
         if e.is_fatal() && self.att.replay.is_some() && !self.att.forwarded {
             // A replica ending the session (shutdown, crash) before answering a read: retry it.
             self.att.lease.conn().broken = true;
-            self.att.retry = true;
+            self.att.outcome = Outcome::Retry;
             return false;
         }
         if self.rerun_stale_plan(&e) {
@@ -191,7 +191,7 @@ impl Reply<'_> {
                 // No Sync sent yet: the server now discards everything up to the client's next
                 // Sync, so frames still to come owe no replies (see Fwd::frame).
                 if !matches!(self.att.queue.front(), Some(Expect::Sync | Expect::SilentSync)) {
-                    self.att.skipping = true;
+                    self.att.skip_to_client_sync();
                 }
             }
             Some(_) => {}
@@ -219,11 +219,7 @@ impl Reply<'_> {
         let def = def.clone();
         let describes_portal =
             frames(&a.last_batch).any(|f| f.first() == Some(&tag::DESCRIBE) && frame::body(f).first() == Some(&b'P'));
-        if a.reran
-            || a.batch_executed
-            || a.server_status.in_block()
-            || !a.last_batch_rerunnable
-            || (stale && !describes_portal)
+        if a.rerun != Rerun::Armed || a.batch_executed || a.server_status.in_block() || (stale && !describes_portal)
         {
             return false;
         }
@@ -250,7 +246,7 @@ impl Reply<'_> {
         }
         let batch = std::mem::take(&mut a.last_batch);
         a.sout.extend_from_slice(&batch);
-        a.reran = true;
+        a.rerun = Rerun::Spent;
         tracing::info!("statement plan went stale after DDL; re-prepared it and re-ran the batch");
         true
     }
@@ -337,7 +333,7 @@ impl Reply<'_> {
     fn check_release(&mut self) {
         let idle = self.att.server_status.is_idle() && self.state.tx_status.is_idle();
         if idle && self.att.queue.is_empty() && self.transaction_mode && self.state.pinned.is_none() {
-            self.att.release = true;
+            self.att.release();
         }
     }
 }
