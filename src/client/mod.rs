@@ -22,3 +22,4 @@ pub mod session;
 mod signal_backend;
 pub mod socket_file;
 pub mod state;
+mod timers;

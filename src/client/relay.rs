@@ -6,15 +6,15 @@
 //! waits on a ReadyForQuery that a Flush will never bring.
 
 use bytes::Buf;
-use std::pin::Pin;
 use std::time::Duration;
 
 use super::forward::Fwd;
 use super::io::{next_event, Event, Side};
 use super::registry::Signals;
 use super::reply::Reply;
-use super::session::{End, OptionalSleep, Relayed, Session};
+use super::session::{End, Relayed, Session};
 use super::state::{BatchState, Outcome};
+use super::timers::{RelayTimers, QUERY_TIMER};
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::wire::{frame, tag, WireError};
@@ -25,19 +25,18 @@ const HIGH_WATER: usize = 256 * 1024;
 const STREAM_OVER: usize = 64 * 1024;
 
 impl Session {
-    /// Relays until the transaction ends (`Ok`) or the session must end (`Err`).
+    /// Relays until the transaction ends (`Ok`) or the session must end (`Err`): each turn moves
+    /// what has arrived both ways, stops at a safe point if the proxy is leaving, then waits on
+    /// one poll for the next event and applies it.
     pub(super) async fn relay(&mut self) -> Result<Relayed, End> {
         let tm = self.pools.mode == PoolMode::Transaction && self.state.pinned.is_none();
         let handle = self.handle.clone();
-        // Kill always; a drain once (afterwards the idle check below looks at it every turn).
+        // Kill always; a drain once (afterwards the safe-point check looks at it every turn).
         let mut signal_mask = Signals::KILL | Signals::DRAIN | Signals::HANDOVER;
-        let mut timer = QueryTimer::new(self.pools.query_timeout);
-        let mut timeout = OptionalSleep::new(None);
         let idle_limit = self.rt.config.proxy.idle_transaction_timeout.enabled();
-        let mut idle_since: Option<tokio::time::Instant> = None;
-        let mut idle = OptionalSleep::new(None);
+        let mut timers = RelayTimers::new(self.pools.query_timeout, idle_limit);
         loop {
-            self.process_server_input(tm).map_err(|e| server_protocol_error(&e))?;
+            self.pump_server(tm)?;
             if self.attached.as_ref().is_some_and(|a| !a.committed.is_empty()) {
                 // Boxed, like every rare await here: it would otherwise size every client's task.
                 Box::pin(self.mirror_committed()).await;
@@ -45,123 +44,122 @@ impl Session {
             if let Some(done) = self.attachment_done() {
                 return Ok(done);
             }
-            if self.process_client_input(tm).map_err(|e| End::Close(ClientError::from_wire(&e)))? {
-                return Err(End::ClientGone);
-            }
-            self.sync_after_flush(tm);
+            self.pump_client(tm)?;
             if let Some(done) = self.attachment_done() {
                 return Ok(done);
             }
-            if self.shared.is_draining() && self.idle_between_requests() {
-                return Err(End::Close(ClientError::fatal(
-                    "57P01",
-                    "terminating connection: pgshift is shutting down",
-                )));
-            }
-            // A client that keeps its server between transactions (session mode, pinned) cannot
-            // move in an upgrade: it is closed at a transaction boundary, as a drain does.
-            if handle.signals.is_set(Signals::HANDOVER) && self.idle_between_requests() {
-                return Err(End::Close(super::handoff::restarting()));
-            }
-            let Some(att) = self.attached.as_mut() else { return Ok(Relayed::Released) };
-            if timer.rearm(att.req_started) {
-                timeout.reset(timer.deadline);
-            }
-            // idle_transaction_timeout: the client holds a transaction open and sends nothing.
-            let idle_in_tx = self.state.tx_status.in_block() && att.queue.is_empty() && self.cin.is_empty();
-            match (idle_limit, idle_in_tx, idle_since) {
-                (Some(limit), true, None) => {
-                    let now = tokio::time::Instant::now();
-                    idle_since = Some(now);
-                    idle.reset(Some(now + limit));
-                }
-                (_, false, Some(_)) => {
-                    idle_since = None;
-                    idle.reset(None);
-                }
-                _ => {}
-            }
-            let client_room = att.sout.len() < HIGH_WATER && room(&self.cin);
-            let conn = att.lease.conn();
-            let server_room = self.cout.len() < HIGH_WATER && room(&conn.rbuf);
-            let client = Side {
-                stream: &mut self.client,
-                rbuf: &mut self.cin,
-                wbuf: &mut self.cout,
-                read: client_room,
-                flush: self.cflush,
-                chunk: super::io::CLIENT_CHUNK,
+            self.leave_at_safe_point()?;
+            let Some(event) = self.wait(&mut timers, (&handle.signals, signal_mask)) else {
+                return Ok(Relayed::Released);
             };
-            let server = Side {
-                stream: &mut conn.stream,
-                rbuf: &mut conn.rbuf,
-                wbuf: &mut att.sout,
-                read: server_room,
-                flush: att.sflush,
-                chunk: super::io::SERVER_CHUNK,
-            };
-            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 2] =
-                [timeout.as_mut(), idle.as_mut()];
-            let signals = (&handle.signals, signal_mask);
-            match next_event(client, Some(server), self.notify_rx.as_mut(), signals, &mut extra).await {
-                Event::Notification(Some(f)) => self.push_notification(&f),
-                Event::Notification(None) => self.notify_rx = None,
-                Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
-                Event::ClientRead(Ok(_)) | Event::ServerRead(Ok(1..)) => {}
-                Event::ServerRead(_) => return self.server_lost(),
-                Event::ClientWrote(r) => {
-                    let n = *r.as_ref().unwrap_or(&0);
-                    self.wrote_client(r)?;
-                    if let Some(a) = self.attached.as_mut() {
-                        a.bytes_out += n as u64;
-                    }
-                }
-                Event::ClientFlushed(r) => {
-                    r.map_err(|_| End::ClientGone)?;
-                    self.cflush = false;
-                }
-                Event::ServerWrote(r) => {
-                    if !self.wrote_server(r) {
-                        return self.server_lost();
-                    }
-                }
-                Event::ServerFlushed(Err(_)) => return self.server_lost(),
-                Event::ServerFlushed(Ok(())) => {
-                    if let Some(a) = self.attached.as_mut() {
-                        a.sflush = false;
-                    }
-                }
-                Event::Signal(f) if f & Signals::KILL != 0 => {
-                    return Err(End::Close(ClientError::fatal(
-                        "57P01",
-                        "terminating connection due to administrator command",
-                    )))
-                }
-                Event::Signal(_) => signal_mask = Signals::KILL,
-                Event::Other(0) if !timer.cancelled => {
-                    Box::pin(self.cancel_running_query()).await;
-                    timer.cancelled = true;
-                    timer.deadline = timer.deadline.map(|d| d + timer.grace);
-                    timeout.reset(timer.deadline);
-                }
-                Event::Other(0) => {
-                    // The cancel did not help (a stalled server): give up on this connection.
-                    if let Some(att) = self.attached.as_mut() {
-                        att.lease.conn().broken = true;
-                    }
-                    return Err(End::Close(ClientError::fatal(
-                        "57014",
-                        "query_timeout: the server did not answer, even to a cancel; connection closed",
-                    )));
-                }
-                Event::Other(_) => {
-                    return Err(End::Close(ClientError::fatal(
-                        "25P03",
-                        "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
-                    )))
-                }
+            let event = event.await;
+            if let Some(done) = self.apply(event, &mut timers, &mut signal_mask)? {
+                return Ok(done);
             }
         }
+    }
+
+    /// Ends the session at a safe point (nothing owed either way, no transaction open) when
+    /// pgshift drains, or when it hands over to a new binary: a client that keeps its server
+    /// between transactions (session mode, pinned) cannot move, so it is closed there too.
+    fn leave_at_safe_point(&self) -> Result<(), End> {
+        if self.shared.is_draining() && self.idle_between_requests() {
+            return Err(End::Close(ClientError::fatal("57P01", "terminating connection: pgshift is shutting down")));
+        }
+        if self.handle.signals.is_set(Signals::HANDOVER) && self.idle_between_requests() {
+            return Err(End::Close(super::handoff::restarting()));
+        }
+        Ok(())
+    }
+
+    /// Arms the timers for this turn and returns the one poll over both sockets, the signals,
+    /// notifications and timers; `None` when no server is attached.
+    fn wait<'a>(
+        &'a mut self,
+        timers: &'a mut RelayTimers,
+        signals: (&'a Signals, u8),
+    ) -> Option<impl std::future::Future<Output = Event> + use<'a>> {
+        let att = self.attached.as_mut()?;
+        // idle_transaction_timeout: the client holds a transaction open and sends nothing.
+        let idle_in_tx = self.state.tx_status.in_block() && att.queue.is_empty() && self.cin.is_empty();
+        timers.follow(att.req_started, idle_in_tx);
+        let client_room = att.sout.len() < HIGH_WATER && room(&self.cin);
+        let conn = att.lease.conn();
+        let server_room = self.cout.len() < HIGH_WATER && room(&conn.rbuf);
+        let client = Side {
+            stream: &mut self.client,
+            rbuf: &mut self.cin,
+            wbuf: &mut self.cout,
+            read: client_room,
+            flush: self.cflush,
+            chunk: super::io::CLIENT_CHUNK,
+        };
+        let server = Side {
+            stream: &mut conn.stream,
+            rbuf: &mut conn.rbuf,
+            wbuf: &mut att.sout,
+            read: server_room,
+            flush: att.sflush,
+            chunk: super::io::SERVER_CHUNK,
+        };
+        Some(next_event(client, Some(server), self.notify_rx.as_mut(), signals, timers.sleeps()))
+    }
+
+    /// Applies what the poll returned; `Some` when the attachment is over.
+    fn apply(&mut self, event: Event, timers: &mut RelayTimers, signal_mask: &mut u8) -> Result<Option<Relayed>, End> {
+        match event {
+            Event::Notification(Some(f)) => self.push_notification(&f),
+            Event::Notification(None) => self.notify_rx = None,
+            Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
+            Event::ClientRead(Ok(_)) | Event::ServerRead(Ok(1..)) => {}
+            Event::ServerRead(_) | Event::ServerFlushed(Err(_)) => return self.server_lost().map(Some),
+            Event::ClientWrote(r) => {
+                let n = *r.as_ref().unwrap_or(&0);
+                self.wrote_client(r)?;
+                if let Some(a) = self.attached.as_mut() {
+                    a.bytes_out += n as u64;
+                }
+            }
+            Event::ClientFlushed(r) => {
+                r.map_err(|_| End::ClientGone)?;
+                self.cflush = false;
+            }
+            Event::ServerWrote(r) => {
+                if !self.wrote_server(r) {
+                    return self.server_lost().map(Some);
+                }
+            }
+            Event::ServerFlushed(Ok(())) => {
+                if let Some(a) = self.attached.as_mut() {
+                    a.sflush = false;
+                }
+            }
+            Event::Signal(f) if f & Signals::KILL != 0 => {
+                return Err(End::Close(ClientError::fatal(
+                    "57P01",
+                    "terminating connection due to administrator command",
+                )))
+            }
+            Event::Signal(_) => *signal_mask = Signals::KILL,
+            Event::Other(QUERY_TIMER) if timers.query_expired() => self.cancel_running_query(),
+            Event::Other(QUERY_TIMER) => {
+                // The cancel did not help (a stalled server): give up on this connection.
+                if let Some(att) = self.attached.as_mut() {
+                    att.lease.conn().broken = true;
+                }
+                return Err(End::Close(ClientError::fatal(
+                    "57014",
+                    "query_timeout: the server did not answer, even to a cancel; connection closed",
+                )));
+            }
+            Event::Other(_) => {
+                return Err(End::Close(ClientError::fatal(
+                    "25P03",
+                    "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
+                )))
+            }
+        }
+        Ok(None)
     }
 
     /// A request that ended with Flush, all of whose replies are in, outside any transaction,
@@ -237,8 +235,8 @@ impl Session {
         Err(End::Close(ClientError::server_lost(on_primary && self.rt.config.routing.role_discovery)))
     }
 
-    /// `query_timeout`: ask the server to cancel what it is running.
-    async fn cancel_running_query(&mut self) {
+    /// `query_timeout`: ask the server to cancel what it is running (a task sends the cancel).
+    fn cancel_running_query(&mut self) {
         let Some(att) = self.attached.as_mut() else {
             return;
         };
@@ -255,8 +253,9 @@ impl Session {
         });
     }
 
-    /// Moves whole server frames into the client's output, as far as back-pressure allows.
-    fn process_server_input(&mut self, tm: bool) -> Result<(), WireError> {
+    /// Moves whole server frames into the client's output, as far as back-pressure allows; a
+    /// server that breaks the protocol ends the session.
+    fn pump_server(&mut self, tm: bool) -> Result<(), End> {
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
         };
@@ -300,7 +299,19 @@ impl Session {
             att.lease.conn().rbuf = buf;
             att.forwarded |= self.cout.len() != before;
         }
-        result
+        result.map_err(|e| server_protocol_error(&e))
+    }
+
+    /// Moves whole client frames to the server, then ends a settled Flush-ended request with
+    /// pgshift's own Sync where that gives the server back.
+    fn pump_client(&mut self, tm: bool) -> Result<(), End> {
+        match self.process_client_input(tm) {
+            Ok(false) => {}
+            Ok(true) => return Err(End::ClientGone),
+            Err(e) => return Err(End::Close(ClientError::from_wire(&e))),
+        }
+        self.sync_after_flush(tm);
+        Ok(())
     }
 
     /// Moves whole client frames to the server; returns true if the client sent Terminate.
@@ -372,37 +383,6 @@ impl Session {
             att.release();
         }
         Ok(false)
-    }
-}
-
-/// `query_timeout` for the request in flight: at the deadline a cancel is sent; if the server
-/// still has not answered a grace period later, the connection is given up.
-struct QueryTimer {
-    limit: Option<Duration>,
-    grace: Duration,
-    armed_for: Option<std::time::Instant>,
-    deadline: Option<tokio::time::Instant>,
-    cancelled: bool,
-}
-
-impl QueryTimer {
-    fn new(limit: Option<Duration>) -> Self {
-        let grace = limit.unwrap_or_default().max(Duration::from_secs(1));
-        QueryTimer { limit, grace, armed_for: None, deadline: None, cancelled: false }
-    }
-
-    /// Follows the start of the current request; true if the deadline moved.
-    fn rearm(&mut self, req_started: Option<std::time::Instant>) -> bool {
-        if self.limit.is_none() || req_started == self.armed_for {
-            return false;
-        }
-        self.armed_for = req_started;
-        self.cancelled = false;
-        self.deadline = match (self.limit, req_started) {
-            (Some(l), Some(t)) => Some(tokio::time::Instant::from_std(t + l)),
-            _ => None,
-        };
-        true
     }
 }
 

@@ -9,6 +9,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::handshake::Login;
 use super::io::{next_event, Event, Side};
+use super::timers::OptionalSleep;
 use super::registry::{ClientState as Activity, ServerRef, SessionHandle, Signals};
 use super::request::{self, Request};
 use super::route::SessionPools;
@@ -23,39 +24,6 @@ use crate::router::Target;
 use crate::session_state::{guc_name, settings_diff, startup_settings, unquote_literal};
 use crate::shared::{Runtime, Shared};
 use crate::wire::{messages, TxStatus};
-
-/// A timer that may be off: pending forever when off, so it can sit in a poll list without
-/// registering anything with the runtime's timer.
-pub(super) struct OptionalSleep(Option<Pin<Box<tokio::time::Sleep>>>);
-
-impl OptionalSleep {
-    /// A timer firing after `d`, or never.
-    pub(super) fn new(d: Option<Duration>) -> Self {
-        OptionalSleep(d.map(|d| Box::pin(tokio::time::sleep(d))))
-    }
-    /// Re-arms (or turns off) the timer.
-    pub(super) fn reset(&mut self, at: Option<tokio::time::Instant>) {
-        match (at, self.0.as_mut()) {
-            (Some(at), Some(s)) => s.as_mut().reset(at),
-            (Some(at), None) => self.0 = Some(Box::pin(tokio::time::sleep_until(at))),
-            (None, _) => self.0 = None,
-        }
-    }
-    /// As a pinned future for a poll list.
-    pub(super) fn as_mut(&mut self) -> Pin<&mut Self> {
-        Pin::new(self)
-    }
-}
-
-impl std::future::Future for OptionalSleep {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        match self.0.as_mut() {
-            Some(s) => s.as_mut().poll(cx),
-            None => std::task::Poll::Pending,
-        }
-    }
-}
 
 /// How the attached phase ended without ending the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,9 +294,9 @@ impl Session {
                 flush: self.cflush,
                 chunk: super::io::CLIENT_CHUNK,
             };
-            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 1] = [idle.as_mut()];
+            let extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 1] = [idle.as_mut()];
             let signals = (&handle.signals, Signals::KILL | Signals::DRAIN | handover);
-            let ev = next_event(side, None, self.notify_rx.as_mut(), signals, &mut extra).await;
+            let ev = next_event(side, None, self.notify_rx.as_mut(), signals, extra).await;
             match ev {
                 Event::Notification(Some(f)) => self.push_notification(&f),
                 Event::Notification(None) => self.notify_rx = None,
