@@ -170,7 +170,10 @@ impl Session {
     /// client's own Sync (committing early would change the transaction's meaning).
     fn sync_after_flush(&mut self, tm: bool) {
         let Some(att) = self.attached.as_mut() else { return };
-        let settled = att.batch_state == BatchState::Flushed && att.queue.is_empty() && att.sout.is_empty() && self.cin.is_empty();
+        let settled = att.batch_state == BatchState::Flushed
+            && att.queue.is_empty()
+            && att.sout.is_empty()
+            && self.cin.is_empty();
         let idle = att.server_status.is_idle() && self.state.tx_status.is_idle();
         let harmless = !att.batch_executed || att.target == crate::router::Target::Replica;
         // Flushed excludes Skipping: a batch with an error pending waits for the client's Sync.

@@ -219,8 +219,7 @@ impl Reply<'_> {
         let def = def.clone();
         let describes_portal =
             frames(&a.last_batch).any(|f| f.first() == Some(&tag::DESCRIBE) && frame::body(f).first() == Some(&b'P'));
-        if a.rerun != Rerun::Armed || a.batch_executed || a.server_status.in_block() || (stale && !describes_portal)
-        {
+        if a.rerun != Rerun::Armed || a.batch_executed || a.server_status.in_block() || (stale && !describes_portal) {
             return false;
         }
         for id in a.queue.skip_to_sync() {
