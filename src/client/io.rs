@@ -76,13 +76,13 @@ fn poll_read(side: &mut Side<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize
 ///
 /// A plain function returning a `poll_fn` rather than an `async fn`: an async fn would store its
 /// arguments and the closure's copies of them, doubling what every waiting client's task holds.
-pub fn next_event<'a, const N: usize>(
+pub fn next_event<'a, 'f>(
     mut client: Side<'a>,
     mut server: Option<Side<'a>>,
     mut notify: Option<&'a mut crate::notify::NotifyRx>,
     signals: (&'a super::registry::Signals, u8),
-    mut extra: [Pin<&'a mut (dyn Future<Output = ()> + Send)>; N],
-) -> impl Future<Output = Event> + use<'a, N> {
+    extra: &'a mut [Pin<&'f mut (dyn Future<Output = ()> + Send)>],
+) -> impl Future<Output = Event> + use<'a, 'f> {
     std::future::poll_fn(move |cx| {
         // Writes first: draining output is what unblocks the peers.
         if let Some(s) = server.as_mut() {

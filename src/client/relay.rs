@@ -6,6 +6,7 @@
 //! waits on a ReadyForQuery that a Flush will never bring.
 
 use bytes::Buf;
+use std::pin::Pin;
 use std::time::Duration;
 
 use super::forward::Fwd;
@@ -49,10 +50,10 @@ impl Session {
                 return Ok(done);
             }
             self.leave_at_safe_point()?;
-            let Some(event) = self.wait(&mut timers, (&handle.signals, signal_mask)) else {
+            if !self.arm_timers(&mut timers) {
                 return Ok(Relayed::Released);
-            };
-            let event = event.await;
+            }
+            let event = self.wait(&mut timers.sleeps(), (&handle.signals, signal_mask)).await;
             if let Some(done) = self.apply(event, &mut timers, &mut signal_mask)? {
                 return Ok(done);
             }
@@ -62,6 +63,7 @@ impl Session {
     /// Ends the session at a safe point (nothing owed either way, no transaction open) when
     /// pgshift drains, or when it hands over to a new binary: a client that keeps its server
     /// between transactions (session mode, pinned) cannot move, so it is closed there too.
+    #[inline]
     fn leave_at_safe_point(&self) -> Result<(), End> {
         if self.shared.is_draining() && self.idle_between_requests() {
             return Err(End::Close(ClientError::fatal("57P01", "terminating connection: pgshift is shutting down")));
@@ -72,20 +74,40 @@ impl Session {
         Ok(())
     }
 
-    /// Arms the timers for this turn and returns the one poll over both sockets, the signals,
-    /// notifications and timers; `None` when no server is attached.
-    fn wait<'a>(
-        &'a mut self,
-        timers: &'a mut RelayTimers,
-        signals: (&'a Signals, u8),
-    ) -> Option<impl std::future::Future<Output = Event> + use<'a>> {
-        let att = self.attached.as_mut()?;
+    /// Arms the timers for this turn; false when no server is attached.
+    #[inline]
+    fn arm_timers(&mut self, timers: &mut RelayTimers) -> bool {
+        let Some(att) = self.attached.as_ref() else { return false };
         // idle_transaction_timeout: the client holds a transaction open and sends nothing.
         let idle_in_tx = self.state.tx_status.in_block() && att.queue.is_empty() && self.cin.is_empty();
         timers.follow(att.req_started, idle_in_tx);
-        let client_room = att.sout.len() < HIGH_WATER && room(&self.cin);
-        let conn = att.lease.conn();
-        let server_room = self.cout.len() < HIGH_WATER && room(&conn.rbuf);
+        true
+    }
+
+    /// The one poll over both sockets, the signals, notifications and `timers`, returned as is
+    /// (no wrapping future), reading only where the other side has room (back-pressure).
+    #[inline(always)] // one call site: folded into the loop, as the poll was before it had a name
+    fn wait<'a, 'f>(
+        &'a mut self,
+        timers: &'a mut [Pin<&'f mut (dyn std::future::Future<Output = ()> + Send)>],
+        signals: (&'a Signals, u8),
+    ) -> impl std::future::Future<Output = Event> + use<'a, 'f> {
+        let (client_room, server) = match self.attached.as_mut() {
+            Some(att) => {
+                let client_room = att.sout.len() < HIGH_WATER && room(&self.cin);
+                let conn = att.lease.conn();
+                let server = Side {
+                    read: self.cout.len() < HIGH_WATER && room(&conn.rbuf),
+                    stream: &mut conn.stream,
+                    rbuf: &mut conn.rbuf,
+                    wbuf: &mut att.sout,
+                    flush: att.sflush,
+                    chunk: super::io::SERVER_CHUNK,
+                };
+                (client_room, Some(server))
+            }
+            None => (room(&self.cin), None),
+        };
         let client = Side {
             stream: &mut self.client,
             rbuf: &mut self.cin,
@@ -94,18 +116,11 @@ impl Session {
             flush: self.cflush,
             chunk: super::io::CLIENT_CHUNK,
         };
-        let server = Side {
-            stream: &mut conn.stream,
-            rbuf: &mut conn.rbuf,
-            wbuf: &mut att.sout,
-            read: server_room,
-            flush: att.sflush,
-            chunk: super::io::SERVER_CHUNK,
-        };
-        Some(next_event(client, Some(server), self.notify_rx.as_mut(), signals, timers.sleeps()))
+        next_event(client, server, self.notify_rx.as_mut(), signals, timers)
     }
 
     /// Applies what the poll returned; `Some` when the attachment is over.
+    #[inline(always)] // one call site: folded into the loop, the event is not moved
     fn apply(&mut self, event: Event, timers: &mut RelayTimers, signal_mask: &mut u8) -> Result<Option<Relayed>, End> {
         match event {
             Event::Notification(Some(f)) => self.push_notification(&f),

@@ -290,9 +290,9 @@ impl Session {
                 flush: self.cflush,
                 chunk: super::io::CLIENT_CHUNK,
             };
-            let extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 1] = [idle.as_mut()];
+            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 1] = [idle.as_mut()];
             let signals = (&handle.signals, Signals::KILL | Signals::DRAIN | handover);
-            let ev = next_event(side, None, self.notify_rx.as_mut(), signals, extra).await;
+            let ev = next_event(side, None, self.notify_rx.as_mut(), signals, &mut extra).await;
             match ev {
                 Event::Notification(Some(f)) => self.push_notification(&f),
                 Event::Notification(None) => self.notify_rx = None,

@@ -67,6 +67,7 @@ impl RelayTimers {
 
     /// Follows the start of the request in flight (`query_timeout`) and whether the client holds
     /// a transaction open while sending nothing and owed nothing (`idle_transaction_timeout`).
+    #[inline]
     pub(super) fn follow(&mut self, req_started: Option<std::time::Instant>, idle_in_tx: bool) {
         if self.query.rearm(req_started) {
             self.query_sleep.reset(self.query.deadline);
@@ -86,6 +87,7 @@ impl RelayTimers {
     }
 
     /// The timers as a poll list.
+    #[inline]
     pub(super) fn sleeps(&mut self) -> [Pin<&mut (dyn Future<Output = ()> + Send)>; 2] {
         [self.query_sleep.as_mut(), self.idle_sleep.as_mut()]
     }
@@ -120,6 +122,7 @@ impl QueryTimer {
     }
 
     /// Follows the start of the current request; true if the deadline moved.
+    #[inline]
     fn rearm(&mut self, req_started: Option<std::time::Instant>) -> bool {
         if self.limit.is_none() || req_started == self.armed_for {
             return false;

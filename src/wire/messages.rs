@@ -7,6 +7,7 @@ use bytes::{BufMut, BytesMut};
 
 /// Appends one frame to `out`: writes the tag and a length placeholder, lets `fill` write the
 /// body, then patches the length. Keeps every encoder below a one-liner about its fields.
+#[inline]
 pub fn put_frame(out: &mut BytesMut, tag: u8, fill: impl FnOnce(&mut BytesMut)) {
     out.put_u8(tag);
     let at = out.len();
@@ -17,6 +18,7 @@ pub fn put_frame(out: &mut BytesMut, tag: u8, fill: impl FnOnce(&mut BytesMut)) 
 }
 
 /// Appends `s` and its NUL terminator.
+#[inline]
 pub fn put_cstr(out: &mut BytesMut, s: &[u8]) {
     out.put_slice(s);
     out.put_u8(0);
