@@ -273,7 +273,12 @@ impl Session {
 
     /// Moves whole server frames into the client's output, as far as back-pressure allows; a
     /// server that breaks the protocol ends the session.
+    #[inline]
     fn pump_server(&mut self, tm: bool) -> Result<(), End> {
+        self.process_server_input(tm).map_err(|e| server_protocol_error(&e))
+    }
+
+    fn process_server_input(&mut self, tm: bool) -> Result<(), WireError> {
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
         };
@@ -317,7 +322,7 @@ impl Session {
             att.lease.conn().rbuf = buf;
             att.forwarded |= self.cout.len() != before;
         }
-        result.map_err(|e| server_protocol_error(&e))
+        result
     }
 
     /// Moves whole client frames to the server, then ends a settled Flush-ended request with
