@@ -278,6 +278,7 @@ impl Session {
         self.process_server_input(tm).map_err(|e| server_protocol_error(&e))
     }
 
+    /// Frames through [`Reply`]; large rows and copy data stream through as they arrive.
     fn process_server_input(&mut self, tm: bool) -> Result<(), WireError> {
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
