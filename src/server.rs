@@ -312,7 +312,8 @@ impl ServerConn {
                     error.get_or_insert_with(|| String::from_utf8_lossy(e.message).into_owned());
                 }
                 tag::READY_FOR_QUERY => {
-                    let status = frame::ready_status(&f).inspect_err(|_| self.broken = true)?;
+                    let status =
+                        frame::ready_status(&f).map_err(WireError::from).inspect_err(|_| self.broken = true)?;
                     if !status.is_idle() {
                         self.broken = true;
                     }

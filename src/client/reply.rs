@@ -12,7 +12,8 @@ use super::state::{apply_to_server, Attached, ClientState, Outcome, Rerun};
 use crate::notify;
 use crate::shared::Shared;
 use crate::stats::TrafficCounters;
-use crate::wire::{frame, tag, TxStatus, WireError};
+use crate::wire::status::BadTxStatus;
+use crate::wire::{frame, tag, TxStatus};
 use std::sync::atomic::Ordering;
 
 /// What replies need to see besides the frame.
@@ -31,7 +32,7 @@ pub struct Reply<'a> {
 
 impl Reply<'_> {
     /// Handles one whole server frame; an error is a protocol violation by the server.
-    pub fn frame(&mut self, t: u8, f: &[u8]) -> Result<(), WireError> {
+    pub fn frame(&mut self, t: u8, f: &[u8]) -> Result<(), BadTxStatus> {
         tracing::trace!(tag = %char::from(t), len = f.len(), head = ?self.att.queue.front(), conn = self.att.lease.conn().id, "server frame");
         if matches!(self.att.queue.front(), Some(Expect::SilentQuery)) {
             return self.silent_query_frame(t, f);
@@ -136,7 +137,7 @@ impl Reply<'_> {
         }
     }
 
-    fn silent_query_frame(&mut self, t: u8, f: &[u8]) -> Result<(), WireError> {
+    fn silent_query_frame(&mut self, t: u8, f: &[u8]) -> Result<(), BadTxStatus> {
         match t {
             tag::ERROR_RESPONSE => {
                 let e = frame::error_fields(f);
@@ -258,7 +259,7 @@ impl Reply<'_> {
         }
     }
 
-    fn ready(&mut self, f: &[u8]) -> Result<(), WireError> {
+    fn ready(&mut self, f: &[u8]) -> Result<(), BadTxStatus> {
         let status = frame::ready_status(f)?;
         self.att.server_status = status;
         self.att.batch_executed = false;

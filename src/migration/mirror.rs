@@ -259,7 +259,7 @@ async fn apply(
         match f[0] {
             tag::READY_FOR_QUERY => {
                 seen += 1;
-                status = frame::ready_status(&f).map_err(|e| e.to_string())?;
+                status = frame::ready_status(&f).map_err(|e| crate::wire::WireError::from(e).to_string())?;
             }
             tag::ERROR_RESPONSE => {
                 errors += 1;

@@ -111,10 +111,10 @@ pub fn body(frame: &[u8]) -> &[u8] {
 /// Transaction status carried by a ReadyForQuery frame; a missing or unknown status byte is a
 /// protocol violation.
 #[inline]
-pub fn ready_status(frame: &[u8]) -> Result<super::TxStatus, WireError> {
+pub fn ready_status(frame: &[u8]) -> Result<super::TxStatus, super::status::BadTxStatus> {
     match frame.get(HEADER_LEN) {
         Some(&b) => super::TxStatus::from_byte(b),
-        None => Err(WireError::Malformed(tag::READY_FOR_QUERY)),
+        None => Err(super::status::BadTxStatus(None)),
     }
 }
 

@@ -19,12 +19,12 @@ pub enum TxStatus {
 impl TxStatus {
     /// Parses the status byte; any byte but `I`, `T` or `E` is a protocol violation.
     #[inline]
-    pub fn from_byte(b: u8) -> Result<TxStatus, WireError> {
+    pub fn from_byte(b: u8) -> Result<TxStatus, BadTxStatus> {
         match b {
             b'I' => Ok(TxStatus::Idle),
             b'T' => Ok(TxStatus::InTransaction),
             b'E' => Ok(TxStatus::Failed),
-            other => Err(WireError::BadTxStatus(other)),
+            other => Err(BadTxStatus(Some(other))),
         }
     }
 
@@ -47,6 +47,20 @@ impl TxStatus {
     }
 }
 
+/// A ReadyForQuery without a valid status: the byte it carried, or `None` if it had none. Two
+/// bytes, so the relay returns it in a register; it becomes a [`WireError`] where it is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadTxStatus(pub Option<u8>);
+
+impl From<BadTxStatus> for WireError {
+    fn from(e: BadTxStatus) -> WireError {
+        match e.0 {
+            Some(b) => WireError::BadTxStatus(b),
+            None => WireError::Malformed(super::tag::READY_FOR_QUERY),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +70,7 @@ mod tests {
         for s in [TxStatus::Idle, TxStatus::InTransaction, TxStatus::Failed] {
             assert_eq!(TxStatus::from_byte(s.byte()).unwrap(), s);
         }
-        assert!(matches!(TxStatus::from_byte(b'X'), Err(WireError::BadTxStatus(b'X'))));
+        let bad = TxStatus::from_byte(b'X').unwrap_err();
+        assert!(matches!(WireError::from(bad), WireError::BadTxStatus(b'X')));
     }
 }
