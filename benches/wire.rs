@@ -209,7 +209,7 @@ fn op_expect_emit() -> impl FnMut() -> usize {
         q.push(Expect::Synthetic(Synth::ParseComplete));
         q.push(Expect::Synthetic(Synth::CloseComplete));
         q.push(Expect::Synthetic(Synth::Ready));
-        black_box(q.emit_synthetic(&mut out, b'I'));
+        black_box(q.emit_synthetic(&mut out, pgshift::wire::TxStatus::Idle));
         out.len()
     }
 }

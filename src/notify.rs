@@ -265,7 +265,7 @@ pub fn quote_ident(s: &str) -> String {
 }
 
 /// CommandComplete + ReadyForQuery for a LISTEN/UNLISTEN answered by the proxy.
-pub fn answer(out: &mut BytesMut, command: &str, status: u8) {
+pub fn answer(out: &mut BytesMut, command: &str, status: crate::wire::TxStatus) {
     messages::put_command_complete(out, command);
     messages::put_ready_for_query(out, status);
 }

@@ -312,7 +312,9 @@ impl ServerConn {
                     error.get_or_insert_with(|| String::from_utf8_lossy(e.message).into_owned());
                 }
                 tag::READY_FOR_QUERY => {
-                    if frame::ready_status(&f) != b'I' {
+                    let status =
+                        frame::ready_status(&f).map_err(WireError::from).inspect_err(|_| self.broken = true)?;
+                    if !status.is_idle() {
                         self.broken = true;
                     }
                     return Ok(error);

@@ -111,7 +111,7 @@ async fn fake_backend(mut s: TcpStream, slot: Slot) {
             messages::put_parameter_status(&mut login, b"standard_conforming_strings", b"on");
             messages::put_parameter_status(&mut login, b"client_encoding", b"UTF8");
             messages::put_backend_key_data(&mut login, 4242, 77);
-            messages::put_ready_for_query(&mut login, b'I');
+            messages::put_ready_for_query(&mut login, pgshift::wire::TxStatus::Idle);
             if s.write_all(&login).await.is_err() {
                 return;
             }

@@ -49,7 +49,7 @@ pub async fn run(shared: Arc<Shared>, login: Login) {
                 let sql = frame::cstr(&body).map(|(q, _)| String::from_utf8_lossy(q).into_owned()).unwrap_or_default();
                 tracing::info!(user = %user.name, "console: {}", sql.trim());
                 execute(&shared, &sql, &mut out).await;
-                messages::put_ready_for_query(&mut out, b'I');
+                messages::put_ready_for_query(&mut out, crate::wire::TxStatus::Idle);
             }
             tag::TERMINATE => break,
             _ => {
@@ -81,7 +81,7 @@ fn welcome(out: &mut BytesMut) {
     }
     // Nothing here can be cancelled; a random key keeps clients that insist on one happy.
     messages::put_backend_key_data(out, rand::random::<i32>() & i32::MAX, rand::random());
-    messages::put_ready_for_query(out, b'I');
+    messages::put_ready_for_query(out, crate::wire::TxStatus::Idle);
 }
 
 /// Writes and clears `out`; false if the client is gone.

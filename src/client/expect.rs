@@ -158,7 +158,7 @@ impl ExpectQueue {
 
     /// Emits the proxy's own replies now at the head into `out`; `status` fills ReadyForQuery.
     /// Returns true if a ReadyForQuery was emitted.
-    pub fn emit_synthetic(&mut self, out: &mut BytesMut, status: u8) -> bool {
+    pub fn emit_synthetic(&mut self, out: &mut BytesMut, status: crate::wire::TxStatus) -> bool {
         let mut ready = false;
         while let Some(Expect::Synthetic(s)) = self.q.front() {
             match *s {
@@ -227,7 +227,7 @@ mod tests {
         q.push(Expect::Synthetic(Synth::Ready));
         q.push(Expect::Bind { stmt: None });
         let mut out = BytesMut::new();
-        assert!(q.emit_synthetic(&mut out, b'I'));
+        assert!(q.emit_synthetic(&mut out, crate::wire::TxStatus::Idle));
         assert_eq!(&out[..], b"1\0\0\0\x04Z\0\0\0\x05I");
         assert_eq!(q.front(), Some(&Expect::Bind { stmt: None }));
     }

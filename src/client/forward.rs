@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::expect::{Expect, Synth};
 use super::request::{classify, sql_of};
-use super::state::{Attached, ClientState};
+use super::state::{Attached, BatchState, ClientState};
 use crate::config::SessionFeatures;
 use crate::router::{Classification, SessionEffect, Target};
 use crate::server::Residue;
@@ -44,21 +44,13 @@ impl Fwd<'_> {
         if self.att.req_started.is_none() {
             self.att.req_started = Some(Instant::now());
         }
-        if self.att.refusing {
-            if t != tag::SYNC {
-                return;
-            }
-            self.att.refusing = false;
+        match self.att.batch_state {
+            BatchState::Refusing if t != tag::SYNC => return,
+            // Discarded by the server after the batch's error: forward, owe nothing.
+            BatchState::Skipping if t != tag::SYNC => return self.att.sout.extend_from_slice(f),
+            _ => {}
         }
-        if self.att.skipping {
-            if t != tag::SYNC {
-                // Discarded by the server after the batch's error: forward, owe nothing.
-                self.att.sout.extend_from_slice(f);
-                return;
-            }
-            self.att.skipping = false;
-        }
-        self.att.flushed = t == tag::FLUSH;
+        self.att.batch_state = if t == tag::FLUSH { BatchState::Flushed } else { BatchState::Open };
         match t {
             tag::QUERY => self.query(f),
             tag::PARSE => self.parse(f),
@@ -125,7 +117,7 @@ impl Fwd<'_> {
                 self.att.batch.extend_from_slice(f);
                 std::mem::swap(&mut self.att.batch, &mut self.att.last_batch);
                 self.att.batch.clear();
-                self.att.last_batch_rerunnable = std::mem::replace(&mut self.att.batch_rerunnable, true);
+                self.att.batch_synced();
             }
             _ => self.att.batch_rerunnable = false,
         }
@@ -275,7 +267,7 @@ impl Fwd<'_> {
         let max = self.rt.config.proxy.max_client_prepared_statements;
         if max > 0 && self.state.statements.len() >= max && !self.state.statements.contains_key(name) {
             self.att.queue.push(Expect::Synthetic(Synth::StatementLimit(max)));
-            self.att.refusing = true;
+            self.att.batch_state = BatchState::Refusing;
             return;
         }
         let def = self.shared.prepared.intern(self.database, tail, || class);

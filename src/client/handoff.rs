@@ -54,7 +54,7 @@ impl Session {
         if self.notify_rx.is_some() {
             return Err("LISTEN");
         }
-        if self.attached.is_some() || !self.cout.is_empty() || self.cflush || self.state.tx_status != b'I' {
+        if self.attached.is_some() || !self.cout.is_empty() || self.cflush || !self.state.tx_status.is_idle() {
             return Err("not idle");
         }
         Ok(transport)
@@ -243,7 +243,7 @@ fn unpack_state(shared: &Shared, rt: &crate::shared::Runtime, h: &Handoff) -> Cl
         statements,
         unnamed,
         unnamed_parse,
-        tx_status: b'I',
+        tx_status: crate::wire::TxStatus::Idle,
         route: RouteOverride::parse(&h.route),
         track_prepared: h.track_prepared,
         last_write_at,

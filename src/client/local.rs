@@ -8,7 +8,7 @@ use super::request::{self, Request};
 use super::session::{LastFrame, Session};
 use crate::config::PoolMode;
 use crate::error::ClientError;
-use crate::wire::messages;
+use crate::wire::{messages, TxStatus};
 
 impl Session {
     /// Drops a request made only of CopyData, CopyDone and CopyFail, as PostgreSQL drops them
@@ -64,7 +64,7 @@ impl Session {
     /// per thread than connections would otherwise deadlock: PQprepare blocks the whole thread).
     pub(super) fn answer_locally(&mut self, req: Request) -> bool {
         use crate::wire::{frame, tag};
-        if !self.state.track_prepared || self.state.tx_status != b'I' || req.terminate || req.len == 0 {
+        if !self.state.track_prepared || !self.state.tx_status.is_idle() || req.terminate || req.len == 0 {
             return false;
         }
         let mut plan = Vec::new();
@@ -109,7 +109,7 @@ impl Session {
                     self.state.statements.remove(&name);
                     messages::put_empty(&mut self.cout, tag::CLOSE_COMPLETE);
                 }
-                (tag::SYNC, _) => messages::put_ready_for_query(&mut self.cout, b'I'),
+                (tag::SYNC, _) => messages::put_ready_for_query(&mut self.cout, TxStatus::Idle),
                 _ => {}
             }
         }
@@ -121,7 +121,7 @@ impl Session {
     pub(super) fn may_listen_locally(&self, req: Request) -> bool {
         use crate::wire::{frame, tag};
         let tm = self.pools.mode == PoolMode::Transaction && self.state.pinned.is_none();
-        if !tm || self.state.tx_status != b'I' || req.terminate {
+        if !tm || !self.state.tx_status.is_idle() || req.terminate {
             return false;
         }
         let f = &self.cin[..req.len];
@@ -162,7 +162,7 @@ impl Session {
             }
             _ => return false,
         };
-        crate::notify::answer(&mut self.cout, command, b'I');
+        crate::notify::answer(&mut self.cout, command, TxStatus::Idle);
         self.cin.advance(req.len);
         true
     }

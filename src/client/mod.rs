@@ -1,5 +1,6 @@
 //! The client side: accepting connections, the login dialogue, and each client's session.
 
+mod attach;
 pub mod expect;
 mod failover;
 pub mod fleet;
@@ -15,6 +16,7 @@ mod notifications;
 pub mod peer;
 pub mod registry;
 mod relay;
+mod release;
 pub mod reply;
 pub mod request;
 pub mod route;
@@ -22,3 +24,4 @@ pub mod session;
 mod signal_backend;
 pub mod socket_file;
 pub mod state;
+mod timers;

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use super::session::Session;
 use crate::notify;
-use crate::wire::tag;
+use crate::wire::{tag, TxStatus};
 
 /// How long a committing listener's ReadyForQuery waits for the listener connection's round
 /// trip (a down primary must not hold the client's answer).
 const BARRIER_WAIT: Duration = Duration::from_secs(1);
 
 /// The ReadyForQuery 'I' frame.
-const READY_IDLE: [u8; 6] = [tag::READY_FOR_QUERY, 0, 0, 0, 5, b'I'];
+const READY_IDLE: [u8; 6] = [tag::READY_FOR_QUERY, 0, 0, 0, 5, TxStatus::Idle.byte()];
 
 impl Session {
     /// Queues a NotificationResponse for the client. When the notifier was a pgshift client, its
@@ -29,7 +29,7 @@ impl Session {
     /// connection has passed on everything committed so far, so a NOTIFY on a channel the client
     /// listens to reaches it before the answer to its COMMIT (or autocommit statement).
     pub(super) async fn own_notifications_first(&mut self) {
-        if self.state.tx_status != b'I' || !self.cout.ends_with(&READY_IDLE) || !self.cin.is_empty() {
+        if !self.state.tx_status.is_idle() || !self.cout.ends_with(&READY_IDLE) || !self.cin.is_empty() {
             return;
         }
         let barriers = self.shared.notify.barrier(self.handle.id);

@@ -13,7 +13,9 @@ use super::forward::Fwd;
 use super::io::{next_event, Event, Side};
 use super::registry::Signals;
 use super::reply::Reply;
-use super::session::{End, OptionalSleep, Relayed, Session};
+use super::session::{End, Relayed, Session};
+use super::state::{BatchState, Outcome};
+use super::timers::{RelayTimers, QUERY_TIMER};
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::wire::{frame, tag, WireError};
@@ -24,19 +26,18 @@ const HIGH_WATER: usize = 256 * 1024;
 const STREAM_OVER: usize = 64 * 1024;
 
 impl Session {
-    /// Relays until the transaction ends (`Ok`) or the session must end (`Err`).
+    /// Relays until the transaction ends (`Ok`) or the session must end (`Err`): each turn moves
+    /// what has arrived both ways, stops at a safe point if the proxy is leaving, then waits on
+    /// one poll for the next event and applies it.
     pub(super) async fn relay(&mut self) -> Result<Relayed, End> {
         let tm = self.pools.mode == PoolMode::Transaction && self.state.pinned.is_none();
         let handle = self.handle.clone();
-        // Kill always; a drain once (afterwards the idle check below looks at it every turn).
+        // Kill always; a drain once (afterwards the safe-point check looks at it every turn).
         let mut signal_mask = Signals::KILL | Signals::DRAIN | Signals::HANDOVER;
-        let mut timer = QueryTimer::new(self.pools.query_timeout);
-        let mut timeout = OptionalSleep::new(None);
         let idle_limit = self.rt.config.proxy.idle_transaction_timeout.enabled();
-        let mut idle_since: Option<tokio::time::Instant> = None;
-        let mut idle = OptionalSleep::new(None);
+        let mut timers = RelayTimers::new(self.pools.query_timeout, idle_limit);
         loop {
-            self.process_server_input(tm).map_err(|e| server_protocol_error(&e))?;
+            self.pump_server(tm)?;
             if self.attached.as_ref().is_some_and(|a| !a.committed.is_empty()) {
                 // Boxed, like every rare await here: it would otherwise size every client's task.
                 Box::pin(self.mirror_committed()).await;
@@ -44,123 +45,136 @@ impl Session {
             if let Some(done) = self.attachment_done() {
                 return Ok(done);
             }
-            if self.process_client_input(tm).map_err(|e| End::Close(ClientError::from_wire(&e)))? {
-                return Err(End::ClientGone);
-            }
-            self.sync_after_flush(tm);
+            self.pump_client(tm)?;
             if let Some(done) = self.attachment_done() {
                 return Ok(done);
             }
-            if self.shared.is_draining() && self.idle_between_requests() {
-                return Err(End::Close(ClientError::fatal(
-                    "57P01",
-                    "terminating connection: pgshift is shutting down",
-                )));
+            self.leave_at_safe_point()?;
+            if !self.arm_timers(&mut timers) {
+                return Ok(Relayed::Released);
             }
-            // A client that keeps its server between transactions (session mode, pinned) cannot
-            // move in an upgrade: it is closed at a transaction boundary, as a drain does.
-            if handle.signals.is_set(Signals::HANDOVER) && self.idle_between_requests() {
-                return Err(End::Close(super::handoff::restarting()));
-            }
-            let Some(att) = self.attached.as_mut() else { return Ok(Relayed::Released) };
-            if timer.rearm(att.req_started) {
-                timeout.reset(timer.deadline);
-            }
-            // idle_transaction_timeout: the client holds a transaction open and sends nothing.
-            let idle_in_tx = matches!(self.state.tx_status, b'T' | b'E') && att.queue.is_empty() && self.cin.is_empty();
-            match (idle_limit, idle_in_tx, idle_since) {
-                (Some(limit), true, None) => {
-                    let now = tokio::time::Instant::now();
-                    idle_since = Some(now);
-                    idle.reset(Some(now + limit));
-                }
-                (_, false, Some(_)) => {
-                    idle_since = None;
-                    idle.reset(None);
-                }
-                _ => {}
-            }
-            let client_room = att.sout.len() < HIGH_WATER && room(&self.cin);
-            let conn = att.lease.conn();
-            let server_room = self.cout.len() < HIGH_WATER && room(&conn.rbuf);
-            let client = Side {
-                stream: &mut self.client,
-                rbuf: &mut self.cin,
-                wbuf: &mut self.cout,
-                read: client_room,
-                flush: self.cflush,
-                chunk: super::io::CLIENT_CHUNK,
-            };
-            let server = Side {
-                stream: &mut conn.stream,
-                rbuf: &mut conn.rbuf,
-                wbuf: &mut att.sout,
-                read: server_room,
-                flush: att.sflush,
-                chunk: super::io::SERVER_CHUNK,
-            };
-            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 2] =
-                [timeout.as_mut(), idle.as_mut()];
-            let signals = (&handle.signals, signal_mask);
-            match next_event(client, Some(server), self.notify_rx.as_mut(), signals, &mut extra).await {
-                Event::Notification(Some(f)) => self.push_notification(&f),
-                Event::Notification(None) => self.notify_rx = None,
-                Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
-                Event::ClientRead(Ok(_)) | Event::ServerRead(Ok(1..)) => {}
-                Event::ServerRead(_) => return self.server_lost(),
-                Event::ClientWrote(r) => {
-                    let n = *r.as_ref().unwrap_or(&0);
-                    self.wrote_client(r)?;
-                    if let Some(a) = self.attached.as_mut() {
-                        a.bytes_out += n as u64;
-                    }
-                }
-                Event::ClientFlushed(r) => {
-                    r.map_err(|_| End::ClientGone)?;
-                    self.cflush = false;
-                }
-                Event::ServerWrote(r) => {
-                    if !self.wrote_server(r) {
-                        return self.server_lost();
-                    }
-                }
-                Event::ServerFlushed(Err(_)) => return self.server_lost(),
-                Event::ServerFlushed(Ok(())) => {
-                    if let Some(a) = self.attached.as_mut() {
-                        a.sflush = false;
-                    }
-                }
-                Event::Signal(f) if f & Signals::KILL != 0 => {
-                    return Err(End::Close(ClientError::fatal(
-                        "57P01",
-                        "terminating connection due to administrator command",
-                    )))
-                }
-                Event::Signal(_) => signal_mask = Signals::KILL,
-                Event::Other(0) if !timer.cancelled => {
-                    Box::pin(self.cancel_running_query()).await;
-                    timer.cancelled = true;
-                    timer.deadline = timer.deadline.map(|d| d + timer.grace);
-                    timeout.reset(timer.deadline);
-                }
-                Event::Other(0) => {
-                    // The cancel did not help (a stalled server): give up on this connection.
-                    if let Some(att) = self.attached.as_mut() {
-                        att.lease.conn().broken = true;
-                    }
-                    return Err(End::Close(ClientError::fatal(
-                        "57014",
-                        "query_timeout: the server did not answer, even to a cancel; connection closed",
-                    )));
-                }
-                Event::Other(_) => {
-                    return Err(End::Close(ClientError::fatal(
-                        "25P03",
-                        "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
-                    )))
-                }
+            let event = self.wait(&mut timers.sleeps(), (&handle.signals, signal_mask)).await;
+            if let Some(done) = self.apply(event, &mut timers, &mut signal_mask)? {
+                return Ok(done);
             }
         }
+    }
+
+    /// Ends the session at a safe point (nothing owed either way, no transaction open) when
+    /// pgshift drains, or when it hands over to a new binary: a client that keeps its server
+    /// between transactions (session mode, pinned) cannot move, so it is closed there too.
+    #[inline]
+    fn leave_at_safe_point(&self) -> Result<(), End> {
+        if self.shared.is_draining() && self.idle_between_requests() {
+            return Err(End::Close(ClientError::fatal("57P01", "terminating connection: pgshift is shutting down")));
+        }
+        if self.handle.signals.is_set(Signals::HANDOVER) && self.idle_between_requests() {
+            return Err(End::Close(super::handoff::restarting()));
+        }
+        Ok(())
+    }
+
+    /// Arms the timers for this turn; false when no server is attached.
+    #[inline]
+    fn arm_timers(&mut self, timers: &mut RelayTimers) -> bool {
+        let Some(att) = self.attached.as_ref() else { return false };
+        // idle_transaction_timeout: the client holds a transaction open and sends nothing.
+        let idle_in_tx = self.state.tx_status.in_block() && att.queue.is_empty() && self.cin.is_empty();
+        timers.follow(att.req_started, idle_in_tx);
+        true
+    }
+
+    /// The one poll over both sockets, the signals, notifications and `timers`, returned as is
+    /// (no wrapping future), reading only where the other side has room (back-pressure).
+    #[inline(always)] // one call site: folded into the loop, as the poll was before it had a name
+    fn wait<'a, 'f>(
+        &'a mut self,
+        timers: &'a mut [Pin<&'f mut (dyn std::future::Future<Output = ()> + Send)>],
+        signals: (&'a Signals, u8),
+    ) -> impl std::future::Future<Output = Event> + use<'a, 'f> {
+        let (client_room, server) = match self.attached.as_mut() {
+            Some(att) => {
+                let client_room = att.sout.len() < HIGH_WATER && room(&self.cin);
+                let conn = att.lease.conn();
+                let server = Side {
+                    read: self.cout.len() < HIGH_WATER && room(&conn.rbuf),
+                    stream: &mut conn.stream,
+                    rbuf: &mut conn.rbuf,
+                    wbuf: &mut att.sout,
+                    flush: att.sflush,
+                    chunk: super::io::SERVER_CHUNK,
+                };
+                (client_room, Some(server))
+            }
+            None => (room(&self.cin), None),
+        };
+        let client = Side {
+            stream: &mut self.client,
+            rbuf: &mut self.cin,
+            wbuf: &mut self.cout,
+            read: client_room,
+            flush: self.cflush,
+            chunk: super::io::CLIENT_CHUNK,
+        };
+        next_event(client, server, self.notify_rx.as_mut(), signals, timers)
+    }
+
+    /// Applies what the poll returned; `Some` when the attachment is over.
+    #[inline(always)] // one call site: folded into the loop, the event is not moved
+    fn apply(&mut self, event: Event, timers: &mut RelayTimers, signal_mask: &mut u8) -> Result<Option<Relayed>, End> {
+        match event {
+            Event::Notification(Some(f)) => self.push_notification(&f),
+            Event::Notification(None) => self.notify_rx = None,
+            Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => return Err(End::ClientGone),
+            Event::ClientRead(Ok(_)) | Event::ServerRead(Ok(1..)) => {}
+            Event::ServerRead(_) | Event::ServerFlushed(Err(_)) => return self.server_lost().map(Some),
+            Event::ClientWrote(r) => {
+                let n = *r.as_ref().unwrap_or(&0);
+                self.wrote_client(r)?;
+                if let Some(a) = self.attached.as_mut() {
+                    a.bytes_out += n as u64;
+                }
+            }
+            Event::ClientFlushed(r) => {
+                r.map_err(|_| End::ClientGone)?;
+                self.cflush = false;
+            }
+            Event::ServerWrote(r) => {
+                if !self.wrote_server(r) {
+                    return self.server_lost().map(Some);
+                }
+            }
+            Event::ServerFlushed(Ok(())) => {
+                if let Some(a) = self.attached.as_mut() {
+                    a.sflush = false;
+                }
+            }
+            Event::Signal(f) if f & Signals::KILL != 0 => {
+                return Err(End::Close(ClientError::fatal(
+                    "57P01",
+                    "terminating connection due to administrator command",
+                )))
+            }
+            Event::Signal(_) => *signal_mask = Signals::KILL,
+            Event::Other(QUERY_TIMER) if timers.query_expired() => self.cancel_running_query(),
+            Event::Other(QUERY_TIMER) => {
+                // The cancel did not help (a stalled server): give up on this connection.
+                if let Some(att) = self.attached.as_mut() {
+                    att.lease.conn().broken = true;
+                }
+                return Err(End::Close(ClientError::fatal(
+                    "57014",
+                    "query_timeout: the server did not answer, even to a cancel; connection closed",
+                )));
+            }
+            Event::Other(_) => {
+                return Err(End::Close(ClientError::fatal(
+                    "25P03",
+                    "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
+                )))
+            }
+        }
+        Ok(None)
     }
 
     /// A request that ended with Flush, all of whose replies are in, outside any transaction,
@@ -171,30 +185,33 @@ impl Session {
     /// client's own Sync (committing early would change the transaction's meaning).
     fn sync_after_flush(&mut self, tm: bool) {
         let Some(att) = self.attached.as_mut() else { return };
-        let settled = att.flushed && att.queue.is_empty() && att.sout.is_empty() && self.cin.is_empty();
-        let idle = att.server_status == b'I' && self.state.tx_status == b'I';
+        let settled = att.batch_state == BatchState::Flushed
+            && att.queue.is_empty()
+            && att.sout.is_empty()
+            && self.cin.is_empty();
+        let idle = att.server_status.is_idle() && self.state.tx_status.is_idle();
         let harmless = !att.batch_executed || att.target == crate::router::Target::Replica;
-        if tm && settled && idle && harmless && !att.suspended && !att.copy_in && !att.skipping {
+        // Flushed excludes Skipping: a batch with an error pending waits for the client's Sync.
+        if tm && settled && idle && harmless && !att.suspended && !att.copy_in {
             crate::wire::messages::put_empty(&mut att.sout, tag::SYNC);
             att.queue.push(super::expect::Expect::SilentSync);
-            att.flushed = false;
+            att.batch_state = BatchState::Open;
         }
     }
 
     /// Nothing owed in either direction and no transaction open: a safe point to close.
     fn idle_between_requests(&self) -> bool {
         self.attached.as_ref().is_none_or(|a| {
-            a.queue.is_empty() && a.sout.is_empty() && a.server_status == b'I' && self.state.tx_status == b'I'
+            a.queue.is_empty() && a.sout.is_empty() && a.server_status.is_idle() && self.state.tx_status.is_idle()
         }) && self.cin.is_empty()
     }
 
     /// `Some` when the attachment is over: released at a transaction boundary, or to be retried.
     fn attachment_done(&self) -> Option<Relayed> {
-        match self.attached.as_ref() {
-            None => Some(Relayed::Released),
-            Some(a) if a.retry => Some(Relayed::Retry),
-            Some(a) if a.release => Some(Relayed::Released),
-            Some(_) => None,
+        match self.attached.as_ref().map(|a| a.outcome) {
+            None | Some(Outcome::Release) => Some(Relayed::Released),
+            Some(Outcome::Retry) => Some(Relayed::Retry),
+            Some(Outcome::Serving) => None,
         }
     }
 
@@ -236,8 +253,8 @@ impl Session {
         Err(End::Close(ClientError::server_lost(on_primary && self.rt.config.routing.role_discovery)))
     }
 
-    /// `query_timeout`: ask the server to cancel what it is running.
-    async fn cancel_running_query(&mut self) {
+    /// `query_timeout`: ask the server to cancel what it is running (a task sends the cancel).
+    fn cancel_running_query(&mut self) {
         let Some(att) = self.attached.as_mut() else {
             return;
         };
@@ -254,7 +271,14 @@ impl Session {
         });
     }
 
-    /// Moves whole server frames into the client's output, as far as back-pressure allows.
+    /// Moves whole server frames into the client's output, as far as back-pressure allows; a
+    /// server that breaks the protocol ends the session.
+    #[inline]
+    fn pump_server(&mut self, tm: bool) -> Result<(), End> {
+        self.process_server_input(tm).map_err(|e| server_protocol_error(&e))
+    }
+
+    /// Frames through [`Reply`]; large rows and copy data stream through as they arrive.
     fn process_server_input(&mut self, tm: bool) -> Result<(), WireError> {
         let Some(att) = self.attached.as_mut() else {
             return Ok(());
@@ -272,7 +296,7 @@ impl Session {
                 att.s2c_passthrough -= n;
                 continue;
             }
-            if self.cout.len() >= HIGH_WATER || att.release {
+            if self.cout.len() >= HIGH_WATER || att.outcome != Outcome::Serving {
                 return Ok(());
             }
             let Some((t, total)) = frame::peek_header(&buf)? else {
@@ -293,7 +317,7 @@ impl Session {
                 unsent_from: before,
                 transaction_mode: tm,
             };
-            reply.frame(t, &buf[..total]);
+            reply.frame(t, &buf[..total])?;
             buf.advance(total);
         })();
         if let Some(att) = self.attached.as_mut() {
@@ -301,6 +325,18 @@ impl Session {
             att.forwarded |= self.cout.len() != before;
         }
         result
+    }
+
+    /// Moves whole client frames to the server, then ends a settled Flush-ended request with
+    /// pgshift's own Sync where that gives the server back.
+    fn pump_client(&mut self, tm: bool) -> Result<(), End> {
+        match self.process_client_input(tm) {
+            Ok(false) => {}
+            Ok(true) => return Err(End::ClientGone),
+            Err(e) => return Err(End::Close(ClientError::from_wire(&e))),
+        }
+        self.sync_after_flush(tm);
+        Ok(())
     }
 
     /// Moves whole client frames to the server; returns true if the client sent Terminate.
@@ -320,7 +356,7 @@ impl Session {
                 att.c2s_passthrough -= n;
                 continue;
             }
-            if att.sout.len() >= HIGH_WATER || (att.hold && att.queue.boundary_outstanding()) {
+            if att.sout.len() >= HIGH_WATER || (att.holds_requests() && att.queue.boundary_outstanding()) {
                 break;
             }
             let Some((t, total)) = frame::peek_header(&self.cin)? else {
@@ -373,58 +409,26 @@ impl Session {
         att.forwarded |= self.cout.len() != before;
         if ready
             && att.queue.is_empty()
-            && att.server_status == b'I'
-            && self.state.tx_status == b'I'
+            && att.server_status.is_idle()
+            && self.state.tx_status.is_idle()
             && tm
         {
-            att.release = true;
+            att.release();
         }
         Ok(false)
     }
 }
 
-/// `query_timeout` for the request in flight: at the deadline a cancel is sent; if the server
-/// still has not answered a grace period later, the connection is given up.
-struct QueryTimer {
-    limit: Option<Duration>,
-    grace: Duration,
-    armed_for: Option<std::time::Instant>,
-    deadline: Option<tokio::time::Instant>,
-    cancelled: bool,
-}
-
-impl QueryTimer {
-    fn new(limit: Option<Duration>) -> Self {
-        let grace = limit.unwrap_or_default().max(Duration::from_secs(1));
-        QueryTimer { limit, grace, armed_for: None, deadline: None, cancelled: false }
-    }
-
-    /// Follows the start of the current request; true if the deadline moved.
-    fn rearm(&mut self, req_started: Option<std::time::Instant>) -> bool {
-        if self.limit.is_none() || req_started == self.armed_for {
-            return false;
-        }
-        self.armed_for = req_started;
-        self.cancelled = false;
-        self.deadline = match (self.limit, req_started) {
-            (Some(l), Some(t)) => Some(tokio::time::Instant::from_std(t + l)),
-            _ => None,
-        };
-        true
-    }
-}
-
-/// More may be read into `buf`: below the high-water mark, or a frame at its head that is larger
-/// and must arrive whole.
 /// Starts streaming a simple Query too large to buffer, if this attachment allows it (a primary,
 /// no dual-write capture, no error pending in the batch): notes what forwarding it owes, since the
 /// frame never goes through `Fwd`. Unclassified, it may write and may change the session.
 fn stream_query(att: &mut super::state::Attached) -> bool {
-    if att.target != crate::router::Target::Primary || att.capture.is_some() || att.skipping || att.refusing {
+    let refused_or_skipped = matches!(att.batch_state, BatchState::Skipping | BatchState::Refusing);
+    if att.target != crate::router::Target::Primary || att.capture.is_some() || refused_or_skipped {
         return false;
     }
     att.req_started.get_or_insert_with(std::time::Instant::now);
-    att.flushed = false;
+    att.batch_state = BatchState::Open;
     att.batch_rerunnable = false;
     att.wrote = true;
     att.lease.conn().residue = crate::server::Residue::Unknown;
@@ -433,6 +437,8 @@ fn stream_query(att: &mut super::state::Attached) -> bool {
     true
 }
 
+/// More may be read into `buf`: below the high-water mark, or a frame at its head that is larger
+/// and must arrive whole.
 fn room(buf: &bytes::BytesMut) -> bool {
     if buf.len() < HIGH_WATER {
         return true;
@@ -442,5 +448,5 @@ fn room(buf: &bytes::BytesMut) -> bool {
 
 fn server_protocol_error(e: &WireError) -> End {
     tracing::warn!("server sent invalid data: {e}");
-    End::Close(ClientError::fatal("08P01", "server sent data pgshift cannot parse; connection closed"))
+    End::Close(ClientError::protocol("server sent data pgshift cannot parse; connection closed"))
 }

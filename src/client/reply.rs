@@ -8,11 +8,12 @@
 use bytes::BytesMut;
 
 use super::expect::Expect;
-use super::state::{apply_to_server, Attached, ClientState};
+use super::state::{apply_to_server, Attached, ClientState, Outcome, Rerun};
 use crate::notify;
 use crate::shared::Shared;
 use crate::stats::TrafficCounters;
-use crate::wire::{frame, tag};
+use crate::wire::status::BadTxStatus;
+use crate::wire::{frame, tag, TxStatus};
 use std::sync::atomic::Ordering;
 
 /// What replies need to see besides the frame.
@@ -33,26 +34,27 @@ pub struct Reply<'a> {
 }
 
 impl Reply<'_> {
-    /// Handles one whole server frame.
-    pub fn frame(&mut self, t: u8, f: &[u8]) {
+    /// Handles one whole server frame; an error is a protocol violation by the server.
+    pub fn frame(&mut self, t: u8, f: &[u8]) -> Result<(), BadTxStatus> {
         tracing::trace!(tag = %char::from(t), len = f.len(), head = ?self.att.queue.front(), conn = self.att.lease.conn().id, "server frame");
         if matches!(self.att.queue.front(), Some(Expect::SilentQuery)) {
             return self.silent_query_frame(t, f);
         }
         if matches!(self.att.queue.front(), Some(Expect::SilentUnnamedParse)) && t == tag::PARSE_COMPLETE {
             self.att.queue.pop();
-            return self.after_pop();
+            self.after_pop();
+            return Ok(());
         }
         if self.att.queue.synthetic_at_head() {
             // pgshift's own replies, held back while the read could still be retried elsewhere
             if t == tag::ERROR_RESPONSE && self.retry_read(&frame::error_fields(f)) {
-                return;
+                return Ok(());
             }
             self.after_pop();
         }
         match t {
             tag::READY_FOR_QUERY => return self.ready(f),
-            tag::ERROR_RESPONSE if !self.error(f) => return,
+            tag::ERROR_RESPONSE if !self.error(f) => return Ok(()),
             tag::PARSE_COMPLETE => {
                 if let Some(Expect::Parse { stmt: Some(def) } | Expect::SilentParse { stmt: def }) =
                     self.att.queue.front()
@@ -62,14 +64,16 @@ impl Reply<'_> {
                 let silent = matches!(self.att.queue.front(), Some(Expect::SilentParse { .. }));
                 self.pop_expected(|e| matches!(e, Expect::Parse { .. } | Expect::SilentParse { .. }));
                 if silent {
-                    return self.after_pop();
+                    self.after_pop();
+                    return Ok(());
                 }
             }
             tag::CLOSE_COMPLETE => {
                 let silent = matches!(self.att.queue.front(), Some(Expect::SilentClose));
                 self.pop_expected(|e| matches!(e, Expect::Close | Expect::SilentClose));
                 if silent {
-                    return self.after_pop();
+                    self.after_pop();
+                    return Ok(());
                 }
             }
             tag::BIND_COMPLETE => self.pop_expected(|e| matches!(e, Expect::Bind { .. })),
@@ -104,12 +108,14 @@ impl Reply<'_> {
             }
             tag::NOTIFICATION_RESPONSE => {
                 self.notification(f);
-                return self.after_pop();
+                self.after_pop();
+                return Ok(());
             }
             _ => {}
         }
         self.out.extend_from_slice(f);
         self.after_pop();
+        Ok(())
     }
 
     /// A notification from the server itself (a pinned client that LISTENs on it): the sender
@@ -141,7 +147,7 @@ impl Reply<'_> {
         }
     }
 
-    fn silent_query_frame(&mut self, t: u8, f: &[u8]) {
+    fn silent_query_frame(&mut self, t: u8, f: &[u8]) -> Result<(), BadTxStatus> {
         match t {
             tag::ERROR_RESPONSE => {
                 let e = frame::error_fields(f);
@@ -156,12 +162,13 @@ impl Reply<'_> {
             }
             tag::READY_FOR_QUERY => {
                 self.att.queue.pop();
-                self.att.server_status = frame::ready_status(f);
+                self.att.server_status = frame::ready_status(f)?;
                 self.after_pop();
             }
             tag::NOTIFICATION_RESPONSE => self.notification(f),
             _ => {}
         }
+        Ok(())
     }
 
     /// A replica ending the session (shutdown, crash) before the client saw any of its answer to
@@ -173,7 +180,7 @@ impl Reply<'_> {
         }
         self.out.truncate(self.unsent_from);
         self.att.lease.conn().broken = true;
-        self.att.retry = true;
+        self.att.outcome = Outcome::Retry;
         true
     }
 
@@ -205,7 +212,7 @@ impl Reply<'_> {
                 // No Sync sent yet: the server now discards everything up to the client's next
                 // Sync, so frames still to come owe no replies (see Fwd::frame).
                 if !matches!(self.att.queue.front(), Some(Expect::Sync | Expect::SilentSync)) {
-                    self.att.skipping = true;
+                    self.att.skip_to_client_sync();
                 }
             }
             Some(_) => {}
@@ -217,7 +224,7 @@ impl Reply<'_> {
     /// "cached plan must not change result type" (0A000) after DDL: when nothing has run yet,
     /// no transaction is open, and the batch only binds, describes (its portal, so the client
     /// receives the new row shape) and executes, re-prepare the statement on this server and
-    /// re-run the batch once. PgBouncer users otherwise RECONNECT every bouncer (#1038).
+    /// re-run the batch once. Without this, PgBouncer users must RECONNECT every bouncer.
     ///
     /// The same recovery applies when a statement pgshift prepared on this server has vanished
     /// from it (26000 for the Bind of a proxy-wide statement: server-side code ran DEALLOCATE):
@@ -233,12 +240,7 @@ impl Reply<'_> {
         let def = def.clone();
         let describes_portal =
             frames(&a.last_batch).any(|f| f.first() == Some(&tag::DESCRIBE) && frame::body(f).first() == Some(&b'P'));
-        if a.reran
-            || a.batch_executed
-            || a.server_status != b'I'
-            || !a.last_batch_rerunnable
-            || (stale && !describes_portal)
-        {
+        if a.rerun != Rerun::Armed || a.batch_executed || a.server_status.in_block() || (stale && !describes_portal) {
             return false;
         }
         for id in a.queue.skip_to_sync() {
@@ -264,7 +266,7 @@ impl Reply<'_> {
         }
         let batch = std::mem::take(&mut a.last_batch);
         a.sout.extend_from_slice(&batch);
-        a.reran = true;
+        a.rerun = Rerun::Spent;
         tracing::info!("statement plan went stale after DDL; re-prepared it and re-ran the batch");
         true
     }
@@ -277,8 +279,8 @@ impl Reply<'_> {
         }
     }
 
-    fn ready(&mut self, f: &[u8]) {
-        let status = frame::ready_status(f);
+    fn ready(&mut self, f: &[u8]) -> Result<(), BadTxStatus> {
+        let status = frame::ready_status(f)?;
         self.att.server_status = status;
         self.att.batch_executed = false;
         self.att.suspended = false;
@@ -287,7 +289,8 @@ impl Reply<'_> {
             // being re-run. The client asked for no ReadyForQuery.
             self.att.queue.pop();
             self.after_pop();
-            return self.check_release();
+            self.check_release();
+            return Ok(());
         }
         match self.att.queue.pop() {
             Some(Expect::Query | Expect::Sync) => self.end_of_request(status),
@@ -297,7 +300,7 @@ impl Reply<'_> {
             }
         }
         self.state.tx_status = status;
-        if status == b'I' {
+        if status.is_idle() {
             // A transaction ended: if it wrote, it is now committed (or failed on both sides
             // alike): hand it to the mirror; otherwise forget what was captured.
             if let Some(c) = self.att.capture.as_mut() {
@@ -310,17 +313,18 @@ impl Reply<'_> {
         self.out.extend_from_slice(f);
         self.after_pop();
         self.check_release();
+        Ok(())
     }
 
     /// A client request is fully answered: commit or drop its session effects, record latency.
-    fn end_of_request(&mut self, status: u8) {
+    fn end_of_request(&mut self, status: TxStatus) {
         let effects = self.att.effects.pop_front().unwrap_or_default();
         if self.att.req_errored {
             self.state.tx_effects.clear();
         } else {
             self.state.tx_effects.extend(effects);
         }
-        if status == b'I' {
+        if status == TxStatus::Idle {
             let committed = std::mem::take(&mut self.state.tx_effects);
             if !self.att.saw_rollback {
                 let server = &mut self.att.lease.conn().state.settings;
@@ -329,7 +333,7 @@ impl Reply<'_> {
                     apply_to_server(server, e);
                 }
             }
-        } else if status == b'E' {
+        } else if status == TxStatus::Failed {
             self.state.tx_effects.clear();
         }
         if let Some(t) = self.att.req_started.take() {
@@ -347,9 +351,9 @@ impl Reply<'_> {
     }
 
     fn check_release(&mut self) {
-        let idle = self.att.server_status == b'I' && self.state.tx_status == b'I';
+        let idle = self.att.server_status.is_idle() && self.state.tx_status.is_idle();
         if idle && self.att.queue.is_empty() && self.transaction_mode && self.state.pinned.is_none() {
-            self.att.release = true;
+            self.att.release();
         }
     }
 }

@@ -4,58 +4,22 @@
 use bytes::{Buf, BytesMut};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use super::handshake::Login;
 use super::io::{next_event, Event, Side};
-use super::registry::{ClientState as Activity, ServerRef, SessionHandle, Signals};
+use super::registry::{ClientState as Activity, SessionHandle, Signals};
 use super::request::{self, Request};
 use super::route::SessionPools;
 use super::state::{Attached, ClientState, RouteOverride};
+use super::timers::OptionalSleep;
 use crate::auth::UserEntry;
 use crate::config::PoolMode;
 use crate::error::ClientError;
-use crate::migration::Phase;
 use crate::pool::limit::ClientSlot;
-use crate::pool::{Backend, Lease};
-use crate::router::Target;
-use crate::session_state::{guc_name, settings_diff, startup_settings, unquote_literal};
+use crate::session_state::{guc_name, startup_settings, unquote_literal};
 use crate::shared::{Runtime, Shared};
-use crate::wire::messages;
-
-/// A timer that may be off: pending forever when off, so it can sit in a poll list without
-/// registering anything with the runtime's timer.
-pub(super) struct OptionalSleep(Option<Pin<Box<tokio::time::Sleep>>>);
-
-impl OptionalSleep {
-    /// A timer firing after `d`, or never.
-    pub(super) fn new(d: Option<Duration>) -> Self {
-        OptionalSleep(d.map(|d| Box::pin(tokio::time::sleep(d))))
-    }
-    /// Re-arms (or turns off) the timer.
-    pub(super) fn reset(&mut self, at: Option<tokio::time::Instant>) {
-        match (at, self.0.as_mut()) {
-            (Some(at), Some(s)) => s.as_mut().reset(at),
-            (Some(at), None) => self.0 = Some(Box::pin(tokio::time::sleep_until(at))),
-            (None, _) => self.0 = None,
-        }
-    }
-    /// As a pinned future for a poll list.
-    pub(super) fn as_mut(&mut self) -> Pin<&mut Self> {
-        Pin::new(self)
-    }
-}
-
-impl std::future::Future for OptionalSleep {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        match self.0.as_mut() {
-            Some(s) => s.as_mut().poll(cx),
-            None => std::task::Poll::Pending,
-        }
-    }
-}
+use crate::wire::{messages, TxStatus};
 
 /// How the attached phase ended without ending the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +131,7 @@ impl Session {
         let database: Arc<str> = database.into();
         let handle = shared.sessions.register(&user.name, database.clone(), peer, rt.config.fleet.id);
         let mut state = ClientState {
-            tx_status: b'I',
+            tx_status: TxStatus::Idle,
             track_prepared: pools.mode == PoolMode::Transaction && rt.config.proxy.max_prepared_statements > 0,
             ..ClientState::default()
         };
@@ -192,7 +156,7 @@ impl Session {
             messages::put_parameter_status(&mut out, k.as_bytes(), asked.as_deref().unwrap_or(v).as_bytes());
         }
         messages::put_backend_key_data(&mut out, handle.key.0, handle.key.1);
-        messages::put_ready_for_query(&mut out, b'I');
+        messages::put_ready_for_query(&mut out, TxStatus::Idle);
         if stream.write_all(&out).await.is_err() {
             shared.sessions.unregister(&handle);
             return Err((stream, ClientError::fatal("08006", "client went away")));
@@ -400,166 +364,6 @@ impl Session {
         }
         Ok(())
     }
-
-    /// Takes a server for the request at the front of `cin`.
-    async fn attach(&mut self, req: Request) -> Result<(), ClientError> {
-        let rt = self.shared.runtime.load_full();
-        if rt.generation != self.rt.generation {
-            self.pools = SessionPools::resolve(&self.shared, &rt, &self.user, &self.database)?;
-            self.rt = rt;
-        }
-        if *self.shared.paused.borrow() {
-            Box::pin(self.wait_while_paused()).await?;
-        }
-        // One phase for the whole transaction: a switch happens between transactions.
-        let phase = self.shared.migration.phase_of(&self.pools.db.server_db);
-        let (lease, backend, target) = self.lease_through_failover(req, phase).await?;
-        backend.health.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut att = Attached::new(lease, backend, target);
-        if target == Target::Replica {
-            att.replay = Some(BytesMut::from(&self.cin[..req.len]));
-        }
-        let statement_sync = self.shared.migration.sync_mode() == crate::migration::logical::SyncMode::Statement;
-        if phase.mirrors() && statement_sync && target == Target::Primary && self.pools.target.is_some() {
-            att.capture = Some(crate::migration::mirror::Capture::default());
-            att.mirror_to_target = !phase.target_serves();
-        }
-        let conn = att.lease.conn();
-        self.handle.set_server(Some(ServerRef {
-            peer: conn.peer,
-            key: conn.cancel_key,
-            conn_id: conn.id,
-            gate: conn.cancel_gate.clone(),
-        }));
-        conn.holder.store(self.handle.key.0, std::sync::atomic::Ordering::Relaxed);
-        if !conn.holder_listed {
-            conn.holder_listed = true;
-            self.shared.sessions.list_server(conn.cancel_key.0, &conn.holder);
-        }
-        if let Some(sql) = settings_diff(&conn.state.settings, &self.state.settings) {
-            conn.state.settings = self.state.settings.clone();
-            messages::put_query(&mut att.sout, &sql);
-            att.queue.push(super::expect::Expect::SilentQuery);
-        }
-        self.attached = Some(att);
-        Ok(())
-    }
-
-    /// Routes the request and leases a connection. A replica that cannot be connected to is
-    /// banned and the request routed again (another replica, else the primary): reads fail over
-    /// instead of failing.
-    pub(super) async fn lease_for(
-        &mut self,
-        req: Request,
-        phase: Phase,
-    ) -> Result<(Lease, Arc<Backend>, Target), ClientError> {
-        use crate::pool::PoolError;
-        let ban = self.rt.config.routing.ban_time.0;
-        for _ in 0..=self.pools.cluster().replicas.len() + self.rt.targets.len() {
-            let (backend, pool, target) = self.route(req.len, phase)?;
-            self.handle.set_state(Activity::Waiting);
-            let result = pool.checkout(&self.handle.cancel).await;
-            if let Ok(lease) = &result {
-                self.shared.stats.record_wait(lease.waited);
-            }
-            self.handle.set_state(Activity::Active);
-            match result {
-                Ok(lease) => return Ok((lease, backend, target)),
-                Err(PoolError::Server(e)) if target == Target::Replica => {
-                    backend.ban(ban, "connect failed");
-                    tracing::info!(backend = %backend.name, "replica unavailable ({e}); routing the read elsewhere");
-                }
-                Err(e) => {
-                    let mut ce = ClientError::from(&e);
-                    if !matches!(e, PoolError::WaitTimeout(_)) {
-                        ce.severity = "ERROR"; // the client may retry on this connection
-                    }
-                    return Err(ce);
-                }
-            }
-        }
-        Err(ClientError::error("08006", "server unavailable: no backend could be connected to"))
-    }
-
-    async fn wait_while_paused(&mut self) -> Result<(), ClientError> {
-        let mut rx = self.shared.paused.subscribe();
-        let wait = self.rt.config.proxy.query_wait_timeout.0;
-        let resumed = tokio::time::timeout(wait, rx.wait_for(|p| !*p)).await.is_ok();
-        if resumed {
-            Ok(())
-        } else {
-            Err(ClientError::fatal("53300", "query_wait_timeout: pgshift is paused"))
-        }
-    }
-
-    /// A replica failed before answering: ban it, put the request back, and let the next turn
-    /// route it again (to another replica or the primary). Reads are safe to repeat.
-    fn retry_elsewhere(&mut self) {
-        let Some(mut att) = self.attached.take() else { return };
-        self.handle.set_server(None);
-        att.lease.conn().broken = true;
-        att.backend.ban(self.rt.config.routing.ban_time.0, "failed while serving a read");
-        tracing::info!(backend = %att.backend.name, client = self.handle.id, "replica failed a read; retrying it elsewhere");
-        if let Some(mut request) = att.replay.take() {
-            request.extend_from_slice(&self.cin);
-            self.cin = request;
-        }
-    }
-
-    /// Gives the server back at a transaction boundary.
-    fn release(&mut self) {
-        let Some(mut att) = self.attached.take() else { return };
-        att.recycle();
-        if att.target == crate::router::Target::Primary && att.wrote {
-            self.state.last_write_at = crate::pool::cluster::mono_ms();
-            self.state.ryw_lsn = 0;
-            self.state.target_ryw = crate::client::state::TargetRyw::WroteAt(self.state.last_write_at);
-        }
-        let elapsed = att.since.elapsed();
-        self.shared.stats.record_xact(elapsed);
-        // the autopilot compares the two stores' reads (a source read may run on its primary)
-        if !att.wrote && self.shared.migration.phase_of(&self.pools.db.server_db) == crate::migration::Phase::ShiftReads
-        {
-            let ramp = &self.shared.migration.ramp;
-            let store = if crate::client::route::is_target(att.backend.role) { &ramp.target } else { &ramp.source };
-            store.record(elapsed, att.errored);
-        }
-        let traffic = att.lease.pool().stats.traffic.local();
-        traffic.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        traffic.xact_us.fetch_add(elapsed.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
-        traffic.bytes_in.fetch_add(att.bytes_in, std::sync::atomic::Ordering::Relaxed);
-        // The transaction's last bytes are still in `cout`: the server goes back before the flush.
-        let unflushed = self.cout.len() as u64;
-        traffic.bytes_out.fetch_add(att.bytes_out + unflushed, std::sync::atomic::Ordering::Relaxed);
-        self.handle.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.handle.set_server(None);
-        if self.rt.config.proxy.server_reset_query_always {
-            att.lease.conn().residue = crate::server::Residue::Unknown;
-        }
-        let pool = att.lease.pool().clone();
-        pool.checkin(att.lease);
-    }
-
-    /// Leaves the server clean (or closes it) and deregisters the client.
-    pub(super) async fn finish(mut self, end: End) {
-        if let End::Close(e) = &end {
-            self.shared.stats.record_error(e.code.as_bytes());
-            self.cout.extend_from_slice(&e.frame());
-        }
-        if !self.cout.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.client.write_all(&self.cout)).await;
-            let _ = self.client.flush().await;
-        }
-        if let Some(att) = self.attached.take() {
-            self.handle.set_server(None);
-            cleanup_server(att, &self.rt, self.pools.mode, self.state.pinned.is_some()).await;
-        }
-        self.shared.sessions.unregister(&self.handle);
-        self.shared.notify.leave(self.handle.id);
-        self.shared.stats.clients.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let _ = self.client.shutdown().await;
-        tracing::info!(client = self.handle.id, user = %self.user.name, "client disconnected");
-    }
 }
 
 /// The client's places under the client limits of its database and user, or 53300 naming the
@@ -576,43 +380,6 @@ pub(super) fn client_slots(
     let db_slot = db.enter().map_err(|l| ClientError::too_many_clients(&l))?;
     let user_slot = by_user.enter().map_err(|l| ClientError::too_many_clients(&l))?;
     Ok([db_slot, user_slot])
-}
-
-/// A server whose client left: back to the pool if it is idle and owes nothing — after ROLLBACK
-/// if it was in a transaction, and after a full reset if the client had session state on it
-/// (session mode, or a transaction-mode client pinned by SET ROLE, advisory locks, temp tables,
-/// WITH HOLD cursors, SQL PREPARE, LISTEN...); otherwise closed.
-async fn cleanup_server(mut att: Box<Attached>, rt: &Runtime, mode: PoolMode, pinned: bool) {
-    let pool = att.lease.pool().clone();
-    let clean = att.queue.is_empty() && att.sout.is_empty() && att.s2c_passthrough == 0 && att.c2s_passthrough == 0;
-    if !clean || att.lease.conn().broken {
-        return; // dropping the lease closes the connection
-    }
-    let mut steps = Vec::new();
-    if matches!(att.server_status, b'T' | b'E') {
-        steps.push("ROLLBACK".to_string());
-    }
-    let reset = &rt.config.proxy.server_reset_query;
-    match (mode, pinned) {
-        (PoolMode::Session, _) if !reset.is_empty() => steps.push(reset.clone()),
-        // A pinned client may have left anything behind; DISCARD ALL undoes all of it
-        // (role, settings, advisory locks, temp tables, cursors, prepared statements, LISTEN).
-        (PoolMode::Transaction, true) => steps.push("DISCARD ALL".to_string()),
-        _ => {}
-    }
-    for sql in steps {
-        let conn = att.lease.conn();
-        match tokio::time::timeout(Duration::from_secs(5), conn.run_internal(&sql)).await {
-            Ok(Ok(None)) if !conn.broken => {
-                if sql.eq_ignore_ascii_case("DISCARD ALL") {
-                    conn.state.clear_prepared();
-                    conn.state.settings.clear();
-                }
-            }
-            _ => return,
-        }
-    }
-    pool.checkin(att.lease);
 }
 
 /// The tag of the last whole frame in a buffer of whole frames.

@@ -116,7 +116,7 @@ fn bind_param(body: &[u8], param_type: u32) -> Option<(i64, bool)> {
 impl Session {
     /// Answers the request here if it signals a pgshift client; false to send it on.
     pub(super) async fn signal_client_locally(&mut self, req: Request) -> bool {
-        if self.state.tx_status != b'I' || req.terminate || req.len == 0 || req.len > MAX_LEN {
+        if !self.state.tx_status.is_idle() || req.terminate || req.len == 0 || req.len > MAX_LEN {
             return false;
         }
         let Some(call) = self.signal_call(&self.cin[..req.len]) else { return false };
@@ -202,7 +202,7 @@ impl Session {
                 "42501",
                 &format!("permission denied to {what} process: it belongs to another role"),
             ));
-            return messages::put_ready_for_query(out, b'I');
+            return messages::put_ready_for_query(out, crate::wire::TxStatus::Idle);
         };
         if !ok {
             out.extend_from_slice(&messages::notice_response(
@@ -232,7 +232,7 @@ impl Session {
             });
         });
         messages::put_command_complete(out, "SELECT 1");
-        messages::put_ready_for_query(out, b'I');
+        messages::put_ready_for_query(out, crate::wire::TxStatus::Idle);
     }
 }
 

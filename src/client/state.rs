@@ -9,6 +9,7 @@ use super::expect::ExpectQueue;
 use crate::pool::{Backend, Lease};
 use crate::router::{Classification, SessionEffect, StatementKind, Target};
 use crate::session_state::{Settings, StmtDef};
+use crate::wire::TxStatus;
 
 /// A client's override of routing (`SET pgshift.route`, startup parameter `pgshift.route`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,7 +53,7 @@ pub struct ClientState {
     /// lives across requests, and requests can land on different servers).
     pub unnamed_parse: Option<Bytes>,
     /// Transaction status last sent to the client.
-    pub tx_status: u8,
+    pub tx_status: TxStatus,
     /// Why the client keeps its server for the session, if it does.
     pub pinned: Option<&'static str>,
     /// Routing override.
@@ -135,11 +136,8 @@ pub struct Attached {
     pub queue: ExpectQueue,
     /// Bytes waiting to be written to the server.
     pub sout: BytesMut,
-    /// Hold further client requests until the current one is answered (replica attachments: the
-    /// next request may need another backend, decided only once this one ends the transaction).
-    pub hold: bool,
     /// Transaction status in the server's last ReadyForQuery.
-    pub server_status: u8,
+    pub server_status: TxStatus,
     /// When the transaction started (attach time).
     pub since: Instant,
     /// When the oldest unanswered request was sent.
@@ -160,13 +158,15 @@ pub struct Attached {
     pub s2c_passthrough: usize,
     /// Bytes of a large client frame still to stream through unbuffered.
     pub c2s_passthrough: usize,
-    /// The client's requests are answered and the transaction is over: give the server back.
-    pub release: bool,
+    /// Whether the attachment still serves, or is over and how.
+    pub outcome: Outcome,
     /// The transaction wrote (for read-your-writes: capture the commit LSN).
     pub wrote: bool,
     /// The server owes a TLS flush.
     pub sflush: bool,
     /// An extended-protocol COPY FROM STDIN is under way: the server ignores Sync until it ends.
+    /// Not part of `batch_state`: an error during the COPY makes the batch skip while this
+    /// stays set (the CopyDone that would clear it is skipped too).
     pub copy_in: bool,
     /// Bytes written to the server during this attachment.
     pub bytes_in: u64,
@@ -177,38 +177,68 @@ pub struct Attached {
     pub replay: Option<BytesMut>,
     /// Some reply bytes went to the client (a retry is no longer possible).
     pub forwarded: bool,
-    /// The replica failed before answering: retry the request elsewhere.
-    pub retry: bool,
     /// Extended-protocol frames sent since the last Sync, as sent.
     pub batch: BytesMut,
     /// The last complete batch (through its Sync), for a re-run after a stale-plan error.
     pub last_batch: BytesMut,
-    /// The current batch only binds, describes and executes (safe to re-run).
+    /// The current batch only binds, describes and executes (safe to re-run). A fact about the
+    /// batch being sent, independent of how far its replies are.
     pub batch_rerunnable: bool,
-    /// The same, for `last_batch`.
-    pub last_batch_rerunnable: bool,
-    /// An Execute completed since the last Sync (a re-run would repeat it).
+    /// Whether `last_batch` may be re-run, or a re-run already happened.
+    pub rerun: Rerun,
+    /// An Execute completed since the last Sync (a re-run would repeat it). Set by replies,
+    /// cleared by ReadyForQuery: independent of the client side's batch state.
     pub batch_executed: bool,
-    /// A stale-plan re-run already happened in this attachment (at most one).
-    pub reran: bool,
     /// Dual-write: the frames of the transaction running, to replay on the other store.
     pub capture: Option<crate::migration::mirror::Capture>,
     /// Replay direction: to the target (dual_write, shift_reads) or back to the source (cutover).
     pub mirror_to_target: bool,
     /// Transactions committed in this attachment, waiting to be queued for replay.
     pub committed: Vec<crate::migration::mirror::Capture>,
-    /// An extended-protocol error came before the client's Sync: the server discards frames
-    /// until that Sync, so they owe no replies.
-    pub skipping: bool,
-    /// pgshift refused a frame of the current batch with its own error: the client's frames up
-    /// to its Sync are dropped, as a server drops them after an error.
-    pub refusing: bool,
-    /// The last client frame forwarded was a Flush (the client waits without a Sync).
-    pub flushed: bool,
+    /// Where the client's current extended-protocol batch stands (flushed, skipped, refused).
+    pub batch_state: BatchState,
     /// A portal was suspended (Execute with a row limit): it lives until Sync.
     pub suspended: bool,
     /// The client's unnamed statement has been parsed on this server.
     pub unnamed_parsed: bool,
+}
+
+/// How an attachment stands: serving, or over and what comes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Requests are being answered.
+    Serving,
+    /// The client's requests are answered and the transaction is over: give the server back.
+    Release,
+    /// The replica failed before answering: retry the request elsewhere.
+    Retry,
+}
+
+/// The client's extended-protocol batch (the frames up to its next Sync), as forwarding sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchState {
+    /// Frames are forwarded and owe replies.
+    Open,
+    /// The last client frame forwarded was a Flush: the client waits without a Sync.
+    Flushed,
+    /// An extended-protocol error came before the client's Sync: the server discards frames
+    /// until that Sync, so they are forwarded owing no replies.
+    Skipping,
+    /// pgshift refused a frame of the batch with its own error: the client's frames up to its
+    /// Sync are dropped, as a server drops them after an error.
+    Refusing,
+}
+
+/// Whether the last complete batch may be re-run after a stale-plan error (at most once per
+/// attachment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rerun {
+    /// It parses or closes statements (or there is none yet): not safe to re-run.
+    Unavailable,
+    /// It only binds, describes and executes: safe to re-run.
+    Armed,
+    /// A re-run already happened in this attachment.
+    Spent,
 }
 
 /// The buffers of an attachment, recycled between transactions (per worker thread, so idle
@@ -256,8 +286,7 @@ impl Attached {
             target,
             queue,
             sout,
-            hold: target == Target::Replica,
-            server_status: b'I',
+            server_status: TxStatus::Idle,
             since,
             req_started: None,
             kind: StatementKind::Other,
@@ -268,7 +297,7 @@ impl Attached {
             saw_rollback: false,
             s2c_passthrough: 0,
             c2s_passthrough: 0,
-            release: false,
+            outcome: Outcome::Serving,
             wrote: false,
             sflush: false,
             copy_in: false,
@@ -276,22 +305,53 @@ impl Attached {
             bytes_out: 0,
             replay: None,
             forwarded: false,
-            retry: false,
             batch,
             last_batch,
             batch_rerunnable: true,
-            last_batch_rerunnable: false,
+            rerun: Rerun::Unavailable,
             batch_executed: false,
-            reran: false,
             capture: None,
             mirror_to_target: true,
             committed: Vec::new(),
-            skipping: false,
-            refusing: false,
-            flushed: false,
+            batch_state: BatchState::Open,
             suspended: false,
             unnamed_parsed: false,
         })
+    }
+
+    /// Holds further client requests until the current one is answered: on a replica, the next
+    /// request may need another backend, decided only once this one ends the transaction.
+    #[inline]
+    pub fn holds_requests(&self) -> bool {
+        self.target == Target::Replica
+    }
+
+    /// The client's requests are answered and the transaction is over: the server goes back. A
+    /// retry already decided stands (nothing more from a failing replica reaches the client).
+    #[inline]
+    pub fn release(&mut self) {
+        if self.outcome == Outcome::Serving {
+            self.outcome = Outcome::Release;
+        }
+    }
+
+    /// An extended-protocol error before the client's Sync: the server now discards frames
+    /// until that Sync. A batch pgshift already refuses stays refused (its frames are dropped
+    /// here, which the server would discard anyway).
+    pub fn skip_to_client_sync(&mut self) {
+        if self.batch_state != BatchState::Refusing {
+            self.batch_state = BatchState::Skipping;
+        }
+    }
+
+    /// A Sync closed the batch being sent: it becomes `last_batch`, re-runnable if it only
+    /// binds, describes and executes, unless this attachment already used its one re-run.
+    #[inline]
+    pub fn batch_synced(&mut self) {
+        let rerunnable = std::mem::replace(&mut self.batch_rerunnable, true);
+        if self.rerun != Rerun::Spent {
+            self.rerun = if rerunnable { Rerun::Armed } else { Rerun::Unavailable };
+        }
     }
 
     /// Gives the buffers back (emptied) for the next transaction on this thread. Buffers that

@@ -253,13 +253,13 @@ async fn apply(
     use tokio::io::AsyncWriteExt;
     conn.stream.write_all(&out).await.map_err(|e| e.to_string())?;
     let expected = txn.boundaries + u32::from(prepares > 0);
-    let (mut seen, mut errors, mut status) = (0, 0u32, b'I');
+    let (mut seen, mut errors, mut status) = (0, 0u32, crate::wire::TxStatus::Idle);
     while seen < expected {
         let f = conn.read_frame().await.map_err(|e| e.to_string())?;
         match f[0] {
             tag::READY_FOR_QUERY => {
                 seen += 1;
-                status = frame::ready_status(&f);
+                status = frame::ready_status(&f).map_err(|e| crate::wire::WireError::from(e).to_string())?;
             }
             tag::ERROR_RESPONSE => {
                 errors += 1;
@@ -273,7 +273,7 @@ async fn apply(
             _ => {}
         }
     }
-    if status != b'I' {
+    if !status.is_idle() {
         conn.run_internal("ROLLBACK").await.map_err(|e| e.to_string())?;
     }
     Ok(errors)

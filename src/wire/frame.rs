@@ -108,10 +108,14 @@ pub fn body(frame: &[u8]) -> &[u8] {
     frame.get(HEADER_LEN..).unwrap_or_default()
 }
 
-/// Transaction status carried by a ReadyForQuery frame: `I` idle, `T` in a block, `E` failed block.
+/// Transaction status carried by a ReadyForQuery frame; a missing or unknown status byte is a
+/// protocol violation.
 #[inline]
-pub fn ready_status(frame: &[u8]) -> u8 {
-    frame.get(HEADER_LEN).copied().unwrap_or(b'I')
+pub fn ready_status(frame: &[u8]) -> Result<super::TxStatus, super::status::BadTxStatus> {
+    match frame.get(HEADER_LEN) {
+        Some(&b) => super::TxStatus::from_byte(b),
+        None => Err(super::status::BadTxStatus(None)),
+    }
 }
 
 /// Splits a NUL-terminated string off the front of `buf`: `(string, rest)`.
@@ -217,6 +221,8 @@ mod tests {
         let mut f = vec![b'C', 0, 0, 0, 8];
         f.extend_from_slice(b"SET\0");
         assert_eq!(command_tag(&f), b"SET");
-        assert_eq!(ready_status(b"Z\0\0\0\x05T"), b'T');
+        assert_eq!(ready_status(b"Z\0\0\0\x05T").unwrap(), super::super::TxStatus::InTransaction);
+        assert!(ready_status(b"Z\0\0\0\x05X").is_err());
+        assert!(ready_status(b"Z\0\0\0\x04").is_err());
     }
 }

@@ -7,6 +7,7 @@ use bytes::{BufMut, BytesMut};
 
 /// Appends one frame to `out`: writes the tag and a length placeholder, lets `fill` write the
 /// body, then patches the length. Keeps every encoder below a one-liner about its fields.
+#[inline]
 pub fn put_frame(out: &mut BytesMut, tag: u8, fill: impl FnOnce(&mut BytesMut)) {
     out.put_u8(tag);
     let at = out.len();
@@ -17,6 +18,7 @@ pub fn put_frame(out: &mut BytesMut, tag: u8, fill: impl FnOnce(&mut BytesMut)) 
 }
 
 /// Appends `s` and its NUL terminator.
+#[inline]
 pub fn put_cstr(out: &mut BytesMut, s: &[u8]) {
     out.put_slice(s);
     out.put_u8(0);
@@ -115,8 +117,8 @@ pub fn put_backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
 }
 
 /// ReadyForQuery with transaction status `I`, `T` or `E`.
-pub fn put_ready_for_query(out: &mut BytesMut, status: u8) {
-    put_frame(out, b'Z', |b| b.put_u8(status));
+pub fn put_ready_for_query(out: &mut BytesMut, status: super::TxStatus) {
+    put_frame(out, b'Z', |b| b.put_u8(status.byte()));
 }
 
 /// NegotiateProtocolVersion: the newest minor version we speak and the options we did not know.
@@ -268,7 +270,7 @@ mod tests {
         let (tag, total) = frame::complete_frame(&e).unwrap().unwrap();
         assert_eq!((tag, total), (b'E', e.len()));
         let mut z = BytesMut::new();
-        put_ready_for_query(&mut z, b'I');
+        put_ready_for_query(&mut z, super::super::TxStatus::Idle);
         assert_eq!(&z[..], b"Z\0\0\0\x05I");
         assert_eq!(startup_message(&[("user", "a")]).len(), 4 + 4 + 5 + 2 + 1);
     }

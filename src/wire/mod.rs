@@ -3,11 +3,13 @@
 pub mod frame;
 pub mod messages;
 pub mod startup;
+pub mod status;
 
 #[cfg(test)]
 mod fuzz;
 
 pub use frame::tag;
+pub use status::TxStatus;
 
 /// Protocol violations seen while framing; each ends the connection with SQLSTATE 08P01.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,9 @@ pub enum WireError {
     /// The peer sent something that is not allowed at this point of the dialogue.
     #[error("{0}")]
     Unexpected(&'static str),
+    /// A ReadyForQuery whose transaction status is not `I`, `T` or `E`.
+    #[error("invalid transaction status {} in ReadyForQuery", char::from(*.0))]
+    BadTxStatus(u8),
     /// A client message type the protocol does not have (PostgreSQL's wording).
     #[error("invalid frontend message type {0}")]
     UnknownMessage(u8),

@@ -1,0 +1,125 @@
+//! Taking a server for a request: reload the runtime if it changed, wait out a pause, route and
+//! lease (replicas that cannot be reached are banned and the read routed again), replay the
+//! client's settings on the server; and putting a read back when its replica failed.
+
+use bytes::BytesMut;
+use std::sync::Arc;
+
+use super::registry::{ClientState as Activity, ServerRef};
+use super::request::Request;
+use super::route::SessionPools;
+use super::session::Session;
+use super::state::Attached;
+use crate::error::ClientError;
+use crate::migration::Phase;
+use crate::pool::{Backend, Lease};
+use crate::router::Target;
+use crate::session_state::settings_diff;
+use crate::wire::messages;
+
+impl Session {
+    /// Takes a server for the request at the front of `cin`.
+    pub(super) async fn attach(&mut self, req: Request) -> Result<(), ClientError> {
+        let rt = self.shared.runtime.load_full();
+        if rt.generation != self.rt.generation {
+            self.pools = SessionPools::resolve(&self.shared, &rt, &self.user, &self.database)?;
+            self.rt = rt;
+        }
+        if *self.shared.paused.borrow() {
+            Box::pin(self.wait_while_paused()).await?;
+        }
+        // One phase for the whole transaction: a switch happens between transactions.
+        let phase = self.shared.migration.phase_of(&self.pools.db.server_db);
+        let (lease, backend, target) = self.lease_through_failover(req, phase).await?;
+        backend.health.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut att = Attached::new(lease, backend, target);
+        if target == Target::Replica {
+            att.replay = Some(BytesMut::from(&self.cin[..req.len]));
+        }
+        let statement_sync = self.shared.migration.sync_mode() == crate::migration::logical::SyncMode::Statement;
+        if phase.mirrors() && statement_sync && target == Target::Primary && self.pools.target.is_some() {
+            att.capture = Some(crate::migration::mirror::Capture::default());
+            att.mirror_to_target = !phase.target_serves();
+        }
+        let conn = att.lease.conn();
+        self.handle.set_server(Some(ServerRef {
+            peer: conn.peer,
+            key: conn.cancel_key,
+            conn_id: conn.id,
+            gate: conn.cancel_gate.clone(),
+        }));
+        conn.holder.store(self.handle.key.0, std::sync::atomic::Ordering::Relaxed);
+        if !conn.holder_listed {
+            conn.holder_listed = true;
+            self.shared.sessions.list_server(conn.cancel_key.0, &conn.holder);
+        }
+        if let Some(sql) = settings_diff(&conn.state.settings, &self.state.settings) {
+            conn.state.settings = self.state.settings.clone();
+            messages::put_query(&mut att.sout, &sql);
+            att.queue.push(super::expect::Expect::SilentQuery);
+        }
+        self.attached = Some(att);
+        Ok(())
+    }
+
+    /// Routes the request and leases a connection. A replica that cannot be connected to is
+    /// banned and the request routed again (another replica, else the primary): reads fail over
+    /// instead of failing.
+    pub(super) async fn lease_for(
+        &mut self,
+        req: Request,
+        phase: Phase,
+    ) -> Result<(Lease, Arc<Backend>, Target), ClientError> {
+        use crate::pool::PoolError;
+        let ban = self.rt.config.routing.ban_time.0;
+        for _ in 0..=self.pools.cluster().replicas.len() + self.rt.targets.len() {
+            let (backend, pool, target) = self.route(req.len, phase)?;
+            self.handle.set_state(Activity::Waiting);
+            let result = pool.checkout(&self.handle.cancel).await;
+            if let Ok(lease) = &result {
+                self.shared.stats.record_wait(lease.waited);
+            }
+            self.handle.set_state(Activity::Active);
+            match result {
+                Ok(lease) => return Ok((lease, backend, target)),
+                Err(PoolError::Server(e)) if target == Target::Replica => {
+                    backend.ban(ban, "connect failed");
+                    tracing::info!(backend = %backend.name, "replica unavailable ({e}); routing the read elsewhere");
+                }
+                Err(e) => {
+                    let mut ce = ClientError::from(&e);
+                    if !matches!(e, PoolError::WaitTimeout(_)) {
+                        ce.severity = "ERROR"; // the client may retry on this connection
+                    }
+                    return Err(ce);
+                }
+            }
+        }
+        Err(ClientError::error("08006", "server unavailable: no backend could be connected to"))
+    }
+
+    async fn wait_while_paused(&mut self) -> Result<(), ClientError> {
+        let mut rx = self.shared.paused.subscribe();
+        let wait = self.rt.config.proxy.query_wait_timeout.0;
+        let resumed = tokio::time::timeout(wait, rx.wait_for(|p| !*p)).await.is_ok();
+        if resumed {
+            Ok(())
+        } else {
+            Err(ClientError::fatal("53300", "query_wait_timeout: pgshift is paused"))
+        }
+    }
+
+    /// A replica failed before answering: ban it, put the request back, and let the next turn
+    /// route it again (to another replica or the primary). Reads are safe to repeat.
+    pub(super) fn retry_elsewhere(&mut self) {
+        let Some(mut att) = self.attached.take() else { return };
+        self.handle.set_server(None);
+        att.lease.conn().broken = true;
+        att.backend.ban(self.rt.config.routing.ban_time.0, "failed while serving a read");
+        tracing::info!(backend = %att.backend.name, client = self.handle.id, "replica failed a read; retrying it elsewhere");
+        if let Some(mut request) = att.replay.take() {
+            request.extend_from_slice(&self.cin);
+            self.cin = request;
+        }
+    }
+}
