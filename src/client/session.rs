@@ -98,14 +98,21 @@ async fn open(shared: Arc<Shared>, login: Box<Login>) -> Option<Session> {
 
 impl Session {
     /// Serves the client until it leaves, is closed, or moves to a new process.
-    pub(super) async fn drive(mut self) {
-        loop {
-            match self.serve().await {
-                End::Handover => match Box::pin(self.hand_over()).await {
-                    Some(stays) => self = stays, // the upgrade was abandoned
-                    None => return,
-                },
-                end => return Box::pin(self.finish(end)).await,
+    ///
+    /// A plain fn returning an `async move` block: the session is captured once. As an `async fn`
+    /// taking `mut self`, the future kept the argument and its rebinding side by side, 528 bytes
+    /// more in every client's task.
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn drive(mut self) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            loop {
+                match self.serve().await {
+                    End::Handover => match Box::pin(self.hand_over()).await {
+                        Some(stays) => self = stays, // the upgrade was abandoned
+                        None => return,
+                    },
+                    end => return Box::pin(self.finish(end)).await,
+                }
             }
         }
     }
