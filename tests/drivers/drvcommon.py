@@ -65,7 +65,8 @@ def saslprep(password):
 
 
 def create_sasl_roles():
-    """Creates (or resets) the SASL_ROLES on the primary, SCRAM passwords as typed."""
+    """Creates (or resets) the SASL_ROLES on the primary, SCRAM passwords as typed, and waits until
+    the replicas have replayed it."""
     with primary() as c:
         c.execute("set password_encryption = 'scram-sha-256'")
         for name, pw in SASL_ROLES:
@@ -75,6 +76,8 @@ def create_sasl_roles():
             )
             c.execute(f"alter role {name} password '{pw}'")
             c.execute(f"grant all on database app to {name}")
+    # pgshift may send these roles' reads to a replica: wait until the replicas know them too
+    sync_replicas()
 
 
 def sync_replicas(timeout=10.0):
