@@ -262,7 +262,7 @@ def cmd_memory(a):
                   r["connect_cpu_ms_each"], r["hold_cpu_pct"]]
         grows.append(g)
     span = f" from {counts[0]:,} to {counts[-1]:,} clients" if len(counts) > 1 else ""
-    text += (f"\nHow cost grows{span} (the table issue 9 asks for): RSS with the clients held (total) and per "
+    text += (f"\nHow cost grows{span}: RSS with the clients held (total) and per "
              "client, CPU to log them all in and per login, CPU while they sit idle:\n\n") + md_table(gh, grows)
     write_markdown(a, text)
 
