@@ -69,10 +69,7 @@ async fn a_prepare_retried_elsewhere_gets_one_parse_complete() {
     be::frame(&mut described, b't', &0i16.to_be_bytes());
     be::row_description(&mut described, &["n"]);
     be::ready(&mut described, b'I');
-    replica.script([
-        Step::on(b"PDS").reply(described.clone()),
-        Step::on(b"DS").reply(fatal_shutdown()).then_close(),
-    ]);
+    replica.script([Step::on(b"PDS").reply(described.clone()), Step::on(b"DS").reply(fatal_shutdown()).then_close()]);
     primary.script([Step::on(b"PDS").reply(described.clone())]);
 
     let mut s = raw::login(proxy::port(&p), "app", "app", "app").await;

@@ -407,12 +407,7 @@ impl Session {
         let before = self.cout.len();
         let ready = att.queue.emit_synthetic(&mut self.cout, self.state.tx_status);
         att.forwarded |= self.cout.len() != before;
-        if ready
-            && att.queue.is_empty()
-            && att.server_status.is_idle()
-            && self.state.tx_status.is_idle()
-            && tm
-        {
+        if ready && att.queue.is_empty() && att.server_status.is_idle() && self.state.tx_status.is_idle() && tm {
             att.release();
         }
         Ok(false)
