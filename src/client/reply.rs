@@ -324,7 +324,7 @@ impl Reply<'_> {
         } else {
             self.state.tx_effects.extend(effects);
         }
-        if status == TxStatus::Idle {
+        if status.is_idle() {
             let committed = std::mem::take(&mut self.state.tx_effects);
             if !self.att.saw_rollback {
                 let server = &mut self.att.lease.conn().state.settings;
