@@ -50,6 +50,20 @@ pub enum ServerError {
     Closed,
 }
 
+impl ServerError {
+    /// The server refused this role's or database's login (unknown role, wrong password, no
+    /// CONNECT privilege, unknown database) rather than failing as a server. On a replica that
+    /// usually means a role or password made on the primary is not replayed there yet: a fact about
+    /// one login, not a reason to stop reading from that replica.
+    pub fn refuses_this_login(&self) -> bool {
+        match self {
+            ServerError::Refused { code, .. } => code.starts_with("28") || code == "3D000" || code == "42501",
+            ServerError::Auth(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Everything needed to open a connection for one pool.
 pub struct LoginSpec {
     /// `host:port` of the backend.

@@ -87,3 +87,45 @@ async fn a_prepare_retried_elsewhere_gets_one_parse_complete() {
     drop(s);
     p.stop().await;
 }
+
+/// A role made on the primary and not replayed on the replica yet: the replica refuses its
+/// login. That role's read is served by the primary, and the replica is not banned for everyone:
+/// the next role's read still goes to it.
+#[tokio::test]
+async fn a_login_the_replica_refuses_reads_from_the_primary_and_bans_nothing() {
+    let primary = FakePg::start().await;
+    let replica = FakePg::start_replica().await;
+    replica.refuse_login("late");
+    let mut cfg = proxy::config(primary.port, &[replica.port]);
+    let late = pgshift::config::Config::from_toml(
+        "[proxy]\n[auth]\n[[auth.users]]\nname = \"late\"\npassword = \"late\"\n[primary]\nport = 1\n",
+    )
+    .expect("config with the second role");
+    cfg.auth.users.extend(late.auth.users);
+    cfg.routing.role_discovery = false;
+    cfg.routing.read_write_split = true;
+    let p = proxy::start(cfg).await;
+    proxy::wait_healthy(&p).await;
+    let answer = |from: &str| {
+        let mut a = Vec::new();
+        be::row_description(&mut a, &["server"]);
+        be::data_row(&mut a, &[Some(from)]);
+        be::command_complete(&mut a, "SELECT 1");
+        be::ready(&mut a, b'I');
+        a
+    };
+    primary.script([Step::on(b"Q").reply(answer("primary"))]);
+    replica.script([Step::on(b"Q").reply(answer("replica"))]);
+
+    for (role, from) in [("late", "primary"), ("app", "replica")] {
+        let mut s = raw::login(proxy::port(&p), role, role, "app").await;
+        let mut q = Vec::new();
+        raw::query(&mut q, "select 'where' as server");
+        send(&mut s, &q).await;
+        assert_eq!(read_bytes_until_ready(&mut s).await, answer(from), "{role}'s read");
+        drop(s);
+    }
+    replica.finish();
+    primary.finish();
+    p.stop().await;
+}

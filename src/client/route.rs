@@ -146,7 +146,8 @@ pub type Choice = (Arc<Backend>, Arc<Pool>, Target);
 
 impl Session {
     /// The backend, pool and target for the request of `len` bytes at the front of `cin`.
-    pub(super) fn route(&mut self, len: usize, phase: Phase) -> Result<Choice, ClientError> {
+    /// With `replicas_ok` false a read goes to the primary (the replicas refused this login).
+    pub(super) fn route(&mut self, len: usize, phase: Phase, replicas_ok: bool) -> Result<Choice, ClientError> {
         let rt = self.rt.clone();
         let serving_target = phase.target_serves() && self.pools.target.is_some();
         let (primary_b, primary_p) = if serving_target {
@@ -188,6 +189,9 @@ impl Session {
                      (read-only), so a failover may have happened that pgshift was not told about",
                 ));
             }
+            return Ok((primary_b, primary_p, Target::Primary));
+        }
+        if !replicas_ok {
             return Ok((primary_b, primary_p, Target::Primary));
         }
         let executes = request::executes(&self.cin[..len]);

@@ -64,6 +64,8 @@ struct State {
     problems: Vec<String>,
     /// Health probes hear that this server is in recovery (a streaming replica).
     replica: bool,
+    /// Roles whose logins fail with 28P01, as for a role not yet replayed on a replica.
+    refused: Vec<String>,
 }
 
 /// The fake server; dropping it stops accepting (open connections end with the test's runtime).
@@ -115,6 +117,11 @@ impl FakePg {
         self.lock().script.extend(steps);
     }
 
+    /// Logins as `user` fail from now on with FATAL 28P01.
+    pub fn refuse_login(&self, user: &str) {
+        self.lock().refused.push(user.to_owned());
+    }
+
     /// The client connections (not the probe's) accepted so far.
     pub fn client_conns(&self) -> Vec<ConnLog> {
         self.lock().conns.iter().filter(|c| c.database != PROBE_DATABASE).cloned().collect()
@@ -148,14 +155,19 @@ pub fn split_frames(mut bytes: &[u8]) -> Vec<&[u8]> {
 }
 
 async fn serve(mut sock: TcpStream, id: u32, state: Arc<Mutex<State>>) {
-    let Some(database) = startup(&mut sock).await else { return };
+    let Some((database, user)) = startup(&mut sock).await else { return };
+    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     let mut out = Vec::new();
+    if lock().refused.contains(&user) {
+        be::error(&mut out, "FATAL", "28P01", &format!("password authentication failed for user \"{user}\""));
+        let _ = sock.write_all(&out).await;
+        return;
+    }
     be::login_ok(&mut out, id);
     if sock.write_all(&out).await.is_err() {
         return;
     }
     let probe = database == PROBE_DATABASE;
-    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     lock().conns.push(ConnLog { id, database, batches: Vec::new() });
     let mut buf = Vec::new();
     while let Some(batch) = read_batch(&mut sock, &mut buf).await {
@@ -235,8 +247,8 @@ fn builtin_query(batch: &[u8], id: u32, replica: bool) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Reads the startup packet (refusing SSL/GSS encryption first); returns its database.
-async fn startup(sock: &mut TcpStream) -> Option<String> {
+/// Reads the startup packet (refusing SSL/GSS encryption first); returns its database and user.
+async fn startup(sock: &mut TcpStream) -> Option<(String, String)> {
     loop {
         let mut len = [0u8; 4];
         sock.read_exact(&mut len).await.ok()?;
@@ -249,8 +261,11 @@ async fn startup(sock: &mut TcpStream) -> Option<String> {
             continue;
         }
         let fields: Vec<&[u8]> = body[4..].split(|&b| b == 0).collect();
-        let database = fields.chunks(2).find(|kv| kv[0] == b"database").and_then(|kv| kv.get(1));
-        return Some(String::from_utf8_lossy(database.copied().unwrap_or_default()).into_owned());
+        let field = |name: &[u8]| {
+            let value = fields.chunks(2).find(|kv| kv[0] == name).and_then(|kv| kv.get(1));
+            String::from_utf8_lossy(value.copied().unwrap_or_default()).into_owned()
+        };
+        return Some((field(b"database"), field(b"user")));
     }
 }
 
