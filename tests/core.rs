@@ -54,6 +54,31 @@ async fn copy_both_ways_is_byte_exact() {
     c.batch_execute("drop table core_copy").await.unwrap();
 }
 
+/// COPY FROM STDIN through tokio-postgres that PostgreSQL fails on a bad row: the client gets
+/// the error, and the server connection stays in the pool (same backend before and after, with a
+/// pool of one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_failing_on_a_bad_row_keeps_its_server() {
+    use futures_util::SinkExt;
+    let p = proxy::with_pool(1).await;
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    c.batch_execute("drop table if exists core_copy_bad; create table core_copy_bad(id int)").await.unwrap();
+    let pid: i32 = c.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+    let sink = c.copy_in("copy core_copy_bad from stdin").await.unwrap();
+    futures_util::pin_mut!(sink);
+    let sent = sink.send(bytes::Bytes::from_static(b"1\nnot a number\n3\n")).await;
+    let err = match sent {
+        Ok(()) => sink.finish().await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), Some(&SqlState::INVALID_TEXT_REPRESENTATION), "{err}");
+    let after: i32 = c.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+    assert_eq!(after, pid, "the failed COPY cost the pool its server connection");
+    let n: i64 = c.query_one("select count(*) from core_copy_bad", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0, "a failed COPY leaves no rows");
+    c.batch_execute("drop table core_copy_bad").await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_reaches_the_running_query() {
     let p = proxy::primary_only().await;

@@ -463,3 +463,46 @@ async fn copy_data_after_a_failed_copy_holds_no_server() {
     drop(s);
     p.stop().await;
 }
+
+/// COPY FROM STDIN through the extended protocol that the server fails part-way: PostgreSQL
+/// sends the ErrorResponse, leaves copy mode and discards messages up to the client's Sync, which
+/// gets the ReadyForQuery. The Sync is owed that reply like any other, so the server connection
+/// goes back to the pool whole instead of being closed as out of step.
+#[tokio::test]
+async fn an_extended_copy_failing_part_way_keeps_its_server() {
+    let (fake, p) = setup().await;
+    let mut started = Vec::new();
+    be::frame(&mut started, b'1', b"");
+    be::frame(&mut started, b'2', b"");
+    be::copy_response(&mut started, b'G', 1);
+    let mut failed = Vec::new();
+    be::error(&mut failed, "ERROR", "22P02", "invalid input syntax for type integer: \"x\"");
+    let mut ready = Vec::new();
+    be::ready(&mut ready, b'I');
+    fake.script([
+        Step::on(b"PBES").reply(started.clone()),
+        Step::on(b"dH").reply(failed.clone()),
+        Step::on(b"S").reply(ready.clone()),
+    ]);
+
+    let mut s = client(&p).await;
+    let mut req = Vec::new();
+    raw::parse(&mut req, "", "COPY t (a) FROM STDIN");
+    raw::bind(&mut req, "", &[]);
+    raw::execute(&mut req);
+    raw::sync(&mut req);
+    send(&mut s, &req).await;
+    assert_eq!(read_bytes(&mut s, started.len()).await, started);
+    let mut data = Vec::new();
+    raw::frame(&mut data, b'd', b"x\n");
+    raw::flush(&mut data);
+    send(&mut s, &data).await;
+    assert_eq!(read_bytes(&mut s, failed.len()).await, failed);
+    let mut sync = Vec::new();
+    raw::sync(&mut sync);
+    send(&mut s, &sync).await;
+    assert_eq!(read_bytes(&mut s, ready.len()).await, ready);
+    drop(s);
+    assert_pool_sound(&fake, &p, 1).await;
+    p.stop().await;
+}

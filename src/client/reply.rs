@@ -203,6 +203,9 @@ impl Reply<'_> {
         }
         self.att.req_errored = true;
         self.att.errored = true;
+        // An error ends copy-in mode on the server: through the extended protocol it then waits
+        // for the client's Sync, which is owed a ReadyForQuery again.
+        self.att.copy_in = false;
         match self.att.queue.front() {
             Some(x) if x.is_extended() => {
                 let conn = self.att.lease.conn();
