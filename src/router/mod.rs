@@ -43,47 +43,21 @@ pub fn plain_statement(sql: &[u8]) -> Option<StatementKind> {
     let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |e| e + 1);
     let body = &s[..end];
     let body = body.strip_suffix(b";").unwrap_or(body);
-    // One pass: statement separators, comments, and the words that can carry session state.
-    // A table marks the few bytes worth a second look, so most bytes cost one load and a test.
-    for (i, &b) in body.iter().enumerate() {
-        if !INTERESTING[b as usize] {
-            continue;
-        }
-        let suspect = match b {
-            // A call may be of a function that changes the session: let the classifier see it.
-            b';' | b'(' => true,
-            b'-' => body.get(i + 1) == Some(&b'-'),
-            b'/' => body.get(i + 1) == Some(&b'*'),
-            // the second letter first: most a/s/t in SQL text start none of these words
-            b'a' | b'A' => second_is(body, i, b'd') && starts_with_ignore_case(&body[i..], b"advisory"),
-            b's' | b'S' => second_is(body, i, b'e') && starts_with_ignore_case(&body[i..], b"set_config"),
-            _ => second_is(body, i, b'e') && starts_with_ignore_case(&body[i..], b"temp"),
-        };
-        if suspect {
-            return None;
-        }
+    // memchr scans a word at a time; only its few hits get a closer look.
+    // `;` separates statements; `(` is any function call (set_config, pg_advisory_lock, a user
+    // function: none can be called without one), so it goes to the classifier.
+    if memchr::memchr2(b';', b'(', body).is_some() {
+        return None;
+    }
+    let comment = memchr::memchr2_iter(b'-', b'/', body)
+        .any(|i| matches!((body[i], body.get(i + 1)), (b'-', Some(b'-')) | (b'/', Some(b'*'))));
+    // `temp`: SELECT INTO TEMP, or a table in pg_temp, is a session's own state.
+    let temp = memchr::memchr2_iter(b't', b'T', body)
+        .any(|i| body.get(i + 1..i + 4).is_some_and(|w| w.eq_ignore_ascii_case(b"emp")));
+    if comment || temp {
+        return None;
     }
     Some(kind)
-}
-
-/// Bytes [`plain_statement`] must look at more closely.
-static INTERESTING: [bool; 256] = {
-    let mut t = [false; 256];
-    let bytes = b";-/aAsStT(";
-    let mut i = 0;
-    while i < bytes.len() {
-        t[bytes[i] as usize] = true;
-        i += 1;
-    }
-    t
-};
-
-fn second_is(body: &[u8], i: usize, lower: u8) -> bool {
-    body.get(i + 1).is_some_and(|c| c.to_ascii_lowercase() == lower)
-}
-
-fn starts_with_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.get(..needle.len()).is_some_and(|h| h.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]
@@ -104,8 +78,20 @@ mod plain_tests {
         assert_eq!(plain_statement(b"/* c */ select 1"), None);
         assert_eq!(plain_statement(b"set search_path = x"), None);
         assert_eq!(plain_statement(b"begin"), None);
+        assert_eq!(plain_statement(b"select a / 2 - 1 from t where b = -3"), Some(StatementKind::Select));
+        assert_eq!(plain_statement(b"delete from t where at = 'x'"), Some(StatementKind::Delete));
         // everything the full classifier pins or tracks as session state is refused here
-        for sql in ["select pg_try_advisory_lock(1)", "SELECT SET_CONFIG('x','y',false)", "create temp table t()"] {
+        for sql in [
+            "select pg_try_advisory_lock(1)",
+            "SELECT SET_CONFIG('x','y',false)",
+            "create temp table t()",
+            "SELECT * INTO TEMPORARY t FROM x",
+            "select * from pg_temp.t",
+            "select 1 -- a comment",
+            "select 1 /* a comment */",
+            "select 'a;b'",
+            "select f (1)",
+        ] {
             assert_eq!(plain_statement(sql.as_bytes()), None, "{sql}");
         }
     }
