@@ -63,6 +63,11 @@ fn poll_read(side: &mut Side<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize
             Some(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
             Some(Poll::Ready(Ok(()))) | None => {}
         }
+        // A request is coming: buffers from this thread's spares, for it and for its answer.
+        *side.rbuf = super::bufpool::take(side.chunk);
+        if side.wbuf.capacity() == 0 {
+            *side.wbuf = super::bufpool::take(0);
+        }
     }
     if side.rbuf.capacity() - side.rbuf.len() < side.chunk / 4 {
         side.rbuf.reserve(side.chunk);

@@ -1,6 +1,7 @@
 //! The client side: accepting connections, the login dialogue, and each client's session.
 
 mod attach;
+mod bufpool;
 pub mod expect;
 mod failover;
 pub mod fleet;

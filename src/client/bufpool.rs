@@ -1,0 +1,65 @@
+//! Client buffers recycled per thread: an idle client holds none, and its next request takes a
+//! spare one instead of allocating (and re-growing) a fresh one each transaction.
+
+use bytes::BytesMut;
+use std::cell::RefCell;
+
+thread_local! {
+    static SPARES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Spare buffers kept per thread: about the number of clients a worker serves at once.
+const MAX_SPARES: usize = 256;
+/// A buffer that grew beyond this for one large request or result is freed, not kept.
+const MAX_KEPT: usize = 8 * 1024;
+
+/// An empty buffer with room for at least `min` bytes.
+pub fn take(min: usize) -> BytesMut {
+    match SPARES.with(|s| s.borrow_mut().pop()) {
+        Some(mut b) => {
+            if b.capacity() < min {
+                b.reserve(min);
+            }
+            b
+        }
+        None => BytesMut::with_capacity(min),
+    }
+}
+
+/// Takes `b`'s allocation for the next client on this thread, leaving `b` with none. Anything
+/// still in it is discarded: callers give back only buffers they have emptied.
+pub fn give(b: &mut BytesMut) {
+    let mut b = std::mem::take(b);
+    if b.capacity() == 0 || b.capacity() > MAX_KEPT {
+        return;
+    }
+    b.clear();
+    SPARES.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < MAX_SPARES {
+            s.push(b);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_come_back_empty_and_large_ones_are_freed() {
+        let mut b = take(1024);
+        assert!(b.capacity() >= 1024);
+        b.extend_from_slice(b"leftover");
+        let ptr = b.as_ptr();
+        b.clear();
+        give(&mut b);
+        assert_eq!(b.capacity(), 0, "the caller keeps nothing");
+        let again = take(512);
+        assert!(again.is_empty());
+        assert_eq!(again.as_ptr(), ptr, "the same allocation is reused");
+        let mut big = BytesMut::with_capacity(MAX_KEPT * 2);
+        give(&mut big);
+        assert_ne!(take(16).capacity(), MAX_KEPT * 2, "a grown buffer is not kept");
+    }
+}
