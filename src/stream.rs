@@ -55,16 +55,14 @@ impl Stream {
 
     /// Non-blocking check that an idle connection is still open and silent: an idle PostgreSQL
     /// connection sends nothing, so readable data (a FATAL on shutdown) or EOF means it is gone.
-    /// Asks the reactor's cached readiness first, so the usual case costs no system call.
+    /// tokio's `try_read` asks the reactor's cached readiness first and reads only when it says
+    /// readable, so the usual case costs no system call (and, unlike polling readiness, registers
+    /// no waker).
     pub fn idle_and_open(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
         let Some(tcp) = self.tcp() else {
             // Server connections are TCP; a Unix client is not probed this way.
             return true;
         };
-        if tcp.poll_read_ready(&mut cx).is_pending() {
-            return true;
-        }
         let mut probe = [0u8; 1];
         match tcp.try_read(&mut probe) {
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
