@@ -44,7 +44,7 @@ impl<T> Sharded<T> {
     /// This thread's shard.
     #[inline]
     pub fn local(&self) -> &T {
-        &self.0[shard_index() % self.0.len()].0
+        &self.0[shard_index() % SHARDS].0
     }
     /// All shards, for merging.
     pub fn all(&self) -> impl Iterator<Item = &T> {

@@ -121,7 +121,7 @@ pub fn ready_status(frame: &[u8]) -> Result<super::TxStatus, super::status::BadT
 /// Splits a NUL-terminated string off the front of `buf`: `(string, rest)`.
 #[inline]
 pub fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = buf.iter().position(|&b| b == 0)?;
+    let nul = memchr::memchr(0, buf)?;
     Some((&buf[..nul], &buf[nul + 1..]))
 }
 
