@@ -5,12 +5,19 @@
 #
 #   usage: bench/txn-instructions.sh [MODE]     MODE: simple (default) | extended | prepared
 #   knobs: N=2000 CLIENTS=4 REPLICAS=0 PGSHIFT_BIN=path
+#          SCRIPT=select (pgbench -S, the default) | tpcb (pgbench's TPC-B-like transaction)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODE=${1:-simple}
 N=${N:-2000}
 CLIENTS=${CLIENTS:-4}
 REPLICAS=${REPLICAS:-0}
+SCRIPT=${SCRIPT:-select}
+case "$SCRIPT" in
+    select) SCRIPT_ARGS=(-S) ;;
+    tpcb) SCRIPT_ARGS=() ;;
+    *) echo "SCRIPT must be select or tpcb" >&2; exit 2 ;;
+esac
 BIN=${PGSHIFT_BIN:-$ROOT/target/release/pgshift}
 [[ -x "$BIN" ]] || (cd "$ROOT" && cargo build --release --quiet)
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/pgshift-instr.XXXXXX")"
@@ -34,11 +41,11 @@ count() { # transactions per client -> total instructions
     valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" --config "$WORK/proxy.toml" >/dev/null 2>&1 &
     local vg=$!
     for _ in $(seq 100); do pg_isready -q -h 127.0.0.1 -p "$PORT" && break; sleep 0.2; done
-    pgbench -n -S -M "$MODE" -c "$CLIENTS" -j 1 -t "$1" -h 127.0.0.1 -p "$PORT" -U app app >/dev/null 2>&1
+    pgbench -n "${SCRIPT_ARGS[@]}" -M "$MODE" -c "$CLIENTS" -j 1 -t "$1" -h 127.0.0.1 -p "$PORT" -U app app >/dev/null 2>&1
     kill -INT "$vg"; wait "$vg" 2>/dev/null || true
     grep -m1 '^summary:' "$out" | awk '{print $2}'
 }
 a=$(count "$N")
 b=$(count $((2 * N)))
 per=$(( (b - a) / (N * CLIENTS) ))
-echo "pgbench -S -M $MODE, $CLIENTS clients, replicas $REPLICAS: $per instructions per transaction ($a for $N/client, $b for $((2 * N))/client)"
+echo "pgbench ${SCRIPT_ARGS[*]:-(TPC-B)} -M $MODE, $CLIENTS clients, replicas $REPLICAS: $per instructions per transaction ($a for $N/client, $b for $((2 * N))/client)"

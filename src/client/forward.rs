@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::expect::{Expect, Synth};
-use super::request::{classify, sql_of};
+use super::request::{classify, classify_query, sql_of};
 use super::state::{Attached, BatchState, ClientState};
 use crate::config::SessionFeatures;
 use crate::router::{Classification, SessionEffect, Target};
@@ -185,7 +185,7 @@ impl Fwd<'_> {
                     self.att.effects.push_back(Vec::new());
                     return self.send(f, Some(Expect::Query));
                 };
-                Arc::new(crate::router::classify(&sql, &self.rt.classifier))
+                classify_query(self.shared, self.rt, &sql)
             }
         };
         if let Some(reason) = self.refused(&class) {

@@ -104,6 +104,19 @@ pub fn classify(shared: &Shared, rt: &Runtime, sql: &str) -> Arc<Classification>
     shared.classify_cache.classify(sql, &rt.classifier)
 }
 
+/// Classifies a simple-query text. Such texts usually carry their literals, so each is new and
+/// caching it would only cost an insertion and evict the statements worth keeping; a text with no
+/// digit, quote or dollar sign (BEGIN, COMMIT, SHOW x, a query without literals) has none and
+/// comes back, so it goes through the cache.
+pub fn classify_query(shared: &Shared, rt: &Runtime, sql: &str) -> Arc<Classification> {
+    let literal_free = !sql.bytes().any(|b| b.is_ascii_digit() || matches!(b, b'\'' | b'$'));
+    if literal_free {
+        classify(shared, rt, sql)
+    } else {
+        Arc::new(crate::router::classify(sql, &rt.classifier))
+    }
+}
+
 /// The classifications of every statement the request runs, in order: Query and Parse texts,
 /// and the statements named by Bind.
 pub fn classifications(shared: &Shared, rt: &Runtime, state: &ClientState, req: &[u8]) -> Vec<Arc<Classification>> {
@@ -114,10 +127,8 @@ pub fn classifications(shared: &Shared, rt: &Runtime, state: &ClientState, req: 
         at += total;
         match t {
             tag::QUERY => {
-                // Simple-query texts usually carry their literals, so each is new: caching them
-                // only costs an insertion and evicts the statements worth keeping.
                 if let Some(sql) = sql_of(t, f) {
-                    out.push(Arc::new(crate::router::classify(&sql, &rt.classifier)));
+                    out.push(classify_query(shared, rt, &sql));
                 }
             }
             tag::PARSE => {
