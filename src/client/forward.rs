@@ -44,6 +44,7 @@ impl Fwd<'_> {
         if self.att.req_started.is_none() {
             self.att.req_started = Some(Instant::now());
         }
+        self.att.answered_at = None;
         match self.att.batch_state {
             BatchState::Refusing if t != tag::SYNC => return,
             // Discarded by the server after the batch's error: forward, owe nothing.

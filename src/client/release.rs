@@ -19,7 +19,8 @@ impl Session {
             self.state.ryw_lsn = 0;
             self.state.target_ryw = crate::client::state::TargetRyw::WroteAt(self.state.last_write_at);
         }
-        let elapsed = att.since.elapsed();
+        let now = att.answered_at.unwrap_or_else(std::time::Instant::now);
+        let elapsed = now.saturating_duration_since(att.since);
         self.shared.stats.record_xact(elapsed);
         // the autopilot compares the two stores' reads (a source read may run on its primary)
         if !att.wrote && self.shared.migration.phase_of(&self.pools.db.server_db) == crate::migration::Phase::ShiftReads
@@ -41,7 +42,7 @@ impl Session {
             att.lease.conn().residue = crate::server::Residue::Unknown;
         }
         let pool = att.lease.pool().clone();
-        pool.checkin(att.lease);
+        pool.checkin_at(att.lease, now);
     }
 
     /// Leaves the server clean (or closes it) and deregisters the client.

@@ -340,13 +340,15 @@ impl Reply<'_> {
             self.state.tx_effects.clear();
         }
         if let Some(t) = self.att.req_started.take() {
-            let elapsed = t.elapsed();
+            let now = std::time::Instant::now();
+            self.att.answered_at = Some(now);
+            let elapsed = now.saturating_duration_since(t);
             self.shared.stats.record_query(self.att.kind, elapsed);
             let traffic: &TrafficCounters = self.att.lease.pool().stats.traffic.local();
             traffic.queries.fetch_add(1, Ordering::Relaxed);
             traffic.query_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
             if self.att.queue.boundary_outstanding() {
-                self.att.req_started = Some(std::time::Instant::now());
+                self.att.req_started = Some(now);
             }
         }
         self.att.req_errored = false;

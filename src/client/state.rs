@@ -142,6 +142,9 @@ pub struct Attached {
     pub since: Instant,
     /// When the oldest unanswered request was sent.
     pub req_started: Option<Instant>,
+    /// When the last request was answered, if nothing was sent since: the end of the
+    /// transaction when it is given back, without another clock read.
+    pub answered_at: Option<Instant>,
     /// Kind of the current request's first statement (latency label).
     pub kind: StatementKind,
     /// Effects of client requests in flight, one entry per client Query/Sync, oldest first.
@@ -289,6 +292,7 @@ impl Attached {
             server_status: TxStatus::Idle,
             since,
             req_started: None,
+            answered_at: None,
             kind: StatementKind::Other,
             effects,
             batch_effects: Vec::new(),

@@ -165,28 +165,43 @@ impl Pool {
     /// Takes a connection, waiting up to the wait timeout; `cancel` aborts the wait.
     pub async fn checkout(self: &Arc<Self>, cancel: &Notify) -> Result<Lease, PoolError> {
         let started = Instant::now();
+        // An idle connection handed over at once: `started` is the lease's start too.
+        let mut at_once = true;
         loop {
             let settings = self.settings.load_full();
             // The slow paths (connect, queue, liveness probe) are boxed: a future is as big as
             // its largest state, and every idle client's task would otherwise carry their size.
             let conn = match self.take_or_queue(&settings) {
                 Ok(Some(idle)) => idle,
-                Ok(None) => Box::pin(self.open_in_slot()).await?,
-                Err(rx) => match Box::pin(self.wait(rx, started, &settings, cancel)).await? {
-                    Grant::Conn(c) => c,
-                    Grant::Slot => Box::pin(self.open_in_slot()).await?,
-                },
+                Ok(None) => {
+                    at_once = false;
+                    Box::pin(self.open_in_slot()).await?
+                }
+                Err(rx) => {
+                    at_once = false;
+                    match Box::pin(self.wait(rx, started, &settings, cancel)).await? {
+                        Grant::Conn(c) => c,
+                        Grant::Slot => Box::pin(self.open_in_slot()).await?,
+                    }
+                }
             };
             let vetted = match self.vet_now(conn, &settings, started) {
                 Vetted::Ok(c) => Some(c),
                 Vetted::Discarded => None,
-                Vetted::Probe(c) => Box::pin(self.probe(c)).await,
+                Vetted::Probe(c) => {
+                    at_once = false;
+                    Box::pin(self.probe(c)).await
+                }
             };
             match vetted {
                 Some(c) => {
                     // One clock read serves the wait, the lease's start and the transaction's.
-                    let now = Instant::now();
-                    let waited = now - started;
+                    let (now, waited) = if at_once {
+                        (started, Duration::ZERO)
+                    } else {
+                        let now = Instant::now();
+                        (now, now - started)
+                    };
                     self.stats.record_wait(waited);
                     return Ok(Lease { conn: Some(c), pool: self.clone(), since: now, waited });
                 }
@@ -338,12 +353,13 @@ impl Pool {
     /// Whether an idle connection may serve: too old or dead ones are discarded; one idle longer
     /// than the check delay is probed first.
     fn vet_now(&self, mut c: Box<ServerConn>, s: &PoolSettings, now: Instant) -> Vetted {
-        let idle = now.saturating_duration_since(c.last_used);
-        if s.lifetime.is_some_and(|l| now.saturating_duration_since(c.created) > l) || !c.healthy_after_idle() {
+        // Deadlines compared with `now` (an addition each) rather than ages computed from it.
+        let past = |since: Instant, d: Duration| since.checked_add(d).is_some_and(|t| now > t);
+        if s.lifetime.is_some_and(|l| past(c.created, l)) || !c.healthy_after_idle() {
             self.discard(c);
             return Vetted::Discarded;
         }
-        if s.check_delay.is_some_and(|d| idle > d) {
+        if s.check_delay.is_some_and(|d| past(c.last_used, d)) {
             return Vetted::Probe(c);
         }
         Vetted::Ok(c)
@@ -362,20 +378,29 @@ impl Pool {
     /// Returns a leased connection; it goes to the oldest waiter, or onto the idle stack.
     /// A connection with a cancel in flight or an unproven session is cleaned first (see
     /// [`super::clean`]), off the caller's path.
-    pub fn checkin(self: &Arc<Self>, mut lease: Lease) {
+    pub fn checkin(self: &Arc<Self>, lease: Lease) {
+        self.checkin_at(lease, Instant::now());
+    }
+
+    /// [`Pool::checkin`] by a caller that has just read the clock: `now` is the connection's
+    /// last use.
+    pub fn checkin_at(self: &Arc<Self>, mut lease: Lease, now: Instant) {
         let Some(c) = lease.conn.take() else { return };
         if super::clean::needs_cleaning(&c) && !c.broken {
             let wait = self.settings.load().cancel_wait;
             tokio::spawn(super::clean::clean_then_return(self.clone(), c, wait));
             return;
         }
-        self.return_conn(c);
+        self.return_conn_at(c, now);
     }
 
-    pub(super) fn return_conn(&self, mut c: Box<ServerConn>) {
+    pub(super) fn return_conn(&self, c: Box<ServerConn>) {
+        self.return_conn_at(c, Instant::now());
+    }
+
+    fn return_conn_at(&self, mut c: Box<ServerConn>, now: Instant) {
         let s = self.settings.load();
-        let now = Instant::now();
-        let expired = s.lifetime.is_some_and(|l| now.saturating_duration_since(c.created) > l);
+        let expired = s.lifetime.is_some_and(|l| c.created.checked_add(l).is_some_and(|end| now > end));
         if c.broken || expired || !c.rbuf.is_empty() {
             self.discard(c);
             return;
