@@ -128,6 +128,10 @@ async fn worker(port: u16, db: String, n: u64, stop: Arc<AtomicBool>, errors: Ar
             eprintln!("worker {n}: {e:?}");
             errors.fetch_add(1, Ordering::Relaxed);
         }
+        if c.is_closed() {
+            eprintln!("worker {n}: its connection was closed; stopping");
+            return;
+        }
     }
 }
 
