@@ -286,6 +286,9 @@ pub fn reload_with(shared: &Arc<Shared>, config: Config) -> Result<(), Vec<Strin
         shared.pools.limits.user_conns(&key.user, rt.max_user_connections(&key.user));
     }
     shared.runtime.store(Arc::new(rt));
+    // Classifications depend on the classifier's settings (safe_functions...): forget those
+    // made under the old ones.
+    shared.classify_cache.clear();
     crate::pool::health::spawn_probes_shared(shared);
     tracing::info!("configuration reloaded");
     Ok(())

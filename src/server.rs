@@ -57,8 +57,10 @@ impl ServerError {
     /// one login, not a reason to stop reading from that replica.
     pub fn refuses_this_login(&self) -> bool {
         match self {
-            ServerError::Refused { code, .. } => code.starts_with("28") || code == "3D000" || code == "42501",
-            ServerError::Auth(_) => true,
+            ServerError::Refused { code, .. } => matches!(code.as_str(), "28000" | "28P01" | "3D000" | "42501"),
+            ServerError::Auth(e) => {
+                matches!(e, AuthError::BadPassword | AuthError::BackendSecretMismatch | AuthError::NoBackendSecret(_))
+            }
             _ => false,
         }
     }

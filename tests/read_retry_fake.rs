@@ -89,8 +89,9 @@ async fn a_prepare_retried_elsewhere_gets_one_parse_complete() {
 }
 
 /// A role made on the primary and not replayed on the replica yet: the replica refuses its
-/// login. That role's read is served by the primary, and the replica is not banned for everyone:
-/// the next role's read still goes to it.
+/// login. That role's reads are served by the primary (the refusal is remembered for `ban_time`,
+/// so the replica is not asked again on every read), and the replica is not banned for everyone:
+/// another role's read still goes to it.
 #[tokio::test]
 async fn a_login_the_replica_refuses_reads_from_the_primary_and_bans_nothing() {
     let primary = FakePg::start().await;
@@ -114,10 +115,10 @@ async fn a_login_the_replica_refuses_reads_from_the_primary_and_bans_nothing() {
         be::ready(&mut a, b'I');
         a
     };
-    primary.script([Step::on(b"Q").reply(answer("primary"))]);
+    primary.script([Step::on(b"Q").reply(answer("primary")), Step::on(b"Q").reply(answer("primary"))]);
     replica.script([Step::on(b"Q").reply(answer("replica"))]);
 
-    for (role, from) in [("late", "primary"), ("app", "replica")] {
+    for (role, from) in [("late", "primary"), ("late", "primary"), ("app", "replica")] {
         let mut s = raw::login(proxy::port(&p), role, role, "app").await;
         let mut q = Vec::new();
         raw::query(&mut q, "select 'where' as server");
@@ -125,6 +126,7 @@ async fn a_login_the_replica_refuses_reads_from_the_primary_and_bans_nothing() {
         assert_eq!(read_bytes_until_ready(&mut s).await, answer(from), "{role}'s read");
         drop(s);
     }
+    assert_eq!(replica.refusals(), 1, "the replica was asked to log the role in once");
     replica.finish();
     primary.finish();
     p.stop().await;

@@ -73,11 +73,10 @@ impl Session {
         use crate::pool::PoolError;
         let ban = self.rt.config.routing.ban_time.0;
         let tries = self.pools.cluster().replicas.len() + self.rt.targets.len() + 1;
-        let mut replicas_ok = true;
         for turn in 1..=tries {
             // The last turn reads from the primary: a replica the health probe unbanned meanwhile
             // must not use up the turns.
-            let (backend, pool, target) = self.route(req.len, phase, replicas_ok && turn < tries)?;
+            let (backend, pool, target) = self.route(req.len, phase, turn < tries)?;
             self.handle.set_state(Activity::Waiting);
             let result = pool.checkout(&self.handle.cancel).await;
             if let Ok(lease) = &result {
@@ -87,8 +86,8 @@ impl Session {
             match result {
                 Ok(lease) => return Ok((lease, backend, target)),
                 Err(PoolError::Server(e)) if target == Target::Replica && e.refuses_this_login() => {
-                    replicas_ok = false;
-                    tracing::info!(backend = %backend.name, "replica refused this login ({e}); reading from the primary");
+                    pool.refuse_logins_for(ban);
+                    tracing::info!(backend = %backend.name, "replica refused this role's login ({e}); its reads go elsewhere for ban_time");
                 }
                 Err(PoolError::Server(e)) if target == Target::Replica => {
                     backend.ban(ban, "connect failed");

@@ -30,10 +30,12 @@ pub fn take(min: usize) -> BytesMut {
 /// still in it is discarded: callers give back only buffers they have emptied.
 pub fn give(b: &mut BytesMut) {
     let mut b = std::mem::take(b);
-    if b.capacity() == 0 || b.capacity() > MAX_KEPT {
+    b.clear();
+    // `capacity()` counts only the room after what was consumed (`advance`, `split_to`); a
+    // successful reclaim of more than MAX_KEPT means the allocation underneath is that large.
+    if b.capacity() == 0 || b.try_reclaim(MAX_KEPT + 1) || b.capacity() > MAX_KEPT {
         return;
     }
-    b.clear();
     SPARES.with(|s| {
         let mut s = s.borrow_mut();
         if s.len() < MAX_SPARES {
@@ -61,5 +63,13 @@ mod tests {
         let mut big = BytesMut::with_capacity(MAX_KEPT * 2);
         give(&mut big);
         assert_ne!(take(16).capacity(), MAX_KEPT * 2, "a grown buffer is not kept");
+        // A large buffer whose request was consumed shows little capacity but holds it all.
+        let mut consumed = BytesMut::with_capacity(MAX_KEPT * 8);
+        consumed.resize(MAX_KEPT * 8 - 100, b'x');
+        let _ = consumed.split_to(consumed.len());
+        assert!(consumed.capacity() <= MAX_KEPT, "only the tail shows: {}", consumed.capacity());
+        let tail = consumed.as_ptr();
+        give(&mut consumed);
+        assert_ne!(take(16).as_ptr(), tail, "the large allocation was freed, not kept");
     }
 }

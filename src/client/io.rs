@@ -10,8 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWrite};
 
 use crate::stream::Stream;
 
-/// Read buffer growth toward a client: requests are small, and a buffer this size is recycled by
-/// the allocator's per-thread cache when an idle client gives it back.
+/// Read buffer growth toward a client: requests are small, and an idle client gives its buffer
+/// to this thread's spares (see `bufpool`).
 pub const CLIENT_CHUNK: usize = 1024;
 /// Read buffer growth toward a server: results can be large.
 pub const SERVER_CHUNK: usize = 16 * 1024;

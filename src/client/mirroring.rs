@@ -13,6 +13,8 @@ impl Session {
             return;
         }
         let committed = std::mem::take(&mut att.committed);
+        // The transaction lasts until its copy is acknowledged: its end is read after the wait.
+        att.answered_at = None;
         let toward_target = att.mirror_to_target;
         let Some(cfg) = self.rt.config.migration.as_ref() else { return };
         let (mode, timeout) = (cfg.mirror_mode, cfg.mirror_timeout.0);

@@ -146,7 +146,7 @@ pub type Choice = (Arc<Backend>, Arc<Pool>, Target);
 
 impl Session {
     /// The backend, pool and target for the request of `len` bytes at the front of `cin`.
-    /// With `replicas_ok` false a read goes to the primary (the replicas refused this login).
+    /// With `replicas_ok` false a read goes to the primary too (the last attempt of a read).
     pub(super) fn route(&mut self, len: usize, phase: Phase, replicas_ok: bool) -> Result<Choice, ClientError> {
         let rt = self.rt.clone();
         let serving_target = phase.target_serves() && self.pools.target.is_some();
@@ -245,8 +245,12 @@ impl Session {
     fn pick_target_read(&self, rt: &Runtime, executes: bool) -> Option<Choice> {
         let t = self.pools.target.as_ref()?;
         let replicas = rt.targets.get(1..).unwrap_or_default();
-        if let Some(i) = rt.rr.pick(replicas.len(), executes, |i| replicas[i].serves_reads(rt)) {
+        let usable = |i: usize| replicas[i].serves_reads(rt) && !t.replicas[i].refuses_logins();
+        if let Some(i) = rt.rr.pick(replicas.len(), executes, usable) {
             return Some((replicas[i].clone(), t.replicas[i].clone(), Target::Replica));
+        }
+        if t.primary.refuses_logins() {
+            return None;
         }
         Some((rt.targets.first()?.clone(), t.primary.clone(), Target::Replica))
     }
@@ -264,9 +268,10 @@ impl Session {
                 return None;
             }
         };
+        let pools = &self.pools.source.replicas;
         let usable = |i: usize| {
             let b = &cluster.replicas[i];
-            b.serves_reads(rt) && needed.is_none_or(|lsn| b.replayed(lsn))
+            b.serves_reads(rt) && !pools[i].refuses_logins() && needed.is_none_or(|lsn| b.replayed(lsn))
         };
         match cluster.rr.pick(cluster.replicas.len(), executes, usable) {
             Some(i) => Some((cluster.replicas[i].clone(), self.pools.source.replicas[i].clone(), Target::Replica)),

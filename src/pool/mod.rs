@@ -8,6 +8,7 @@ pub mod health;
 pub mod limit;
 #[allow(clippy::module_inception)]
 mod pool;
+mod refusal;
 mod upkeep;
 
 pub use clean::SESSION_RESET;

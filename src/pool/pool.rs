@@ -102,6 +102,8 @@ pub struct Pool {
     conn_ids: Arc<AtomicU64>,
     /// Parameters PostgreSQL reported at login, cached from the first connection.
     pub server_params: Mutex<Option<ServerParams>>,
+    /// Until when (`mono_ms`) the server refuses this role's logins; 0: it does not.
+    pub(super) login_refused_until: AtomicU64,
 }
 
 /// A leased connection; dropping it without `Pool::checkin` closes the connection and frees its slot.
@@ -150,6 +152,7 @@ impl Pool {
             next_waiter: AtomicU64::new(0),
             conn_ids,
             server_params: Mutex::new(None),
+            login_refused_until: AtomicU64::new(0),
         });
         for l in &pool.limits {
             l.join(&pool);

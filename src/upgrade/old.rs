@@ -73,7 +73,7 @@ async fn wait_ready(chan: &Channel, child: &mut Child, timeout: Duration) -> Res
             got = &mut recv => return match got? {
                 Some((Message::Ready { .. }, _)) => Ok(()),
                 Some(_) => Err(UpgradeError::Protocol("expected Ready")),
-                None => Err(UpgradeError::ChildExited(exit_status(child))),
+                None => Err(UpgradeError::ChildExited(exit_status(child).await)),
             },
             _ = tick.tick() => {
                 if let Some(status) = child.try_wait()? {
@@ -87,13 +87,13 @@ async fn wait_ready(chan: &Channel, child: &mut Child, timeout: Duration) -> Res
     }
 }
 
-fn exit_status(child: &mut Child) -> String {
+async fn exit_status(child: &mut Child) -> String {
     // The channel closes a moment before the exit is visible.
     for _ in 0..20 {
         if let Ok(Some(s)) = child.try_wait() {
             return s.to_string();
         }
-        std::thread::sleep(Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     "closed the handover channel".into()
 }

@@ -66,6 +66,8 @@ struct State {
     replica: bool,
     /// Roles whose logins fail with 28P01, as for a role not yet replayed on a replica.
     refused: Vec<String>,
+    /// Logins refused so far.
+    refusals: usize,
 }
 
 /// The fake server; dropping it stops accepting (open connections end with the test's runtime).
@@ -122,6 +124,11 @@ impl FakePg {
         self.lock().refused.push(user.to_owned());
     }
 
+    /// How many logins were refused so far.
+    pub fn refusals(&self) -> usize {
+        self.lock().refusals
+    }
+
     /// The client connections (not the probe's) accepted so far.
     pub fn client_conns(&self) -> Vec<ConnLog> {
         self.lock().conns.iter().filter(|c| c.database != PROBE_DATABASE).cloned().collect()
@@ -159,6 +166,7 @@ async fn serve(mut sock: TcpStream, id: u32, state: Arc<Mutex<State>>) {
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     let mut out = Vec::new();
     if lock().refused.contains(&user) {
+        lock().refusals += 1;
         be::error(&mut out, "FATAL", "28P01", &format!("password authentication failed for user \"{user}\""));
         let _ = sock.write_all(&out).await;
         return;
