@@ -194,7 +194,11 @@ async fn dump(
         list.arg("--list").arg(&partial);
         clean_env(&mut list);
         tools::run("pg_restore", list, limit, stop, (host, &b.name)).await?;
-        files::publish(&partial, &path)
+        // fsync of a large dump can take seconds: off the runtime's threads.
+        let (from, to) = (partial.clone(), path.clone());
+        tokio::task::spawn_blocking(move || files::publish(&from, &to))
+            .await
+            .map_err(|e| files::io(&partial, "cannot publish", std::io::Error::other(e)))?
     };
     match written.await {
         Ok(size) => Ok(Done { dir, file, path, size }),
