@@ -20,8 +20,9 @@ pub struct DbRoute {
     pub server_db: String,
     /// The cluster serving it.
     pub cluster: Arc<Cluster>,
-    /// Per-database settings (absent ones fall back to `[proxy]`).
-    pub settings: DatabaseConfig,
+    /// Per-database settings (absent ones fall back to `[proxy]`); shared by every name the `*`
+    /// entry serves, so a client of such a name holds no copy of its own.
+    pub settings: Arc<DatabaseConfig>,
     /// The role server connections log in as, when the entry forces one.
     pub forced_user: Option<Arc<UserEntry>>,
 }
@@ -31,7 +32,7 @@ pub struct DbRoute {
 pub struct Databases {
     listed: HashMap<String, Arc<DbRoute>>,
     /// The `*` entry (or the implicit one without `[databases]`): settings, cluster, forced user.
-    any: Option<(DatabaseConfig, Arc<Cluster>, Option<Arc<UserEntry>>)>,
+    any: Option<(Arc<DatabaseConfig>, Arc<Cluster>, Option<Arc<UserEntry>>)>,
 }
 
 impl Databases {
@@ -48,7 +49,7 @@ impl Databases {
             clusters.iter().find(|c| c.name == name).cloned()
         };
         if config.is_empty() {
-            out.any = clusters.first().map(|c| (DatabaseConfig::default(), c.clone(), None));
+            out.any = clusters.first().map(|c| (Arc::new(DatabaseConfig::default()), c.clone(), None));
             return Ok(out);
         }
         for (name, d) in config {
@@ -64,14 +65,14 @@ impl Databases {
                 }
             };
             if name == ANY_DATABASE {
-                out.any = Some((d.clone(), cluster, forced_user));
+                out.any = Some((Arc::new(d.clone()), cluster, forced_user));
                 continue;
             }
             let route = DbRoute {
                 name: name.clone(),
                 server_db: d.dbname.clone().unwrap_or_else(|| name.clone()),
                 cluster,
-                settings: d.clone(),
+                settings: Arc::new(d.clone()),
                 forced_user,
             };
             out.listed.insert(name.clone(), Arc::new(route));
@@ -105,7 +106,7 @@ impl Databases {
 
     /// The `*` entry's cluster and settings, if there is one.
     pub fn any(&self) -> Option<(&DatabaseConfig, &Arc<Cluster>)> {
-        self.any.as_ref().map(|(d, c, _)| (d, c))
+        self.any.as_ref().map(|(d, c, _)| (&**d, c))
     }
 }
 
