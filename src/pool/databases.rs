@@ -31,9 +31,12 @@ pub struct DbRoute {
 #[derive(Debug, Default)]
 pub struct Databases {
     listed: HashMap<String, Arc<DbRoute>>,
-    /// The `*` entry (or the implicit one without `[databases]`): settings, cluster, forced user.
-    any: Option<(Arc<DatabaseConfig>, Arc<Cluster>, Option<Arc<UserEntry>>)>,
+    /// The `*` entry (or the implicit one without `[databases]`).
+    any: Option<AnyEntry>,
 }
+
+/// The `*` entry: its settings, cluster and forced user, shared by every name it serves.
+type AnyEntry = (Arc<DatabaseConfig>, Arc<Cluster>, Option<Arc<UserEntry>>);
 
 impl Databases {
     /// Builds the table; a problem per entry that names an unknown cluster or forced user.
