@@ -1,8 +1,10 @@
-//! Client buffers recycled per thread: an idle client holds none, and its next request takes a
-//! spare one instead of allocating (and re-growing) a fresh one each transaction.
+//! Buffers recycled per thread: an idle client holds none, and its next request takes a spare
+//! one instead of allocating (and re-growing) a fresh one each transaction. The attachment's
+//! buffers (`state::Spare`) go through the same bounded lists and the same size rule.
 
 use bytes::BytesMut;
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 thread_local! {
     static SPARES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
@@ -29,17 +31,30 @@ pub fn take(min: usize) -> BytesMut {
 /// Takes `b`'s allocation for the next client on this thread, leaving `b` with none. Anything
 /// still in it is discarded: callers give back only buffers they have emptied.
 pub fn give(b: &mut BytesMut) {
+    if let Some(b) = reusable(b, MAX_KEPT) {
+        keep(&SPARES, b, MAX_SPARES);
+    }
+}
+
+/// `b` emptied and taken (leaving `b` with none), or `None` when it holds no allocation or one
+/// larger than `max` bytes (then freed). `capacity()` counts only the room after what was
+/// consumed (`advance`, `split_to`); reclaiming more than `max` succeeds exactly when the
+/// allocation underneath is larger.
+pub fn reusable(b: &mut BytesMut, max: usize) -> Option<BytesMut> {
     let mut b = std::mem::take(b);
     b.clear();
-    // `capacity()` counts only the room after what was consumed (`advance`, `split_to`); a
-    // successful reclaim of more than MAX_KEPT means the allocation underneath is that large.
-    if b.capacity() == 0 || b.try_reclaim(MAX_KEPT + 1) || b.capacity() > MAX_KEPT {
-        return;
+    if b.capacity() == 0 || b.try_reclaim(max + 1) || b.capacity() > max {
+        return None;
     }
-    SPARES.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < MAX_SPARES {
-            s.push(b);
+    Some(b)
+}
+
+/// Keeps `item` on this thread's `list` for reuse, unless the list already holds `max`.
+pub fn keep<T: 'static>(list: &'static LocalKey<RefCell<Vec<T>>>, item: T, max: usize) {
+    list.with(|l| {
+        let mut l = l.borrow_mut();
+        if l.len() < max {
+            l.push(item);
         }
     });
 }

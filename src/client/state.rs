@@ -269,12 +269,7 @@ impl Spare {
     }
     /// Returns a set for the next transaction on this thread.
     pub fn give_back(self) {
-        SPARES.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < MAX_SPARES {
-                s.push(self);
-            }
-        });
+        super::bufpool::keep(&SPARES, self, MAX_SPARES);
     }
 }
 
@@ -361,15 +356,7 @@ impl Attached {
     /// Gives the buffers back (emptied) for the next transaction on this thread. Buffers that
     /// grew large for one big request are dropped rather than kept.
     pub fn recycle(&mut self) {
-        let keep = |b: &mut BytesMut| {
-            let mut b = std::mem::take(b);
-            b.clear();
-            if b.capacity() > 64 * 1024 {
-                BytesMut::new()
-            } else {
-                b
-            }
-        };
+        let keep = |b: &mut BytesMut| super::bufpool::reusable(b, 64 * 1024).unwrap_or_default();
         let mut queue = std::mem::take(&mut self.queue);
         queue.clear();
         let mut effects = std::mem::take(&mut self.effects);
