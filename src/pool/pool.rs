@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
 use super::limit::ConnLimit;
+use super::upkeep::past;
 use super::PoolError;
 use crate::server::{LoginSpec, ServerConn};
 use crate::stats::PoolStats;
@@ -356,13 +357,11 @@ impl Pool {
     /// Whether an idle connection may serve: too old or dead ones are discarded; one idle longer
     /// than the check delay is probed first.
     fn vet_now(&self, mut c: Box<ServerConn>, s: &PoolSettings, now: Instant) -> Vetted {
-        // Deadlines compared with `now` (an addition each) rather than ages computed from it.
-        let past = |since: Instant, d: Duration| since.checked_add(d).is_some_and(|t| now > t);
-        if s.lifetime.is_some_and(|l| past(c.created, l)) || !c.healthy_after_idle() {
+        if s.lifetime.is_some_and(|l| past(c.created, l, now)) || !c.healthy_after_idle() {
             self.discard(c);
             return Vetted::Discarded;
         }
-        if s.check_delay.is_some_and(|d| past(c.last_used, d)) {
+        if s.check_delay.is_some_and(|d| past(c.last_used, d, now)) {
             return Vetted::Probe(c);
         }
         Vetted::Ok(c)
@@ -403,7 +402,7 @@ impl Pool {
 
     fn return_conn_at(&self, mut c: Box<ServerConn>, now: Instant) {
         let s = self.settings.load();
-        let expired = s.lifetime.is_some_and(|l| c.created.checked_add(l).is_some_and(|end| now > end));
+        let expired = s.lifetime.is_some_and(|l| past(c.created, l, now));
         if c.broken || expired || !c.rbuf.is_empty() {
             self.discard(c);
             return;

@@ -16,8 +16,17 @@ impl Pool {
     }
 
     /// Whether the server refused this pool's role within the last `ban_time`.
+    /// Once the time has passed the mark is cleared, so pools that were never refused, or no
+    /// longer are, cost one load and no clock read.
     pub fn refuses_logins(&self) -> bool {
         let until = self.login_refused_until.load(Ordering::Relaxed);
-        until != 0 && mono_ms() < until
+        if until == 0 {
+            return false;
+        }
+        if mono_ms() < until {
+            return true;
+        }
+        let _ = self.login_refused_until.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 }

@@ -2,7 +2,7 @@
 //! retirement when a backend leaves the configuration.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Pool;
 
@@ -11,16 +11,17 @@ impl Pool {
     /// Returns how many connections to open.
     pub fn maintain(&self) -> usize {
         let s = self.settings.load();
+        let now = Instant::now();
         let mut closed = Vec::new();
         let deficit = {
             let mut inner = self.lock();
             let mut keep = Vec::with_capacity(inner.idle.len());
             let idle_count = inner.idle.len();
             for (i, c) in std::mem::take(&mut inner.idle).into_iter().enumerate() {
-                let too_idle = s.idle_timeout.is_some_and(|t| c.last_used.elapsed() > t)
+                let too_idle = s.idle_timeout.is_some_and(|t| past(c.last_used, t, now))
                     && inner.open - closed.len() > s.min
                     && i < idle_count;
-                let too_old = s.lifetime.is_some_and(|l| c.created.elapsed() > l);
+                let too_old = s.lifetime.is_some_and(|l| past(c.created, l, now));
                 if too_idle || too_old || inner.retired {
                     closed.push(c);
                 } else {
@@ -73,4 +74,10 @@ impl Pool {
         self.lock().retired = true;
         self.reconnect();
     }
+}
+
+/// Whether `d` after `since` has passed by `now`: a deadline compared (an addition) rather than
+/// an age computed (a subtraction with its checks); the pool's checkouts and check-ins ask it too.
+pub(super) fn past(since: Instant, d: Duration, now: Instant) -> bool {
+    since.checked_add(d).is_some_and(|t| now > t)
 }
