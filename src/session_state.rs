@@ -16,33 +16,46 @@ use crate::wire::tag;
 
 /// Settings by lower-case GUC name; the value is SQL text ready for `SET name TO <value>`.
 ///
-/// A sorted vector rather than a map: a client holds a handful of settings at most, and every
-/// idle client carries two of these (a B-tree's first node alone is over 500 bytes).
+/// A sorted slice rather than a map: a client holds a handful of settings at most. The slice is
+/// shared and copied on write: every idle client carries two of these (what it logged in with and
+/// what it holds now, the same until it runs SET), and each server connection takes a copy of the
+/// settings of the client it last served. None when empty, so an empty set allocates nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Settings(Vec<(String, String)>);
+pub struct Settings(Option<Arc<[(String, String)]>>);
 
 impl Settings {
     /// No settings.
     pub fn new() -> Self {
-        Settings(Vec::new())
+        Settings(None)
+    }
+    fn pairs(&self) -> &[(String, String)] {
+        self.0.as_deref().unwrap_or(&[])
     }
     fn find(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
+        self.pairs().binary_search_by(|(k, _)| k.as_str().cmp(name))
+    }
+    /// Changes a copy of the pairs and keeps it (settings change rarely; reads and clones are
+    /// what must be cheap).
+    fn edit<R>(&mut self, f: impl FnOnce(&mut Vec<(String, String)>) -> R) -> R {
+        let mut v = self.pairs().to_vec();
+        let r = f(&mut v);
+        self.0 = if v.is_empty() { None } else { Some(v.into()) };
+        r
     }
     /// Sets `name`; returns the value it replaced.
     pub fn insert(&mut self, name: String, value: String) -> Option<String> {
         match self.find(&name) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
-            Err(i) => {
-                self.0.insert(i, (name, value));
-                self.0.shrink_to_fit();
+            Ok(i) if self.pairs()[i].1 == value => Some(value),
+            Ok(i) => self.edit(|v| Some(std::mem::replace(&mut v[i].1, value))),
+            Err(i) => self.edit(|v| {
+                v.insert(i, (name, value));
                 None
-            }
+            }),
         }
     }
     /// The value of `name`.
     pub fn get(&self, name: &str) -> Option<&String> {
-        self.find(name).ok().map(|i| &self.0[i].1)
+        self.find(name).ok().map(|i| &self.pairs()[i].1)
     }
     /// Whether `name` is set.
     pub fn contains_key(&self, name: &str) -> bool {
@@ -50,32 +63,34 @@ impl Settings {
     }
     /// Unsets `name`; returns its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
-        self.find(name).ok().map(|i| self.0.remove(i).1)
+        let i = self.find(name).ok()?;
+        self.edit(|v| Some(v.remove(i).1))
     }
     /// Unsets everything.
     pub fn clear(&mut self) {
-        self.0 = Vec::new();
+        self.0 = None;
     }
     /// Keeps the settings `keep` says yes to.
     pub fn retain(&mut self, mut keep: impl FnMut(&String, &mut String) -> bool) {
-        self.0.retain_mut(|(k, v)| keep(k, v));
-        self.0.shrink_to_fit();
+        if !self.is_empty() {
+            self.edit(|v| v.retain_mut(|(k, v)| keep(k, v)));
+        }
     }
     /// Names in order.
     pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|(k, _)| k)
+        self.pairs().iter().map(|(k, _)| k)
     }
     /// (name, value) in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.0.iter().map(|(k, v)| (k, v))
+        self.pairs().iter().map(|(k, v)| (k, v))
     }
     /// How many are set.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.pairs().len()
     }
     /// True when none is set.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
     }
 }
 
@@ -83,7 +98,7 @@ impl<'a> IntoIterator for &'a Settings {
     type Item = (&'a String, &'a String);
     type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, String)>, fn(&'a (String, String)) -> Self::Item>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(k, v)| (k, v))
+        self.pairs().iter().map(|(k, v)| (k, v))
     }
 }
 
@@ -374,6 +389,24 @@ pub fn close_statement_frame(id: u64) -> BytesMut {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_are_shared_until_one_copy_changes() {
+        let mut a = Settings::new();
+        assert!(a.is_empty());
+        a.insert("search_path".into(), "'a'".into());
+        a.insert("application_name".into(), "'x'".into());
+        let mut b = a.clone();
+        assert_eq!(a, b);
+        assert_eq!(b.insert("search_path".into(), "'b'".into()).as_deref(), Some("'a'"));
+        assert_eq!(a.get("search_path").unwrap(), "'a'", "the original is untouched");
+        assert_eq!(b.get("search_path").unwrap(), "'b'");
+        assert_eq!(b.keys().cloned().collect::<Vec<_>>(), ["application_name", "search_path"], "kept sorted");
+        assert_eq!(b.remove("application_name").as_deref(), Some("'x'"));
+        assert_eq!(b.remove("search_path").as_deref(), Some("'b'"));
+        assert!(b.is_empty() && b == Settings::new(), "emptied, it holds no allocation");
+        assert_eq!(a.len(), 2);
+    }
 
     #[test]
     fn startup_settings_skip_identity_and_parse_options() {
