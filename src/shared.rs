@@ -289,6 +289,8 @@ pub struct Shared {
     pub prepared: PreparedRegistry,
     /// Classification cache by statement text.
     pub classify_cache: ClassifierCache,
+    /// The pools each (role, database) uses, shared by its clients.
+    pub session_pools: crate::client::pools_cache::PoolsCache,
     /// Set when SIGTERM starts a drain: sessions close at their next transaction boundary.
     pub draining: AtomicBool,
     /// Wakes sessions waiting on a drain or pause change.
@@ -335,6 +337,7 @@ impl Shared {
             sessions: Sessions::default(),
             prepared: PreparedRegistry::default(),
             classify_cache: ClassifierCache::new(16_384),
+            session_pools: Default::default(),
             draining: AtomicBool::new(false),
             drain_notify: Notify::new(),
             paused: watch::channel(false).0,

@@ -288,7 +288,7 @@ struct Parts {
     database: Arc<str>,
     client_slots: [ClientSlot; 2],
     rt: Arc<Runtime>,
-    pools: SessionPools,
+    pools: Arc<SessionPools>,
     state: ClientState,
     skip_to_sync: bool,
 }

@@ -215,7 +215,23 @@ fn failed_login_limit(rt: &crate::shared::Runtime) -> Limit {
 }
 
 /// One client connection, counted by `slot` until it ends.
-async fn handle(mut slot: Slot, stream: Stream, peer: Peer) {
+///
+/// A plain fn returning an `async` block that captures one pointer: the login (and a console
+/// client's whole life) runs in a boxed future that is freed once the session starts, so the task
+/// of an idle client holds the session and its place, and nothing of how it logged in.
+#[allow(clippy::manual_async_fn)]
+fn handle(slot: Slot, stream: Stream, peer: Peer) -> impl std::future::Future<Output = ()> + Send {
+    let opening = Box::pin(log_in(slot, stream, peer));
+    async move {
+        let Some((session, slot)) = opening.await else { return };
+        session.drive().await;
+        drop(slot);
+    }
+}
+
+/// Logs the client in and starts its session; `None` when it was refused, left, or was a
+/// console client (served here to the end).
+async fn log_in(mut slot: Slot, stream: Stream, peer: Peer) -> Option<(session::Session, Slot)> {
     let shared = slot.shared.clone();
     // 0 turns the bound off, as in PgBouncer.
     let timeout =
@@ -225,10 +241,10 @@ async fn handle(mut slot: Slot, stream: Stream, peer: Peer) {
     let opening = tokio::time::timeout(timeout, Box::pin(handshake::open(&shared, stream, peer))).await;
     let mut login = match opening {
         Ok(Ok(Opening::Session(login))) => login,
-        Ok(Ok(Opening::Cancelled)) => return,
+        Ok(Ok(Opening::Cancelled)) => return None,
         // A client that went away by itself (a port check, an aborted TLS handshake, psql
         // closing to ask for a password) did not fail a login: only refusals count.
-        Ok(Err(None)) => return,
+        Ok(Err(None)) => return None,
         Ok(Err(e)) => {
             shared.stats.login_failures.fetch_add(1, Ordering::Relaxed);
             if let Some(e) = e {
@@ -238,12 +254,12 @@ async fn handle(mut slot: Slot, stream: Stream, peer: Peer) {
                     shared.failed_logins.record(peer.ip(), failed_login_limit(&shared.runtime.load()));
                 }
             }
-            return;
+            return None;
         }
         Err(_) => {
             shared.stats.login_failures.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, "client_login_timeout: closing a connection that did not log in");
-            return;
+            return None;
         }
     };
     // Checked once the client has logged in, as PostgreSQL counts backends, so sockets that
@@ -254,14 +270,13 @@ async fn handle(mut slot: Slot, stream: Stream, peer: Peer) {
         tracing::info!(%peer, code = %e.code, "connection refused: {}", e.message);
         let _ = login.stream.write_all(&e.frame()).await;
         let _ = login.stream.shutdown().await;
-        return;
+        return None;
     }
     if crate::admin::console::is_console_database(&login.database) {
-        Box::pin(crate::admin::console::run(shared, *login)).await
-    } else {
-        session::run(shared, login).await
+        Box::pin(crate::admin::console::run(shared, *login)).await;
+        return None;
     }
-    drop(slot);
+    Some((session::open(shared, login).await?, slot))
 }
 
 /// Reads the opening packets (declining TLS) just far enough to answer with an error, as

@@ -15,6 +15,7 @@ pub mod login;
 mod mirroring;
 mod notifications;
 pub mod peer;
+pub mod pools_cache;
 pub mod registry;
 mod relay;
 mod release;

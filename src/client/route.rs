@@ -29,6 +29,8 @@ pub struct StorePools {
 
 /// The pools a client uses, resolved once per runtime generation.
 pub struct SessionPools {
+    /// The database name the client asked for.
+    pub database: Arc<str>,
     /// Where the client's database is served: its cluster, server-side name and settings.
     pub db: Arc<DbRoute>,
     /// Transaction or session pooling for this user and database.
@@ -43,14 +45,21 @@ pub struct SessionPools {
 }
 
 impl SessionPools {
-    /// Looks up (or creates) the client's pools in the runtime; 3D000 for a database name
-    /// pgshift does not serve.
+    /// The client's pools in the runtime, shared with every client of the same role and database
+    /// (an idle client holds one pointer to them); 3D000 for a database name pgshift does not
+    /// serve.
     pub fn resolve(
         shared: &Shared,
         rt: &Runtime,
         user: &Arc<UserEntry>,
         database: &str,
-    ) -> Result<SessionPools, ClientError> {
+    ) -> Result<Arc<SessionPools>, ClientError> {
+        shared.session_pools.get_or_make(rt.generation, &user.name, database, || {
+            SessionPools::make(shared, rt, user, database).map(Arc::new)
+        })
+    }
+
+    fn make(shared: &Shared, rt: &Runtime, user: &Arc<UserEntry>, database: &str) -> Result<SessionPools, ClientError> {
         let db = rt.databases.resolve(database).ok_or_else(|| ClientError::unknown_database(database))?;
         let server_user = db.forced_user.as_ref().unwrap_or(user);
         let pool = |b: &Arc<Backend>| {
@@ -79,6 +88,7 @@ impl SessionPools {
             query_timeout: rt.query_timeout_for(&db, &user.name),
             source,
             target,
+            database: database.into(),
             db,
         })
     }

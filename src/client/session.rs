@@ -59,7 +59,7 @@ pub struct Session {
     /// the client is connected.
     pub(super) _client_slots: [ClientSlot; 2],
     pub(super) rt: Arc<Runtime>,
-    pub(super) pools: SessionPools,
+    pub(super) pools: Arc<SessionPools>,
     pub(super) state: ClientState,
     /// The server held now (boxed: it moves between the session's steps as a pointer).
     pub(super) attached: Option<Box<Attached>>,
@@ -69,16 +69,8 @@ pub struct Session {
     pub(super) notify_rx: Option<crate::notify::NotifyRx>,
 }
 
-/// Runs a client from login to disconnect.
-pub async fn run(shared: Arc<Shared>, login: Box<Login>) {
-    // Login and goodbye are boxed: their states (fetching server parameters, resetting a server)
-    // would otherwise size the task of every idle client, which holds only `Session` and `serve`.
-    let Some(session) = Box::pin(open(shared, login)).await else { return };
-    session.drive().await;
-}
-
 /// Starts the session, or tells the client why not.
-async fn open(shared: Arc<Shared>, login: Box<Login>) -> Option<Session> {
+pub(super) async fn open(shared: Arc<Shared>, login: Box<Login>) -> Option<Session> {
     let peer = login.peer;
     match Session::start(shared.clone(), *login).await {
         Ok(session) => {
@@ -106,12 +98,16 @@ impl Session {
     pub(super) fn drive(mut self) -> impl std::future::Future<Output = ()> + Send {
         async move {
             loop {
-                match self.serve().await {
-                    End::Handover => match Box::pin(self.hand_over()).await {
-                        Some(stays) => self = stays, // the upgrade was abandoned
-                        None => return,
-                    },
-                    end => return Box::pin(self.finish(end)).await,
+                {
+                    // Scoped: how `serve` ended is not kept across the handover's await.
+                    let end = self.serve().await;
+                    if !matches!(end, End::Handover) {
+                        return Box::pin(self.finish(end)).await;
+                    }
+                }
+                match Box::pin(self.hand_over()).await {
+                    Some(stays) => self = stays, // the upgrade was abandoned
+                    None => return,
                 }
             }
         }
@@ -135,7 +131,7 @@ impl Session {
             Ok(p) => p,
             Err(e) => return Err((stream, e)),
         };
-        let database: Arc<str> = database.into();
+        let database = pools.database.clone();
         let handle = shared.sessions.register(&user.name, database.clone(), peer, rt.config.fleet.id);
         let mut state = ClientState {
             tx_status: TxStatus::Idle,
@@ -219,16 +215,19 @@ impl Session {
             }
             // Boxed: the attached phase's state exists only while a transaction runs, so the task
             // of an idle client stays small (one short-lived allocation per transaction).
-            match Box::pin(self.transaction(req)).await {
-                Ok(Some(Relayed::Released)) => {
+            let relayed = match Box::pin(self.transaction(req)).await {
+                Ok(Some(relayed)) => relayed,
+                Ok(None) => continue,
+                Err(end) => return end,
+            };
+            match relayed {
+                Relayed::Released => {
                     self.release();
                     if self.notify_rx.is_some() {
                         Box::pin(self.own_notifications_first()).await;
                     }
                 }
-                Ok(Some(Relayed::Retry)) => self.retry_elsewhere(),
-                Ok(None) => {}
-                Err(end) => return end,
+                Relayed::Retry => self.retry_elsewhere(),
             }
         }
     }
