@@ -22,7 +22,7 @@ impl Session {
     pub(super) async fn attach(&mut self, req: Request) -> Result<(), ClientError> {
         let rt = self.shared.runtime.load_full();
         if rt.generation != self.rt.generation {
-            self.pools = SessionPools::resolve(&self.shared, &rt, &self.user, &self.database)?;
+            self.pools = SessionPools::resolve(&self.shared, &rt, &self.user, &self.pools.database)?;
             self.rt = rt;
         }
         if *self.shared.paused.borrow() {

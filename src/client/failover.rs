@@ -61,7 +61,7 @@ impl Session {
                     let rt = self.shared.runtime.load_full();
                     if rt.generation != self.rt.generation {
                         self.pools =
-                            super::route::SessionPools::resolve(&self.shared, &rt, &self.user, &self.database)?;
+                            super::route::SessionPools::resolve(&self.shared, &rt, &self.user, &self.pools.database)?;
                         self.rt = rt;
                     }
                 }

@@ -107,7 +107,7 @@ impl Session {
         Handoff {
             transport,
             user: self.user.name.clone(),
-            database: self.database.to_string(),
+            database: self.pools.database.to_string(),
             key: self.handle.key,
             connected_at_ms: self.handle.connected_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             xacts: self.handle.xacts.load(Ordering::Relaxed),
@@ -189,9 +189,8 @@ impl Session {
             Ok(s) => s,
             Err(e) => return Err((stream, e)),
         };
-        let database: Arc<str> = h.database.as_str().into();
         let since = UNIX_EPOCH + Duration::from_millis(h.connected_at_ms);
-        let Some(handle) = shared.sessions.adopt(h.key, &user.name, database.clone(), peer, since) else {
+        let Some(handle) = shared.sessions.adopt(h.key, &user.name, pools.database.clone(), peer, since) else {
             return Err((stream, ClientError::fatal("57P01", "pgshift restarted and cannot keep this cancel key")));
         };
         handle.xacts.store(h.xacts, Ordering::Relaxed);
@@ -204,7 +203,6 @@ impl Session {
             client: stream,
             cin: BytesMut::from(&h.pending[..]),
             user,
-            database,
             client_slots: slots,
             rt,
             pools,
@@ -285,7 +283,6 @@ struct Parts {
     client: crate::stream::Stream,
     cin: BytesMut,
     user: Arc<UserEntry>,
-    database: Arc<str>,
     client_slots: [ClientSlot; 2],
     rt: Arc<Runtime>,
     pools: Arc<SessionPools>,
@@ -304,7 +301,6 @@ impl Session {
             cout: BytesMut::new(),
             cflush: false,
             user: p.user,
-            database: p.database,
             _client_slots: p.client_slots,
             rt: p.rt,
             pools: p.pools,

@@ -75,7 +75,7 @@ impl Session {
             match t {
                 tag::PARSE => {
                     let Some((name, tail)) = frame::cstr(body).filter(|(n, _)| !n.is_empty()) else { return false };
-                    let Some(def) = self.shared.prepared.validated(&self.database, tail) else { return false };
+                    let Some(def) = self.shared.prepared.validated(&self.pools.database, tail) else { return false };
                     plan.push((t, bytes::Bytes::copy_from_slice(name), Some(def)));
                 }
                 tag::CLOSE => {

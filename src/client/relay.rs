@@ -393,7 +393,7 @@ impl Session {
                 state: &mut self.state,
                 att: &mut *att,
                 transaction_mode: tm,
-                database: &self.database,
+                database: &self.pools.database,
                 has_replicas: !self.pools.cluster().replicas.is_empty(),
             };
             fwd.frame(t, &self.cin[..total]);

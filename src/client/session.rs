@@ -53,8 +53,6 @@ pub struct Session {
     /// The client owes a TLS flush.
     pub(super) cflush: bool,
     pub(super) user: Arc<UserEntry>,
-    /// Database name, shared with the session's handle.
-    pub(super) database: Arc<str>,
     /// Places under `max_db_client_connections` and `max_user_client_connections`, held while
     /// the client is connected.
     pub(super) _client_slots: [ClientSlot; 2],
@@ -74,7 +72,7 @@ pub(super) async fn open(shared: Arc<Shared>, login: Box<Login>) -> Option<Sessi
     let peer = login.peer;
     match Session::start(shared.clone(), *login).await {
         Ok(session) => {
-            tracing::info!(%peer, user = %session.user.name, db = %session.database, client = session.handle.id, "client connected");
+            tracing::info!(%peer, user = %session.user.name, db = %session.pools.database, client = session.handle.id, "client connected");
             Some(session)
         }
         Err((mut stream, e)) => {
@@ -131,8 +129,7 @@ impl Session {
             Ok(p) => p,
             Err(e) => return Err((stream, e)),
         };
-        let database = pools.database.clone();
-        let handle = shared.sessions.register(&user.name, database.clone(), peer, rt.config.fleet.id);
+        let handle = shared.sessions.register(&user.name, pools.database.clone(), peer, rt.config.fleet.id);
         let mut state = ClientState {
             tx_status: TxStatus::Idle,
             track_prepared: pools.mode == PoolMode::Transaction && rt.config.proxy.max_prepared_statements > 0,
@@ -174,7 +171,6 @@ impl Session {
             cout: BytesMut::new(),
             cflush: false,
             user,
-            database,
             _client_slots: client_slots,
             rt,
             pools,
