@@ -25,10 +25,17 @@ struct Db {
 }
 
 impl Db {
-    fn create(name: &'static str) -> Db {
-        let port = shared_bed().primary_port;
+    /// Creates the database on the bed's primary and waits until every replica has it (a backup
+    /// may be taken from any of them).
+    async fn create(name: &'static str) -> Db {
+        let bed = shared_bed();
+        let port = bed.primary_port;
         superuser_exec(port, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         superuser_exec(port, &format!("CREATE DATABASE {name} OWNER app"));
+        let exists = format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'");
+        for r in &bed.replica_ports {
+            wait_for(*r, "postgres", &exists, "1").await;
+        }
         Db { name, port }
     }
 }
@@ -126,7 +133,7 @@ const FINGERPRINT: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_from_a_replica_restores_into_a_fresh_server_with_the_same_rows() {
     let bed = shared_bed();
-    let db = Db::create("bk_restore");
+    let db = Db::create("bk_restore").await;
     let dir = TempDir::new("backup-restore");
     let p = proxy::start(config(bed.primary_port, &bed.replica_ports, &section(&dir, db.name))).await;
     proxy::wait_healthy(&p).await;
@@ -200,7 +207,7 @@ async fn a_backup_from_a_replica_restores_into_a_fresh_server_with_the_same_rows
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_backup_needs_the_token_and_only_one_runs_at_a_time() {
     let bed = shared_bed();
-    let db = Db::create("bk_token");
+    let db = Db::create("bk_token").await;
     let dir = TempDir::new("backup-token");
     let p = proxy::start(config(bed.primary_port, &bed.replica_ports, &section(&dir, db.name))).await;
 
@@ -226,7 +233,7 @@ async fn post_backup_needs_the_token_and_only_one_runs_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_keeps_the_newest_by_count_drops_the_old_by_age_and_ignores_other_files() {
     let bed = shared_bed();
-    let db = Db::create("bk_retention");
+    let db = Db::create("bk_retention").await;
     let dir = TempDir::new("backup-retention");
     let db_dir = dir.join(db.name);
     std::fs::create_dir(&db_dir).unwrap();
@@ -287,7 +294,7 @@ async fn database_names_with_path_characters_cannot_leave_the_directory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_usable_replica_the_primary_serves_only_when_allowed() {
     let bed = shared_bed();
-    let db = Db::create("bk_primary");
+    let db = Db::create("bk_primary").await;
     let dir = TempDir::new("backup-primary");
     let p = proxy::start(config(bed.primary_port, &[], &section(&dir, db.name))).await;
     let (status, v) = backup(&p, "").await;
@@ -313,7 +320,7 @@ async fn without_a_usable_replica_the_primary_serves_only_when_allowed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_with_no_backup_on_disk_runs_one_at_start() {
     let bed = shared_bed();
-    let db = Db::create("bk_schedule");
+    let db = Db::create("bk_schedule").await;
     let dir = TempDir::new("backup-schedule");
     let cfg = format!("{}schedule = \"1h\"\n", section(&dir, db.name));
     let p = proxy::start(config(bed.primary_port, &bed.replica_ports, &cfg)).await;
