@@ -58,7 +58,7 @@ pub fn clients(shared: &Shared) -> Table {
                 v(client_port(h.peer, listen)),
                 local_addr(h.peer, listen),
                 v(listen.map_or(0, |l| l.port())),
-                v(utc(h.connected_at)),
+                v(utc(h.connected_at())),
                 None,
                 v(0),
                 v(0),

@@ -128,7 +128,7 @@ async fn servers(State(s): State<AdminState>) -> Response {
         .filter_map(|h| {
             let server = h.server.lock().ok().and_then(|g| g.clone())?;
             Some(json!({
-                "conn_id": server.conn_id, "client_id": h.id, "user": h.user, "database": &*h.database,
+                "conn_id": server.conn_id, "client_id": h.id, "user": &*h.user, "database": &*h.database,
                 "server_addr": server.peer.to_string(), "backend_pid": server.key.0,
             }))
         })

@@ -287,7 +287,7 @@ fn backend_of<'a>(rt: &'a Runtime, address: &str) -> Option<&'a Arc<Backend>> {
 fn client_counts(shared: &Shared) -> BTreeMap<(String, String), (usize, usize)> {
     let mut m: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
     for h in shared.sessions.all() {
-        let e = m.entry((h.database.to_string(), h.user.clone())).or_default();
+        let e = m.entry((h.database.to_string(), h.user.to_string())).or_default();
         match h.state() {
             ClientState::Waiting => e.1 += 1,
             ClientState::Idle | ClientState::Active => e.0 += 1,

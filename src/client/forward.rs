@@ -260,7 +260,7 @@ impl Fwd<'_> {
         if name.is_empty() || !self.state.track_prepared {
             self.state.unnamed = name.is_empty().then_some(class);
             if name.is_empty() && self.state.track_prepared {
-                self.state.unnamed_parse = Some(bytes::Bytes::copy_from_slice(f));
+                self.state.unnamed_parse = Some(f.into());
                 self.att.unnamed_parsed = true;
             }
             return self.send(f, Some(Expect::Parse { stmt: None }));

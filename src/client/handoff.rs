@@ -9,7 +9,6 @@
 //! here. Those are closed at their next idle point with 57P01, as a drain closes them.
 
 use bytes::{Bytes, BytesMut};
-use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -97,6 +96,7 @@ impl Session {
     /// The state that follows the client, as it travels.
     fn pack(&self, transport: Transport) -> Handoff {
         let s = &self.state;
+        let w = s.writes();
         let pairs = |set: &Settings| set.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let statements = s
             .statements
@@ -109,7 +109,7 @@ impl Session {
             user: self.user.name.clone(),
             database: self.pools.database.to_string(),
             key: self.handle.key,
-            connected_at_ms: self.handle.connected_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            connected_at_ms: self.handle.connected_at().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             xacts: self.handle.xacts.load(Ordering::Relaxed),
             startup_settings: pairs(&s.startup_settings),
             settings: pairs(&s.settings),
@@ -123,8 +123,8 @@ impl Session {
             .into(),
             track_prepared: s.track_prepared,
             skip_to_sync: self.skip_to_sync,
-            wrote_ms_ago: (s.last_write_at != 0).then(|| now.saturating_sub(s.last_write_at)),
-            ryw_lsn: s.ryw_lsn,
+            wrote_ms_ago: (w.last_write_at != 0).then(|| now.saturating_sub(w.last_write_at)),
+            ryw_lsn: w.ryw_lsn,
             pending: self.cin.to_vec(),
         }
     }
@@ -141,7 +141,7 @@ fn into_fd(stream: Stream) -> std::io::Result<OwnedFd> {
 
 /// The new process's side: turns a handed-over client into a session and runs it.
 pub async fn adopt(shared: Arc<Shared>, handoff: Box<Handoff>, fd: OwnedFd) {
-    let _counted = super::listener::Slot::adopted(shared.clone());
+    let _counted = super::listener::LoggedIn::adopted(shared.clone());
     let (stream, peer) = match attach_socket(handoff.transport, fd) {
         Ok(s) => s,
         Err(e) => return tracing::warn!("upgrade: cannot take over a client socket: {e}"),
@@ -190,7 +190,7 @@ impl Session {
             Err(e) => return Err((stream, e)),
         };
         let since = UNIX_EPOCH + Duration::from_millis(h.connected_at_ms);
-        let Some(handle) = shared.sessions.adopt(h.key, &user.name, pools.database.clone(), peer, since) else {
+        let Some(handle) = shared.sessions.adopt(h.key, pools.user.clone(), pools.database.clone(), peer, since) else {
             return Err((stream, ClientError::fatal("57P01", "pgshift restarted and cannot keep this cancel key")));
         };
         handle.xacts.store(h.xacts, Ordering::Relaxed);
@@ -222,14 +222,17 @@ fn unpack_state(shared: &Shared, rt: &crate::shared::Runtime, h: &Handoff) -> Cl
         }
         s
     };
-    let mut statements = HashMap::with_capacity(h.statements.len());
-    for st in &h.statements {
-        let Some((sql, tail)) = parse_parts(&st.parse_frame) else { continue };
-        let class = super::request::classify(shared, rt, &sql);
-        let def = shared.prepared.intern(&h.database, tail, || class);
-        statements.insert(Bytes::copy_from_slice(&st.name), def);
-    }
-    let unnamed_parse = h.unnamed_parse.as_ref().map(|p| Bytes::copy_from_slice(p));
+    let statements = h
+        .statements
+        .iter()
+        .filter_map(|st| {
+            let (sql, tail) = parse_parts(&st.parse_frame)?;
+            let class = super::request::classify(shared, rt, &sql);
+            let def = shared.prepared.intern(&h.database, tail, || class);
+            Some((Bytes::copy_from_slice(&st.name), def))
+        })
+        .collect();
+    let unnamed_parse: Option<Box<[u8]>> = h.unnamed_parse.as_deref().map(Into::into);
     let unnamed = unnamed_parse
         .as_ref()
         .and_then(|p| super::request::sql_of(tag::PARSE, p).map(|sql| super::request::classify(shared, rt, &sql)));
@@ -244,12 +247,14 @@ fn unpack_state(shared: &Shared, rt: &crate::shared::Runtime, h: &Handoff) -> Cl
         tx_status: crate::wire::TxStatus::Idle,
         route: RouteOverride::parse(&h.route),
         track_prepared: h.track_prepared,
-        last_write_at,
-        ryw_lsn: h.ryw_lsn,
-        target_ryw: match last_write_at {
-            0 => super::state::TargetRyw::Clear,
-            at => super::state::TargetRyw::WroteAt(at),
-        },
+        writes: (last_write_at != 0).then(|| {
+            Box::new(super::state::WriteMarks {
+                last_write_at,
+                ryw_lsn: h.ryw_lsn,
+                target_ryw: super::state::TargetRyw::WroteAt(last_write_at),
+                ..Default::default()
+            })
+        }),
         ..ClientState::default()
     }
 }

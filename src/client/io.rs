@@ -12,9 +12,9 @@ use crate::stream::Stream;
 
 /// Read buffer growth toward a client: requests are small, and an idle client gives its buffer
 /// to this thread's spares (see `bufpool`).
-pub const CLIENT_CHUNK: usize = 1024;
+pub const CLIENT_CHUNK: u32 = 1024;
 /// Read buffer growth toward a server: results can be large.
-pub const SERVER_CHUNK: usize = 16 * 1024;
+pub const SERVER_CHUNK: u32 = 16 * 1024;
 
 /// Something that happened on a socket.
 #[derive(Debug)]
@@ -51,11 +51,13 @@ pub struct Side<'a> {
     pub read: bool,
     /// A TLS flush is owed.
     pub flush: bool,
-    /// How much to grow the read buffer by when it is (nearly) full.
-    pub chunk: usize,
+    /// How much to grow the read buffer by when it is (nearly) full (a `u32` keeps the side,
+    /// which every waiting client's task holds, at 32 bytes).
+    pub chunk: u32,
 }
 
 fn poll_read(side: &mut Side<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    let chunk = side.chunk as usize;
     if side.rbuf.capacity() == 0 {
         // An idle client holds no buffer: wait until there is something to read first.
         match side.stream.poll_raw_read_ready(cx) {
@@ -64,13 +66,13 @@ fn poll_read(side: &mut Side<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize
             Some(Poll::Ready(Ok(()))) | None => {}
         }
         // A request is coming: buffers from this thread's spares, for it and for its answer.
-        *side.rbuf = super::bufpool::take(side.chunk);
+        *side.rbuf = super::bufpool::take(chunk);
         if side.wbuf.capacity() == 0 {
             *side.wbuf = super::bufpool::take(0);
         }
     }
-    if side.rbuf.capacity() - side.rbuf.len() < side.chunk / 4 {
-        side.rbuf.reserve(side.chunk);
+    if side.rbuf.capacity() - side.rbuf.len() < chunk / 4 {
+        side.rbuf.reserve(chunk);
     }
     // tokio's read_buf future holds only borrows, so polling a fresh one each time is cancel-safe.
     pin!(side.stream.read_buf(side.rbuf)).poll(cx)

@@ -44,44 +44,53 @@ impl ConnCount {
     }
 }
 
-/// One counted socket; gives its place back when dropped.
+/// One socket counted as logging in; gives its place back when dropped.
 pub struct Slot {
     shared: Arc<Shared>,
-    logged_in: bool,
+}
+
+/// One client counted as logged in (against `max_client_conn`); gives its place back when
+/// dropped. A pointer wide: every idle client's task holds one.
+pub struct LoggedIn {
+    shared: Arc<Shared>,
 }
 
 impl Slot {
     /// Counts a new socket as logging in; returns it with the number logging in now.
     fn logging_in(shared: Arc<Shared>) -> (Slot, usize) {
         let n = shared.conn_count.logging_in.fetch_add(1, Ordering::Relaxed) + 1;
-        (Slot { shared, logged_in: false }, n)
+        (Slot { shared }, n)
     }
 
-    /// A client handed over by the process this one upgrades: counted as logged in, even past
-    /// `max_client_conn` (the old process let it in under the same limit; it is not refused now).
-    pub fn adopted(shared: Arc<Shared>) -> Slot {
-        shared.conn_count.logged_in.fetch_add(1, Ordering::Relaxed);
-        Slot { shared, logged_in: true }
-    }
-
-    /// Moves the socket to the logged-in count; false (and unchanged) if `max` are logged in.
-    fn log_in(&mut self, max: usize) -> bool {
+    /// Moves the socket to the logged-in count; `Err` (still logging in) if `max` are logged in.
+    fn log_in(self, max: usize) -> Result<LoggedIn, Slot> {
         let c = &self.shared.conn_count;
         if c.logged_in.fetch_add(1, Ordering::Relaxed) >= max {
             c.logged_in.fetch_sub(1, Ordering::Relaxed);
-            return false;
+            return Err(self);
         }
-        c.logging_in.fetch_sub(1, Ordering::Relaxed);
-        self.logged_in = true;
-        true
+        Ok(LoggedIn { shared: self.shared.clone() }) // `self` leaves the logging-in count
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let c = &self.shared.conn_count;
-        let n = if self.logged_in { &c.logged_in } else { &c.logging_in };
-        n.fetch_sub(1, Ordering::Relaxed);
+        self.shared.conn_count.logging_in.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl LoggedIn {
+    /// A client handed over by the process this one upgrades: counted as logged in, even past
+    /// `max_client_conn` (the old process let it in under the same limit; it is not refused now).
+    pub fn adopted(shared: Arc<Shared>) -> LoggedIn {
+        shared.conn_count.logged_in.fetch_add(1, Ordering::Relaxed);
+        LoggedIn { shared }
+    }
+}
+
+impl Drop for LoggedIn {
+    fn drop(&mut self) {
+        self.shared.conn_count.logged_in.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -231,7 +240,7 @@ fn handle(slot: Slot, stream: Stream, peer: Peer) -> impl std::future::Future<Ou
 
 /// Logs the client in and starts its session; `None` when it was refused, left, or was a
 /// console client (served here to the end).
-async fn log_in(mut slot: Slot, stream: Stream, peer: Peer) -> Option<(session::Session, Slot)> {
+async fn log_in(slot: Slot, stream: Stream, peer: Peer) -> Option<(session::Session, LoggedIn)> {
     let shared = slot.shared.clone();
     // 0 turns the bound off, as in PgBouncer.
     let timeout =
@@ -264,14 +273,17 @@ async fn log_in(mut slot: Slot, stream: Stream, peer: Peer) -> Option<(session::
     };
     // Checked once the client has logged in, as PostgreSQL counts backends, so sockets that
     // never log in cannot lock clients out.
-    if !slot.log_in(shared.runtime.load().config.proxy.max_client_conn) {
-        shared.stats.login_failures.fetch_add(1, Ordering::Relaxed);
-        let e = ClientError::fatal("53300", "sorry, too many clients already");
-        tracing::info!(%peer, code = %e.code, "connection refused: {}", e.message);
-        let _ = login.stream.write_all(&e.frame()).await;
-        let _ = login.stream.shutdown().await;
-        return None;
-    }
+    let slot = match slot.log_in(shared.runtime.load().config.proxy.max_client_conn) {
+        Ok(logged_in) => logged_in,
+        Err(_still_logging_in) => {
+            shared.stats.login_failures.fetch_add(1, Ordering::Relaxed);
+            let e = ClientError::fatal("53300", "sorry, too many clients already");
+            tracing::info!(%peer, code = %e.code, "connection refused: {}", e.message);
+            let _ = login.stream.write_all(&e.frame()).await;
+            let _ = login.stream.shutdown().await;
+            return None;
+        }
+    };
     if crate::admin::console::is_console_database(&login.database) {
         Box::pin(crate::admin::console::run(shared, *login)).await;
         return None;

@@ -80,7 +80,7 @@ impl Session {
                 }
                 tag::CLOSE => {
                     let Some((b'S', rest)) = body.split_first().map(|(k, r)| (*k, r)) else { return false };
-                    let Some((name, _)) = frame::cstr(rest).filter(|(n, _)| self.state.statements.contains_key(*n))
+                    let Some((name, _)) = frame::cstr(rest).filter(|(n, _)| self.state.statements.contains_key(n))
                     else {
                         return false;
                     };

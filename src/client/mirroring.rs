@@ -21,7 +21,7 @@ impl Session {
         let mirror = &self.shared.migration.mirror;
         for c in committed {
             let seq = mirror.next_seq();
-            self.state.last_mirror_seq = seq;
+            self.state.writes_mut().last_mirror_seq = seq;
             let (ack, done) = match mode {
                 MirrorMode::Sync => {
                     let (tx, rx) = tokio::sync::oneshot::channel();

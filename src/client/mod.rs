@@ -26,4 +26,5 @@ pub mod session;
 mod signal_backend;
 pub mod socket_file;
 pub mod state;
+pub mod statements;
 mod timers;

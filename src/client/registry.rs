@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
@@ -111,14 +111,15 @@ pub struct SessionHandle {
     pub id: u64,
     /// The key we gave the client in BackendKeyData.
     pub key: (i32, i32),
-    /// Role name.
-    pub user: String,
+    /// Role name (shared with the client's pools).
+    pub user: Arc<str>,
     /// Database name.
     pub database: Arc<str>,
     /// Client address.
     pub peer: super::peer::Peer,
-    /// When it logged in.
-    pub connected_at: SystemTime,
+    /// When it logged in, in ms since the Unix epoch (8 bytes, not a `SystemTime`'s 16: there
+    /// is one handle per client).
+    connected_ms: u64,
     /// Wakes the session out of a pool wait (its cancel) .
     pub cancel: Notify,
     /// Kill and drain requests for the session (see [`Signals`]).
@@ -131,6 +132,11 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
+    /// When it logged in.
+    pub fn connected_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.connected_ms)
+    }
+
     /// Sets the activity shown on the admin port.
     pub fn set_state(&self, s: ClientState) {
         self.state.store(s as u8, Ordering::Relaxed);
@@ -200,7 +206,7 @@ impl Sessions {
     /// (see [`super::fleet`] for the layout).
     pub fn register(
         &self,
-        user: &str,
+        user: Arc<str>,
         database: Arc<str>,
         peer: super::peer::Peer,
         fleet_id: u16,
@@ -225,7 +231,7 @@ impl Sessions {
     pub fn adopt(
         &self,
         key: (i32, i32),
-        user: &str,
+        user: Arc<str>,
         database: Arc<str>,
         peer: super::peer::Peer,
         connected_at: SystemTime,
@@ -263,7 +269,7 @@ impl Sessions {
     fn handle(
         &self,
         key: (i32, i32),
-        user: &str,
+        user: Arc<str>,
         database: Arc<str>,
         peer: super::peer::Peer,
         connected_at: SystemTime,
@@ -271,10 +277,10 @@ impl Sessions {
         Arc::new(SessionHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
             key,
-            user: user.into(),
+            user,
             database,
             peer,
-            connected_at,
+            connected_ms: connected_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             cancel: Notify::new(),
             signals: Signals::default(),
             server: Mutex::new(None),
@@ -331,11 +337,11 @@ impl Sessions {
             .iter()
             .map(|h| ClientInfo {
                 id: h.id,
-                user: h.user.clone(),
+                user: h.user.to_string(),
                 database: h.database.to_string(),
                 addr: h.peer.to_string(),
                 state: h.state(),
-                connected_secs: h.connected_at.elapsed().unwrap_or_default().as_secs_f64(),
+                connected_secs: h.connected_at().elapsed().unwrap_or_default().as_secs_f64(),
                 server: h.server.lock().ok().and_then(|s| s.as_ref().map(|s| s.conn_id)),
                 xacts: h.xacts.load(Ordering::Relaxed),
             })
@@ -371,7 +377,7 @@ impl Sessions {
         h.cancel.notify_waiters();
         let server = h.server.lock().ok().and_then(|s| s.as_ref().inspect(|s| s.gate.begin()).cloned());
         let Some(s) = server else {
-            return CancelOutcome::Dropped { user: h.user.clone(), database: h.database.clone() };
+            return CancelOutcome::Dropped { user: h.user.to_string(), database: h.database.clone() };
         };
         // Ends the gate even if this future is dropped (the connection's login timeout).
         let _open = GateOpen(s.gate.clone());

@@ -15,9 +15,10 @@ impl Session {
         let Some(mut att) = self.attached.take() else { return };
         att.recycle();
         if att.target == crate::router::Target::Primary && att.wrote {
-            self.state.last_write_at = crate::pool::cluster::mono_ms();
-            self.state.ryw_lsn = 0;
-            self.state.target_ryw = crate::client::state::TargetRyw::WroteAt(self.state.last_write_at);
+            let w = self.state.writes_mut();
+            w.last_write_at = crate::pool::cluster::mono_ms();
+            w.ryw_lsn = 0;
+            w.target_ryw = crate::client::state::TargetRyw::WroteAt(w.last_write_at);
         }
         let now = att.answered_at.unwrap_or_else(std::time::Instant::now);
         let elapsed = now.saturating_duration_since(att.since);

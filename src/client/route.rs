@@ -17,6 +17,7 @@ use crate::pool::cluster::Cluster;
 use crate::pool::databases::DbRoute;
 use crate::pool::{Backend, Pool, PoolParams, Role};
 use crate::router::{Classification, Target};
+use crate::session_state::Settings;
 use crate::shared::{Runtime, Shared};
 
 /// The pools a client uses toward one store.
@@ -29,6 +30,8 @@ pub struct StorePools {
 
 /// The pools a client uses, resolved once per runtime generation.
 pub struct SessionPools {
+    /// The role name the client logged in as.
+    pub user: Arc<str>,
     /// The database name the client asked for.
     pub database: Arc<str>,
     /// Where the client's database is served: its cluster, server-side name and settings.
@@ -42,6 +45,9 @@ pub struct SessionPools {
     /// The migration target, when one is configured and the database is on the `default` cluster
     /// (the one a migration moves).
     pub target: Option<StorePools>,
+    /// The startup settings the last client of these pools logged in with (see
+    /// [`Self::share_settings`]).
+    last_settings: std::sync::Mutex<Settings>,
 }
 
 impl SessionPools {
@@ -88,9 +94,23 @@ impl SessionPools {
             query_timeout: rt.query_timeout_for(&db, &user.name),
             source,
             target,
+            user: user.name.as_str().into(),
             database: database.into(),
             db,
+            last_settings: Default::default(),
         })
+    }
+
+    /// `settings`, or an equal set the last client of these pools logged in with: clients of
+    /// one application usually send the same startup parameters, and then share one copy (the
+    /// set is copied on write, so a client's SET never reaches another).
+    pub fn share_settings(&self, settings: Settings) -> Settings {
+        let mut last = self.last_settings.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == settings {
+            return last.clone();
+        }
+        last.clone_from(&settings);
+        settings
     }
 
     /// The database's cluster.
@@ -228,7 +248,7 @@ impl Session {
             return false;
         }
         match m.sync_mode() {
-            SyncMode::Statement => m.mirror.applied_seq.load(Ordering::Relaxed) >= self.state.last_mirror_seq,
+            SyncMode::Statement => m.mirror.applied_seq.load(Ordering::Relaxed) >= self.state.writes().last_mirror_seq,
             SyncMode::Logical => self.target_applied_my_writes(),
         }
     }
@@ -237,17 +257,17 @@ impl Session {
     /// samples of the source's WAL position and the subscription's applied position.
     fn target_applied_my_writes(&mut self) -> bool {
         let Some(db) = self.shared.migration.logical.get(&self.pools.db.server_db) else { return false };
-        let needed = match self.state.target_ryw {
+        let needed = match self.state.writes().target_ryw {
             TargetRyw::Clear => return true,
             TargetRyw::WroteAt(at) if db.sampled_at.load(Ordering::Acquire) <= at => return false,
             TargetRyw::WroteAt(_) => db.publisher_lsn.load(Ordering::Acquire),
             TargetRyw::Lsn(lsn) => lsn,
         };
-        if db.applied_lsn.load(Ordering::Acquire) >= needed {
-            self.state.target_ryw = TargetRyw::Clear;
+        let done = db.applied_lsn.load(Ordering::Acquire) >= needed;
+        self.state.writes_mut().target_ryw = if done { TargetRyw::Clear } else { TargetRyw::Lsn(needed) };
+        if done {
             return true;
         }
-        self.state.target_ryw = TargetRyw::Lsn(needed);
         false
     }
 
@@ -298,20 +318,21 @@ impl Session {
     /// if there is no recent write to read back, `Err` if it is not known yet (no primary sample
     /// taken after the write): then only the primary is safe.
     fn read_your_writes_lsn(&mut self, rt: &Runtime, cluster: &Cluster) -> Result<Option<u64>, ()> {
-        if !rt.config.routing.read_your_writes || self.state.last_write_at == 0 {
+        if !rt.config.routing.read_your_writes || self.state.writes().last_write_at == 0 {
             return Ok(None);
         }
-        if self.state.ryw_lsn == 0 {
+        let w = self.state.writes_mut();
+        if w.ryw_lsn == 0 {
             let p = &cluster.primary.health;
-            if p.lsn_sampled_at.load(Ordering::Relaxed) <= self.state.last_write_at {
+            if p.lsn_sampled_at.load(Ordering::Relaxed) <= w.last_write_at {
                 return Err(());
             }
-            self.state.ryw_lsn = p.lsn.load(Ordering::Relaxed);
+            w.ryw_lsn = p.lsn.load(Ordering::Relaxed);
         }
-        let lsn = self.state.ryw_lsn;
+        let lsn = w.ryw_lsn;
         if cluster.replicas.iter().all(|r| r.replayed(lsn)) {
-            self.state.last_write_at = 0; // every replica has it: no constraint any more
-            self.state.ryw_lsn = 0;
+            w.last_write_at = 0; // every replica has it: no constraint any more
+            w.ryw_lsn = 0;
             return Ok(None);
         }
         Ok(Some(lsn))

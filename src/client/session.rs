@@ -129,7 +129,7 @@ impl Session {
             Ok(p) => p,
             Err(e) => return Err((stream, e)),
         };
-        let handle = shared.sessions.register(&user.name, pools.database.clone(), peer, rt.config.fleet.id);
+        let handle = shared.sessions.register(pools.user.clone(), pools.database.clone(), peer, rt.config.fleet.id);
         let mut state = ClientState {
             tx_status: TxStatus::Idle,
             track_prepared: pools.mode == PoolMode::Transaction && rt.config.proxy.max_prepared_statements > 0,
@@ -145,6 +145,7 @@ impl Session {
                 .iter()
                 .any(|(pk, pv)| pk.eq_ignore_ascii_case(k) && crate::session_state::quote_literal(pv) == *v)
         });
+        let settings = pools.share_settings(settings);
         state.startup_settings = settings.clone();
         state.settings = settings;
 
@@ -201,16 +202,12 @@ impl Session {
                 self.skip_request(req);
                 continue;
             }
-            if self.drop_stray_copy(req)
-                || self.answer_locally(req)
-                || (self.may_listen_locally(req) && Box::pin(self.listen_locally(req)).await)
-                || (super::signal_backend::may_signal(&self.cin[..req.len.min(self.cin.len())])
-                    && Box::pin(self.signal_client_locally(req)).await)
-            {
+            if self.drop_stray_copy(req) || self.answer_locally(req) {
                 continue;
             }
             // Boxed: the attached phase's state exists only while a transaction runs, so the task
-            // of an idle client stays small (one short-lived allocation per transaction).
+            // of an idle client stays small (one short-lived allocation per transaction). The
+            // request is not held across this loop's awaits: it goes into the box.
             let relayed = match Box::pin(self.transaction(req)).await {
                 Ok(Some(relayed)) => relayed,
                 Ok(None) => continue,
@@ -228,9 +225,26 @@ impl Session {
         }
     }
 
+    /// LISTEN/UNLISTEN in transaction mode, or pg_cancel_backend/pg_terminate_backend of a
+    /// pgshift client: answered here, but after awaits of their own.
+    fn may_answer_after_wait(&self, req: Request) -> bool {
+        self.may_listen_locally(req) || super::signal_backend::may_signal(&self.cin[..req.len.min(self.cin.len())])
+    }
+
+    /// Answers the request without a server if [`Self::may_answer_after_wait`] named it rightly.
+    async fn answer_after_wait(&mut self, req: Request) -> bool {
+        (self.may_listen_locally(req) && self.listen_locally(req).await)
+            || (super::signal_backend::may_signal(&self.cin[..req.len.min(self.cin.len())])
+                && self.signal_client_locally(req).await)
+    }
+
     /// Takes a server for the request and relays until the transaction ends; `None` when no
-    /// server could be had and the client got an error in its place.
+    /// server could be had and the client got an error in its place, or when the request was
+    /// answered here after all.
     async fn transaction(&mut self, req: Request) -> Result<Option<Relayed>, End> {
+        if self.may_answer_after_wait(req) && Box::pin(self.answer_after_wait(req)).await {
+            return Ok(None);
+        }
         if let Err(mut e) = self.attach(req).await {
             if req.len == 0 {
                 e.severity = "FATAL"; // the rest of a streaming Query is still on its way
@@ -248,19 +262,18 @@ impl Session {
     async fn next_request(&mut self) -> Result<Request, End> {
         self.handle.set_state(Activity::Idle);
         let idle_timeout = self.rt.config.proxy.client_idle_timeout.enabled();
-        let handle = self.handle.clone();
         let mut idle = OptionalSleep::new(idle_timeout);
         loop {
             if self.cout.is_empty() && !self.cflush {
                 // A kill takes effect before the next request, even if that request is already
                 // readable (I/O is polled before signals).
-                if handle.signals.is_set(Signals::KILL) {
+                if self.handle.signals.is_set(Signals::KILL) {
                     return Err(End::Close(ClientError::fatal(
                         "57P01",
                         "terminating connection due to administrator command",
                     )));
                 }
-                if handle.signals.is_set(Signals::HANDOVER) {
+                if self.handle.signals.is_set(Signals::HANDOVER) {
                     return Err(End::Handover);
                 }
                 if self.shared.is_draining() {
@@ -293,7 +306,7 @@ impl Session {
                 chunk: super::io::CLIENT_CHUNK,
             };
             let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 1] = [idle.as_mut()];
-            let signals = (&handle.signals, Signals::KILL | Signals::DRAIN | handover);
+            let signals = (&self.handle.signals, Signals::KILL | Signals::DRAIN | handover);
             let ev = next_event(side, None, self.notify_rx.as_mut(), signals, &mut extra).await;
             match ev {
                 Event::Notification(Some(f)) => self.push_notification(&f),

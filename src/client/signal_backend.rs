@@ -126,7 +126,7 @@ impl Session {
         let target = self.shared.sessions.get(call.pid as i32);
         let answer = match &target {
             None => Some(false),
-            Some(t) if t.user != self.user.name && !self.is_admin() => None,
+            Some(t) if *t.user != *self.user.name && !self.is_admin() => None,
             Some(t) => Some(self.act(call.kind, t).await),
         };
         self.cin.advance(req.len);

@@ -1,14 +1,15 @@
 //! Per-client session state that outlives any one server connection, and the server attachment.
 
-use bytes::{Bytes, BytesMut};
-use std::collections::{HashMap, VecDeque};
+use bytes::BytesMut;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::expect::ExpectQueue;
+use super::statements::NamedStatements;
 use crate::pool::{Backend, Lease};
 use crate::router::{Classification, SessionEffect, StatementKind, Target};
-use crate::session_state::{Settings, StmtDef};
+use crate::session_state::Settings;
 use crate::wire::TxStatus;
 
 /// A client's override of routing (`SET pgshift.route`, startup parameter `pgshift.route`).
@@ -42,7 +43,7 @@ pub struct ClientState {
     /// Settings the client holds now; replayed as a diff onto each server it lands on.
     pub settings: Settings,
     /// Named protocol-level statements: client name -> proxy-wide definition.
-    pub statements: HashMap<Bytes, Arc<StmtDef>>,
+    pub statements: NamedStatements,
     /// Classification of the last unnamed Parse (its Bind/Execute follow it).
     pub unnamed: Option<Arc<Classification>>,
     /// Classification of the statement bound to the unnamed portal (what Execute runs).
@@ -51,7 +52,7 @@ pub struct ClientState {
     pub routed_query: Option<Arc<Classification>>,
     /// The last Parse of the unnamed statement, to repeat on a server that has not seen it (it
     /// lives across requests, and requests can land on different servers).
-    pub unnamed_parse: Option<Bytes>,
+    pub unnamed_parse: Option<Box<[u8]>>,
     /// Transaction status last sent to the client.
     pub tx_status: TxStatus,
     /// Why the client keeps its server for the session, if it does.
@@ -62,6 +63,14 @@ pub struct ClientState {
     pub tx_effects: Vec<SessionEffect>,
     /// True in transaction mode with statement tracking on: named statements are renamed.
     pub track_prepared: bool,
+    /// What the client last wrote, for reading its own writes back; allocated with its first
+    /// write, so a client that only reads (or only idles) carries a pointer (see [`Self::writes`]).
+    pub writes: Option<Box<WriteMarks>>,
+}
+
+/// Where a client's last write went, so that its next reads see it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteMarks {
     /// When (monotonic ms) the client's last write transaction ended; 0 = none pending.
     pub last_write_at: u64,
     /// The primary WAL position covering that write, once a probe has sampled it; 0 = not yet.
@@ -75,6 +84,16 @@ pub struct ClientState {
 }
 
 impl ClientState {
+    /// The client's write marks (all clear if it never wrote).
+    pub fn writes(&self) -> WriteMarks {
+        self.writes.as_deref().copied().unwrap_or_default()
+    }
+
+    /// The client's write marks, to change them.
+    pub fn writes_mut(&mut self) -> &mut WriteMarks {
+        self.writes.get_or_insert_default()
+    }
+
     /// Applies one committed effect to the client's settings.
     pub fn apply(&mut self, e: &SessionEffect) {
         match e {

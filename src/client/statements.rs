@@ -1,0 +1,99 @@
+//! A client's named protocol-level statements, held behind one pointer until it prepares one.
+
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::session_state::StmtDef;
+
+/// Client name -> proxy-wide definition. Most clients never name a statement (or are idle):
+/// the map is allocated with the first one and freed when the client drops them all, so an
+/// idle client's task carries 8 bytes here instead of a map's 48.
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection)] // the point: one pointer inline while there is no map
+pub struct NamedStatements(Option<Box<HashMap<Bytes, Arc<StmtDef>>>>);
+
+impl NamedStatements {
+    /// The definition a client name stands for.
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<StmtDef>> {
+        self.0.as_ref()?.get(name)
+    }
+
+    /// Whether the client holds a statement of this name.
+    pub fn contains_key(&self, name: &[u8]) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// How many the client holds.
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// True when the client holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds or replaces one; returns the one replaced.
+    pub fn insert(&mut self, name: Bytes, def: Arc<StmtDef>) -> Option<Arc<StmtDef>> {
+        self.0.get_or_insert_default().insert(name, def)
+    }
+
+    /// Removes one; the map goes with the last.
+    pub fn remove(&mut self, name: &[u8]) -> Option<Arc<StmtDef>> {
+        let map = self.0.as_mut()?;
+        let def = map.remove(name);
+        if map.is_empty() {
+            self.0 = None;
+        }
+        def
+    }
+
+    /// Drops them all (DISCARD ALL, DEALLOCATE ALL).
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    /// Every (client name, definition), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Arc<StmtDef>)> {
+        self.0.iter().flat_map(|m| m.iter())
+    }
+}
+
+impl FromIterator<(Bytes, Arc<StmtDef>)> for NamedStatements {
+    fn from_iter<I: IntoIterator<Item = (Bytes, Arc<StmtDef>)>>(it: I) -> Self {
+        let map: HashMap<_, _> = it.into_iter().collect();
+        NamedStatements((!map.is_empty()).then(|| Box::new(map)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defs() -> Vec<Arc<StmtDef>> {
+        let reg = crate::session_state::PreparedRegistry::default();
+        let cfg = crate::router::ClassifierConfig::default();
+        let class = || Arc::new(crate::router::classify("select 1", &cfg));
+        (0..3).map(|i| reg.intern("db", format!("select {i}\0\0\0").as_bytes(), class)).collect()
+    }
+
+    #[test]
+    fn the_map_exists_only_while_a_statement_does() {
+        let d = defs();
+        let mut s = NamedStatements::default();
+        assert!(s.0.is_none() && s.is_empty() && s.get(b"a").is_none());
+        assert!(s.insert(Bytes::from_static(b"a"), d[0].clone()).is_none());
+        assert!(s.insert(Bytes::from_static(b"b"), d[1].clone()).is_none());
+        assert_eq!(s.len(), 2);
+        assert!(s.contains_key(b"a"));
+        assert_eq!(s.remove(b"a").map(|d| d.id), Some(d[0].id));
+        assert!(s.remove(b"a").is_none());
+        assert!(s.0.is_some());
+        assert_eq!(s.remove(b"b").map(|d| d.id), Some(d[1].id));
+        assert!(s.0.is_none(), "the last removal frees the map");
+        s.insert(Bytes::from_static(b"c"), d[2].clone());
+        s.clear();
+        assert!(s.0.is_none() && s.iter().next().is_none());
+    }
+}
