@@ -26,6 +26,31 @@ async fn simple_and_extended_queries() {
     c.batch_execute("do $$ begin raise notice 'hello'; end $$").await.unwrap();
 }
 
+/// A request, and an answer, larger than what the relay buffers for a socket before it stops
+/// reading the other one: the frames held back move on once the output drains, whether it
+/// drained at once or only after a wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_answers_larger_than_the_relay_buffer() {
+    let p = proxy::primary_only().await;
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    for n in [40_000i64, 300_000] {
+        // a Bind of n * 12 bytes, then Describe, Execute and Sync in the same request
+        let ids: Vec<i64> = (0..n).collect();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+        let q = c.query_one("select count(*), sum(x)::bigint from unnest($1::bigint[]) x where x % 7 = 0", &params);
+        let row = tokio::time::timeout(Duration::from_secs(60), q).await.expect("the request hung").unwrap();
+        let multiples = (0..n).filter(|x| x % 7 == 0);
+        assert_eq!(row.get::<_, i64>(0), multiples.clone().count() as i64);
+        assert_eq!(row.get::<_, i64>(1), multiples.sum::<i64>());
+    }
+    // an answer of about 2 MB, read in full, then a small query on the same connection
+    let q = c.query("select repeat('y', 200) from generate_series(1, 10000)", &[]);
+    let rows = tokio::time::timeout(Duration::from_secs(60), q).await.expect("the answer hung").unwrap();
+    assert_eq!(rows.len(), 10_000);
+    assert!(rows.iter().all(|r| r.get::<_, &str>(0).len() == 200));
+    assert_eq!(c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_both_ways_is_byte_exact() {
     use futures_util::{SinkExt, StreamExt};

@@ -8,6 +8,7 @@
 use bytes::Buf;
 use std::pin::Pin;
 use std::time::Duration;
+use tokio::io::AsyncWrite;
 
 use super::forward::Fwd;
 use super::io::{next_event, Event, Side};
@@ -24,6 +25,16 @@ use crate::wire::{frame, tag, WireError};
 const HIGH_WATER: usize = 256 * 1024;
 /// Frames larger than this (rows, copy data) stream through without being buffered whole.
 const STREAM_OVER: usize = 64 * 1024;
+
+/// What writing ahead of the poll did.
+enum WriteAhead {
+    /// Nothing was pending, or no socket took any of it now (the poll waits for them).
+    Nothing,
+    /// Some output went out.
+    Wrote,
+    /// The server is gone; the attachment ends so.
+    ServerGone(Relayed),
+}
 
 impl Session {
     /// Relays until the transaction ends (`Ok`) or the session must end (`Err`): each turn moves
@@ -53,11 +64,45 @@ impl Session {
             if !self.arm_timers(&mut timers) {
                 return Ok(Relayed::Released);
             }
+            match self.write_now()? {
+                WriteAhead::ServerGone(done) => return Ok(done),
+                // Input held back while the output was full may move now: another turn.
+                WriteAhead::Wrote if self.input_buffered() => continue,
+                WriteAhead::Wrote | WriteAhead::Nothing => {}
+            }
             let event = self.wait(&mut timers.sleeps(), (&handle.signals, signal_mask)).await;
             if let Some(done) = self.apply(event, &mut timers, &mut signal_mask)? {
                 return Ok(done);
             }
         }
+    }
+
+    /// Writes what is pending both ways once, without waiting (see
+    /// [`Session::write_client_now`]): a request reaches the server, and an answer the client,
+    /// in the turn that produced it rather than in a turn of its own.
+    #[inline]
+    fn write_now(&mut self) -> Result<WriteAhead, End> {
+        let mut wrote = false;
+        if let Some(att) = self.attached.as_mut().filter(|a| !a.sout.is_empty()) {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let conn = att.lease.conn();
+            if let std::task::Poll::Ready(r) = Pin::new(&mut conn.stream).poll_write(&mut cx, &att.sout) {
+                if !self.wrote_server(r) {
+                    return self.server_lost().map(WriteAhead::ServerGone);
+                }
+                wrote = true;
+            }
+        }
+        let n = self.write_client_now()?;
+        if let Some(a) = self.attached.as_mut() {
+            a.bytes_out += n as u64;
+        }
+        Ok(if wrote || n > 0 { WriteAhead::Wrote } else { WriteAhead::Nothing })
+    }
+
+    /// Frames are buffered on either side (the pumps stop at `HIGH_WATER` of output).
+    fn input_buffered(&mut self) -> bool {
+        !self.cin.is_empty() || self.attached.as_mut().is_some_and(|a| !a.lease.conn().rbuf.is_empty())
     }
 
     /// Ends the session at a safe point (nothing owed either way, no transaction open) when

@@ -4,7 +4,7 @@
 use bytes::{Buf, BytesMut};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::handshake::Login;
 use super::io::{next_event, Event, Side};
@@ -264,6 +264,7 @@ impl Session {
         let idle_timeout = self.rt.config.proxy.client_idle_timeout.enabled();
         let mut idle = OptionalSleep::new(idle_timeout);
         loop {
+            self.write_client_now()?;
             if self.cout.is_empty() && !self.cflush {
                 // A kill takes effect before the next request, even if that request is already
                 // readable (I/O is polled before signals).
@@ -366,6 +367,25 @@ impl Session {
             std::task::Poll::Ready(Ok(0)) | std::task::Poll::Ready(Err(_)) => Err(End::ClientGone),
             std::task::Poll::Ready(Ok(_)) => Ok(true),
             std::task::Poll::Pending => Ok(false),
+        }
+    }
+
+    /// Writes the client's pending output once without waiting; the bytes written. The answer
+    /// the next poll would report as its first event costs no turn of the caller's loop this
+    /// way; what the socket cannot take now is left to that poll, which registers for
+    /// readiness (this one's waker does nothing).
+    pub(super) fn write_client_now(&mut self) -> Result<usize, End> {
+        if self.cout.is_empty() {
+            return Ok(0);
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut self.client).poll_write(&mut cx, &self.cout) {
+            std::task::Poll::Ready(r) => {
+                let n = *r.as_ref().unwrap_or(&0);
+                self.wrote_client(r)?;
+                Ok(n)
+            }
+            std::task::Poll::Pending => Ok(0),
         }
     }
 
