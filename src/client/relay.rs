@@ -64,10 +64,14 @@ impl Session {
             if !self.arm_timers(&mut timers) {
                 return Ok(Relayed::Released);
             }
+            // After the checks above: an attachment that ended leaves its last answer (the
+            // ReadyForQuery) in `cout` for the session, which sends the client's own
+            // notifications first.
             match self.write_now()? {
                 WriteAhead::ServerGone(done) => return Ok(done),
-                // Input held back while the output was full may move now: another turn.
-                WriteAhead::Wrote if self.input_buffered() => continue,
+                // Input held back while the output was full may move now, and a drain or
+                // handover may have reached its safe point: another turn.
+                WriteAhead::Wrote if self.input_buffered() || self.leaving() => continue,
                 WriteAhead::Wrote | WriteAhead::Nothing => {}
             }
             let event = self.wait(&mut timers.sleeps(), (&handle.signals, signal_mask)).await;
@@ -98,6 +102,11 @@ impl Session {
             a.bytes_out += n as u64;
         }
         Ok(if wrote || n > 0 { WriteAhead::Wrote } else { WriteAhead::Nothing })
+    }
+
+    /// pgshift drains, or hands its clients over: each turn looks for the safe point.
+    fn leaving(&self) -> bool {
+        self.shared.is_draining() || self.handle.signals.is_set(Signals::HANDOVER)
     }
 
     /// Frames are buffered on either side (the pumps stop at `HIGH_WATER` of output).
