@@ -225,24 +225,16 @@ impl Session {
         }
     }
 
-    /// LISTEN/UNLISTEN in transaction mode, or pg_cancel_backend/pg_terminate_backend of a
-    /// pgshift client: answered here, but after awaits of their own.
-    fn may_answer_after_wait(&self, req: Request) -> bool {
-        self.may_listen_locally(req) || super::signal_backend::may_signal(&self.cin[..req.len.min(self.cin.len())])
-    }
-
-    /// Answers the request without a server if [`Self::may_answer_after_wait`] named it rightly.
-    async fn answer_after_wait(&mut self, req: Request) -> bool {
-        (self.may_listen_locally(req) && self.listen_locally(req).await)
-            || (super::signal_backend::may_signal(&self.cin[..req.len.min(self.cin.len())])
-                && self.signal_client_locally(req).await)
-    }
-
     /// Takes a server for the request and relays until the transaction ends; `None` when no
     /// server could be had and the client got an error in its place, or when the request was
     /// answered here after all.
     async fn transaction(&mut self, req: Request) -> Result<Option<Relayed>, End> {
-        if self.may_answer_after_wait(req) && Box::pin(self.answer_after_wait(req)).await {
+        // LISTEN/UNLISTEN in transaction mode and pg_cancel_backend/pg_terminate_backend of a
+        // pgshift client are answered here, after awaits of their own (boxed: they are rare).
+        if (self.may_listen_locally(req) && Box::pin(self.listen_locally(req)).await)
+            || (super::signal_backend::may_signal(&self.cin[..req.len.min(self.cin.len())])
+                && Box::pin(self.signal_client_locally(req)).await)
+        {
             return Ok(None);
         }
         if let Err(mut e) = self.attach(req).await {
