@@ -257,18 +257,16 @@ impl Session {
     /// samples of the source's WAL position and the subscription's applied position.
     fn target_applied_my_writes(&mut self) -> bool {
         let Some(db) = self.shared.migration.logical.get(&self.pools.db.server_db) else { return false };
-        let needed = match self.state.writes().target_ryw {
+        let Some(w) = self.state.writes.as_deref_mut() else { return true }; // never wrote
+        let needed = match w.target_ryw {
             TargetRyw::Clear => return true,
             TargetRyw::WroteAt(at) if db.sampled_at.load(Ordering::Acquire) <= at => return false,
             TargetRyw::WroteAt(_) => db.publisher_lsn.load(Ordering::Acquire),
             TargetRyw::Lsn(lsn) => lsn,
         };
         let done = db.applied_lsn.load(Ordering::Acquire) >= needed;
-        self.state.writes_mut().target_ryw = if done { TargetRyw::Clear } else { TargetRyw::Lsn(needed) };
-        if done {
-            return true;
-        }
-        false
+        w.target_ryw = if done { TargetRyw::Clear } else { TargetRyw::Lsn(needed) };
+        done
     }
 
     /// A healthy target replica, else the target primary (as a read).
@@ -318,10 +316,10 @@ impl Session {
     /// if there is no recent write to read back, `Err` if it is not known yet (no primary sample
     /// taken after the write): then only the primary is safe.
     fn read_your_writes_lsn(&mut self, rt: &Runtime, cluster: &Cluster) -> Result<Option<u64>, ()> {
-        if !rt.config.routing.read_your_writes || self.state.writes().last_write_at == 0 {
+        let Some(w) = self.state.writes.as_deref_mut().filter(|w| w.last_write_at != 0) else { return Ok(None) };
+        if !rt.config.routing.read_your_writes {
             return Ok(None);
         }
-        let w = self.state.writes_mut();
         if w.ryw_lsn == 0 {
             let p = &cluster.primary.health;
             if p.lsn_sampled_at.load(Ordering::Relaxed) <= w.last_write_at {
