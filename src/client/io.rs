@@ -56,6 +56,16 @@ pub struct Side<'a> {
     pub chunk: u32,
 }
 
+/// Writes `buf` once without waiting; `None` when the socket cannot take it now. The waker does
+/// nothing: the caller's next poll of this socket (in [`next_event`]) registers for readiness.
+pub fn write_now(stream: &mut Stream, buf: &[u8]) -> Option<io::Result<usize>> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(stream).poll_write(&mut cx, buf) {
+        Poll::Ready(r) => Some(r),
+        Poll::Pending => None,
+    }
+}
+
 fn poll_read(side: &mut Side<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
     let chunk = side.chunk as usize;
     if side.rbuf.capacity() == 0 {

@@ -8,7 +8,6 @@
 use bytes::Buf;
 use std::pin::Pin;
 use std::time::Duration;
-use tokio::io::AsyncWrite;
 
 use super::forward::Fwd;
 use super::io::{next_event, Event, Side};
@@ -88,9 +87,7 @@ impl Session {
     fn write_now(&mut self) -> Result<WriteAhead, End> {
         let mut wrote = false;
         if let Some(att) = self.attached.as_mut().filter(|a| !a.sout.is_empty()) {
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            let conn = att.lease.conn();
-            if let std::task::Poll::Ready(r) = Pin::new(&mut conn.stream).poll_write(&mut cx, &att.sout) {
+            if let Some(r) = super::io::write_now(&mut att.lease.conn().stream, &att.sout) {
                 if !self.wrote_server(r) {
                     return self.server_lost().map(WriteAhead::ServerGone);
                 }

@@ -4,7 +4,7 @@
 use bytes::{Buf, BytesMut};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::handshake::Login;
 use super::io::{next_event, Event, Side};
@@ -364,20 +364,18 @@ impl Session {
 
     /// Writes the client's pending output once without waiting; the bytes written. The answer
     /// the next poll would report as its first event costs no turn of the caller's loop this
-    /// way; what the socket cannot take now is left to that poll, which registers for
-    /// readiness (this one's waker does nothing).
+    /// way; what the socket cannot take now is left to that poll ([`super::io::write_now`]).
     pub(super) fn write_client_now(&mut self) -> Result<usize, End> {
         if self.cout.is_empty() {
             return Ok(0);
         }
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match Pin::new(&mut self.client).poll_write(&mut cx, &self.cout) {
-            std::task::Poll::Ready(r) => {
+        match super::io::write_now(&mut self.client, &self.cout) {
+            Some(r) => {
                 let n = *r.as_ref().unwrap_or(&0);
                 self.wrote_client(r)?;
                 Ok(n)
             }
-            std::task::Poll::Pending => Ok(0),
+            None => Ok(0),
         }
     }
 
