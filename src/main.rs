@@ -11,6 +11,13 @@ use tokio::task::JoinHandle;
 use pgshift::cli;
 use pgshift::config::{Config, LogFormat};
 use pgshift::proxy::Proxy;
+
+/// jemalloc serves the 128-byte-aligned allocations every client holds (its task, its socket's
+/// registration) from size classes, where glibc's malloc splits larger chunks: about 0.2 kB less
+/// per idle client. A `#[global_allocator]` is a static by Rust's design; it holds no state of ours.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use pgshift::upgrade::listen::Bind;
 use pgshift::upgrade::new::Predecessor;
 use pgshift::upgrade::old::Handed;
