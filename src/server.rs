@@ -131,6 +131,20 @@ impl CancelGate {
     }
 }
 
+/// Where a cancel toward one server connection goes, with its gate: made once per connection
+/// and shared, one pointer, with the client holding it (so attaching copies no address).
+#[derive(Debug)]
+pub struct CancelTarget {
+    /// The server's address.
+    pub peer: SocketAddr,
+    /// Its cancel key (BackendKeyData).
+    pub key: (i32, i32),
+    /// The connection's id (admin port).
+    pub conn_id: u64,
+    /// Holds the connection back from other clients while a cancel toward it is in flight.
+    pub gate: CancelGate,
+}
+
 /// An open, logged-in server connection.
 pub struct ServerConn {
     /// The socket (plain or TLS).
@@ -155,8 +169,8 @@ pub struct ServerConn {
     pub broken: bool,
     /// What the last transaction may have left in the session.
     pub residue: Residue,
-    /// Cancels in flight toward this connection.
-    pub cancel_gate: Arc<CancelGate>,
+    /// Where a cancel goes, and the cancels in flight toward this connection.
+    pub cancel: Arc<CancelTarget>,
     /// Pid (BackendKeyData) of the client that holds it or held it last; 0 none. Notifications
     /// this backend sends are reported to their listeners with that pid.
     pub holder: Arc<std::sync::atomic::AtomicI32>,
@@ -201,11 +215,14 @@ impl ServerConn {
             state: ServerSessionState::new(max_prepared),
             broken: false,
             residue: Residue::None,
-            cancel_gate: Arc::new(CancelGate::default()),
+            cancel: Arc::new(CancelTarget { peer, key: (0, 0), conn_id: id, gate: CancelGate::default() }),
             holder: Arc::default(),
             holder_listed: false,
         };
         conn.login(spec).await?;
+        if let Some(t) = Arc::get_mut(&mut conn.cancel) {
+            t.key = conn.cancel_key; // not shared yet: nothing holds the connection before login
+        }
         Ok(conn)
     }
 

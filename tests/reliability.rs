@@ -236,6 +236,24 @@ async fn cancel_leaves_the_wait_queue() {
     waiter.simple_query("select 1").await.expect("the cancelled client can go on");
 }
 
+/// A cancel sent while the client runs nothing is dropped, and stays dropped: it does not end
+/// the client's next wait for a pooled connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_idle_does_not_end_a_later_wait() {
+    let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
+    cfg.proxy.default_pool_size = 1;
+    let p = proxy::start(cfg).await;
+    let port = proxy::port(&p);
+    let holder = common::connect(port, "app", "app", "app").await;
+    holder.batch_execute("begin; select 1").await.unwrap();
+    let waiter = common::connect(port, "app", "app", "app").await;
+    waiter.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let waiting = tokio::spawn(async move { waiter.simple_query("select 1").await.map(|_| ()) });
+    until("a waiter in the queue", || pool_active(&p).1 == 1).await;
+    holder.batch_execute("commit").await.unwrap();
+    waiting.await.unwrap().expect("the earlier cancel ended the wait");
+}
+
 /// Garbage before and after login ends in an ErrorResponse or a closed connection, never a
 /// panic or a hang, and the proxy keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 use std::sync::Arc;
 
-use super::registry::{ClientState as Activity, ServerRef};
+use super::registry::{ClientState as Activity, Signals};
 use super::request::Request;
 use super::route::SessionPools;
 use super::session::Session;
@@ -42,12 +42,7 @@ impl Session {
             att.mirror_to_target = !phase.target_serves();
         }
         let conn = att.lease.conn();
-        self.handle.set_server(Some(ServerRef {
-            peer: conn.peer,
-            key: conn.cancel_key,
-            conn_id: conn.id,
-            gate: conn.cancel_gate.clone(),
-        }));
+        self.handle.set_server(Some(conn.cancel.clone()));
         conn.holder.store(self.handle.key.0, std::sync::atomic::Ordering::Relaxed);
         if !conn.holder_listed {
             conn.holder_listed = true;
@@ -78,7 +73,11 @@ impl Session {
             // must not use up the turns.
             let (backend, pool, target) = self.route(req.len, phase, turn < tries)?;
             self.handle.set_state(Activity::Waiting);
-            let result = pool.checkout(&self.handle.cancel).await;
+            // A CancelRequest for this client ends the wait (a stale one is lowered first).
+            let signals = &self.handle.signals;
+            signals.lower(Signals::CANCEL);
+            let cancel = std::future::poll_fn(|cx| signals.poll(Signals::CANCEL, cx).map(drop));
+            let result = pool.checkout(cancel).await;
             if let Ok(lease) = &result {
                 self.shared.stats.record_wait(lease.waited);
             }

@@ -8,23 +8,13 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Notify;
 
-use crate::server::CancelGate;
+use crate::server::CancelTarget;
 use crate::wire::messages;
 
-/// The server a client is using right now, as far as a cancel needs to know.
-#[derive(Debug, Clone)]
-pub struct ServerRef {
-    /// Where the server is.
-    pub peer: SocketAddr,
-    /// Its cancel key.
-    pub key: (i32, i32),
-    /// Its connection id (admin port).
-    pub conn_id: u64,
-    /// Holds the connection back from other clients while a cancel toward it is in flight.
-    pub gate: Arc<CancelGate>,
-}
+/// The server a client is using right now, as far as a cancel needs to know: the connection's
+/// own, shared.
+pub type ServerRef = Arc<CancelTarget>;
 
 /// What became of a CancelRequest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +50,9 @@ impl Signals {
     /// A binary upgrade started: hand the client to the new process at the next idle point
     /// (or close it there, if it cannot move).
     pub const HANDOVER: u8 = 4;
+    /// A CancelRequest for the client arrived: ends its wait for a server connection, if it
+    /// is in one (the session lowers it before each wait).
+    pub const CANCEL: u8 = 8;
 
     /// Raises `bit` and wakes the session.
     pub fn raise(&self, bit: u8) {
@@ -117,11 +110,9 @@ pub struct SessionHandle {
     pub database: Arc<str>,
     /// Client address.
     pub peer: super::peer::Peer,
-    /// When it logged in, in ms since the Unix epoch (8 bytes, not a `SystemTime`'s 16: there
-    /// is one handle per client).
-    connected_ms: u64,
-    /// Wakes the session out of a pool wait (its cancel) .
-    pub cancel: Notify,
+    /// When it logged in, in seconds since the Unix epoch (4 bytes, not a `SystemTime`'s 16:
+    /// there is one handle per client; the admin port shows seconds).
+    connected_s: u32,
     /// Kill and drain requests for the session (see [`Signals`]).
     pub signals: Signals,
     /// The server it holds now.
@@ -134,7 +125,7 @@ pub struct SessionHandle {
 impl SessionHandle {
     /// When it logged in.
     pub fn connected_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.connected_ms)
+        UNIX_EPOCH + Duration::from_secs(u64::from(self.connected_s))
     }
 
     /// Sets the activity shown on the admin port.
@@ -280,8 +271,9 @@ impl Sessions {
             user,
             database,
             peer,
-            connected_ms: connected_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-            cancel: Notify::new(),
+            connected_s: connected_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
             signals: Signals::default(),
             server: Mutex::new(None),
             state: AtomicU8::new(0),
@@ -374,13 +366,13 @@ impl Sessions {
         if h.key.1 != secret {
             return CancelOutcome::NoMatch;
         }
-        h.cancel.notify_waiters();
+        h.signals.raise(Signals::CANCEL);
         let server = h.server.lock().ok().and_then(|s| s.as_ref().inspect(|s| s.gate.begin()).cloned());
         let Some(s) = server else {
             return CancelOutcome::Dropped { user: h.user.to_string(), database: h.database.clone() };
         };
         // Ends the gate even if this future is dropped (the connection's login timeout).
-        let _open = GateOpen(s.gate.clone());
+        let _open = GateOpen(s.clone());
         if let Err(e) = tokio::time::timeout(wait, send_cancel(s.peer, s.key)).await.unwrap_or(Ok(())) {
             tracing::warn!(client = h.id, "forwarding a cancel request failed: {e}");
         }
@@ -389,11 +381,11 @@ impl Sessions {
 }
 
 /// Ends a cancel's hold on its server connection when dropped.
-struct GateOpen(Arc<CancelGate>);
+struct GateOpen(ServerRef);
 
 impl Drop for GateOpen {
     fn drop(&mut self) {
-        self.0.end();
+        self.0.gate.end();
     }
 }
 

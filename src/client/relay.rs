@@ -310,15 +310,15 @@ impl Session {
             return;
         };
         let conn = att.lease.conn();
-        let (peer, key, gate) = (conn.peer, conn.cancel_key, conn.cancel_gate.clone());
+        let target = conn.cancel.clone();
         tracing::info!(client = self.handle.id, "query_timeout reached: cancelling the running query");
         // The session goes on (its timer's grace period bounds the wait for the server); the
         // gate keeps the connection from other clients until the server has taken the cancel.
-        gate.begin();
+        target.gate.begin();
         let wait = self.rt.config.proxy.cancel_wait_timeout.enabled().unwrap_or(Duration::from_secs(365 * 86_400));
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(wait, super::registry::send_cancel(peer, key)).await;
-            gate.end();
+            let _ = tokio::time::timeout(wait, super::registry::send_cancel(target.peer, target.key)).await;
+            target.gate.end();
         });
     }
 

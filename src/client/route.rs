@@ -134,8 +134,7 @@ impl SessionPools {
         if let Some(p) = cached {
             return Ok(p);
         }
-        let no_cancel = tokio::sync::Notify::new();
-        let mut lease = pool.checkout(&no_cancel).await.map_err(|e| ClientError::from(&e))?;
+        let mut lease = pool.checkout(std::future::pending()).await.map_err(|e| ClientError::from(&e))?;
         let params = Arc::new(lease.conn().params.clone());
         pool.checkin(lease);
         Ok(params)

@@ -20,15 +20,15 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// True when the connection may not go straight back to the idle stack.
 pub(super) fn needs_cleaning(c: &ServerConn) -> bool {
-    c.residue == Residue::Unknown || c.cancel_gate.busy()
+    c.residue == Residue::Unknown || c.cancel.gate.busy()
 }
 
 /// Waits out cancels in flight and resets the session if needed, then returns the connection to
 /// its pool, or closes it if either step fails.
 pub(super) async fn clean_then_return(pool: Arc<Pool>, mut c: Box<ServerConn>, cancel_wait: Duration) {
-    if c.cancel_gate.busy() {
+    if c.cancel.gate.busy() {
         pool.stats.cancel_holds.fetch_add(1, Ordering::Relaxed);
-        if tokio::time::timeout(cancel_wait, c.cancel_gate.idle()).await.is_err() {
+        if tokio::time::timeout(cancel_wait, c.cancel.gate.idle()).await.is_err() {
             tracing::info!(
                 conn = c.id,
                 "a cancel request was not processed within cancel_wait_timeout; closing the server connection"

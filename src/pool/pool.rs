@@ -7,10 +7,11 @@
 
 use arc_swap::ArcSwap;
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use super::limit::ConnLimit;
 use super::upkeep::past;
@@ -166,8 +167,13 @@ impl Pool {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a connection, waiting up to the wait timeout; `cancel` aborts the wait.
-    pub async fn checkout(self: &Arc<Self>, cancel: &Notify) -> Result<Lease, PoolError> {
+    /// Takes a connection, waiting up to the wait timeout; `cancel` finishing aborts the wait
+    /// (it is polled only while the client queues).
+    pub async fn checkout(
+        self: &Arc<Self>,
+        cancel: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<Lease, PoolError> {
+        let mut cancel = std::pin::pin!(cancel);
         let started = Instant::now();
         // An idle connection handed over at once: `started` is the lease's start too.
         let mut at_once = true;
@@ -183,7 +189,7 @@ impl Pool {
                 }
                 Err(rx) => {
                     at_once = false;
-                    match Box::pin(self.wait(rx, started, &settings, cancel)).await? {
+                    match Box::pin(self.wait(rx, started, &settings, cancel.as_mut())).await? {
                         Grant::Conn(c) => c,
                         Grant::Slot => Box::pin(self.open_in_slot()).await?,
                     }
@@ -237,7 +243,7 @@ impl Pool {
         (id, mut rx): (u64, oneshot::Receiver<Grant>),
         started: Instant,
         s: &PoolSettings,
-        cancel: &Notify,
+        mut cancel: Pin<&mut (dyn std::future::Future<Output = ()> + Send)>,
     ) -> Result<Grant, PoolError> {
         let deadline = tokio::time::Instant::from_std(started + s.wait_timeout);
         let reserve_at = tokio::time::Instant::from_std(started + s.reserve_timeout);
@@ -273,7 +279,7 @@ impl Pool {
                     Some(l) => PoolError::Limit { limit: l.describe(), waited: s.wait_timeout },
                     None => PoolError::WaitTimeout(s.wait_timeout),
                 }),
-                _ = cancel.notified() => break Err(PoolError::Canceled),
+                _ = &mut cancel => break Err(PoolError::Canceled),
             }
         };
         if self.unqueue(id) {
