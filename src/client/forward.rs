@@ -159,8 +159,8 @@ impl Fwd<'_> {
     }
 
     fn pin(&mut self, reason: &'static str) {
-        if self.transaction_mode && self.state.pinned.is_none() {
-            self.state.pinned = Some(reason);
+        if self.transaction_mode && !self.state.pinned {
+            self.state.pinned = true;
             self.shared.stats.record_pin(reason);
             tracing::debug!(reason, "client pinned to its server connection");
         }

@@ -47,7 +47,7 @@ impl Session {
         if self.pools.mode != PoolMode::Transaction {
             return Err("session pooling");
         }
-        if self.state.pinned.is_some() {
+        if self.state.pinned {
             return Err("pinned to a server");
         }
         if self.notify_rx.is_some() {

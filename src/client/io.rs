@@ -92,7 +92,7 @@ fn poll_read(side: &mut Side<'_>, cx: &mut Context<'_>) -> Poll<io::Result<usize
 /// `extra` futures (polled in order; each must be cancel-safe to poll repeatedly).
 ///
 /// A plain function returning a `poll_fn` rather than an `async fn`: an async fn would store its
-/// arguments and the closure's copies of them, doubling what every waiting client's task holds.
+/// arguments and the closure's copies of them, doubling what its caller's future holds.
 pub fn next_event<'a, 'f>(
     mut client: Side<'a>,
     mut server: Option<Side<'a>>,
@@ -100,53 +100,64 @@ pub fn next_event<'a, 'f>(
     signals: (&'a super::registry::Signals, u8),
     extra: &'a mut [Pin<&'f mut (dyn Future<Output = ()> + Send)>],
 ) -> impl Future<Output = Event> + use<'a, 'f> {
-    std::future::poll_fn(move |cx| {
-        // Writes first: draining output is what unblocks the peers.
-        if let Some(s) = server.as_mut() {
-            if !s.wbuf.is_empty() {
-                if let Poll::Ready(r) = Pin::new(&mut *s.stream).poll_write(cx, s.wbuf) {
-                    return Poll::Ready(Event::ServerWrote(r));
-                }
-            } else if s.flush {
-                if let Poll::Ready(r) = Pin::new(&mut *s.stream).poll_flush(cx) {
-                    return Poll::Ready(Event::ServerFlushed(r));
-                }
+    std::future::poll_fn(move |cx| poll_event(cx, &mut client, server.as_mut(), notify.as_deref_mut(), signals, extra))
+}
+
+/// One poll of [`next_event`]'s operations. Callers that can build the sides from what they
+/// own poll this from their own `poll_fn`, so their future keeps one pointer, not the sides.
+pub fn poll_event(
+    cx: &mut Context<'_>,
+    client: &mut Side<'_>,
+    mut server: Option<&mut Side<'_>>,
+    notify: Option<&mut crate::notify::NotifyRx>,
+    signals: (&super::registry::Signals, u8),
+    extra: &mut [Pin<&mut (dyn Future<Output = ()> + Send)>],
+) -> Poll<Event> {
+    // Writes first: draining output is what unblocks the peers.
+    if let Some(s) = server.as_mut() {
+        if !s.wbuf.is_empty() {
+            if let Poll::Ready(r) = Pin::new(&mut *s.stream).poll_write(cx, s.wbuf) {
+                return Poll::Ready(Event::ServerWrote(r));
+            }
+        } else if s.flush {
+            if let Poll::Ready(r) = Pin::new(&mut *s.stream).poll_flush(cx) {
+                return Poll::Ready(Event::ServerFlushed(r));
             }
         }
-        if !client.wbuf.is_empty() {
-            if let Poll::Ready(r) = Pin::new(&mut *client.stream).poll_write(cx, client.wbuf) {
-                return Poll::Ready(Event::ClientWrote(r));
-            }
-        } else if client.flush {
-            if let Poll::Ready(r) = Pin::new(&mut *client.stream).poll_flush(cx) {
-                return Poll::Ready(Event::ClientFlushed(r));
-            }
+    }
+    if !client.wbuf.is_empty() {
+        if let Poll::Ready(r) = Pin::new(&mut *client.stream).poll_write(cx, client.wbuf) {
+            return Poll::Ready(Event::ClientWrote(r));
         }
-        if let Some(s) = server.as_mut() {
-            if s.read {
-                if let Poll::Ready(r) = poll_read(s, cx) {
-                    return Poll::Ready(Event::ServerRead(r));
-                }
-            }
+    } else if client.flush {
+        if let Poll::Ready(r) = Pin::new(&mut *client.stream).poll_flush(cx) {
+            return Poll::Ready(Event::ClientFlushed(r));
         }
-        if client.read {
-            if let Poll::Ready(r) = poll_read(&mut client, cx) {
-                return Poll::Ready(Event::ClientRead(r));
+    }
+    if let Some(s) = server {
+        if s.read {
+            if let Poll::Ready(r) = poll_read(s, cx) {
+                return Poll::Ready(Event::ServerRead(r));
             }
         }
-        if let Poll::Ready(f) = signals.0.poll(signals.1, cx) {
-            return Poll::Ready(Event::Signal(f));
+    }
+    if client.read {
+        if let Poll::Ready(r) = poll_read(client, cx) {
+            return Poll::Ready(Event::ClientRead(r));
         }
-        if let Some(rx) = notify.as_mut() {
-            if let Poll::Ready(n) = rx.poll_recv(cx) {
-                return Poll::Ready(Event::Notification(n));
-            }
+    }
+    if let Poll::Ready(f) = signals.0.poll(signals.1, cx) {
+        return Poll::Ready(Event::Signal(f));
+    }
+    if let Some(rx) = notify {
+        if let Poll::Ready(n) = rx.poll_recv(cx) {
+            return Poll::Ready(Event::Notification(n));
         }
-        for (i, f) in extra.iter_mut().enumerate() {
-            if f.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Other(i));
-            }
+    }
+    for (i, f) in extra.iter_mut().enumerate() {
+        if f.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::Other(i));
         }
-        Poll::Pending
-    })
+    }
+    Poll::Pending
 }

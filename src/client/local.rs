@@ -120,7 +120,7 @@ impl Session {
     /// most requests are not, and this says so from the raw bytes, without a parse.
     pub(super) fn may_listen_locally(&self, req: Request) -> bool {
         use crate::wire::{frame, tag};
-        let tm = self.pools.mode == PoolMode::Transaction && self.state.pinned.is_none();
+        let tm = self.pools.mode == PoolMode::Transaction && !self.state.pinned;
         if !tm || !self.state.tx_status.is_idle() || req.terminate {
             return false;
         }

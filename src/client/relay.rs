@@ -40,7 +40,7 @@ impl Session {
     /// what has arrived both ways, stops at a safe point if the proxy is leaving, then waits on
     /// one poll for the next event and applies it.
     pub(super) async fn relay(&mut self) -> Result<Relayed, End> {
-        let tm = self.pools.mode == PoolMode::Transaction && self.state.pinned.is_none();
+        let tm = self.pools.mode == PoolMode::Transaction && !self.state.pinned;
         let handle = self.handle.clone();
         // Kill always; a drain once (afterwards the safe-point check looks at it every turn).
         let mut signal_mask = Signals::KILL | Signals::DRAIN | Signals::HANDOVER;
@@ -427,8 +427,8 @@ impl Session {
                 if total > super::request::STREAM_QUERY_OVER && t == tag::QUERY && stream_query(att) {
                     att.c2s_passthrough = total;
                     // Unread, it may hold SET, locks or anything else: the client keeps this server.
-                    if tm && self.state.pinned.is_none() {
-                        self.state.pinned = Some("large_query");
+                    if tm && !self.state.pinned {
+                        self.state.pinned = true;
                         self.shared.stats.record_pin("large_query");
                     }
                     continue;

@@ -58,7 +58,7 @@ impl Session {
         }
         if let Some(att) = self.attached.take() {
             self.handle.set_server(None);
-            cleanup_server(att, &self.rt, self.pools.mode, self.state.pinned.is_some()).await;
+            cleanup_server(att, &self.rt, self.pools.mode, self.state.pinned).await;
         }
         self.shared.sessions.unregister(&self.handle);
         self.shared.notify.leave(self.handle.id);

@@ -323,21 +323,20 @@ impl Reply<'_> {
     fn end_of_request(&mut self, status: TxStatus) {
         let effects = self.att.effects.pop_front().unwrap_or_default();
         if self.att.req_errored {
-            self.state.tx_effects.clear();
-        } else {
-            self.state.tx_effects.extend(effects);
+            self.state.tx_effects = None;
+        } else if !effects.is_empty() {
+            self.state.tx_effects.get_or_insert_default().extend(effects);
         }
         if status.is_idle() {
-            let committed = std::mem::take(&mut self.state.tx_effects);
-            if !self.att.saw_rollback {
+            if let Some(committed) = self.state.tx_effects.take().filter(|_| !self.att.saw_rollback) {
                 let server = &mut self.att.lease.conn().state.settings;
-                for e in &committed {
+                for e in committed.iter() {
                     self.state.apply(e);
                     apply_to_server(server, e);
                 }
             }
         } else if status == TxStatus::Failed {
-            self.state.tx_effects.clear();
+            self.state.tx_effects = None;
         }
         if let Some(t) = self.att.req_started.take() {
             let now = std::time::Instant::now();
@@ -357,7 +356,7 @@ impl Reply<'_> {
 
     fn check_release(&mut self) {
         let idle = self.att.server_status.is_idle() && self.state.tx_status.is_idle();
-        if idle && self.att.queue.is_empty() && self.transaction_mode && self.state.pinned.is_none() {
+        if idle && self.att.queue.is_empty() && self.transaction_mode && !self.state.pinned {
             self.att.release();
         }
     }

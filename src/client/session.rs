@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 use super::handshake::Login;
-use super::io::{next_event, Event, Side};
+use super::io::{poll_event, Event, Side};
 use super::registry::{ClientState as Activity, SessionHandle, Signals};
 use super::request::{self, Request};
 use super::route::SessionPools;
@@ -288,19 +288,8 @@ impl Session {
                 }
                 self.release_idle_buffers();
             }
-            // A handover waits for the client's output to be flushed (then the loop's top moves it).
-            let handover = if self.cout.is_empty() && !self.cflush { Signals::HANDOVER } else { 0 };
-            let side = Side {
-                stream: &mut self.client,
-                rbuf: &mut self.cin,
-                wbuf: &mut self.cout,
-                read: true,
-                flush: self.cflush,
-                chunk: super::io::CLIENT_CHUNK,
-            };
-            let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 1] = [idle.as_mut()];
-            let signals = (&self.handle.signals, Signals::KILL | Signals::DRAIN | handover);
-            let ev = next_event(side, None, self.notify_rx.as_mut(), signals, &mut extra).await;
+            // Captures the session and the timer only: what every idle client's task holds.
+            let ev = std::future::poll_fn(|cx| self.poll_idle(cx, idle.as_mut())).await;
             match ev {
                 Event::Notification(Some(f)) => self.push_notification(&f),
                 Event::Notification(None) => self.notify_rx = None,
@@ -333,6 +322,24 @@ impl Session {
                 _ => {}
             }
         }
+    }
+
+    /// One poll of the wait for the next request: the client's socket both ways, the signals,
+    /// notifications and `idle` (`client_idle_timeout`).
+    fn poll_idle(&mut self, cx: &mut std::task::Context<'_>, idle: Pin<&mut OptionalSleep>) -> std::task::Poll<Event> {
+        // A handover waits for the client's output to be flushed (then the loop's top moves it).
+        let handover = if self.cout.is_empty() && !self.cflush { Signals::HANDOVER } else { 0 };
+        let mut client = Side {
+            stream: &mut self.client,
+            rbuf: &mut self.cin,
+            wbuf: &mut self.cout,
+            read: true,
+            flush: self.cflush,
+            chunk: super::io::CLIENT_CHUNK,
+        };
+        let mut extra: [Pin<&mut (dyn std::future::Future<Output = ()> + Send)>; 1] = [idle];
+        let signals = (&self.handle.signals, Signals::KILL | Signals::DRAIN | handover);
+        poll_event(cx, &mut client, None, self.notify_rx.as_mut(), signals, &mut extra)
     }
 
     /// An idle client keeps no buffers: they are allocated again when it sends something.

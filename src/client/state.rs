@@ -55,12 +55,14 @@ pub struct ClientState {
     pub unnamed_parse: Option<Box<[u8]>>,
     /// Transaction status last sent to the client.
     pub tx_status: TxStatus,
-    /// Why the client keeps its server for the session, if it does.
-    pub pinned: Option<&'static str>,
+    /// The client keeps its server for the session (why is counted in the stats when it is
+    /// pinned; a flag, not the reason, since every idle client's task holds this).
+    pub pinned: bool,
     /// Routing override.
     pub route: RouteOverride,
-    /// Effects of statements inside the open transaction, applied when it commits.
-    pub tx_effects: Vec<SessionEffect>,
+    /// Effects of statements inside the open transaction, applied when it commits; allocated by
+    /// the first (most transactions have none, and every idle client's task holds this).
+    pub tx_effects: Option<Box<Vec<SessionEffect>>>,
     /// True in transaction mode with statement tracking on: named statements are renamed.
     pub track_prepared: bool,
     /// What the client last wrote, for reading its own writes back; allocated with its first
