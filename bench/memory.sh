@@ -87,7 +87,7 @@ for n in $COUNTS; do
     ((opened == n)) || err=$(grep -m1 -E 'failed|gave up|warning' "$OUTDIR/holdconns-$t-$n.log" | cut -c1-200)
     ((opened2 == n)) || err+="${err:+; }round 2 opened $opened2"
     kill -0 "$pid" 2>/dev/null || err="$t exited! ${err}"
-    per=$(awk -v a="$r0" -v b="$r1" -v n="$opened" 'BEGIN{ if (n > 0) printf "%.1f", (b-a)/n; else print "-" }')
+    per=$(awk -v a="$r0" -v b="$r1" -v n="$opened" 'BEGIN{ if (n > 0) printf "%.2f", (b-a)/n; else print "-" }')
     ccpu=$(ticks_to_s $((c1 - c0)))
     each=$(awk -v s="$ccpu" -v n="$opened" 'BEGIN{ if (n > 0) printf "%.3f", s*1000/n; else print "-" }')
     hold=$(awk -v t=$((c3 - c2)) -v hz="$CLK_TCK" -v h="$HOLD" 'BEGIN{printf "%.1f", t/hz/h*100}')
