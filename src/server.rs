@@ -220,9 +220,8 @@ impl ServerConn {
             holder_listed: false,
         };
         conn.login(spec).await?;
-        if let Some(t) = Arc::get_mut(&mut conn.cancel) {
-            t.key = conn.cancel_key; // not shared yet: nothing holds the connection before login
-        }
+        // The key is known now (BackendKeyData); nothing has shared the placeholder.
+        conn.cancel = Arc::new(CancelTarget { peer, key: conn.cancel_key, conn_id: id, gate: CancelGate::default() });
         Ok(conn)
     }
 

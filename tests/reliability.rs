@@ -248,6 +248,16 @@ async fn a_cancel_while_idle_does_not_end_a_later_wait() {
     holder.batch_execute("begin; select 1").await.unwrap();
     let waiter = common::connect(port, "app", "app", "app").await;
     waiter.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    // The driver returns once the cancel is sent; wait until pgshift has dropped it.
+    let dropped = || {
+        p.shared
+            .pools
+            .all()
+            .iter()
+            .map(|pl| pl.stats.cancels_dropped.load(std::sync::atomic::Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    until("the cancel dropped", || dropped() == 1).await;
     let waiting = tokio::spawn(async move { waiter.simple_query("select 1").await.map(|_| ()) });
     until("a waiter in the queue", || pool_active(&p).1 == 1).await;
     holder.batch_execute("commit").await.unwrap();

@@ -35,7 +35,7 @@ pub enum Event {
     Other(usize),
     /// A NotificationResponse for the client (LISTEN fan-out); `None` when the hub closed.
     Notification(Option<bytes::Bytes>),
-    /// Kill/drain flags raised for the session.
+    /// Flags raised for the session, among those it waits on (see `registry::Signals`).
     Signal(u8),
 }
 

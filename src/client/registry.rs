@@ -22,18 +22,20 @@ pub enum CancelOutcome {
     /// No client has that key (or the secret is wrong): ignored, as PostgreSQL does.
     NoMatch,
     /// The client held no server, so nothing of its was running: dropped, so that it cannot
-    /// reach a query of whichever client uses that server next.
+    /// reach a query of whichever client uses that server next (a wait for a server it was in
+    /// has ended).
     Dropped {
         /// The client's role.
         user: String,
         /// The client's database.
         database: Arc<str>,
     },
-    /// Sent to the server the client holds (or only ended a pool wait).
+    /// Sent to the server the client holds.
     Forwarded,
 }
 
-/// Requests to a session from outside: close now (KILL), or at the next idle point (DRAIN).
+/// Requests to a session from outside: close now (KILL), at the next idle point (DRAIN), move
+/// to a new process (HANDOVER), or stop waiting for a server (CANCEL).
 /// Flags and one waker, not a Notify: a session checks them on every wait, and a Notify's waiter
 /// list is locked on each registration and drop.
 #[derive(Debug, Default)]
@@ -60,7 +62,8 @@ impl Signals {
         self.waker.wake();
     }
 
-    /// Lowers `bit` again (an upgrade was abandoned: the client stays).
+    /// Lowers `bit` again (an upgrade was abandoned: the client stays; a cancel that found no
+    /// wait is forgotten before the next one).
     pub fn lower(&self, bit: u8) {
         self.flags.fetch_and(!bit, Ordering::AcqRel);
     }
@@ -110,10 +113,10 @@ pub struct SessionHandle {
     pub database: Arc<str>,
     /// Client address.
     pub peer: super::peer::Peer,
-    /// When it logged in, in seconds since the Unix epoch (4 bytes, not a `SystemTime`'s 16:
-    /// there is one handle per client; the admin port shows seconds).
+    /// When it logged in, in whole seconds since the Unix epoch (4 bytes, not a `SystemTime`'s
+    /// 16: there is one handle per client; the admin port shows seconds).
     connected_s: u32,
-    /// Kill and drain requests for the session (see [`Signals`]).
+    /// Requests to the session from outside (see [`Signals`]).
     pub signals: Signals,
     /// The server it holds now.
     pub server: Mutex<Option<ServerRef>>,
