@@ -27,10 +27,13 @@ def cpu_table(path, clk_tck):
         u = statistics.median(x[0] for x in v)
         s = statistics.median(x[1] for x in v)
         med[t] = (u, s)
-        out.append([LABEL.get(t, t), f"{u:.1f}", f"{s:.1f}", f"{u + s:.1f}", f"{s / (u + s) * 100:.0f}%", str(len(v))])
+        share = f"{s / (u + s) * 100:.0f}%" if u + s else "-"
+        out.append([LABEL.get(t, t), f"{u:.1f}", f"{s:.1f}", f"{u + s:.1f}", share, str(len(v))])
     if "pgshift" in med and "pgbouncer" in med:
         (pu, ps), (bu, bs) = med["pgshift"], med["pgbouncer"]
-        out.append(["pgshift / PgBouncer", f"{pu / bu:.2f}", f"{ps / bs:.2f}", f"{(pu + ps) / (bu + bs):.2f}", "", ""])
+        # A short run can leave a whole clock tick (10 ms) unspent: no ratio then.
+        ratio = lambda a, b: f"{a / b:.2f}" if b else "-"  # noqa: E731
+        out.append(["pgshift / PgBouncer", ratio(pu, bu), ratio(ps, bs), ratio(pu + ps, bu + bs), "", ""])
     return md_table(["target", "user us/tx", "system us/tx", "total us/tx", "system share", "runs"], out), med
 
 
