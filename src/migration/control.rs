@@ -170,6 +170,8 @@ pub fn status(shared: &Shared) -> Result<Status, MigrationError> {
     let cfg = rt.config.migration.as_ref().ok_or(MigrationError::NotConfigured)?;
     let m = &shared.migration;
     let phase = m.phase();
+    // Together: a ramp step moves the share under the ramp's lock.
+    let (ramp, read_percent) = m.ramp.status_with(|| m.read_percent());
     let (t, s) = (m.reads_target.load(Ordering::Relaxed), m.reads_source.load(Ordering::Relaxed));
     let mut sizes = PoolSizes::default();
     let mut per_db: std::collections::BTreeMap<String, PoolSizes> = Default::default();
@@ -191,7 +193,7 @@ pub fn status(shared: &Shared) -> Result<Status, MigrationError> {
         phase,
         write_target: if phase.target_serves() { "target" } else { "source" },
         read_target: read_target(phase),
-        read_percent: m.read_percent(),
+        read_percent,
         observed_read_percent: (phase == Phase::ShiftReads && t + s > 0).then(|| 100.0 * t as f64 / (t + s) as f64),
         dual_write: phase.mirrors(),
         mirror_direction: match phase {
@@ -209,7 +211,7 @@ pub fn status(shared: &Shared) -> Result<Status, MigrationError> {
         last_verify: m.last_verify.lock().ok().and_then(|l| l.clone()),
         verifications: m.verify_reports.lock().map(|r| r.values().cloned().collect()).unwrap_or_default(),
         verify_interval_seconds: cfg.verify_interval.0.as_secs(),
-        ramp: m.ramp.status(),
+        ramp,
         sync: m.sync_mode(),
         logical: logical_status(m),
     })

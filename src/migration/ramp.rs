@@ -188,14 +188,17 @@ impl Ramp {
         Step { started: Instant::now(), target: self.target.snapshot(), source: self.source.snapshot() }
     }
 
-    /// The ramp's figures now.
-    pub fn status(&self) -> RampStatus {
-        let Ok(i) = self.inner.lock() else { return RampStatus::default() };
+    /// The ramp's figures now, and `also()` read under the ramp's lock, which a step holds while it
+    /// moves the read share: a read share taken so agrees with the ramp's state (never 70% with
+    /// the ramp complete).
+    pub fn status_with<R>(&self, also: impl FnOnce() -> R) -> (RampStatus, R) {
+        let Ok(i) = self.inner.lock() else { return (RampStatus::default(), also()) };
+        let also = also();
         let (t, s) = match &i.step {
             Some(step) => (self.target.snapshot().since(&step.target), self.source.snapshot().since(&step.source)),
             None => (self.target.snapshot(), self.source.snapshot()),
         };
-        RampStatus {
+        let status = RampStatus {
             state: i.state,
             breaches: i.breaches,
             last_breach: i.last_breach.clone(),
@@ -204,7 +207,8 @@ impl Ramp {
             target_errors: t.errors,
             target_p95_ms: t.p95_us().map(|u| u as f64 / 1000.0),
             source_p95_ms: s.p95_us().map(|u| u as f64 / 1000.0),
-        }
+        };
+        (status, also)
     }
 }
 
