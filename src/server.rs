@@ -151,10 +151,6 @@ pub struct ServerConn {
     pub stream: Stream,
     /// Bytes read from the server not yet processed.
     pub rbuf: BytesMut,
-    /// The server's own cancel key, to forward a client's CancelRequest.
-    pub cancel_key: (i32, i32),
-    /// Where to send that CancelRequest.
-    pub peer: SocketAddr,
     /// Process-unique id, for logs and the admin port.
     pub id: u64,
     /// When it was opened (for `server_lifetime`).
@@ -169,7 +165,8 @@ pub struct ServerConn {
     pub broken: bool,
     /// What the last transaction may have left in the session.
     pub residue: Residue,
-    /// Where a cancel goes, and the cancels in flight toward this connection.
+    /// The server's address and cancel key (to forward a client's CancelRequest), and the
+    /// cancels in flight toward this connection.
     pub cancel: Arc<CancelTarget>,
     /// Pid (BackendKeyData) of the client that holds it or held it last; 0 none. Notifications
     /// this backend sends are reported to their listeners with that pid.
@@ -180,7 +177,7 @@ pub struct ServerConn {
 
 impl std::fmt::Debug for ServerConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ServerConn(#{}, pid {})", self.id, self.cancel_key.0)
+        write!(f, "ServerConn(#{}, pid {})", self.id, self.cancel.key.0)
     }
 }
 
@@ -206,8 +203,6 @@ impl ServerConn {
         let mut conn = ServerConn {
             stream,
             rbuf: BytesMut::with_capacity(8192),
-            cancel_key: (0, 0),
-            peer,
             id,
             created: now,
             last_used: now,
@@ -220,8 +215,6 @@ impl ServerConn {
             holder_listed: false,
         };
         conn.login(spec).await?;
-        // The key is known now (BackendKeyData); nothing has shared the placeholder.
-        conn.cancel = Arc::new(CancelTarget { peer, key: conn.cancel_key, conn_id: id, gate: CancelGate::default() });
         Ok(conn)
     }
 
@@ -246,10 +239,13 @@ impl ServerConn {
                 tag::BACKEND_KEY_DATA => {
                     let b = frame::body(&f);
                     if b.len() >= 8 {
-                        self.cancel_key = (
+                        let key = (
                             i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
                             i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
                         );
+                        // Made anew: nothing shares the connection's target before its login ends.
+                        let (peer, conn_id) = (self.cancel.peer, self.cancel.conn_id);
+                        self.cancel = Arc::new(CancelTarget { peer, key, conn_id, gate: CancelGate::default() });
                     }
                 }
                 tag::READY_FOR_QUERY => return Ok(()),

@@ -46,7 +46,7 @@ impl Session {
         conn.holder.store(self.handle.key.0, std::sync::atomic::Ordering::Relaxed);
         if !conn.holder_listed {
             conn.holder_listed = true;
-            self.shared.sessions.list_server(conn.cancel_key.0, &conn.holder);
+            self.shared.sessions.list_server(conn.cancel.key.0, &conn.holder);
         }
         if let Some(sql) = settings_diff(&conn.state.settings, &self.state.settings) {
             conn.state.settings = self.state.settings.clone();
