@@ -209,10 +209,9 @@ async fn slowloris_is_cut_at_login_timeout() {
     until("connection count back to 0", || p.shared.conn_count.get() == 0).await;
 }
 
-/// A cancel from a client waiting for a pooled connection takes it out of the queue at once
-/// (PgBouncer #1222).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_leaves_the_wait_queue() {
+/// A proxy with one server connection, a client holding it in an open transaction, and a second
+/// client: its next query has to wait.
+async fn one_server_held() -> (pgshift::proxy::Proxy, tokio_postgres::Client, tokio_postgres::Client) {
     let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
     cfg.proxy.default_pool_size = 1;
     let p = proxy::start(cfg).await;
@@ -220,6 +219,14 @@ async fn cancel_leaves_the_wait_queue() {
     let holder = common::connect(port, "app", "app", "app").await;
     holder.batch_execute("begin; select 1").await.unwrap();
     let waiter = common::connect(port, "app", "app", "app").await;
+    (p, holder, waiter)
+}
+
+/// A cancel from a client waiting for a pooled connection takes it out of the queue at once
+/// (PgBouncer #1222).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_leaves_the_wait_queue() {
+    let (p, holder, waiter) = one_server_held().await;
     let token = waiter.cancel_token();
     let waiting = tokio::spawn(async move {
         let t = Instant::now();
@@ -240,13 +247,7 @@ async fn cancel_leaves_the_wait_queue() {
 /// the client's next wait for a pooled connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_while_idle_does_not_end_a_later_wait() {
-    let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
-    cfg.proxy.default_pool_size = 1;
-    let p = proxy::start(cfg).await;
-    let port = proxy::port(&p);
-    let holder = common::connect(port, "app", "app", "app").await;
-    holder.batch_execute("begin; select 1").await.unwrap();
-    let waiter = common::connect(port, "app", "app", "app").await;
+    let (p, holder, waiter) = one_server_held().await;
     waiter.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
     // The driver returns once the cancel is sent; wait until pgshift has dropped it.
     let dropped = || {
