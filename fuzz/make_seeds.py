@@ -137,6 +137,8 @@ SQL = {
     "temp": "CREATE TEMP TABLE x(a int); LISTEN ch; NOTIFY ch, 'x'",
     "comment": "/* nested /* comment */ */ select -- line\n 1",
     "into": "SELECT * INTO new_t FROM t; select 1 union select 2",
+    "insert": "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (7, 1, 81, -4417, CURRENT_TIMESTAMP), ('it''s', null, 2.5e-3, +4, default);",
+    "end": "  end transaction ;",
 }
 for i, (name, sql) in enumerate(SQL.items()):
     write("sql", name, bytes([i % 4]) + sql.encode())

@@ -1,0 +1,248 @@
+//! The quick look: proves, without the lexer, that a simple query changes no session state.
+//!
+//! Only a few shapes pass: one plain SELECT, UPDATE or DELETE with no parenthesis at all; one
+//! INSERT whose rows are literal values; a bare BEGIN, COMMIT or ROLLBACK. Anything else, however
+//! harmless, goes to the full classifier, which is right for every input; this look only has to
+//! be right for what it accepts.
+
+use super::StatementKind;
+
+/// A quick look that proves a simple query is one of the plain shapes above, changing no session
+/// state (no function call, advisory lock, set_config, or temporary table anywhere in it): its
+/// kind, or `None` when only a full classification can tell. Conservative by construction:
+/// comments, several statements, or any suspicious word send it to the classifier. Works on the
+/// raw bytes (it only looks at ASCII), so it needs no UTF-8 check either.
+pub fn plain_statement(sql: &[u8]) -> Option<StatementKind> {
+    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
+    let s = &sql[start..];
+    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |e| e + 1);
+    let body = &s[..end];
+    let body = body.strip_suffix(b";").unwrap_or(body);
+    let word_end = body.iter().position(|b| !b.is_ascii_alphabetic()).unwrap_or(body.len());
+    let Some(kind) = [
+        (&b"select"[..], StatementKind::Select),
+        (b"insert", StatementKind::Insert),
+        (b"update", StatementKind::Update),
+        (b"delete", StatementKind::Delete),
+    ]
+    .into_iter()
+    .find(|(w, _)| body[..word_end].eq_ignore_ascii_case(w))
+    .map(|(_, k)| k) else {
+        return transaction_control(body).then_some(StatementKind::Other);
+    };
+    // memchr scans a word at a time; only its few hits get a closer look.
+    let mut paren = false;
+    for i in memchr::memchr2_iter(b';', b'(', body) {
+        if body[i] == b';' {
+            // `;` separates statements (or hides in a string: the classifier can tell).
+            return None;
+        }
+        // `(` may be any function call (set_config, pg_advisory_lock, a user function: none can
+        // be called without one).
+        paren = true;
+    }
+    let comment = memchr::memchr2_iter(b'-', b'/', body)
+        .any(|i| matches!((body[i], body.get(i + 1)), (b'-', Some(b'-')) | (b'/', Some(b'*'))));
+    // `temp`: SELECT INTO TEMP, or a table in pg_temp, is a session's own state.
+    // Found by its `p`, rarer in SQL than `t`.
+    let temp = memchr::memchr2_iter(b'p', b'P', body).any(|i| i >= 3 && body[i - 3..i].eq_ignore_ascii_case(b"tem"));
+    if comment || temp {
+        return None;
+    }
+    // The one shape allowed to hold parentheses is INSERT's literal rows.
+    if paren && !(kind == StatementKind::Insert && literal_insert(body)) {
+        return None;
+    }
+    Some(kind)
+}
+
+/// `BEGIN`, `COMMIT`, `END`, `ROLLBACK` or `ABORT`, optionally followed by `WORK` or
+/// `TRANSACTION`, and nothing else (no modes, no savepoints, no PREPARED).
+fn transaction_control(body: &[u8]) -> bool {
+    let mut look = Look { s: body, at: 0 };
+    let Some(first) = look.word() else {
+        return false;
+    };
+    if !["begin", "commit", "end", "rollback", "abort"].iter().any(|w| first.eq_ignore_ascii_case(w.as_bytes())) {
+        return false;
+    }
+    let mark = look.at;
+    if !look.word().is_some_and(|w| w.eq_ignore_ascii_case(b"work") || w.eq_ignore_ascii_case(b"transaction")) {
+        look.at = mark;
+    }
+    look.end()
+}
+
+/// `INSERT INTO name [(column, ...)] VALUES (literal, ...)[, (...)]`, where a literal is a
+/// number, a string without backslashes, NULL, TRUE, FALSE, DEFAULT or one of the SQL date and
+/// time keywords. No casts, no expressions, no ON CONFLICT, no RETURNING.
+fn literal_insert(body: &[u8]) -> bool {
+    // A backslash could escape a quote when standard_conforming_strings is off; a double quote or
+    // a dollar sign starts text this look does not read.
+    if memchr::memchr3(b'\\', b'"', b'$', body).is_some() {
+        return false;
+    }
+    let mut look = Look { s: body, at: 0 };
+    let head = look.keyword(b"insert") && look.keyword(b"into") && look.name();
+    if !head {
+        return false;
+    }
+    if look.punct(b'(') && !look.list(|l| l.word().is_some()) {
+        return false;
+    }
+    if !look.keyword(b"values") {
+        return false;
+    }
+    loop {
+        if !(look.punct(b'(') && look.list(Look::literal)) {
+            return false;
+        }
+        if !look.punct(b',') {
+            return look.end();
+        }
+    }
+}
+
+/// Keywords that read as literals in a VALUES row: constants and the SQL date and time value
+/// functions, which take no parenthesis (with one, the row is not read here).
+const LITERAL_WORDS: [&str; 9] = [
+    "null",
+    "true",
+    "false",
+    "default",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "localtime",
+    "localtimestamp",
+];
+
+/// A cursor over ASCII tokens, for the shapes the quick look accepts.
+struct Look<'a> {
+    s: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Look<'a> {
+    fn skip_space(&mut self) {
+        while self.s.get(self.at).is_some_and(u8::is_ascii_whitespace) {
+            self.at += 1;
+        }
+    }
+
+    /// An unquoted identifier or keyword.
+    fn word(&mut self) -> Option<&'a [u8]> {
+        self.skip_space();
+        let rest = &self.s[self.at..];
+        if !rest.first().is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_') {
+            return None;
+        }
+        let len = rest.iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'_')).unwrap_or(rest.len());
+        self.at += len;
+        Some(&rest[..len])
+    }
+
+    fn keyword(&mut self, kw: &[u8]) -> bool {
+        self.word().is_some_and(|w| w.eq_ignore_ascii_case(kw))
+    }
+
+    /// `table` or `schema.table`.
+    fn name(&mut self) -> bool {
+        if self.word().is_none() {
+            return false;
+        }
+        if self.s.get(self.at) == Some(&b'.') {
+            self.at += 1;
+            return self.s.get(self.at).is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_') && self.word().is_some();
+        }
+        true
+    }
+
+    fn punct(&mut self, c: u8) -> bool {
+        self.skip_space();
+        let hit = self.s.get(self.at) == Some(&c);
+        self.at += usize::from(hit);
+        hit
+    }
+
+    /// Items separated by commas up to a closing parenthesis (the opening one already read).
+    fn list(&mut self, mut item: impl FnMut(&mut Self) -> bool) -> bool {
+        loop {
+            if !item(self) {
+                return false;
+            }
+            if self.punct(b')') {
+                return true;
+            }
+            if !self.punct(b',') {
+                return false;
+            }
+        }
+    }
+
+    /// A number (optionally signed), a quoted string, or one of [`LITERAL_WORDS`].
+    fn literal(&mut self) -> bool {
+        self.skip_space();
+        match self.s.get(self.at) {
+            Some(b'\'') => self.string(),
+            Some(b'-' | b'+') => {
+                self.at += 1;
+                self.number()
+            }
+            Some(b) if b.is_ascii_digit() => self.number(),
+            _ => self.word().is_some_and(|w| LITERAL_WORDS.iter().any(|k| w.eq_ignore_ascii_case(k.as_bytes()))),
+        }
+    }
+
+    /// Digits, an optional fraction, an optional exponent; no letter straight after.
+    fn number(&mut self) -> bool {
+        let digits = |l: &mut Self| {
+            let from = l.at;
+            while l.s.get(l.at).is_some_and(u8::is_ascii_digit) {
+                l.at += 1;
+            }
+            l.at > from
+        };
+        if !digits(self) {
+            return false;
+        }
+        if self.s.get(self.at) == Some(&b'.') {
+            self.at += 1;
+            digits(self);
+        }
+        if matches!(self.s.get(self.at), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.s.get(self.at), Some(b'-' | b'+')) {
+                self.at += 1;
+            }
+            if !digits(self) {
+                return false;
+            }
+        }
+        !self.s.get(self.at).is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.'))
+    }
+
+    /// `'...'` with `''` for a quote inside (backslashes were refused before).
+    fn string(&mut self) -> bool {
+        self.at += 1;
+        loop {
+            let Some(q) = memchr::memchr(b'\'', &self.s[self.at..]) else {
+                return false;
+            };
+            self.at += q + 1;
+            if self.s.get(self.at) != Some(&b'\'') {
+                return true;
+            }
+            self.at += 1;
+        }
+    }
+
+    fn end(&mut self) -> bool {
+        self.skip_space();
+        self.at == self.s.len()
+    }
+}
+
+#[cfg(test)]
+#[path = "plain_tests.rs"]
+mod tests;
