@@ -1,7 +1,9 @@
 //! A client's named protocol-level statements, held behind one pointer until it prepares one.
 
 use bytes::Bytes;
-use std::collections::HashMap;
+// foldhash, not std's SipHash: a short name hashes in a few instructions, and the per-map random
+// seed still keeps a client from choosing names that collide.
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use crate::session_state::StmtDef;
