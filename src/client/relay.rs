@@ -9,6 +9,7 @@ use bytes::Buf;
 use std::pin::Pin;
 use std::time::Duration;
 
+use super::expect::Expect;
 use super::forward::Fwd;
 use super::io::{next_event, Event, Side};
 use super::registry::Signals;
@@ -245,7 +246,7 @@ impl Session {
         // Flushed excludes Skipping: a batch with an error pending waits for the client's Sync.
         if tm && settled && idle && harmless && !att.suspended && !att.copy_in {
             crate::wire::messages::put_empty(&mut att.sout, tag::SYNC);
-            att.queue.push(super::expect::Expect::SilentSync);
+            att.queue.push(Expect::SilentSync);
             att.batch_state = BatchState::Open;
         }
     }
@@ -359,6 +360,16 @@ impl Session {
                     continue;
                 }
                 return Ok(());
+            }
+            if matches!(t, tag::DATA_ROW | tag::COPY_DATA)
+                && matches!(att.queue.front(), Some(Expect::Query | Expect::Execute))
+            {
+                // Rows (or COPY OUT data) answering the request at the head change nothing
+                // pgshift tracks: a run of them goes through in one copy.
+                let run = frame::run_of(&buf, t, HIGH_WATER - self.cout.len());
+                self.cout.extend_from_slice(&buf[..run]);
+                buf.advance(run);
+                continue;
             }
             let mut reply = Reply {
                 shared: &self.shared,
@@ -479,7 +490,7 @@ fn stream_query(att: &mut super::state::Attached) -> bool {
     att.wrote = true;
     att.lease.conn().residue = crate::server::Residue::Unknown;
     att.effects.push_back(Vec::new());
-    att.queue.push(super::expect::Expect::Query);
+    att.queue.push(Expect::Query);
     true
 }
 

@@ -102,6 +102,24 @@ pub fn complete_frame(buf: &[u8]) -> Result<Option<(u8, usize)>, WireError> {
     }
 }
 
+/// Bytes at the start of `buf` taken by whole frames of tag `tag`, one after another: at least
+/// the first (the caller knows it is whole), then more while the run is under `limit` bytes.
+/// Stops at another tag, a frame not fully arrived, or a bad length (left for the caller to
+/// read frame by frame).
+pub fn run_of(buf: &[u8], tag: u8, limit: usize) -> usize {
+    let mut at = 0;
+    while let Ok(Some((t, total))) = complete_frame(&buf[at..]) {
+        if t != tag {
+            break;
+        }
+        at += total;
+        if at >= limit {
+            break;
+        }
+    }
+    at
+}
+
 /// The body of a whole frame (everything after the 5-byte header).
 #[inline]
 pub fn body(frame: &[u8]) -> &[u8] {
@@ -196,6 +214,18 @@ mod tests {
         assert!(peek_header(b"Z\x7f\xff\xff\xff").is_err());
         assert_eq!(complete_frame(b"Z\0\0\0\x05").unwrap(), None);
         assert_eq!(complete_frame(b"Z\0\0\0\x05Ixx").unwrap(), Some((b'Z', 6)));
+    }
+
+    #[test]
+    fn a_run_stops_at_another_tag_a_partial_frame_or_the_limit() {
+        let row = b"D\0\0\0\x06\0\0";
+        let mut buf = [&row[..], row, row, b"C\0\0\0\x05x", row].concat();
+        assert_eq!(run_of(&buf, b'D', usize::MAX), 21, "three rows, then CommandComplete");
+        assert_eq!(run_of(&buf, b'D', 8), 14, "the frame that reaches the limit is the last");
+        assert_eq!(run_of(&buf, b'D', 1), 7, "at least the first");
+        buf.truncate(17);
+        assert_eq!(run_of(&buf, b'D', usize::MAX), 14, "the third row has not fully arrived");
+        assert_eq!(run_of(b"D\0\0\0\x06\0\0D\0\0\0\x01", b'D', usize::MAX), 7, "a bad length is left");
     }
 
     #[test]
