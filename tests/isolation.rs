@@ -100,6 +100,28 @@ async fn state_changed_inside_server_code_never_reaches_the_next_client() {
     assert!(counters(&p).0 >= 6, "each impure transaction was reset: {:?}", counters(&p));
 }
 
+/// A table `SELECT ... INTO` makes in pg_temp (through the search path, no `temp` in the text)
+/// and a SET in disguise (`UPDATE pg_settings`, which a rule of the view turns into set_config)
+/// stay with the client that made them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_select_into_pg_temp_or_a_pg_settings_update_never_reaches_the_next_client() {
+    let p = proxy::with_pool(1).await;
+    let port = proxy::port(&p);
+    let a = common::connect(port, "app", "app", "app").await;
+    let b = common::connect(port, "app", "app", "app").await;
+
+    a.batch_execute("SET search_path = pg_temp, public").await.unwrap();
+    a.simple_query("select 'secret'::text as v into iso_into").await.unwrap();
+    let err = b.simple_query("select v from pg_temp.iso_into").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42P01"), "temp table visible to the next client: {err}");
+
+    // The update pins `a` to the server; the next client gets it once `a` leaves (and it is reset).
+    a.simple_query("update pg_settings set setting = '1' where name = 'statement_timeout'").await.unwrap();
+    assert_eq!(scalar(&a, "show statement_timeout").await.as_deref(), Some("1ms"));
+    drop(a);
+    assert_eq!(scalar(&b, "show statement_timeout").await.as_deref(), Some("0"), "a SET in disguise leaked");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_cancel_never_hits_the_next_clients_query() {
     let p = proxy::with_pool(1).await;

@@ -30,8 +30,8 @@ fuzz_target!(|data: &[u8]| {
     // Classification is a pure function of text and settings.
     assert_eq!(classify(&text, &cfg), c);
     // What the quick look lets past the classifier, the classifier finds no session effect in,
-    // whatever the settings. The quick look refuses `(` `;` `temp` and comments anywhere, quoted
-    // or not, so even text the classifier cannot read (an unterminated quote) is safe. The two
+    // whatever the settings. The quick look refuses `(` `;` `&` `temp` and comments anywhere,
+    // quoted or not, so even text the classifier cannot read (an unterminated quote) is safe. The two
     // shapes it reads itself, an INSERT's literal rows and a bare BEGIN/COMMIT/ROLLBACK, the
     // classifier must read as one pure statement of that kind. (Query and Parse texts end at
     // their first NUL, so none holds one.)

@@ -239,9 +239,15 @@ impl Statement {
 pub fn classify(sql: &str, cfg: &ClassifierConfig) -> Classification {
     let mut cur = Cursor::new(sql, !cfg.standard_conforming_strings);
     let mut statements = Vec::new();
+    let settings_named = names_pg_settings(sql);
     while cur.begin_statement() {
         let mut st = statement(&mut cur, cfg, 0);
-        let pin = query::scan_pins(&mut cur);
+        let mut pin = query::scan_pins(&mut cur);
+        // `UPDATE pg_settings SET setting = ...` is a SET in disguise: a rule of the view turns
+        // it into set_config(). Any write in a string naming the view keeps its server.
+        if settings_named && matches!(st.reason, reasons::WRITE | reasons::WRITE_CTE) {
+            pin = pin.or(Some("pg_settings"));
+        }
         if let (SessionEffect::None, Some(pin)) = (&st.session, pin) {
             st.session = SessionEffect::Pin(pin);
         }
@@ -265,6 +271,16 @@ pub fn classify(sql: &str, cfg: &ClassifierConfig) -> Classification {
         last.pure = false;
     }
     summarize(statements, cur.hint(), broken)
+}
+
+/// Whether the text may name the `pg_settings` view: literally (any case, quoted or not), or
+/// through a Unicode-escaped identifier (`U&"..."`), which could spell it unseen.
+fn names_pg_settings(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    memchr::memchr3_iter(b'p', b'P', b'&', b).any(|i| match b[i] {
+        b'&' => i > 0 && b[i - 1].eq_ignore_ascii_case(&b'u'),
+        _ => b.get(i..i + 11).is_some_and(|w| w.eq_ignore_ascii_case(b"pg_settings")),
+    })
 }
 
 fn summarize(statements: Vec<Statement>, hint: Option<Hint>, broken: bool) -> Classification {

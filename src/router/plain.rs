@@ -1,14 +1,14 @@
 //! The quick look: proves, without the lexer, that a simple query changes no session state.
 //!
-//! Only a few shapes pass: one plain SELECT, UPDATE or DELETE with no parenthesis at all; one
-//! INSERT whose rows are literal values; a bare BEGIN, COMMIT or ROLLBACK. Anything else, however
+//! Only a few shapes pass: one plain SELECT (not SELECT INTO), UPDATE or DELETE with no
+//! parenthesis at all; one INSERT whose rows are literal values; a bare BEGIN, COMMIT or ROLLBACK. Anything else, however
 //! harmless, goes to the full classifier, which is right for every input; this look only has to
 //! be right for what it accepts.
 
 use super::StatementKind;
 
 /// A quick look that proves a simple query is one of the plain shapes above, changing no session
-/// state (no function call, advisory lock, set_config, or temporary table anywhere in it): its
+/// state (no function call, advisory lock, set_config, pg_settings, or table it creates): its
 /// kind, or `None` when only a full classification can tell. Conservative by construction:
 /// comments, several statements, or any suspicious word send it to the classifier. Works on the
 /// raw bytes (it only looks at ASCII), so it needs no UTF-8 check either.
@@ -32,21 +32,32 @@ pub fn plain_statement(sql: &[u8]) -> Option<StatementKind> {
     };
     // memchr scans a word at a time; only its few hits get a closer look.
     let mut paren = false;
-    for i in memchr::memchr2_iter(b';', b'(', body) {
-        if body[i] == b';' {
-            // `;` separates statements (or hides in a string: the classifier can tell).
-            return None;
+    for i in memchr::memchr3_iter(b';', b'(', b'&', body) {
+        match body[i] {
+            // `(` may be any function call (set_config, pg_advisory_lock, a user function: none
+            // can be called without one).
+            b'(' => paren = true,
+            // `;` separates statements (or hides in a string: the classifier can tell); `&`
+            // may be `U&"..."`, an identifier spelled in escapes this look cannot read.
+            _ => return None,
         }
-        // `(` may be any function call (set_config, pg_advisory_lock, a user function: none can
-        // be called without one).
-        paren = true;
     }
     let comment = memchr::memchr2_iter(b'-', b'/', body)
         .any(|i| matches!((body[i], body.get(i + 1)), (b'-', Some(b'-')) | (b'/', Some(b'*'))));
-    // `temp`: SELECT INTO TEMP, or a table in pg_temp, is a session's own state.
-    // Found by its `p`, rarer in SQL than `t`.
-    let temp = memchr::memchr2_iter(b'p', b'P', body).any(|i| i >= 3 && body[i - 3..i].eq_ignore_ascii_case(b"tem"));
-    if comment || temp {
+    // Found by their `p`, rarer in SQL than other letters: `temp` (SELECT INTO TEMP, or a table
+    // in pg_temp, is a session's own state) and `pg_settings` (an UPDATE of it is a SET).
+    let temp_or_settings = memchr::memchr2_iter(b'p', b'P', body).any(|i| {
+        (i >= 3 && body[i - 3..i].eq_ignore_ascii_case(b"tem"))
+            || body.get(i..i + 11).is_some_and(|w| w.eq_ignore_ascii_case(b"pg_settings"))
+    });
+    // SELECT ... INTO creates a table: a temporary one when the search path starts at pg_temp.
+    let into = kind == StatementKind::Select
+        && memchr::memchr2_iter(b'n', b'N', body).any(|i| {
+            i >= 1
+                && body[i - 1].eq_ignore_ascii_case(&b'i')
+                && body.get(i + 1..i + 3).is_some_and(|w| w.eq_ignore_ascii_case(b"to"))
+        });
+    if comment || temp_or_settings || into {
         return None;
     }
     // The one shape allowed to hold parentheses is INSERT's literal rows.

@@ -66,6 +66,14 @@ const REFUSED: &[&str] = &[
     "insert into t values ()",
     "insert into t (a.b) values (1)",
     "with x as (select 1) insert into t values (1)",
+    // tables a SELECT creates, and SETs in disguise
+    "select * into accounts from t",
+    "select 1 as a into U&\"pg_t\\0065mp\".x",
+    "select 1 as a into U&\"pg_t!0065mp\" UESCAPE '!'",
+    "select 'a\\', ' into x from t",
+    "update pg_settings set setting = 'evil, public' where name = 'search_path'",
+    "UPDATE pg_catalog.PG_SETTINGS SET setting = '0' WHERE name = 'statement_timeout'",
+    "update U&\"pg_setting\\0073\" set setting = 'x' where name = 'search_path'",
     // transaction control with more than the bare words
     "begin isolation level serializable",
     "begin read only",

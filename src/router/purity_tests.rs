@@ -87,3 +87,22 @@ fn not_function_names_are_sorted() {
     let l = super::functions::NOT_FUNCTION_NAMES;
     assert!(l.windows(2).all(|w| w[0] < w[1]));
 }
+
+#[test]
+fn writes_to_pg_settings_are_sets_in_disguise_and_pin() {
+    use super::SessionEffect;
+    let cfg = ClassifierConfig::default();
+    for sql in [
+        "update pg_settings set setting = 'evil, public' where name = 'search_path'",
+        "UPDATE pg_catalog.PG_SETTINGS SET setting = '0' WHERE name = 'statement_timeout'",
+        "update \"pg_settings\" set setting = 'x' where name = 'search_path'",
+        "update U&\"pg_setting\\0073\" set setting = 'x' where name = 'search_path'",
+        "with u as (update pg_settings set setting = 'x' where name = 'search_path' returning 1) select * from u",
+    ] {
+        let c = classify(sql, &cfg);
+        assert_eq!(c.statements[0].session, SessionEffect::Pin("pg_settings"), "{sql}: {c:?}");
+        assert!(!c.pure(), "{sql}");
+    }
+    // Reading the view changes nothing.
+    assert!(pure("select name, setting from pg_settings where name = 'search_path'"));
+}
