@@ -45,8 +45,6 @@ say "forwarder up on port $FWD_PORT (pid $FWD_PID) toward the primary on $PRIMAR
 
 port_of() { if [[ $1 == forwarder ]]; then echo "$FWD_PORT"; else target_port "$1"; fi; }
 pid_of() { if [[ $1 == forwarder ]]; then echo "$FWD_PID"; else target_pid "$1"; fi; }
-# utime and stime of a process in clock ticks: "U S".
-ticks_us() { local s; s=$(cat /proc/"$1"/stat) && s=${s##*) } && awk '{print $12, $13}' <<<"$s"; }
 
 for t in $TARGETS; do
   pgbench -n -S -M "$PROTOCOL" -c "$CLIENTS" -j "$JOBS" -T 2 -p "$(port_of "$t")" >/dev/null 2>&1 || true
@@ -76,27 +74,10 @@ done
     "forwarder = bench/forwarder.c (one-to-one, one epoll loop); poolers in transaction mode, pool $POOL_SIZE;" \
     "pgshift workers ${WORKERS}; logs in ${OUTDIR#"$ROOT"/}"
   echo
-  echo "CPU of the middle process per transaction (utime and stime from /proc/PID/stat), median of the runs:"
-  echo
-  awk -F'\t' -v hz="$CLK_TCK" -v order="$TARGETS" '
-    NR == 1 { next }
-    { n[$2]++; u[$2, n[$2]] = $4 * 1e6 / hz / $3; s[$2, n[$2]] = $5 * 1e6 / hz / $3; t[$2, n[$2]] = $6 }
-    function med(a, name, k,   i, j, x, v) {
-      for (i = 1; i <= k; i++) v[i] = a[name, i]
-      for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (v[j] < v[i]) { x = v[i]; v[i] = v[j]; v[j] = x }
-      return k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2
-    }
-    END {
-      print "| middle process | user us/tx | system us/tx | total us/tx | TPS | runs |"
-      print "|---|---|---|---|---|---|"
-      split(order, names, " ")
-      for (i = 1; i in names; i++) {
-        m = names[i]; if (!(m in n)) continue
-        mu = med(u, m, n[m]); ms = med(s, m, n[m])
-        printf "| %s | %.1f | %.1f | %.1f | %.0f | %d |\n", m, mu, ms, mu + ms, med(t, m, n[m]), n[m]
-      }
-    }' "$OUTDIR/cpu.tsv"
 } >"$OUTDIR/section.md"
+python3 "$BENCH_DIR/profile_report.py" --markdown "$OUTDIR/table.md" --clk-tck "$CLK_TCK" --cpu "$OUTDIR/cpu.tsv" \
+  || die "profile_report.py failed"
+cat "$OUTDIR/table.md" >>"$OUTDIR/section.md"
 cat "$OUTDIR/section.md"
 if [[ "$RESULTS" != none ]]; then
   cat "$OUTDIR/section.md" >>"$RESULTS"

@@ -180,6 +180,8 @@ cpu_ticks() {
   s=${s##*) }
   awk '{print $12 + $13}' <<<"$s"
 }
+# utime and stime of a process in clock ticks: "U S".
+ticks_us() { local s; s=$(cat /proc/"$1"/stat) && s=${s##*) } && awk '{print $12, $13}' <<<"$s"; }
 rss_kb() { awk '/^VmRSS/{print $2; f=1} END{if (!f) print -1}' /proc/"$1"/status 2>/dev/null || echo -1; }
 nofile_of() { awk '/^Max open files/{print $4}' /proc/"$1"/limits 2>/dev/null || echo '?'; }
 ticks_to_s() { awk -v t="$1" -v hz="$CLK_TCK" 'BEGIN{printf "%.2f", t/hz}'; }

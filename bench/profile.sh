@@ -42,8 +42,6 @@ TARGETS=${TARGETS:-"pgbouncer pgshift"}
 for t in $TARGETS; do [[ " pgbouncer pgshift " == *" $t "* ]] || die "bad target '$t' (pgbouncer, pgshift)"; done
 setup_all 10
 
-# utime and stime of a process in clock ticks: "U S".
-ticks_us() { local s; s=$(cat /proc/"$1"/stat) && s=${s##*) } && awk '{print $12, $13}' <<<"$s"; }
 bench_tx() { # target clients tx-per-client -> pgbench output file
   target_pgbench "$1" -n -S -M "$PROTOCOL" -c "$2" -j "$JOBS" -t "$3" >"$4" 2>&1 || say "pgbench $1 failed: $(tail -1 "$4")"
 }
