@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tables for bench/profile.sh: user/system CPU, system calls and instructions per transaction.
+"""Tables for bench/profile.sh (and the CPU table of bench/floor.sh): user/system CPU, system calls and instructions per transaction.
 
 Inputs: cpu.tsv (rep, target, tx, user_ticks, sys_ticks), strace -c summaries, instr.tsv (target,
 instructions for N and 2N transactions per client, N * clients), and callgrind_annotate outputs of
@@ -16,25 +16,28 @@ from report import LABEL, md_table  # noqa: E402 (bench/report.py, beside this f
 
 def cpu_table(path, clk_tck):
     rows = list(csv.DictReader(open(path), delimiter="\t"))
+    with_tps = bool(rows) and "tps" in rows[0]
     per = {}
     for r in rows:
         tx = int(r["tx"])
         u = int(r["user_ticks"]) / clk_tck / tx * 1e6
         s = int(r["sys_ticks"]) / clk_tck / tx * 1e6
-        per.setdefault(r["target"], []).append((u, s))
+        per.setdefault(r["target"], []).append((u, s, float(r.get("tps") or 0)))
     out, med = [], {}
     for t, v in per.items():
         u = statistics.median(x[0] for x in v)
         s = statistics.median(x[1] for x in v)
         med[t] = (u, s)
         share = f"{s / (u + s) * 100:.0f}%" if u + s else "-"
-        out.append([LABEL.get(t, t), f"{u:.1f}", f"{s:.1f}", f"{u + s:.1f}", share, str(len(v))])
+        tps = [f"{statistics.median(x[2] for x in v):.0f}"] if with_tps else []
+        out.append([LABEL.get(t, t), f"{u:.1f}", f"{s:.1f}", f"{u + s:.1f}", share, *tps, str(len(v))])
     if "pgshift" in med and "pgbouncer" in med:
         (pu, ps), (bu, bs) = med["pgshift"], med["pgbouncer"]
         # A short run can leave a whole clock tick (10 ms) unspent: no ratio then.
         ratio = lambda a, b: f"{a / b:.2f}" if b else "-"  # noqa: E731
-        out.append(["pgshift / PgBouncer", ratio(pu, bu), ratio(ps, bs), ratio(pu + ps, bu + bs), "", ""])
-    return md_table(["target", "user us/tx", "system us/tx", "total us/tx", "system share", "runs"], out), med
+        out.append(["pgshift / PgBouncer", ratio(pu, bu), ratio(ps, bs), ratio(pu + ps, bu + bs), "", *([""] * with_tps), ""])
+    head = ["target", "user us/tx", "system us/tx", "total us/tx", "system share", *(["TPS"] * with_tps), "runs"]
+    return md_table(head, out), med
 
 
 def parse_strace(path):
@@ -117,7 +120,7 @@ def main():
     ap.add_argument("--cpu", required=True)
     ap.add_argument("--clk-tck", type=int, default=100)
     ap.add_argument("--strace", action="append", default=[], help="NAME=FILE:TRANSACTIONS")
-    ap.add_argument("--instr", required=True)
+    ap.add_argument("--instr", help="without it, only the CPU table (bench/floor.sh)")
     ap.add_argument("--annotate", action="append", default=[], help="NAME=SMALL,BIG,TRANSACTIONS")
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--markdown", required=True)
@@ -125,6 +128,10 @@ def main():
     cpu, _ = cpu_table(a.cpu, a.clk_tck)
     text = "CPU of the pooler process per transaction (utime and stime from /proc/PID/stat, median of the runs):\n\n"
     text += cpu + "\n"
+    if not a.instr:
+        with open(a.markdown, "w") as fh:
+            fh.write(text)
+        return 0
     text += "System calls per transaction, all threads of the pooler (strace -c -f):\n\n" + strace_table(a.strace) + "\n"
     text += instr_table(a.instr) + "\n"
     for spec in a.annotate:
