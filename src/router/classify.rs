@@ -279,8 +279,14 @@ fn names_pg_settings(sql: &str) -> bool {
     let b = sql.as_bytes();
     memchr::memchr3_iter(b'p', b'P', b'&', b).any(|i| match b[i] {
         b'&' => i > 0 && b[i - 1].eq_ignore_ascii_case(&b'u'),
-        _ => b.get(i..i + 11).is_some_and(|w| w.eq_ignore_ascii_case(b"pg_settings")),
+        _ => pg_settings_at(b, i),
     })
+}
+
+/// Whether `pg_settings` (any case) starts at byte `i`.
+#[inline]
+pub(super) fn pg_settings_at(b: &[u8], i: usize) -> bool {
+    b.get(i..i + 11).is_some_and(|w| w.eq_ignore_ascii_case(b"pg_settings"))
 }
 
 fn summarize(statements: Vec<Statement>, hint: Option<Hint>, broken: bool) -> Classification {

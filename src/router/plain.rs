@@ -46,10 +46,8 @@ pub fn plain_statement(sql: &[u8]) -> Option<StatementKind> {
         .any(|i| matches!((body[i], body.get(i + 1)), (b'-', Some(b'-')) | (b'/', Some(b'*'))));
     // Found by their `p`, rarer in SQL than other letters: `temp` (SELECT INTO TEMP, or a table
     // in pg_temp, is a session's own state) and `pg_settings` (an UPDATE of it is a SET).
-    let temp_or_settings = memchr::memchr2_iter(b'p', b'P', body).any(|i| {
-        (i >= 3 && body[i - 3..i].eq_ignore_ascii_case(b"tem"))
-            || body.get(i..i + 11).is_some_and(|w| w.eq_ignore_ascii_case(b"pg_settings"))
-    });
+    let temp_or_settings = memchr::memchr2_iter(b'p', b'P', body)
+        .any(|i| (i >= 3 && body[i - 3..i].eq_ignore_ascii_case(b"tem")) || super::classify::pg_settings_at(body, i));
     // SELECT ... INTO creates a table: a temporary one when the search path starts at pg_temp.
     let into = kind == StatementKind::Select
         && memchr::memchr2_iter(b'n', b'N', body).any(|i| {
