@@ -96,9 +96,7 @@ impl Session {
             }
         }
         let n = self.write_client_now()?;
-        if let Some(a) = self.attached.as_mut() {
-            a.bytes_out += n as u64;
-        }
+        self.count_bytes_out(n);
         Ok(if wrote || n > 0 { WriteAhead::Wrote } else { WriteAhead::Nothing })
     }
 
@@ -183,9 +181,7 @@ impl Session {
             Event::ClientWrote(r) => {
                 let n = *r.as_ref().unwrap_or(&0);
                 self.wrote_client(r)?;
-                if let Some(a) = self.attached.as_mut() {
-                    a.bytes_out += n as u64;
-                }
+                self.count_bytes_out(n);
             }
             Event::ClientFlushed(r) => {
                 r.map_err(|_| End::ClientGone)?;
