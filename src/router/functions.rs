@@ -300,7 +300,13 @@ pub enum SessionCall {
     AdvisoryLock,
     /// `set_config`: session-wide unless its third argument is literally true.
     SetConfig,
+    /// Leaves state that outlives DISCARD ALL (a dblink connection, the random seed): the
+    /// client keeps its server, which is closed when it leaves. The pin reason.
+    Lasting(&'static str),
 }
+
+/// Pin reasons whose state outlives DISCARD ALL: the server is closed, not reset and reused.
+pub const LASTING_PINS: [&str; 3] = ["dblink", "setseed", "load"];
 
 /// Whether calling `name` may leave state behind in the server session.
 pub fn session_call(name: &[u8]) -> SessionCall {
@@ -308,6 +314,10 @@ pub fn session_call(name: &[u8]) -> SessionCall {
         SessionCall::SetConfig
     } else if SESSION_LOCKS.iter().any(|l| l.as_bytes() == name) {
         SessionCall::AdvisoryLock
+    } else if name == b"dblink_connect" || name == b"dblink_connect_u" {
+        SessionCall::Lasting("dblink")
+    } else if name == b"setseed" {
+        SessionCall::Lasting("setseed")
     } else {
         SessionCall::None
     }

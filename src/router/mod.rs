@@ -19,5 +19,6 @@ pub use cache::ClassifierCache;
 pub use classify::{
     classify, reasons, Classification, ClassifierConfig, SessionEffect, Statement, StatementKind, Target, TxControl,
 };
+pub use functions::LASTING_PINS;
 pub use plain::plain_statement;
 pub use session::{is_reserved_name, RESERVED_PREFIX};

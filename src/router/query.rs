@@ -259,6 +259,10 @@ impl<'c> Scan<'c> {
                 self.pin("advisory_lock");
                 false
             }
+            SessionCall::Lasting(reason) => {
+                self.pin(reason);
+                false
+            }
             SessionCall::SetConfig => {
                 // set_config(name, value, true) lasts for the transaction only; its arguments
                 // are not scanned for calls here, so only literals and parameters keep it pure.
@@ -362,7 +366,7 @@ fn set_config_scan(cur: &mut Cursor) -> (Option<&'static str>, bool) {
     }
     cur.advance();
     let inside = cur.depth();
-    let (mut arg, mut third_len, mut local, mut lock, mut calls) = (0u32, 0u32, false, false, false);
+    let (mut arg, mut third_len, mut local, mut inner_pin, mut calls) = (0u32, 0u32, false, None, false);
     while let Some(t) = cur.peek() {
         if t.kind == TokenKind::RParen && cur.depth() == inside {
             cur.advance();
@@ -377,28 +381,33 @@ fn set_config_scan(cur: &mut Cursor) -> (Option<&'static str>, bool) {
             third_len = third_len.saturating_add(1);
             local = is_true_literal(cur, t);
         }
-        lock |= is_call_of(cur, t, SessionCall::AdvisoryLock);
+        inner_pin = inner_pin.or(match call_of(cur, t) {
+            SessionCall::AdvisoryLock => Some("advisory_lock"),
+            SessionCall::Lasting(reason) => Some(reason),
+            SessionCall::SetConfig | SessionCall::None => None,
+        });
         calls |= matches!(t.kind, TokenKind::Ident | TokenKind::QuotedIdent | TokenKind::DoubleColon)
             && cur.peek().is_some_and(|n| n.kind == TokenKind::LParen);
         // A cast may run a user function too.
         calls |= t.kind == TokenKind::DoubleColon;
     }
-    if lock {
-        return (Some("advisory_lock"), true);
+    if let Some(pin) = inner_pin {
+        return (Some(pin), true);
     }
     let transaction_local = arg == 2 && third_len == 1 && local;
     ((!transaction_local).then_some("set_config"), calls)
 }
 
-fn is_call_of(cur: &mut Cursor, t: Token, what: SessionCall) -> bool {
+/// What `t` does to the session if it is the name of a call (a `(` follows), else nothing.
+fn call_of(cur: &mut Cursor, t: Token) -> SessionCall {
     if !matches!(t.kind, TokenKind::Ident | TokenKind::QuotedIdent)
         || !cur.peek().is_some_and(|n| n.kind == TokenKind::LParen)
     {
-        return false;
+        return SessionCall::None;
     }
     let mut name = FoldedName::default();
     name.push(cur.bytes(t), t.kind == TokenKind::QuotedIdent);
-    functions::session_call(name.last()) == what
+    functions::session_call(name.last())
 }
 
 fn is_true_literal(cur: &Cursor, t: Token) -> bool {
@@ -418,12 +427,11 @@ fn is_true_literal(cur: &Cursor, t: Token) -> bool {
 pub(super) fn scan_pins(cur: &mut Cursor) -> Option<&'static str> {
     let mut pin = None;
     while let Some(t) = cur.advance() {
-        let found = if is_call_of(cur, t, SessionCall::AdvisoryLock) {
-            Some("advisory_lock")
-        } else if is_call_of(cur, t, SessionCall::SetConfig) {
-            set_config_pin(cur)
-        } else {
-            None
+        let found = match call_of(cur, t) {
+            SessionCall::AdvisoryLock => Some("advisory_lock"),
+            SessionCall::SetConfig => set_config_pin(cur),
+            SessionCall::Lasting(reason) => Some(reason),
+            SessionCall::None => None,
         };
         pin = pin.or(found);
     }

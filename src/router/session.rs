@@ -124,6 +124,17 @@ fn set(cur: &mut Cursor) -> Statement {
         return tx(TxControl::None);
     } else {
         match set_value(cur) {
+            // The same two spelled as settings (`SET "role" = x`, `SET session_authorization TO
+            // x`): RESET ALL and DISCARD ALL's RESET leave them as they are.
+            Some(SessionEffect::Set { name, .. } | SessionEffect::Reset { name })
+                if name == "role" || name == "session_authorization" =>
+            {
+                SessionEffect::Pin("set_role")
+            }
+            // Sets the random seed, which no reset undoes.
+            Some(SessionEffect::Set { name, .. } | SessionEffect::Reset { name }) if name == "seed" => {
+                SessionEffect::Pin("setseed")
+            }
             Some(effect) => effect,
             None => return Statement::unsure(),
         }
@@ -193,6 +204,8 @@ fn reset(cur: &mut Cursor) -> Statement {
         dotted_name(cur, first)
     };
     match name {
+        // RESET seed sets the random seed to 0: no later reset undoes it.
+        Some(name) if name == "seed" && cur.peek().is_none() => session(SessionEffect::Pin("setseed")),
         Some(name) if cur.peek().is_none() => session(SessionEffect::Reset { name }),
         _ => Statement::unsure(),
     }

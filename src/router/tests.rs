@@ -485,6 +485,21 @@ fn session_effects() {
         ("EXPLAIN SELECT pg_advisory_lock(1)", NoEffect),
         ("LOAD 'auto_explain'", Pin("load")),
         ("SELECT 'pg_advisory_lock(1)'", NoEffect),
+        // The role as a setting: RESET ALL leaves it, so it is never tracked.
+        ("SET \"role\" TO admin", Pin("set_role")),
+        ("SET role = admin", Pin("set_role")),
+        ("SET session_authorization TO bob", Pin("set_role")),
+        ("SET SESSION \"session_authorization\" = bob", Pin("set_role")),
+        ("SET \"role\" TO DEFAULT", Pin("set_role")),
+        // State no reset undoes.
+        ("SET seed = 0.5", Pin("setseed")),
+        ("SET seed TO DEFAULT", Pin("setseed")),
+        ("RESET seed", Pin("setseed")),
+        ("SELECT setseed(0.5)", Pin("setseed")),
+        ("SELECT dblink_connect('c', 'dbname=x')", Pin("dblink")),
+        ("SELECT public.dblink_connect_u('dbname=x')", Pin("dblink")),
+        ("SELECT set_config('a.b', dblink_connect('dbname=x'), true)", Pin("dblink")),
+        ("UPDATE t SET a = setseed(0.1)", Pin("setseed")),
     ];
     for (sql, want) in rows {
         assert_eq!(effect(sql), want, "sql: {sql:?}");
