@@ -83,7 +83,8 @@ pub struct LoginSpec {
 }
 
 /// What a client may have left in a server session beyond what pgshift tracks and replays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Ordered by how much it takes to undo: [`ServerConn::taint`] only ever raises it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum Residue {
     /// Only statements proven free of session effects ran since the last reset.
     #[default]
@@ -91,6 +92,9 @@ pub enum Residue {
     /// Something ran that may have changed the session (a user function, DO, DDL, COPY...):
     /// the connection is reset before another client gets it.
     Unknown,
+    /// Something ran that a reset cannot undo (a loaded library, a dblink connection, the random
+    /// seed): the connection is closed rather than given to another client.
+    Lasting,
 }
 
 /// Cancel requests in flight toward one server connection. While one is, the connection is not
@@ -182,6 +186,11 @@ impl std::fmt::Debug for ServerConn {
 }
 
 impl ServerConn {
+    /// Notes that the session may hold `r` (never lowering what is noted already).
+    pub fn taint(&mut self, r: Residue) {
+        self.residue = self.residue.max(r);
+    }
+
     /// Connects and logs in, bounded by the spec's connect timeout.
     pub async fn connect(spec: &LoginSpec, id: u64, max_prepared: usize) -> Result<ServerConn, ServerError> {
         match tokio::time::timeout(spec.connect_timeout, Self::connect_inner(spec, id, max_prepared)).await {

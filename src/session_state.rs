@@ -184,23 +184,34 @@ fn parse_options(options: &str, out: &mut Settings) {
     }
 }
 
-/// The SQL that turns a server holding `have` into one holding `want`; `None` when they match.
-pub fn settings_diff(have: &Settings, want: &Settings) -> Option<String> {
+/// The queries, each to be sent as a Query of its own, that turn a server holding `have` into
+/// one holding `want`; none when they match. When `have` holds a setting `want` lacks or has
+/// another value for, the first is `RESET ALL`: alone it cannot fail, so a SET of `want` that
+/// fails (an invalid value) leaves that setting at its default, never at a previous client's.
+pub fn settings_diff(have: &Settings, want: &Settings) -> Vec<String> {
     if have == want {
-        return None;
+        return Vec::new();
     }
+    let stale = have.iter().any(|(k, v)| want.get(k) != Some(v));
     let mut sql = String::new();
     for (k, v) in want {
-        if have.get(k) != Some(v) {
-            sql.push_str(&format!("SET {} TO {v};", ident(k)));
+        if stale || have.get(k) != Some(v) {
+            if k == "timezone" {
+                // Also takes the forms `SET TIME ZONE` alone accepts (INTERVAL '...' HOUR TO MINUTE).
+                sql.push_str(&format!("SET TIME ZONE {v};"));
+            } else {
+                sql.push_str(&format!("SET {} TO {v};", ident(k)));
+            }
         }
     }
-    for k in have.keys() {
-        if !want.contains_key(k) {
-            sql.push_str(&format!("RESET {};", ident(k)));
-        }
+    let mut queries = Vec::with_capacity(2);
+    if stale {
+        queries.push("RESET ALL".to_string());
     }
-    Some(sql)
+    if !sql.is_empty() {
+        queries.push(sql);
+    }
+    queries
 }
 
 fn ident(name: &str) -> String {
@@ -447,8 +458,20 @@ mod tests {
         let mut want = Settings::new();
         want.insert("timezone".into(), "'UTC'".into());
         want.insert("search_path".into(), "myschema, public".into());
-        assert_eq!(settings_diff(&have, &want).unwrap(), "SET search_path TO myschema, public;RESET application_name;");
-        assert_eq!(settings_diff(&want, &want), None);
+        assert_eq!(
+            settings_diff(&have, &want),
+            ["RESET ALL", "SET search_path TO myschema, public;SET TIME ZONE 'UTC';"],
+            "a setting to undo: everything reset first, then all of want"
+        );
+        assert!(settings_diff(&want, &want).is_empty());
+        let mut more = want.clone();
+        more.insert("work_mem".into(), "'64kB'".into());
+        assert_eq!(settings_diff(&want, &more), ["SET work_mem TO '64kB';"], "only additions: no reset");
+        want.insert("timezone".into(), "INTERVAL '+02:00' HOUR TO MINUTE".into());
+        assert_eq!(
+            settings_diff(&Settings::new(), &want)[0],
+            "SET search_path TO myschema, public;SET TIME ZONE INTERVAL '+02:00' HOUR TO MINUTE;"
+        );
     }
 
     #[test]

@@ -48,8 +48,11 @@ impl Session {
             conn.holder_listed = true;
             self.shared.sessions.list_server(conn.cancel.key.0, &conn.holder);
         }
-        if let Some(sql) = settings_diff(&conn.state.settings, &self.state.settings) {
+        let diff = settings_diff(&conn.state.settings, &self.state.settings);
+        if !diff.is_empty() {
             conn.state.settings = self.state.settings.clone();
+        }
+        for sql in diff {
             messages::put_query(&mut att.sout, &sql);
             att.queue.push(super::expect::Expect::SilentQuery);
         }

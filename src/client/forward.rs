@@ -62,7 +62,7 @@ impl Fwd<'_> {
                 // Only the unnamed portal's statement is remembered: a named portal may run anything.
                 let named_portal = frame::cstr(frame::body(f)).is_none_or(|(portal, _)| !portal.is_empty());
                 if named_portal {
-                    self.att.lease.conn().residue = Residue::Unknown;
+                    self.att.lease.conn().taint(Residue::Unknown);
                 }
                 match self.state.unnamed_portal.clone().filter(|_| !named_portal) {
                     Some(c) => {
@@ -85,7 +85,7 @@ impl Fwd<'_> {
                 self.send(f, None);
             }
             tag::FUNCTION_CALL => {
-                self.att.lease.conn().residue = Residue::Unknown;
+                self.att.lease.conn().taint(Residue::Unknown);
                 self.att.effects.push_back(Vec::new());
                 self.att.wrote = true;
                 if let Some(cap) = self.att.capture.as_mut() {
@@ -129,7 +129,7 @@ impl Fwd<'_> {
 
     fn note_statement(&mut self, c: &Classification) {
         if !c.pure() {
-            self.att.lease.conn().residue = Residue::Unknown;
+            self.att.lease.conn().taint(Residue::Unknown);
         }
         if self.att.queue.is_empty() || self.att.kind == crate::router::StatementKind::Other {
             self.att.kind = c.kind;
@@ -150,6 +150,9 @@ impl Fwd<'_> {
         }
         for s in &c.statements {
             if let SessionEffect::Pin(reason) = s.session {
+                if crate::router::LASTING_PINS.contains(&reason) {
+                    self.att.lease.conn().taint(Residue::Lasting);
+                }
                 self.pin(reason);
             }
             if let SessionEffect::Listen { .. } = s.session {
@@ -182,7 +185,7 @@ impl Fwd<'_> {
                     return self.send(f, Some(Expect::Query));
                 }
                 let Some(sql) = sql_of(tag::QUERY, f) else {
-                    self.att.lease.conn().residue = Residue::Unknown;
+                    self.att.lease.conn().taint(Residue::Unknown);
                     self.att.effects.push_back(Vec::new());
                     return self.send(f, Some(Expect::Query));
                 };

@@ -484,7 +484,7 @@ fn stream_query(att: &mut super::state::Attached) -> bool {
     att.batch_state = BatchState::Open;
     att.batch_rerunnable = false;
     att.wrote = true;
-    att.lease.conn().residue = crate::server::Residue::Unknown;
+    att.lease.conn().taint(crate::server::Residue::Unknown);
     att.effects.push_back(Vec::new());
     att.queue.push(Expect::Query);
     true

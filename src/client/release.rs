@@ -40,7 +40,7 @@ impl Session {
         self.handle.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.handle.set_server(None);
         if self.rt.config.proxy.server_reset_query_always {
-            att.lease.conn().residue = crate::server::Residue::Unknown;
+            att.lease.conn().taint(crate::server::Residue::Unknown);
         }
         let pool = att.lease.pool().clone();
         pool.checkin_at(att.lease, now);
@@ -56,8 +56,12 @@ impl Session {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.client.write_all(&self.cout)).await;
             let _ = self.client.flush().await;
         }
-        if let Some(att) = self.attached.take() {
+        if let Some(mut att) = self.attached.take() {
             self.handle.set_server(None);
+            if self.state.tx_effects.as_ref().is_some_and(|e| !e.is_empty()) {
+                // A COMMIT AND CHAIN may already have made them permanent.
+                att.lease.conn().taint(crate::server::Residue::Unknown);
+            }
             cleanup_server(att, &self.rt, self.pools.mode, self.state.pinned).await;
         }
         self.shared.sessions.unregister(&self.handle);
@@ -75,7 +79,8 @@ impl Session {
 async fn cleanup_server(mut att: Box<Attached>, rt: &Runtime, mode: PoolMode, pinned: bool) {
     let pool = att.lease.pool().clone();
     let clean = att.queue.is_empty() && att.sout.is_empty() && att.s2c_passthrough == 0 && att.c2s_passthrough == 0;
-    if !clean || att.lease.conn().broken {
+    let lasting = att.lease.conn().residue == crate::server::Residue::Lasting;
+    if !clean || att.lease.conn().broken || lasting {
         return; // dropping the lease closes the connection
     }
     let mut steps = Vec::new();

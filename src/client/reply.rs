@@ -156,6 +156,9 @@ impl Reply<'_> {
                     "replaying the client's settings on a server failed: {}",
                     String::from_utf8_lossy(e.message)
                 );
+                // The record says the client's settings are in place; one of them is not (it is
+                // at its default): the server is reset before another client gets it.
+                self.att.lease.conn().taint(crate::server::Residue::Unknown);
                 if e.is_fatal() {
                     self.att.lease.conn().broken = true;
                 }
@@ -323,12 +326,14 @@ impl Reply<'_> {
     fn end_of_request(&mut self, status: TxStatus) {
         let effects = self.att.effects.pop_front().unwrap_or_default();
         if self.att.req_errored {
-            self.state.tx_effects = None;
+            self.drop_effects(!effects.is_empty());
         } else if !effects.is_empty() {
             self.state.tx_effects.get_or_insert_default().extend(effects);
         }
-        if status.is_idle() {
-            if let Some(committed) = self.state.tx_effects.take().filter(|_| !self.att.saw_rollback) {
+        if status.is_idle() && self.att.saw_rollback {
+            self.drop_effects(false);
+        } else if status.is_idle() {
+            if let Some(committed) = self.state.tx_effects.take() {
                 let server = &mut self.att.lease.conn().state.settings;
                 for e in committed.iter() {
                     self.state.apply(e);
@@ -336,7 +341,7 @@ impl Reply<'_> {
                 }
             }
         } else if status == TxStatus::Failed {
-            self.state.tx_effects = None;
+            self.drop_effects(false);
         }
         if let Some(t) = self.att.req_started.take() {
             let now = std::time::Instant::now();
@@ -352,6 +357,17 @@ impl Reply<'_> {
         }
         self.att.req_errored = false;
         self.att.saw_rollback = false;
+    }
+
+    /// Forgets the session effects of the open transaction (and `more`: the request's own) after
+    /// an error or a rollback. Which of them the server kept is not known: a COMMIT, COMMIT AND
+    /// CHAIN or ROLLBACK TO inside the same request or transaction may have made some permanent,
+    /// so a server that ran any is reset before another client gets it.
+    fn drop_effects(&mut self, more: bool) {
+        let pending = self.state.tx_effects.take().is_some_and(|e| !e.is_empty());
+        if pending || more {
+            self.att.lease.conn().taint(crate::server::Residue::Unknown);
+        }
     }
 
     fn check_release(&mut self) {

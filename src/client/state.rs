@@ -127,10 +127,10 @@ impl ClientState {
     }
 }
 
-/// Applies one committed effect to what a server connection holds.
+/// Applies one committed effect to what a server connection holds (`pgshift.route` too: the
+/// server took the SET as a setting of its own, which the next client must not read).
 pub fn apply_to_server(settings: &mut Settings, e: &SessionEffect) {
     match e {
-        SessionEffect::Set { name, .. } if name == "pgshift.route" => {}
         SessionEffect::Set { name, value } if value.eq_ignore_ascii_case("default") => {
             settings.remove(name);
         }

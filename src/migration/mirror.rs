@@ -230,10 +230,13 @@ async fn apply(
         conns.insert(key.clone(), conn);
     }
     let conn = conns.get_mut(key).ok_or("connection vanished")?;
-    if let Some(sql) = settings_diff(&conn.state.settings, &txn.settings) {
-        conn.run_internal(&sql).await.map_err(|e| e.to_string())?;
-        conn.state.settings = txn.settings.clone();
+    for sql in settings_diff(&conn.state.settings, &txn.settings) {
+        // On an error the connection's settings are unknown: the caller drops it.
+        if let Some(e) = conn.run_internal(&sql).await.map_err(|e| e.to_string())? {
+            return Err(format!("replaying the client's settings failed: {e}"));
+        }
     }
+    conn.state.settings = txn.settings.clone();
     let mut out = BytesMut::with_capacity(txn.frames.len() + 256);
     let mut prepares = 0u32;
     for def in &txn.defs {

@@ -20,12 +20,17 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// True when the connection may not go straight back to the idle stack.
 pub(super) fn needs_cleaning(c: &ServerConn) -> bool {
-    c.residue == Residue::Unknown || c.cancel.gate.busy()
+    c.residue != Residue::None || c.cancel.gate.busy()
 }
 
 /// Waits out cancels in flight and resets the session if needed, then returns the connection to
 /// its pool, or closes it if either step fails.
 pub(super) async fn clean_then_return(pool: Arc<Pool>, mut c: Box<ServerConn>, cancel_wait: Duration) {
+    if c.residue == Residue::Lasting {
+        tracing::debug!(conn = c.id, "the server session holds state a reset cannot undo; closing it");
+        pool.discard(c);
+        return;
+    }
     if c.cancel.gate.busy() {
         pool.stats.cancel_holds.fetch_add(1, Ordering::Relaxed);
         if tokio::time::timeout(cancel_wait, c.cancel.gate.idle()).await.is_err() {

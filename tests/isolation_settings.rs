@@ -1,0 +1,173 @@
+//! A client's settings stay its own where tracking them is hardest, against real PostgreSQL with
+//! clients sharing one server connection: a SET made permanent inside a request or transaction
+//! that then fails or rolls back, the role spelled as a setting, a settings replay the server
+//! rejects, `pgshift.route`, and state no reset undoes (dblink connections, the random seed, a
+//! loaded library).
+
+mod common;
+
+use common::proxy;
+use tokio_postgres::SimpleQueryMessage;
+
+/// The first column of the first row of a simple query, as text (None for NULL).
+async fn scalar(c: &tokio_postgres::Client, sql: &str) -> Option<String> {
+    for m in c.simple_query(sql).await.unwrap() {
+        if let SimpleQueryMessage::Row(r) = m {
+            return r.get(0).map(str::to_string);
+        }
+    }
+    panic!("{sql}: no row");
+}
+
+/// A client with extra startup options (`-c name=value`).
+async fn connect_with_options(port: u16, options: &str) -> tokio_postgres::Client {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1").port(port).user("app").password("app").dbname("app").options(options);
+    let (client, connection) = cfg.connect(tokio_postgres::NoTls).await.expect("connect with options");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_made_permanent_before_an_error_or_rollback_never_reaches_the_next_client() {
+    let p = proxy::with_pool(1).await;
+    let port = proxy::port(&p);
+    let a = common::connect(port, "app", "app", "app").await;
+    let b = common::connect(port, "app", "app", "app").await;
+    let default_path = scalar(&b, "show search_path").await;
+
+    // COMMIT inside the request makes the SET permanent; the error after it drops the request.
+    a.simple_query("SET search_path = iso_evil, public; COMMIT; SELECT 1/0").await.unwrap_err();
+    assert_eq!(scalar(&b, "show search_path").await, default_path, "search_path leaked past an error");
+
+    a.simple_query("SET work_mem = '65kB'; COMMIT; SELECT 1/0").await.unwrap_err();
+    assert_eq!(scalar(&b, "show work_mem").await.as_deref(), Some("4MB"), "leaked past an error");
+
+    // ROLLBACK TO answers with the same tag as ROLLBACK, but the SET before it stays.
+    a.batch_execute("BEGIN; SET work_mem = '64kB'; SAVEPOINT s").await.unwrap();
+    a.simple_query("SELECT 1/0").await.unwrap_err();
+    a.batch_execute("ROLLBACK TO s; COMMIT").await.unwrap();
+    assert_eq!(scalar(&b, "show work_mem").await.as_deref(), Some("4MB"), "leaked past ROLLBACK TO");
+
+    // COMMIT AND CHAIN commits the SET; the ROLLBACK after it only ends the chained transaction.
+    a.batch_execute("BEGIN; SET work_mem = '66kB'; COMMIT AND CHAIN").await.unwrap();
+    a.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(scalar(&b, "show work_mem").await.as_deref(), Some("4MB"), "leaked past COMMIT AND CHAIN");
+
+    // The same through the extended protocol.
+    let mut a = a;
+    let t = a.transaction().await.unwrap();
+    t.execute("SET work_mem = '73kB'", &[]).await.unwrap();
+    t.execute("SAVEPOINT s", &[]).await.unwrap();
+    t.execute("SELECT 1/0", &[]).await.unwrap_err();
+    t.execute("ROLLBACK TO s", &[]).await.unwrap();
+    t.commit().await.unwrap();
+    assert_eq!(scalar(&b, "show work_mem").await.as_deref(), Some("4MB"), "leaked (extended protocol)");
+
+    // A client that leaves inside a chained transaction.
+    a.batch_execute("BEGIN; SET work_mem = '67kB'; COMMIT AND CHAIN").await.unwrap();
+    drop(a);
+    assert_eq!(scalar(&b, "show work_mem").await.as_deref(), Some("4MB"), "leaked by a client that left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_role_spelled_as_a_setting_pins_and_never_reaches_the_next_client() {
+    let bed = common::shared_bed().primary_port;
+    let out = common::psql(
+        bed,
+        "app",
+        "app",
+        "app",
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iso_low') THEN \
+         CREATE ROLE iso_low; END IF; END $$",
+    );
+    assert!(out.status.success(), "setup failed: {}", String::from_utf8_lossy(&out.stderr));
+    let p = proxy::with_pool(1).await;
+    let port = proxy::port(&p);
+    for set in ["SET \"role\" TO iso_low", "SET session_authorization TO iso_low", "SET SESSION \"role\" = iso_low"] {
+        let a = common::connect(port, "app", "app", "app").await;
+        a.batch_execute(set).await.unwrap();
+        // RESET ALL leaves the role as it is (PostgreSQL's rule); pgshift must not think otherwise.
+        a.batch_execute("RESET ALL").await.unwrap();
+        assert_eq!(scalar(&a, "select current_user").await.as_deref(), Some("iso_low"), "{set}");
+        drop(a);
+        let b = common::connect(port, "app", "app", "app").await;
+        assert_eq!(scalar(&b, "select current_user").await.as_deref(), Some("app"), "role leaked after {set}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_replay_the_server_rejects_never_shows_another_clients_settings() {
+    let p = proxy::with_pool(1).await;
+    let port = proxy::port(&p);
+    let victim = common::connect(port, "app", "app", "app").await;
+    victim.batch_execute("SET app.tenant = 'victim-42'; SET search_path = iso_evil, public").await.unwrap();
+    scalar(&victim, "select 1").await;
+    drop(victim);
+
+    // PostgreSQL refuses this at login; pgshift replays it on the server, which rejects it.
+    let a = connect_with_options(port, "-c work_mem=bogus").await;
+    let tenant = scalar(&a, "select current_setting('app.tenant', true)").await;
+    assert!(tenant.as_deref().unwrap_or("").is_empty(), "the victim's tenant reached the next client: {tenant:?}");
+    assert_ne!(scalar(&a, "show search_path").await.as_deref(), Some("iso_evil, public"));
+    assert_eq!(scalar(&a, "show work_mem").await.as_deref(), Some("4MB"));
+    drop(a);
+    let c = common::connect(port, "app", "app", "app").await;
+    let tenant = scalar(&c, "select current_setting('app.tenant', true)").await;
+    assert!(tenant.as_deref().unwrap_or("").is_empty(), "reached a later client: {tenant:?}");
+
+    // SET TIME ZONE INTERVAL ... is replayed in a form the server accepts.
+    let a = common::connect(port, "app", "app", "app").await;
+    a.batch_execute("SET TIME ZONE INTERVAL '+02:00' HOUR TO MINUTE").await.unwrap();
+    let zone = scalar(&a, "show timezone").await;
+    c.batch_execute("SET app.tenant = 'victim-77'").await.unwrap();
+    scalar(&c, "select 1").await;
+    let tenant = scalar(&a, "select current_setting('app.tenant', true)").await;
+    assert!(tenant.as_deref().unwrap_or("").is_empty(), "another client's tenant: {tenant:?}");
+    assert_eq!(scalar(&a, "show timezone").await, zone, "the client's own time zone follows it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgshift_route_is_reset_for_the_next_client() {
+    let p = proxy::with_pool(1).await;
+    let port = proxy::port(&p);
+    let a = common::connect(port, "app", "app", "app").await;
+    let b = common::connect(port, "app", "app", "app").await;
+    a.batch_execute("SET pgshift.route = 'tok-s3cr3t'").await.unwrap();
+    let got = scalar(&b, "select current_setting('pgshift.route', true)").await;
+    assert!(got.as_deref().unwrap_or("").is_empty(), "one client's string reached the next: {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_no_reset_undoes_closes_the_server_instead() {
+    let bed = common::shared_bed().primary_port;
+    let out = common::psql(bed, "app", "app", "app", "CREATE EXTENSION IF NOT EXISTS dblink");
+    assert!(out.status.success(), "setup failed: {}", String::from_utf8_lossy(&out.stderr));
+    let p = proxy::with_pool(1).await;
+    let port = proxy::port(&p);
+
+    let a = common::connect(port, "app", "app", "app").await;
+    let conninfo = format!("host=127.0.0.1 port={bed} user=app password=app dbname=app");
+    a.simple_query(&format!("select dblink_connect('iso_leak', '{conninfo}')")).await.unwrap();
+    // The client keeps its server (its dblink connection works across transactions).
+    let seen = scalar(&a, "select array_to_string(dblink_get_connections(), ',')").await;
+    assert_eq!(seen.as_deref(), Some("iso_leak"));
+    drop(a);
+    let b = common::connect(port, "app", "app", "app").await;
+    let seen = scalar(&b, "select coalesce(array_to_string(dblink_get_connections(), ','), '')").await;
+    assert_eq!(seen.as_deref(), Some(""), "another client's dblink connection survived");
+
+    let direct = common::connect(bed, "app", "app", "app").await;
+    let predicted = scalar(&direct, "select setseed(0.5)::text || random()::text").await;
+    let a = common::connect(port, "app", "app", "app").await;
+    scalar(&a, "select setseed(0.5)").await;
+    drop(a);
+    let b_random = scalar(&b, "select ''::text || random()::text").await;
+    assert_ne!(b_random, predicted, "the next client's random() followed another client's seed");
+
+    let a = common::connect(port, "app", "app", "app").await;
+    a.batch_execute("LOAD 'auto_explain'").await.unwrap();
+    drop(a);
+    let loaded = scalar(&b, "select current_setting('auto_explain.log_min_duration', true)").await;
+    assert_eq!(loaded, None, "a library another client loaded is still in the session");
+}
