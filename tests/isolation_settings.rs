@@ -84,7 +84,12 @@ async fn the_role_spelled_as_a_setting_pins_and_never_reaches_the_next_client() 
     assert!(out.status.success(), "setup failed: {}", String::from_utf8_lossy(&out.stderr));
     let p = proxy::with_pool(1).await;
     let port = proxy::port(&p);
-    for set in ["SET \"role\" TO iso_low", "SET session_authorization TO iso_low", "SET SESSION \"role\" = iso_low"] {
+    for set in [
+        "SET \"role\" TO iso_low",
+        "SET \"Role\" TO iso_low",
+        "SET session_authorization TO iso_low",
+        "SET SESSION \"role\" = iso_low",
+    ] {
         let a = common::connect(port, "app", "app", "app").await;
         a.batch_execute(set).await.unwrap();
         // RESET ALL leaves the role as it is (PostgreSQL's rule); pgshift must not think otherwise.

@@ -298,7 +298,8 @@ fn declare(cur: &mut Cursor) -> Statement {
     Statement { pure: false, ..tx(TxControl::None) }
 }
 
-/// `a.b.c` as a setting name: unquoted parts lower-cased, quoted parts kept.
+/// `a.b.c` as a setting name, lower-cased: PostgreSQL finds settings by name without regard to
+/// case, quoted or not (`SET "Role" = x` sets the role).
 fn dotted_name(cur: &mut Cursor, first: Token) -> Option<String> {
     let mut name = ident_text(cur, first)?;
     while cur.peek().is_some_and(|t| t.kind == TokenKind::Dot) {
@@ -307,6 +308,7 @@ fn dotted_name(cur: &mut Cursor, first: Token) -> Option<String> {
         name.push('.');
         name.push_str(&ident_text(cur, part)?);
     }
+    name.make_ascii_lowercase();
     Some(name)
 }
 

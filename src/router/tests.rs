@@ -423,7 +423,7 @@ fn session_effects() {
         ("SET statement_timeout TO '5s' ; ", set("statement_timeout", "'5s'")),
         ("SET application_name = 'a;b'", set("application_name", "'a;b'")),
         ("SET myapp.user_id = 42 -- trailing", set("myapp.user_id", "42")),
-        ("SET \"MyApp\".\"Var\" = 'x'", set("MyApp.Var", "'x'")),
+        ("SET \"MyApp\".\"Var\" = 'x'", set("myapp.var", "'x'")),
         ("SET TIME ZONE 'UTC'", set("timezone", "'UTC'")),
         ("SET TIME ZONE INTERVAL '+00:00' HOUR TO MINUTE", set("timezone", "INTERVAL '+00:00' HOUR TO MINUTE")),
         ("SET SCHEMA 'app'", set("search_path", "'app'")),
@@ -491,6 +491,9 @@ fn session_effects() {
         ("SET session_authorization TO bob", Pin("set_role")),
         ("SET SESSION \"session_authorization\" = bob", Pin("set_role")),
         ("SET \"role\" TO DEFAULT", Pin("set_role")),
+        ("SET \"Role\" TO admin", Pin("set_role")),
+        ("SET \"SEED\" TO 0.5", Pin("setseed")),
+        ("SET \"Search_Path\" TO x", set("search_path", "x")),
         // State no reset undoes.
         ("SET seed = 0.5", Pin("setseed")),
         ("SET seed TO DEFAULT", Pin("setseed")),
