@@ -270,7 +270,39 @@ pub fn classify(sql: &str, cfg: &ClassifierConfig) -> Classification {
         last.reason = reasons::UNSURE;
         last.pure = false;
     }
+    // State no reset undoes outranks every other pin, wherever the text may create it (a DO
+    // block, a PREPARE, a cursor's query, a second call in the same statement). Text proven
+    // pure runs none of it (the name is in a string or a column name).
+    let impure = statements.iter().any(|s| !s.pure);
+    if let (Some(reason), Some(first)) = (lasting_text(sql, impure), statements.first_mut()) {
+        first.session = SessionEffect::Pin(reason);
+        first.pure = false;
+    }
     summarize(statements, cur.hint(), broken)
+}
+
+/// The pin reason when the text may create what outlives a session reset (see
+/// [`super::LASTING_PINS`]): a Unicode-escaped identifier (`U&"..."`), which may spell any name
+/// unseen (a setting such as `role` or `seed` too); and, in `impure` text, the names `setseed`
+/// and `dblink_connect` anywhere (any case; in a string they may be a DO block's or a PREPARE's).
+fn lasting_text(sql: &str, impure: bool) -> Option<&'static str> {
+    let b = sql.as_bytes();
+    let unicode = memchr::memchr_iter(b'&', b).any(|i| {
+        i > 0
+            && b[i - 1].eq_ignore_ascii_case(&b'u')
+            && b[i + 1..].iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'"')
+    });
+    if unicode {
+        return Some("unicode_identifier");
+    }
+    let at = |i: usize, word: &[u8]| b.get(i..i + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
+    if impure && memchr::memchr2_iter(b's', b'S', b).any(|i| at(i, b"setseed")) {
+        return Some("setseed");
+    }
+    if impure && memchr::memchr2_iter(b'd', b'D', b).any(|i| at(i, b"dblink_connect")) {
+        return Some("dblink");
+    }
+    None
 }
 
 /// Whether the text may name the `pg_settings` view: literally (any case, quoted or not), or

@@ -306,7 +306,8 @@ pub enum SessionCall {
 }
 
 /// Pin reasons whose state outlives DISCARD ALL: the server is closed, not reset and reused.
-pub const LASTING_PINS: [&str; 3] = ["dblink", "setseed", "load"];
+/// `large_query` and `unicode_identifier` are text pgshift did not read: it may have done any of it.
+pub const LASTING_PINS: [&str; 5] = ["dblink", "setseed", "load", "large_query", "unicode_identifier"];
 
 /// Whether calling `name` may leave state behind in the server session.
 pub fn session_call(name: &[u8]) -> SessionCall {

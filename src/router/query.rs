@@ -367,6 +367,9 @@ fn set_config_scan(cur: &mut Cursor) -> (Option<&'static str>, bool) {
     cur.advance();
     let inside = cur.depth();
     let (mut arg, mut third_len, mut local, mut inner_pin, mut calls) = (0u32, 0u32, false, None, false);
+    // The setting's name: one plain string literal other than 'seed' (the random seed outlives
+    // any reset, even set transaction-locally); anything else may spell it.
+    let (mut first_len, mut named_plainly) = (0u32, false);
     while let Some(t) = cur.peek() {
         if t.kind == TokenKind::RParen && cur.depth() == inside {
             cur.advance();
@@ -376,6 +379,12 @@ fn set_config_scan(cur: &mut Cursor) -> (Option<&'static str>, bool) {
         if t.kind == TokenKind::Comma && cur.depth() == inside {
             arg = arg.saturating_add(1);
             continue;
+        }
+        if arg == 0 {
+            first_len = first_len.saturating_add(1);
+            let text = cur.bytes(t);
+            named_plainly =
+                t.kind == TokenKind::String && text.first() == Some(&b'\'') && !text.eq_ignore_ascii_case(b"'seed'");
         }
         if arg == 2 {
             third_len = third_len.saturating_add(1);
@@ -393,6 +402,9 @@ fn set_config_scan(cur: &mut Cursor) -> (Option<&'static str>, bool) {
     }
     if let Some(pin) = inner_pin {
         return (Some(pin), true);
+    }
+    if !(first_len == 1 && named_plainly) {
+        return (Some("setseed"), calls);
     }
     let transaction_local = arg == 2 && third_len == 1 && local;
     ((!transaction_local).then_some("set_config"), calls)

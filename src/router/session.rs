@@ -139,7 +139,7 @@ fn set(cur: &mut Cursor) -> Statement {
             None => return Statement::unsure(),
         }
     };
-    if local {
+    if local && !matches!(&effect, SessionEffect::Pin("setseed")) {
         // Lasts until the transaction ends: nothing for the next client to see.
         return session(SessionEffect::None).proven_pure();
     }

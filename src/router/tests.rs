@@ -503,6 +503,22 @@ fn session_effects() {
         ("SELECT public.dblink_connect_u('dbname=x')", Pin("dblink")),
         ("SELECT set_config('a.b', dblink_connect('dbname=x'), true)", Pin("dblink")),
         ("UPDATE t SET a = setseed(0.1)", Pin("setseed")),
+        ("SET LOCAL seed = 0.5", Pin("setseed")),
+        ("SELECT set_config('seed', '0.5', true)", Pin("setseed")),
+        ("SELECT set_config('Seed', '0.5', false)", Pin("setseed")),
+        ("SELECT set_config($1, $2, true)", Pin("setseed")),
+        ("SELECT set_config(E'se\\145d', '0.5', true)", Pin("setseed")),
+        // It outranks any other pin, wherever it is named.
+        ("SELECT pg_advisory_lock(1), setseed(0.5)", Pin("setseed")),
+        ("SELECT set_config('a', 'b', false), dblink_connect('c')", Pin("dblink")),
+        ("DO $$ BEGIN PERFORM setseed(0.5); END $$", Pin("setseed")),
+        ("PREPARE p AS SELECT dblink_connect('c')", Pin("dblink")),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT setseed(0.5)", Pin("setseed")),
+        ("SET U&\"rol\\0065\" = x", Pin("unicode_identifier")),
+        ("SELECT U& \"sets\\0065ed\"(0.5)", Pin("unicode_identifier")),
+        // Named where nothing runs it: nothing to pin.
+        ("SELECT 'setseed(0.5)'", NoEffect),
+        ("INSERT INTO t VALUES ('dblink_connect(1)')", NoEffect),
     ];
     for (sql, want) in rows {
         assert_eq!(effect(sql), want, "sql: {sql:?}");
