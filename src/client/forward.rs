@@ -70,7 +70,7 @@ impl Fwd<'_> {
                         self.att.batch_effects.extend(effects(&c));
                     }
                     // A portal whose statement pgshift did not classify: it may run anything.
-                    None => self.att.lease.conn().residue = Residue::Unknown,
+                    None => self.att.lease.conn().taint(Residue::Unknown),
                 }
                 self.send(f, Some(Expect::Execute));
             }
@@ -85,7 +85,7 @@ impl Fwd<'_> {
                 self.send(f, None);
             }
             tag::FUNCTION_CALL => {
-                self.att.lease.conn().taint(Residue::Unknown);
+                self.att.lease.conn().taint(fast_path_residue(f));
                 self.att.effects.push_back(Vec::new());
                 self.att.wrote = true;
                 if let Some(cap) = self.att.capture.as_mut() {
@@ -170,6 +170,12 @@ impl Fwd<'_> {
     }
 
     fn query(&mut self, f: &[u8]) {
+        if !self.att.batch_effects.is_empty() {
+            // A Query inside an extended batch not yet synced ends its implicit transaction:
+            // the batch's effects take hold without the Sync that would have recorded them.
+            self.att.batch_effects.clear();
+            self.att.lease.conn().taint(Residue::Unknown);
+        }
         let class = match self.state.routed_query.take() {
             Some(c) => c,
             None => {
@@ -262,9 +268,11 @@ impl Fwd<'_> {
         }
         if name.is_empty() || !self.state.track_prepared {
             self.state.unnamed = name.is_empty().then_some(class);
-            if name.is_empty() && self.state.track_prepared {
-                self.state.unnamed_parse = Some(f.into());
+            if name.is_empty() {
                 self.att.unnamed_parsed = true;
+                if self.state.track_prepared {
+                    self.state.unnamed_parse = Some(f.into());
+                }
             }
             return self.send(f, Some(Expect::Parse { stmt: None }));
         }
@@ -300,15 +308,25 @@ impl Fwd<'_> {
 
     /// The unnamed statement lives across requests, which may land on different servers:
     /// repeat the client's last unnamed Parse where this attachment has not sent it.
+    /// Before a Bind or Describe of the unnamed statement: the server's must be the client's own.
+    /// It is prepared again from the client's last Parse, or, when the client has none, closed:
+    /// whatever another client left there must not run or be described for this one (the server
+    /// then answers 26000 as it would the client alone).
     fn ensure_unnamed(&mut self) {
-        if self.att.unnamed_parsed || !self.state.track_prepared {
+        if self.att.unnamed_parsed {
             return;
         }
-        if let Some(p) = &self.state.unnamed_parse {
-            self.att.sout.extend_from_slice(p);
-            self.att.queue.push(Expect::SilentUnnamedParse);
-            self.att.unnamed_parsed = true;
+        match self.state.unnamed_parse.as_ref().filter(|_| self.state.track_prepared) {
+            Some(p) => {
+                self.att.sout.extend_from_slice(p);
+                self.att.queue.push(Expect::SilentUnnamedParse);
+            }
+            None => {
+                self.att.sout.extend_from_slice(&[tag::CLOSE, 0, 0, 0, 6, b'S', 0]);
+                self.att.queue.push(Expect::SilentClose);
+            }
         }
+        self.att.unnamed_parsed = true;
     }
 
     fn bind(&mut self, f: &[u8]) {
@@ -438,4 +456,16 @@ pub fn effects(c: &Arc<Classification>) -> Vec<SessionEffect> {
         .filter(|s| !matches!(s.session, SessionEffect::None | SessionEffect::Pin(_)))
         .map(|s| s.session.clone())
         .collect()
+}
+
+/// What a fast-path FunctionCall may leave: a built-in's (PostgreSQL's own objects have OIDs
+/// below 16384) is undone by the reset, except `setseed`'s (OID 1599); an extension's or a
+/// user's function may do anything, a dblink connection included, so its server is closed.
+fn fast_path_residue(f: &[u8]) -> Residue {
+    const SETSEED: u32 = 1599;
+    const FIRST_NORMAL_OID: u32 = 16384;
+    match frame::body(f).first_chunk::<4>().map(|b| u32::from_be_bytes(*b)) {
+        Some(oid) if oid != SETSEED && oid < FIRST_NORMAL_OID => Residue::Unknown,
+        _ => Residue::Lasting,
+    }
 }

@@ -250,7 +250,11 @@ impl Session {
     /// Nothing owed in either direction and no transaction open: a safe point to close.
     fn idle_between_requests(&self) -> bool {
         self.attached.as_ref().is_none_or(|a| {
-            a.queue.is_empty() && a.sout.is_empty() && a.server_status.is_idle() && self.state.tx_status.is_idle()
+            a.queue.is_empty()
+                && a.sout.is_empty()
+                && a.batch_state == BatchState::Open
+                && a.server_status.is_idle()
+                && self.state.tx_status.is_idle()
         }) && self.cin.is_empty()
     }
 
@@ -484,7 +488,8 @@ fn stream_query(att: &mut super::state::Attached) -> bool {
     att.batch_state = BatchState::Open;
     att.batch_rerunnable = false;
     att.wrote = true;
-    att.lease.conn().taint(crate::server::Residue::Unknown);
+    // Unread, it may even have left what no reset undoes (see router::LASTING_PINS).
+    att.lease.conn().taint(crate::server::Residue::Lasting);
     att.effects.push_back(Vec::new());
     att.queue.push(Expect::Query);
     true

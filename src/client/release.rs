@@ -78,7 +78,11 @@ impl Session {
 /// WITH HOLD cursors, SQL PREPARE, LISTEN...); otherwise closed.
 async fn cleanup_server(mut att: Box<Attached>, rt: &Runtime, mode: PoolMode, pinned: bool) {
     let pool = att.lease.pool().clone();
-    let clean = att.queue.is_empty() && att.sout.is_empty() && att.s2c_passthrough == 0 && att.c2s_passthrough == 0;
+    // An extended-protocol batch the client left without its Sync (after a Flush, or skipping
+    // after an error) holds an implicit transaction the last ReadyForQuery does not show.
+    let synced = att.batch_state == super::state::BatchState::Open;
+    let clean =
+        synced && att.queue.is_empty() && att.sout.is_empty() && att.s2c_passthrough == 0 && att.c2s_passthrough == 0;
     let lasting = att.lease.conn().residue == crate::server::Residue::Lasting;
     if !clean || att.lease.conn().broken || lasting {
         return; // dropping the lease closes the connection

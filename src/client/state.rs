@@ -223,7 +223,7 @@ pub struct Attached {
     pub batch_state: BatchState,
     /// A portal was suspended (Execute with a row limit): it lives until Sync.
     pub suspended: bool,
-    /// The client's unnamed statement has been parsed on this server.
+    /// The server's unnamed statement is this client's: parsed (or closed) in this attachment.
     pub unnamed_parsed: bool,
 }
 
