@@ -164,11 +164,19 @@ async fn state_no_reset_undoes_closes_the_server_instead() {
 
     let direct = common::connect(bed, "app", "app", "app").await;
     let predicted = scalar(&direct, "select setseed(0.5)::text || random()::text").await;
-    let a = common::connect(port, "app", "app", "app").await;
-    scalar(&a, "select setseed(0.5)").await;
-    drop(a);
-    let b_random = scalar(&b, "select ''::text || random()::text").await;
-    assert_ne!(b_random, predicted, "the next client's random() followed another client's seed");
+    for seeding in [
+        "select setseed(0.5)",
+        "select pg_advisory_lock(1), setseed(0.5)",
+        "begin; set local seed = 0.5; commit",
+        "select set_config('seed', '0.5', true)",
+        "do $$ begin perform setseed(0.5); end $$",
+    ] {
+        let a = common::connect(port, "app", "app", "app").await;
+        a.batch_execute(seeding).await.unwrap();
+        drop(a);
+        let b_random = scalar(&b, "select ''::text || random()::text").await;
+        assert_ne!(b_random, predicted, "the next client's random() followed the seed of {seeding:?}");
+    }
 
     let a = common::connect(port, "app", "app", "app").await;
     a.batch_execute("LOAD 'auto_explain'").await.unwrap();
