@@ -184,3 +184,50 @@ async fn state_no_reset_undoes_closes_the_server_instead() {
     let loaded = scalar(&b, "select current_setting('auto_explain.log_min_duration', true)").await;
     assert_eq!(loaded, None, "a library another client loaded is still in the session");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strings_read_otherwise_than_pgshift_reads_them_never_hide_a_statement() {
+    let p = proxy::with_pool(1).await;
+    let port = proxy::port(&p);
+    // At login: refused, with the reason.
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1").port(port).user("app").password("app").dbname("app");
+    cfg.options("-c standard_conforming_strings=off");
+    let err = cfg.connect(tokio_postgres::NoTls).await.err().expect("refused");
+    assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err}");
+
+    // For one transaction: the client keeps its server, which is closed after it.
+    let direct = common::connect(common::shared_bed().primary_port, "app", "app", "app").await;
+    let predicted = scalar(&direct, "select setseed(0.5)::text || random()::text").await;
+    let a = common::connect(port, "app", "app", "app").await;
+    a.batch_execute("BEGIN; SET LOCAL standard_conforming_strings = off").await.unwrap();
+    // pgshift's lexer (strings conforming) sees one string; the server runs setseed.
+    a.batch_execute(r"SELECT 'a\' || ' ; SELECT setseed(0.5); --'").await.unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    drop(a);
+    let b = common::connect(port, "app", "app", "app").await;
+    let b_random = scalar(&b, "select ''::text || random()::text").await;
+    assert_ne!(b_random, predicted, "a statement hidden in a string set the next client's seed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extensions_function_name_is_not_taken_for_a_builtin() {
+    let bed = common::shared_bed().primary_port;
+    let out = common::psql(
+        bed,
+        "app",
+        "app",
+        "app",
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iso_low') THEN \
+         CREATE ROLE iso_low; END IF; END $$; \
+         CREATE OR REPLACE FUNCTION public.soundex(text) RETURNS text LANGUAGE plpgsql AS \
+         $f$ BEGIN PERFORM set_config('role', 'iso_low', false); RETURN $1; END $f$",
+    );
+    assert!(out.status.success(), "setup failed: {}", String::from_utf8_lossy(&out.stderr));
+    let p = proxy::with_pool(1).await;
+    let port = proxy::port(&p);
+    let a = common::connect(port, "app", "app", "app").await;
+    let b = common::connect(port, "app", "app", "app").await;
+    scalar(&a, "select soundex('x')").await;
+    assert_eq!(scalar(&b, "select current_user").await.as_deref(), Some("app"), "a user's soundex() set the role");
+}

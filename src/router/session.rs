@@ -139,15 +139,15 @@ fn set(cur: &mut Cursor) -> Statement {
             None => return Statement::unsure(),
         }
     };
+    // With standard_conforming_strings off, PostgreSQL splits statements into other tokens than
+    // the classifier does, even for one transaction (SET LOCAL): such a client keeps its server,
+    // its statements prove nothing, and the server is closed after it.
+    if matches!(&effect, SessionEffect::Set { name, .. } | SessionEffect::Reset { name } if splits_strings(name)) {
+        return session(SessionEffect::Pin("standard_conforming_strings"));
+    }
     if local && !matches!(&effect, SessionEffect::Pin("setseed")) {
         // Lasts until the transaction ends: nothing for the next client to see.
         return session(SessionEffect::None).proven_pure();
-    }
-    // With standard_conforming_strings off, PostgreSQL splits statements into other tokens than
-    // the classifier does: such a client keeps its server, and its statements prove nothing.
-    if matches!(&effect, SessionEffect::Set { name, .. } if name == "standard_conforming_strings" || name == "backslash_quote")
-    {
-        return session(SessionEffect::Pin("standard_conforming_strings"));
     }
     session(effect)
 }
@@ -324,4 +324,9 @@ pub(super) fn ident_text(cur: &Cursor, t: Token) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// Settings that change how PostgreSQL reads string literals, so how it splits statements.
+pub(super) fn splits_strings(name: &str) -> bool {
+    name.eq_ignore_ascii_case("standard_conforming_strings") || name.eq_ignore_ascii_case("backslash_quote")
 }

@@ -516,6 +516,11 @@ fn session_effects() {
         ("DECLARE c CURSOR WITH HOLD FOR SELECT setseed(0.5)", Pin("setseed")),
         ("SET U&\"rol\\0065\" = x", Pin("unicode_identifier")),
         ("SELECT U& \"sets\\0065ed\"(0.5)", Pin("unicode_identifier")),
+        // How PostgreSQL reads strings, even for one transaction.
+        ("SET LOCAL standard_conforming_strings = off", Pin("standard_conforming_strings")),
+        ("SET SESSION backslash_quote TO on", Pin("standard_conforming_strings")),
+        ("RESET standard_conforming_strings", SessionEffect::Reset { name: "standard_conforming_strings".into() }),
+        ("SELECT set_config('standard_conforming_strings', 'off', true)", Pin("standard_conforming_strings")),
         // Named where nothing runs it: nothing to pin.
         ("SELECT 'setseed(0.5)'", NoEffect),
         ("INSERT INTO t VALUES ('dblink_connect(1)')", NoEffect),
