@@ -139,6 +139,10 @@ impl Session {
             .map_or(RouteOverride::Auto, RouteOverride::parse);
         // Settings equal to the server's own defaults need no replay.
         let requested = startup_settings(&params);
+        if pools.mode == PoolMode::Transaction && !strings_conform(&requested) {
+            shared.sessions.unregister(&handle);
+            return Err((stream, ClientError::fatal("0A000", STRINGS_REFUSED)));
+        }
         let mut settings = requested.clone();
         settings.retain(|k, v| {
             !server_params
@@ -445,4 +449,17 @@ impl LastFrame for BytesMut {
         }
         last
     }
+}
+
+/// Why a transaction-mode login asking for `standard_conforming_strings` off is refused.
+const STRINGS_REFUSED: &str = "standard_conforming_strings = off is not supported in transaction pooling: \
+     pgshift reads statements as PostgreSQL does with it on (the default since PostgreSQL 9.1)";
+
+/// Whether the startup settings leave `standard_conforming_strings` on: with it off, PostgreSQL
+/// splits statements and strings differently from pgshift's lexer.
+fn strings_conform(requested: &crate::session_state::Settings) -> bool {
+    requested.get("standard_conforming_strings").is_none_or(|v| {
+        let v = crate::session_state::unquote_literal(v).unwrap_or_default().to_ascii_lowercase();
+        ["on", "true", "yes", "1", "t", "y"].contains(&v.as_str())
+    })
 }
