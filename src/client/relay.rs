@@ -96,7 +96,9 @@ impl Session {
             }
         }
         let n = self.write_client_now()?;
-        self.count_bytes_out(n);
+        if let Some(a) = self.attached.as_mut() {
+            a.bytes_out += n as u64;
+        }
         Ok(if wrote || n > 0 { WriteAhead::Wrote } else { WriteAhead::Nothing })
     }
 
@@ -181,7 +183,9 @@ impl Session {
             Event::ClientWrote(r) => {
                 let n = *r.as_ref().unwrap_or(&0);
                 self.wrote_client(r)?;
-                self.count_bytes_out(n);
+                if let Some(a) = self.attached.as_mut() {
+                    a.bytes_out += n as u64;
+                }
             }
             Event::ClientFlushed(r) => {
                 r.map_err(|_| End::ClientGone)?;

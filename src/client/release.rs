@@ -34,7 +34,7 @@ impl Session {
         traffic.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         traffic.xact_us.fetch_add(elapsed.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         traffic.bytes_in.fetch_add(att.bytes_in, std::sync::atomic::Ordering::Relaxed);
-        // What the client's socket has not taken yet of the answer is still in `cout`.
+        // The transaction's last bytes are still in `cout`: the server goes back before the flush.
         let unflushed = self.cout.len() as u64;
         traffic.bytes_out.fetch_add(att.bytes_out + unflushed, std::sync::atomic::Ordering::Relaxed);
         self.handle.xacts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -219,14 +219,6 @@ impl Session {
             };
             match relayed {
                 Relayed::Released => {
-                    if self.notify_rx.is_none() {
-                        // The answer leaves first: giving the server back is then off the
-                        // client's wait (a listening client's own notifications go before it).
-                        match self.write_client_now() {
-                            Ok(n) => self.count_bytes_out(n),
-                            Err(end) => return end,
-                        }
-                    }
                     self.release();
                     if self.notify_rx.is_some() {
                         Box::pin(self.own_notifications_first()).await;
@@ -395,13 +387,6 @@ impl Session {
                 Ok(n)
             }
             None => Ok(0),
-        }
-    }
-
-    /// Counts `n` bytes written to the client toward the attached server's traffic.
-    pub(super) fn count_bytes_out(&mut self, n: usize) {
-        if let Some(a) = self.attached.as_mut() {
-            a.bytes_out += n as u64;
         }
     }
 
