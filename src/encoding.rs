@@ -99,9 +99,28 @@ pub fn canonical(name: &str) -> Option<&'static str> {
     NAMES.binary_search_by(|(k, _)| (*k).cmp(key.as_str())).ok().map(|i| NAMES[i].1)
 }
 
+/// Whether `name` (any spelling, quoted or not) is one of PostgreSQL's client-only encodings, whose
+/// two-byte characters may end in the byte of `\` or another ASCII character: the server reads
+/// text after converting it, pgshift's lexer the bytes as sent, so they would split statements
+/// and strings differently.
+pub fn client_only(name: &str) -> bool {
+    let name = name.trim().trim_matches(|c| c == '\'' || c == '"');
+    matches!(canonical(name), Some("SJIS" | "SHIFT_JIS_2004" | "BIG5" | "GBK" | "GB18030" | "JOHAB" | "UHC"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::canonical;
+
+    #[test]
+    fn client_only_encodings_are_known_in_any_spelling() {
+        for name in ["SJIS", "'Shift_JIS'", "\"big5\"", "windows-936", "gb18030", "JOHAB", "uhc", "'MS_KANJI'"] {
+            assert!(super::client_only(name), "{name}");
+        }
+        for name in ["UTF8", "'utf-8'", "LATIN1", "EUC_JP", "nonsense", "DEFAULT"] {
+            assert!(!super::client_only(name), "{name}");
+        }
+    }
 
     #[test]
     fn spellings_map_to_the_servers_names() {

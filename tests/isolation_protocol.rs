@@ -111,3 +111,31 @@ async fn the_unnamed_statement_another_client_parsed_is_out_of_reach() {
     let frames = raw::read_frames(&mut b, b'Z').await;
     assert!(frames.iter().all(|(t, _)| *t != b'T' && *t != b't'), "B saw A's statement: {frames:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_only_encoding_never_hides_a_statement() {
+    let p = proxy::with_pool(1).await;
+    let port = proxy::port(&p);
+    // At login: refused, with the reason.
+    let refused = raw::login_with(port, "app", "app", "app", &[("client_encoding", "SJIS")]).await;
+    let fields = refused.expect_err("an SJIS login is refused");
+    assert!(fields.contains(&(b'C', "0A000".to_string())), "{fields:?}");
+
+    // Mid-session: the client keeps its server, which is closed after it. In Shift-JIS, 0x95 0x5C
+    // is one character: the server's string ends at the quote pgshift reads as escaped.
+    let mut a = raw::login(port, "app", "app", "app").await;
+    let mut m = Vec::new();
+    raw::query(&mut m, "SET client_encoding TO 'SJIS'");
+    raw::send(&mut a, &m).await;
+    raw::read_tags(&mut a, b'Z').await;
+    let mut sql = b"SELECT E'\x95\\'; CREATE TEMP TABLE iso_sjis AS SELECT 'secret'::text AS v; SELECT 1 --'".to_vec();
+    sql.push(0);
+    let mut m = Vec::new();
+    raw::frame(&mut m, b'Q', &sql);
+    raw::send(&mut a, &m).await;
+    raw::read_tags(&mut a, b'Z').await;
+    drop(a);
+    let b = common::connect(port, "app", "app", "app").await;
+    let err = b.simple_query("select v from pg_temp.iso_sjis").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42P01"), "a hidden temp table reached the next client: {err}");
+}

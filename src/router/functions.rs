@@ -304,8 +304,15 @@ pub enum SessionCall {
 /// Pin reasons whose state outlives DISCARD ALL: the server is closed, not reset and reused.
 /// `large_query`, `unicode_identifier` and `standard_conforming_strings` mean text pgshift did not
 /// read (or read otherwise than the server): it may have done any of it.
-pub const LASTING_PINS: [&str; 6] =
-    ["dblink", "setseed", "load", "large_query", "unicode_identifier", "standard_conforming_strings"];
+pub const LASTING_PINS: [&str; 7] = [
+    "dblink",
+    "setseed",
+    "load",
+    "large_query",
+    "unicode_identifier",
+    "standard_conforming_strings",
+    "client_encoding",
+];
 
 /// Whether calling `name` may leave state behind in the server session.
 pub fn session_call(name: &[u8]) -> SessionCall {

@@ -386,8 +386,11 @@ fn set_config_scan(cur: &mut Cursor) -> (Option<&'static str>, bool) {
             named_plainly =
                 t.kind == TokenKind::String && text.first() == Some(&b'\'') && !text.eq_ignore_ascii_case(b"'seed'");
             let name = text.strip_prefix(b"'").and_then(|n| n.strip_suffix(b"'"));
-            if name.and_then(|n| std::str::from_utf8(n).ok()).is_some_and(super::session::splits_strings) {
+            let name = name.and_then(|n| std::str::from_utf8(n).ok());
+            if name.is_some_and(super::session::splits_strings) {
                 inner_pin = inner_pin.or(Some("standard_conforming_strings"));
+            } else if name.is_some_and(|n| n.eq_ignore_ascii_case("client_encoding")) {
+                inner_pin = inner_pin.or(Some("client_encoding"));
             }
         }
         if arg == 2 {

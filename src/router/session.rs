@@ -145,6 +145,10 @@ fn set(cur: &mut Cursor) -> Statement {
     if matches!(&effect, SessionEffect::Set { name, .. } | SessionEffect::Reset { name } if splits_strings(name)) {
         return session(SessionEffect::Pin("standard_conforming_strings"));
     }
+    if matches!(&effect, SessionEffect::Set { name, value } if name == "client_encoding" && crate::encoding::client_only(value))
+    {
+        return session(SessionEffect::Pin("client_encoding"));
+    }
     if local && !matches!(&effect, SessionEffect::Pin("setseed")) {
         // Lasts until the transaction ends: nothing for the next client to see.
         return session(SessionEffect::None).proven_pure();

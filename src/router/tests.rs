@@ -521,6 +521,12 @@ fn session_effects() {
         ("SET SESSION backslash_quote TO on", Pin("standard_conforming_strings")),
         ("RESET standard_conforming_strings", SessionEffect::Reset { name: "standard_conforming_strings".into() }),
         ("SELECT set_config('standard_conforming_strings', 'off', true)", Pin("standard_conforming_strings")),
+        // Client-only encodings: the server reads the converted text, pgshift the bytes.
+        ("SET client_encoding TO 'SJIS'", Pin("client_encoding")),
+        ("SET NAMES 'big5'", Pin("client_encoding")),
+        ("SET client_encoding = \"gbk\"", Pin("client_encoding")),
+        ("SET client_encoding TO 'UTF8'", set("client_encoding", "'UTF8'")),
+        ("SELECT set_config('client_encoding', 'UTF8', false)", Pin("client_encoding")),
         // Named where nothing runs it: nothing to pin.
         ("SELECT 'setseed(0.5)'", NoEffect),
         ("INSERT INTO t VALUES ('dblink_connect(1)')", NoEffect),
