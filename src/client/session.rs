@@ -436,15 +436,19 @@ impl LastFrame for BytesMut {
     }
 }
 
-/// Why a transaction-mode login asking for `standard_conforming_strings` off is refused.
-const STRINGS_REFUSED: &str = "standard_conforming_strings = off is not supported in transaction pooling: \
-     pgshift reads statements as PostgreSQL does with it on (the default since PostgreSQL 9.1)";
+/// Why a transaction-mode login asking for `standard_conforming_strings` off or a client-only
+/// encoding is refused.
+const STRINGS_REFUSED: &str = "standard_conforming_strings = off and the client-only encodings (SJIS, BIG5, GBK, \
+     GB18030, JOHAB, UHC, SHIFT_JIS_2004) are not supported in transaction pooling: pgshift must read \
+     statements as the server does";
 
-/// Whether the startup settings leave `standard_conforming_strings` on: with it off, PostgreSQL
-/// splits statements and strings differently from pgshift's lexer.
+/// Whether the startup settings let pgshift read statements as the server does: with
+/// `standard_conforming_strings` off, or a client-only encoding (see [`crate::encoding::client_only`]),
+/// PostgreSQL splits statements and strings differently from pgshift's lexer.
 fn strings_conform(requested: &crate::session_state::Settings) -> bool {
-    requested.get("standard_conforming_strings").is_none_or(|v| {
+    let conforming = requested.get("standard_conforming_strings").is_none_or(|v| {
         let v = crate::session_state::unquote_literal(v).unwrap_or_default().to_ascii_lowercase();
         ["on", "true", "yes", "1", "t", "y"].contains(&v.as_str())
-    })
+    });
+    conforming && !requested.get("client_encoding").is_some_and(|v| crate::encoding::client_only(v))
 }
