@@ -5,20 +5,10 @@
 
 mod common;
 
-use common::proxy;
+use common::{proxy, scalar};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_postgres::SimpleQueryMessage;
-
-/// The first column of the first row of a simple query, as text (None for NULL).
-async fn scalar(c: &tokio_postgres::Client, sql: &str) -> Option<String> {
-    for m in c.simple_query(sql).await.unwrap() {
-        if let SimpleQueryMessage::Row(r) = m {
-            return r.get(0).map(str::to_string);
-        }
-    }
-    panic!("{sql}: no row");
-}
 
 /// Pool counters summed over the proxy's pools: (session resets, cancel holds, cancels dropped).
 fn counters(p: &pgshift::proxy::Proxy) -> (u64, u64, u64) {

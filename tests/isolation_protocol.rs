@@ -4,18 +4,7 @@
 
 mod common;
 
-use common::{proxy, raw};
-use tokio_postgres::SimpleQueryMessage;
-
-/// The first column of the first row of a simple query, as text (None for NULL).
-async fn scalar(c: &tokio_postgres::Client, sql: &str) -> Option<String> {
-    for m in c.simple_query(sql).await.unwrap() {
-        if let SimpleQueryMessage::Row(r) = m {
-            return r.get(0).map(str::to_string);
-        }
-    }
-    panic!("{sql}: no row");
-}
+use common::{proxy, raw, scalar};
 
 /// Parse/Bind/Execute of `sql` on the unnamed statement and portal, then Flush; waits for the
 /// replies (CommandComplete is the last).
@@ -33,8 +22,7 @@ async fn execute_then_flush(s: &mut tokio::net::TcpStream, sql: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_left_without_its_sync_never_carries_into_the_next_client() {
     let bed = common::shared_bed().primary_port;
-    let out = common::psql(bed, "app", "app", "app", "CREATE TABLE IF NOT EXISTS iso_unsynced (v int)");
-    assert!(out.status.success(), "setup failed: {}", String::from_utf8_lossy(&out.stderr));
+    common::setup_on_bed("CREATE TABLE IF NOT EXISTS iso_unsynced (v int)");
     let p = proxy::with_pool(1).await;
     let port = proxy::port(&p);
 

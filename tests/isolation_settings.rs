@@ -6,18 +6,11 @@
 
 mod common;
 
-use common::proxy;
-use tokio_postgres::SimpleQueryMessage;
+use common::{proxy, scalar};
 
-/// The first column of the first row of a simple query, as text (None for NULL).
-async fn scalar(c: &tokio_postgres::Client, sql: &str) -> Option<String> {
-    for m in c.simple_query(sql).await.unwrap() {
-        if let SimpleQueryMessage::Row(r) = m {
-            return r.get(0).map(str::to_string);
-        }
-    }
-    panic!("{sql}: no row");
-}
+/// Makes the role `iso_low` the role tests switch to (idempotent).
+const MAKE_ISO_LOW: &str = "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iso_low') THEN \
+     CREATE ROLE iso_low; END IF; END $$";
 
 /// A client with extra startup options (`-c name=value`).
 async fn connect_with_options(port: u16, options: &str) -> tokio_postgres::Client {
@@ -72,16 +65,7 @@ async fn a_set_made_permanent_before_an_error_or_rollback_never_reaches_the_next
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_role_spelled_as_a_setting_pins_and_never_reaches_the_next_client() {
-    let bed = common::shared_bed().primary_port;
-    let out = common::psql(
-        bed,
-        "app",
-        "app",
-        "app",
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iso_low') THEN \
-         CREATE ROLE iso_low; END IF; END $$",
-    );
-    assert!(out.status.success(), "setup failed: {}", String::from_utf8_lossy(&out.stderr));
+    common::setup_on_bed(MAKE_ISO_LOW);
     let p = proxy::with_pool(1).await;
     let port = proxy::port(&p);
     for set in [
@@ -146,8 +130,7 @@ async fn pgshift_route_is_reset_for_the_next_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_no_reset_undoes_closes_the_server_instead() {
     let bed = common::shared_bed().primary_port;
-    let out = common::psql(bed, "app", "app", "app", "CREATE EXTENSION IF NOT EXISTS dblink");
-    assert!(out.status.success(), "setup failed: {}", String::from_utf8_lossy(&out.stderr));
+    common::setup_on_bed("CREATE EXTENSION IF NOT EXISTS dblink");
     let p = proxy::with_pool(1).await;
     let port = proxy::port(&p);
 
@@ -212,18 +195,11 @@ async fn strings_read_otherwise_than_pgshift_reads_them_never_hide_a_statement()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_extensions_function_name_is_not_taken_for_a_builtin() {
-    let bed = common::shared_bed().primary_port;
-    let out = common::psql(
-        bed,
-        "app",
-        "app",
-        "app",
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iso_low') THEN \
-         CREATE ROLE iso_low; END IF; END $$; \
+    common::setup_on_bed(&format!(
+        "{MAKE_ISO_LOW}; \
          CREATE OR REPLACE FUNCTION public.soundex(text) RETURNS text LANGUAGE plpgsql AS \
-         $f$ BEGIN PERFORM set_config('role', 'iso_low', false); RETURN $1; END $f$",
-    );
-    assert!(out.status.success(), "setup failed: {}", String::from_utf8_lossy(&out.stderr));
+         $f$ BEGIN PERFORM set_config('role', 'iso_low', false); RETURN $1; END $f$"
+    ));
     let p = proxy::with_pool(1).await;
     let port = proxy::port(&p);
     let a = common::connect(port, "app", "app", "app").await;

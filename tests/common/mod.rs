@@ -396,3 +396,20 @@ pub mod fake_pg;
 pub mod haproxy;
 pub mod proxy;
 pub mod raw;
+
+/// The first column of the first row of a simple query, as text (None for NULL).
+pub async fn scalar(c: &tokio_postgres::Client, sql: &str) -> Option<String> {
+    for m in c.simple_query(sql).await.unwrap() {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return r.get(0).map(str::to_string);
+        }
+    }
+    panic!("{sql}: no row");
+}
+
+/// Runs `sql` on the shared bed's primary as `app` (a superuser) with psql, for objects a test
+/// needs made beforehand; panics with psql's message if it fails.
+pub fn setup_on_bed(sql: &str) {
+    let out = psql(shared_bed().primary_port, "app", "app", "app", sql);
+    assert!(out.status.success(), "setup failed: {}", String::from_utf8_lossy(&out.stderr));
+}
