@@ -305,14 +305,11 @@ fn lasting_text(sql: &str, impure: bool) -> Option<&'static str> {
     None
 }
 
-/// Whether the text may name the `pg_settings` view: literally (any case, quoted or not), or
-/// through a Unicode-escaped identifier (`U&"..."`), which could spell it unseen.
+/// Whether the text names the `pg_settings` view (any case, quoted or not). A Unicode-escaped
+/// identifier that could spell it unseen pins the text anyway ([`lasting_text`]).
 fn names_pg_settings(sql: &str) -> bool {
     let b = sql.as_bytes();
-    memchr::memchr3_iter(b'p', b'P', b'&', b).any(|i| match b[i] {
-        b'&' => i > 0 && b[i - 1].eq_ignore_ascii_case(&b'u'),
-        _ => pg_settings_at(b, i),
-    })
+    memchr::memchr2_iter(b'p', b'P', b).any(|i| pg_settings_at(b, i))
 }
 
 /// Whether `pg_settings` (any case) starts at byte `i`.
