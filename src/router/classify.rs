@@ -239,7 +239,7 @@ impl Statement {
 pub fn classify(sql: &str, cfg: &ClassifierConfig) -> Classification {
     let mut cur = Cursor::new(sql, !cfg.standard_conforming_strings);
     let mut statements = Vec::new();
-    let settings_named = names_pg_settings(sql);
+    let settings_named = super::marks::names_pg_settings(sql);
     while cur.begin_statement() {
         let mut st = statement(&mut cur, cfg, 0);
         let mut pin = query::scan_pins(&mut cur);
@@ -274,48 +274,11 @@ pub fn classify(sql: &str, cfg: &ClassifierConfig) -> Classification {
     // block, a PREPARE, a cursor's query, a second call in the same statement). Text proven
     // pure runs none of it (the name is in a string or a column name).
     let impure = statements.iter().any(|s| !s.pure);
-    if let (Some(reason), Some(first)) = (lasting_text(sql, impure), statements.first_mut()) {
+    if let (Some(reason), Some(first)) = (super::marks::lasting_text(sql, impure), statements.first_mut()) {
         first.session = SessionEffect::Pin(reason);
         first.pure = false;
     }
     summarize(statements, cur.hint(), broken)
-}
-
-/// The pin reason when the text may create what outlives a session reset (see
-/// [`super::LASTING_PINS`]): a Unicode-escaped identifier (`U&"..."`), which may spell any name
-/// unseen (a setting such as `role` or `seed` too); and, in `impure` text, the names `setseed`
-/// and `dblink_connect` anywhere (any case; in a string they may be a DO block's or a PREPARE's).
-fn lasting_text(sql: &str, impure: bool) -> Option<&'static str> {
-    let b = sql.as_bytes();
-    let unicode = memchr::memchr_iter(b'&', b).any(|i| {
-        i > 0
-            && b[i - 1].eq_ignore_ascii_case(&b'u')
-            && b[i + 1..].iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'"')
-    });
-    if unicode {
-        return Some("unicode_identifier");
-    }
-    let at = |i: usize, word: &[u8]| b.get(i..i + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
-    if impure && memchr::memchr2_iter(b's', b'S', b).any(|i| at(i, b"setseed")) {
-        return Some("setseed");
-    }
-    if impure && memchr::memchr2_iter(b'd', b'D', b).any(|i| at(i, b"dblink_connect")) {
-        return Some("dblink");
-    }
-    None
-}
-
-/// Whether the text names the `pg_settings` view (any case, quoted or not). A Unicode-escaped
-/// identifier that could spell it unseen pins the text anyway ([`lasting_text`]).
-fn names_pg_settings(sql: &str) -> bool {
-    let b = sql.as_bytes();
-    memchr::memchr2_iter(b'p', b'P', b).any(|i| pg_settings_at(b, i))
-}
-
-/// Whether `pg_settings` (any case) starts at byte `i`.
-#[inline]
-pub(super) fn pg_settings_at(b: &[u8], i: usize) -> bool {
-    b.get(i..i + 11).is_some_and(|w| w.eq_ignore_ascii_case(b"pg_settings"))
 }
 
 fn summarize(statements: Vec<Statement>, hint: Option<Hint>, broken: bool) -> Classification {

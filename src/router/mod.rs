@@ -7,6 +7,7 @@ mod cursor;
 mod functions;
 mod keywords;
 mod lexer;
+mod marks;
 mod plain;
 #[cfg(test)]
 mod purity_tests;

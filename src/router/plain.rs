@@ -47,7 +47,7 @@ pub fn plain_statement(sql: &[u8]) -> Option<StatementKind> {
     // Found by their `p`, rarer in SQL than other letters: `temp` (SELECT INTO TEMP, or a table
     // in pg_temp, is a session's own state) and `pg_settings` (an UPDATE of it is a SET).
     let temp_or_settings = memchr::memchr2_iter(b'p', b'P', body)
-        .any(|i| (i >= 3 && body[i - 3..i].eq_ignore_ascii_case(b"tem")) || super::classify::pg_settings_at(body, i));
+        .any(|i| (i >= 3 && body[i - 3..i].eq_ignore_ascii_case(b"tem")) || super::marks::pg_settings_at(body, i));
     // SELECT ... INTO creates a table: a temporary one when the search path starts at pg_temp.
     let into = kind == StatementKind::Select
         && memchr::memchr2_iter(b'n', b'N', body).any(|i| {
