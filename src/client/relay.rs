@@ -439,7 +439,7 @@ impl Session {
                     att.c2s_passthrough = total;
                     continue;
                 }
-                if total > super::request::STREAM_QUERY_OVER && t == tag::QUERY && stream_query(att) {
+                if total > super::request::STREAM_QUERY_OVER && t == tag::QUERY && super::request::stream_query(att) {
                     att.c2s_passthrough = total;
                     // Unread, it may hold SET, locks or anything else: the client keeps this server.
                     if tm && !self.state.pinned {
@@ -478,25 +478,6 @@ impl Session {
         }
         Ok(false)
     }
-}
-
-/// Starts streaming a simple Query too large to buffer, if this attachment allows it (a primary,
-/// no dual-write capture, no error pending in the batch): notes what forwarding it owes, since the
-/// frame never goes through `Fwd`. Unclassified, it may write and may change the session.
-fn stream_query(att: &mut super::state::Attached) -> bool {
-    let refused_or_skipped = matches!(att.batch_state, BatchState::Skipping | BatchState::Refusing);
-    if att.target != crate::router::Target::Primary || att.capture.is_some() || refused_or_skipped {
-        return false;
-    }
-    att.req_started.get_or_insert_with(std::time::Instant::now);
-    att.batch_state = BatchState::Open;
-    att.batch_rerunnable = false;
-    att.wrote = true;
-    // Unread, it may even have left what no reset undoes (see router::LASTING_PINS).
-    att.lease.conn().taint(crate::server::Residue::Lasting);
-    att.effects.push_back(Vec::new());
-    att.queue.push(Expect::Query);
-    true
 }
 
 /// More may be read into `buf`: below the high-water mark, or a frame at its head that is larger

@@ -7,7 +7,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::state::ClientState;
+use super::expect::Expect;
+use super::state::{Attached, BatchState, ClientState};
 use crate::router::Classification;
 use crate::shared::{Runtime, Shared};
 use crate::wire::{frame, tag, WireError};
@@ -16,7 +17,7 @@ use crate::wire::{frame, tag, WireError};
 const MAX_GATHER: usize = 64 * 1024;
 
 /// A simple Query longer than this is not buffered whole: it goes to the primary unclassified and
-/// streams through as it arrives (see `Session::stream_query`), so one huge statement costs the
+/// streams through as it arrives (see [`stream_query`]), so one huge statement costs the
 /// proxy a few buffers, not its size.
 pub const STREAM_QUERY_OVER: usize = 1024 * 1024;
 
@@ -147,6 +148,25 @@ pub fn classifications(shared: &Shared, rt: &Runtime, state: &ClientState, req: 
         }
     }
     out
+}
+
+/// Starts streaming a simple Query too large to buffer, if this attachment allows it (a primary,
+/// no dual-write capture, no error pending in the batch): notes what forwarding it owes, since the
+/// frame never goes through `Fwd`. Unclassified, it may write and may change the session.
+pub fn stream_query(att: &mut Attached) -> bool {
+    let refused_or_skipped = matches!(att.batch_state, BatchState::Skipping | BatchState::Refusing);
+    if att.target != crate::router::Target::Primary || att.capture.is_some() || refused_or_skipped {
+        return false;
+    }
+    att.req_started.get_or_insert_with(std::time::Instant::now);
+    att.batch_state = BatchState::Open;
+    att.batch_rerunnable = false;
+    att.wrote = true;
+    // Unread, it may even have left what no reset undoes (see router::LASTING_PINS).
+    att.lease.conn().taint(crate::server::Residue::Lasting);
+    att.effects.push_back(Vec::new());
+    att.queue.push(Expect::Query);
+    true
 }
 
 #[cfg(test)]
