@@ -132,6 +132,17 @@ pub fn startup_settings(params: &[(String, String)]) -> Settings {
     s
 }
 
+/// Why a transaction-mode client must keep one server from its login on: a startup setting no
+/// reset between clients undoes. RESET ALL leaves `role` and `session_authorization` (DISCARD
+/// ALL, run when a pinned client leaves, resets them), and nothing undoes `seed` (the server is
+/// closed instead). The same settings made with SET pin the same way.
+pub fn startup_pin(settings: &Settings) -> Option<&'static str> {
+    if settings.contains_key("seed") {
+        return Some("setseed");
+    }
+    ["role", "session_authorization"].iter().any(|k| settings.contains_key(k)).then_some("set_role")
+}
+
 /// The raw value of a literal made by [`quote_literal`]; `None` for other SQL text.
 pub fn unquote_literal(lit: &str) -> Option<String> {
     lit.strip_prefix('\'')?.strip_suffix('\'').map(|s| s.replace("''", "'"))

@@ -51,6 +51,9 @@ impl Session {
         let diff = settings_diff(&conn.state.settings, &self.state.settings);
         if !diff.is_empty() {
             conn.state.settings = self.state.settings.clone();
+            if self.state.settings.contains_key("seed") {
+                conn.taint(crate::server::Residue::Lasting); // no reset undoes a seeded random()
+            }
         }
         for sql in diff {
             messages::put_query(&mut att.sout, &sql);

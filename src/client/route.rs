@@ -201,7 +201,12 @@ impl Session {
         if classes.len() == 1 && self.cin.first() == Some(&crate::wire::tag::QUERY) {
             self.state.routed_query = classes.first().cloned();
         }
-        let decision = decide(&rt, self.state.route, &classes);
+        // A pinned client keeps the server it lands on: that must be one that takes writes.
+        let decision = if self.state.pinned {
+            Decision { target: Target::Primary, reason: "pinned" }
+        } else {
+            decide(&rt, self.state.route, &classes)
+        };
         if decision.target == Target::Primary {
             let state = self.pools.cluster().failovers.state();
             if rt.config.routing.role_discovery

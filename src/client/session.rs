@@ -150,6 +150,12 @@ impl Session {
                 .any(|(pk, pv)| pk.eq_ignore_ascii_case(k) && crate::session_state::quote_literal(pv) == *v)
         });
         let settings = pools.share_settings(settings);
+        if let Some(reason) =
+            crate::session_state::startup_pin(&settings).filter(|_| pools.mode == PoolMode::Transaction)
+        {
+            state.pinned = true;
+            shared.stats.record_pin(reason);
+        }
         state.startup_settings = settings.clone();
         state.settings = settings;
 
