@@ -170,6 +170,12 @@ pub fn decide(rt: &Runtime, route: RouteOverride, classes: &[Arc<Classification>
     Decision { target: Target::Replica, reason: classes[0].reason }
 }
 
+/// Whether the classifier itself proved every statement a read (a hint or a session route only
+/// vouches for it).
+fn proven_read(classes: &[Arc<Classification>]) -> bool {
+    !classes.is_empty() && classes.iter().all(|c| c.statements.iter().all(|s| s.target == Target::Replica))
+}
+
 /// A chosen backend: where, through which pool, as primary or replica.
 pub type Choice = (Arc<Backend>, Arc<Pool>, Target);
 
@@ -230,7 +236,9 @@ impl Session {
         }
         let executes = request::executes(&self.cin[..len]);
         if phase == Phase::ShiftReads && self.reads_from_target() {
-            if let Some(choice) = self.pick_target_read(&rt, executes) {
+            // The target's primary takes writes but does not serve them yet: a hint or
+            // `pgshift.route` vouching for a write must not reach it (a replica refuses it).
+            if let Some(choice) = self.pick_target_read(&rt, executes, proven_read(&classes)) {
                 self.shared.migration.count_reads(&self.pools.db.server_db, true, u64::from(executes));
                 return Ok(choice);
             }
@@ -239,7 +247,7 @@ impl Session {
             self.shared.migration.count_reads(&self.pools.db.server_db, false, u64::from(executes));
         }
         if serving_target {
-            return Ok(self.pick_target_read(&rt, executes).unwrap_or((primary_b, primary_p, Target::Primary)));
+            return Ok(self.pick_target_read(&rt, executes, true).unwrap_or((primary_b, primary_p, Target::Primary)));
         }
         Ok(self.pick_source_read(&rt, executes).unwrap_or((primary_b, primary_p, Target::Primary)))
     }
@@ -273,15 +281,15 @@ impl Session {
         done
     }
 
-    /// A healthy target replica, else the target primary (as a read).
-    fn pick_target_read(&self, rt: &Runtime, executes: bool) -> Option<Choice> {
+    /// A healthy target replica, else the target primary (as a read) when `primary_ok`.
+    fn pick_target_read(&self, rt: &Runtime, executes: bool, primary_ok: bool) -> Option<Choice> {
         let t = self.pools.target.as_ref()?;
         let replicas = rt.targets.get(1..).unwrap_or_default();
         let usable = |i: usize| replicas[i].serves_reads(rt) && !t.replicas[i].refuses_logins();
         if let Some(i) = rt.rr.pick(replicas.len(), executes, usable) {
             return Some((replicas[i].clone(), t.replicas[i].clone(), Target::Replica));
         }
-        if t.primary.refuses_logins() {
+        if !primary_ok || t.primary.refuses_logins() {
             return None;
         }
         Some((rt.targets.first()?.clone(), t.primary.clone(), Target::Replica))
