@@ -115,3 +115,96 @@ async fn a_hinted_write_never_lands_on_the_migration_targets_primary() {
     drop(p);
     let _ = std::fs::remove_file(&state);
 }
+
+/// A proxy with TLS (`prefer`) in front of the shared bed.
+fn tls_config() -> pgshift::config::Config {
+    let certs = common::repo_root().join("certs");
+    let mut c = proxy::config(common::shared_bed().primary_port, &[]);
+    c.tls.mode = pgshift::config::TlsMode::Prefer;
+    c.tls.cert = certs.join("server.crt").display().to_string();
+    c.tls.key = certs.join("server.key").display().to_string();
+    c
+}
+
+/// Opens direct TLS to the proxy and sends a startup packet for app/app.
+async fn tls_startup(addr: std::net::SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(common::repo_root().join("certs/ca.crt")).unwrap();
+    roots.add(rustls_pemfile::certs(&mut pem.as_slice()).next().unwrap().unwrap()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"postgresql".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(name, tcp).await.unwrap();
+    let mut pkt = vec![0, 0, 0, 0, 0, 3, 0, 0];
+    pkt.extend_from_slice(b"user\0app\0database\0app\0\0");
+    let len = pkt.len() as u32;
+    pkt[..4].copy_from_slice(&len.to_be_bytes());
+    tls.write_all(&pkt).await.unwrap();
+    tls
+}
+
+/// One backend frame: (tag, body).
+async fn read_msg<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).await.unwrap();
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).await.unwrap();
+    (head[0], body)
+}
+
+/// The `k=` attribute of a SCRAM message.
+fn scram_attr<'a>(msg: &'a str, k: &str) -> &'a str {
+    msg.split(',').find_map(|a| a.strip_prefix(&format!("{k}="))).unwrap()
+}
+
+/// SCRAM's gs2 flag `y` says "I support channel binding, but I think the server does not". Over
+/// TLS pgshift offers SCRAM-SHA-256-PLUS, so a `y` means someone in between stripped PLUS from
+/// the offer (a downgrade); RFC 5802 says the server must then fail the exchange, as PostgreSQL does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_refuses_a_client_told_channel_binding_was_not_offered() {
+    use base64::Engine;
+    use pgshift::auth::scram::{hmac, salted_password, sha256};
+    use tokio::io::AsyncWriteExt;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let p = proxy::start(tls_config()).await;
+    let mut s = tls_startup(p.addr).await;
+    let (t, body) = read_msg(&mut s).await;
+    assert_eq!((t, &body[..4]), (b'R', &10i32.to_be_bytes()[..]), "AuthenticationSASL");
+    assert!(String::from_utf8_lossy(&body).contains("SCRAM-SHA-256-PLUS"), "PLUS offered over TLS");
+
+    let bare = "n=,r=hardeningnonce0123";
+    let first = format!("y,,{bare}");
+    let mut init = b"SCRAM-SHA-256\0".to_vec();
+    init.extend_from_slice(&(first.len() as i32).to_be_bytes());
+    init.extend_from_slice(first.as_bytes());
+    let mut out = Vec::new();
+    common::raw::frame(&mut out, b'p', &init);
+    s.write_all(&out).await.unwrap();
+    let (t, body) = read_msg(&mut s).await;
+    if t == b'E' {
+        return; // refused at the first message: what the RFC asks
+    }
+    assert_eq!((t, &body[..4]), (b'R', &11i32.to_be_bytes()[..]), "AuthenticationSASLContinue");
+    let server_first = String::from_utf8(body[4..].to_vec()).unwrap();
+    let salt = b64.decode(scram_attr(&server_first, "s")).unwrap();
+    let iterations: u32 = scram_attr(&server_first, "i").parse().unwrap();
+    let without_proof = format!("c={},r={}", b64.encode("y,,"), scram_attr(&server_first, "r"));
+    let salted = salted_password(b"app", &salt, iterations);
+    let client_key = hmac(&salted, b"Client Key");
+    let signature = hmac(&sha256(&client_key), format!("{bare},{server_first},{without_proof}").as_bytes());
+    let proof: Vec<u8> = client_key.iter().zip(signature).map(|(a, b)| a ^ b).collect();
+    let mut out = Vec::new();
+    common::raw::frame(&mut out, b'p', format!("{without_proof},p={}", b64.encode(proof)).as_bytes());
+    s.write_all(&out).await.unwrap();
+    let (t, _) = read_msg(&mut s).await;
+    assert_eq!(t, b'E', "a downgraded SCRAM exchange must be refused, not completed");
+}

@@ -179,6 +179,14 @@ impl ScramServer {
         let (_authzid, bare) =
             rest.split_once(',').ok_or(AuthError::Protocol("malformed SCRAM client-first-message"))?;
         match (cbind_flag, plus) {
+            // `y`: the client could bind but saw no PLUS offered; over TLS we offered it, so
+            // someone in between removed it (a downgrade). RFC 5802 and PostgreSQL refuse it.
+            ("y", false) if self.channel_binding.is_some() => {
+                return Err(AuthError::Protocol(
+                    "SCRAM channel binding negotiation error: the client thinks the server does not support \
+                     channel binding, but it does",
+                ))
+            }
             ("n", false) | ("y", false) => {}
             (f, true) if f == "p=tls-server-end-point" && self.channel_binding.is_some() => {}
             (f, true) if f.starts_with("p=") => {
