@@ -68,9 +68,12 @@ impl FromRequestParts<AdminState> for Authorized {
     }
 }
 
-/// Compares without an early exit, so response timing does not reveal how much of a guess matched.
+/// Compares without an early exit, so response timing reveals neither how much of a guess matched
+/// nor the token's length: both sides are hashed to 32 bytes first.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn ready_handler(State(s): State<AdminState>) -> Response {
@@ -190,5 +193,18 @@ async fn kill_client(_: Authorized, State(s): State<AdminState>, Query(p): Query
         Json(json!({"killed": p.id})).into_response()
     } else {
         (StatusCode::NOT_FOUND, Json(json!({"error": format!("no client with id {}", p.id)}))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison_matches_only_the_same_bytes() {
+        assert!(constant_time_eq(b"s3cret-token", b"s3cret-token"));
+        assert!(!constant_time_eq(b"s3cret-token", b"s3cret-tokeN"));
+        assert!(!constant_time_eq(b"s3cret-token", b"s3cret-token-longer"));
+        assert!(!constant_time_eq(b"", b"s3cret-token"));
     }
 }
