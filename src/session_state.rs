@@ -236,7 +236,7 @@ fn ident(name: &str) -> String {
 }
 
 /// A statement prepared under a proxy-wide name, shared by every client that prepared the same
-/// text with the same parameter types in the same database.
+/// text with the same parameter types in the same scope (database, role and settings).
 #[derive(Debug)]
 pub struct StmtDef {
     /// Set once some server accepted its Parse: another client's Parse of the same statement can
@@ -269,21 +269,20 @@ pub struct PreparedRegistry {
 }
 
 impl PreparedRegistry {
-    /// An existing definition that some server has accepted, if any.
-    pub fn validated(&self, database: &str, tail: &[u8]) -> Option<Arc<StmtDef>> {
-        let mut key = Vec::with_capacity(database.len() + 1 + tail.len());
-        key.extend_from_slice(database.as_bytes());
-        key.push(0);
+    /// An existing definition in `scope` (see [`crate::client::statements::scope`]) that some
+    /// server has accepted, if any.
+    pub fn validated(&self, scope: &[u8], tail: &[u8]) -> Option<Arc<StmtDef>> {
+        let mut key = Vec::with_capacity(scope.len() + tail.len());
+        key.extend_from_slice(scope);
         key.extend_from_slice(tail);
         let map = self.map.lock().ok()?;
         map.get(key.as_slice()).and_then(Weak::upgrade).filter(|d| d.validated.load(Ordering::Relaxed))
     }
 
-    /// The definition for a Parse body tail (`query\0 n types...`) in `database`, creating it if new.
-    pub fn intern(&self, database: &str, tail: &[u8], class: impl FnOnce() -> Arc<Classification>) -> Arc<StmtDef> {
-        let mut key = Vec::with_capacity(database.len() + 1 + tail.len());
-        key.extend_from_slice(database.as_bytes());
-        key.push(0);
+    /// The definition for a Parse body tail (`query\0 n types...`) in `scope`, creating it if new.
+    pub fn intern(&self, scope: &[u8], tail: &[u8], class: impl FnOnce() -> Arc<Classification>) -> Arc<StmtDef> {
+        let mut key = Vec::with_capacity(scope.len() + tail.len());
+        key.extend_from_slice(scope);
         key.extend_from_slice(tail);
         let Ok(mut map) = self.map.lock() else {
             return self.make(tail, class()); // poisoned: still serve, just without sharing
@@ -489,7 +488,7 @@ mod tests {
     fn lru_evicts_oldest() {
         let r = PreparedRegistry::default();
         let cfg = crate::router::ClassifierConfig::default();
-        let def = |sql: &str| r.intern("db", sql.as_bytes(), || Arc::new(crate::router::classify(sql, &cfg)));
+        let def = |sql: &str| r.intern(b"db", sql.as_bytes(), || Arc::new(crate::router::classify(sql, &cfg)));
         let (d1, d2, d3) = (def("select 1"), def("select 2"), def("select 3"));
         let mut s = ServerSessionState::new(2);
         assert_eq!(s.add_prepared(&d1), None);
@@ -503,7 +502,7 @@ mod tests {
     fn a_statement_a_server_holds_keeps_its_name() {
         let r = PreparedRegistry::default();
         let cfg = crate::router::ClassifierConfig::default();
-        let def = || r.intern("db", b"select $1\0\0\0", || Arc::new(crate::router::classify("select $1", &cfg)));
+        let def = || r.intern(b"db", b"select $1\0\0\0", || Arc::new(crate::router::classify("select $1", &cfg)));
         let mut s = ServerSessionState::new(8);
         let first = def();
         s.add_prepared(&first);

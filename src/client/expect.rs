@@ -199,7 +199,7 @@ mod tests {
     fn def(id: u64) -> Arc<StmtDef> {
         let reg = crate::session_state::PreparedRegistry::default();
         let cfg = crate::router::ClassifierConfig::default();
-        let d = reg.intern("db", format!("select {id}\0\0\0").as_bytes(), || {
+        let d = reg.intern(b"db", format!("select {id}\0\0\0").as_bytes(), || {
             Arc::new(crate::router::classify("select 1", &cfg))
         });
         std::mem::forget(reg);

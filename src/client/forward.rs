@@ -31,8 +31,10 @@ pub struct Fwd<'a> {
     pub att: &'a mut Attached,
     /// Transaction pooling (pins matter) rather than session pooling.
     pub transaction_mode: bool,
-    /// The client's database (statement definitions are per database).
+    /// The client's database (statement definitions are per database, role and settings).
     pub database: &'a str,
+    /// The client's role.
+    pub user: &'a str,
     /// The database's cluster has replicas (reads need classifying).
     pub has_replicas: bool,
 }
@@ -149,6 +151,9 @@ impl Fwd<'_> {
             }
         }
         for s in &c.statements {
+            if s.reason == reasons::SESSION || s.sets_config || s.session != SessionEffect::None {
+                self.att.settings_unsure = true;
+            }
             if let SessionEffect::Pin(reason) = s.session {
                 if crate::router::LASTING_PINS.contains(&reason) {
                     self.att.lease.conn().taint(Residue::Lasting);
@@ -282,7 +287,8 @@ impl Fwd<'_> {
             self.att.batch_state = BatchState::Refusing;
             return;
         }
-        let def = self.shared.prepared.intern(self.database, tail, || class);
+        let scope = super::statements::scope(self.database, self.user, &self.state.settings);
+        let def = self.shared.prepared.intern(&scope, tail, || class);
         self.state.statements.insert(bytes::Bytes::copy_from_slice(name), def.clone());
         if let Some(c) = self.att.capture.as_mut() {
             c.defs.push(def.clone());
@@ -295,8 +301,12 @@ impl Fwd<'_> {
         self.prepare_on_server(&def, false);
     }
 
-    /// Sends a proxy-wide Parse, closing whatever the server's LRU evicts to make room.
+    /// Sends a proxy-wide Parse, closing whatever the server's LRU evicts to make room. Parsed
+    /// under settings its scope may not show, the server's copy goes with a reset.
     fn prepare_on_server(&mut self, def: &Arc<StmtDef>, silent: bool) {
+        if self.att.settings_unsure {
+            self.att.lease.conn().taint(Residue::Unknown);
+        }
         if let Some(evicted) = self.att.lease.conn().state.add_prepared(def) {
             self.att.sout.extend_from_slice(&close_statement_frame(evicted));
             self.att.queue.push(Expect::SilentClose);

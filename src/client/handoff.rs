@@ -222,13 +222,14 @@ fn unpack_state(shared: &Shared, rt: &crate::shared::Runtime, h: &Handoff) -> Cl
         }
         s
     };
+    let scope = super::statements::scope(&h.database, &h.user, &settings(&h.settings));
     let statements = h
         .statements
         .iter()
         .filter_map(|st| {
             let (sql, tail) = parse_parts(&st.parse_frame)?;
             let class = super::request::classify(shared, rt, &sql);
-            let def = shared.prepared.intern(&h.database, tail, || class);
+            let def = shared.prepared.intern(&scope, tail, || class);
             Some((Bytes::copy_from_slice(&st.name), def))
         })
         .collect();

@@ -67,6 +67,7 @@ impl Session {
         if !self.state.track_prepared || !self.state.tx_status.is_idle() || req.terminate || req.len == 0 {
             return false;
         }
+        let mut scope = None;
         let mut plan = Vec::new();
         let mut at = 0;
         while let Ok(Some((t, total))) = frame::complete_frame(&self.cin[at..req.len]) {
@@ -75,7 +76,10 @@ impl Session {
             match t {
                 tag::PARSE => {
                     let Some((name, tail)) = frame::cstr(body).filter(|(n, _)| !n.is_empty()) else { return false };
-                    let Some(def) = self.shared.prepared.validated(&self.pools.database, tail) else { return false };
+                    let scope = scope.get_or_insert_with(|| {
+                        super::statements::scope(&self.pools.database, &self.user.name, &self.state.settings)
+                    });
+                    let Some(def) = self.shared.prepared.validated(scope, tail) else { return false };
                     plan.push((t, bytes::Bytes::copy_from_slice(name), Some(def)));
                 }
                 tag::CLOSE => {

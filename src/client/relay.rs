@@ -460,6 +460,7 @@ impl Session {
                 att: &mut *att,
                 transaction_mode: tm,
                 database: &self.pools.database,
+                user: &self.user.name,
                 has_replicas: !self.pools.cluster().replicas.is_empty(),
             };
             fwd.frame(t, &self.cin[..total]);

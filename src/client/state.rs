@@ -225,6 +225,10 @@ pub struct Attached {
     pub suspended: bool,
     /// The server's unnamed statement is this client's: parsed (or closed) in this attachment.
     pub unnamed_parsed: bool,
+    /// A statement here may have changed a setting the client's record does not show yet (`SET
+    /// LOCAL`, `set_config`, a SET before its COMMIT): a statement parsed from then on is parsed
+    /// under other settings than its scope says, and must not serve another client.
+    pub settings_unsure: bool,
 }
 
 /// How an attachment stands: serving, or over and what comes next.
@@ -336,6 +340,7 @@ impl Attached {
             batch_state: BatchState::Open,
             suspended: false,
             unnamed_parsed: false,
+            settings_unsure: false,
         })
     }
 

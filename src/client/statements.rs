@@ -6,7 +6,28 @@ use bytes::Bytes;
 use foldhash::HashMap;
 use std::sync::Arc;
 
-use crate::session_state::StmtDef;
+use crate::session_state::{Settings, StmtDef};
+
+/// Where clients may share the server copies of a statement: the same database, role and
+/// settings. PostgreSQL resolves names under the search path and folds literals under the settings
+/// in force when it parses (`'2024-01-01 00:00'::timestamptz` under TimeZone, `'01/02/2024'::date`
+/// under DateStyle), so another client's copy could give another answer; parsing as another role
+/// may succeed where this one's would fail. `application_name` changes no parse and is left out.
+pub fn scope(database: &str, user: &str, settings: &Settings) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    for part in [database, user] {
+        out.extend_from_slice(part.as_bytes());
+        out.push(0);
+    }
+    for (k, v) in settings.iter().filter(|(k, _)| k.as_str() != "application_name") {
+        for part in [k, v] {
+            out.extend_from_slice(part.as_bytes());
+            out.push(0);
+        }
+    }
+    out.push(0); // no name is empty: this ends the settings
+    out
+}
 
 /// Client name -> proxy-wide definition. Most clients never name a statement (or are idle):
 /// the map is allocated with the first one and freed when the client drops them all, so an
@@ -77,7 +98,19 @@ mod tests {
         let reg = crate::session_state::PreparedRegistry::default();
         let cfg = crate::router::ClassifierConfig::default();
         let class = || Arc::new(crate::router::classify("select 1", &cfg));
-        (0..3).map(|i| reg.intern("db", format!("select {i}\0\0\0").as_bytes(), class)).collect()
+        (0..3).map(|i| reg.intern(b"db", format!("select {i}\0\0\0").as_bytes(), class)).collect()
+    }
+
+    #[test]
+    fn scopes_differ_by_role_and_settings_but_not_application_name() {
+        let mut tz = Settings::new();
+        tz.insert("timezone".into(), "'Asia/Tokyo'".into());
+        let mut named = Settings::new();
+        named.insert("application_name".into(), "'x'".into());
+        let base = scope("db", "app", &Settings::new());
+        assert_eq!(base, scope("db", "app", &named));
+        assert_ne!(base, scope("db", "other", &Settings::new()));
+        assert_ne!(base, scope("db", "app", &tz));
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub struct Statement {
     /// DO/CALL/DDL/COPY, nothing the classifier was unsure of. A server that ran anything else
     /// is reset before another client gets it.
     pub pure: bool,
+    /// Calls `set_config`, which may change a setting for the rest of the transaction.
+    pub sets_config: bool,
 }
 
 /// The decision for a whole query string.
@@ -213,6 +215,7 @@ impl Statement {
             tx: TxControl::None,
             session: SessionEffect::None,
             pure: false,
+            sets_config: false,
         }
     }
 

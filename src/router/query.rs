@@ -46,6 +46,7 @@ struct Scan<'c> {
     pin: Option<&'static str>,
     /// Nothing seen so far can leave state in the session (see `Statement::pure`).
     pure: bool,
+    sets_config: bool,
 }
 
 /// Analyses a query whose first token `first` (at parenthesis depth `base`) has been
@@ -77,11 +78,24 @@ pub(super) fn analyze_write(cur: &mut Cursor, cfg: &ClassifierConfig, base: u32,
 
 impl<'c> Scan<'c> {
     fn new(cfg: &'c ClassifierConfig, base: u32, kind: StatementKind, prev: Prev) -> Self {
-        Scan { cfg, base, prev, from: 0, with: 0, saw_with: false, reason: None, kind, pin: None, pure: true }
+        Scan {
+            cfg,
+            base,
+            prev,
+            from: 0,
+            with: 0,
+            saw_with: false,
+            reason: None,
+            kind,
+            pin: None,
+            pure: true,
+            sets_config: false,
+        }
     }
 
     fn finish(self, mut st: Statement) -> Statement {
         st.pure = self.pure && self.pin.is_none();
+        st.sets_config = self.sets_config;
         if let Some(pin) = self.pin {
             st.session = SessionEffect::Pin(pin);
         }
@@ -264,6 +278,7 @@ impl<'c> Scan<'c> {
                 false
             }
             SessionCall::SetConfig => {
+                self.sets_config = true;
                 // set_config(name, value, true) lasts for the transaction only; its arguments
                 // are not scanned for calls here, so only literals and parameters keep it pure.
                 let builtin = name.qualifier().is_none_or(|q| q == b"pg_catalog");
