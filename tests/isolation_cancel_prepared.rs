@@ -1,7 +1,8 @@
 //! One client's prepared statements answer for it alone, against real PostgreSQL with clients
 //! sharing one server connection: a statement another client parsed under other settings (a time
 //! zone, a date style, a search path, one set for its transaction only) or as another role never
-//! stands in for this client's own.
+//! stands in for this client's own, and one left on a server under its client's own name (statement
+//! tracking off) is out of reach of the next client.
 
 mod common;
 
@@ -123,4 +124,38 @@ async fn a_prepare_never_tells_one_role_what_another_prepared() {
     );
     // The owner's statement still works for it.
     assert_eq!(owner.query(sql, &[]).await.unwrap().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_statement_left_untracked_is_out_of_reach_of_the_next_client() {
+    let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
+    cfg.proxy.default_pool_size = 2;
+    cfg.proxy.max_prepared_statements = 0; // no renaming: statements keep the client's names
+    let p = proxy::start(cfg).await;
+    let port = proxy::port(&p);
+    let mut a = raw::login(port, "app", "app", "app").await;
+    let mut m = Vec::new();
+    raw::parse(&mut m, "iso_named", "select 'secret-of-A'::text");
+    raw::sync(&mut m);
+    raw::send(&mut a, &m).await;
+    assert_eq!(raw::read_tags(&mut a, b'Z').await, b"1Z");
+
+    // B binds the name A chose: PostgreSQL's answer to B alone is 26000.
+    let mut b = raw::login(port, "app", "app", "app").await;
+    let mut m = Vec::new();
+    raw::bind(&mut m, "iso_named", &[]);
+    raw::describe_execute_sync(&mut m);
+    raw::send(&mut b, &m).await;
+    let frames = raw::read_frames(&mut b, b'Z').await;
+    assert!(frames.iter().all(|(t, _)| *t != b'D' && *t != b'T'), "B ran A's statement: {frames:?}");
+    let fields = frames.iter().find(|(t, _)| *t == b'E').map(|(_, e)| raw::error_fields(e)).unwrap_or_default();
+    assert!(fields.contains(&(b'C', "26000".to_string())), "{frames:?}");
+
+    // A's statement still works for A.
+    let mut m = Vec::new();
+    raw::bind(&mut m, "iso_named", &[]);
+    raw::describe_execute_sync(&mut m);
+    raw::send(&mut a, &m).await;
+    let frames = raw::read_frames(&mut a, b'Z').await;
+    assert!(frames.iter().any(|(t, body)| *t == b'D' && body.windows(11).any(|w| w == b"secret-of-A")), "{frames:?}");
 }

@@ -272,6 +272,9 @@ impl Fwd<'_> {
             return self.parse(&p);
         }
         if name.is_empty() || !self.state.track_prepared {
+            if !name.is_empty() && self.untracked_named_parse() {
+                return;
+            }
             self.state.unnamed = name.is_empty().then_some(class);
             if name.is_empty() {
                 self.att.unnamed_parsed = true;
@@ -299,6 +302,21 @@ impl Fwd<'_> {
             return;
         }
         self.prepare_on_server(&def, false);
+    }
+
+    /// A named Parse untracked (`max_prepared_statements = 0`) stays on the server under the
+    /// client's name for the next client to bind or replace: refused (true) or pinned.
+    fn untracked_named_parse(&mut self) -> bool {
+        if !self.transaction_mode {
+            return false;
+        }
+        if self.rt.config.proxy.session_features == SessionFeatures::Reject {
+            self.att.queue.push(Expect::Synthetic(Synth::Refused("a named prepared statement")));
+            self.att.batch_state = BatchState::Refusing;
+            return true;
+        }
+        self.pin("protocol_prepare");
+        false
     }
 
     /// Sends a proxy-wide Parse, closing whatever the server's LRU evicts to make room. Parsed
