@@ -83,13 +83,13 @@ async fn a_statement_parsed_under_a_setting_for_one_transaction_never_answers_fo
     }
 }
 
-/// A config with two roles, `app` and `iso_low` (password `low`), one server connection each.
+/// A config with two roles, `app` and `iso_prober` (password `low`), one server connection each.
 fn two_roles() -> pgshift::config::Config {
     let port = common::shared_bed().primary_port;
     let text = format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\ndefault_pool_size = 1\nquery_wait_timeout = \"30s\"\n\
          [auth]\n[[auth.users]]\nname = \"app\"\npassword = \"app\"\n\
-         [[auth.users]]\nname = \"iso_low\"\npassword = \"low\"\n\
+         [[auth.users]]\nname = \"iso_prober\"\npassword = \"low\"\n\
          [primary]\nhost = \"127.0.0.1\"\nport = {port}\n[admin]\nlisten = \"\"\n"
     );
     pgshift::config::Config::from_toml(&text).expect("test config is valid")
@@ -98,8 +98,8 @@ fn two_roles() -> pgshift::config::Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepare_never_tells_one_role_what_another_prepared() {
     common::setup_on_bed(
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iso_low') THEN \
-         CREATE ROLE iso_low LOGIN PASSWORD 'low'; END IF; END $$; \
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iso_prober') THEN \
+         CREATE ROLE iso_prober; END IF; END $$; ALTER ROLE iso_prober LOGIN PASSWORD 'low'; \
          CREATE SCHEMA IF NOT EXISTS iso_private; REVOKE ALL ON SCHEMA iso_private FROM PUBLIC; \
          CREATE TABLE IF NOT EXISTS iso_private.t (secret text);",
     );
@@ -110,7 +110,7 @@ async fn a_prepare_never_tells_one_role_what_another_prepared() {
     owner.prepare(sql).await.unwrap();
 
     // PQprepare's messages: Parse and Sync. Directly, PostgreSQL refuses the schema at Parse.
-    let mut low = raw::login(port, "iso_low", "low", "app").await;
+    let mut low = raw::login(port, "iso_prober", "low", "app").await;
     let mut m = Vec::new();
     raw::parse(&mut m, "probe", sql);
     raw::sync(&mut m);
