@@ -147,6 +147,10 @@ pub struct CancelTarget {
     pub conn_id: u64,
     /// Holds the connection back from other clients while a cancel toward it is in flight.
     pub gate: CancelGate,
+    /// pgshift's replay of the holder's settings (RESET ALL, then its SETs) is running ahead of
+    /// its first query: a cancel then would stop the replay, not the query, which would run
+    /// under the previous client's settings. Cancels wait until it is over.
+    pub replaying: std::sync::atomic::AtomicBool,
 }
 
 /// An open, logged-in server connection.
@@ -219,7 +223,13 @@ impl ServerConn {
             state: ServerSessionState::new(max_prepared),
             broken: false,
             residue: Residue::None,
-            cancel: Arc::new(CancelTarget { peer, key: (0, 0), conn_id: id, gate: CancelGate::default() }),
+            cancel: Arc::new(CancelTarget {
+                peer,
+                key: (0, 0),
+                conn_id: id,
+                gate: CancelGate::default(),
+                replaying: Default::default(),
+            }),
             holder: Arc::default(),
             holder_listed: false,
         };
@@ -254,7 +264,13 @@ impl ServerConn {
                         );
                         // Made anew: nothing shares the connection's target before its login ends.
                         let (peer, conn_id) = (self.cancel.peer, self.cancel.conn_id);
-                        self.cancel = Arc::new(CancelTarget { peer, key, conn_id, gate: CancelGate::default() });
+                        self.cancel = Arc::new(CancelTarget {
+                            peer,
+                            key,
+                            conn_id,
+                            gate: CancelGate::default(),
+                            replaying: Default::default(),
+                        });
                     }
                 }
                 tag::READY_FOR_QUERY => return Ok(()),

@@ -42,13 +42,15 @@ impl Session {
             att.mirror_to_target = !phase.target_serves();
         }
         let conn = att.lease.conn();
+        let diff = settings_diff(&conn.state.settings, &self.state.settings);
+        // Before cancels can find the server: one must not land on the replay.
+        conn.cancel.replaying.store(!diff.is_empty(), std::sync::atomic::Ordering::Release);
         self.handle.set_server(Some(conn.cancel.clone()));
         conn.holder.store(self.handle.key.0, std::sync::atomic::Ordering::Relaxed);
         if !conn.holder_listed {
             conn.holder_listed = true;
             self.shared.sessions.list_server(conn.cancel.key.0, &conn.holder);
         }
-        let diff = settings_diff(&conn.state.settings, &self.state.settings);
         if !diff.is_empty() {
             conn.state.settings = self.state.settings.clone();
             if self.state.settings.contains_key("seed") {

@@ -376,11 +376,29 @@ impl Sessions {
         };
         // Ends the gate even if this future is dropped (the connection's login timeout).
         let _open = GateOpen(s.clone());
+        if !replay_over(&s, wait).await {
+            tracing::warn!(client = h.id, "cancel request dropped: the server was still taking the client's settings");
+            return CancelOutcome::Dropped { user: h.user.to_string(), database: h.database.clone() };
+        }
         if let Err(e) = tokio::time::timeout(wait, send_cancel(s.peer, s.key)).await.unwrap_or(Ok(())) {
             tracing::warn!(client = h.id, "forwarding a cancel request failed: {e}");
         }
         CancelOutcome::Forwarded
     }
+}
+
+/// Waits (up to `wait`) until the server has taken its client's settings, so that a cancel
+/// reaches the client's query and not the replay before it; false if it never did.
+async fn replay_over(s: &ServerRef, wait: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    while s.replaying.load(Ordering::Acquire) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        // A replay takes a round trip or two: polling this rare path costs nothing elsewhere.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
 }
 
 /// Ends a cancel's hold on its server connection when dropped.

@@ -165,6 +165,10 @@ impl Reply<'_> {
             }
             tag::READY_FOR_QUERY => {
                 self.att.queue.pop();
+                if !matches!(self.att.queue.front(), Some(Expect::SilentQuery)) {
+                    // The replay is over: a cancel now reaches the client's own query.
+                    self.att.lease.conn().cancel.replaying.store(false, Ordering::Release);
+                }
                 self.att.server_status = frame::ready_status(f)?;
                 self.after_pop();
             }

@@ -68,6 +68,10 @@ struct State {
     refused: Vec<String>,
     /// Logins refused so far.
     refusals: usize,
+    /// How long the answer to pgshift's `RESET ALL` is held back.
+    reset_delay: Option<std::time::Duration>,
+    /// "reset answered" and "cancel" (a CancelRequest arrived), in the order they happened.
+    events: Vec<&'static str>,
 }
 
 /// The fake server; dropping it stops accepting (open connections end with the test's runtime).
@@ -124,6 +128,16 @@ impl FakePg {
         self.lock().refused.push(user.to_owned());
     }
 
+    /// Holds back each answer to pgshift's `RESET ALL` (its settings replay) by `d`.
+    pub fn delay_resets(&self, d: std::time::Duration) {
+        self.lock().reset_delay = Some(d);
+    }
+
+    /// "reset answered" (a `RESET ALL` answered) and "cancel" (a CancelRequest arrived), in order.
+    pub fn events(&self) -> Vec<&'static str> {
+        self.lock().events.clone()
+    }
+
     /// How many logins were refused so far.
     pub fn refusals(&self) -> usize {
         self.lock().refusals
@@ -162,8 +176,12 @@ pub fn split_frames(mut bytes: &[u8]) -> Vec<&[u8]> {
 }
 
 async fn serve(mut sock: TcpStream, id: u32, state: Arc<Mutex<State>>) {
-    let Some((database, user)) = startup(&mut sock).await else { return };
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+    let Some((database, user)) = startup(&mut sock).await else { return };
+    if database.is_empty() && user.is_empty() {
+        lock().events.push("cancel"); // a CancelRequest: the connection ends with nothing said
+        return;
+    }
     let mut out = Vec::new();
     if lock().refused.contains(&user) {
         lock().refusals += 1;
@@ -186,10 +204,27 @@ async fn serve(mut sock: TcpStream, id: u32, state: Arc<Mutex<State>>) {
             }
             answer(&mut st, &batch, id, probe)
         };
+        let reset = split_frames(&batch).as_slice() == [query_frame("RESET ALL").as_slice()];
+        let delay = lock().reset_delay.filter(|_| reset);
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         if sock.write_all(&reply).await.is_err() || close {
             return;
         }
+        if reset {
+            lock().events.push("reset answered");
+        }
     }
+}
+
+/// A Query frame holding `sql`.
+fn query_frame(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    let mut out = Vec::new();
+    be::frame(&mut out, b'Q', &body);
+    out
 }
 
 /// Decides the reply to one batch: built in, scripted, or an error for the unexpected.
@@ -246,6 +281,8 @@ fn builtin_query(batch: &[u8], id: u32, replica: bool) -> Option<Vec<u8>> {
         be::frame(&mut out, b'I', b"");
     } else if ["DISCARD ALL", "ROLLBACK"].contains(&sql.as_str()) {
         be::command_complete(&mut out, &sql);
+    } else if sql == "RESET ALL" {
+        be::command_complete(&mut out, "RESET");
     } else if sql.starts_with("SET ") {
         be::command_complete(&mut out, "SET");
     } else {
@@ -255,7 +292,8 @@ fn builtin_query(batch: &[u8], id: u32, replica: bool) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Reads the startup packet (refusing SSL/GSS encryption first); returns its database and user.
+/// Reads the startup packet (refusing SSL/GSS encryption first); returns its database and user,
+/// both empty for a CancelRequest.
 async fn startup(sock: &mut TcpStream) -> Option<(String, String)> {
     loop {
         let mut len = [0u8; 4];
@@ -267,6 +305,9 @@ async fn startup(sock: &mut TcpStream) -> Option<(String, String)> {
         if code == 80_877_103 || code == 80_877_104 {
             sock.write_all(b"N").await.ok()?;
             continue;
+        }
+        if code == 80_877_102 {
+            return Some((String::new(), String::new()));
         }
         let fields: Vec<&[u8]> = body[4..].split(|&b| b == 0).collect();
         let field = |name: &[u8]| {
