@@ -1,8 +1,8 @@
 //! A client's settings stay its own where tracking them is hardest, against real PostgreSQL with
 //! clients sharing one server connection: a SET made permanent inside a request or transaction
 //! that then fails or rolls back, the role spelled as a setting, a settings replay the server
-//! rejects, `pgshift.route`, and state no reset undoes (dblink connections, the random seed, a
-//! loaded library).
+//! rejects, `pgshift.route`, state no reset undoes (dblink connections, the random seed, a
+//! loaded library), and a search path that lets a user's function pass for a built-in.
 
 mod common;
 
@@ -206,4 +206,26 @@ async fn an_extensions_function_name_is_not_taken_for_a_builtin() {
     let b = common::connect(port, "app", "app", "app").await;
     scalar(&a, "select soundex('x')").await;
     assert_eq!(scalar(&b, "select current_user").await.as_deref(), Some("app"), "a user's soundex() set the role");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_standing_in_for_a_built_in_never_leaves_state_for_the_next_client() {
+    // `lower(text)` in a schema named before pg_catalog: what reads as a built-in creates a
+    // temporary table, which a RESET ALL keeps and which shadows tables for the next client.
+    common::setup_on_bed(
+        "CREATE SCHEMA IF NOT EXISTS iso_shadow; \
+         CREATE OR REPLACE FUNCTION iso_shadow.lower(text) RETURNS text LANGUAGE plpgsql AS \
+         $$ BEGIN CREATE TEMP TABLE IF NOT EXISTS iso_shadowed (v text); RETURN $1; END $$",
+    );
+    let p = proxy::with_pool(1).await;
+    let port = proxy::port(&p);
+    for path in ["iso_shadow, pg_catalog", "iso_shadow, \"pg_catalog\""] {
+        let a = common::connect(port, "app", "app", "app").await;
+        a.batch_execute(&format!("SET search_path = {path}")).await.expect("A's SET");
+        assert_eq!(scalar(&a, "select lower('Abc')").await.as_deref(), Some("Abc"), "A ran its own lower");
+        drop(a);
+        let b = common::connect(port, "app", "app", "app").await;
+        let visible = scalar(&b, "select to_regclass('pg_temp.iso_shadowed') is not null").await;
+        assert_eq!(visible.as_deref(), Some("f"), "{path}: A's temporary table reached the next client");
+    }
 }

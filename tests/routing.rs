@@ -228,3 +228,22 @@ async fn lagging_replica_is_left_out_and_reads_see_own_writes() {
     direct.batch_execute("select pg_wal_replay_resume()").await.unwrap();
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_path_that_shadows_built_ins_keeps_reads_on_the_primary() {
+    // With pg_catalog named after another schema, `inet_server_port()` may be the user's own
+    // function: nothing is proven a read.
+    let bed = common::shared_bed();
+    let p = shared_proxy().await;
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    c.batch_execute("SET search_path = public, pg_catalog").await.expect("SET");
+    for _ in 0..4 {
+        assert_eq!(port_of(&c, "select inet_server_port()").await, bed.primary_port);
+    }
+    c.batch_execute("SET search_path = pg_catalog, public").await.expect("SET");
+    let mut ports = std::collections::HashSet::new();
+    for _ in 0..4 {
+        ports.insert(port_of(&c, "select inet_server_port()").await);
+    }
+    assert!(!ports.contains(&bed.primary_port), "pg_catalog first: reads go to the replicas again");
+}

@@ -51,6 +51,9 @@ impl Session {
             conn.holder_listed = true;
             self.shared.sessions.list_server(conn.cancel.key.0, &conn.holder);
         }
+        if self.state.shadows_builtins() {
+            conn.taint(crate::server::Residue::Unknown); // a "built-in" call may be the user's own
+        }
         if !diff.is_empty() {
             conn.state.settings = self.state.settings.clone();
             if self.state.settings.contains_key("seed") {

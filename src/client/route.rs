@@ -210,6 +210,9 @@ impl Session {
         // A pinned client keeps the server it lands on: that must be one that takes writes.
         let decision = if self.state.pinned {
             Decision { target: Target::Primary, reason: "pinned" }
+        } else if self.state.shadows_builtins() {
+            // What reads as a built-in may be the user's function: nothing is proven a read.
+            Decision { target: Target::Primary, reason: "search_path" }
         } else {
             decide(&rt, self.state.route, &classes)
         };

@@ -86,6 +86,12 @@ pub struct WriteMarks {
 }
 
 impl ClientState {
+    /// Whether the client's search path lets a user's function take a built-in's name (see
+    /// [`crate::router::search_path_shadows`]).
+    pub fn shadows_builtins(&self) -> bool {
+        self.settings.get("search_path").is_some_and(|v| crate::router::search_path_shadows(v))
+    }
+
     /// The client's write marks (all clear if it never wrote).
     pub fn writes(&self) -> WriteMarks {
         self.writes.as_deref().copied().unwrap_or_default()

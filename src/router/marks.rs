@@ -37,3 +37,28 @@ pub(super) fn names_pg_settings(sql: &str) -> bool {
 pub(super) fn pg_settings_at(b: &[u8], i: usize) -> bool {
     b.get(i..i + 11).is_some_and(|w| w.eq_ignore_ascii_case(b"pg_settings"))
 }
+
+/// Whether a `search_path` value (SQL text, or a startup parameter's literal) may put a schema
+/// ahead of `pg_catalog`. Named after another entry, `pg_catalog` is searched there, not first,
+/// so a user's function can take a built-in's name (`lower(text)`) and run where pgshift reads a
+/// built-in. Any escape or Unicode spelling counts as yes. Allocates nothing: it runs as a
+/// client's transaction is routed.
+pub fn search_path_shadows(value: &str) -> bool {
+    let b = value.as_bytes();
+    if b.contains(&b'\\') || b.windows(2).any(|w| w[0].eq_ignore_ascii_case(&b'u') && w[1] == b'&') {
+        return true;
+    }
+    let Some(comma) = memchr::memchr(b',', b) else {
+        return false;
+    };
+    // `p` occurs once in the name, so a mismatch restarts the match at the current byte.
+    const NAME: &[u8] = b"pg_catalog";
+    let mut matched = 0;
+    for c in b[comma..].iter().filter(|c| !matches!(c, b'\'' | b'"')).map(u8::to_ascii_lowercase) {
+        matched = if c == NAME[matched] { matched + 1 } else { usize::from(c == NAME[0]) };
+        if matched == NAME.len() {
+            return true;
+        }
+    }
+    false
+}

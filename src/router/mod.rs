@@ -8,6 +8,7 @@ mod functions;
 mod keywords;
 mod lexer;
 mod marks;
+pub use marks::search_path_shadows;
 mod plain;
 #[cfg(test)]
 mod purity_tests;

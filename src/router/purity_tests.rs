@@ -108,3 +108,23 @@ fn writes_to_pg_settings_are_sets_in_disguise_and_pin() {
     // Reading the view changes nothing.
     assert!(pure("select name, setting from pg_settings where name = 'search_path'"));
 }
+
+#[test]
+fn a_search_path_naming_pg_catalog_after_another_schema_is_not() {
+    for sql in [
+        "set search_path = evil, pg_catalog",
+        "set local search_path = evil, pg_catalog",
+        "set search_path to \"$user\", public, PG_CATALOG",
+        "set search_path = evil, E'pg_c\\141talog'",
+        "set search_path = 'evil', 'pg_catalog'",
+        "select set_config('search_path', 'evil, pg_catalog', true)",
+        "select set_config('search_path', 'pg_catalog', true)",
+    ] {
+        assert!(!pure(sql), "should not be pure: {sql}");
+    }
+    for sql in ["set search_path = pg_catalog, evil", "set search_path = evil, public", "set local search_path = x"] {
+        assert!(pure(sql), "should be pure: {sql}");
+    }
+    assert!(super::search_path_shadows("'evil,pg_catalog'"), "a startup parameter's literal");
+    assert!(!super::search_path_shadows("'pg_catalog,evil'"));
+}

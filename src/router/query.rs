@@ -406,6 +406,9 @@ fn set_config_scan(cur: &mut Cursor) -> (Option<&'static str>, bool) {
                 inner_pin = inner_pin.or(Some("standard_conforming_strings"));
             } else if name.is_some_and(|n| n.eq_ignore_ascii_case("client_encoding")) {
                 inner_pin = inner_pin.or(Some("client_encoding"));
+            } else if name.is_some_and(|n| n.eq_ignore_ascii_case("search_path")) {
+                // Even for one transaction: it may let a user's function pass for a built-in.
+                inner_pin = inner_pin.or(Some("set_config"));
             }
         }
         if arg == 2 {

@@ -149,6 +149,13 @@ fn set(cur: &mut Cursor) -> Statement {
     {
         return session(SessionEffect::Pin("client_encoding"));
     }
+    // A search path naming pg_catalog after another schema lets a user's function stand in for
+    // a built-in that pgshift reads as harmless: the server is reset after whatever ran with it.
+    if matches!(&effect, SessionEffect::Set { name, value } if name == "search_path" && super::marks::search_path_shadows(value))
+    {
+        let effect = if local { SessionEffect::None } else { effect };
+        return Statement::primary(reasons::SESSION, StatementKind::Other).with_session(effect);
+    }
     if local && !matches!(&effect, SessionEffect::Pin("setseed")) {
         // Lasts until the transaction ends: nothing for the next client to see.
         return session(SessionEffect::None).proven_pure();
