@@ -83,6 +83,32 @@ async fn a_statement_parsed_under_a_setting_for_one_transaction_never_answers_fo
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_setting_for_one_transaction_costs_prepared_statements_no_reset() {
+    // The row-level security pattern: a tenant set for the transaction, then prepared
+    // statements. A custom setting changes no parse, so the server is not reset after.
+    let p = proxy::with_pool(1).await;
+    let port = proxy::port(&p);
+    let a = common::connect(port, "app", "app", "app").await;
+    let resets = || {
+        p.shared
+            .pools
+            .all()
+            .iter()
+            .map(|pool| pool.stats.resets.load(std::sync::atomic::Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let before = resets();
+    for tenant in ["1", "2", "3"] {
+        a.batch_execute(&format!("BEGIN; SET LOCAL app.tenant = '{tenant}'")).await.unwrap();
+        let sql = "select current_setting('app.tenant') /* tenant */";
+        assert_eq!(prepared_text(&a, sql).await.unwrap(), tenant);
+        a.batch_execute("SELECT set_config('app.other', 'x', true)").await.unwrap();
+        a.batch_execute("COMMIT").await.unwrap();
+    }
+    assert_eq!(resets(), before, "a transaction-local custom setting sent the server through a reset");
+}
+
 /// A config with two roles, `app` and `iso_prober` (password `low`), one server connection each.
 fn two_roles() -> pgshift::config::Config {
     let port = common::shared_bed().primary_port;

@@ -117,7 +117,9 @@ pub struct Statement {
     /// DO/CALL/DDL/COPY, nothing the classifier was unsure of. A server that ran anything else
     /// is reset before another client gets it.
     pub pure: bool,
-    /// Calls `set_config`, which may change a setting for the rest of the transaction.
+    /// Calls `set_config` of a built-in setting, which may change how statements parsed later in
+    /// the transaction read (TimeZone, DateStyle, the search path); custom settings
+    /// (`app.tenant`) change no parse and do not count.
     pub sets_config: bool,
 }
 

@@ -278,11 +278,11 @@ impl<'c> Scan<'c> {
                 false
             }
             SessionCall::SetConfig => {
-                self.sets_config = true;
                 // set_config(name, value, true) lasts for the transaction only; its arguments
                 // are not scanned for calls here, so only literals and parameters keep it pure.
                 let builtin = name.qualifier().is_none_or(|q| q == b"pg_catalog");
-                let (pin, calls) = set_config_scan(cur);
+                let SetConfigScan { pin, calls, custom } = set_config_scan(cur);
+                self.sets_config |= !custom;
                 if let Some(pin) = pin {
                     self.pin(pin);
                 }
@@ -370,21 +370,32 @@ impl<'c> Scan<'c> {
 /// third argument is literally true (transaction-local). Also spots advisory locks
 /// nested in the arguments.
 pub(super) fn set_config_pin(cur: &mut Cursor) -> Option<&'static str> {
-    set_config_scan(cur).0
+    set_config_scan(cur).pin
 }
 
-/// [`set_config_pin`], and whether the arguments contain anything that may be a call (a `(`
-/// after a name).
-fn set_config_scan(cur: &mut Cursor) -> (Option<&'static str>, bool) {
+/// What a `set_config(...)` argument list does.
+struct SetConfigScan {
+    /// Why it pins, if it does.
+    pin: Option<&'static str>,
+    /// The arguments may call a function.
+    calls: bool,
+    /// The setting is named by one plain literal with a dot: a custom setting (`app.tenant`),
+    /// which changes nothing in how PostgreSQL parses statements.
+    custom: bool,
+}
+
+/// [`set_config_pin`], whether the arguments contain anything that may be a call (a `(` after a
+/// name), and whether the setting is a custom one.
+fn set_config_scan(cur: &mut Cursor) -> SetConfigScan {
     if !cur.peek().is_some_and(|t| t.kind == TokenKind::LParen) {
-        return (Some("set_config"), true);
+        return SetConfigScan { pin: Some("set_config"), calls: true, custom: false };
     }
     cur.advance();
     let inside = cur.depth();
     let (mut arg, mut third_len, mut local, mut inner_pin, mut calls) = (0u32, 0u32, false, None, false);
     // The setting's name: one plain string literal other than 'seed' (the random seed outlives
     // any reset, even set transaction-locally); anything else may spell it.
-    let (mut first_len, mut named_plainly) = (0u32, false);
+    let (mut first_len, mut named_plainly, mut custom) = (0u32, false, false);
     while let Some(t) = cur.peek() {
         if t.kind == TokenKind::RParen && cur.depth() == inside {
             cur.advance();
@@ -402,6 +413,7 @@ fn set_config_scan(cur: &mut Cursor) -> (Option<&'static str>, bool) {
                 t.kind == TokenKind::String && text.first() == Some(&b'\'') && !text.eq_ignore_ascii_case(b"'seed'");
             let name = text.strip_prefix(b"'").and_then(|n| n.strip_suffix(b"'"));
             let name = name.and_then(|n| std::str::from_utf8(n).ok());
+            custom = name.is_some_and(|n| n.contains('.'));
             if name.is_some_and(super::session::splits_strings) {
                 inner_pin = inner_pin.or(Some("standard_conforming_strings"));
             } else if name.is_some_and(|n| n.eq_ignore_ascii_case("client_encoding")) {
@@ -426,13 +438,13 @@ fn set_config_scan(cur: &mut Cursor) -> (Option<&'static str>, bool) {
         calls |= t.kind == TokenKind::DoubleColon;
     }
     if let Some(pin) = inner_pin {
-        return (Some(pin), true);
+        return SetConfigScan { pin: Some(pin), calls: true, custom: false };
     }
     if !(first_len == 1 && named_plainly) {
-        return (Some("setseed"), calls);
+        return SetConfigScan { pin: Some("setseed"), calls, custom: false };
     }
     let transaction_local = arg == 2 && third_len == 1 && local;
-    ((!transaction_local).then_some("set_config"), calls)
+    SetConfigScan { pin: (!transaction_local).then_some("set_config"), calls, custom }
 }
 
 /// What `t` does to the session if it is the name of a call (a `(` follows), else nothing.

@@ -156,8 +156,15 @@ fn set(cur: &mut Cursor) -> Statement {
         let effect = if local { SessionEffect::None } else { effect };
         return Statement::primary(reasons::SESSION, StatementKind::Other).with_session(effect);
     }
+    if local && matches!(&effect, SessionEffect::Set { name, .. } | SessionEffect::Reset { name } if name.contains('.'))
+    {
+        // A custom setting (`app.tenant`) for the transaction: transaction state, which changes
+        // nothing in how PostgreSQL parses statements.
+        return tx(TxControl::None);
+    }
     if local && !matches!(&effect, SessionEffect::Pin("setseed")) {
-        // Lasts until the transaction ends: nothing for the next client to see.
+        // Lasts until the transaction ends: nothing for the next client to see (a built-in
+        // setting may still change how statements parsed in this transaction read).
         return session(SessionEffect::None).proven_pure();
     }
     session(effect)
