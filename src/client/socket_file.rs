@@ -68,10 +68,15 @@ pub fn bind(path: &Path, mode: u32) -> io::Result<(UnixListener, SocketFile)> {
 /// `path`, so a client connecting at any moment finds one of the two listening. The old
 /// process's socket keeps the clients already queued on it, and its own removal at exit leaves
 /// this file alone (the identity check in [`SocketFile::remove`]).
+///
+/// The temporary name is random, not our pid: the directory may be world-writable
+/// (`/tmp`, with the sticky bit), where another user could plant files at predictable names that
+/// this process cannot remove, and so make every upgrade fail to bind.
 pub fn bind_replacing(path: &Path, mode: u32) -> io::Result<(UnixListener, SocketFile)> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.upgrade-{}", std::process::id()));
-    let _ = std::fs::remove_file(&temp);
+    // 48 random bits, and no longer than the pid-named temporary it replaces (paths are bounded).
+    let nonce = rand::random::<u64>() >> 16;
+    let temp = path.with_file_name(format!(".{name}.up-{nonce:012x}"));
     let listener = UnixListener::bind(&temp)?;
     let placed = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))
         .and_then(|()| std::fs::rename(&temp, path))
