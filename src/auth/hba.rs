@@ -127,7 +127,9 @@ impl Rule {
             Name::All => true,
             Name::SameUser => database == user,
             Name::Replication => false, // replication connections are refused before this check
-            Name::Exact(n) => n == database,
+            // The console answers to two names: a line for either covers both, so that a
+            // rule keeping `pgbouncer` off the network is not walked around as `pgshift`.
+            Name::Exact(n) => n == database || (is_console(n) && is_console(database)),
         });
         let usr = self.users.iter().any(|u| match u {
             Name::All => true,
@@ -136,6 +138,11 @@ impl Rule {
         });
         conn && db && usr && address_matches(&self.address, peer)
     }
+}
+
+/// True for the admin console's database names (`pgbouncer`, `pgshift`).
+fn is_console(database: &str) -> bool {
+    crate::client::handshake::CONSOLE_DATABASES.contains(&database)
 }
 
 /// A `local` line's address is `All`; a Unix-socket client (`None`) matches only that.
