@@ -44,3 +44,48 @@ async fn an_hba_line_for_one_console_name_covers_the_other() {
         common::connect(port, "app", "app", "app").await;
     }
 }
+
+/// A database client must not steer the fleet. With `[fleet] store` left to its defaults the
+/// control table lives on the primary, owned by the first `[auth]` user with a password: the
+/// same role applications log in as through pgshift. Such a client can then UPDATE
+/// `pgshift.fleet_state` and every instance applies the new phase (`apply_shared` takes any
+/// newer version as is), bypassing the admin token, the fence and the phase-transition checks.
+/// Ignored: the fix is a design change (a dedicated store role that clients cannot use, or a
+/// state authenticated with a fleet secret), too large for a minimal patch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open: a client of the store role can forge the fleet's migration state"]
+async fn a_database_client_cannot_forge_the_fleet_state() {
+    let bed = common::shared_bed();
+    let state = common::TempDir::new("hl-fleet");
+    let name = format!("t{}-forge", std::process::id());
+    let mut cfg = proxy::config(bed.primary_port, &[]);
+    cfg.fleet = pgshift::config::FleetConfig { id: 1, name: name.clone(), ..Default::default() };
+    cfg.migration = Some(pgshift::config::MigrationConfig {
+        state_file: state.join("state.json").display().to_string(),
+        target: pgshift::config::BackendConfig { host: "127.0.0.1".into(), port: bed.target_port },
+        sync: pgshift::config::SyncChoice::Statement,
+        ..Default::default()
+    });
+    let p = proxy::start(cfg).await;
+    let client = common::connect(proxy::port(&p), "app", "app", "app").await;
+    let version = "select version from pgshift.fleet_state where fleet = $1";
+    let seeded = loop {
+        if let Ok(Some(row)) = client.query_opt(version, &[&name]).await {
+            break row.get::<_, i64>(0);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let forge = "update pgshift.fleet_state set state = jsonb_set(state, '{phase}', '\"cutover\"'), \
+                 version = version + 1 where fleet = $1";
+    client.execute(forge, &[&name]).await.unwrap();
+    client.execute("select pg_notify('pgshift_fleet', $1)", &[&name]).await.unwrap();
+    // Until the instance has read the forged row (it records the version it applied) or moved.
+    for _ in 0..400 {
+        let applied = p.shared.fleet.applied.load(std::sync::atomic::Ordering::Acquire);
+        if applied > seeded as u64 || p.shared.migration.phase() != pgshift::migration::Phase::Off {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(p.shared.migration.phase(), pgshift::migration::Phase::Off, "a database client moved the fleet");
+}
