@@ -188,6 +188,12 @@ fn unix_socket_settings() {
     let all = Config::from_toml(&bad).unwrap_err().0.join("\n");
     assert!(all.contains("unix_socket_mode = \"0778\" is not an octal file mode"), "{all}");
     assert!(all.contains("unix_socket_dir") && all.contains("too long"), "{all}");
+    // An 88-byte socket path fits, but not the 105-byte name an upgrade binds beside it.
+    let near = format!("[proxy]\nunix_socket_dir = \"/{}\"\n{MINIMAL}", "d".repeat(73));
+    let c = Config::from_toml(&near);
+    assert!(c.is_err_and(|e| e.0.join("\n").contains("binary upgrades bind beside it")));
+    let fits = format!("[proxy]\nunix_socket_dir = \"/{}\"\n{MINIMAL}", "d".repeat(69));
+    assert!(Config::from_toml(&fits).is_ok(), "an 84-byte socket path fits");
 }
 
 #[test]

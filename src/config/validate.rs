@@ -201,13 +201,18 @@ impl Config {
         // Port 0 (any free port) is known only once bound: count its longest spelling.
         let port = p.listen.parse::<std::net::SocketAddr>().map_or(0, |a| a.port());
         let port = if port == 0 { u16::MAX } else { port };
-        // 108 bytes for sun_path on Linux, its terminating NUL included (104 on the BSDs).
+        // 108 bytes for sun_path on Linux, its terminating NUL included (104 on the BSDs). A
+        // binary upgrade binds beside the socket under a name 17 bytes longer (`.NAME.up-` and 12
+        // hex digits, client::socket_file), which must fit too.
+        const UPGRADE_NAME_EXTRA: usize = 17;
         if let Some(path) = p.unix_socket_path(port) {
-            if path.as_os_str().len() > 103 {
+            if path.as_os_str().len() + UPGRADE_NAME_EXTRA > 103 {
                 problems.push(format!(
-                    "[proxy] unix_socket_dir = {:?} is too long: the socket path {} must be at most 103 bytes",
+                    "[proxy] unix_socket_dir = {:?} is too long: the socket path {} must be at most {} bytes \
+                     (binary upgrades bind beside it under a name {UPGRADE_NAME_EXTRA} bytes longer)",
                     p.unix_socket_dir,
-                    path.display()
+                    path.display(),
+                    103 - UPGRADE_NAME_EXTRA
                 ));
             }
         }
