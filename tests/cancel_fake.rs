@@ -12,13 +12,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_never_lands_on_the_settings_replay() {
     let fake = FakePg::start().await;
-    let mut cfg = proxy::config(fake.port, &[]);
-    cfg.proxy.default_pool_size = 1;
-    cfg.routing.role_discovery = false;
-    cfg.routing.read_write_split = false;
-    cfg.admin.listen = String::new();
-    let p = proxy::start(cfg).await;
-    proxy::wait_healthy(&p).await;
+    let p = proxy::in_front_of_fake(fake.port).await;
     let port = proxy::port(&p);
 
     // A leaves a setting on the one server connection: the next client's request starts with

@@ -4,20 +4,7 @@
 
 mod common;
 
-use common::{proxy, scalar};
-
-/// Makes the role `iso_low` the role tests switch to (idempotent).
-const MAKE_ISO_LOW: &str = "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iso_low') THEN \
-     CREATE ROLE iso_low; END IF; END $$";
-
-/// A client with extra startup options (`-c name=value`).
-async fn connect_with_options(port: u16, options: &str) -> tokio_postgres::Client {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1").port(port).user("app").password("app").dbname("app").options(options);
-    let (client, connection) = cfg.connect(tokio_postgres::NoTls).await.expect("connect with options");
-    tokio::spawn(connection);
-    client
-}
+use common::{connect_with_options, proxy, scalar, MAKE_ISO_LOW};
 
 /// A role asked for in the startup packet (`-c role=x`, `-c session_authorization=x`) is replayed
 /// as `SET role TO 'x'` on the pooled server; RESET ALL leaves it, so without care the next
@@ -129,15 +116,7 @@ fn tls_config() -> pgshift::config::Config {
 /// Opens direct TLS to the proxy and sends a startup packet for app/app.
 async fn tls_startup(addr: std::net::SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use tokio::io::AsyncWriteExt;
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(common::repo_root().join("certs/ca.crt")).unwrap();
-    roots.add(rustls_pemfile::certs(&mut pem.as_slice()).next().unwrap().unwrap()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut cfg = common::rustls_client_config(&common::repo_root().join("certs/ca.crt"));
     cfg.alpn_protocols = vec![b"postgresql".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

@@ -6,20 +6,7 @@
 
 mod common;
 
-use common::{proxy, scalar};
-
-/// Makes the role `iso_low` the role tests switch to (idempotent).
-const MAKE_ISO_LOW: &str = "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iso_low') THEN \
-     CREATE ROLE iso_low; END IF; END $$";
-
-/// A client with extra startup options (`-c name=value`).
-async fn connect_with_options(port: u16, options: &str) -> tokio_postgres::Client {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1").port(port).user("app").password("app").dbname("app").options(options);
-    let (client, connection) = cfg.connect(tokio_postgres::NoTls).await.expect("connect with options");
-    tokio::spawn(connection);
-    client
-}
+use common::{connect_with_options, proxy, scalar, MAKE_ISO_LOW};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_made_permanent_before_an_error_or_rollback_never_reaches_the_next_client() {

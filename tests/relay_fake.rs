@@ -11,17 +11,10 @@ use common::{proxy, raw};
 use pgshift::proxy::Proxy;
 use tokio::net::TcpStream;
 
-/// The fake and a proxy in front of it: one server connection per pool (so the next client
-/// reuses the previous one's), no role discovery, everything to the primary, no admin port.
+/// The fake and a proxy in front of it (see [`proxy::in_front_of_fake`]).
 async fn setup() -> (FakePg, Proxy) {
     let fake = FakePg::start().await;
-    let mut cfg = proxy::config(fake.port, &[]);
-    cfg.proxy.default_pool_size = 1;
-    cfg.routing.role_discovery = false;
-    cfg.routing.read_write_split = false;
-    cfg.admin.listen = String::new();
-    let p = proxy::start(cfg).await;
-    proxy::wait_healthy(&p).await;
+    let p = proxy::in_front_of_fake(fake.port).await;
     (fake, p)
 }
 

@@ -376,20 +376,37 @@ pub fn superuser_exec(port: u16, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A tokio-postgres TLS connector that trusts the CA certificate at `ca` (the dev CA in certs/).
-pub fn rustls_connector(ca: &Path) -> tokio_postgres_rustls::MakeRustlsConnect {
+/// A rustls client config that trusts the CA certificates at `ca` (the dev CA in certs/).
+pub fn rustls_client_config(ca: &Path) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca).unwrap();
     for c in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots.add(c.unwrap()).unwrap();
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(cfg)
+        .with_no_client_auth()
+}
+
+/// A tokio-postgres TLS connector that trusts the CA certificate at `ca` (the dev CA in certs/).
+pub fn rustls_connector(ca: &Path) -> tokio_postgres_rustls::MakeRustlsConnect {
+    tokio_postgres_rustls::MakeRustlsConnect::new(rustls_client_config(ca))
+}
+
+/// Makes the role `iso_low` (no login) the role isolation tests switch to (idempotent).
+pub const MAKE_ISO_LOW: &str = "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iso_low') THEN \
+     CREATE ROLE iso_low; END IF; END $$";
+
+/// A client as app/app with extra startup options (`-c name=value`).
+pub async fn connect_with_options(port: u16, options: &str) -> tokio_postgres::Client {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1").port(port).user("app").password("app").dbname("app").options(options);
+    let (client, connection) = cfg.connect(tokio_postgres::NoTls).await.expect("connect with options");
+    tokio::spawn(connection);
+    client
 }
 
 pub mod fake_pg;

@@ -38,6 +38,20 @@ pub async fn with_pool(size: usize) -> Proxy {
     start(cfg).await
 }
 
+/// A proxy in front of a fake server (tests/common/fake_pg.rs) on `port`: one server connection
+/// per pool (so the next client reuses the previous one's), no role discovery, everything to the
+/// primary, no admin port.
+pub async fn in_front_of_fake(port: u16) -> Proxy {
+    let mut cfg = config(port, &[]);
+    cfg.proxy.default_pool_size = 1;
+    cfg.routing.role_discovery = false;
+    cfg.routing.read_write_split = false;
+    cfg.admin.listen = String::new();
+    let p = start(cfg).await;
+    wait_healthy(&p).await;
+    p
+}
+
 /// The proxy's client port.
 pub fn port(p: &Proxy) -> u16 {
     p.addr.port()
