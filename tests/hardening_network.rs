@@ -170,7 +170,10 @@ async fn scram_refuses_a_client_told_channel_binding_was_not_offered() {
     s.write_all(&out).await.unwrap();
     let (t, body) = read_msg(&mut s).await;
     if t == b'E' {
-        return; // refused at the first message: what the RFC asks
+        // Refused at the first message, as the RFC asks, with PostgreSQL's SQLSTATE for it.
+        let code = body.split(|b| *b == 0).find_map(|f| f.strip_prefix(b"C")).map(|c| c.to_vec());
+        assert_eq!(code.as_deref(), Some(&b"08P01"[..]), "{}", String::from_utf8_lossy(&body));
+        return;
     }
     assert_eq!((t, &body[..4]), (b'R', &11i32.to_be_bytes()[..]), "AuthenticationSASLContinue");
     let server_first = String::from_utf8(body[4..].to_vec()).unwrap();

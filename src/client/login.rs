@@ -75,6 +75,8 @@ pub async fn authenticate(
             let key = scram_exchange(stream, buf, secret, cbind).await.map_err(|e| match e {
                 AuthError::BadPassword => denied(),
                 AuthError::ClientLeft => ClientError::client_left_login(),
+                // A malformed or downgraded exchange: PostgreSQL's code for it too.
+                AuthError::Protocol(what) => ClientError::fatal("08P01", what),
                 other => ClientError::fatal("28000", other.to_string()),
             })?;
             let entry = entry.ok_or_else(denied)?;
