@@ -48,6 +48,7 @@ for i in $(seq 1 "$INSTANCES"); do
   start_pgshift_as "f$i" false 1 "[fleet]
 id = $i
 name = \"bench\"
+store = \"postgres://pgshift_fleet:pgshift_fleet@/app\"
 heartbeat_interval = \"$HEARTBEAT\"
 
 [migration]

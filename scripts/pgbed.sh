@@ -34,8 +34,9 @@ Commands:
   install       Install PostgreSQL 15 (apt-get) if $PGBIN/initdb is missing.
   help          This text.
 
-Roles: 'app' (password 'app', superuser, owns database 'app'; scram-sha-256)
-and 'postgres' (trust over 127.0.0.1 and the unix socket in DIR/run).
+Roles: 'app' (password 'app', superuser, owns database 'app'; scram-sha-256),
+'pgshift_fleet' (password 'pgshift_fleet', may create schemas in 'app': a fleet
+store's own role) and 'postgres' (trust over 127.0.0.1 and the unix socket in DIR/run).
 Layout: DIR/node0 = primary data dir, DIR/nodeI = replica I, DIR/logs/nodeI.log.
 Server commands run as the 'postgres' OS user (runuser as root, sudo otherwise).
 Env: PGBED_PGBIN overrides the PostgreSQL bin dir ($PGBIN).
@@ -333,6 +334,9 @@ SELECT 'CREATE ROLE app LOGIN SUPERUSER PASSWORD ''app'''
   WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app') \gexec
 SELECT 'CREATE DATABASE app OWNER app'
   WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'app') \gexec
+SELECT 'CREATE ROLE pgshift_fleet LOGIN PASSWORD ''pgshift_fleet'''
+  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgshift_fleet') \gexec
+GRANT CREATE ON DATABASE app TO pgshift_fleet;
 EOF
 
   # Existing replicas are just started; missing ones are cloned.

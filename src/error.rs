@@ -66,6 +66,15 @@ impl ClientError {
         Self::fatal("28P01", format!("password authentication failed for user \"{user}\""))
     }
 
+    /// 28000 for a client logging in as the fleet store's role (checked once it has proved who
+    /// it is, so only the role itself learns why).
+    pub fn fleet_store_role(user: &str) -> Self {
+        Self::fatal(
+            "28000",
+            format!("role \"{user}\" is reserved for pgshift's fleet control table; clients cannot log in as it"),
+        )
+    }
+
     /// 28000 for a client that no `auth_hba_file` line lets in, worded as PostgreSQL words it
     /// (`rejected`: a `reject` line matched; otherwise no line did).
     pub fn hba_refused(rejected: bool, host: &str, user: &str, database: &str, tls: bool) -> Self {

@@ -350,6 +350,11 @@ impl ServerConn {
     /// Runs a simple query on the proxy's own behalf and waits for ReadyForQuery; returns the
     /// first ErrorResponse's message if any. Used for resets, probes and setting replay.
     pub async fn run_internal(&mut self, sql: &str) -> Result<Option<String>, ServerError> {
+        Ok(self.run_internal_coded(sql).await?.map(|(_, message)| message))
+    }
+
+    /// [`Self::run_internal`], returning the first error's SQLSTATE with its message.
+    pub async fn run_internal_coded(&mut self, sql: &str) -> Result<Option<(String, String)>, ServerError> {
         let mut q = BytesMut::new();
         messages::put_query(&mut q, sql);
         self.stream.write_all(&q).await?;
@@ -362,7 +367,9 @@ impl ServerConn {
                     if e.is_fatal() {
                         self.broken = true;
                     }
-                    error.get_or_insert_with(|| String::from_utf8_lossy(e.message).into_owned());
+                    error.get_or_insert_with(|| {
+                        (String::from_utf8_lossy(e.code).into_owned(), String::from_utf8_lossy(e.message).into_owned())
+                    });
                 }
                 tag::READY_FOR_QUERY => {
                     let status =

@@ -117,6 +117,12 @@ impl Runtime {
             users.inherit_learned(&p.users);
         }
         crate::backup::check(&config, &users, &mut problems);
+        // auth_file users are known only now; [[auth.users]] were checked with the config.
+        if let Some(p) = config.fleet.store_role_problem(|r| users.get(r).is_some()) {
+            if !problems.contains(&p) {
+                problems.push(p);
+            }
+        }
         let reuse = |role: Role, address: String, name: String| -> Arc<Backend> {
             let old = previous.into_iter().flat_map(|p| p.targets.iter());
             old.clone()

@@ -25,7 +25,7 @@ fn fleet_config(port: u16, id: u16, peers: &[(u16, u16)]) -> pgshift::config::Co
     let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
     cfg.proxy.listen = format!("127.0.0.1:{port}");
     let peers = peers.iter().map(|&(id, p)| FleetPeer { id, address: format!("127.0.0.1:{p}") }).collect();
-    cfg.fleet = FleetConfig { id, peers, ..Default::default() };
+    cfg.fleet = FleetConfig { id, peers, store: common::FLEET_STORE.into(), ..Default::default() };
     cfg
 }
 

@@ -27,7 +27,7 @@ fn fleet_name(test: &str) -> String {
 fn config(name: &str, id: u16, state: &common::TempDir) -> pgshift::config::Config {
     let bed = common::shared_bed();
     let mut cfg = proxy::config(bed.primary_port, &[]);
-    cfg.fleet = FleetConfig { id, name: name.into(), ..Default::default() };
+    cfg.fleet = FleetConfig { id, name: name.into(), store: common::FLEET_STORE.into(), ..Default::default() };
     cfg.migration = Some(MigrationConfig {
         state_file: state.join(format!("state-{id}.json")).display().to_string(),
         target: pgshift::config::BackendConfig { host: "127.0.0.1".into(), port: bed.target_port },
@@ -125,13 +125,13 @@ async fn a_change_while_another_instance_holds_the_lock_is_refused() {
     let fleet = three(&name, &state).await;
     // Hold the fleet's change lock as an instance in the middle of a change would.
     let bed = common::shared_bed();
-    let holder = common::connect(bed.primary_port, "app", "app", "app").await;
-    holder.query_one("select pg_advisory_lock(hashtext('pgshift.fleet:' || $1))", &[&name]).await.unwrap();
+    let holder = common::connect(bed.primary_port, "pgshift_fleet", "pgshift_fleet", "app").await;
+    holder.batch_execute("begin; lock table pgshift.fleet_change_lock in share row exclusive mode").await.unwrap();
     let (code, body) = change(&fleet[1], r#"{"phase":"dual_write"}"#).await;
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("another instance"), "{body}");
     assert!(fleet.iter().all(|p| p.shared.migration.phase() == Phase::Off), "nothing changed anywhere");
-    holder.query_one("select pg_advisory_unlock(hashtext('pgshift.fleet:' || $1))", &[&name]).await.unwrap();
+    holder.batch_execute("rollback").await.unwrap();
     let (code, body) = change(&fleet[1], r#"{"phase":"dual_write"}"#).await;
     assert_eq!(code, 200, "{body}");
     in_force(&fleet, Phase::DualWrite, 0).await;
@@ -157,8 +157,9 @@ fn spawn_binary(name: &str, id: u16, dir: &common::TempDir, extra: &str) -> (Pro
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\ndefault_pool_size = 5\n\
          [auth]\n[[auth.users]]\nname = \"app\"\npassword = \"app\"\n\
          [primary]\nhost = \"127.0.0.1\"\nport = {}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n\
-         [fleet]\nid = {id}\nname = \"{name}\"\n{extra}\n",
-        bed.primary_port
+         [fleet]\nid = {id}\nname = \"{name}\"\nstore = \"{}\"\n{extra}\n",
+        bed.primary_port,
+        common::FLEET_STORE
     );
     let path = dir.join(format!("proxy-{id}.toml"));
     std::fs::write(&path, text).unwrap();

@@ -45,23 +45,36 @@ async fn an_hba_line_for_one_console_name_covers_the_other() {
     }
 }
 
-/// A database client must not steer the fleet. With `[fleet] store` left to its defaults the
-/// control table lives on the primary, owned by the first `[auth]` user with a password: the
-/// same role applications log in as through pgshift. Such a client can then UPDATE
-/// `pgshift.fleet_state` and every instance applies the new phase (`apply_shared` takes any
-/// newer version as is), bypassing the admin token, the fence and the phase-transition checks.
-/// Ignored: with the defaults this holds; the operator guide says to give the store a role of
-/// its own and pgshift warns at start when the store's role is an `[auth]` user. Closing it for
-/// the defaults too (refusing that fallback, or a state authenticated with a fleet secret)
-/// changes documented defaults.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: a client of the store role can forge the fleet's migration state"]
-async fn a_database_client_cannot_forge_the_fleet_state() {
+/// The admin token of `proxy::config`.
+const TOKEN: &str = "test-token";
+
+/// A role for the fleet tests' clients: logs in, is no superuser (a superuser can write any table).
+const MAKE_FLEET_CLIENT: &str = "DO $$ BEGIN CREATE ROLE fleet_client LOGIN PASSWORD 'fleet_client'; \
+     EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$";
+
+/// A proxy in fleet `name` (store: the bed's primary as its own role) with a statement-mode
+/// migration, whose clients log in as app or fleet_client.
+async fn fleet_member(
+    name: &str,
+    state: &common::TempDir,
+    extra_hba: Option<&std::path::Path>,
+) -> pgshift::proxy::Proxy {
     let bed = common::shared_bed();
-    let state = common::TempDir::new("hl-fleet");
-    let name = format!("t{}-forge", std::process::id());
     let mut cfg = proxy::config(bed.primary_port, &[]);
-    cfg.fleet = pgshift::config::FleetConfig { id: 1, name: name.clone(), ..Default::default() };
+    cfg.auth.users.push(pgshift::config::UserConfig {
+        name: "fleet_client".into(),
+        password: Some("fleet_client".into()),
+        ..Default::default()
+    });
+    if let Some(hba) = extra_hba {
+        cfg.auth.auth_hba_file = hba.display().to_string();
+    }
+    cfg.fleet = pgshift::config::FleetConfig {
+        id: 1,
+        name: name.into(),
+        store: common::FLEET_STORE.into(),
+        ..Default::default()
+    };
     cfg.migration = Some(pgshift::config::MigrationConfig {
         state_file: state.join("state.json").display().to_string(),
         target: pgshift::config::BackendConfig { host: "127.0.0.1".into(), port: bed.target_port },
@@ -69,25 +82,120 @@ async fn a_database_client_cannot_forge_the_fleet_state() {
         ..Default::default()
     });
     let p = proxy::start(cfg).await;
-    let client = common::connect(proxy::port(&p), "app", "app", "app").await;
-    let version = "select version from pgshift.fleet_state where fleet = $1";
-    let seeded = loop {
-        if let Ok(Some(row)) = client.query_opt(version, &[&name]).await {
-            break row.get::<_, i64>(0);
+    for _ in 0..400 {
+        if p.shared.fleet.applied.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return p;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    }
+    panic!("the fleet state was never seeded: {:?}", p.shared.fleet.status(&p.shared).store_error);
+}
+
+/// A database client must not steer the fleet. The control table belongs to the store's role,
+/// so a client of any other role cannot rewrite the phase (which every instance would apply,
+/// bypassing the admin token and the fence). Nor can it hold the fleet's change lock: advisory
+/// locks (which any client of the database can take, refusing every phase change, a rollback
+/// included, with 409) are not used, and the locks a client can take on the store's tables
+/// without privileges (`pg_relation_size` by oid) do not conflict with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_client_cannot_forge_the_fleet_state_or_block_its_changes() {
+    let bed = common::shared_bed();
+    common::superuser_exec(bed.primary_port, MAKE_FLEET_CLIENT);
+    let state = common::TempDir::new("hl-fleet");
+    let name = format!("t{}-forge", std::process::id());
+    let p = fleet_member(&name, &state, None).await;
+    let client = common::connect(proxy::port(&p), "fleet_client", "fleet_client", "app").await;
     let forge = "update pgshift.fleet_state set state = jsonb_set(state, '{phase}', '\"cutover\"'), \
                  version = version + 1 where fleet = $1";
-    client.execute(forge, &[&name]).await.unwrap();
-    client.execute("select pg_notify('pgshift_fleet', $1)", &[&name]).await.unwrap();
-    // Until the instance has read the forged row (it records the version it applied) or moved.
-    for _ in 0..400 {
-        let applied = p.shared.fleet.applied.load(std::sync::atomic::Ordering::Acquire);
-        if applied > seeded as u64 || p.shared.migration.phase() != pgshift::migration::Phase::Off {
+    let err = client.execute(forge, &[&name]).await.expect_err("a client rewrote the fleet's state");
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+    // The same role straight to PostgreSQL, holding what it can for as long as the changes run.
+    let direct = common::connect(bed.primary_port, "fleet_client", "fleet_client", "app").await;
+    for key in [format!("pgshift.fleet:{name}"), "pgshift.fleet schema".to_string()] {
+        direct.query_one("select pg_advisory_lock(hashtext($1))", &[&key]).await.unwrap();
+    }
+    direct.batch_execute("begin").await.unwrap();
+    let held = "select count(pg_relation_size(c.oid)) from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+                where n.nspname = 'pgshift'";
+    let tables: i64 = direct.query_one(held, &[]).await.unwrap().get(0);
+    assert!(tables >= 3, "the control tables exist ({tables})");
+    for phase in ["dual_write", "off"] {
+        let body = format!(r#"{{"phase":"{phase}"}}"#);
+        let (code, text) = proxy::admin_http(&p, "POST", "/migration/phase", Some(TOKEN), &body).await;
+        assert_eq!(code, 200, "a client's lock blocked the change to {phase}: {text}");
+    }
+    assert_eq!(p.shared.migration.phase(), pgshift::migration::Phase::Off);
+}
+
+/// Nor can a client log in through pgshift as the store's role itself (here an hba line would
+/// let it in without a password), and an `auth_file` naming that role fails at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_role_cannot_log_in_through_pgshift() {
+    let dir = common::TempDir::new("hl-fleet-role");
+    let hba = dir.join("hba.conf");
+    let rules = "host all pgshift_fleet 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
+    std::fs::write(&hba, rules).unwrap();
+    let name = format!("t{}-role", std::process::id());
+    let p = fleet_member(&name, &dir, Some(&hba)).await;
+    let got = common::try_connect(proxy::port(&p), "pgshift_fleet", "", "app").await;
+    let err = got.expect_err("the store's role logged in through pgshift");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "28000", "{db:?}");
+    assert!(db.message().contains("reserved for pgshift's fleet control table"), "{db:?}");
+    // The store's role in an auth_file is refused when the runtime is built (as at start).
+    let userlist = dir.join("userlist.txt");
+    std::fs::write(&userlist, "\"pgshift_fleet\" \"pgshift_fleet\"\n").unwrap();
+    let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
+    cfg.auth.auth_file = userlist.display().to_string();
+    cfg.fleet = pgshift::config::FleetConfig { id: 1, store: common::FLEET_STORE.into(), ..Default::default() };
+    let problems = pgshift::shared::Runtime::build(cfg, None).err().unwrap_or_default();
+    assert!(problems.iter().any(|p| p.contains("logs in as \"pgshift_fleet\"")), "{problems:?}");
+}
+
+/// A control table that another role already owns (made by an older pgshift as the
+/// application's role, or planted by a client with CREATE on the database) is refused, naming
+/// the owner, rather than used: its owner could rewrite the phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_table_owned_by_another_role_is_refused() {
+    let bed = common::shared_bed();
+    let db = format!("fleet_planted_{}", std::process::id());
+    common::superuser_exec(bed.primary_port, &format!("CREATE DATABASE {db} OWNER app"));
+    common::superuser_exec(bed.primary_port, &format!("GRANT CREATE ON DATABASE {db} TO pgshift_fleet"));
+    let planted = common::psql(
+        bed.primary_port,
+        "app",
+        "app",
+        &db,
+        "CREATE SCHEMA pgshift; CREATE TABLE pgshift.fleet_state (fleet text PRIMARY KEY, version bigint, \
+         state jsonb, fence bigint, fence_by int, changed_by int, changed_at timestamptz); \
+         GRANT USAGE ON SCHEMA pgshift TO pgshift_fleet; GRANT ALL ON pgshift.fleet_state TO pgshift_fleet",
+    );
+    assert!(planted.status.success(), "{}", String::from_utf8_lossy(&planted.stderr));
+    let dir = common::TempDir::new("hl-fleet-planted");
+    let mut cfg = proxy::config(bed.primary_port, &[]);
+    let store = format!("postgres://pgshift_fleet:pgshift_fleet@/{db}");
+    cfg.fleet = pgshift::config::FleetConfig { id: 1, name: "planted".into(), store, ..Default::default() };
+    cfg.migration = Some(pgshift::config::MigrationConfig {
+        state_file: dir.join("state.json").display().to_string(),
+        target: pgshift::config::BackendConfig { host: "127.0.0.1".into(), port: bed.target_port },
+        sync: pgshift::config::SyncChoice::Statement,
+        ..Default::default()
+    });
+    let p = proxy::start(cfg).await;
+    let mut error = None;
+    for _ in 0..200 {
+        error = p.shared.fleet.status(&p.shared).store_error;
+        if error.is_some() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(p.shared.migration.phase(), pgshift::migration::Phase::Off, "a database client moved the fleet");
+    let error = error.expect("the planted control table was used");
+    assert!(error.contains("schema pgshift belongs to app"), "{error}");
+    assert!(error.contains("pgshift.fleet_state belongs to app"), "{error}");
+    assert_eq!(p.shared.fleet.applied.load(std::sync::atomic::Ordering::Acquire), 0, "a planted state was applied");
+    let (code, _) = proxy::admin_http(&p, "POST", "/migration/phase", Some(TOKEN), r#"{"phase":"dual_write"}"#).await;
+    assert_ne!(code, 200, "a change went through a planted control table");
+    drop(p);
+    common::superuser_exec(bed.primary_port, &format!("DROP DATABASE {db} WITH (FORCE)"));
 }

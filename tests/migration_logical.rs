@@ -521,7 +521,12 @@ async fn a_fleet_behind_haproxy_cuts_over_under_load_to_identical_copies() {
     let mut fleet = Vec::new();
     for id in 1..=3u16 {
         let mut cfg = config(db, &dir.join(format!("state-{id}.json")));
-        cfg.fleet = pgshift::config::FleetConfig { id, name: name.clone(), ..Default::default() };
+        cfg.fleet = pgshift::config::FleetConfig {
+            id,
+            name: name.clone(),
+            store: common::FLEET_STORE.into(),
+            ..Default::default()
+        };
         fleet.push(proxy::start(cfg).await);
     }
     let backends: Vec<_> = fleet.iter().map(haproxy::backend).collect();

@@ -122,6 +122,9 @@ pub async fn open(shared: &Arc<Shared>, mut stream: Stream, peer: Peer) -> Resul
         Err(e) if e.is_client_left_login() => return Err(None),
         Err(e) => return fail(&mut stream, e).await,
     };
+    if rt.config.fleet.enabled() && rt.config.fleet.store_role().as_deref() == Some(user.as_str()) {
+        return fail(&mut stream, ClientError::fleet_store_role(&user)).await;
+    }
     write(&mut stream, &messages::auth_ok()).await?;
     Ok(Opening::Session(Box::new(Login { stream, rbuf: buf, user: entry, database, params, peer })))
 }

@@ -26,10 +26,10 @@ pub struct FleetConfig {
     /// Which fleet: instances with the same name share a phase and a member list; two fleets may
     /// share one store.
     pub name: String,
-    /// `postgres://user:password@host:port/dbname` of the control table's server. Every part may
-    /// be left out: the host is then the default cluster's primary (following failover), the user
-    /// `[migration] admin_user` or else the first `[auth]` user with a password, the password that
-    /// user's, the database the user's name.
+    /// `postgres://user:password@host:port/dbname` of the control table's server. The user is
+    /// required with a fleet and must be a role of the store's own, one clients never log in as
+    /// (the control table belongs to it). The host may be left out (the default cluster's
+    /// primary, following failover), and so may the database (the user's name).
     pub store: String,
     /// How often this instance writes its heartbeat and reads the shared phase.
     pub heartbeat_interval: Dur,
@@ -137,8 +137,9 @@ impl FleetConfig {
     }
 
     /// Notes every problem: ids out of range or repeated, this instance among its peers, peers
-    /// without a fleet id, addresses that are not `host:port`, too many clients for fleet keys.
-    pub fn validate(&self, max_client_conn: usize, problems: &mut Vec<String>) {
+    /// without a fleet id, addresses that are not `host:port`, too many clients for fleet keys,
+    /// a store without a role of its own (`client_roles`: the roles clients log in or run as).
+    pub fn validate(&self, max_client_conn: usize, client_roles: &[&str], problems: &mut Vec<String>) {
         if self.id > MAX_FLEET_ID {
             problems.push(format!("[fleet] id = {} must be between 1 and {MAX_FLEET_ID} (0 = no fleet)", self.id));
         }
@@ -160,6 +161,7 @@ impl FleetConfig {
             }
             return;
         }
+        problems.extend(self.store_role_problem(|r| client_roles.contains(&r)));
         if max_client_conn > MAX_FLEET_CLIENTS {
             problems.push(format!(
                 "[fleet] a fleet instance takes at most {MAX_FLEET_CLIENTS} clients; lower [proxy] max_client_conn"
@@ -193,6 +195,34 @@ fn is_host_port(s: &str) -> bool {
     name_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
+impl FleetConfig {
+    /// The role the store logs in as, when the URL names one.
+    pub fn store_role(&self) -> Option<String> {
+        StoreUrl::parse(&self.store).ok().and_then(|u| u.user)
+    }
+
+    /// The control table belongs to the store's role, so anyone logged in as it could rewrite the
+    /// fleet's migration phase or raise a fence that holds every instance: with a fleet, the store
+    /// must name a role of its own, one for which `is_client_role` is false.
+    pub fn store_role_problem(&self, is_client_role: impl Fn(&str) -> bool) -> Option<String> {
+        if !self.enabled() {
+            return None;
+        }
+        match StoreUrl::parse(&self.store).ok()?.user {
+            None => Some(
+                "[fleet] store must name a role of its own, one clients do not log in as \
+                 (store = \"postgres://pgshift_fleet:password@/dbname\"): the control table belongs to it"
+                    .into(),
+            ),
+            Some(u) if is_client_role(&u) => Some(format!(
+                "[fleet] store logs in as {u:?}, a role clients log in or run as: any of them could change the \
+                 fleet's migration phase; give the store a role of its own"
+            )),
+            Some(_) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,9 +231,12 @@ mod tests {
         FleetPeer { id, address: address.into() }
     }
 
+    /// A store URL with a role of its own.
+    const STORE: &str = "postgres://pgshift_fleet:pw@/app";
+
     fn problems(f: &FleetConfig) -> Vec<String> {
         let mut p = Vec::new();
-        f.validate(10_000, &mut p);
+        f.validate(10_000, &["app"], &mut p);
         p
     }
 
@@ -226,6 +259,7 @@ mod tests {
                 peer(3, "nope"),
                 peer(4, "e:0"),
             ],
+            store: STORE.into(),
             ..Default::default()
         };
         let p = problems(&f);
@@ -242,6 +276,7 @@ mod tests {
         let f = FleetConfig {
             id: MAX_FLEET_ID,
             peers: vec![peer(1, "10.0.0.12:6432"), peer(2, "[::1]:6432"), peer(3, "pgshift-3.pgshift.svc:6432")],
+            store: STORE.into(),
             ..Default::default()
         };
         assert!(problems(&f).is_empty(), "{:?}", problems(&f));
@@ -251,12 +286,12 @@ mod tests {
 
     #[test]
     fn out_of_range_id_peers_without_id_and_too_many_clients() {
-        let f = FleetConfig { id: MAX_FLEET_ID + 1, ..Default::default() };
+        let f = FleetConfig { id: MAX_FLEET_ID + 1, store: STORE.into(), ..Default::default() };
         assert_eq!(problems(&f).len(), 1);
         let f = FleetConfig { id: 0, peers: vec![peer(2, "b:2")], ..Default::default() };
         assert_eq!(problems(&f).len(), 1);
         let mut p = Vec::new();
-        FleetConfig { id: 1, ..Default::default() }.validate(MAX_FLEET_CLIENTS + 1, &mut p);
+        FleetConfig { id: 1, store: STORE.into(), ..Default::default() }.validate(MAX_FLEET_CLIENTS + 1, &[], &mut p);
         assert_eq!(p.len(), 1, "{p:?}");
     }
 
@@ -279,7 +314,17 @@ mod tests {
             heartbeat_timeout: Dur(std::time::Duration::from_secs(1)),
             ..Default::default()
         };
-        f.validate(10, &mut p);
+        f.validate(10, &[], &mut p);
         assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn a_fleet_store_names_a_role_clients_do_not_use() {
+        let f = |store: &str| FleetConfig { id: 1, store: store.into(), ..Default::default() };
+        assert!(problems(&f(""))[0].contains("must name a role of its own"));
+        assert!(problems(&f("postgres://db.internal/control"))[0].contains("must name a role of its own"));
+        assert!(problems(&f("postgres://app:app@db.internal/control"))[0].contains("logs in as \"app\""));
+        assert!(problems(&f(STORE)).is_empty());
+        assert!(problems(&FleetConfig { id: 0, ..Default::default() }).is_empty(), "no fleet, no store");
     }
 }

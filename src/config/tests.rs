@@ -198,7 +198,9 @@ fn unix_socket_settings() {
 
 #[test]
 fn fleet_section_and_its_environment_override() {
-    let text = format!("{MINIMAL}\n[fleet]\nid = 1\n[[fleet.peers]]\nid = 2\naddress = \"10.0.0.12:6432\"\n");
+    let text = format!(
+        "{MINIMAL}\n[fleet]\nid = 1\nstore = \"postgres://ctl:pw@/app\"\n[[fleet.peers]]\nid = 2\naddress = \"10.0.0.12:6432\"\n"
+    );
     let c = Config::from_toml_with_env(&text, env(&[("PGSHIFT_FLEET_ID", "3")])).unwrap();
     assert_eq!(c.fleet.id, 3);
     assert_eq!(c.fleet.peer(2), Some("10.0.0.12:6432"));
@@ -210,4 +212,20 @@ fn fleet_section_and_its_environment_override() {
     assert!(err.0.iter().any(|p| p.contains("fleet.bogus")), "{:?}", err.0);
     let err = Config::from_toml(&bad.replace("bogus = 1\n", "")).unwrap_err();
     assert!(err.0.iter().any(|p| p.contains("not host:port")), "{:?}", err.0);
+}
+
+/// The control table belongs to the store's role: a fleet must name one, and not a role clients
+/// log in as ([[auth.users]]) or run as (a database's forced user).
+#[test]
+fn a_fleet_store_needs_a_role_of_its_own() {
+    let fleet = |store: &str| format!("{MINIMAL}\n[fleet]\nid = 1\nstore = \"{store}\"\n");
+    let problems = |text: String| Config::from_toml(&text).err().map(|e| e.0).unwrap_or_default();
+    let none = problems(fleet(""));
+    assert!(none.iter().any(|p| p.contains("must name a role of its own")), "{none:?}");
+    let app = problems(fleet("postgres://app:app@db/app"));
+    assert!(app.iter().any(|p| p.contains("logs in as \"app\"")), "{app:?}");
+    let forced = problems(format!("{}\n[databases.x]\nuser = \"ctl\"\n", fleet("postgres://ctl:pw@/app")));
+    assert!(forced.iter().any(|p| p.contains("logs in as \"ctl\"")), "{forced:?}");
+    assert!(problems(fleet("postgres://ctl:pw@/app")).is_empty());
+    assert!(problems(MINIMAL.to_string()).is_empty(), "no fleet, no store needed");
 }

@@ -244,7 +244,9 @@ impl Config {
             problems.push("[proxy] server_connect_timeout must be above 0".into());
         }
         self.validate_auth(problems);
-        self.fleet.validate(p.max_client_conn, problems);
+        let forced = self.databases.values().filter_map(|d| d.user.as_deref());
+        let client_roles: Vec<&str> = self.auth.users.iter().map(|u| u.name.as_str()).chain(forced).collect();
+        self.fleet.validate(p.max_client_conn, &client_roles, problems);
         self.validate_topology(problems);
         validate_backend("primary", &self.primary, problems);
         for (i, r) in self.replicas.iter().enumerate() {

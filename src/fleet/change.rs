@@ -1,5 +1,5 @@
 //! A phase change made through this instance, for the whole fleet: one change at a time across
-//! the fleet (an advisory lock in the store), taken from the latest shared state, published to
+//! the fleets sharing a store (a table lock there), taken from the latest shared state, published to
 //! the control table and announced with NOTIFY. When the write target flips, the change is fenced:
 //! every live instance holds new transactions and confirms that none of its own runs (and its
 //! mirror has drained) before anything flips.
@@ -13,8 +13,9 @@ use super::FleetError;
 use crate::server::ServerConn;
 use crate::shared::Shared;
 
-/// A change in progress: its store connection holds the fleet's change lock until dropped.
+/// A change in progress: `_lock` holds the fleet's change lock until dropped, `conn` writes.
 pub struct Change {
+    _lock: ServerConn,
     conn: ServerConn,
     name: String,
     id: u16,
@@ -33,10 +34,11 @@ pub async fn begin(shared: &Shared) -> Result<Option<Change>, FleetError> {
         return Ok(None);
     }
     let f = &rt.config.fleet;
-    let mut conn = store::connect(&rt).await?;
-    if !store::try_lock(&mut conn, &f.name).await? {
+    let mut lock = store::connect(&rt).await?;
+    if !store::try_lock(&mut lock).await? {
         return Err(FleetError::Busy);
     }
+    let mut conn = store::connect(&rt).await?;
     let state = store::read_state(&mut conn, &f.name).await?;
     if state.version > shared.fleet.applied.load(Ordering::Acquire) {
         if let Some(json) = state.state.as_deref() {
@@ -46,6 +48,7 @@ pub async fn begin(shared: &Shared) -> Result<Option<Change>, FleetError> {
         shared.fleet.applied.store(state.version, Ordering::Release);
     }
     Ok(Some(Change {
+        _lock: lock,
         conn,
         name: f.name.clone(),
         id: f.id,

@@ -4,6 +4,8 @@
 //! phases, sync engine) as JSON, its version, and the fence of a change in progress.
 //! `pgshift.fleet_members` has one row per instance: its heartbeat (`seen`, on the store's clock),
 //! what it reports, the state version it has applied and the fence it has confirmed.
+//! `pgshift.fleet_change_lock` has no rows: the instance making a change locks the table.
+//! The tables belong to the store's role alone, and pgshift checks that at every connection.
 //! Every statement is parameterised; names go to PostgreSQL as values, never spliced into SQL.
 
 use std::sync::Arc;
@@ -17,11 +19,9 @@ use crate::shared::Runtime;
 /// The channel every instance LISTENs on; the payload is the fleet's name.
 pub const CHANNEL: &str = "pgshift_fleet";
 
-/// Advisory lock key space for one fleet's changes (`hashtext('pgshift.fleet:' || name)`).
-const LOCK_KEY: &str = "hashtext('pgshift.fleet:' || $1)";
-
+/// The control tables. No advisory lock guards their creation: any client of the database could
+/// hold one. Two instances creating them at once may see one fail; it connects again.
 const SCHEMA: &str = "BEGIN;
-    SELECT pg_advisory_xact_lock(hashtext('pgshift.fleet schema'));
     CREATE SCHEMA IF NOT EXISTS pgshift;
     CREATE TABLE IF NOT EXISTS pgshift.fleet_state (
         fleet text PRIMARY KEY, version bigint NOT NULL DEFAULT 0, state jsonb,
@@ -33,7 +33,29 @@ const SCHEMA: &str = "BEGIN;
         applied bigint NOT NULL DEFAULT 0, drained bigint NOT NULL DEFAULT 0,
         started timestamptz NOT NULL DEFAULT now(), seen timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (fleet, id));
+    CREATE TABLE IF NOT EXISTS pgshift.fleet_change_lock ();
     COMMIT";
+
+/// The control tables are complete (the newest one exists).
+const SCHEMA_DONE: &str = "SELECT to_regclass('pgshift.fleet_change_lock') IS NOT NULL";
+
+/// What makes the control tables other than the store role's alone, one line, empty when
+/// nothing does: another owner of the schema or a table, privileges granted on a table, roles
+/// that can act as the store's role (members; from PostgreSQL 16 those with SET or INHERIT).
+const NOT_OURS: &str = "WITH t AS (SELECT c.* FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+        WHERE n.nspname = 'pgshift' AND c.relname IN ('fleet_state', 'fleet_members', 'fleet_change_lock')) \
+    SELECT concat_ws('; ', \
+      (SELECT 'schema pgshift belongs to ' || quote_ident(pg_get_userbyid(nspowner)) FROM pg_namespace \
+         WHERE nspname = 'pgshift' AND nspowner <> r.oid), \
+      (SELECT string_agg(t.oid::regclass::text || ' belongs to ' || quote_ident(pg_get_userbyid(t.relowner)), ', ') \
+         FROM t WHERE t.relowner <> r.oid), \
+      (SELECT string_agg(DISTINCT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END \
+         || ' is granted privileges on ' || t.oid::regclass::text, ', ') \
+         FROM t, aclexplode(t.relacl) a WHERE a.grantee <> t.relowner), \
+      (SELECT string_agg(quote_ident(pg_get_userbyid(m.member)), ', ') || ' can act as ' || quote_ident(r.rolname) \
+         FROM pg_auth_members m WHERE m.roleid = r.oid \
+         AND (coalesce((to_jsonb(m) ->> 'set_option')::bool, true) OR pg_has_role(m.member, r.oid, 'USAGE')))) \
+    FROM pg_roles r WHERE r.rolname = current_user";
 
 /// The shared state as read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,28 +118,14 @@ pub struct Heartbeat {
     pub drained: u64,
 }
 
-/// Where the store is and whom to log in as, from `[fleet] store` and the runtime.
+/// Where the store is and whom to log in as, from `[fleet] store` and the runtime: the URL's
+/// role (checked at start to be one clients do not log in as) with the URL's password.
 pub fn login(rt: &Runtime) -> Result<LoginSpec, FleetError> {
     let url = StoreUrl::parse(&rt.config.fleet.store).map_err(FleetError::Config)?;
-    let name = url
-        .user
-        .clone()
-        .or_else(|| rt.config.migration.as_ref().map(|m| m.admin_user.clone()).filter(|u| !u.is_empty()))
-        .or_else(|| {
-            let users = rt.config.auth.users.iter();
-            users
-                .filter(|u| rt.users.get(&u.name).is_some_and(|e| e.plaintext.is_some()))
-                .map(|u| u.name.clone())
-                .next()
-        })
-        .ok_or_else(|| {
-            FleetError::Config("no user to log in with: give store = postgres://user:password@host/db".into())
-        })?;
-    let user = match (&url.password, rt.users.get(&name)) {
-        (Some(p), _) => Arc::new(UserEntry::new(&name, Some(p), None)),
-        (None, Some(u)) if u.plaintext.is_some() => u,
-        _ => return Err(FleetError::Config(format!("no password for store user {name:?}: put it in the store URL"))),
-    };
+    let name = url.user.clone().ok_or_else(|| {
+        FleetError::Config("no role to log in as: give store = postgres://role:password@host/db".into())
+    })?;
+    let user = Arc::new(UserEntry::new(&name, url.password.as_deref(), None));
     let (address, backend_name) = match url.address {
         Some(a) => (a, "fleet-store".to_string()),
         None => (rt.primary.address.clone(), rt.primary.name.clone()),
@@ -132,15 +140,34 @@ pub fn login(rt: &Runtime) -> Result<LoginSpec, FleetError> {
     })
 }
 
-/// Opens a connection to the store and makes sure the tables exist.
+/// Opens a connection to the store, makes sure the tables exist, and checks that they are the
+/// store role's alone: a role that owns them, is granted on them or can act as their owner could
+/// rewrite the fleet's phase or raise a fence that holds every instance.
 pub async fn connect(rt: &Runtime) -> Result<ServerConn, FleetError> {
     let spec = login(rt)?;
     let mut conn = ServerConn::connect(&spec, 0, 0).await.map_err(|e| FleetError::Store(e.to_string()))?;
-    if let Some(e) = conn.run_internal(SCHEMA).await.map_err(store)? {
-        let _ = conn.run_internal("ROLLBACK").await;
-        return Err(FleetError::Store(format!("cannot create the control table: {e}")));
+    let done = conn.query_row_params(SCHEMA_DONE, &[]).await.map_err(store)?;
+    if done.first().cloned().flatten().as_deref() != Some("t") {
+        if let Some(e) = conn.run_internal(SCHEMA).await.map_err(store)? {
+            let _ = conn.run_internal("ROLLBACK").await;
+            check_ours(&mut conn).await?;
+            return Err(FleetError::Store(format!("cannot create the control table: {e}")));
+        }
     }
+    check_ours(&mut conn).await?;
     Ok(conn)
+}
+
+async fn check_ours(conn: &mut ServerConn) -> Result<(), FleetError> {
+    let row = conn.query_row_params(NOT_OURS, &[]).await.map_err(store)?;
+    match row.first().cloned().flatten().filter(|s| !s.is_empty()) {
+        None => Ok(()),
+        Some(found) => Err(FleetError::Config(format!(
+            "the control table is not the store role's alone ({found}); those roles could change the fleet's \
+             migration phase: give schema pgshift and its tables to the store's role (ALTER ... OWNER TO), \
+             revoke the grants and memberships"
+        ))),
+    }
 }
 
 fn store(e: crate::server::ServerError) -> FleetError {
@@ -224,11 +251,23 @@ pub async fn leave(conn: &mut ServerConn, fleet: &str, id: u16, incarnation: &st
     Ok(())
 }
 
-/// Takes the fleet's change lock for this connection's session, if no other instance holds it.
-pub async fn try_lock(conn: &mut ServerConn, fleet: &str) -> Result<bool, FleetError> {
-    let row =
-        conn.query_row_params(&format!("SELECT pg_try_advisory_lock({LOCK_KEY})"), &[fleet]).await.map_err(store)?;
-    Ok(row.first().cloned().flatten().as_deref() == Some("t"))
+/// Takes the change lock of the fleets using this store, if no other instance holds it: a lock
+/// on `pgshift.fleet_change_lock`, held by an open transaction on `conn` (a connection of the
+/// change's own) until the connection closes.
+/// - Not an advisory lock: any client of the database could hold that one.
+/// - A table lock in SHARE ROW EXCLUSIVE mode: taking it, or any mode that conflicts with it,
+///   needs privileges on the table that only the store's role has (the ACCESS SHARE lock that
+///   `pg_relation_size(oid)` takes without a privilege check does not conflict).
+/// - Not a row lock: that would give the transaction an xid, and creating a logical replication
+///   slot (which a change with logical sync does) waits for every transaction holding one.
+pub async fn try_lock(conn: &mut ServerConn) -> Result<bool, FleetError> {
+    let take = "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0; SET LOCAL lock_timeout = 0; \
+                LOCK TABLE pgshift.fleet_change_lock IN SHARE ROW EXCLUSIVE MODE NOWAIT";
+    match conn.run_internal_coded(take).await.map_err(store)? {
+        None => Ok(true),
+        Some((code, _)) if code == "55P03" => Ok(false), // lock_not_available
+        Some((_, e)) => Err(FleetError::Store(e)),
+    }
 }
 
 /// Writes this instance's heartbeat. False if another live instance holds the same id.

@@ -49,26 +49,12 @@ pub async fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Option<
         return None;
     }
     shared.fleet.member.store(true, Ordering::Release);
-    warn_if_clients_can_write_the_store(&rt);
     let first = Arc::new(Notify::new());
     let task = tokio::spawn(run(shared.clone(), stop, first.clone()));
     if tokio::time::timeout(rt.config.fleet.heartbeat_timeout.0, first.notified()).await.is_err() {
         tracing::warn!("the fleet store did not answer at start; serving with the phase this instance had");
     }
     Some(task)
-}
-
-/// The store's control table belongs to the role pgshift logs in to it as; when clients log in
-/// as that role too, any of them can rewrite the fleet's migration phase with an UPDATE.
-fn warn_if_clients_can_write_the_store(rt: &Runtime) {
-    let Ok(spec) = super::store::login(rt) else { return };
-    if rt.config.auth.users.iter().any(|u| u.name == spec.user.name) {
-        tracing::warn!(
-            role = %spec.user.name,
-            "the fleet store is written as a role clients log in as: any of them can change the \
-             fleet's migration phase in its control table; give [fleet] store a role of its own"
-        );
-    }
 }
 
 /// The loop's own state between rounds.

@@ -396,6 +396,9 @@ pub fn rustls_connector(ca: &Path) -> tokio_postgres_rustls::MakeRustlsConnect {
     tokio_postgres_rustls::MakeRustlsConnect::new(rustls_client_config(ca))
 }
 
+/// `[fleet] store` for tests: the bed's primary, as the role scripts/pgbed.sh makes for it.
+pub const FLEET_STORE: &str = "postgres://pgshift_fleet:pgshift_fleet@/app";
+
 /// Makes the role `iso_low` (no login) the role isolation tests switch to (idempotent).
 pub const MAKE_ISO_LOW: &str = "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'iso_low') THEN \
      CREATE ROLE iso_low; END IF; END $$";
