@@ -383,3 +383,40 @@ async fn poll_metric(p: &Proxy, sample: &str, ok: impl Fn(f64) -> bool) -> f64 {
     }
     panic!("{sample} never reached the expected value within a minute");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holding_a_lock_cannot_stall_the_backup() {
+    let bed = shared_bed();
+    let db = Db::create("bk_lock").await;
+    let dir = TempDir::new("backup-lock");
+    // The client's own table, locked in a transaction it keeps open (the lock is replayed on
+    // the replicas, where pg_dump runs).
+    let holder = common::connect(bed.primary_port, "app", "app", db.name).await;
+    holder.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+    holder.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let locked = "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 't'::regclass";
+    for r in &bed.replica_ports {
+        wait_for(*r, db.name, locked, "1").await;
+    }
+    let cfg = format!("{}timeout = \"30s\"\nlock_wait_timeout = \"1s\"\n", section(&dir, db.name));
+    let p = proxy::start(config(bed.primary_port, &bed.replica_ports, &cfg)).await;
+    proxy::wait_healthy(&p).await;
+
+    // pg_dump gives up on the lock after lock_wait_timeout, not after the whole [backup] timeout
+    // (hours by default, with every other database's backup queued behind it).
+    let t0 = std::time::Instant::now();
+    let (status, v) = tokio::time::timeout(Duration::from_secs(60), backup(&p, "")).await.expect("no answer");
+    assert_eq!(status, 500, "{v}");
+    let why = v["databases"][0]["error"].as_str().unwrap();
+    assert!(why.contains("LOCK TABLE"), "{why}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "took {:?}: {why}", t0.elapsed());
+    assert!(dumps(&dir.join(db.name)).is_empty());
+
+    // Once the lock is gone, the next backup succeeds.
+    holder.batch_execute("COMMIT").await.unwrap();
+    for r in &bed.replica_ports {
+        wait_for(*r, db.name, locked, "0").await;
+    }
+    let (status, v) = backup(&p, "").await;
+    assert_eq!(status, 200, "{v}");
+}

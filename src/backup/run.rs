@@ -240,6 +240,11 @@ fn pg_dump(
     let (host, port) = b.address.rsplit_once(':').unwrap_or((b.address.as_str(), "5432"));
     let mut c = Command::new(exe);
     c.arg("--format=custom").arg("--no-password").arg("--file").arg(partial);
+    if let Some(wait) = cfg.lock_wait_timeout.enabled() {
+        // Milliseconds, as statement_timeout takes them: a lock a client holds fails this
+        // backup soon (it is retried) instead of stalling it and every one queued behind it.
+        c.arg(format!("--lock-wait-timeout={}", wait.as_millis().max(1)));
+    }
     clean_env(&mut c);
     c.env("PGHOST", host)
         .env("PGPORT", port)

@@ -39,6 +39,9 @@ pub struct BackupConfig {
     pub pg_restore: String,
     /// Bound on one database's dump and check; past it pg_dump is killed and the backup fails.
     pub timeout: Dur,
+    /// How long pg_dump waits for a table's lock before the backup fails ("0": up to `timeout`).
+    /// A client holding a lock on one table must not stall every backup for hours.
+    pub lock_wait_timeout: Dur,
     /// How often each cluster's primary is asked for `pg_stat_archiver` ("0": never).
     pub archiver_interval: Dur,
 }
@@ -57,6 +60,7 @@ impl Default for BackupConfig {
             pg_dump: String::new(),
             pg_restore: String::new(),
             timeout: Dur::secs(6 * 3600),
+            lock_wait_timeout: Dur::secs(60),
             archiver_interval: Dur::secs(60),
         }
     }
