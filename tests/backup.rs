@@ -420,3 +420,27 @@ async fn a_client_holding_a_lock_cannot_stall_the_backup() {
     let (status, v) = backup(&p, "").await;
     assert_eq!(status, 200, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_name_with_a_quote_cannot_break_metrics() {
+    // A client allowed to create databases names one with a double quote; with no names
+    // configured every database of the cluster is backed up, this one included.
+    let cluster = tokio::task::spawn_blocking(|| PrivateCluster::start(0)).await.unwrap();
+    let port = cluster.primary_port();
+    let c = common::connect(port, "app", "app", "app").await;
+    c.batch_execute("CREATE DATABASE \"bk\"\"quote\"").await.unwrap();
+    let dir = TempDir::new("backup-quote");
+    let cfg = format!("dir = {:?}\nallow_primary = true\n", dir.display().to_string());
+    let p = proxy::start(config(port, &[], &cfg)).await;
+    proxy::wait_healthy(&p).await;
+    let (status, v) = backup(&p, "").await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["databases"].as_array().unwrap().iter().any(|d| d["database"] == "bk\"quote"), "{v}");
+
+    // The label value is escaped as the text format wants; unescaped, the quote ends the value
+    // early and Prometheus rejects the whole scrape (every pgshift metric goes dark).
+    let (status, text) = http(&p, "GET", "/metrics", None, "").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(!text.contains("{database=\"bk\"quote\"}"), "unescaped quote in a label:\n{text}");
+    assert!(text.contains("pgshift_backup_last_size_bytes{database=\"bk\\\"quote\"}"), "{text}");
+}

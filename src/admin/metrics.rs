@@ -98,10 +98,17 @@ pub(super) fn family(
         if labels.is_empty() {
             write_value(&mut m, v)?;
         } else {
-            write_value(&mut m.encode_family(labels)?, v)?;
+            let labels: Labels = labels.iter().map(|(k, v)| (*k, escape(v))).collect();
+            write_value(&mut m.encode_family(&labels)?, v)?;
         }
     }
     Ok(())
+}
+
+/// A label value as the text format needs it: the encoder writes values as given, and one bare
+/// `"` (a database a client created, say) ends the value early, so Prometheus rejects the scrape.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn write_value(m: &mut MetricEncoder, v: &Value) -> fmt::Result {
