@@ -444,3 +444,31 @@ async fn a_database_name_with_a_quote_cannot_break_metrics() {
     assert!(!text.contains("{database=\"bk\"quote\"}"), "unescaped quote in a label:\n{text}");
     assert!(text.contains("pgshift_backup_last_size_bytes{database=\"bk\\\"quote\"}"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_directory_others_can_write_is_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let bed = shared_bed();
+    let db = Db::create("bk_perm").await;
+    let dir = TempDir::new("backup-perm");
+    // Someone else made the database's directory first, writable by all: whoever can write
+    // there can swap a finished dump for a hostile one, or the partial file for a symlink
+    // that pg_dump then writes through.
+    let db_dir = dir.join(db.name);
+    std::fs::create_dir(&db_dir).unwrap();
+    std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let p = proxy::start(config(bed.primary_port, &bed.replica_ports, &section(&dir, db.name))).await;
+    proxy::wait_healthy(&p).await;
+    let (status, v) = backup(&p, "").await;
+    assert_eq!(status, 500, "{v}");
+    let why = v["databases"][0]["error"].as_str().unwrap();
+    assert!(why.contains("writable"), "{why}");
+    assert!(entries(&db_dir).is_empty(), "{:?}", entries(&db_dir));
+
+    // Made private again, it is used, and the dump is readable by its owner only.
+    std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (status, v) = backup(&p, "").await;
+    assert_eq!(status, 200, "{v}");
+    let file = PathBuf::from(v["databases"][0]["file"].as_str().unwrap());
+    assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+}

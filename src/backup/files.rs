@@ -4,7 +4,7 @@
 //! Only names of exactly that pattern are ever pruned: anything else in the directory (notes, a
 //! copy an operator made, another tool's files) is left alone.
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::BackupError;
@@ -83,7 +83,8 @@ pub fn parse_file_name(db: &str, name: &str) -> Option<u64> {
 
 /// `<dir>/<db>`, created (mode 0700: dumps hold every row) if missing. The name must be a single
 /// safe path component, and an existing entry must be a real directory, not a symlink that
-/// could lead outside `dir`.
+/// could lead outside `dir`, owned by pgshift's user and writable by no one else (who could
+/// swap a finished dump for another, or the partial file for a symlink pg_dump writes through).
 pub fn db_dir(dir: &str, db: &str) -> Result<PathBuf, BackupError> {
     file_safe_name(db).map_err(|why| BackupError::BadName { name: db.into(), why })?;
     let path = Path::new(dir).join(db);
@@ -91,7 +92,7 @@ pub fn db_dir(dir: &str, db: &str) -> Result<PathBuf, BackupError> {
         return Err(BackupError::BadName { name: db.into(), why: "does not name one entry of the directory" });
     }
     match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.file_type().is_dir() => Ok(path),
+        Ok(m) if m.file_type().is_dir() => private(&path, &m).map(|()| path),
         Ok(_) => Err(io(&path, "is not a directory", std::io::ErrorKind::AlreadyExists.into())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(|e| io(&path, "cannot create", e))?;
@@ -99,6 +100,19 @@ pub fn db_dir(dir: &str, db: &str) -> Result<PathBuf, BackupError> {
         }
         Err(e) => Err(io(&path, "cannot read", e)),
     }
+}
+
+/// An existing database directory must be pgshift's own and not group- or world-writable.
+fn private(path: &Path, m: &std::fs::Metadata) -> Result<(), BackupError> {
+    let me = rustix::process::geteuid().as_raw();
+    let why = if m.uid() != me {
+        format!("is owned by uid {}, not by pgshift's user (uid {me})", m.uid())
+    } else if m.mode() & 0o022 != 0 {
+        format!("is writable by others (mode {:o}); chmod 700 it", m.mode() & 0o7777)
+    } else {
+        return Ok(());
+    };
+    Err(io(path, "refusing the backup directory", std::io::Error::new(std::io::ErrorKind::PermissionDenied, why)))
 }
 
 /// Creates the (empty) partial file exclusively, mode 0600: it never follows a planted symlink
