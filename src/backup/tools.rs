@@ -22,8 +22,15 @@ fn executable(p: &Path) -> bool {
 
 /// `name` on PATH, else in [`PG_BIN_FALLBACK`].
 fn find(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
+    find_in(name, &std::env::var_os("PATH").unwrap_or_default())
+}
+
+/// `name` in a directory of `path` (PATH's syntax), else in [`PG_BIN_FALLBACK`]. Entries that
+/// are not absolute ("", ".", "bin") are skipped: they name a directory under wherever pgshift
+/// was started, which may be one others can write to.
+fn find_in(name: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
+    std::env::split_paths(path)
+        .filter(|d| d.is_absolute())
         .chain(std::iter::once(PathBuf::from(PG_BIN_FALLBACK)))
         .map(|d| d.join(name))
         .find(|p| executable(p))
@@ -163,6 +170,26 @@ mod tests {
         assert!(e.contains("connection to replica0 failed") && !e.contains("db.internal"), "{e}");
         let e = run("pg_dump", sh("sleep 60"), Duration::from_millis(100), &mut stop, node).await.unwrap_err();
         assert!(matches!(e, BackupError::Timeout { .. }), "{e}");
+    }
+
+    #[test]
+    fn relative_path_entries_are_never_searched() {
+        // A temp dir with an executable `pg_dump`, named relative to the working directory as
+        // an entry like "", "." or "bin" in PATH is: a directory that depends on where pgshift
+        // was started (perhaps one others can write to).
+        let dir = std::env::temp_dir().join(format!("pgshift-find-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tool = dir.join("pg_dump");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let up = "../".repeat(cwd.components().count() - 1);
+        let relative = format!("{up}{}", dir.display().to_string().trim_start_matches('/'));
+        assert!(executable(&Path::new(&relative).join("pg_dump")), "{relative} names the temp dir");
+        let found = find_in("pg_dump", std::ffi::OsStr::new(&relative));
+        assert!(found.as_deref().is_none_or(Path::is_absolute), "{found:?}");
+        assert_eq!(find_in("pg_dump", dir.as_os_str()), Some(tool));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
