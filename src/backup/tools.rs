@@ -60,12 +60,7 @@ pub fn pg_restore(cfg: &BackupConfig) -> Option<PathBuf> {
 /// directory, both tools can be run, and pg_dump can log in with what pgshift holds.
 pub fn check(config: &Config, users: &Users, problems: &mut Vec<String>) {
     let Some(b) = &config.backup else { return };
-    match std::fs::metadata(&b.dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => problems.push(format!("[backup] dir {} is not a directory", b.dir)),
-        Err(e) if !b.dir.is_empty() => problems.push(format!("[backup] cannot use dir {}: {e}", b.dir)),
-        Err(_) => {} // reported by validate
-    }
+    problems.extend(dir_problem(&b.dir));
     for (key, found) in [("pg_dump", pg_dump(b)), ("pg_restore", pg_restore(b))] {
         match found {
             Some(p) if executable(&p) => {}
@@ -84,6 +79,33 @@ pub fn check(config: &Config, users: &Users, problems: &mut Vec<String>) {
                 b.user
             ));
         }
+    }
+}
+
+/// Why `dir` cannot hold backups, if it cannot: not a directory, or one where another user could
+/// rename a database's directory and put one of their own in its place (between pgshift's check
+/// of it and pg_dump writing there, or before an operator restores from it). Writable by group or
+/// others is fine only with the sticky bit (as /tmp), and the owner must be pgshift's user or root.
+fn dir_problem(dir: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if !dir.is_empty() => return Some(format!("[backup] cannot use dir {dir}: {e}")),
+        Err(_) => return None, // reported by validate
+    };
+    let me = rustix::process::geteuid().as_raw();
+    if !m.is_dir() {
+        Some(format!("[backup] dir {dir} is not a directory"))
+    } else if m.uid() != me && m.uid() != 0 {
+        Some(format!("[backup] dir {dir} is owned by uid {}, not by pgshift's user (uid {me}) or root", m.uid()))
+    } else if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
+        Some(format!(
+            "[backup] dir {dir} is writable by other users (mode {:o}) without the sticky bit: they could swap a \
+             database's directory for their own; chmod go-w it",
+            m.mode() & 0o7777
+        ))
+    } else {
+        None
     }
 }
 
@@ -170,6 +192,23 @@ mod tests {
         assert!(e.contains("connection to replica0 failed") && !e.contains("db.internal"), "{e}");
         let e = run("pg_dump", sh("sleep 60"), Duration::from_millis(100), &mut stop, node).await.unwrap_err();
         assert!(matches!(e, BackupError::Timeout { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_dir_other_users_can_write_is_refused_unless_sticky() {
+        let dir = std::env::temp_dir().join(format!("pgshift-dir-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let at = |mode: u32| {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            dir_problem(dir.to_str().unwrap())
+        };
+        assert_eq!(at(0o700), None);
+        assert_eq!(at(0o755), None);
+        assert!(at(0o777).is_some_and(|p| p.contains("writable by other users")), "{:?}", at(0o777));
+        assert!(at(0o775).is_some(), "group-writable");
+        assert_eq!(at(0o1777), None, "sticky, as /tmp");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(dir_problem(dir.to_str().unwrap()).is_some_and(|p| p.contains("cannot use dir")));
     }
 
     #[test]
