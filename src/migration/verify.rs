@@ -200,23 +200,20 @@ async fn compare_rows(
     // Duplicate keys (tables without a primary key) are counted, so a multiset compares.
     let sql = format!("SELECT {key}, md5(t::text), count(*) FROM {table} t{sample} GROUP BY 1, 2");
     let mut source: HashMap<(String, String), i64> = HashMap::new();
-    for r in src.query_rows(&sql).await.map_err(|e| e.to_string())? {
-        let n = r.get(2).cloned().flatten().and_then(|v| v.parse().ok()).unwrap_or(1);
+    for (k, h, n) in grouped_rows(src, &sql).await? {
         t.rows_checked += n.max(0) as u64;
-        source.insert(
-            (r.first().cloned().flatten().unwrap_or_default(), r.get(1).cloned().flatten().unwrap_or_default()),
-            n,
-        );
+        source.insert((k, h), n);
     }
     let mut source_keys: HashMap<String, ()> = source.keys().map(|(k, _)| (k.clone(), ())).collect();
-    for r in dst.query_rows(&sql).await.map_err(|e| e.to_string())? {
-        let k = r.first().cloned().flatten().unwrap_or_default();
-        let h = r.get(1).cloned().flatten().unwrap_or_default();
-        if source.remove(&(k.clone(), h)).is_some() {
+    for (k, h, n) in grouped_rows(dst, &sql).await? {
+        if let Some(on_source) = source.remove(&(k.clone(), h)) {
             source_keys.remove(&k);
-            continue;
-        }
-        if source_keys.remove(&k).is_some() {
+            if on_source == n {
+                continue;
+            }
+            // The same row, a different number of copies (a table without primary key).
+            t.differing += 1;
+        } else if source_keys.remove(&k).is_some() {
             source.retain(|(sk, _), _| *sk != k);
             t.differing += 1;
         } else {
@@ -231,4 +228,17 @@ async fn compare_rows(
         t.examples.push(k);
     }
     Ok(())
+}
+
+/// The rows of a `key, hash, count` query.
+async fn grouped_rows(c: &mut ServerConn, sql: &str) -> Result<Vec<(String, String, i64)>, String> {
+    let rows = c.query_rows(sql).await.map_err(|e| e.to_string())?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let mut cols = r.into_iter();
+            let (k, h) = (cols.next().flatten().unwrap_or_default(), cols.next().flatten().unwrap_or_default());
+            (k, h, cols.next().flatten().and_then(|v| v.parse().ok()).unwrap_or(1))
+        })
+        .collect())
 }
