@@ -221,9 +221,12 @@ fn migration_verify(args: &VerifyArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
+    // Sequences follow only under statement sync (`auto` takes it without an admin user).
+    use crate::config::SyncChoice;
+    let sequences = m.sync == SyncChoice::Statement || (m.sync == SyncChoice::Auto && m.admin_user.is_empty());
     let db = args.database.clone().unwrap_or(m.verify_database);
-    let report =
-        runtime.block_on(crate::migration::verify::run(&rt, &db, m.verify_full_below, m.verify_sample_percent));
+    let (full_below, pct) = (m.verify_full_below, m.verify_sample_percent);
+    let report = runtime.block_on(crate::migration::verify::run(&rt, &db, full_below, pct, sequences));
     println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     match (&report.error, report.differences) {
         (Some(e), _) => fail(e),

@@ -424,7 +424,8 @@ pub async fn verify_now(shared: &Shared, database: Option<&str>) -> Result<verif
     let rt = shared.runtime.load_full();
     let cfg = rt.config.migration.as_ref().ok_or(MigrationError::NotConfigured)?;
     let db = database.unwrap_or(&cfg.verify_database).to_string();
-    let report = verify::run(&rt, &db, cfg.verify_full_below, cfg.verify_sample_percent).await;
+    let sequences = shared.migration.sync_mode() == SyncMode::Statement;
+    let report = verify::run(&rt, &db, cfg.verify_full_below, cfg.verify_sample_percent, sequences).await;
     shared.migration.record_verify(&report);
     Ok(report)
 }

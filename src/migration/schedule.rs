@@ -49,7 +49,8 @@ async fn verify_all(shared: &Shared) {
         databases.push(cfg.verify_database.clone());
     }
     for db in databases {
-        let report = verify::run(&rt, &db, cfg.verify_full_below, cfg.verify_sample_percent).await;
+        let sequences = shared.migration.sync_mode() == logical::SyncMode::Statement;
+        let report = verify::run(&rt, &db, cfg.verify_full_below, cfg.verify_sample_percent, sequences).await;
         match &report.error {
             Some(e) => tracing::warn!(database = %db, error = %e, "scheduled verification could not compare"),
             None if report.differences > 0 => tracing::warn!(

@@ -1,6 +1,6 @@
 //! Verification: compares source and target table by table — row counts, and a hash of every
-//! row keyed by its primary key (a sample of large tables) — and reports missing and differing
-//! rows with a few examples.
+//! row keyed by its primary key (a sample of large tables) — then sequence by sequence, and
+//! reports missing and differing rows (and sequences) with a few examples.
 
 use serde::Serialize;
 use std::collections::HashMap;
@@ -12,7 +12,7 @@ use crate::shared::Runtime;
 /// Examples of differing rows kept per table.
 const EXAMPLES: usize = 5;
 
-/// One table's comparison.
+/// One table's comparison (or one sequence's, as a table of one row: its `last_value`).
 #[derive(Debug, Clone, Serialize)]
 pub struct TableReport {
     /// `schema.table`.
@@ -74,8 +74,10 @@ fn quote_ident(s: &str) -> String {
     crate::notify::quote_ident(s)
 }
 
-/// Compares every user table of `database` on source and target.
-pub async fn run(rt: &Runtime, database: &str, full_below: i64, sample_percent: u8) -> Report {
+/// Compares every user table of `database` on source and target, and with `sequences` every
+/// sequence too (statement sync replays each `nextval`; logical replication carries none, its
+/// sequences are brought over at the write-target flips).
+pub async fn run(rt: &Runtime, database: &str, full_below: i64, sample_percent: u8, sequences: bool) -> Report {
     let started = Instant::now();
     let mut report = Report {
         database: database.into(),
@@ -86,7 +88,7 @@ pub async fn run(rt: &Runtime, database: &str, full_below: i64, sample_percent: 
         rows_checked: 0,
         finished_at: 0,
     };
-    if let Err(e) = compare_all(rt, database, full_below, sample_percent, &mut report).await {
+    if let Err(e) = compare_all(rt, database, (full_below, sample_percent, sequences), &mut report).await {
         report.error = Some(e);
     }
     report.differences = report
@@ -108,7 +110,12 @@ const TABLES_SQL: &str = "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_na
      WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
      AND n.nspname NOT LIKE 'pg_toast%' AND NOT c.relispartition ORDER BY 1, 2";
 
-async fn compare_all(rt: &Runtime, db: &str, full_below: i64, pct: u8, report: &mut Report) -> Result<(), String> {
+async fn compare_all(
+    rt: &Runtime,
+    db: &str,
+    (full_below, pct, sequences): (i64, u8, bool),
+    report: &mut Report,
+) -> Result<(), String> {
     let mut src = connect(rt, false, db).await?;
     let mut dst = connect(rt, true, db).await?;
     let tables = src.query_rows(TABLES_SQL).await.map_err(|e| e.to_string())?;
@@ -135,9 +142,65 @@ async fn compare_all(rt: &Runtime, db: &str, full_below: i64, pct: u8, report: &
         }
         report.tables.push(t);
     }
+    if sequences {
+        compare_sequences(&mut src, &mut dst, report).await?;
+    }
     src.close();
     dst.close();
     Ok(())
+}
+
+/// Every sequence with its state: `last_value`, or `unused` before the first `nextval`.
+const SEQUENCES_SQL: &str = "SELECT schemaname || '.' || sequencename, coalesce(last_value::text, 'unused') \
+     FROM pg_sequences ORDER BY 1";
+
+/// Compares the sequences (no table row shows one that moved on one side only, and after cutover
+/// the lagging side hands out ids already used): each is reported as a one-row table that
+/// differs when its `last_value` does, or is missing on the target. Compared again after a pause
+/// when one differs, as tables are.
+async fn compare_sequences(src: &mut ServerConn, dst: &mut ServerConn, report: &mut Report) -> Result<(), String> {
+    let mut seqs = sequence_reports(src, dst).await?;
+    if seqs.iter().any(differs) {
+        tokio::time::sleep(RECHECK_AFTER).await;
+        seqs = sequence_reports(src, dst).await?;
+        seqs.iter_mut().for_each(|t| t.rechecked = true);
+    }
+    report.tables.extend(seqs);
+    Ok(())
+}
+
+async fn sequence_reports(src: &mut ServerConn, dst: &mut ServerConn) -> Result<Vec<TableReport>, String> {
+    let values = |rows: Vec<Vec<Option<String>>>| -> HashMap<String, String> {
+        rows.into_iter()
+            .filter_map(|r| {
+                let mut cols = r.into_iter();
+                Some((cols.next().flatten()?, cols.next().flatten().unwrap_or_default()))
+            })
+            .collect()
+    };
+    let on_source = values(src.query_rows(SEQUENCES_SQL).await.map_err(|e| e.to_string())?);
+    let on_target = values(dst.query_rows(SEQUENCES_SQL).await.map_err(|e| e.to_string())?);
+    let mut names: Vec<_> = on_source.keys().collect();
+    names.sort();
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let mut t = empty_table(name.clone(), 1);
+            t.rows_checked = 1;
+            match (on_source.get(name), on_target.get(name)) {
+                (_, None) => t.missing_on_target = 1,
+                (Some(s), Some(d)) => {
+                    t.target_rows = 1;
+                    if s != d {
+                        t.differing = 1;
+                        t.examples.push(format!("last_value {s} on the source, {d} on the target"));
+                    }
+                }
+                (None, Some(_)) => t.target_rows = 1,
+            }
+            t
+        })
+        .collect())
 }
 
 fn empty_table(table: String, source_rows: i64) -> TableReport {
