@@ -100,3 +100,29 @@ async fn verify_sees_a_sequence_moved_on_one_side_only() {
     assert!(n > 0, "the sequences differ, verify must say so: {tables}");
     let _ = std::fs::remove_file(&state);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_runs_with_the_settings_the_transaction_started_with() {
+    // A transaction that writes, then changes search_path, then commits: the write resolved its
+    // table with the search_path in force before the SET.
+    on_both(
+        "drop schema if exists dwsp_a cascade; drop schema if exists dwsp_b cascade;
+         create schema dwsp_a; create schema dwsp_b;
+         create table dwsp_a.t(id int primary key); create table dwsp_b.t(id int primary key)",
+    )
+    .await;
+    let (p, state) = start("settings").await;
+    control::change_phase(&p.shared, Phase::DualWrite, None).await.unwrap();
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    c.batch_execute("set search_path = dwsp_a").await.unwrap();
+    c.batch_execute("begin; insert into t values (1); set search_path = dwsp_b; commit").await.unwrap();
+    c.batch_execute("insert into t values (2)").await.unwrap(); // dwsp_b.t on both
+    assert!(p.shared.migration.mirror.drained(Duration::from_secs(5)).await);
+    let status = control::status(&p.shared).unwrap();
+    assert_eq!(status.mirror.diverged, 0, "{status:?}");
+    let t = target_client().await;
+    let a: i64 = t.query_one("select count(*) from dwsp_a.t where id = 1", &[]).await.unwrap().get(0);
+    let b: i64 = t.query_one("select count(*) from dwsp_b.t where id = 1", &[]).await.unwrap().get(0);
+    assert_eq!((a, b), (1, 0), "the target must hold row 1 in dwsp_a.t, as the source does");
+    let _ = std::fs::remove_file(&state);
+}

@@ -109,7 +109,7 @@ impl Fwd<'_> {
     fn send(&mut self, f: &[u8], expect: Option<Expect>) {
         self.att.sout.extend_from_slice(f);
         if let Some(c) = self.att.capture.as_mut() {
-            c.frames.extend_from_slice(f);
+            c.push_frames(f, &self.state.settings);
             c.boundaries += u32::from(matches!(expect, Some(Expect::Sync | Expect::Query)));
         }
         // Keep the batch as sent, in case it must be re-run after "cached plan must not change
@@ -400,7 +400,7 @@ impl Fwd<'_> {
         let att = &mut *self.att;
         att.batch.extend_from_slice(&att.sout[start..]);
         if let Some(c) = att.capture.as_mut() {
-            c.frames.extend_from_slice(&att.sout[start..]);
+            c.push_frames(&att.sout[start..], &self.state.settings);
             c.defs.push(def.clone());
         }
         att.queue.push(Expect::Bind { stmt: Some(def) });

@@ -34,7 +34,7 @@ impl Session {
                 toward_target,
                 user: self.pools.db.forced_user.clone().unwrap_or_else(|| self.user.clone()),
                 database: self.pools.db.server_db.clone(),
-                settings: self.state.settings.clone(),
+                settings: c.settings,
                 defs: c.defs,
                 frames: c.frames,
                 boundaries: c.boundaries,

@@ -33,7 +33,7 @@ pub struct CapturedTxn {
     pub user: Arc<UserEntry>,
     /// Where.
     pub database: String,
-    /// The client's settings when it ran (search_path matters for replay).
+    /// The client's settings when it began (search_path matters for replay).
     pub settings: Settings,
     /// Statements its frames use by proxy-wide name.
     pub defs: Vec<Arc<StmtDef>>,
@@ -52,6 +52,10 @@ pub struct CapturedTxn {
 pub struct Capture {
     /// Frames as sent.
     pub frames: BytesMut,
+    /// The client's settings when its first frame was sent: the replay starts from them (a SET
+    /// inside the transaction is among the frames; the session's settings after the commit
+    /// already include it).
+    pub settings: Settings,
     /// Statements used.
     pub defs: Vec<Arc<StmtDef>>,
     /// Query/Sync/FunctionCall count.
@@ -60,6 +64,16 @@ pub struct Capture {
     pub errors: u32,
     /// Something in it may have changed data (only such transactions are replayed).
     pub wrote: bool,
+}
+
+impl Capture {
+    /// Adds frames as sent; the first ones of a transaction take a copy of the settings in force.
+    pub fn push_frames(&mut self, f: &[u8], settings: &Settings) {
+        if self.frames.is_empty() {
+            self.settings = settings.clone();
+        }
+        self.frames.extend_from_slice(f);
+    }
 }
 
 /// Counters and the queue.
