@@ -126,3 +126,25 @@ async fn replay_runs_with_the_settings_the_transaction_started_with() {
     assert_eq!((a, b), (1, 0), "the target must hold row 1 in dwsp_a.t, as the source does");
     let _ = std::fs::remove_file(&state);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_pinned_before_dual_write_does_not_write_unmirrored() {
+    // A client pinned to its server connection (a session advisory lock) during `off` keeps its
+    // attachment: entering dual_write must not leave its later writes unreplayed.
+    on_both("drop table if exists dwpin_items; create table dwpin_items(id int primary key)").await;
+    let (p, state) = start("pinned").await;
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    c.batch_execute("select pg_advisory_lock(424242)").await.unwrap();
+    let entered = control::change_phase(&p.shared, Phase::DualWrite, None).await;
+    c.batch_execute("insert into dwpin_items values (1)").await.unwrap();
+    assert!(p.shared.migration.mirror.drained(Duration::from_secs(5)).await);
+    let on_target: i64 =
+        target_client().await.query_one("select count(*) from dwpin_items", &[]).await.unwrap().get(0);
+    let status = control::status(&p.shared).unwrap();
+    assert!(
+        entered.is_err() || on_target == 1 || status.mirror.diverged > 0,
+        "dual_write entered ({entered:?}) yet the pinned client's insert is neither on the target \
+         nor counted: {status:?}"
+    );
+    let _ = std::fs::remove_file(&state);
+}

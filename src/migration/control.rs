@@ -277,7 +277,9 @@ async fn change_locked(
         };
         return logical_change(shared, rt, cfg, (database, &dbs), (from, to, read_percent), fleet).await;
     }
-    let flips_writes = from.target_serves() != to.target_serves() || (from.mirrors() && !to.mirrors());
+    // Into or out of mirroring too: a transaction (or a session-pinned client) attached before
+    // the change keeps the phase it attached in, and would write unmirrored after it.
+    let flips_writes = from.target_serves() != to.target_serves() || from.mirrors() != to.mirrors();
     if !flips_writes {
         return m.set_of(database, to, read_percent);
     }
