@@ -148,3 +148,29 @@ async fn a_session_pinned_before_dual_write_does_not_write_unmirrored() {
     );
     let _ = std::fs::remove_file(&state);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_failing_on_each_side_in_turn_is_counted() {
+    // One statement fails on the source only (its table exists on the target alone), the client
+    // rolls back to a savepoint and goes on; a later one fails on the target only (a constraint
+    // the source lacks). One error on each side: the target lost the second write all the same.
+    on_both("drop table if exists dwerr_x; drop table if exists dwerr_y; create table dwerr_y(v int)").await;
+    target_client()
+        .await
+        .batch_execute("create table dwerr_x(v int); alter table dwerr_y add constraint small check (v < 10)")
+        .await
+        .unwrap();
+    let (p, state) = start("errors").await;
+    control::change_phase(&p.shared, Phase::DualWrite, None).await.unwrap();
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    c.batch_execute("begin").await.unwrap();
+    c.batch_execute("savepoint a").await.unwrap();
+    assert!(c.batch_execute("insert into dwerr_x values (1)").await.is_err());
+    c.batch_execute("rollback to savepoint a").await.unwrap();
+    c.batch_execute("insert into dwerr_y values (20)").await.unwrap();
+    c.batch_execute("commit").await.unwrap();
+    assert!(p.shared.migration.mirror.drained(Duration::from_secs(5)).await);
+    let status = control::status(&p.shared).unwrap();
+    assert!(status.mirror.diverged > 0, "the target lost a committed write: {status:?}");
+    let _ = std::fs::remove_file(&state);
+}

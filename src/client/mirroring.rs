@@ -39,6 +39,7 @@ impl Session {
                 frames: c.frames,
                 boundaries: c.boundaries,
                 errors: c.errors,
+                outcome: c.outcome,
                 ack,
             };
             mirror.submit(&self.shared, txn, timeout).await;

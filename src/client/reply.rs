@@ -83,6 +83,9 @@ impl Reply<'_> {
                 }
             }
             tag::COMMAND_COMPLETE => {
+                if let Some(c) = self.att.capture.as_mut() {
+                    c.outcome.command_complete(f);
+                }
                 self.command_complete(f);
                 if matches!(self.att.queue.front(), Some(Expect::Execute)) {
                     self.att.queue.pop();
@@ -203,6 +206,7 @@ impl Reply<'_> {
         }
         if let Some(c) = self.att.capture.as_mut() {
             c.errors += 1;
+            c.outcome.error();
         }
         self.shared.stats.record_error(e.code);
         if e.is_fatal() {

@@ -43,8 +43,42 @@ pub struct CapturedTxn {
     pub boundaries: u32,
     /// ErrorResponses the serving store sent (replay should see as many).
     pub errors: u32,
+    /// What its statements did on the serving store (replay should do the same).
+    pub outcome: Outcome,
     /// In sync mode: told once applied.
     pub ack: Option<oneshot::Sender<()>>,
+}
+
+/// What a transaction's statements did as its client saw it: a digest of the command tags of its
+/// writes (`UPDATE 3`: row counts included) and of where its errors fell. The replay must show
+/// the same: the same number of errors in other places, or a write that touched other rows, is a
+/// divergence even when no side failed more often.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome(u64);
+
+impl Outcome {
+    /// A CommandComplete; reads (`SELECT n`, `FETCH n`, `MOVE n`) are left out, their row counts
+    /// may differ by the replay's delay without any data differing.
+    pub fn command_complete(&mut self, f: &[u8]) {
+        let tag = frame::body(f);
+        if ![&b"SELECT"[..], b"FETCH", b"MOVE"].iter().any(|p| tag.starts_with(p)) {
+            self.mix(tag);
+        }
+    }
+
+    /// An ErrorResponse, at this place among the commands.
+    pub fn error(&mut self) {
+        self.mix(b"\0error");
+    }
+
+    /// FNV-1a over what has been mixed in, in order.
+    fn mix(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for &b in bytes.iter().chain(b"\n") {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 /// What a session collects while a transaction runs, before it knows whether it wrote.
@@ -62,6 +96,8 @@ pub struct Capture {
     pub boundaries: u32,
     /// ErrorResponses the serving store sent.
     pub errors: u32,
+    /// What its statements did there.
+    pub outcome: Outcome,
     /// Something in it may have changed data (only such transactions are replayed).
     pub wrote: bool,
 }
@@ -188,14 +224,20 @@ async fn apply_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<CapturedTxn>) {
             shared.runtime.load().config.migration.as_ref().map_or(Duration::from_secs(5), |c| c.mirror_timeout.0);
         let outcome = tokio::time::timeout(timeout, apply(&shared, &mut conns, &key, &txn)).await;
         match outcome {
-            Ok(Ok(target_errors)) if target_errors == txn.errors => {
+            Ok(Ok((target_errors, did))) if target_errors == txn.errors && did == txn.outcome => {
                 m.mirrored.fetch_add(1, Ordering::Relaxed);
                 m.connected.store(true, Ordering::Relaxed);
             }
-            Ok(Ok(target_errors)) => {
+            Ok(Ok((target_errors, _))) => {
                 m.mirrored.fetch_add(1, Ordering::Relaxed);
                 m.diverged.fetch_add(1, Ordering::Relaxed);
-                m.note_error(&format!("replay saw {target_errors} errors where the serving store saw {}", txn.errors));
+                m.note_error(&if target_errors == txn.errors {
+                    "replay failed in other places, or its writes touched other numbers of rows, than on the \
+                     serving store"
+                        .to_string()
+                } else {
+                    format!("replay saw {target_errors} errors where the serving store saw {}", txn.errors)
+                });
             }
             Ok(Err(e)) => {
                 conns.remove(&key);
@@ -219,13 +261,14 @@ async fn apply_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<CapturedTxn>) {
     }
 }
 
-/// Replays one transaction; returns how many ErrorResponses the other store sent.
+/// Replays one transaction; returns how many ErrorResponses the other store sent, and what its
+/// statements did there.
 async fn apply(
     shared: &Shared,
     conns: &mut HashMap<ConnKey, ServerConn>,
     key: &ConnKey,
     txn: &CapturedTxn,
-) -> Result<u32, String> {
+) -> Result<(u32, Outcome), String> {
     if !conns.contains_key(key) {
         let rt = shared.runtime.load_full();
         let backend = if txn.toward_target { rt.targets.first().cloned() } else { Some(rt.primary.clone()) };
@@ -271,6 +314,7 @@ async fn apply(
     conn.stream.write_all(&out).await.map_err(|e| e.to_string())?;
     let expected = txn.boundaries + u32::from(prepares > 0);
     let (mut seen, mut errors, mut status) = (0, 0u32, crate::wire::TxStatus::Idle);
+    let mut did = Outcome::default();
     while seen < expected {
         let f = conn.read_frame().await.map_err(|e| e.to_string())?;
         match f[0] {
@@ -278,8 +322,10 @@ async fn apply(
                 seen += 1;
                 status = frame::ready_status(&f).map_err(|e| crate::wire::WireError::from(e).to_string())?;
             }
+            tag::COMMAND_COMPLETE => did.command_complete(&f),
             tag::ERROR_RESPONSE => {
                 errors += 1;
+                did.error();
                 let e = frame::error_fields(&f);
                 tracing::debug!(
                     "dual-write replay error {}: {}",
@@ -293,5 +339,5 @@ async fn apply(
     if !status.is_idle() {
         conn.run_internal("ROLLBACK").await.map_err(|e| e.to_string())?;
     }
-    Ok(errors)
+    Ok((errors, did))
 }
