@@ -138,8 +138,7 @@ async fn a_session_pinned_before_dual_write_does_not_write_unmirrored() {
     let entered = control::change_phase(&p.shared, Phase::DualWrite, None).await;
     c.batch_execute("insert into dwpin_items values (1)").await.unwrap();
     assert!(p.shared.migration.mirror.drained(Duration::from_secs(5)).await);
-    let on_target: i64 =
-        target_client().await.query_one("select count(*) from dwpin_items", &[]).await.unwrap().get(0);
+    let on_target: i64 = target_client().await.query_one("select count(*) from dwpin_items", &[]).await.unwrap().get(0);
     let status = control::status(&p.shared).unwrap();
     assert!(
         entered.is_err() || on_target == 1 || status.mirror.diverged > 0,
@@ -172,5 +171,36 @@ async fn a_statement_failing_on_each_side_in_turn_is_counted() {
     assert!(p.shared.migration.mirror.drained(Duration::from_secs(5)).await);
     let status = control::status(&p.shared).unwrap();
     assert!(status.mirror.diverged > 0, "the target lost a committed write: {status:?}");
+    let _ = std::fs::remove_file(&state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_flight_when_its_client_leaves_is_replayed_or_counted() {
+    // The client sends an autocommit insert and hangs up before the answer: the source commits
+    // it all the same, and the proxy closes the server connection without reading the reply.
+    on_both("drop table if exists dwgone_t; create table dwgone_t(id int primary key)").await;
+    let (p, state) = start("gone").await;
+    control::change_phase(&p.shared, Phase::DualWrite, None).await.unwrap();
+    let mut s = common::raw::login(proxy::port(&p), "app", "app", "app").await;
+    let mut out = Vec::new();
+    common::raw::query(&mut out, "insert into dwgone_t select 1 from pg_sleep(0.5)");
+    tokio::io::AsyncWriteExt::write_all(&mut s, &out).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(s);
+    let src = common::connect(common::shared_bed().primary_port, "app", "app", "app").await;
+    let mut on_source = 0i64;
+    for _ in 0..50 {
+        on_source = src.query_one("select count(*) from dwgone_t", &[]).await.unwrap().get(0);
+        if on_source == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(on_source, 1, "the source committed the insert");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(p.shared.migration.mirror.drained(Duration::from_secs(5)).await);
+    let on_target: i64 = target_client().await.query_one("select count(*) from dwgone_t", &[]).await.unwrap().get(0);
+    let status = control::status(&p.shared).unwrap();
+    assert!(on_target == 1 || status.mirror.diverged > 0, "the source holds the row, the target not: {status:?}");
     let _ = std::fs::remove_file(&state);
 }

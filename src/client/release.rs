@@ -56,6 +56,14 @@ impl Session {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.client.write_all(&self.cout)).await;
             let _ = self.client.flush().await;
         }
+        if self.attached.as_ref().is_some_and(|a| !a.committed.is_empty()) {
+            Box::pin(self.mirror_committed()).await;
+        }
+        if self.attached.as_ref().is_some_and(|a| a.capture.as_ref().is_some_and(|c| c.wrote) && !a.queue.is_empty()) {
+            // Its server is closed unread: the serving store may have committed the write (an
+            // autocommit statement, a COMMIT) or not; either way nothing can be replayed.
+            self.shared.migration.mirror.lost("a client left while its write was in flight: not replayed");
+        }
         if let Some(mut att) = self.attached.take() {
             self.handle.set_server(None);
             if self.state.tx_effects.as_ref().is_some_and(|e| !e.is_empty()) {

@@ -192,6 +192,13 @@ impl Mirror {
         true
     }
 
+    /// A write the serving store may have committed that cannot be replayed: counted as diverged.
+    pub fn lost(&self, why: &str) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.diverged.fetch_add(1, Ordering::Relaxed);
+        self.note_error(why);
+    }
+
     fn note_error(&self, e: &str) {
         tracing::warn!("dual-write: {e}");
         if let Ok(mut l) = self.last_error.lock() {
