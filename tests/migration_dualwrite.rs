@@ -252,3 +252,18 @@ async fn one_clients_untracked_session_state_does_not_reach_anothers_replay() {
     assert!(public == 1 || status.mirror.diverged > 0, "b's row went to another table on the target: {status:?}");
     let _ = std::fs::remove_file(&state);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_sql_prepare_and_execute_is_replayed() {
+    on_both("drop table if exists dwexec_t; create table dwexec_t(id int primary key)").await;
+    let (p, state) = start("execute").await;
+    control::change_phase(&p.shared, Phase::DualWrite, None).await.unwrap();
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    c.batch_execute("prepare dwexec_ins(int) as insert into dwexec_t values ($1)").await.unwrap();
+    c.batch_execute("execute dwexec_ins(1)").await.unwrap();
+    assert!(p.shared.migration.mirror.drained(Duration::from_secs(5)).await);
+    let on_target: i64 = target_client().await.query_one("select count(*) from dwexec_t", &[]).await.unwrap().get(0);
+    let status = control::status(&p.shared).unwrap();
+    assert!(on_target == 1 || status.mirror.diverged > 0, "the source holds the row, the target not: {status:?}");
+    let _ = std::fs::remove_file(&state);
+}

@@ -136,13 +136,15 @@ impl Fwd<'_> {
         if self.att.queue.is_empty() || self.att.kind == crate::router::StatementKind::Other {
             self.att.kind = c.kind;
         }
-        // What a later read must see (read-your-writes): anything that may change data. Session
-        // and transaction control, hinted reads and LISTEN/NOTIFY change none.
+        // What a later read must see (read-your-writes), and what dual-write replays: anything
+        // that may change data. Session and transaction control, hinted reads and LISTEN/NOTIFY
+        // change none, except SQL EXECUTE/PREPARE/DECLARE, which run a query unclassified.
         use crate::router::reasons;
         let changes_data = |s: &crate::router::Statement| {
             s.target == Target::Primary
-                && ![reasons::TRANSACTION, reasons::SESSION, reasons::EMPTY, reasons::HINT, reasons::LISTEN_NOTIFY]
-                    .contains(&s.reason)
+                && (s.runs_sql
+                    || ![reasons::TRANSACTION, reasons::SESSION, reasons::EMPTY, reasons::HINT, reasons::LISTEN_NOTIFY]
+                        .contains(&s.reason))
         };
         if c.statements.iter().any(changes_data) {
             self.att.wrote = true;

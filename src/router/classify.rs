@@ -121,6 +121,9 @@ pub struct Statement {
     /// the transaction read (TimeZone, DateStyle, the search path); custom settings
     /// (`app.tenant`) change no parse and do not count.
     pub sets_config: bool,
+    /// Runs, or keeps for later, a query the classifier did not look into (SQL `EXECUTE`,
+    /// `PREPARE`, `DECLARE ... CURSOR`): it may write whatever the statement's own class says.
+    pub runs_sql: bool,
 }
 
 /// The decision for a whole query string.
@@ -218,6 +221,7 @@ impl Statement {
             session: SessionEffect::None,
             pure: false,
             sets_config: false,
+            runs_sql: false,
         }
     }
 

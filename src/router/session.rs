@@ -25,7 +25,7 @@ pub(super) fn utility(cur: &mut Cursor, kw: Kw) -> Option<Statement> {
         Kw::Prepare => prepare(cur),
         Kw::Execute => match cur.advance().and_then(|t| ident_text(cur, t)) {
             Some(name) if is_reserved_name(&name) => session(SessionEffect::ReservedName),
-            _ => session(SessionEffect::None),
+            _ => Statement { runs_sql: true, ..session(SessionEffect::None) },
         },
         Kw::Declare => declare(cur),
         Kw::Load => session(SessionEffect::Pin("load")),
@@ -299,7 +299,7 @@ fn prepare(cur: &mut Cursor) -> Statement {
     if cur.advance().and_then(|t| ident_text(cur, t)).is_some_and(|n| is_reserved_name(&n)) {
         return session(SessionEffect::ReservedName);
     }
-    session(SessionEffect::Pin("sql_prepare"))
+    Statement { runs_sql: true, ..session(SessionEffect::Pin("sql_prepare")) }
 }
 
 /// `DECLARE name ... CURSOR [WITH HOLD] FOR query`: only WITH HOLD outlives the transaction.
@@ -309,11 +309,11 @@ fn declare(cur: &mut Cursor) -> Statement {
             break;
         }
         if cur.is_word(t, "with") && cur.eat_word("hold") {
-            return session(SessionEffect::Pin("with_hold_cursor"));
+            return Statement { runs_sql: true, ..session(SessionEffect::Pin("with_hold_cursor")) };
         }
     }
     // The cursor's query is not analysed here: it may call anything.
-    Statement { pure: false, ..tx(TxControl::None) }
+    Statement { pure: false, runs_sql: true, ..tx(TxControl::None) }
 }
 
 /// `a.b.c` as a setting name, lower-cased: PostgreSQL finds settings by name without regard to
