@@ -136,9 +136,9 @@ impl Fwd<'_> {
         if self.att.queue.is_empty() || self.att.kind == crate::router::StatementKind::Other {
             self.att.kind = c.kind;
         }
-        // What a later read must see (read-your-writes), and what dual-write replays: anything
-        // that may change data. Session and transaction control, hinted reads and LISTEN/NOTIFY
-        // change none, except SQL EXECUTE/PREPARE/DECLARE, which run a query unclassified.
+        // What a later read must see (read-your-writes) and dual-write replays: anything that may
+        // change data. Session/transaction control (but SQL EXECUTE/PREPARE/DECLARE), hints and
+        // LISTEN/NOTIFY change none.
         use crate::router::reasons;
         let changes_data = |s: &crate::router::Statement| {
             s.target == Target::Primary

@@ -121,8 +121,7 @@ pub struct Statement {
     /// the transaction read (TimeZone, DateStyle, the search path); custom settings
     /// (`app.tenant`) change no parse and do not count.
     pub sets_config: bool,
-    /// Runs, or keeps for later, a query the classifier did not look into (SQL `EXECUTE`,
-    /// `PREPARE`, `DECLARE ... CURSOR`): it may write whatever the statement's own class says.
+    /// Runs or keeps a query left unclassified (SQL `EXECUTE`, `PREPARE`, `DECLARE`): may write.
     pub runs_sql: bool,
 }
 
