@@ -40,6 +40,8 @@ impl Session {
                 boundaries: c.boundaries,
                 errors: c.errors,
                 outcome: c.outcome,
+                session: self.keeps_session_state().then_some(self.handle.id),
+                residue: c.residue,
                 ack,
             };
             mirror.submit(&self.shared, txn, timeout).await;
@@ -48,6 +50,21 @@ impl Session {
                 // the other store has the transaction too (or the replay gave up).
                 // A replay that gives up is counted by the applier itself.
                 let _ = tokio::time::timeout(timeout, done).await;
+            }
+        }
+    }
+
+    /// True when this client's server keeps session state between its transactions (session
+    /// mode, or pinned): its replays need a connection of their own too.
+    pub(super) fn keeps_session_state(&self) -> bool {
+        self.state.pinned || self.pools.mode == crate::config::PoolMode::Session
+    }
+
+    /// When it leaves: its own replay connections are closed after its last replay.
+    pub(super) async fn forget_replays(&self) {
+        if self.keeps_session_state() {
+            if let Some(cfg) = self.rt.config.migration.as_ref() {
+                self.shared.migration.mirror.forget(self.handle.id, cfg.mirror_timeout.0).await;
             }
         }
     }

@@ -59,6 +59,7 @@ impl Session {
         if self.attached.as_ref().is_some_and(|a| !a.committed.is_empty()) {
             Box::pin(self.mirror_committed()).await;
         }
+        self.forget_replays().await;
         if self.attached.as_ref().is_some_and(|a| a.capture.as_ref().is_some_and(|c| c.wrote) && !a.queue.is_empty()) {
             // Its server is closed unread: the serving store may have committed the write (an
             // autocommit statement, a COMMIT) or not; either way nothing can be replayed.

@@ -318,7 +318,8 @@ impl Reply<'_> {
             // A transaction ended: if it wrote, it is now committed (or failed on both sides
             // alike): hand it to the mirror; otherwise forget what was captured.
             if let Some(c) = self.att.capture.as_mut() {
-                let c = std::mem::take(c);
+                let mut c = std::mem::take(c);
+                c.residue = self.att.settings_unsure;
                 if c.wrote {
                     self.att.committed.push(c);
                 }

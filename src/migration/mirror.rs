@@ -45,6 +45,13 @@ pub struct CapturedTxn {
     pub errors: u32,
     /// What its statements did on the serving store (replay should do the same).
     pub outcome: Outcome,
+    /// The client, when its server keeps session state between its transactions (session mode,
+    /// or pinned): they replay on a connection of their own, so that state (a search path set by
+    /// `set_config`, a role, a temp table) follows them and reaches no other client's replay.
+    pub session: Option<u64>,
+    /// It may have left session state its recorded settings do not show (a SET, `set_config`):
+    /// the shared replay connection is reset after it, as the client's server is.
+    pub residue: bool,
     /// In sync mode: told once applied.
     pub ack: Option<oneshot::Sender<()>>,
 }
@@ -100,6 +107,8 @@ pub struct Capture {
     pub outcome: Outcome,
     /// Something in it may have changed data (only such transactions are replayed).
     pub wrote: bool,
+    /// It may have left session state its recorded settings do not show.
+    pub residue: bool,
 }
 
 impl Capture {
@@ -112,10 +121,18 @@ impl Capture {
     }
 }
 
+/// What the applier does next, in queue (commit) order.
+enum Job {
+    /// Replays a committed transaction.
+    Txn(Box<CapturedTxn>),
+    /// A client whose transactions replayed on connections of their own left: close them.
+    Forget(u64),
+}
+
 /// Counters and the queue.
 #[derive(Default)]
 pub struct Mirror {
-    tx: Mutex<Option<mpsc::Sender<CapturedTxn>>>,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
     next_seq: AtomicU64,
     /// Highest sequence applied (or given up on) by the applier.
     pub applied_seq: AtomicU64,
@@ -171,12 +188,23 @@ impl Mirror {
         let Some(sender) = sender else { return };
         let seq = txn.seq;
         self.queued.fetch_add(1, Ordering::Relaxed);
-        if tokio::time::timeout(timeout, sender.send(txn)).await.map_or(true, |r| r.is_err()) {
+        if tokio::time::timeout(timeout, sender.send(Job::Txn(Box::new(txn)))).await.map_or(true, |r| r.is_err()) {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             self.failed.fetch_add(1, Ordering::Relaxed);
             self.diverged.fetch_add(1, Ordering::Relaxed);
             self.note_error("mirror queue full: a committed transaction was not replayed");
             self.applied_seq.fetch_max(seq, Ordering::Relaxed);
+        }
+    }
+
+    /// A client whose transactions replayed on connections of their own (`CapturedTxn::session`)
+    /// left: once its queued transactions are replayed, those connections are closed.
+    pub async fn forget(&self, client: u64, timeout: Duration) {
+        let sender = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(sender) = sender {
+            if tokio::time::timeout(timeout, sender.send(Job::Forget(client))).await.map_or(true, |r| r.is_err()) {
+                tracing::warn!(client, "mirror queue full: a replay connection of a client that left stays open");
+            }
         }
     }
 
@@ -219,14 +247,22 @@ impl Mirror {
     }
 }
 
-type ConnKey = (bool, String, String);
+/// A replay connection: toward the target, user, database, and the client for session-bound ones.
+type ConnKey = (bool, String, String, Option<u64>);
 
 /// The single applier: replays transactions one at a time, in queue order.
-async fn apply_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<CapturedTxn>) {
+async fn apply_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
     let mut conns: HashMap<ConnKey, ServerConn> = HashMap::new();
-    while let Some(mut txn) = rx.recv().await {
+    while let Some(job) = rx.recv().await {
+        let mut txn = match job {
+            Job::Txn(txn) => txn,
+            Job::Forget(client) => {
+                conns.retain(|k, _| k.3 != Some(client));
+                continue;
+            }
+        };
         let m = &shared.migration.mirror;
-        let key = (txn.toward_target, txn.user.name.clone(), txn.database.clone());
+        let key = (txn.toward_target, txn.user.name.clone(), txn.database.clone(), txn.session);
         let timeout =
             shared.runtime.load().config.migration.as_ref().map_or(Duration::from_secs(5), |c| c.mirror_timeout.0);
         let outcome = tokio::time::timeout(timeout, apply(&shared, &mut conns, &key, &txn)).await;
@@ -345,6 +381,14 @@ async fn apply(
     }
     if !status.is_idle() {
         conn.run_internal("ROLLBACK").await.map_err(|e| e.to_string())?;
+    }
+    if txn.residue && txn.session.is_none() {
+        // As the client's own server would be before another client's query: nothing this
+        // transaction left behind reaches the next client's replay.
+        if let Some(e) = conn.run_internal("RESET ALL").await.map_err(|e| e.to_string())? {
+            return Err(format!("resetting the replay connection failed: {e}"));
+        }
+        conn.state.settings.clear();
     }
     Ok((errors, did))
 }
