@@ -35,8 +35,8 @@ Commands:
   help          This text.
 
 Roles: 'app' (password 'app', superuser, owns database 'app'; scram-sha-256),
-'pgshift_fleet' (password 'pgshift_fleet', may create schemas in 'app': a fleet
-store's own role) and 'postgres' (trust over 127.0.0.1 and the unix socket in DIR/run).
+'pgshift_fleet' (password 'pgshift_fleet', may create schemas in 'app' and
+'fleet_planted': a fleet store's own role) and 'postgres' (trust over 127.0.0.1 and the unix socket in DIR/run).
 Layout: DIR/node0 = primary data dir, DIR/nodeI = replica I, DIR/logs/nodeI.log.
 Server commands run as the 'postgres' OS user (runuser as root, sudo otherwise).
 Env: PGBED_PGBIN overrides the PostgreSQL bin dir ($PGBIN).
@@ -337,6 +337,9 @@ SELECT 'CREATE DATABASE app OWNER app'
 SELECT 'CREATE ROLE pgshift_fleet LOGIN PASSWORD ''pgshift_fleet'''
   WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgshift_fleet') \gexec
 GRANT CREATE ON DATABASE app TO pgshift_fleet;
+SELECT 'CREATE DATABASE fleet_planted OWNER app'
+  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'fleet_planted') \gexec
+GRANT CREATE ON DATABASE fleet_planted TO pgshift_fleet;
 EOF
 
   # Existing replicas are just started; missing ones are cloned.

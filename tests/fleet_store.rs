@@ -126,7 +126,9 @@ async fn a_change_while_another_instance_holds_the_lock_is_refused() {
     // Hold the fleet's change lock as an instance in the middle of a change would.
     let bed = common::shared_bed();
     let holder = common::connect(bed.primary_port, "pgshift_fleet", "pgshift_fleet", "app").await;
-    holder.batch_execute("begin; lock table pgshift.fleet_change_lock in share row exclusive mode").await.unwrap();
+    let table = pgshift::fleet::store::lock_table(&name);
+    holder.batch_execute(&format!("create table if not exists {table} ()")).await.unwrap();
+    holder.batch_execute(&format!("begin; lock table {table} in share row exclusive mode")).await.unwrap();
     let (code, body) = change(&fleet[1], r#"{"phase":"dual_write"}"#).await;
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("another instance"), "{body}");

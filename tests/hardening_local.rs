@@ -117,9 +117,10 @@ async fn a_database_client_cannot_forge_the_fleet_state_or_block_its_changes() {
     direct.batch_execute("begin").await.unwrap();
     let held = "select count(pg_relation_size(c.oid)) from pg_class c join pg_namespace n on n.oid = c.relnamespace \
                 where n.nspname = 'pgshift'";
-    let tables: i64 = direct.query_one(held, &[]).await.unwrap().get(0);
-    assert!(tables >= 3, "the control tables exist ({tables})");
     for phase in ["dual_write", "off"] {
+        // ACCESS SHARE on every table there (the fleet's lock table too, once made).
+        let tables: i64 = direct.query_one(held, &[]).await.unwrap().get(0);
+        assert!(tables >= 2, "the control tables exist ({tables})");
         let body = format!(r#"{{"phase":"{phase}"}}"#);
         let (code, text) = proxy::admin_http(&p, "POST", "/migration/phase", Some(TOKEN), &body).await;
         assert_eq!(code, 200, "a client's lock blocked the change to {phase}: {text}");
@@ -158,17 +159,18 @@ async fn the_store_role_cannot_log_in_through_pgshift() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_table_owned_by_another_role_is_refused() {
     let bed = common::shared_bed();
-    let db = format!("fleet_planted_{}", std::process::id());
-    common::superuser_exec(bed.primary_port, &format!("CREATE DATABASE {db} OWNER app"));
-    common::superuser_exec(bed.primary_port, &format!("GRANT CREATE ON DATABASE {db} TO pgshift_fleet"));
+    // A database of the bed's own (scripts/pgbed.sh) for this: app owns it, the store's role may
+    // create schemas there.
+    let db = "fleet_planted";
     let planted = common::psql(
         bed.primary_port,
         "app",
         "app",
-        &db,
-        "CREATE SCHEMA pgshift; CREATE TABLE pgshift.fleet_state (fleet text PRIMARY KEY, version bigint, \
-         state jsonb, fence bigint, fence_by int, changed_by int, changed_at timestamptz); \
-         GRANT USAGE ON SCHEMA pgshift TO pgshift_fleet; GRANT ALL ON pgshift.fleet_state TO pgshift_fleet",
+        db,
+        "CREATE SCHEMA IF NOT EXISTS pgshift; CREATE TABLE IF NOT EXISTS pgshift.fleet_state (fleet text \
+         PRIMARY KEY, version bigint, state jsonb, fence bigint, fence_by int, changed_by int, changed_at \
+         timestamptz); GRANT USAGE ON SCHEMA pgshift TO pgshift_fleet; \
+         GRANT ALL ON pgshift.fleet_state TO pgshift_fleet",
     );
     assert!(planted.status.success(), "{}", String::from_utf8_lossy(&planted.stderr));
     let dir = common::TempDir::new("hl-fleet-planted");
@@ -196,6 +198,4 @@ async fn a_control_table_owned_by_another_role_is_refused() {
     assert_eq!(p.shared.fleet.applied.load(std::sync::atomic::Ordering::Acquire), 0, "a planted state was applied");
     let (code, _) = proxy::admin_http(&p, "POST", "/migration/phase", Some(TOKEN), r#"{"phase":"dual_write"}"#).await;
     assert_ne!(code, 200, "a change went through a planted control table");
-    drop(p);
-    common::superuser_exec(bed.primary_port, &format!("DROP DATABASE {db} WITH (FORCE)"));
 }

@@ -1,5 +1,5 @@
 //! A phase change made through this instance, for the whole fleet: one change at a time across
-//! the fleets sharing a store (a table lock there), taken from the latest shared state, published to
+//! the fleet (a table lock in the store), taken from the latest shared state, published to
 //! the control table and announced with NOTIFY. When the write target flips, the change is fenced:
 //! every live instance holds new transactions and confirms that none of its own runs (and its
 //! mirror has drained) before anything flips.
@@ -35,7 +35,7 @@ pub async fn begin(shared: &Shared) -> Result<Option<Change>, FleetError> {
     }
     let f = &rt.config.fleet;
     let mut lock = store::connect(&rt).await?;
-    if !store::try_lock(&mut lock).await? {
+    if !store::try_lock(&mut lock, &f.name).await? {
         return Err(FleetError::Busy);
     }
     let mut conn = store::connect(&rt).await?;

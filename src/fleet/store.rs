@@ -4,7 +4,7 @@
 //! phases, sync engine) as JSON, its version, and the fence of a change in progress.
 //! `pgshift.fleet_members` has one row per instance: its heartbeat (`seen`, on the store's clock),
 //! what it reports, the state version it has applied and the fence it has confirmed.
-//! `pgshift.fleet_change_lock` has no rows: the instance making a change locks the table.
+//! `pgshift.fleet_lock_<digest>` has no rows: the instance making a change of that fleet locks it.
 //! The tables belong to the store's role alone, and pgshift checks that at every connection.
 //! Every statement is parameterised; names go to PostgreSQL as values, never spliced into SQL.
 
@@ -33,20 +33,24 @@ const SCHEMA: &str = "BEGIN;
         applied bigint NOT NULL DEFAULT 0, drained bigint NOT NULL DEFAULT 0,
         started timestamptz NOT NULL DEFAULT now(), seen timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (fleet, id));
-    CREATE TABLE IF NOT EXISTS pgshift.fleet_change_lock ();
     COMMIT";
 
-/// The control tables are complete (the newest one exists).
-const SCHEMA_DONE: &str = "SELECT to_regclass('pgshift.fleet_change_lock') IS NOT NULL";
+/// The control tables exist.
+const SCHEMA_DONE: &str = "SELECT to_regclass('pgshift.fleet_members') IS NOT NULL";
 
 /// What makes the control tables other than the store role's alone, one line, empty when
-/// nothing does: another owner of the schema or a table, privileges granted on a table, roles
-/// that can act as the store's role (members; from PostgreSQL 16 those with SET or INHERIT).
+/// nothing does: another owner of the schema or of anything in it, privileges granted on those
+/// tables or to create in the schema, roles that can act as the store's role (members; from
+/// PostgreSQL 16 those with SET or INHERIT).
 const NOT_OURS: &str = "WITH t AS (SELECT c.* FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-        WHERE n.nspname = 'pgshift' AND c.relname IN ('fleet_state', 'fleet_members', 'fleet_change_lock')) \
+        WHERE n.nspname = 'pgshift') \
     SELECT concat_ws('; ', \
       (SELECT 'schema pgshift belongs to ' || quote_ident(pg_get_userbyid(nspowner)) FROM pg_namespace \
          WHERE nspname = 'pgshift' AND nspowner <> r.oid), \
+      (SELECT string_agg(DISTINCT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END \
+         || ' may create in schema pgshift', ', ') \
+         FROM pg_namespace n, aclexplode(n.nspacl) a \
+         WHERE n.nspname = 'pgshift' AND a.grantee <> n.nspowner AND a.privilege_type = 'CREATE'), \
       (SELECT string_agg(t.oid::regclass::text || ' belongs to ' || quote_ident(pg_get_userbyid(t.relowner)), ', ') \
          FROM t WHERE t.relowner <> r.oid), \
       (SELECT string_agg(DISTINCT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END \
@@ -251,23 +255,40 @@ pub async fn leave(conn: &mut ServerConn, fleet: &str, id: u16, incarnation: &st
     Ok(())
 }
 
-/// Takes the change lock of the fleets using this store, if no other instance holds it: a lock
-/// on `pgshift.fleet_change_lock`, held by an open transaction on `conn` (a connection of the
-/// change's own) until the connection closes.
+/// The table whose lock is fleet `fleet`'s change lock: one per fleet, since fleets may share a
+/// store, named by a digest of the fleet's name (so always a plain identifier).
+pub fn lock_table(fleet: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(fleet.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("pgshift.fleet_lock_{hex}")
+}
+
+/// Takes fleet `fleet`'s change lock, if no other instance holds it: a lock on its
+/// [`lock_table`] (made on first use), held by an open transaction on `conn` (a connection of
+/// the change's own) until the connection closes.
 /// - Not an advisory lock: any client of the database could hold that one.
 /// - A table lock in SHARE ROW EXCLUSIVE mode: taking it, or any mode that conflicts with it,
 ///   needs privileges on the table that only the store's role has (the ACCESS SHARE lock that
 ///   `pg_relation_size(oid)` takes without a privilege check does not conflict).
 /// - Not a row lock: that would give the transaction an xid, and creating a logical replication
 ///   slot (which a change with logical sync does) waits for every transaction holding one.
-pub async fn try_lock(conn: &mut ServerConn) -> Result<bool, FleetError> {
-    let take = "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0; SET LOCAL lock_timeout = 0; \
-                LOCK TABLE pgshift.fleet_change_lock IN SHARE ROW EXCLUSIVE MODE NOWAIT";
-    match conn.run_internal_coded(take).await.map_err(store)? {
-        None => Ok(true),
-        Some((code, _)) if code == "55P03" => Ok(false), // lock_not_available
-        Some((_, e)) => Err(FleetError::Store(e)),
+pub async fn try_lock(conn: &mut ServerConn, fleet: &str) -> Result<bool, FleetError> {
+    let table = lock_table(fleet);
+    let make = format!("CREATE TABLE IF NOT EXISTS {table} ()");
+    let take = format!(
+        "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0; SET LOCAL lock_timeout = 0; \
+         LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE NOWAIT"
+    );
+    for sql in [make, take] {
+        match conn.run_internal_coded(&sql).await.map_err(store)? {
+            None => {}
+            // lock_not_available; or another instance creating the table at this moment
+            Some((code, _)) if ["55P03", "23505", "42P07"].contains(&code.as_str()) => return Ok(false),
+            Some((_, e)) => return Err(FleetError::Store(e)),
+        }
     }
+    Ok(true)
 }
 
 /// Writes this instance's heartbeat. False if another live instance holds the same id.
