@@ -140,7 +140,7 @@ async fn control_requests_from_a_browser_are_refused() {
         }
         assert!(!paused(&p).await, "a refused request changed nothing ({headers:?})");
     }
-    let (status, _) = request(&addr, "GET", "/stats", "Host: evil.example\r\nOrigin: http://evil.example\r\n").await;
+    let (status, _) = request(&addr, "GET", "/stats", "Host: localhost\r\nOrigin: http://evil.example\r\n").await;
     assert_eq!(status, 200, "reading stays open");
 
     // What curl sends from this host still works without a token.
@@ -154,6 +154,32 @@ async fn control_requests_from_a_browser_are_refused() {
     }
     let (status, body) = request(&addr, "POST", "/reconnect", "").await;
     assert_eq!(status, 200, "HTTP/1.1 without Host is not a browser: {body}");
+}
+
+/// A page whose DNS name was rebound to 127.0.0.1 sends its own name as `Host`: on a loopback
+/// listener it reads nothing, with or without a token; the probes still answer any `Host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_through_a_rebound_host_name_are_refused() {
+    let with_token = proxy::start(proxy::config(common::shared_bed().primary_port, &[])).await;
+    for p in [tokenless().await, with_token] {
+        let addr = admin(&p);
+        let port = addr.rsplit(':').next().unwrap().to_string();
+        for path in ["/clients", "/servers", "/config", "/stats", "/metrics", "/route?sql=select+1", "/migration"] {
+            let (status, body) = request(&addr, "GET", path, &format!("Host: evil.example:{port}\r\n")).await;
+            assert_eq!(status, 403, "GET {path} with a foreign Host: {body}");
+            assert!(body.contains("refused: Host"), "{body}");
+            let (status, body) = request(&addr, "HEAD", path, "Host: evil.example\r\n").await;
+            assert_eq!(status, 403, "HEAD {path} with a foreign Host: {body}");
+        }
+        for host in [format!("127.0.0.1:{port}"), "localhost".into(), format!("[::1]:{port}")] {
+            let (status, body) = request(&addr, "GET", "/clients", &format!("Host: {host}\r\n")).await;
+            assert_eq!(status, 200, "GET /clients with Host {host}: {body}");
+        }
+        for probe in ["/health", "/ready"] {
+            let (status, body) = request(&addr, "GET", probe, "Host: pgshift.internal\r\n").await;
+            assert_eq!(status, 200, "GET {probe} answers any Host: {body}");
+        }
+    }
 }
 
 /// The `pgshift` binary, stopped and reaped when dropped.

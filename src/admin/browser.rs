@@ -7,6 +7,11 @@
 //! send one on cross-site and scripted POSTs; curl and scripts do not), when `Sec-Fetch-Site` says
 //! another site sent it, or, while no token is configured, when its `Host` is neither a loopback
 //! name nor the listener's own address.
+//!
+//! Reading needs no token, so DNS rebinding would also let such a page read `/clients`, `/config`
+//! and the rest from a loopback listener and send them home. So on a loopback TCP listener every
+//! request, reads included, is refused when its `Host` names another host; the probes (`/health`,
+//! `/ready`) stay open to any `Host`.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -18,13 +23,15 @@ use std::net::IpAddr;
 
 use super::AdminState;
 
-/// Middleware: passes safe methods, and unsafe ones that pass [`refusal`].
+/// Middleware: passes safe methods that pass [`read_refusal`], and unsafe ones that pass [`refusal`].
 pub async fn guard(State(s): State<AdminState>, req: Request, next: Next) -> Response {
-    if req.method().is_safe() {
-        return next.run(req).await;
-    }
-    let tokenless = s.shared.runtime.load().config.admin.token.is_empty();
-    match refusal(req.headers(), tokenless, s.listen_ip) {
+    let why = if req.method().is_safe() {
+        read_refusal(req.uri().path(), req.headers(), s.listen_ip)
+    } else {
+        let tokenless = s.shared.runtime.load().config.admin.token.is_empty();
+        refusal(req.headers(), tokenless, s.listen_ip)
+    };
+    match why {
         Some(why) => (StatusCode::FORBIDDEN, Json(json!({ "error": why }))).into_response(),
         None => next.run(req).await,
     }
@@ -44,17 +51,34 @@ pub fn refusal(headers: &HeaderMap, tokenless: bool, listen_ip: Option<IpAddr>) 
         return Some(format!("refused: Sec-Fetch-Site is {site:?}, so another web site sent this request"));
     }
     if tokenless {
-        if let Some(host) = headers.get(header::HOST) {
-            let host = host.to_str().unwrap_or("?");
-            if !host_is_local(host, listen_ip) {
-                return Some(format!(
-                    "refused: Host {host:?} is not a loopback name or this listener's address; with no \
-                     [admin] token, control requests must name localhost, 127.0.0.1 or [::1]"
-                ));
-            }
-        }
+        return foreign_host(headers, listen_ip);
     }
     None
+}
+
+/// Paths a load balancer or orchestrator probes, often by a name of its own: open to any `Host`.
+const PROBES: [&str; 2] = ["/health", "/ready"];
+
+/// Why a reading request with these headers is refused, if it is: on a loopback TCP listener, a
+/// `Host` naming another host (a page's DNS name rebound to 127.0.0.1), except on the probes.
+pub fn read_refusal(path: &str, headers: &HeaderMap, listen_ip: Option<IpAddr>) -> Option<String> {
+    if !listen_ip.is_some_and(|ip| ip.is_loopback()) || PROBES.contains(&path) {
+        return None;
+    }
+    foreign_host(headers, listen_ip)
+}
+
+/// The refusal for a `Host` header that is neither local nor the listener's address (none without one).
+fn foreign_host(headers: &HeaderMap, listen_ip: Option<IpAddr>) -> Option<String> {
+    let host = headers.get(header::HOST)?;
+    let host = host.to_str().unwrap_or("?");
+    if host_is_local(host, listen_ip) {
+        return None;
+    }
+    Some(format!(
+        "refused: Host {host:?} is not a loopback name or this listener's address (a web page may have \
+         sent this request); name localhost, 127.0.0.1 or [::1]"
+    ))
 }
 
 /// `localhost`, a loopback IP (`127.0.0.1`, `[::1]`) or the listener's own IP, each with or without a port.
@@ -104,5 +128,20 @@ mod tests {
         }
         assert!(refusal(&headers(&[("host", "pgshift.internal")]), false, listen).is_none(), "a token protects it");
         assert!(refusal(&HeaderMap::new(), true, listen).is_none(), "no Host: not a browser");
+    }
+
+    #[test]
+    fn reads_on_a_loopback_listener_must_name_a_local_host() {
+        let loopback = Some("127.0.0.1".parse().unwrap());
+        let rebound = headers(&[("host", "evil.example:6480")]);
+        assert!(read_refusal("/clients", &rebound, loopback).is_some());
+        assert!(read_refusal("/config", &rebound, loopback).is_some());
+        assert!(read_refusal("/health", &rebound, loopback).is_none(), "probes stay open");
+        assert!(read_refusal("/ready", &rebound, loopback).is_none(), "probes stay open");
+        assert!(read_refusal("/clients", &headers(&[("host", "localhost:6480")]), loopback).is_none());
+        assert!(read_refusal("/clients", &HeaderMap::new(), loopback).is_none(), "no Host: not a browser");
+        let public = Some("10.0.0.5".parse().unwrap());
+        assert!(read_refusal("/clients", &rebound, public).is_none(), "a DNS name may front a public listener");
+        assert!(read_refusal("/clients", &rebound, None).is_none(), "a browser cannot reach a unix socket");
     }
 }
