@@ -182,6 +182,21 @@ async fn reads_through_a_rebound_host_name_are_refused() {
     }
 }
 
+/// `GET /route` needs no token: what it is asked must not fill (and so flush) the classification
+/// cache the client sessions rely on, nor grow its memory toward its bound of 8 KiB texts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_questions_leave_the_classification_cache_alone() {
+    let p = proxy::start(proxy::config(common::shared_bed().primary_port, &[])).await;
+    let addr = admin(&p);
+    let before = p.shared.classify_cache.len();
+    for i in 0..50 {
+        let (status, body) = request(&addr, "GET", &format!("/route?sql=select+{i}+from+t{i}"), "").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let after = p.shared.classify_cache.len();
+    assert_eq!(after, before, "50 distinct /route texts were cached ({before} -> {after})");
+}
+
 /// The `pgshift` binary, stopped and reaped when dropped.
 struct Child_(Child);
 

@@ -34,7 +34,9 @@ struct RouteQuery {
 /// How a statement would be routed now, and why.
 async fn route(State(s): State<AdminState>, Query(q): Query<RouteQuery>) -> Response {
     let rt = s.shared.runtime.load_full();
-    let class = s.shared.classify_cache.classify(&q.sql, &rt.classifier);
+    // Not through the sessions' cache: anyone who can connect may ask, and a flood of texts
+    // would flush the texts the sessions reuse.
+    let class = Arc::new(crate::router::classify::classify(&q.sql, &rt.classifier));
     let decision = decide(&rt, RouteOverride::Auto, std::slice::from_ref(&class));
     let healthy: Vec<String> = rt.replicas.iter().filter(|b| b.serves_reads(&rt)).map(|b| b.name.clone()).collect();
     let (target, reason) = match decision.target {
