@@ -92,6 +92,7 @@ async fn a_flood_of_ready_requests_costs_one_login_per_interval() {
     let mut config = proxy::config(pg, &[]);
     config.admin.ready_probe_interval = Dur::secs(1);
     config.admin.max_connections = 512;
+    config.admin.max_connections_per_ip = 512; // the whole burst comes from 127.0.0.1
     let p = proxy::start(config).await;
     let addr = admin(&p);
     let before = tokio::task::block_in_place(|| app_sessions(pg));
@@ -334,6 +335,50 @@ async fn connections_past_max_connections_are_closed_at_once() {
     }
 }
 
+/// A connection to the admin port from `ip` (any 127.0.0.0/8 address is this host's loopback).
+async fn connect_from(ip: &str, addr: &str) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{ip}:0").parse().unwrap()).expect("bind a loopback source address");
+    sock.connect(addr.parse().unwrap()).await.expect("connect to the admin port")
+}
+
+/// One host opens as many connections as it can and holds them: the load balancer's probes from
+/// another address are still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let mut config = proxy::config(common::shared_bed().primary_port, &[]);
+    config.admin.max_connections = 8;
+    config.admin.max_connections_per_ip = 3;
+    config.admin.header_timeout = Dur::secs(3600); // only the caps can close anything here
+    config.admin.idle_timeout = Dur::secs(3600);
+    let p = proxy::start(config).await;
+    let addr = admin(&p);
+    let mut flood = Vec::new();
+    for _ in 0..8 {
+        flood.push(connect_from("127.0.0.2", &addr).await);
+    }
+    for probe in ["/health", "/ready"] {
+        assert_eq!(
+            try_request(&addr, probe).await,
+            Some(200),
+            "{probe} from another address while one holds all it can"
+        );
+    }
+    for (i, extra) in flood.iter_mut().enumerate().skip(3) {
+        closed_eventually(extra, &format!("connection {} from one address past max_connections_per_ip = 3", i + 1))
+            .await;
+    }
+    let first = &mut flood[0];
+    first.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut raw = Vec::new();
+    first.read_to_end(&mut raw).await.unwrap();
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "the address's first three are served: {}",
+        String::from_utf8_lossy(&raw)
+    );
+}
+
 /// pgshift with 256 file descriptors and no useful admin cap: 300 admin connections must not
 /// take the descriptors the client port needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +386,7 @@ async fn an_admin_flood_does_not_starve_the_client_port() {
     let dir = common::TempDir::new("admin-fds");
     let log = dir.join("pgshift.log");
     let (port, admin_port) = (common::free_port(), common::free_port());
-    let extra = "token = \"t\"\nmax_connections = 1000\nheader_timeout = \"1h\"\nidle_timeout = \"1h\"\n";
+    let extra = "token = \"t\"\nmax_connections = 1000\nmax_connections_per_ip = 1000\nheader_timeout = \"1h\"\nidle_timeout = \"1h\"\n";
     let text = config_text(port, admin_port, extra);
     let child = tokio::task::block_in_place(|| spawn(&dir, &text, &log, admin_port, &["prlimit", "--nofile=256:256"]));
     let mut flood = Vec::new();

@@ -15,6 +15,7 @@ pub mod control;
 mod fd_reserve;
 mod http;
 pub mod metrics;
+mod peer_slots;
 pub mod ready;
 mod routing;
 mod serve;

@@ -1,6 +1,8 @@
 //! The admin port's accept loop: HTTP/1 through hyper, with bounds an abusive client cannot lift.
 //!
 //! - `[admin] max_connections`: connections beyond it are closed at once, not queued.
+//! - `[admin] max_connections_per_ip`: so are a client address's connections beyond it, so one
+//!   host cannot take every slot and leave the load balancer's probes closed.
 //! - A file-descriptor reserve: while fewer than max(64, 10% of RLIMIT_NOFILE) descriptors are
 //!   free, new admin connections are closed, so the admin port never starves the client port.
 //! - `[admin] header_timeout`: a request's headers must arrive within it, counted from the
@@ -20,6 +22,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 
 use super::conn_clock::{Clock, InFlight, Watched};
+use super::fd_reserve::FdReserve;
+use super::peer_slots::{PeerSlot, PeerSlots};
 use crate::shared::Shared;
 
 /// Where admin connections come from.
@@ -36,6 +40,7 @@ pub struct Limits {
     header: Duration,
     idle: Duration,
     max_connections: usize,
+    per_ip: usize,
 }
 
 /// A bound that 0 turns off.
@@ -49,6 +54,7 @@ impl Limits {
             header: a.header_timeout.enabled().unwrap_or(FOREVER),
             idle: a.idle_timeout.enabled().unwrap_or(FOREVER),
             max_connections: a.max_connections,
+            per_ip: a.max_connections_per_ip,
         }
     }
 }
@@ -56,14 +62,15 @@ impl Limits {
 /// Accepts and serves admin connections until `stop` turns true.
 pub async fn run(listener: Listener, app: Router, limits: Limits, mut stop: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
-    let fds = super::fd_reserve::FdReserve::for_this_process();
-    let mut refusing = false;
+    let peers = PeerSlots::new(limits.per_ip);
+    let fds = FdReserve::for_this_process();
+    let (mut refusing, mut warned_peer) = (false, false);
     loop {
         let accepted = tokio::select! {
             a = accept(&listener) => a,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let conn = match accepted {
+        let (conn, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -72,20 +79,31 @@ pub async fn run(listener: Listener, app: Router, limits: Limits, mut stop: watc
                 continue;
             }
         };
-        let why = match slots.clone().try_acquire_owned() {
-            Ok(permit) if fds.has_room() => {
+        let why = match admit(&slots, &peers, &fds, peer) {
+            Ok(held) => {
                 if std::mem::take(&mut refusing) {
                     tracing::info!("admin port: accepting connections again");
                 }
                 let (app, stop) = (app.clone(), stop.clone());
                 match conn {
-                    Conn::Tcp(s) => drop(tokio::spawn(serve_one(s, app, limits, stop, permit))),
-                    Conn::Unix(s) => drop(tokio::spawn(serve_one(s, app, limits, stop, permit))),
+                    Conn::Tcp(s) => drop(tokio::spawn(serve_one(s, app, limits, stop, held))),
+                    Conn::Unix(s) => drop(tokio::spawn(serve_one(s, app, limits, stop, held))),
                 }
                 continue;
             }
-            Ok(_) => "the process is close to its open-file limit (kept free for clients)",
-            Err(_) => "[admin] max_connections are open",
+            Err(Refused::Peer(ip)) => {
+                // Not the WARN below: that would let the one host log at will by taking turns
+                // with everyone else.
+                if !std::mem::replace(&mut warned_peer, true) {
+                    tracing::warn!(
+                        "admin port: closing connections from {ip} beyond [admin] max_connections_per_ip \
+                         (this and further refusals per address are logged at debug level)"
+                    );
+                }
+                tracing::debug!("admin port: closing a connection from {ip}: max_connections_per_ip are open");
+                continue;
+            }
+            Err(Refused::All(why)) => why,
         };
         // Dropping `conn` closes it at once.
         if !std::mem::replace(&mut refusing, true) {
@@ -94,26 +112,53 @@ pub async fn run(listener: Listener, app: Router, limits: Limits, mut stop: watc
     }
 }
 
+/// What a served connection holds until it ends: its slot, and its address's share.
+struct Held {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    _peer: Option<PeerSlot>,
+}
+
+/// Why a connection is closed at once.
+enum Refused {
+    /// Its address holds `max_connections_per_ip` already.
+    Peer(std::net::IpAddr),
+    /// Every connection is refused for now.
+    All(&'static str),
+}
+
+/// The slots a new connection from `peer` (`None`: a unix socket) takes, if it may be served.
+fn admit(
+    slots: &Arc<Semaphore>,
+    peers: &PeerSlots,
+    fds: &FdReserve,
+    peer: Option<std::net::IpAddr>,
+) -> Result<Held, Refused> {
+    let slot = slots.clone().try_acquire_owned().map_err(|_| Refused::All("[admin] max_connections are open"))?;
+    let peer = match peer {
+        Some(ip) => Some(peers.take(ip).ok_or(Refused::Peer(ip))?),
+        None => None,
+    };
+    if !fds.has_room() {
+        return Err(Refused::All("the process is close to its open-file limit (kept free for clients)"));
+    }
+    Ok(Held { _slot: slot, _peer: peer })
+}
+
 enum Conn {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(l: &Listener) -> std::io::Result<Conn> {
+async fn accept(l: &Listener) -> std::io::Result<(Conn, Option<std::net::IpAddr>)> {
     match l {
-        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
-        Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+        Listener::Tcp(l) => l.accept().await.map(|(s, a)| (Conn::Tcp(s), Some(a.ip()))),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| (Conn::Unix(s), None)),
     }
 }
 
-/// One connection, holding its slot until it ends.
-async fn serve_one<IO>(
-    io: IO,
-    app: Router,
-    limits: Limits,
-    mut stop: watch::Receiver<bool>,
-    _slot: tokio::sync::OwnedSemaphorePermit,
-) where
+/// One connection, holding its slots until it ends.
+async fn serve_one<IO>(io: IO, app: Router, limits: Limits, mut stop: watch::Receiver<bool>, _held: Held)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let clock = Arc::new(Clock::default());

@@ -469,6 +469,9 @@ pub struct AdminConfig {
     pub idle_timeout: Dur,
     /// Admin connections open at once; more are closed as they arrive.
     pub max_connections: usize,
+    /// Admin connections open at once from one client address (IPv6: one /64); more are closed as
+    /// they arrive. 0 = no bound but `max_connections`.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for AdminConfig {
@@ -481,6 +484,7 @@ impl Default for AdminConfig {
             header_timeout: Dur::secs(10),
             idle_timeout: Dur::secs(60),
             max_connections: 64,
+            max_connections_per_ip: 16,
         }
     }
 }
