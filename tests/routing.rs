@@ -247,3 +247,41 @@ async fn a_search_path_that_shadows_built_ins_keeps_reads_on_the_primary() {
     }
     assert!(!ports.contains(&bed.primary_port), "pg_catalog first: reads go to the replicas again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_its_primary_serves_no_reads() {
+    // A replica whose WAL receiver is gone has replayed all it received: "caught up" by its own
+    // positions, yet further behind the primary with every commit there.
+    let cluster = tokio::task::spawn_blocking(|| common::PrivateCluster::start(2)).await.unwrap();
+    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
+    cfg.routing.max_replica_lag = pgshift::config::Dur::secs(1);
+    let p = proxy::start(cfg).await;
+    proxy::wait_healthy(&p).await;
+    let port = proxy::port(&p);
+    let (cut, live) = (cluster.replica_ports()[0], cluster.replica_ports()[1]);
+    let c = common::connect(port, "app", "app", "app").await;
+    c.batch_execute("create table cut_t(id int)").await.unwrap();
+    for r in [cut, live] {
+        while !common::psql(r, "app", "app", "app", "select 1 from cut_t").status.success() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    common::superuser_exec(cut, "ALTER SYSTEM SET primary_conninfo = ''");
+    common::superuser_exec(cut, "SELECT pg_reload_conf()");
+    while common::superuser_exec(cut, "select count(*) from pg_stat_wal_receiver") != "0" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let direct = common::connect(cluster.primary_port(), "app", "app", "app").await;
+    direct.batch_execute("insert into cut_t select generate_series(1, 100)").await.unwrap();
+    // past max_replica_lag since the cut replica's last replayed commit
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let other = common::connect(port, "app", "app", "app").await; // no writes of its own
+    for _ in 0..50 {
+        assert_eq!(
+            port_of(&other, "select inet_server_port()").await,
+            live,
+            "a replica cut off from its primary served a read"
+        );
+    }
+    drop(cluster);
+}

@@ -15,11 +15,16 @@ use crate::server::{LoginSpec, ServerConn};
 use crate::shared::{Runtime, Shared};
 
 /// One query for every backend: recovery state, WAL position (insert position on a primary, so
-/// it covers commits not yet flushed; replay position on a replica), and replay lag in seconds
-/// (0 when the replica has replayed everything it received).
+/// it covers commits not yet flushed; replay position on a replica), and replay lag in seconds:
+/// 0 when the replica streams from its primary (a WAL receiver runs and, where the probe's role
+/// may see it, is streaming) and has replayed everything it received; otherwise the age of the
+/// last commit it replayed. A replica whose WAL receiver is gone has replayed all it received
+/// too, yet falls further behind with every commit on the primary: it must not read as caught up.
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END, \
-     CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+     CASE WHEN NOT pg_is_in_recovery() THEN 0 \
+          WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() AND EXISTS \
+               (SELECT 1 FROM pg_stat_wal_receiver WHERE COALESCE(status, 'streaming') = 'streaming') THEN 0 \
           ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END, \
      CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
 
