@@ -243,8 +243,22 @@ pub fn reload(shared: &Arc<Shared>, path: Option<&std::path::Path>) -> Result<()
     reload_with(shared, config)
 }
 
-/// Swaps in a runtime built from `config`, updating pools in place.
-pub fn reload_with(shared: &Arc<Shared>, config: Config) -> Result<(), Vec<String>> {
+/// Swaps in a runtime built from `config` (an operator's reload: SIGHUP, the admin port). With
+/// role discovery on, each cluster keeps the primary discovery found while the new config still
+/// lists that node in the cluster: the file names the primary as first declared, and a node a
+/// failover demoted may be back out of recovery on its old timeline, where no write must go.
+pub fn reload_with(shared: &Arc<Shared>, mut config: Config) -> Result<(), Vec<String>> {
+    if config.routing.role_discovery {
+        let old = shared.runtime.load_full();
+        for cluster in &old.clusters {
+            crate::topology::promote_in_config(&mut config, &cluster.name, &cluster.primary.address);
+        }
+    }
+    swap_runtime(shared, config)
+}
+
+/// Swaps in a runtime built from `config` as it is, updating pools in place.
+pub fn swap_runtime(shared: &Arc<Shared>, config: Config) -> Result<(), Vec<String>> {
     let old = shared.runtime.load_full();
     if config.proxy.listen != old.config.proxy.listen {
         tracing::warn!("[proxy] listen changed: it takes effect at the next restart");

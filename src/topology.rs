@@ -2,7 +2,8 @@
 //! health probe (`pg_is_in_recovery()` and the timeline it writes on). When the primary stops
 //! answering or goes into recovery and exactly one other node is out of recovery on the highest
 //! timeline, that node becomes the primary (a runtime swap, as a reload does) and clients waiting
-//! for a primary resume. Two nodes out of recovery on the same highest timeline is a split brain:
+//! for a primary resume. A node out of recovery below the highest timeline a primary was seen on
+//! (a demoted primary never rewound) never becomes the primary again. Two nodes out of recovery on the same highest timeline is a split brain:
 //! pgshift picks neither, and says so on `/ready`, `/stats` and in the log.
 
 use std::sync::atomic::Ordering;
@@ -40,12 +41,17 @@ pub enum Decision {
     SplitBrain,
 }
 
-/// Picks the primary: the one answering node out of recovery on the highest timeline.
-pub fn decide(nodes: &[NodeView]) -> Decision {
+/// Picks the primary: the one answering node out of recovery on the highest timeline, and not
+/// below `floor`, the highest timeline a primary of the cluster was seen on (a node out of
+/// recovery below it is a demoted primary that was never rewound: its history has diverged).
+pub fn decide(nodes: &[NodeView], floor: u64) -> Decision {
     let writable = || nodes.iter().enumerate().filter(|(_, n)| n.up && !n.in_recovery);
     let Some(top) = writable().map(|(_, n)| n.timeline).max() else {
         return Decision::NoPrimary;
     };
+    if top < floor {
+        return Decision::NoPrimary;
+    }
     let mut best = writable().filter(|(_, n)| n.timeline == top);
     match (best.next(), best.next()) {
         (Some((0, _)), None) => Decision::Keep,
@@ -104,16 +110,17 @@ fn step(shared: &Arc<Shared>, rt: &Runtime, cluster: &Cluster, lost_at: &mut Opt
     }
     let f = &cluster.failovers;
     let before = f.state();
-    match decide(&views) {
+    match decide(&views, f.timeline.load(Ordering::Relaxed)) {
         Decision::Keep => {
             *lost_at = None;
+            f.timeline.fetch_max(views[0].timeline, Ordering::Relaxed);
             f.set_state(TopologyState::Primary);
         }
         Decision::NoPrimary => {
             lost_at.get_or_insert_with(now_ms);
             f.set_state(TopologyState::NoPrimary);
             if before != TopologyState::NoPrimary {
-                tracing::warn!(cluster = %cluster.name, "no node is out of recovery and answering: writes wait for a primary");
+                tracing::warn!(cluster = %cluster.name, "no node answers out of recovery on the highest timeline seen: writes wait for a primary");
             }
         }
         Decision::SplitBrain => {
@@ -138,11 +145,12 @@ fn switch(shared: &Arc<Shared>, rt: &Runtime, cluster: &Cluster, to: &Backend, l
         return false;
     }
     let from = cluster.primary.address.clone();
-    if let Err(problems) = crate::proxy::reload_with(shared, config) {
+    if let Err(problems) = crate::proxy::swap_runtime(shared, config) {
         tracing::error!(cluster = %cluster.name, "failover to {} failed: {}", to.name, problems.join("; "));
         return false;
     }
     let f = &cluster.failovers;
+    f.timeline.fetch_max(to.health.timeline.load(Ordering::Relaxed), Ordering::Relaxed);
     let now = now_ms();
     f.count.fetch_add(1, Ordering::Relaxed);
     f.last_at_ms.store(now, Ordering::Relaxed);
@@ -160,8 +168,9 @@ fn switch(shared: &Arc<Shared>, rt: &Runtime, cluster: &Cluster, to: &Backend, l
     true
 }
 
-/// Puts the node at `address` first in its cluster's configuration (the primary's place).
-fn promote_in_config(config: &mut Config, cluster: &str, address: &str) -> bool {
+/// Puts the node at `address` first in its cluster's configuration (the primary's place); false
+/// if the cluster does not list it (or, in the `default` cluster, it is already the primary).
+pub fn promote_in_config(config: &mut Config, cluster: &str, address: &str) -> bool {
     if cluster == DEFAULT_CLUSTER {
         let Some(i) = config.replicas.iter().position(|r| r.address() == address) else {
             return false;
@@ -200,14 +209,22 @@ mod tests {
 
     #[test]
     fn picks_the_one_writable_node_on_the_highest_timeline() {
-        assert_eq!(decide(&[n(true, false, 1), n(true, true, 0)]), Decision::Keep);
-        assert_eq!(decide(&[n(false, false, 1), n(true, false, 2)]), Decision::Switch(1));
-        assert_eq!(decide(&[n(true, true, 0), n(true, false, 2)]), Decision::Switch(1));
+        assert_eq!(decide(&[n(true, false, 1), n(true, true, 0)], 0), Decision::Keep);
+        assert_eq!(decide(&[n(false, false, 1), n(true, false, 2)], 0), Decision::Switch(1));
+        assert_eq!(decide(&[n(true, true, 0), n(true, false, 2)], 0), Decision::Switch(1));
         // the old primary came back on its old timeline: the promoted node stays
-        assert_eq!(decide(&[n(true, false, 2), n(true, false, 1)]), Decision::Keep);
-        assert_eq!(decide(&[n(true, false, 1), n(true, false, 2)]), Decision::Switch(1));
-        assert_eq!(decide(&[n(false, false, 1), n(true, true, 0)]), Decision::NoPrimary);
-        assert_eq!(decide(&[n(true, false, 3), n(true, false, 3)]), Decision::SplitBrain);
-        assert_eq!(decide(&[n(false, false, 3), n(true, false, 2), n(true, false, 2)]), Decision::SplitBrain);
+        assert_eq!(decide(&[n(true, false, 2), n(true, false, 1)], 0), Decision::Keep);
+        assert_eq!(decide(&[n(true, false, 1), n(true, false, 2)], 0), Decision::Switch(1));
+        assert_eq!(decide(&[n(false, false, 1), n(true, true, 0)], 0), Decision::NoPrimary);
+        assert_eq!(decide(&[n(true, false, 3), n(true, false, 3)], 0), Decision::SplitBrain);
+        assert_eq!(decide(&[n(false, false, 3), n(true, false, 2), n(true, false, 2)], 0), Decision::SplitBrain);
+    }
+
+    #[test]
+    fn an_old_primary_below_the_timeline_seen_never_comes_back() {
+        // the promoted primary (timeline 2) died; the old one is out of recovery on timeline 1
+        assert_eq!(decide(&[n(false, false, 2), n(true, false, 1)], 2), Decision::NoPrimary);
+        assert_eq!(decide(&[n(false, false, 2), n(true, false, 1), n(true, false, 3)], 2), Decision::Switch(2));
+        assert_eq!(decide(&[n(true, false, 2), n(true, true, 0)], 2), Decision::Keep);
     }
 }

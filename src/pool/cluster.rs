@@ -86,6 +86,10 @@ pub struct Failovers {
     pub last_at_ms: AtomicU64,
     /// How long the last one took, from the primary's first failed probe to the switch.
     pub last_duration_ms: AtomicU64,
+    /// The highest timeline a primary of this cluster was seen writing on (0: none yet). A node
+    /// out of recovery below it is an old primary that was never rewound: it never becomes the
+    /// primary again, even when it is the only one left out of recovery.
+    pub timeline: AtomicU64,
     /// [`TopologyState`] as a number (0 primary, 1 none, 2 split brain).
     state: std::sync::atomic::AtomicU8,
     /// Wakes clients waiting for a primary.
