@@ -138,3 +138,169 @@ async fn declared_roles_stay_when_discovery_is_off() {
     drop(p);
     drop(cluster);
 }
+
+/// Polls `f` (every 100 ms, for up to a minute) until it holds.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} never happened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_the_old_primary_writes_nothing_there_after_a_promotion() {
+    // The replica is promoted while the old primary runs on (an orchestrator acting on a
+    // partition pgshift does not see): discovery follows the higher timeline, and a client that
+    // kept its server connection (session mode) must not go on writing to the old primary.
+    let cluster = Arc::new(tokio::task::spawn_blocking(|| common::PrivateCluster::start(1)).await.unwrap());
+    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
+    cfg.proxy.pool_mode = pgshift::config::PoolMode::Session;
+    let p = proxy::start(cfg).await;
+    proxy::wait_healthy(&p).await;
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    c.batch_execute("create table fo_s(id int)").await.unwrap();
+    let on: i32 = c.query_one("select inet_server_port()", &[]).await.unwrap().get(0);
+    assert_eq!(on as u16, cluster.port(0));
+    let replica = cluster.port(1);
+    until("the table reaching the replica", || {
+        common::superuser_exec(replica, "select count(*) from pg_stat_wal_receiver") == "1"
+            && common::psql(replica, "app", "app", "app", "select 1 from fo_s").status.success()
+    })
+    .await;
+    let cl = cluster.clone();
+    tokio::task::spawn_blocking(move || cl.promote_node(1)).await.unwrap();
+    let new = format!(":{}", cluster.port(1));
+    until("discovery switching to the promoted node", || p.shared.runtime.load().primary.address.ends_with(&new)).await;
+    let r = c.execute("insert into fo_s values (1)", &[]).await;
+    let old = common::connect(cluster.port(0), "app", "app", "app").await;
+    let on_old: i64 = old.query_one("select count(*) from fo_s", &[]).await.unwrap().get(0);
+    assert_eq!(on_old, 0, "a write reached the demoted primary (client saw {r:?})");
+    drop(p);
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_after_a_failover_sends_no_write_to_the_old_primary() {
+    // After a failover the config file still names the old primary; it came back out of
+    // recovery on its old timeline. A reload (SIGHUP for anything else) must not hand it the
+    // writes, not even until discovery looks again.
+    let cluster = Arc::new(tokio::task::spawn_blocking(|| common::PrivateCluster::start(1)).await.unwrap());
+    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
+    cfg.routing.health_check_interval = pgshift::config::Dur::secs(3);
+    let p = proxy::start(cfg.clone()).await;
+    proxy::wait_healthy(&p).await;
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    c.batch_execute("create table fo_r(id int)").await.unwrap();
+    let replica = cluster.port(1);
+    until("the table reaching the replica", || {
+        common::psql(replica, "app", "app", "app", "select 1 from fo_r").status.success()
+    })
+    .await;
+    let cl = cluster.clone();
+    tokio::task::spawn_blocking(move || cl.kill_node(0)).await.unwrap();
+    let cl = cluster.clone();
+    tokio::task::spawn_blocking(move || cl.promote_node(1)).await.unwrap();
+    let new = format!(":{}", cluster.port(1));
+    until("discovery switching to the promoted node", || p.shared.runtime.load().primary.address.ends_with(&new)).await;
+    let cl = cluster.clone();
+    tokio::task::spawn_blocking(move || cl.start_node(0)).await.unwrap();
+    pgshift::proxy::reload_with(&p.shared, cfg).expect("reload");
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    let r = c.execute("insert into fo_r values (1)", &[]).await;
+    let old = common::connect(cluster.port(0), "app", "app", "app").await;
+    let on_old: i64 = old.query_one("select count(*) from fo_r", &[]).await.unwrap().get(0);
+    assert_eq!(on_old, 0, "a write reached the old primary after a reload (client saw {r:?})");
+    drop(p);
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_the_primary_writes_nothing_during_a_split_brain() {
+    // Both replicas promoted from the same timeline: two nodes out of recovery on the highest
+    // timeline, and the old primary out of recovery below them. pgshift writes to none of them,
+    // a client that kept its connection to the old primary (session mode) included.
+    let cluster = Arc::new(tokio::task::spawn_blocking(|| common::PrivateCluster::start(2)).await.unwrap());
+    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
+    cfg.proxy.pool_mode = pgshift::config::PoolMode::Session;
+    // Discovery looks seldom, so it sees both promotions at once (no switch to one of them first).
+    cfg.routing.health_check_interval = pgshift::config::Dur::secs(10);
+    let p = proxy::start(cfg).await;
+    proxy::wait_healthy(&p).await;
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    c.batch_execute("create table fo_sb(id int)").await.unwrap();
+    // and a transaction-mode client that vouches for its statements as reads
+    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
+    cfg.routing.health_check_interval = pgshift::config::Dur::secs(10);
+    cfg.routing.failover_timeout = pgshift::config::Dur::secs(1);
+    let p2 = proxy::start(cfg).await;
+    proxy::wait_healthy(&p2).await;
+    let c2 = common::connect(proxy::port(&p2), "app", "app", "app").await;
+    c2.batch_execute("set pgshift.route = 'replica'").await.unwrap();
+    let promotions: Vec<_> = [1, 2]
+        .into_iter()
+        .map(|i| {
+            let cl = cluster.clone();
+            tokio::task::spawn_blocking(move || cl.promote_node(i))
+        })
+        .collect();
+    for t in promotions {
+        t.await.unwrap();
+    }
+    until("discovery seeing the split brain", || {
+        [&p, &p2].iter().all(|p| p.shared.failovers().state() == pgshift::pool::cluster::TopologyState::SplitBrain)
+    })
+    .await;
+    let r = c.execute("insert into fo_sb values (1)", &[]).await;
+    let r2 = c2.execute("insert into fo_sb values (2)", &[]).await;
+    eprintln!("session client: {r:?}; vouching client: {r2:?}");
+    let old = common::connect(cluster.port(0), "app", "app", "app").await;
+    let on_old: i64 = old.query_one("select count(*) from fo_sb", &[]).await.unwrap().get(0);
+    assert_eq!(on_old, 0, "a write reached a node during a split brain (clients saw {r:?}, {r2:?})");
+    drop(p);
+    drop(p2);
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_primary_never_rewound_is_not_taken_back_when_the_new_one_dies() {
+    // The old primary came back out of recovery on its old timeline (history diverged) and sits
+    // in the cluster; then the promoted primary dies too. The old one is the only node out of
+    // recovery left, yet no write may go there: writes wait for a real promotion.
+    let cluster = Arc::new(tokio::task::spawn_blocking(|| common::PrivateCluster::start(1)).await.unwrap());
+    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
+    cfg.routing.failover_timeout = pgshift::config::Dur::secs(3);
+    let p = proxy::start(cfg).await;
+    proxy::wait_healthy(&p).await;
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    c.batch_execute("create table fo_tl(id int)").await.unwrap();
+    let replica = cluster.port(1);
+    until("the table reaching the replica", || {
+        common::psql(replica, "app", "app", "app", "select 1 from fo_tl").status.success()
+    })
+    .await;
+    let cl = cluster.clone();
+    tokio::task::spawn_blocking(move || cl.kill_node(0)).await.unwrap();
+    let cl = cluster.clone();
+    tokio::task::spawn_blocking(move || cl.promote_node(1)).await.unwrap();
+    let new = format!(":{}", cluster.port(1));
+    until("discovery switching to the promoted node", || p.shared.runtime.load().primary.address.ends_with(&new)).await;
+    let cl = cluster.clone();
+    tokio::task::spawn_blocking(move || cl.start_node(0)).await.unwrap();
+    until("the old primary probed back up, out of recovery", || {
+        let rt = p.shared.runtime.load();
+        let h = &rt.replicas[0].health;
+        h.up.load(Ordering::Relaxed) && h.timeline.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let cl = cluster.clone();
+    tokio::task::spawn_blocking(move || cl.kill_node(1)).await.unwrap();
+    let r = c.execute("insert into fo_tl values (1)", &[]).await;
+    let old = common::connect(cluster.port(0), "app", "app", "app").await;
+    let on_old: i64 = old.query_one("select count(*) from fo_tl", &[]).await.unwrap().get(0);
+    assert_eq!(on_old, 0, "a write reached the old primary on its old timeline (client saw {r:?})");
+    drop(p);
+    drop(cluster);
+}

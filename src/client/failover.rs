@@ -10,7 +10,7 @@ use super::session::Session;
 use crate::error::ClientError;
 use crate::migration::Phase;
 use crate::pool::cluster::TopologyState;
-use crate::pool::{Backend, Lease};
+use crate::pool::{Backend, Lease, Role};
 use crate::router::Target;
 
 /// The error a request that needs the primary gets while discovery has none.
@@ -114,5 +114,36 @@ impl Session {
                 _ = tick => {}
             }
         }
+    }
+}
+
+impl Session {
+    /// A client that kept its server connection on a primary (session mode, pinned, or inside a
+    /// transaction) after its cluster's primary moved to another node (discovery followed a
+    /// promotion, or a reload named another), or while discovery sees a split brain: the node may
+    /// still take writes, so the client's next request must not reach it. The client is closed as if that primary had
+    /// gone; a reconnect lands on the new one.
+    pub(super) fn primary_moved(&self) -> Option<ClientError> {
+        let att = self.attached.as_ref()?;
+        if self.cin.is_empty() || att.target != Target::Primary || att.backend.role != Role::Primary {
+            return None;
+        }
+        let split = self.rt.config.routing.role_discovery
+            && self.pools.cluster().failovers.state() == TopologyState::SplitBrain;
+        let rt = self.shared.runtime.load();
+        if !split && rt.generation == self.rt.generation {
+            return None;
+        }
+        let name = &self.pools.cluster().name;
+        let still =
+            rt.clusters.iter().find(|c| &c.name == name).is_some_and(|c| c.primary.address == att.backend.address);
+        if still && !split {
+            return None;
+        }
+        tracing::warn!(backend = %att.backend.name, client = self.handle.id, "the primary moved: closing a client that kept a connection to the old one");
+        Some(ClientError::fatal(
+            "57P01",
+            "terminating connection: the primary moved to another node (failover); reconnect to reach the new one",
+        ))
     }
 }

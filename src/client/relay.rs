@@ -56,6 +56,9 @@ impl Session {
             if let Some(done) = self.attachment_done() {
                 return Ok(done);
             }
+            if let Some(e) = self.primary_moved() {
+                return Err(End::Close(e));
+            }
             self.pump_client(tm)?;
             if let Some(done) = self.attachment_done() {
                 return Ok(done);

@@ -217,25 +217,17 @@ impl Session {
             decide(&rt, self.state.route, &classes)
         };
         if decision.target == Target::Primary {
-            let state = self.pools.cluster().failovers.state();
-            if rt.config.routing.role_discovery
-                && !serving_target
-                && state != crate::pool::cluster::TopologyState::Primary
-            {
-                return Err(super::failover::no_primary(state));
-            }
             let writes = classes.is_empty() || classes.iter().any(|c| c.target == Target::Primary);
-            if writes && primary_b.health.in_recovery.load(Ordering::Relaxed) {
-                return Err(ClientError::error(
-                    "25006",
-                    "pgshift refuses to send this to the configured primary: it reports being in recovery \\
-                     (read-only), so a failover may have happened that pgshift was not told about",
-                ));
+            if let Some(e) = self.primary_refusal(&rt, serving_target, &primary_b, writes) {
+                return Err(e);
             }
             return Ok((primary_b, primary_p, Target::Primary));
         }
+        // A read that ends up on the primary: one only a hint or `pgshift.route` vouches for may
+        // be a write, and gets the primary's checks.
+        let vouched = !proven_read(&classes);
         if !replicas_ok {
-            return Ok((primary_b, primary_p, Target::Primary));
+            return self.read_on_primary(&rt, serving_target, vouched, (primary_b, primary_p, Target::Primary));
         }
         let executes = request::executes(&self.cin[..len]);
         if phase == Phase::ShiftReads && self.reads_from_target() {
@@ -252,7 +244,56 @@ impl Session {
         if serving_target {
             return Ok(self.pick_target_read(&rt, executes, true).unwrap_or((primary_b, primary_p, Target::Primary)));
         }
-        Ok(self.pick_source_read(&rt, executes).unwrap_or((primary_b, primary_p, Target::Primary)))
+        match self.pick_source_read(&rt, executes) {
+            Some(choice) => Ok(choice),
+            None => self.read_on_primary(&rt, serving_target, vouched, (primary_b, primary_p, Target::Primary)),
+        }
+    }
+
+    /// A read sent to the primary. One only `vouched` for (a hint, `pgshift.route`) may be a
+    /// write: during a split brain it goes to neither node, as writes do. (While there is no
+    /// primary, every node that answers is in recovery and refuses a write itself.)
+    fn read_on_primary(
+        &self,
+        rt: &Runtime,
+        serving_target: bool,
+        vouched: bool,
+        primary: Choice,
+    ) -> Result<Choice, ClientError> {
+        let split = crate::pool::cluster::TopologyState::SplitBrain;
+        if vouched
+            && rt.config.routing.role_discovery
+            && !serving_target
+            && self.pools.cluster().failovers.state() == split
+        {
+            return Err(super::failover::no_primary(split));
+        }
+        Ok(primary)
+    }
+
+    /// Why a request may not go to the primary now, if it may not: with role discovery, while
+    /// the cluster has no primary or a split brain; a write (`writes`) while the primary reports
+    /// being in recovery.
+    fn primary_refusal(
+        &self,
+        rt: &Runtime,
+        serving_target: bool,
+        primary: &Backend,
+        writes: bool,
+    ) -> Option<ClientError> {
+        let state = self.pools.cluster().failovers.state();
+        if rt.config.routing.role_discovery && !serving_target && state != crate::pool::cluster::TopologyState::Primary
+        {
+            return Some(super::failover::no_primary(state));
+        }
+        if writes && primary.health.in_recovery.load(Ordering::Relaxed) {
+            return Some(ClientError::error(
+                "25006",
+                "pgshift refuses to send this to the configured primary: it reports being in recovery \
+                 (read-only), so a failover may have happened that pgshift was not told about",
+            ));
+        }
+        None
     }
 
     /// shift_reads: this session is in the target's share, and the target has replayed the
