@@ -139,6 +139,29 @@ async fn declared_roles_stay_when_discovery_is_off() {
     drop(cluster);
 }
 
+/// Creates `table` through `c` and waits for it on the replica; then kills the primary (node 0),
+/// promotes node 1, waits for discovery to follow, and starts node 0 again: out of recovery on
+/// its old timeline, never rewound.
+async fn fail_over_leaving_the_old_primary_on_its_timeline(
+    cluster: &Arc<common::PrivateCluster>,
+    p: &pgshift::proxy::Proxy,
+    c: &tokio_postgres::Client,
+    table: &str,
+) {
+    c.batch_execute(&format!("create table {table}(id int)")).await.unwrap();
+    let (replica, probe) = (cluster.port(1), format!("select 1 from {table}"));
+    until("the table reaching the replica", || common::psql(replica, "app", "app", "app", &probe).status.success())
+        .await;
+    let cl = cluster.clone();
+    tokio::task::spawn_blocking(move || cl.kill_node(0)).await.unwrap();
+    let cl = cluster.clone();
+    tokio::task::spawn_blocking(move || cl.promote_node(1)).await.unwrap();
+    let new = format!(":{}", cluster.port(1));
+    until("discovery switching to the promoted node", || p.shared.runtime.load().primary.address.ends_with(&new)).await;
+    let cl = cluster.clone();
+    tokio::task::spawn_blocking(move || cl.start_node(0)).await.unwrap();
+}
+
 /// Polls `f` (every 100 ms, for up to a minute) until it holds.
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
     for _ in 0..600 {
@@ -193,20 +216,7 @@ async fn a_reload_after_a_failover_sends_no_write_to_the_old_primary() {
     let p = proxy::start(cfg.clone()).await;
     proxy::wait_healthy(&p).await;
     let c = common::connect(proxy::port(&p), "app", "app", "app").await;
-    c.batch_execute("create table fo_r(id int)").await.unwrap();
-    let replica = cluster.port(1);
-    until("the table reaching the replica", || {
-        common::psql(replica, "app", "app", "app", "select 1 from fo_r").status.success()
-    })
-    .await;
-    let cl = cluster.clone();
-    tokio::task::spawn_blocking(move || cl.kill_node(0)).await.unwrap();
-    let cl = cluster.clone();
-    tokio::task::spawn_blocking(move || cl.promote_node(1)).await.unwrap();
-    let new = format!(":{}", cluster.port(1));
-    until("discovery switching to the promoted node", || p.shared.runtime.load().primary.address.ends_with(&new)).await;
-    let cl = cluster.clone();
-    tokio::task::spawn_blocking(move || cl.start_node(0)).await.unwrap();
+    fail_over_leaving_the_old_primary_on_its_timeline(&cluster, &p, &c, "fo_r").await;
     pgshift::proxy::reload_with(&p.shared, cfg).expect("reload");
     let c = common::connect(proxy::port(&p), "app", "app", "app").await;
     let r = c.execute("insert into fo_r values (1)", &[]).await;
@@ -275,20 +285,7 @@ async fn an_old_primary_never_rewound_is_not_taken_back_when_the_new_one_dies() 
     let p = proxy::start(cfg).await;
     proxy::wait_healthy(&p).await;
     let c = common::connect(proxy::port(&p), "app", "app", "app").await;
-    c.batch_execute("create table fo_tl(id int)").await.unwrap();
-    let replica = cluster.port(1);
-    until("the table reaching the replica", || {
-        common::psql(replica, "app", "app", "app", "select 1 from fo_tl").status.success()
-    })
-    .await;
-    let cl = cluster.clone();
-    tokio::task::spawn_blocking(move || cl.kill_node(0)).await.unwrap();
-    let cl = cluster.clone();
-    tokio::task::spawn_blocking(move || cl.promote_node(1)).await.unwrap();
-    let new = format!(":{}", cluster.port(1));
-    until("discovery switching to the promoted node", || p.shared.runtime.load().primary.address.ends_with(&new)).await;
-    let cl = cluster.clone();
-    tokio::task::spawn_blocking(move || cl.start_node(0)).await.unwrap();
+    fail_over_leaving_the_old_primary_on_its_timeline(&cluster, &p, &c, "fo_tl").await;
     until("the old primary probed back up, out of recovery", || {
         let rt = p.shared.runtime.load();
         let h = &rt.replicas[0].health;
