@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use super::registry::{ClientState as Activity, Signals};
 use super::request::Request;
-use super::route::SessionPools;
 use super::session::Session;
 use super::state::Attached;
 use crate::error::ClientError;
@@ -20,11 +19,7 @@ use crate::wire::messages;
 impl Session {
     /// Takes a server for the request at the front of `cin`.
     pub(super) async fn attach(&mut self, req: Request) -> Result<(), ClientError> {
-        let rt = self.shared.runtime.load_full();
-        if rt.generation != self.rt.generation {
-            self.pools = SessionPools::resolve(&self.shared, &rt, &self.user, &self.pools.database)?;
-            self.rt = rt;
-        }
+        self.follow_runtime()?;
         if *self.shared.paused.borrow() {
             Box::pin(self.wait_while_paused()).await?;
         }

@@ -45,33 +45,50 @@ impl Session {
             // (or discovery blind), its errors are the client's answer, as before.
             let failovers = self.pools.cluster().failovers.clone();
             let failing_over = || failovers.state() != TopologyState::Primary;
-            match self.lease_for(req, phase).await {
+            let seen = self.topology_seen();
+            let mut e = match self.lease_for(req, phase).await {
+                Err(e) if primary_gone(&e) => e,
+                other => return other,
+            };
+            let in_time = tokio::time::Instant::now() < deadline;
+            if self.topology_seen() != seen && in_time {
+                // Discovery changed its view while this try ran (a switch landing between the
+                // route and here): the error may belong to the view before. Try the new one.
+            } else if failing_over() && in_time {
+                self.wait_for_primary(deadline).await;
+            } else if failing_over() {
+                e.message = format!("{} (waited failover_timeout = {}s for a primary)", e.message, limit.as_secs());
+                return Err(e);
+            } else if !asked_discovery {
                 // The primary just failed and discovery has not looked yet: give it the time of
                 // a probe or two to see it (then this is a failover, and waited out), rather
                 // than failing the first transactions after the primary's death.
-                Err(e) if primary_gone(&e) && !failing_over() && !asked_discovery => {
-                    asked_discovery = true;
-                    self.wait_for_discovery(deadline).await;
-                    if !failing_over() {
-                        return Err(e);
-                    }
-                }
-                Err(e) if primary_gone(&e) && failing_over() && tokio::time::Instant::now() < deadline => {
-                    self.wait_for_primary(deadline).await;
-                    let rt = self.shared.runtime.load_full();
-                    if rt.generation != self.rt.generation {
-                        self.pools =
-                            super::route::SessionPools::resolve(&self.shared, &rt, &self.user, &self.pools.database)?;
-                        self.rt = rt;
-                    }
-                }
-                Err(mut e) if primary_gone(&e) && failing_over() => {
-                    e.message = format!("{} (waited failover_timeout = {}s for a primary)", e.message, limit.as_secs());
+                asked_discovery = true;
+                let seen = self.topology_seen();
+                self.wait_for_discovery(deadline).await;
+                if !failing_over() && self.topology_seen() == seen {
                     return Err(e);
                 }
-                other => return other,
+            } else {
+                return Err(e);
             }
+            self.follow_runtime()?;
         }
+    }
+
+    /// What discovery says now, and under which runtime: a change means a failover moved on.
+    fn topology_seen(&self) -> (TopologyState, u64) {
+        (self.pools.cluster().failovers.state(), self.shared.runtime.load().generation)
+    }
+
+    /// Takes the current runtime and its pools if a swap (a failover's, a reload's) replaced them.
+    pub(super) fn follow_runtime(&mut self) -> Result<(), ClientError> {
+        let rt = self.shared.runtime.load_full();
+        if rt.generation != self.rt.generation {
+            self.pools = super::route::SessionPools::resolve(&self.shared, &rt, &self.user, &self.pools.database)?;
+            self.rt = rt;
+        }
+        Ok(())
     }
 
     /// Waits until discovery says the primary is gone, for at most three probe rounds and never
