@@ -285,3 +285,54 @@ async fn a_replica_cut_off_from_its_primary_serves_no_reads() {
     }
     drop(cluster);
 }
+
+/// A client may end its own backends (`pg_terminate_backend` works on any backend of one's own
+/// role), on a replica too. Ending the one serving its read must get the read answered
+/// elsewhere and ban the replica for no one; ending the health probe's (it logs in as the first
+/// `[auth]` user, often the application's) must not ban it either. Before, each kill banned the
+/// replica for every client, so a loop of them moved all reads to the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ending_its_own_backends_on_a_replica_bans_it_for_no_one() {
+    let cluster = tokio::task::spawn_blocking(|| common::PrivateCluster::start(1)).await.unwrap();
+    let replica_port = cluster.replica_ports()[0];
+    let p = proxy::start(proxy::config(cluster.primary_port(), cluster.replica_ports())).await;
+    proxy::wait_healthy(&p).await;
+    let port = proxy::port(&p);
+    let direct = common::connect(replica_port, "app", "app", "app").await;
+    let victim = common::connect(port, "app", "app", "app").await;
+    assert_eq!(port_of(&victim, "select inet_server_port()").await, replica_port, "reads go to the replica");
+
+    // The read in flight on the replica: its backend is ended under it.
+    let read = tokio::spawn(async move {
+        let row = victim
+            .query_one("select inet_server_port(), pg_sleep(3) is null /* victim-read */", &[])
+            .await
+            .expect("the read is answered despite its backend ending");
+        (victim, row.get::<_, i32>(0) as u16)
+    });
+    let find = "select pid from pg_stat_activity where query like '%victim-read%' and pid <> pg_backend_pid()";
+    let pid: i32 = loop {
+        if let Some(row) = direct.query_opt(find, &[]).await.unwrap() {
+            break row.get(0);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    direct.execute("select pg_terminate_backend($1)", &[&pid]).await.unwrap();
+    let (victim, answered_by) = read.await.unwrap();
+    assert_eq!(answered_by, cluster.primary_port(), "the retried read went elsewhere");
+    let ban_reason = || p.shared.runtime.load().clusters[0].replicas[0].health.last_error.lock().unwrap().clone();
+    assert_eq!(ban_reason(), None, "the replica was banned for the ended read");
+
+    // The health probe's backend on the replica, ended between probes again and again for a few
+    // probe rounds.
+    let probes = "select pg_terminate_backend(pid) from pg_stat_activity \
+                  where query like 'SELECT pg_is_in_recovery(), %' and state = 'idle' and pid <> pg_backend_pid()";
+    for _ in 0..20 {
+        direct.simple_query(probes).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ban_reason(), None, "the replica was banned for the ended probe connections");
+    assert_eq!(port_of(&victim, "select inet_server_port()").await, replica_port, "reads go to the replica again");
+    drop(p);
+    drop(cluster);
+}

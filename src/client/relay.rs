@@ -292,6 +292,7 @@ impl Session {
 
     /// The server went away mid-request. A read on a replica that nothing was forwarded from
     /// yet is retried elsewhere; otherwise the client is told, and the connection is not reused.
+    /// The node is not banned for it: the health probe and the next connect judge the node.
     fn server_lost(&mut self) -> Result<Relayed, End> {
         let mut on_primary = false;
         if let Some(att) = self.attached.as_mut() {
@@ -299,14 +300,12 @@ impl Session {
             // to the client): a second FATAL of ours would reach a driver with nothing pending
             // and read as a bare close, so the client gets PostgreSQL's word alone.
             if (att.forwarded || att.replay.is_none()) && att.req_errored && att.lease.conn().broken {
-                att.backend.ban(Duration::from_millis(500), "connection lost");
                 return Err(End::ClientGone);
             }
             att.lease.conn().broken = true;
             if att.replay.is_some() && !att.forwarded {
                 return Ok(Relayed::Retry);
             }
-            att.backend.ban(Duration::from_millis(500), "connection lost");
             on_primary = att.backend.role == crate::pool::cluster::Role::Primary;
         }
         Err(End::Close(ClientError::server_lost(on_primary && self.rt.config.routing.role_discovery)))

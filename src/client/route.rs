@@ -329,14 +329,17 @@ impl Session {
     fn pick_target_read(&self, rt: &Runtime, executes: bool, primary_ok: bool) -> Option<Choice> {
         let t = self.pools.target.as_ref()?;
         let replicas = rt.targets.get(1..).unwrap_or_default();
-        let usable = |i: usize| replicas[i].serves_reads(rt) && !t.replicas[i].refuses_logins();
+        let avoided = |b: &Arc<Backend>| self.retry_avoid.as_ref().is_some_and(|a| Arc::ptr_eq(a, b));
+        let usable =
+            |i: usize| replicas[i].serves_reads(rt) && !t.replicas[i].refuses_logins() && !avoided(&replicas[i]);
         if let Some(i) = rt.rr.pick(replicas.len(), executes, usable) {
             return Some((replicas[i].clone(), t.replicas[i].clone(), Target::Replica));
         }
-        if !primary_ok || t.primary.refuses_logins() {
+        let primary = rt.targets.first()?;
+        if !primary_ok || t.primary.refuses_logins() || avoided(primary) {
             return None;
         }
-        Some((rt.targets.first()?.clone(), t.primary.clone(), Target::Replica))
+        Some((primary.clone(), t.primary.clone(), Target::Replica))
     }
 
     /// A healthy source replica that has replayed the client's own writes, if any.
@@ -353,9 +356,13 @@ impl Session {
             }
         };
         let pools = &self.pools.source.replicas;
+        let avoid = self.retry_avoid.as_ref();
         let usable = |i: usize| {
             let b = &cluster.replicas[i];
-            b.serves_reads(rt) && !pools[i].refuses_logins() && needed.is_none_or(|lsn| b.replayed(lsn))
+            b.serves_reads(rt)
+                && !pools[i].refuses_logins()
+                && needed.is_none_or(|lsn| b.replayed(lsn))
+                && avoid.is_none_or(|a| !Arc::ptr_eq(a, b))
         };
         match cluster.rr.pick(cluster.replicas.len(), executes, usable) {
             Some(i) => Some((cluster.replicas[i].clone(), self.pools.source.replicas[i].clone(), Target::Replica)),

@@ -65,6 +65,9 @@ pub struct Session {
     pub(super) skip_to_sync: bool,
     /// Notifications for the channels this client LISTENs to (transaction mode fan-out).
     pub(super) notify_rx: Option<crate::notify::NotifyRx>,
+    /// The replica whose connection ended under the read being retried: that read goes
+    /// elsewhere. Only this client avoids it; the health probe speaks for the node.
+    pub(super) retry_avoid: Option<Arc<crate::pool::Backend>>,
 }
 
 /// Starts the session, or tells the client why not.
@@ -189,6 +192,7 @@ impl Session {
             attached: None,
             skip_to_sync: false,
             notify_rx: None,
+            retry_avoid: None,
         })
     }
 

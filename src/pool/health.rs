@@ -71,7 +71,25 @@ async fn probe_loop(shared: Arc<Shared>, backend: Arc<Backend>, mut stop: watch:
     backend.health.probing.store(false, Ordering::Relaxed);
 }
 
+/// One probe. A failure on the connection kept from the last probe is tried once more on a new
+/// one: a client logged in as the probe's role can end that backend (`pg_terminate_backend`),
+/// and so can `idle_session_timeout`; only a fresh connection speaks for the node.
 async fn probe(rt: &Runtime, backend: &Backend, conn: &mut Option<ServerConn>) -> Result<Vec<Option<String>>, String> {
+    let kept = conn.is_some();
+    match probe_once(rt, backend, conn).await {
+        Err(_) if kept => {
+            *conn = None;
+            probe_once(rt, backend, conn).await
+        }
+        answer => answer,
+    }
+}
+
+async fn probe_once(
+    rt: &Runtime,
+    backend: &Backend,
+    conn: &mut Option<ServerConn>,
+) -> Result<Vec<Option<String>>, String> {
     if conn.is_none() {
         let spec = probe_spec(rt, backend).ok_or("no configured user can log in for health probes")?;
         *conn = Some(ServerConn::connect(&spec, 0, 0).await.map_err(|e| e.to_string())?);
