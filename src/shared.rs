@@ -15,7 +15,7 @@ use crate::auth::Users;
 use crate::client::registry::Sessions;
 use crate::config::DEFAULT_CLUSTER;
 use crate::config::{Config, PoolMode};
-use crate::pool::cluster::{Cluster, Failovers, RoundRobin};
+use crate::pool::cluster::{Cluster, Failovers, RoundRobin, TopologyState};
 use crate::pool::databases::{Databases, DbRoute};
 use crate::pool::{Backend, PoolSettings, Pools, Role};
 use crate::router::{ClassifierCache, ClassifierConfig};
@@ -256,6 +256,8 @@ fn build_clusters(
     problems: &mut Vec<String>,
 ) -> Vec<Arc<Cluster>> {
     let names = std::iter::once(DEFAULT_CLUSTER.to_string()).chain(config.clusters.keys().cloned());
+    // With role discovery, a new cluster takes no write until every node has been probed once.
+    let first_state = if config.routing.role_discovery { TopologyState::Discovering } else { TopologyState::Primary };
     let mut out = Vec::new();
     for name in names {
         let Some(hosts) = config.cluster_hosts(&name) else {
@@ -274,7 +276,7 @@ fn build_clusters(
             primary: node(Role::Primary, first.address(), "primary".into()),
             replicas: hosts.enumerate().map(|(i, h)| node(Role::Replica, h.address(), format!("replica{i}"))).collect(),
             rr: RoundRobin::default(),
-            failovers: old.map_or_else(|| Arc::new(Failovers::default()), |c| c.failovers.clone()),
+            failovers: old.map_or_else(|| Arc::new(Failovers::new(first_state)), |c| c.failovers.clone()),
             name,
         }));
     }

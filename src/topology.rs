@@ -75,7 +75,7 @@ pub async fn watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut lost_at: HashMap<String, u64> = HashMap::new();
     loop {
         let rt = shared.runtime.load_full();
-        let interval = rt.config.routing.health_check_interval.0.max(Duration::from_millis(10));
+        let mut interval = rt.config.routing.health_check_interval.0.max(Duration::from_millis(10));
         if rt.config.routing.role_discovery {
             for cluster in &rt.clusters {
                 let mut lost = lost_at.get(&cluster.name).copied();
@@ -87,6 +87,10 @@ pub async fn watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     None => lost_at.remove(&cluster.name),
                 };
             }
+        }
+        // A cluster still waiting for its first probes is looked at again soon: writes wait on it.
+        if rt.clusters.iter().any(|c| c.failovers.state() == TopologyState::Discovering) {
+            interval = interval.min(Duration::from_millis(10));
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -100,10 +104,15 @@ pub async fn watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 fn step(shared: &Arc<Shared>, rt: &Runtime, cluster: &Cluster, lost_at: &mut Option<u64>) -> bool {
     let nodes: Vec<&Arc<Backend>> = cluster.nodes().collect();
     let views: Vec<NodeView> = nodes.iter().map(|b| view(b)).collect();
-    // Before every node has been probed once, a missing answer is no evidence; and when no node
-    // answers at all (every probe fails, or probes cannot log in), discovery is blind: clients
-    // go on to the primary as configured and see its own errors.
-    if nodes.iter().any(|b| !b.health.probed.load(Ordering::Relaxed)) || views.iter().all(|v| !v.up) {
+    // Before every node has been probed once, a missing answer is no evidence: the state stays
+    // (discovering after a start, the switch's primary after a failover).
+    if nodes.iter().any(|b| !b.health.probed.load(Ordering::Relaxed)) {
+        *lost_at = None;
+        return false;
+    }
+    // When no node answers at all (every probe fails, or probes cannot log in), discovery is
+    // blind: clients go on to the primary as configured and see its own errors.
+    if views.iter().all(|v| !v.up) {
         *lost_at = None;
         cluster.failovers.set_state(TopologyState::Primary);
         return false;

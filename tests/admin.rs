@@ -113,6 +113,7 @@ async fn counters_move_as_queries_run() {
 async fn ready_follows_the_primary() {
     let cluster = tokio::task::block_in_place(|| common::PrivateCluster::start(0));
     let p = proxy::start(proxy::config(cluster.primary_port(), &[])).await;
+    proxy::wait_healthy(&p).await; // `/ready` answers 503 until discovery has probed every node
     let (status, body) = http(&p, "GET", "/ready", None).await;
     assert_eq!(status, 200, "{body}");
 

@@ -236,6 +236,31 @@ async fn a_reload_after_a_failover_sends_no_write_to_the_old_primary() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_failover_sends_no_write_to_the_old_primary() {
+    // After a failover the config file still names the old primary, back out of recovery on its
+    // old timeline. pgshift restarts (an upgrade, a crash): its first writes must not reach the
+    // old primary while discovery has not heard from every node yet.
+    let cluster = Arc::new(tokio::task::spawn_blocking(|| common::PrivateCluster::start(1)).await.unwrap());
+    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
+    cfg.routing.health_check_interval = pgshift::config::Dur::secs(3);
+    let p = proxy::start(cfg.clone()).await;
+    proxy::wait_healthy(&p).await;
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    fail_over_leaving_the_old_primary_on_its_timeline(&cluster, &p, &c, "fo_s").await;
+    drop(c);
+    p.stop().await;
+    let p = proxy::start(cfg).await; // at once: no wait for the probes
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    let r = c.execute("insert into fo_s values (1)", &[]).await;
+    let old = common::connect(cluster.port(0), "app", "app", "app").await;
+    let on_old: i64 = old.query_one("select count(*) from fo_s", &[]).await.unwrap().get(0);
+    assert_eq!(on_old, 0, "a write reached the old primary after a restart (client saw {r:?})");
+    r.expect("the write lands on the new primary");
+    drop(p);
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_on_the_primary_writes_nothing_during_a_split_brain() {
     // Both replicas promoted from the same timeline: two nodes out of recovery on the highest
     // timeline, and the old primary out of recovery below them. pgshift writes to none of them,

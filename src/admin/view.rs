@@ -179,7 +179,7 @@ pub struct StatsView {
 /// cluster in `clusters`.
 #[derive(Debug, Serialize)]
 pub struct TopologyView {
-    /// primary | no_primary | split_brain.
+    /// primary | no_primary | split_brain | discovering.
     pub state: crate::pool::cluster::TopologyState,
     /// Primary changes made by role discovery.
     pub failovers: u64,
@@ -196,7 +196,7 @@ pub struct TopologyView {
 pub struct ClusterView {
     /// `default` or the `[clusters]` key.
     pub name: String,
-    /// primary | no_primary | split_brain.
+    /// primary | no_primary | split_brain | discovering.
     pub state: crate::pool::cluster::TopologyState,
     /// Primary changes made by role discovery.
     pub failovers: u64,

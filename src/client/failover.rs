@@ -17,6 +17,7 @@ use crate::router::Target;
 pub(super) fn no_primary(state: TopologyState) -> ClientError {
     let why = match state {
         TopologyState::SplitBrain => "several nodes claim to be the primary (split brain); pgshift writes to none",
+        TopologyState::Discovering => "pgshift has not heard from every node since it started (role discovery)",
         _ => "no primary is answering (failover in progress)",
     };
     ClientError::error("08006", format!("server unavailable: {why}"))

@@ -251,8 +251,9 @@ impl Session {
     }
 
     /// A read sent to the primary. One only `vouched` for (a hint, `pgshift.route`) may be a
-    /// write: during a split brain it goes to neither node, as writes do. (While there is no
-    /// primary, every node that answers is in recovery and refuses a write itself.)
+    /// write: during a split brain, or before discovery has heard from every node, it goes to no
+    /// node, as writes do. (While there is no primary, every node that answers is in recovery
+    /// and refuses a write itself.)
     fn read_on_primary(
         &self,
         rt: &Runtime,
@@ -260,13 +261,10 @@ impl Session {
         vouched: bool,
         primary: Choice,
     ) -> Result<Choice, ClientError> {
-        let split = crate::pool::cluster::TopologyState::SplitBrain;
-        if vouched
-            && rt.config.routing.role_discovery
-            && !serving_target
-            && self.pools.cluster().failovers.state() == split
-        {
-            return Err(super::failover::no_primary(split));
+        use crate::pool::cluster::TopologyState::{Discovering, SplitBrain};
+        let state = self.pools.cluster().failovers.state();
+        if vouched && rt.config.routing.role_discovery && !serving_target && matches!(state, SplitBrain | Discovering) {
+            return Err(super::failover::no_primary(state));
         }
         Ok(primary)
     }

@@ -75,6 +75,10 @@ pub enum TopologyState {
     NoPrimary,
     /// Several nodes out of recovery on the same, highest timeline: pgshift refuses to pick.
     SplitBrain,
+    /// Not every node has answered or failed its first probe yet (just started, or the cluster
+    /// just appeared in a reload): writes wait, since the node declared primary may be an old
+    /// primary a failover left behind.
+    Discovering,
 }
 
 /// Failovers seen and the current state, written by the topology watcher.
@@ -90,29 +94,40 @@ pub struct Failovers {
     /// out of recovery below it is an old primary that was never rewound: it never becomes the
     /// primary again, even when it is the only one left out of recovery.
     pub timeline: AtomicU64,
-    /// [`TopologyState`] as a number (0 primary, 1 none, 2 split brain).
+    /// [`TopologyState`] as a number (0 primary, 1 none, 2 split brain, 3 discovering).
     state: std::sync::atomic::AtomicU8,
     /// Wakes clients waiting for a primary.
     pub changed: tokio::sync::Notify,
 }
 
 impl Failovers {
+    /// A cluster's record, starting in `state`.
+    pub fn new(state: TopologyState) -> Self {
+        let f = Failovers::default();
+        f.set_state(state);
+        f
+    }
+
     /// The current state.
     pub fn state(&self) -> TopologyState {
         match self.state.load(Ordering::Relaxed) {
             1 => TopologyState::NoPrimary,
             2 => TopologyState::SplitBrain,
+            3 => TopologyState::Discovering,
             _ => TopologyState::Primary,
         }
     }
-    /// Records the state.
+    /// Records the state, waking the clients waiting on a change.
     pub fn set_state(&self, s: TopologyState) {
         let v = match s {
             TopologyState::Primary => 0,
             TopologyState::NoPrimary => 1,
             TopologyState::SplitBrain => 2,
+            TopologyState::Discovering => 3,
         };
-        self.state.store(v, Ordering::Relaxed);
+        if self.state.swap(v, Ordering::Relaxed) != v {
+            self.changed.notify_waiters();
+        }
     }
 }
 

@@ -59,11 +59,13 @@ pub fn port(p: &Proxy) -> u16 {
 
 /// Waits until every backend has been probed up (reads go to replicas only after that).
 pub async fn wait_healthy(p: &Proxy) {
+    use pgshift::pool::cluster::TopologyState;
     use std::sync::atomic::Ordering;
     for _ in 0..200 {
         let rt = p.shared.runtime.load();
         let all = std::iter::once(&rt.primary).chain(rt.replicas.iter());
-        if all.clone().all(|b| b.health.up.load(Ordering::Relaxed)) {
+        let discovering = rt.clusters.iter().any(|c| c.failovers.state() == TopologyState::Discovering);
+        if all.clone().all(|b| b.health.up.load(Ordering::Relaxed)) && !discovering {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
