@@ -163,6 +163,7 @@ async fn control_requests_from_a_browser_are_refused() {
 async fn reads_through_a_rebound_host_name_are_refused() {
     let with_token = proxy::start(proxy::config(common::shared_bed().primary_port, &[])).await;
     for p in [tokenless().await, with_token] {
+        proxy::wait_healthy(&p).await; // `/ready` answers 503 until discovery has probed every node
         let addr = admin(&p);
         let port = addr.rsplit(':').next().unwrap().to_string();
         for path in ["/clients", "/servers", "/config", "/stats", "/metrics", "/route?sql=select+1", "/migration"] {
@@ -304,6 +305,38 @@ async fn slow_and_idle_connections_are_closed() {
     closed_eventually(&mut s, "idle kept-alive connection").await;
 }
 
+/// A request whose body trickles in (or never comes) held its admin connection for as long as the
+/// sender liked: its handler counted as running, which no deadline cuts. The body must arrive
+/// within `header_timeout` too; one over the size cap is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_trickles_in_is_cut_off() {
+    let mut config = proxy::config(common::shared_bed().primary_port, &[]);
+    config.admin.header_timeout = Dur::secs(1);
+    config.admin.token = String::new(); // a loopback listener with no token: POSTs are allowed
+    let p = proxy::start(config).await;
+    let addr = admin(&p);
+    let answer = |head: &'static [u8]| {
+        let addr = addr.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(head).await.unwrap();
+            let mut got = Vec::new();
+            let r = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got)).await;
+            assert!(r.is_ok(), "the connection is still open after 30s");
+            String::from_utf8_lossy(&got).into_owned()
+        }
+    };
+    let slow = answer(
+        b"POST /migration/phase HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"ph",
+    )
+    .await;
+    assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
+    let big = answer(b"POST /backup HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10000000\r\n\r\n").await;
+    assert!(big.starts_with("HTTP/1.1 413"), "{big}");
+    assert_eq!(try_request(&addr, "/health").await, Some(200), "complete requests are served");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_max_connections_are_closed_at_once() {
     let mut config = proxy::config(common::shared_bed().primary_port, &[]);
@@ -352,6 +385,7 @@ async fn one_address_cannot_take_every_connection() {
     config.admin.header_timeout = Dur::secs(3600); // only the caps can close anything here
     config.admin.idle_timeout = Dur::secs(3600);
     let p = proxy::start(config).await;
+    proxy::wait_healthy(&p).await; // `/ready` answers 503 until discovery has probed every node
     let addr = admin(&p);
     let mut flood = Vec::new();
     for _ in 0..8 {

@@ -6,7 +6,9 @@
 //! - A file-descriptor reserve: while fewer than max(64, 10% of RLIMIT_NOFILE) descriptors are
 //!   free, new admin connections are closed, so the admin port never starves the client port.
 //! - `[admin] header_timeout`: a request's headers must arrive within it, counted from the
-//!   connection's opening, or from the first byte of a later request on a kept-alive connection.
+//!   connection's opening, or from the first byte of a later request on a kept-alive connection;
+//!   and its body within it again, counted from the end of the headers (408 otherwise). A body is
+//!   read whole before any handler runs, up to [`MAX_BODY`] (413 beyond).
 //! - `[admin] idle_timeout`: a kept-alive connection with no request under way (or a response the
 //!   client stopped reading) is closed after it; a running handler is never cut short.
 
@@ -45,6 +47,9 @@ pub struct Limits {
 
 /// A bound that 0 turns off.
 const FOREVER: Duration = Duration::from_secs(86_400 * 365);
+
+/// The largest request body the admin port reads (its bodies are a few hundred bytes of JSON).
+pub const MAX_BODY: usize = 64 * 1024;
 
 impl Limits {
     /// From the current `[admin]` section.
@@ -166,9 +171,12 @@ where
     let tower = TowerToHyperService::new(app);
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let flight = InFlight::start(&clock);
-        let answer = hyper::service::Service::call(&tower, req);
+        let tower = tower.clone();
         async move {
-            let r = answer.await;
+            let r = match whole_body(req, limits.header).await {
+                Ok(req) => hyper::service::Service::call(&tower, req).await,
+                Err(refusal) => Ok(refusal),
+            };
             drop(flight);
             r
         }
@@ -180,6 +188,33 @@ where
         _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
     }
     log_end(conn.await);
+}
+
+/// The request with its body read whole within `limit` (a body that trickles in would hold an
+/// admin slot for as long as its sender likes), or the answer refusing it: 408 or 413.
+async fn whole_body(
+    req: hyper::Request<Incoming>,
+    limit: Duration,
+) -> Result<hyper::Request<axum::body::Body>, axum::response::Response> {
+    use axum::response::IntoResponse;
+    use http_body_util::BodyExt;
+    let too_large = || (hyper::StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {MAX_BODY} bytes\n"));
+    let (parts, body) = req.into_parts();
+    if hyper::body::Body::size_hint(&body).lower() > MAX_BODY as u64 {
+        return Err(too_large().into_response()); // a Content-Length over the cap: nothing to wait for
+    }
+    let limited = http_body_util::Limited::new(body, MAX_BODY);
+    match tokio::time::timeout(limit, limited.collect()).await {
+        Ok(Ok(bytes)) => Ok(hyper::Request::from_parts(parts, axum::body::Body::from(bytes.to_bytes()))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large().into_response()),
+        Ok(Err(_)) => Err((hyper::StatusCode::BAD_REQUEST, "request body unreadable\n").into_response()),
+        Err(_) => {
+            let why = "header_timeout: request body too slow\n";
+            let mut r = (hyper::StatusCode::REQUEST_TIMEOUT, why).into_response();
+            r.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            Err(r)
+        }
+    }
 }
 
 fn log_end(r: Result<(), hyper::Error>) {
