@@ -472,3 +472,43 @@ async fn a_database_directory_others_can_write_is_refused() {
     let file = PathBuf::from(v["databases"][0]["file"].as_str().unwrap());
     assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
 }
+
+/// With no database named, a run lists the cluster's databases. A database's owner can close it
+/// to connections (`ALLOW_CONNECTIONS false`), and a name may be one no file can carry: either
+/// way pg_dump cannot back it up, and the run must report it failed instead of leaving it out
+/// and answering ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_database_that_cannot_be_dumped_fails_the_run() {
+    let cluster = tokio::task::spawn_blocking(|| PrivateCluster::start(1)).await.unwrap();
+    let (primary, replica) = (cluster.primary_port(), cluster.replica_ports()[0]);
+    superuser_exec(primary, "CREATE DATABASE bk_closed OWNER app");
+    superuser_exec(primary, "CREATE DATABASE \"bk/slash\" OWNER app");
+    let closed = psql(primary, "app", "app", "postgres", "ALTER DATABASE bk_closed ALLOW_CONNECTIONS false");
+    assert!(closed.status.success(), "the owner closes its database: {}", String::from_utf8_lossy(&closed.stderr));
+    let both =
+        "SELECT count(*) FROM pg_database WHERE datname = 'bk/slash' OR (datname = 'bk_closed' AND NOT datallowconn)";
+    wait_for(replica, "postgres", both, "2").await;
+    let dir = TempDir::new("backup-listed");
+    let cfg = format!("dir = {:?}\n", dir.display().to_string());
+    let p = proxy::start(config(primary, &[replica], &cfg)).await;
+    proxy::wait_healthy(&p).await;
+    let (status, v) = backup(&p, "").await;
+    assert_eq!(status, 500, "{v}");
+    let outcome = |name: &str| {
+        let all = v["databases"].as_array().unwrap_or_else(|| panic!("{v}"));
+        all.iter().find(|o| o["database"] == name).cloned().unwrap_or_else(|| panic!("{name} missing from {v}"))
+    };
+    for name in ["app", "postgres"] {
+        assert_eq!(outcome(name)["ok"], true, "{v}");
+    }
+    let closed = outcome("bk_closed");
+    assert_eq!(closed["ok"], false, "{v}");
+    assert!(closed["error"].as_str().unwrap().contains("ALLOW_CONNECTIONS false"), "{closed}");
+    let slash = outcome("bk/slash");
+    assert_eq!(slash["ok"], false, "{v}");
+    assert!(slash["error"].as_str().unwrap().contains("name"), "{slash}");
+    let failures = metric(&p, "pgshift_backup_failures_total{database=\"bk_closed\"}").await;
+    assert_eq!(failures, Some(1.0));
+    drop(p);
+    drop(cluster);
+}

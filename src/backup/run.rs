@@ -19,8 +19,12 @@ use crate::shared::{Runtime, Shared};
 /// Bound on listing a cluster's databases (when `databases` is not configured).
 const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Every database a client may connect to: what `pg_dumpall` would dump, templates aside.
-const LIST_SQL: &str = "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1";
+/// Every database but the templates, and whether connections to it are allowed. One that does
+/// not allow them (its owner can say so) cannot be dumped: it is reported failed, not left out.
+const LIST_SQL: &str = "SELECT datname, datallowconn FROM pg_database WHERE NOT datistemplate ORDER BY 1";
+
+/// A listed database that cannot be backed up, and why.
+type Refused = (String, String);
 
 /// `POST /backup`: backs up `names` (or the configured databases) now and answers when done.
 /// The run is a task of its own, so it finishes (and its files are consistent) even if the HTTP
@@ -45,16 +49,16 @@ pub async fn run_now(shared: &Arc<Shared>, names: Option<Vec<String>>) -> Result
 /// Backs up each of `names` (or the configured databases) in turn, holding `guard` throughout.
 pub async fn run_all(shared: Arc<Shared>, guard: RunGuard, names: Option<Vec<String>>) -> Result<Report, BackupError> {
     let started = Instant::now();
-    let names = match names {
+    let (names, refused) = match names {
         Some(mut n) => {
             let mut seen = std::collections::HashSet::new();
             n.retain(|x| seen.insert(x.clone()));
-            n
+            (n, Vec::new())
         }
         None => default_names(&shared).await?,
     };
     let mut stop = shared.stop.subscribe();
-    let mut databases = Vec::new();
+    let mut databases: Vec<Outcome> = refused.into_iter().map(|(name, why)| refused_one(&shared, name, why)).collect();
     for name in names {
         databases.push(one(&shared, &name, &mut stop).await);
         if *stop.borrow() {
@@ -67,17 +71,18 @@ pub async fn run_all(shared: Arc<Shared>, guard: RunGuard, names: Option<Vec<Str
 }
 
 /// The configured `databases`; else every name listed in `[databases]` but `*`; else every
-/// database of the cluster `*` (or, without `[databases]`, every name) reaches, as the chosen node lists them.
-async fn default_names(shared: &Shared) -> Result<Vec<String>, BackupError> {
+/// database of the cluster `*` (or, without `[databases]`, every name) reaches, as the chosen
+/// node lists them, with those listed that cannot be backed up.
+async fn default_names(shared: &Shared) -> Result<(Vec<String>, Vec<Refused>), BackupError> {
     let rt = shared.runtime.load_full();
     let cfg = rt.config.backup.as_ref().ok_or(BackupError::NotConfigured)?;
     if !cfg.databases.is_empty() {
-        return Ok(cfg.databases.clone());
+        return Ok((cfg.databases.clone(), Vec::new()));
     }
     let mut listed: Vec<String> = rt.databases.listed().map(|d| d.name.clone()).collect();
     if !listed.is_empty() {
         listed.sort();
-        return Ok(listed);
+        return Ok((listed, Vec::new()));
     }
     let Some((_, cluster)) = rt.databases.any() else {
         return Err(BackupError::List("no database is configured".into()));
@@ -102,18 +107,39 @@ async fn default_names(shared: &Shared) -> Result<Vec<String>, BackupError> {
         Ok(Err(e)) => return Err(BackupError::List(format!("{}: {e}", b.name))),
         Err(_) => return Err(BackupError::List(format!("{} did not answer within {LIST_TIMEOUT:?}", b.name))),
     };
-    let names = rows.into_iter().filter_map(|r| r.into_iter().next().flatten());
-    Ok(names
-        .filter(|n| match file_safe_name(n) {
-            Ok(()) => true,
-            Err(why) => {
-                tracing::warn!(
-                    "backup: database {n:?} is skipped: its name {why}; list it under another name in [databases]"
-                );
-                false
-            }
-        })
-        .collect())
+    let (mut names, mut refused) = (Vec::new(), Vec::new());
+    for row in rows {
+        let mut cols = row.into_iter();
+        let (Some(Some(name)), allowed) = (cols.next(), cols.next().flatten()) else { continue };
+        if allowed.as_deref() != Some("t") {
+            let why = "it does not allow connections (ALLOW_CONNECTIONS false), so pg_dump cannot read it; \
+                       allow them, or name the databases to back up in [backup] databases";
+            refused.push((name, why.to_string()));
+        } else if let Err(why) = file_safe_name(&name) {
+            refused.push((name, format!("its name {why}; list it under another name in [databases]")));
+        } else {
+            names.push(name);
+        }
+    }
+    Ok((names, refused))
+}
+
+/// The outcome of a listed database that cannot be backed up: failed, so the run, its metrics
+/// and alerts say so (its owner can make it so; a skip would go unnoticed).
+fn refused_one(shared: &Shared, name: String, why: String) -> Outcome {
+    shared.backup.record_failure(&name);
+    tracing::error!(database = %name.escape_debug(), "backup failed: {why}");
+    Outcome {
+        database: name,
+        ok: false,
+        file: None,
+        size_bytes: None,
+        node: None,
+        address: None,
+        duration_seconds: 0.0,
+        error: Some(why),
+        pruned: Vec::new(),
+    }
 }
 
 /// A dump written, checked and in place.
