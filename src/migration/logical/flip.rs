@@ -63,7 +63,7 @@ pub async fn start(rt: &Runtime, logical: &Logical, databases: &[String]) -> Res
         let mut dst = open(rt, Store::Target, db).await?;
         let tables = Schema::read(&mut src.conn, Store::Source, db).await?.qualified_tables();
         src.publish(&tables).await?;
-        dst.subscribe(Direction::Forward, &conninfo_of(rt, Store::Source, db)?, true).await?;
+        dst.subscribe(Direction::Forward, &conninfo_of(rt, Store::Source, db)?, true, &mut src).await?;
         logical.entry(db).set_direction(Some(Direction::Forward));
         tracing::info!(database = %db, tables = tables.len(), "logical sync started: the target copies the source, then follows it");
     }
@@ -133,7 +133,7 @@ async fn turn(rt: &Runtime, db: &str, from: Direction, to: Direction) -> Result<
     new_publisher.unsubscribe(from).await?;
     let tables = Schema::read(&mut new_publisher.conn, to.publisher(), db).await?.qualified_tables();
     new_publisher.publish(&tables).await?;
-    old_publisher.subscribe(to, &conninfo_of(rt, to.publisher(), db)?, false).await?;
+    old_publisher.subscribe(to, &conninfo_of(rt, to.publisher(), db)?, false, &mut new_publisher).await?;
     tracing::info!(database = %db, from = from.publisher().name(), to = to.publisher().name(), "logical sync turned around");
     Ok(())
 }
@@ -145,7 +145,8 @@ async fn put_back(rt: &Runtime, db: &str, from: Direction, to: Direction) {
         let mut old_publisher = open(rt, from.publisher(), db).await?;
         old_publisher.unsubscribe(to).await?;
         let mut subscriber = open(rt, from.subscriber(), db).await?;
-        subscriber.subscribe(from, &conninfo_of(rt, from.publisher(), db)?, false).await.map_err(MigrationError::from)
+        let conninfo = conninfo_of(rt, from.publisher(), db)?;
+        subscriber.subscribe(from, &conninfo, false, &mut old_publisher).await.map_err(MigrationError::from)
     }
     .await;
     if let Err(e) = result {

@@ -72,19 +72,42 @@ impl Admin {
         Ok(self.value("reading pg_subscription", sql, &[&name]).await?.is_some())
     }
 
-    /// Subscribes to the publisher at `conninfo`; `copy` copies every table first (the initial
-    /// copy), otherwise only changes from now on flow. An existing subscription is kept.
-    pub async fn subscribe(&mut self, direction: Direction, conninfo: &str, copy: bool) -> Result<(), LogicalError> {
+    /// Subscribes to `publisher` (reached by the subscription at `conninfo`); `copy` copies every
+    /// table first (the initial copy), otherwise only changes from now on flow. An existing
+    /// subscription is kept.
+    ///
+    /// The slot is made first, on the publisher through `publisher`, and the subscription then
+    /// told to use it. Letting CREATE SUBSCRIPTION make it would hold a transaction with an xid
+    /// on this server while the publisher's slot waits for every transaction with an xid there
+    /// to end: two migrations turning opposite ways between the same servers (or any long
+    /// transaction pinned behind one) would wait on each other for ever.
+    pub async fn subscribe(
+        &mut self,
+        direction: Direction,
+        conninfo: &str,
+        copy: bool,
+        publisher: &mut Admin,
+    ) -> Result<(), LogicalError> {
         if self.subscribed(direction).await? {
             return Ok(());
         }
         let name = direction.subscription(&self.database);
+        // One left from an earlier subscription is not reused (its position is an old one):
+        // making it fails, naming it.
+        let make = "SELECT pg_create_logical_replication_slot($1, 'pgoutput')::text";
+        publisher.value("creating the replication slot", make, &[&name]).await?;
         let sql = format!(
-            "CREATE SUBSCRIPTION {name} CONNECTION {} PUBLICATION {PUBLICATION} WITH (copy_data = {copy}, slot_name = {})",
+            "CREATE SUBSCRIPTION {name} CONNECTION {} PUBLICATION {PUBLICATION} \
+             WITH (copy_data = {copy}, slot_name = {}, create_slot = false)",
             literal(conninfo),
             literal(&name)
         );
-        self.run("CREATE SUBSCRIPTION", &sql).await.map(drop)
+        let result = self.run("CREATE SUBSCRIPTION", &sql).await.map(drop);
+        if result.is_err() {
+            // A slot nobody reads keeps WAL on the publisher for ever: it goes with the failure.
+            let _ = publisher.value("dropping the slot", "SELECT pg_drop_replication_slot($1)::text", &[&name]).await;
+        }
+        result
     }
 
     /// Drops the subscription of `direction` and its slot on the publisher. When the publisher
