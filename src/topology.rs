@@ -87,6 +87,11 @@ pub async fn watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     None => lost_at.remove(&cluster.name),
                 };
             }
+        } else {
+            // Discovery turned off by a reload: a cluster still discovering has its roles as declared.
+            for c in rt.clusters.iter().filter(|c| c.failovers.state() == TopologyState::Discovering) {
+                c.failovers.set_state(TopologyState::Primary);
+            }
         }
         // A cluster still waiting for its first probes is looked at again soon: writes wait on it.
         if rt.clusters.iter().any(|c| c.failovers.state() == TopologyState::Discovering) {
@@ -142,7 +147,15 @@ fn step(shared: &Arc<Shared>, rt: &Runtime, cluster: &Cluster, lost_at: &mut Opt
                 );
             }
         }
-        Decision::Switch(i) => return switch(shared, rt, cluster, nodes[i], lost_at.take()),
+        Decision::Switch(i) => {
+            let switched = switch(shared, rt, cluster, nodes[i], lost_at.take());
+            if !switched && before == TopologyState::Discovering {
+                // The switch failed (logged): writes go to the primary as configured, as before
+                // discovery, rather than wait for one for ever.
+                f.set_state(TopologyState::Primary);
+            }
+            return switched;
+        }
     }
     false
 }

@@ -336,3 +336,17 @@ async fn a_client_ending_its_own_backends_on_a_replica_bans_it_for_no_one() {
     drop(p);
     drop(cluster);
 }
+
+/// A read that ends its own backend (`pg_terminate_backend(pg_backend_pid())`, sent to the
+/// replicas by a hint) is retried once, on the primary, where it ends that backend too: the
+/// client gets PostgreSQL's 57P01. It must not go from replica to replica for ever, opening a
+/// connection each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_ends_its_own_backend_is_retried_once_not_for_ever() {
+    let p = shared_proxy().await; // two replicas
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    let sql = "/* pgshift:replica */ select pg_terminate_backend(pg_backend_pid())";
+    let r = tokio::time::timeout(Duration::from_secs(30), c.simple_query(sql)).await;
+    let e = r.expect("the read still retried after 30s").expect_err("the backend ended");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("57P01"), "{e}");
+}

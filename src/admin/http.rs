@@ -82,7 +82,10 @@ async fn ready_handler(State(s): State<AdminState>) -> Response {
         let why = "split brain: several nodes are out of recovery on the same timeline; pgshift writes to none";
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response();
     }
-    if rt.clusters.iter().any(|c| c.failovers.state() == crate::pool::cluster::TopologyState::Discovering) {
+    let discovering = |c: &&std::sync::Arc<crate::pool::cluster::Cluster>| {
+        c.failovers.state() == crate::pool::cluster::TopologyState::Discovering
+    };
+    if rt.config.routing.role_discovery && rt.clusters.iter().any(|c| discovering(&c)) {
         let why = "role discovery has not heard from every node yet";
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response();
     }

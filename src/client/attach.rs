@@ -27,7 +27,7 @@ impl Session {
         let phase = self.shared.migration.phase_of(&self.pools.db.server_db);
         let (lease, backend, target) = self.lease_through_failover(req, phase).await?;
         backend.health.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.retry_avoid = None;
+        self.read_retried = false;
         let mut att = Attached::new(lease, backend, target);
         if target == Target::Replica {
             att.replay = Some(BytesMut::from(&self.cin[..req.len]));
@@ -122,8 +122,8 @@ impl Session {
         }
     }
 
-    /// A replica failed before answering: put the request back, and route it again to another
-    /// replica or the primary. Reads are safe to repeat. The replica is not banned: one
+    /// A replica failed before answering: put the request back, and route it again, to the
+    /// primary. Reads are safe to repeat. The replica is not banned: one
     /// connection ending is no evidence about the node (a client can end its own backend with
     /// `pg_terminate_backend`), and a node that is down fails its probe and its next connect.
     pub(super) fn retry_elsewhere(&mut self) {
@@ -131,7 +131,7 @@ impl Session {
         self.handle.set_server(None);
         att.lease.conn().broken = true;
         tracing::info!(backend = %att.backend.name, client = self.handle.id, "replica failed a read; retrying it elsewhere");
-        self.retry_avoid = Some(att.backend.clone());
+        self.read_retried = true;
         if let Some(mut request) = att.replay.take() {
             request.extend_from_slice(&self.cin);
             self.cin = request;

@@ -314,7 +314,7 @@ impl Session {
             attached: None,
             skip_to_sync: p.skip_to_sync,
             notify_rx: None,
-            retry_avoid: None,
+            read_retried: false,
         }
     }
 }

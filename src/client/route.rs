@@ -226,7 +226,9 @@ impl Session {
         // A read that ends up on the primary: one only a hint or `pgshift.route` vouches for may
         // be a write, and gets the primary's checks.
         let vouched = !proven_read(&classes);
-        if !replicas_ok {
+        // A read retried after its replica connection ended goes to the primary: not to another
+        // replica, where a read that ends its own backend would end again, and again.
+        if !replicas_ok || self.read_retried {
             return self.read_on_primary(&rt, serving_target, vouched, (primary_b, primary_p, Target::Primary));
         }
         let executes = request::executes(&self.cin[..len]);
@@ -251,9 +253,10 @@ impl Session {
     }
 
     /// A read sent to the primary. One only `vouched` for (a hint, `pgshift.route`) may be a
-    /// write: during a split brain, or before discovery has heard from every node, it goes to no
-    /// node, as writes do. (While there is no primary, every node that answers is in recovery
-    /// and refuses a write itself.)
+    /// write: during a split brain it goes to no node, as writes do. Before discovery has heard
+    /// from every node no read goes to the node named primary (it may be a stale one, and a
+    /// session-mode client would keep it for its writes). (While there is no primary, every node
+    /// that answers is in recovery and refuses a write itself.)
     fn read_on_primary(
         &self,
         rt: &Runtime,
@@ -263,7 +266,12 @@ impl Session {
     ) -> Result<Choice, ClientError> {
         use crate::pool::cluster::TopologyState::{Discovering, SplitBrain};
         let state = self.pools.cluster().failovers.state();
-        if vouched && rt.config.routing.role_discovery && !serving_target && matches!(state, SplitBrain | Discovering) {
+        let waits = match state {
+            SplitBrain => vouched,
+            Discovering => true, // the node named primary may be a stale one: a session would stay on it
+            _ => false,
+        };
+        if waits && rt.config.routing.role_discovery && !serving_target {
             return Err(super::failover::no_primary(state));
         }
         Ok(primary)
@@ -327,17 +335,14 @@ impl Session {
     fn pick_target_read(&self, rt: &Runtime, executes: bool, primary_ok: bool) -> Option<Choice> {
         let t = self.pools.target.as_ref()?;
         let replicas = rt.targets.get(1..).unwrap_or_default();
-        let avoided = |b: &Arc<Backend>| self.retry_avoid.as_ref().is_some_and(|a| Arc::ptr_eq(a, b));
-        let usable =
-            |i: usize| replicas[i].serves_reads(rt) && !t.replicas[i].refuses_logins() && !avoided(&replicas[i]);
+        let usable = |i: usize| replicas[i].serves_reads(rt) && !t.replicas[i].refuses_logins();
         if let Some(i) = rt.rr.pick(replicas.len(), executes, usable) {
             return Some((replicas[i].clone(), t.replicas[i].clone(), Target::Replica));
         }
-        let primary = rt.targets.first()?;
-        if !primary_ok || t.primary.refuses_logins() || avoided(primary) {
+        if !primary_ok || t.primary.refuses_logins() {
             return None;
         }
-        Some((primary.clone(), t.primary.clone(), Target::Replica))
+        Some((rt.targets.first()?.clone(), t.primary.clone(), Target::Replica))
     }
 
     /// A healthy source replica that has replayed the client's own writes, if any.
@@ -354,13 +359,9 @@ impl Session {
             }
         };
         let pools = &self.pools.source.replicas;
-        let avoid = self.retry_avoid.as_ref();
         let usable = |i: usize| {
             let b = &cluster.replicas[i];
-            b.serves_reads(rt)
-                && !pools[i].refuses_logins()
-                && needed.is_none_or(|lsn| b.replayed(lsn))
-                && avoid.is_none_or(|a| !Arc::ptr_eq(a, b))
+            b.serves_reads(rt) && !pools[i].refuses_logins() && needed.is_none_or(|lsn| b.replayed(lsn))
         };
         match cluster.rr.pick(cluster.replicas.len(), executes, usable) {
             Some(i) => Some((cluster.replicas[i].clone(), self.pools.source.replicas[i].clone(), Target::Replica)),

@@ -65,9 +65,10 @@ pub struct Session {
     pub(super) skip_to_sync: bool,
     /// Notifications for the channels this client LISTENs to (transaction mode fan-out).
     pub(super) notify_rx: Option<crate::notify::NotifyRx>,
-    /// The replica whose connection ended under the read being retried: that read goes
-    /// elsewhere. Only this client avoids it; the health probe speaks for the node.
-    pub(super) retry_avoid: Option<Arc<crate::pool::Backend>>,
+    /// The read being retried lost its replica connection once: it goes to the primary now
+    /// (not to another replica, which a read that ends its own backend would end again). Only
+    /// this read is affected; the health probe speaks for the node.
+    pub(super) read_retried: bool,
 }
 
 /// Starts the session, or tells the client why not.
@@ -192,7 +193,7 @@ impl Session {
             attached: None,
             skip_to_sync: false,
             notify_rx: None,
-            retry_avoid: None,
+            read_retried: false,
         })
     }
 
