@@ -77,15 +77,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn ready_handler(State(s): State<AdminState>) -> Response {
+    use crate::pool::cluster::TopologyState::{Discovering, SplitBrain};
     let rt = s.shared.runtime.load();
-    if rt.clusters.iter().any(|c| c.failovers.state() == crate::pool::cluster::TopologyState::SplitBrain) {
+    if rt.clusters.iter().any(|c| c.failovers.state() == SplitBrain) {
         let why = "split brain: several nodes are out of recovery on the same timeline; pgshift writes to none";
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response();
     }
-    let discovering = |c: &&std::sync::Arc<crate::pool::cluster::Cluster>| {
-        c.failovers.state() == crate::pool::cluster::TopologyState::Discovering
-    };
-    if rt.config.routing.role_discovery && rt.clusters.iter().any(|c| discovering(&c)) {
+    if rt.config.routing.role_discovery && rt.clusters.iter().any(|c| c.failovers.state() == Discovering) {
         let why = "role discovery has not heard from every node yet";
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response();
     }

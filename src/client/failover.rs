@@ -46,7 +46,9 @@ impl Session {
             // (or discovery blind), its errors are the client's answer, as before.
             let failovers = self.pools.cluster().failovers.clone();
             let failing_over = || failovers.state() != TopologyState::Primary;
-            let seen = self.topology_seen();
+            // The runtime this try routes under is the session's own (attach, or the end of the
+            // last turn, just brought it up to date): no load of the shared one per request.
+            let seen = (failovers.state(), self.rt.generation);
             let mut e = match self.lease_for(req, phase).await {
                 Err(e) if primary_gone(&e) => e,
                 other => return other,

@@ -265,16 +265,15 @@ impl Session {
         primary: Choice,
     ) -> Result<Choice, ClientError> {
         use crate::pool::cluster::TopologyState::{Discovering, SplitBrain};
-        let state = self.pools.cluster().failovers.state();
-        let waits = match state {
-            SplitBrain => vouched,
-            Discovering => true, // the node named primary may be a stale one: a session would stay on it
-            _ => false,
-        };
-        if waits && rt.config.routing.role_discovery && !serving_target {
-            return Err(super::failover::no_primary(state));
+        if !rt.config.routing.role_discovery || serving_target {
+            return Ok(primary);
         }
-        Ok(primary)
+        match self.pools.cluster().failovers.state() {
+            SplitBrain if vouched => Err(super::failover::no_primary(SplitBrain)),
+            // The node named primary may be a stale one, and a session would stay on it.
+            Discovering => Err(super::failover::no_primary(Discovering)),
+            _ => Ok(primary),
+        }
     }
 
     /// Why a request may not go to the primary now, if it may not: with role discovery, while
