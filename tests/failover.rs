@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::proxy;
+use common::{proxy, until};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,15 +170,25 @@ async fn fail_over_leaving_the_old_primary_on_its_timeline(
     tokio::task::spawn_blocking(move || cl.start_node(0)).await.unwrap();
 }
 
-/// Polls `f` (every 100 ms, for up to a minute) until it holds.
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what} never happened");
+/// A one-replica cluster that failed over (see above) behind a proxy probing every 3 s, with the
+/// config the proxy started from: it still names the old primary first.
+async fn failed_over_with_the_old_primary_back(
+    table: &str,
+) -> (Arc<common::PrivateCluster>, pgshift::config::Config, pgshift::proxy::Proxy) {
+    let cluster = Arc::new(tokio::task::spawn_blocking(|| common::PrivateCluster::start(1)).await.unwrap());
+    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
+    cfg.routing.health_check_interval = pgshift::config::Dur::secs(3);
+    let p = proxy::start(cfg.clone()).await;
+    proxy::wait_healthy(&p).await;
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    fail_over_leaving_the_old_primary_on_its_timeline(&cluster, &p, &c, table).await;
+    (cluster, cfg, p)
+}
+
+/// Rows of `table` on node 0, the old primary, read directly.
+async fn rows_on_old_primary(cluster: &common::PrivateCluster, table: &str) -> i64 {
+    let old = common::connect(cluster.port(0), "app", "app", "app").await;
+    old.query_one(&format!("select count(*) from {table}"), &[]).await.unwrap().get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,8 +216,7 @@ async fn a_session_on_the_old_primary_writes_nothing_there_after_a_promotion() {
     let new = format!(":{}", cluster.port(1));
     until("discovery switching to the promoted node", || p.shared.runtime.load().primary.address.ends_with(&new)).await;
     let r = c.execute("insert into fo_s values (1)", &[]).await;
-    let old = common::connect(cluster.port(0), "app", "app", "app").await;
-    let on_old: i64 = old.query_one("select count(*) from fo_s", &[]).await.unwrap().get(0);
+    let on_old = rows_on_old_primary(&cluster, "fo_s").await;
     assert_eq!(on_old, 0, "a write reached the demoted primary (client saw {r:?})");
     drop(p);
     drop(cluster);
@@ -218,18 +227,11 @@ async fn a_reload_after_a_failover_sends_no_write_to_the_old_primary() {
     // After a failover the config file still names the old primary; it came back out of
     // recovery on its old timeline. A reload (SIGHUP for anything else) must not hand it the
     // writes, not even until discovery looks again.
-    let cluster = Arc::new(tokio::task::spawn_blocking(|| common::PrivateCluster::start(1)).await.unwrap());
-    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
-    cfg.routing.health_check_interval = pgshift::config::Dur::secs(3);
-    let p = proxy::start(cfg.clone()).await;
-    proxy::wait_healthy(&p).await;
-    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
-    fail_over_leaving_the_old_primary_on_its_timeline(&cluster, &p, &c, "fo_r").await;
+    let (cluster, cfg, p) = failed_over_with_the_old_primary_back("fo_r").await;
     pgshift::proxy::reload_with(&p.shared, cfg).expect("reload");
     let c = common::connect(proxy::port(&p), "app", "app", "app").await;
     let r = c.execute("insert into fo_r values (1)", &[]).await;
-    let old = common::connect(cluster.port(0), "app", "app", "app").await;
-    let on_old: i64 = old.query_one("select count(*) from fo_r", &[]).await.unwrap().get(0);
+    let on_old = rows_on_old_primary(&cluster, "fo_r").await;
     assert_eq!(on_old, 0, "a write reached the old primary after a reload (client saw {r:?})");
     drop(p);
     drop(cluster);
@@ -240,20 +242,12 @@ async fn a_restart_after_a_failover_sends_no_write_to_the_old_primary() {
     // After a failover the config file still names the old primary, back out of recovery on its
     // old timeline. pgshift restarts (an upgrade, a crash): its first writes must not reach the
     // old primary while discovery has not heard from every node yet.
-    let cluster = Arc::new(tokio::task::spawn_blocking(|| common::PrivateCluster::start(1)).await.unwrap());
-    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
-    cfg.routing.health_check_interval = pgshift::config::Dur::secs(3);
-    let p = proxy::start(cfg.clone()).await;
-    proxy::wait_healthy(&p).await;
-    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
-    fail_over_leaving_the_old_primary_on_its_timeline(&cluster, &p, &c, "fo_s").await;
-    drop(c);
+    let (cluster, cfg, p) = failed_over_with_the_old_primary_back("fo_s").await;
     p.stop().await;
     let p = proxy::start(cfg).await; // at once: no wait for the probes
     let c = common::connect(proxy::port(&p), "app", "app", "app").await;
     let r = c.execute("insert into fo_s values (1)", &[]).await;
-    let old = common::connect(cluster.port(0), "app", "app", "app").await;
-    let on_old: i64 = old.query_one("select count(*) from fo_s", &[]).await.unwrap().get(0);
+    let on_old = rows_on_old_primary(&cluster, "fo_s").await;
     assert_eq!(on_old, 0, "a write reached the old primary after a restart (client saw {r:?})");
     r.expect("the write lands on the new primary");
     drop(p);
@@ -299,8 +293,7 @@ async fn a_session_on_the_primary_writes_nothing_during_a_split_brain() {
     let r = c.execute("insert into fo_sb values (1)", &[]).await;
     let r2 = c2.execute("insert into fo_sb values (2)", &[]).await;
     eprintln!("session client: {r:?}; vouching client: {r2:?}");
-    let old = common::connect(cluster.port(0), "app", "app", "app").await;
-    let on_old: i64 = old.query_one("select count(*) from fo_sb", &[]).await.unwrap().get(0);
+    let on_old = rows_on_old_primary(&cluster, "fo_sb").await;
     assert_eq!(on_old, 0, "a write reached a node during a split brain (clients saw {r:?}, {r2:?})");
     drop(p);
     drop(p2);
@@ -328,8 +321,7 @@ async fn an_old_primary_never_rewound_is_not_taken_back_when_the_new_one_dies() 
     let cl = cluster.clone();
     tokio::task::spawn_blocking(move || cl.kill_node(1)).await.unwrap();
     let r = c.execute("insert into fo_tl values (1)", &[]).await;
-    let old = common::connect(cluster.port(0), "app", "app", "app").await;
-    let on_old: i64 = old.query_one("select count(*) from fo_tl", &[]).await.unwrap().get(0);
+    let on_old = rows_on_old_primary(&cluster, "fo_tl").await;
     assert_eq!(on_old, 0, "a write reached the old primary on its old timeline (client saw {r:?})");
     drop(p);
     drop(cluster);

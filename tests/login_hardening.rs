@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::proxy;
+use common::{proxy, until};
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
 
@@ -75,17 +75,6 @@ async fn auth_query_failures_are_not_reported_as_wrong_passwords() {
     assert_eq!(code, "28P01", "{msg}");
 }
 
-/// Waits until `f` holds (no timing assertion: up to 10 s, then fails).
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not reached in 10s: {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_unauthenticated_sockets_do_not_lock_clients_out() {
     let mut cfg = proxy::config(common::shared_bed().primary_port, &[]);
@@ -98,7 +87,7 @@ async fn idle_unauthenticated_sockets_do_not_lock_clients_out() {
         idle.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
     }
     let counts = &p.shared.conn_count;
-    eventually("two sockets logging in", || counts.logging_in() == 2).await;
+    until("two sockets logging in", || counts.logging_in() == 2).await;
     // max_client_conn = 2 sockets that send nothing: real clients still log in
     let a = common::connect(port, "app", "app", "app").await;
     let b = common::connect(port, "app", "app", "app").await;
@@ -111,12 +100,12 @@ async fn idle_unauthenticated_sockets_do_not_lock_clients_out() {
 
     // logins in progress have their own cap
     idle.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
-    eventually("three sockets logging in", || counts.logging_in() == 3).await;
+    until("three sockets logging in", || counts.logging_in() == 3).await;
     let err = common::try_connect(port, "app", "app", "app").await.err().unwrap();
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
     assert!(err.as_db_error().unwrap().message().contains("max_pending_logins"), "{err}");
     drop(idle);
-    eventually("idle sockets gone", || counts.logging_in() == 0).await;
+    until("idle sockets gone", || counts.logging_in() == 0).await;
     let c = common::connect(port, "app", "app", "app").await;
     assert_eq!(c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
     drop(a);

@@ -3,23 +3,13 @@
 
 mod common;
 
-use common::proxy;
+use common::{proxy, until};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn pool_active(p: &pgshift::proxy::Proxy) -> (usize, usize) {
     p.shared.pools.all().iter().map(|pl| pl.snapshot()).fold((0, 0), |(a, w), s| (a + s.sv_active, w + s.cl_waiting))
-}
-
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 /// SIGKILL of the primary under load: errors are proper and prompt, nothing committed is lost,

@@ -12,6 +12,16 @@ async fn port_of(c: &tokio_postgres::Client, sql: &str) -> u16 {
     row.get::<_, i32>(0) as u16
 }
 
+/// A private cluster with two replicas behind a proxy that leaves out a replica 1 s behind.
+async fn lag_limited_proxy() -> (common::PrivateCluster, pgshift::proxy::Proxy) {
+    let cluster = tokio::task::spawn_blocking(|| common::PrivateCluster::start(2)).await.unwrap();
+    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
+    cfg.routing.max_replica_lag = pgshift::config::Dur::secs(1);
+    let p = proxy::start(cfg).await;
+    proxy::wait_healthy(&p).await;
+    (cluster, p)
+}
+
 async fn shared_proxy() -> pgshift::proxy::Proxy {
     let bed = common::shared_bed();
     let p = proxy::start(proxy::config(bed.primary_port, &bed.replica_ports)).await;
@@ -198,11 +208,7 @@ async fn stopped_replica_costs_no_failed_reads_and_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_replica_is_left_out_and_reads_see_own_writes() {
-    let cluster = tokio::task::spawn_blocking(|| common::PrivateCluster::start(2)).await.unwrap();
-    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
-    cfg.routing.max_replica_lag = pgshift::config::Dur::secs(1);
-    let p = proxy::start(cfg).await;
-    proxy::wait_healthy(&p).await;
+    let (cluster, p) = lag_limited_proxy().await;
     let port = proxy::port(&p);
     let (paused, live) = (cluster.replica_ports()[0], cluster.replica_ports()[1]);
     let c = common::connect(port, "app", "app", "app").await;
@@ -252,11 +258,7 @@ async fn a_search_path_that_shadows_built_ins_keeps_reads_on_the_primary() {
 async fn a_replica_cut_off_from_its_primary_serves_no_reads() {
     // A replica whose WAL receiver is gone has replayed all it received: "caught up" by its own
     // positions, yet further behind the primary with every commit there.
-    let cluster = tokio::task::spawn_blocking(|| common::PrivateCluster::start(2)).await.unwrap();
-    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
-    cfg.routing.max_replica_lag = pgshift::config::Dur::secs(1);
-    let p = proxy::start(cfg).await;
-    proxy::wait_healthy(&p).await;
+    let (cluster, p) = lag_limited_proxy().await;
     let port = proxy::port(&p);
     let (cut, live) = (cluster.replica_ports()[0], cluster.replica_ports()[1]);
     let c = common::connect(port, "app", "app", "app").await;

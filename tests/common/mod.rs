@@ -433,3 +433,15 @@ pub fn setup_on_bed(sql: &str) {
     let out = psql(shared_bed().primary_port, "app", "app", "app", sql);
     assert!(out.status.success(), "setup failed: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Polls `f` every 50 ms until it holds; fails naming `what` after a minute (a guard against a
+/// hang, not a timing assertion).
+pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("not reached within a minute: {what}");
+}
