@@ -36,7 +36,15 @@ fuzz_target!(|data: &[u8]| {
     // classifier must read as one pure statement of that kind. (Query and Parse texts end at
     // their first NUL, so none holds one.)
     if let Some(kind) = plain_statement(sql).filter(|_| !sql.contains(&0)) {
-        assert!(c.statements.iter().all(|s| s.session == SessionEffect::None), "{text:?}: {c:?}");
+        // Text the classifier cannot read pins on the bare names `setseed` and `dblink_connect`
+        // anywhere (a call may hide in a DO block's string). With no `(` in the text nothing is
+        // called, which is what lets the quick look past it: that pin is the classifier's
+        // caution, not a session effect the quick look missed.
+        let cautious = |e: &SessionEffect| {
+            !sql.contains(&b'(') && matches!(e, SessionEffect::Pin("setseed") | SessionEffect::Pin("dblink"))
+        };
+        let none = |e: &SessionEffect| *e == SessionEffect::None || cautious(e);
+        assert!(c.statements.iter().all(|s| none(&s.session)), "{text:?}: {c:?}");
         if sql.contains(&b'(') || kind == StatementKind::Other {
             assert_eq!(c.statements.len(), 1, "{text:?}: {c:?}");
             assert_eq!(c.kind, kind, "{text:?}: {c:?}");
