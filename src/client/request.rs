@@ -105,11 +105,16 @@ pub fn classify(shared: &Shared, rt: &Runtime, sql: &str) -> Arc<Classification>
     shared.classify_cache.classify(sql, &rt.classifier)
 }
 
-/// Classifies a simple-query text. Such texts usually carry their literals, so each is new and
+/// Classifies a simple-query text. A plain read ([`crate::router::plain_read`]) needs no parse.
+/// Other texts usually carry their literals, so each is new and
 /// caching it would only cost an insertion and evict the statements worth keeping; a text with no
 /// digit, quote or dollar sign (BEGIN, COMMIT, SHOW x, a query without literals) has none and
 /// comes back, so it goes through the cache.
 pub fn classify_query(shared: &Shared, rt: &Runtime, sql: &str) -> Arc<Classification> {
+    // The common read (`SELECT a FROM t WHERE id = 42`) is proven one without a parse.
+    if crate::router::plain_read(sql.as_bytes()) {
+        return shared.classify_cache.plain_read();
+    }
     let literal_free = !sql.bytes().any(|b| b.is_ascii_digit() || matches!(b, b'\'' | b'$'));
     if literal_free {
         classify(shared, rt, sql)

@@ -80,6 +80,8 @@ type Shard = HashMap<u64, Entry, FxBuildHasher>;
 pub struct ClassifierCache {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
+    /// What every [`super::plain_read`] text classifies as, under any config.
+    plain_read: Arc<Classification>,
 }
 
 impl ClassifierCache {
@@ -89,7 +91,13 @@ impl ClassifierCache {
         let per_shard = capacity.div_ceil(SHARDS);
         let shards =
             (0..SHARDS).map(|_| Mutex::new(Shard::with_capacity_and_hasher(0, FxBuildHasher::default()))).collect();
-        ClassifierCache { shards, per_shard }
+        let plain_read = Arc::new(classify("SELECT 1", &ClassifierConfig::default()));
+        ClassifierCache { shards, per_shard, plain_read }
+    }
+
+    /// The classification of a [`super::plain_read`] text: one pure read for a replica.
+    pub fn plain_read(&self) -> Arc<Classification> {
+        Arc::clone(&self.plain_read)
     }
 
     fn shard(&self, hash: u64) -> Option<MutexGuard<'_, Shard>> {

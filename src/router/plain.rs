@@ -65,6 +65,86 @@ pub fn plain_statement(sql: &[u8]) -> Option<StatementKind> {
     Some(kind)
 }
 
+/// A plain read: a SELECT the quick look accepts whose text the classifier can only read as one
+/// pure read for a replica, whatever its settings, so routing needs no full parse. On top of the
+/// quick look's refusals it refuses, anywhere in the text, quoted or not:
+/// - the words `insert`, `update`, `delete`, `merge` (a write, or a column named like one, which
+///   the classifier cannot tell apart) and `for` (FOR UPDATE/SHARE locks rows), as parts of
+///   longer words too;
+/// - a backslash or a dollar sign (text lexed differently by settings, or dollar-quoted), a
+///   parenthesis or bracket (a closing one alone is not valid SQL), bytes outside printable
+///   ASCII and whitespace, and the few ASCII bytes the lexer rejects;
+/// - an unterminated quote or quoted name.
+pub fn plain_read(sql: &[u8]) -> bool {
+    // The quick look reads the first word up to a non-letter; the lexer reads `select2` as a name.
+    let after_select = sql.iter().skip_while(|b| b.is_ascii_whitespace()).nth(6);
+    plain_statement(sql) == Some(StatementKind::Select)
+        && !after_select.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        && read_only_text(sql)
+}
+
+/// What a byte means to [`read_only_text`].
+const PLAIN: u8 = 0;
+const NEVER: u8 = 1;
+const QUOTE: u8 = 2;
+const WORD: u8 = 3;
+const READ_BYTES: [u8; 256] = {
+    let mut t = [NEVER; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        t[b] = PLAIN;
+        b += 1;
+    }
+    let mut i = 0;
+    let never = b"\\$`{}()[]";
+    while i < never.len() {
+        t[never[i] as usize] = NEVER;
+        i += 1;
+    }
+    t[b'\t' as usize] = PLAIN;
+    t[b'\n' as usize] = PLAIN;
+    t[b'\r' as usize] = PLAIN;
+    t[b'\'' as usize] = QUOTE;
+    t[b'"' as usize] = QUOTE;
+    let starts = b"iudmfIUDMF";
+    let mut j = 0;
+    while j < starts.len() {
+        t[starts[j] as usize] = WORD;
+        j += 1;
+    }
+    t
+};
+
+/// The text part of [`plain_read`]: no write or locking word, no byte lexed unlike its look,
+/// every quote closed.
+fn read_only_text(sql: &[u8]) -> bool {
+    let mut quote = None;
+    for (i, &b) in sql.iter().enumerate() {
+        match READ_BYTES[b as usize] {
+            PLAIN => {}
+            QUOTE => match quote {
+                None => quote = Some(b),
+                Some(q) if q == b => quote = None,
+                Some(_) => {}
+            },
+            WORD => {
+                let word: &[u8] = match b.to_ascii_lowercase() {
+                    b'i' => b"insert",
+                    b'u' => b"update",
+                    b'd' => b"delete",
+                    b'm' => b"merge",
+                    _ => b"for",
+                };
+                if sql.get(i..i + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word)) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    quote.is_none()
+}
+
 /// `BEGIN`, `COMMIT`, `END`, `ROLLBACK` or `ABORT`, optionally followed by `WORK` or
 /// `TRANSACTION`, and nothing else (no modes, no savepoints, no PREPARED).
 fn transaction_control(body: &[u8]) -> bool {

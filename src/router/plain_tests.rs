@@ -113,3 +113,63 @@ fn what_the_quick_look_accepts_the_classifier_calls_one_pure_statement_of_that_k
         }
     }
 }
+
+/// Plain reads: routed to a replica without a parse.
+const READS: &[&str] = &[
+    "SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
+    "select a / 2 - 1 from t where b = -3",
+    "SELECT \"t\".\"id\", \"t\".\"name\" FROM \"app_user\" \"t\" WHERE \"t\".\"id\" = 7 LIMIT 21",
+    "select * from t where name = 'it''s' and tag = E'x' and b = B'0101' order by id desc limit 10 offset 5",
+    "SELECT a, b FROM s.t JOIN u ON u.id = t.uid WHERE t.x >= 1.5e3 AND u.y <> 'a\"b'",
+    "select 1 union all select 2",
+    "SELECT x::int FROM t WHERE y ~~ 'a%'",
+];
+
+/// Selects the quick look accepts that are not plain reads (or that it cannot prove are).
+const NOT_READS: &[&str] = &[
+    "SELECT2PPP",
+    "select_x from t",
+    "SELECT * FROM t FOR UPDATE",
+    "select * from t for share",
+    "SELECT * FROM t FOR NO KEY UPDATE",
+    "SELECT * FROM t for key share",
+    "SELECT update FROM t",
+    "SELECT insert, delete, merge FROM t",
+    "SELECT * FROM information_schema.tables",
+    "SELECT 'C:\\path'",
+    "SELECT E'\\''",
+    "SELECT 'unterminated",
+    "SELECT \"unterminated",
+    "SELECT $$x$$",
+    "SELECT $1",
+    "SELECT `x` FROM t",
+    "SELECT {x} FROM t",
+    "SELECT 'é' FROM t",
+    "SELECT 1\u{b} FROM t",
+    "UPDATE t SET v = 1",
+    "BEGIN",
+];
+
+#[test]
+fn a_plain_read_is_what_the_classifier_sends_to_a_replica() {
+    use super::plain_read;
+    let read = classify("SELECT 1", &ClassifierConfig::default());
+    assert_eq!(read.target, crate::router::Target::Replica);
+    assert!(read.pure() && read.hint.is_none() && read.statements.len() == 1);
+    for sql in READS {
+        assert!(plain_read(sql.as_bytes()), "{sql}");
+    }
+    for sql in NOT_READS {
+        assert!(!plain_read(sql.as_bytes()), "{sql}");
+    }
+    let every =
+        READS.iter().chain(NOT_READS).copied().chain(ACCEPTED.iter().map(|(s, _)| *s)).chain(REFUSED.iter().copied());
+    for scs in [false, true] {
+        let cfg = ClassifierConfig { standard_conforming_strings: scs, ..ClassifierConfig::default() };
+        for sql in every.clone().chain(super::super::tests::CASES.iter().map(|(s, _, _)| *s)) {
+            if plain_read(sql.as_bytes()) {
+                assert_eq!(classify(sql, &cfg), read, "{sql}");
+            }
+        }
+    }
+}

@@ -12,7 +12,7 @@ const P: Target = Target::Primary;
 const R: Target = Target::Replica;
 
 /// (sql, target, reason) with the default config.
-const CASES: &[(&str, Target, &str)] = &[
+pub(super) const CASES: &[(&str, Target, &str)] = &[
     // --- plain reads, case and whitespace -------------------------------------------
     ("SELECT 1", R, READ),
     ("select 1", R, READ),
