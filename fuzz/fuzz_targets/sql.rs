@@ -1,11 +1,11 @@
 //! Fuzz target `sql`: the SQL lexer and classifier (`router::classify`) and the quick
-//! `plain_statement` and `plain_read` checks, which must agree with it, on arbitrary text. The first byte picks
+//! `plain_statement` and `plain_class` checks, which must agree with it, on arbitrary text. The first byte picks
 //! the classifier settings; the rest is the SQL, lossily decoded as the session decodes it.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pgshift::router::{classify, plain_read, plain_statement, ClassifierConfig, SessionEffect, StatementKind, Target};
+use pgshift::router::{classify, plain_class, plain_sample, plain_statement, ClassifierConfig, SessionEffect, StatementKind, Target};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, sql)) = data.split_first() else {
@@ -35,10 +35,10 @@ fuzz_target!(|data: &[u8]| {
     // shapes it reads itself, an INSERT's literal rows and a bare BEGIN/COMMIT/ROLLBACK, the
     // classifier must read as one pure statement of that kind. (Query and Parse texts end at
     // their first NUL, so none holds one.)
-    // What routing takes for a plain read without a parse, the classifier reads as exactly what
-    // any plain SELECT reads as: one pure read for a replica.
-    if plain_read(sql) && !sql.contains(&0) {
-        assert_eq!(c, classify("SELECT 1", &ClassifierConfig::default()), "{text:?}");
+    // What routing takes for a plain statement without a parse, the classifier reads as exactly
+    // what the sample of its kind reads as: one pure read for a replica, or one pure write.
+    if let Some(kind) = plain_class(sql).filter(|_| !sql.contains(&0)) {
+        assert_eq!(c, classify(plain_sample(kind), &ClassifierConfig::default()), "{text:?}");
     }
     if let Some(kind) = plain_statement(sql).filter(|_| !sql.contains(&0)) {
         // Text the classifier cannot read pins on the bare names `setseed` and `dblink_connect`

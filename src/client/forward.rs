@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::expect::{Expect, Synth};
-use super::request::{classify, classify_query, sql_of};
+use super::request::{classify, classify_looked, sql_of};
 use super::state::{Attached, BatchState, ClientState};
 use crate::config::SessionFeatures;
 use crate::router::{Classification, SessionEffect, Target};
@@ -190,7 +190,8 @@ impl Fwd<'_> {
                 // SELECT/INSERT/UPDATE/DELETE has none, and the check is far cheaper than a parse.
                 let need_all = self.has_replicas || self.att.capture.is_some();
                 let text = frame::cstr(frame::body(f)).map_or(&b""[..], |(t, _)| t);
-                if let Some(kind) = crate::router::plain_statement(text).filter(|_| !need_all) {
+                let looked = crate::router::plain_statement(text);
+                if let Some(kind) = looked.filter(|_| !need_all) {
                     if self.att.queue.is_empty() || self.att.kind == crate::router::StatementKind::Other {
                         self.att.kind = kind;
                     }
@@ -202,7 +203,7 @@ impl Fwd<'_> {
                     self.att.effects.push_back(Vec::new());
                     return self.send(f, Some(Expect::Query));
                 };
-                classify_query(self.shared, self.rt, &sql)
+                classify_looked(self.shared, self.rt, &sql, looked)
             }
         };
         if let Some(reason) = self.refused(&class) {

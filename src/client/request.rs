@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::expect::Expect;
 use super::state::{Attached, BatchState, ClientState};
-use crate::router::Classification;
+use crate::router::{Classification, StatementKind};
 use crate::shared::{Runtime, Shared};
 use crate::wire::{frame, tag, WireError};
 
@@ -105,15 +105,20 @@ pub fn classify(shared: &Shared, rt: &Runtime, sql: &str) -> Arc<Classification>
     shared.classify_cache.classify(sql, &rt.classifier)
 }
 
-/// Classifies a simple-query text. A plain read ([`crate::router::plain_read`]) needs no parse.
-/// Other texts usually carry their literals, so each is new and
-/// caching it would only cost an insertion and evict the statements worth keeping; a text with no
-/// digit, quote or dollar sign (BEGIN, COMMIT, SHOW x, a query without literals) has none and
-/// comes back, so it goes through the cache.
+/// Classifies a simple-query text. A plain one ([`crate::router::plain_class`]) needs no parse.
+/// Other texts usually carry their literals, so each is new and caching it would only cost an
+/// insertion and evict the statements worth keeping; a text with no digit, quote or dollar sign
+/// (BEGIN, COMMIT, SHOW x, a query without literals) has none and comes back, so it goes through
+/// the cache.
 pub fn classify_query(shared: &Shared, rt: &Runtime, sql: &str) -> Arc<Classification> {
-    // The common read (`SELECT a FROM t WHERE id = 42`) is proven one without a parse.
-    if crate::router::plain_read(sql.as_bytes()) {
-        return shared.classify_cache.plain_read();
+    classify_looked(shared, rt, sql, crate::router::plain_statement(sql.as_bytes()))
+}
+
+/// [`classify_query`] with the quick look's verdict on the text already at hand.
+pub fn classify_looked(shared: &Shared, rt: &Runtime, sql: &str, looked: Option<StatementKind>) -> Arc<Classification> {
+    // The common read or write (`SELECT a FROM t WHERE id = 42`) is proven one without a parse.
+    if let Some(kind) = looked.and_then(|kind| crate::router::plain_class_of(sql.as_bytes(), kind)) {
+        return shared.classify_cache.plain(kind);
     }
     let literal_free = !sql.bytes().any(|b| b.is_ascii_digit() || matches!(b, b'\'' | b'$'));
     if literal_free {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::classify::{classify, Classification, ClassifierConfig};
+use super::classify::{classify, Classification, ClassifierConfig, StatementKind};
 
 /// Texts longer than this are classified every time: they are rarely repeated and
 /// would make the cache's memory use unpredictable.
@@ -75,13 +75,17 @@ type Shard = HashMap<u64, Entry, FxBuildHasher>;
 /// literals produce endless distinct texts that no policy would help. Clearing keeps
 /// lookups free of LRU bookkeeping and the worst case bounded.
 ///
+/// The kinds of [`super::plain_class`] texts, and `Other` (an empty text's classification).
+const PLAIN_KINDS: [StatementKind; 5] =
+    [StatementKind::Select, StatementKind::Insert, StatementKind::Update, StatementKind::Delete, StatementKind::Other];
+
 /// The cache assumes one [`ClassifierConfig`] for its whole life: build a new cache
 /// (or [`ClassifierCache::clear`]) when the config changes.
 pub struct ClassifierCache {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
-    /// What every [`super::plain_read`] text classifies as, under any config.
-    plain_read: Arc<Classification>,
+    /// What every [`super::plain_class`] text classifies as, by kind, under any config.
+    plain: [Arc<Classification>; 5],
 }
 
 impl ClassifierCache {
@@ -91,13 +95,15 @@ impl ClassifierCache {
         let per_shard = capacity.div_ceil(SHARDS);
         let shards =
             (0..SHARDS).map(|_| Mutex::new(Shard::with_capacity_and_hasher(0, FxBuildHasher::default()))).collect();
-        let plain_read = Arc::new(classify("SELECT 1", &ClassifierConfig::default()));
-        ClassifierCache { shards, per_shard, plain_read }
+        let plain = PLAIN_KINDS.map(|kind| Arc::new(classify(super::plain_sample(kind), &ClassifierConfig::default())));
+        ClassifierCache { shards, per_shard, plain }
     }
 
-    /// The classification of a [`super::plain_read`] text: one pure read for a replica.
-    pub fn plain_read(&self) -> Arc<Classification> {
-        Arc::clone(&self.plain_read)
+    /// The classification of a [`super::plain_class`] text of `kind`: one pure read for a
+    /// replica, or one pure write.
+    pub fn plain(&self, kind: StatementKind) -> Arc<Classification> {
+        let slot = PLAIN_KINDS.iter().position(|k| *k == kind).unwrap_or(PLAIN_KINDS.len() - 1);
+        Arc::clone(&self.plain[slot])
     }
 
     fn shard(&self, hash: u64) -> Option<MutexGuard<'_, Shard>> {

@@ -22,5 +22,5 @@ pub use classify::{
     classify, reasons, Classification, ClassifierConfig, SessionEffect, Statement, StatementKind, Target, TxControl,
 };
 pub use functions::LASTING_PINS;
-pub use plain::{plain_read, plain_statement};
+pub use plain::{plain_class, plain_class_of, plain_sample, plain_statement};
 pub use session::{is_reserved_name, RESERVED_PREFIX};

@@ -13,11 +13,7 @@ use super::StatementKind;
 /// comments, several statements, or any suspicious word send it to the classifier. Works on the
 /// raw bytes (it only looks at ASCII), so it needs no UTF-8 check either.
 pub fn plain_statement(sql: &[u8]) -> Option<StatementKind> {
-    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
-    let s = &sql[start..];
-    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |e| e + 1);
-    let body = &s[..end];
-    let body = body.strip_suffix(b";").unwrap_or(body);
+    let body = body_of(sql)?;
     let word_end = body.iter().position(|b| !b.is_ascii_alphabetic()).unwrap_or(body.len());
     let Some(kind) = [
         (&b"select"[..], StatementKind::Select),
@@ -65,29 +61,68 @@ pub fn plain_statement(sql: &[u8]) -> Option<StatementKind> {
     Some(kind)
 }
 
-/// A plain read: a SELECT the quick look accepts whose text the classifier can only read as one
-/// pure read for a replica, whatever its settings, so routing needs no full parse. On top of the
-/// quick look's refusals it refuses, anywhere in the text, quoted or not:
-/// - the words `insert`, `update`, `delete`, `merge` (a write, or a column named like one, which
-///   the classifier cannot tell apart) and `for` (FOR UPDATE/SHARE locks rows), as parts of
-///   longer words too;
-/// - a backslash or a dollar sign (text lexed differently by settings, or dollar-quoted), a
-///   parenthesis or bracket (a closing one alone is not valid SQL), bytes outside printable
-///   ASCII and whitespace, and the few ASCII bytes the lexer rejects;
-/// - an unterminated quote or quoted name.
-pub fn plain_read(sql: &[u8]) -> bool {
-    // The quick look reads the first word up to a non-letter; the lexer reads `select2` as a name.
-    let after_select = sql.iter().skip_while(|b| b.is_ascii_whitespace()).nth(6);
-    plain_statement(sql) == Some(StatementKind::Select)
-        && !after_select.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
-        && read_only_text(sql)
+/// The statement without the whitespace around it and one final `;`; `None` when blank.
+fn body_of(sql: &[u8]) -> Option<&[u8]> {
+    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
+    let s = &sql[start..];
+    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |e| e + 1);
+    let body = &s[..end];
+    Some(body.strip_suffix(b";").unwrap_or(body))
 }
 
-/// What a byte means to [`read_only_text`].
+/// A plain statement for routing: a SELECT, UPDATE or DELETE the quick look accepts, or an
+/// INSERT of literal rows, whose text the classifier can only read as every such statement of its
+/// kind reads ([`plain_sample`]: one pure read for a replica, or one pure write), whatever its
+/// settings, so routing needs no full parse. Its kind, or `None` when only a full classification
+/// can tell. On top of the quick look's refusals it refuses, after the first word, quoted or not:
+/// - the words `insert`, `update`, `delete`, `merge` (a write, or a column named like one, which
+///   the classifier cannot tell apart), `for` and `key` (FOR UPDATE/SHARE locks rows, and the
+///   classifier reads `KEY SHARE` as a locking clause too), as parts of longer words too;
+/// - a backslash or a dollar sign (text lexed differently by settings, or dollar-quoted), a
+///   bracket, a parenthesis outside an INSERT (a closing one alone is not valid SQL), bytes
+///   outside printable ASCII and whitespace, and the few ASCII bytes the lexer rejects;
+/// - an unterminated quote or quoted name.
+pub fn plain_class(sql: &[u8]) -> Option<StatementKind> {
+    plain_class_of(sql, plain_statement(sql)?)
+}
+
+/// [`plain_class`] for a text the quick look already read as `kind`.
+pub fn plain_class_of(sql: &[u8], kind: StatementKind) -> Option<StatementKind> {
+    let parens = match kind {
+        StatementKind::Select | StatementKind::Update | StatementKind::Delete => false,
+        // Without a parenthesis the quick look reads no further than the first word: an INSERT
+        // must be one it read whole.
+        StatementKind::Insert if body_of(sql).is_some_and(literal_insert) => true,
+        StatementKind::Insert | StatementKind::Other => return None,
+    };
+    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
+    let text = &sql[start..];
+    let first = text.iter().position(|b| !b.is_ascii_alphabetic()).unwrap_or(text.len());
+    // The quick look reads the first word up to a non-letter; the lexer reads `select2` as a name.
+    if text.get(first).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_') {
+        return None;
+    }
+    plain_text(&text[first..], parens).then_some(kind)
+}
+
+/// A text every [`plain_class`] text of `kind` classifies as (the classifier's verdict on it is
+/// what routing uses for them).
+pub fn plain_sample(kind: StatementKind) -> &'static str {
+    match kind {
+        StatementKind::Select => "SELECT 1",
+        StatementKind::Insert => "INSERT INTO t VALUES (1)",
+        StatementKind::Update => "UPDATE t SET a = 1",
+        StatementKind::Delete => "DELETE FROM t",
+        StatementKind::Other => "",
+    }
+}
+
+/// What a byte means to [`plain_text`].
 const PLAIN: u8 = 0;
 const NEVER: u8 = 1;
 const QUOTE: u8 = 2;
 const WORD: u8 = 3;
+const PAREN: u8 = 4;
 const READ_BYTES: [u8; 256] = {
     let mut t = [NEVER; 256];
     let mut b = 0x20;
@@ -96,7 +131,7 @@ const READ_BYTES: [u8; 256] = {
         b += 1;
     }
     let mut i = 0;
-    let never = b"\\$`{}()[]";
+    let never = b"\\$`{}[]";
     while i < never.len() {
         t[never[i] as usize] = NEVER;
         i += 1;
@@ -105,8 +140,10 @@ const READ_BYTES: [u8; 256] = {
     t[b'\n' as usize] = PLAIN;
     t[b'\r' as usize] = PLAIN;
     t[b'\'' as usize] = QUOTE;
+    t[b'(' as usize] = PAREN;
+    t[b')' as usize] = PAREN;
     t[b'"' as usize] = QUOTE;
-    let starts = b"iudmfIUDMF";
+    let starts = b"iudmfkIUDMFK";
     let mut j = 0;
     while j < starts.len() {
         t[starts[j] as usize] = WORD;
@@ -115,13 +152,14 @@ const READ_BYTES: [u8; 256] = {
     t
 };
 
-/// The text part of [`plain_read`]: no write or locking word, no byte lexed unlike its look,
-/// every quote closed.
-fn read_only_text(sql: &[u8]) -> bool {
+/// The text part of [`plain_class`] after the first word: no write or locking word, no byte
+/// lexed unlike its look, parentheses only where `parens` allows them, every quote closed.
+fn plain_text(sql: &[u8], parens: bool) -> bool {
     let mut quote = None;
     for (i, &b) in sql.iter().enumerate() {
         match READ_BYTES[b as usize] {
             PLAIN => {}
+            PAREN if parens => {}
             QUOTE => match quote {
                 None => quote = Some(b),
                 Some(q) if q == b => quote = None,
@@ -133,6 +171,7 @@ fn read_only_text(sql: &[u8]) -> bool {
                     b'u' => b"update",
                     b'd' => b"delete",
                     b'm' => b"merge",
+                    b'k' => b"key",
                     _ => b"for",
                 };
                 if sql.get(i..i + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word)) {

@@ -114,28 +114,45 @@ fn what_the_quick_look_accepts_the_classifier_calls_one_pure_statement_of_that_k
     }
 }
 
-/// Plain reads: routed to a replica without a parse.
-const READS: &[&str] = &[
-    "SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
-    "select a / 2 - 1 from t where b = -3",
-    "SELECT \"t\".\"id\", \"t\".\"name\" FROM \"app_user\" \"t\" WHERE \"t\".\"id\" = 7 LIMIT 21",
-    "select * from t where name = 'it''s' and tag = E'x' and b = B'0101' order by id desc limit 10 offset 5",
-    "SELECT a, b FROM s.t JOIN u ON u.id = t.uid WHERE t.x >= 1.5e3 AND u.y <> 'a\"b'",
-    "select 1 union all select 2",
-    "SELECT x::int FROM t WHERE y ~~ 'a%'",
+/// Plain statements: routed without a parse.
+const PLAIN: &[(&str, StatementKind)] = &[
+    ("SELECT abalance FROM pgbench_accounts WHERE aid = 42;", StatementKind::Select),
+    ("select a / 2 - 1 from t where b = -3", StatementKind::Select),
+    (
+        "SELECT \"t\".\"id\", \"t\".\"name\" FROM \"app_user\" \"t\" WHERE \"t\".\"id\" = 7 LIMIT 21",
+        StatementKind::Select,
+    ),
+    (
+        "select * from t where name = 'it''s' and tag = E'x' and b = B'0101' order by id desc limit 10 offset 5",
+        StatementKind::Select,
+    ),
+    ("SELECT a, b FROM s.t JOIN u ON u.id = t.uid WHERE t.x >= 1.5e3 AND u.y <> 'a\"b'", StatementKind::Select),
+    ("select 1 union all select 2", StatementKind::Select),
+    ("SELECT x::int FROM t WHERE y ~~ 'a%'", StatementKind::Select),
+    ("UPDATE pgbench_accounts SET abalance = abalance + -4417 WHERE aid = 81;", StatementKind::Update),
+    ("update t set a = b from u where u.x = t.x returning *", StatementKind::Update),
+    ("delete from t where at = 'x'", StatementKind::Delete),
+    (
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (7, 1, 81, -4417, CURRENT_TIMESTAMP);",
+        StatementKind::Insert,
+    ),
+    ("insert into t(a,b)values(1,'x'),(2,'y') ", StatementKind::Insert),
 ];
 
-/// Selects the quick look accepts that are not plain reads (or that it cannot prove are).
-const NOT_READS: &[&str] = &[
+/// Texts the quick look accepts that are not plain for routing (or that it cannot prove are).
+const NOT_PLAIN: &[&str] = &[
     "SELECT2PPP",
     "select_x from t",
     "SELECT * FROM t FOR UPDATE",
     "select * from t for share",
     "SELECT * FROM t FOR NO KEY UPDATE",
     "SELECT * FROM t for key share",
+    "SELECT key share FROM t",
+    "select a from t where x = 1 key update",
     "SELECT update FROM t",
     "SELECT insert, delete, merge FROM t",
     "SELECT * FROM information_schema.tables",
+    "SELECT 1)",
     "SELECT 'C:\\path'",
     "SELECT E'\\''",
     "SELECT 'unterminated",
@@ -144,31 +161,43 @@ const NOT_READS: &[&str] = &[
     "SELECT $1",
     "SELECT `x` FROM t",
     "SELECT {x} FROM t",
+    "SELECT a[1] FROM t",
     "SELECT 'é' FROM t",
     "SELECT 1\u{b} FROM t",
-    "UPDATE t SET v = 1",
+    "UPDATE t SET update = 1",
+    "update t set a = 1 where b in (select 1)",
+    "UPDATE t SET a = 'x\\'",
+    "delete from t where a = 1 for update",
+    "insert into t (delete) values (1)",
+    "insert into t values ('unterminated)",
+    "insert into t values (1))",
+    "INSERT t.)",
+    "insert into t default values",
     "BEGIN",
+    "COMMIT",
 ];
 
 #[test]
-fn a_plain_read_is_what_the_classifier_sends_to_a_replica() {
-    use super::plain_read;
-    let read = classify("SELECT 1", &ClassifierConfig::default());
+fn a_plain_statement_classifies_as_its_kinds_sample() {
+    use super::{plain_class, plain_sample};
+    for (sql, kind) in PLAIN {
+        assert_eq!(plain_class(sql.as_bytes()), Some(*kind), "{sql}");
+    }
+    for sql in NOT_PLAIN {
+        assert_eq!(plain_class(sql.as_bytes()), None, "{sql}");
+    }
+    let read = classify(plain_sample(StatementKind::Select), &ClassifierConfig::default());
     assert_eq!(read.target, crate::router::Target::Replica);
     assert!(read.pure() && read.hint.is_none() && read.statements.len() == 1);
-    for sql in READS {
-        assert!(plain_read(sql.as_bytes()), "{sql}");
-    }
-    for sql in NOT_READS {
-        assert!(!plain_read(sql.as_bytes()), "{sql}");
-    }
-    let every =
-        READS.iter().chain(NOT_READS).copied().chain(ACCEPTED.iter().map(|(s, _)| *s)).chain(REFUSED.iter().copied());
+    let every = PLAIN.iter().map(|(s, _)| *s).chain(NOT_PLAIN.iter().copied());
+    let every = every.chain(ACCEPTED.iter().map(|(s, _)| *s)).chain(REFUSED.iter().copied());
     for scs in [false, true] {
         let cfg = ClassifierConfig { standard_conforming_strings: scs, ..ClassifierConfig::default() };
         for sql in every.clone().chain(super::super::tests::CASES.iter().map(|(s, _, _)| *s)) {
-            if plain_read(sql.as_bytes()) {
-                assert_eq!(classify(sql, &cfg), read, "{sql}");
+            if let Some(kind) = plain_class(sql.as_bytes()) {
+                let sample = classify(plain_sample(kind), &ClassifierConfig::default());
+                assert_eq!(classify(sql, &cfg), sample, "{sql}");
+                assert!(sample.pure() && sample.statements.len() == 1 && sample.kind == kind, "{sql}");
             }
         }
     }
