@@ -288,6 +288,41 @@ async fn a_replica_cut_off_from_its_primary_serves_no_reads() {
     drop(cluster);
 }
 
+/// On a quiet primary the last commit a replica replayed may be old while it replays a record
+/// without a commit (a checkpoint's): its data is no older than the last probe that saw it
+/// caught up, so it keeps serving reads. Before, such a probe reported the age of that last
+/// commit as the lag, and the replica left the rotation for a probe interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_replaying_a_record_without_a_commit_keeps_serving_reads() {
+    let cluster = tokio::task::spawn_blocking(|| common::PrivateCluster::start(1)).await.unwrap();
+    let replica = cluster.replica_ports()[0];
+    let mut cfg = proxy::config(cluster.primary_port(), cluster.replica_ports());
+    cfg.routing.max_replica_lag = pgshift::config::Dur::secs(6);
+    let p = proxy::start(cfg).await;
+    proxy::wait_healthy(&p).await;
+    let direct = common::connect(cluster.primary_port(), "app", "app", "app").await;
+    direct.batch_execute("create table quiet_t(id int); insert into quiet_t values (1)").await.unwrap();
+    common::until("the replica replays the commit", || {
+        common::psql(replica, "app", "app", "app", "select 1 from quiet_t").status.success()
+    })
+    .await;
+    // The last replayed commit grows older than max_replica_lag.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    common::superuser_exec(replica, "SELECT pg_wal_replay_pause()");
+    common::superuser_exec(cluster.primary_port(), "CHECKPOINT");
+    common::until("the replica receives the checkpoint's record without replaying it", || {
+        common::superuser_exec(replica, "SELECT pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()") == "t"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(750)).await; // a few probes see it
+    let c = common::connect(proxy::port(&p), "app", "app", "app").await;
+    for _ in 0..5 {
+        assert_eq!(port_of(&c, "select inet_server_port()").await, replica, "a quiet replica left the rotation");
+    }
+    common::superuser_exec(replica, "SELECT pg_wal_replay_resume()");
+    drop(cluster);
+}
+
 /// A client may end its own backends (`pg_terminate_backend` works on any backend of one's own
 /// role), on a replica too. Ending the one serving its read must get the read answered
 /// elsewhere and ban the replica for no one; ending the health probe's (it logs in as the first

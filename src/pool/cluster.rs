@@ -47,6 +47,9 @@ pub struct Health {
     pub banned_until_ms: AtomicU64,
     /// Replay lag in ms (replicas), from the last probe.
     pub lag_ms: AtomicU64,
+    /// When (`mono_ms`) a probe last found this replica streaming with all it received replayed
+    /// (0: never): a replay in progress since then is at most that old.
+    pub caught_up_at: AtomicU64,
     /// Last replayed (replica) or current (primary) WAL position.
     pub lsn: AtomicU64,
     /// True once a probe saw `pg_is_in_recovery()`.

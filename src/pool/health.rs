@@ -15,18 +15,24 @@ use crate::server::{LoginSpec, ServerConn};
 use crate::shared::{Runtime, Shared};
 
 /// One query for every backend: recovery state, WAL position (insert position on a primary, so
-/// it covers commits not yet flushed; replay position on a replica), and replay lag in seconds:
-/// 0 when the replica streams from its primary (a WAL receiver runs and, where the probe's role
-/// may see it, is streaming) and has replayed everything it received; otherwise the age of the
-/// last commit it replayed. A replica whose WAL receiver is gone has replayed all it received
-/// too, yet falls further behind with every commit on the primary: it must not read as caught up.
+/// it covers commits not yet flushed; replay position on a replica), replay lag in seconds, the
+/// primary's timeline, and whether a replica streams (a WAL receiver runs and, where the probe's
+/// role may see it, is streaming). The lag is 0 when the replica streams and has replayed
+/// everything it received; otherwise the age of the last commit it replayed, which [`record`]
+/// bounds for a streaming replica by the time since a probe last saw it caught up: on a quiet
+/// primary the last commit may be old while a record without a commit (a checkpoint's, the
+/// standby snapshot's) is being replayed. A replica whose WAL receiver is gone has replayed all
+/// it received too, yet falls further behind with every commit on the primary: it must not read
+/// as caught up.
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END, \
      CASE WHEN NOT pg_is_in_recovery() THEN 0 \
           WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() AND EXISTS \
                (SELECT 1 FROM pg_stat_wal_receiver WHERE COALESCE(status, 'streaming') = 'streaming') THEN 0 \
           ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END, \
-     CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END";
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END, \
+     pg_is_in_recovery() AND EXISTS \
+          (SELECT 1 FROM pg_stat_wal_receiver WHERE COALESCE(status, 'streaming') = 'streaming')";
 
 /// Starts a probe task for every backend of the runtime that has none yet.
 pub fn spawn_probes(shared: &Arc<Shared>, stop: &watch::Receiver<bool>) {
@@ -136,13 +142,30 @@ fn record(rt: &Runtime, backend: &Backend, row: &[Option<String>], sent_at: u64)
     let timeline = text(3).and_then(|t| u64::from_str_radix(t, 16).ok()).unwrap_or(0);
     h.timeline.store(timeline, Ordering::Relaxed);
     let lag_s: f64 = text(2).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    h.lag_ms.store((lag_s.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
+    h.lag_ms.store(replay_lag_ms(h, lag_s, text(4) == Some("t"), sent_at), Ordering::Relaxed);
     let was_up = h.up.swap(true, Ordering::Relaxed);
     h.probed.store(true, Ordering::Relaxed);
     if backend.is_banned() || !was_up {
         tracing::info!(backend = %backend.name, "backend is up");
     }
     backend.unban();
+}
+
+/// A replica's lag from its probe's answer: `lag_s` as reported, but for a streaming replica no
+/// more than the time since a probe last found it caught up (its data is at most that stale).
+fn replay_lag_ms(h: &super::cluster::Health, lag_s: f64, streaming: bool, sent_at: u64) -> u64 {
+    let reported = (lag_s.max(0.0) * 1000.0) as u64;
+    if !streaming {
+        return reported;
+    }
+    if reported == 0 {
+        h.caught_up_at.store(sent_at, Ordering::Relaxed);
+        return 0;
+    }
+    match h.caught_up_at.load(Ordering::Relaxed) {
+        0 => reported,
+        at => reported.min(sent_at.saturating_sub(at)),
+    }
 }
 
 fn fail(backend: &Backend, ban: Duration, why: &str, conn: &mut Option<ServerConn>) {
