@@ -117,8 +117,9 @@ pub fn classify_query(shared: &Shared, rt: &Runtime, sql: &str) -> Arc<Classific
 /// [`classify_query`] with the quick look's verdict on the text already at hand.
 pub fn classify_looked(shared: &Shared, rt: &Runtime, sql: &str, looked: Option<StatementKind>) -> Arc<Classification> {
     // The common read or write (`SELECT a FROM t WHERE id = 42`) is proven one without a parse.
-    if let Some(kind) = looked.and_then(|kind| crate::router::plain_class_of(sql.as_bytes(), kind)) {
-        return shared.classify_cache.plain(kind);
+    let plain = looked.and_then(|kind| crate::router::plain_class_of(sql.as_bytes(), kind));
+    if let Some(class) = plain.and_then(|kind| shared.classify_cache.plain(kind)) {
+        return class;
     }
     let literal_free = !sql.bytes().any(|b| b.is_ascii_digit() || matches!(b, b'\'' | b'$'));
     if literal_free {

@@ -68,6 +68,10 @@ struct Entry {
 /// compared on hit, and a colliding text simply replaces the entry.
 type Shard = HashMap<u64, Entry, FxBuildHasher>;
 
+/// The kinds [`super::plain_class`] returns, in the order of [`ClassifierCache`]'s `plain`.
+const PLAIN_KINDS: [StatementKind; 4] =
+    [StatementKind::Select, StatementKind::Insert, StatementKind::Update, StatementKind::Delete];
+
 /// Caches [`classify`] results. `Send + Sync`; share it behind an `Arc`.
 ///
 /// Eviction: when a shard is full, the shard is cleared. Typical clients send a
@@ -75,17 +79,13 @@ type Shard = HashMap<u64, Entry, FxBuildHasher>;
 /// literals produce endless distinct texts that no policy would help. Clearing keeps
 /// lookups free of LRU bookkeeping and the worst case bounded.
 ///
-/// The kinds of [`super::plain_class`] texts, and `Other` (an empty text's classification).
-const PLAIN_KINDS: [StatementKind; 5] =
-    [StatementKind::Select, StatementKind::Insert, StatementKind::Update, StatementKind::Delete, StatementKind::Other];
-
 /// The cache assumes one [`ClassifierConfig`] for its whole life: build a new cache
 /// (or [`ClassifierCache::clear`]) when the config changes.
 pub struct ClassifierCache {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
     /// What every [`super::plain_class`] text classifies as, by kind, under any config.
-    plain: [Arc<Classification>; 5],
+    plain: [Arc<Classification>; 4],
 }
 
 impl ClassifierCache {
@@ -100,10 +100,9 @@ impl ClassifierCache {
     }
 
     /// The classification of a [`super::plain_class`] text of `kind`: one pure read for a
-    /// replica, or one pure write.
-    pub fn plain(&self, kind: StatementKind) -> Arc<Classification> {
-        let slot = PLAIN_KINDS.iter().position(|k| *k == kind).unwrap_or(PLAIN_KINDS.len() - 1);
-        Arc::clone(&self.plain[slot])
+    /// replica, or one pure write (`None` for a kind `plain_class` never returns).
+    pub fn plain(&self, kind: StatementKind) -> Option<Arc<Classification>> {
+        PLAIN_KINDS.iter().position(|k| *k == kind).map(|slot| Arc::clone(&self.plain[slot]))
     }
 
     fn shard(&self, hash: u64) -> Option<MutexGuard<'_, Shard>> {

@@ -88,21 +88,20 @@ pub fn plain_class(sql: &[u8]) -> Option<StatementKind> {
 
 /// [`plain_class`] for a text the quick look already read as `kind`.
 pub fn plain_class_of(sql: &[u8], kind: StatementKind) -> Option<StatementKind> {
+    let body = body_of(sql)?;
     let parens = match kind {
         StatementKind::Select | StatementKind::Update | StatementKind::Delete => false,
         // Without a parenthesis the quick look reads no further than the first word: an INSERT
         // must be one it read whole.
-        StatementKind::Insert if body_of(sql).is_some_and(literal_insert) => true,
+        StatementKind::Insert if literal_insert(body) => true,
         StatementKind::Insert | StatementKind::Other => return None,
     };
-    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
-    let text = &sql[start..];
-    let first = text.iter().position(|b| !b.is_ascii_alphabetic()).unwrap_or(text.len());
+    let first = body.iter().position(|b| !b.is_ascii_alphabetic()).unwrap_or(body.len());
     // The quick look reads the first word up to a non-letter; the lexer reads `select2` as a name.
-    if text.get(first).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_') {
+    if body.get(first).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_') {
         return None;
     }
-    plain_text(&text[first..], parens).then_some(kind)
+    plain_text(&body[first..], parens).then_some(kind)
 }
 
 /// A text every [`plain_class`] text of `kind` classifies as (the classifier's verdict on it is
